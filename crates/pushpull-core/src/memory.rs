@@ -1,0 +1,477 @@
+//! The embedded, in-process broker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::cursor::{Cursor, Epoch, Offset};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{
+    Capabilities, Delivery, Gap, GapReason, Message, OffsetRange, Page, Publication, Receipt,
+};
+use crate::topic::Topic;
+use crate::traits::{Client, Fetch, Publish, Subscribe, Subscription};
+
+/// The name the memory broker gives in errors and capabilities.
+pub const NAME: &str = "memory";
+
+/// How much of each topic's log is kept. A message leaves the log when any limit is passed;
+/// a reader that was behind it gets a [`Gap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// The most messages kept per topic.
+    pub max_messages: usize,
+    /// The most payload bytes kept per topic.
+    pub max_bytes: usize,
+    /// The oldest a message may get; `None` keeps messages regardless of age.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_messages: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_age: None,
+        }
+    }
+}
+
+/// Limits of a [`MemoryBroker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// What each topic keeps.
+    pub retention: Retention,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// The most topics held at once; publishing or subscribing to one more fails.
+    pub max_topics: usize,
+    /// The most messages one fetch returns, whatever limit it asks for.
+    pub max_page: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            retention: Retention::default(),
+            max_payload: 4 * 1024 * 1024,
+            max_topics: 10_000,
+            max_page: 1_000,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Checks that the limits make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::new(ErrorKind::Config, msg));
+        if self.retention.max_messages == 0 {
+            return bad("retention.max_messages must be at least 1".into());
+        }
+        if self.max_payload == 0 {
+            return bad("max_payload must be at least 1".into());
+        }
+        if self.retention.max_bytes < self.max_payload {
+            return bad(format!(
+                "retention.max_bytes ({}) must be at least max_payload ({}), \
+                 or a largest message could never be kept",
+                self.retention.max_bytes, self.max_payload
+            ));
+        }
+        if self.max_topics == 0 || self.max_page == 0 {
+            return bad("max_topics and max_page must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A broker that keeps each topic's log in memory: the embedded default.
+///
+/// Each topic is one shared log (a ring of [`Message`]s whose payloads are shared `Bytes`)
+/// and a wake-up signal. Subscribers own no queue: each holds a cursor into the log and reads
+/// from it, so a slow subscriber costs no memory and, once retention passes it, gets a
+/// [`Gap`]. A new broker has a new [`Epoch`], so cursors from an earlier incarnation give a
+/// gap instead of silently restarting at offset 1.
+///
+/// Cloning is cheap and gives a handle to the same broker.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use pushpull_core::{Cursor, Fetch, MemoryBroker, Publication, Publish, Topic};
+/// let broker = MemoryBroker::new();
+/// let topic = Topic::new("ticker").unwrap();
+/// broker.publish(&topic, Publication::new("42.17")).await.unwrap();
+/// let page = broker.fetch(&topic, Cursor::Beginning, 10).await.unwrap();
+/// assert_eq!(page.messages[0].payload, "42.17");
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    epoch: Epoch,
+    config: MemoryConfig,
+    topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
+}
+
+struct TopicLog {
+    topic: Topic,
+    state: RwLock<LogState>,
+    /// Carries the last offset; subscribers wait on it.
+    tail: watch::Sender<u64>,
+}
+
+struct LogState {
+    entries: VecDeque<Message>,
+    /// The offset of `entries[0]`, or of the next message when empty.
+    first: u64,
+    /// The offset the next message gets.
+    next: u64,
+    bytes: usize,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with the default limits.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default()).expect("the default config is valid")
+    }
+
+    /// A broker with the given limits.
+    pub fn with_config(config: MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        let shared = Shared {
+            epoch: Epoch::random(),
+            config,
+            topics: RwLock::new(HashMap::new()),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The incarnation of every log in this broker.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.shared.config
+    }
+
+    /// How many topics the broker holds.
+    pub fn topic_count(&self) -> usize {
+        self.shared.topics.read().expect("topics lock").len()
+    }
+
+    fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
+        self.shared
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(topic)
+            .cloned()
+    }
+
+    fn log(&self, topic: &Topic) -> Result<Arc<TopicLog>> {
+        if let Some(log) = self.existing(topic) {
+            return Ok(log);
+        }
+        let mut topics = self.shared.topics.write().expect("topics lock");
+        if let Some(log) = topics.get(topic) {
+            return Ok(log.clone());
+        }
+        if topics.len() >= self.shared.config.max_topics {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the broker already holds its maximum of {} topics",
+                    topics.len()
+                ),
+            )
+            .with_retryable(false)
+            .with_transport(NAME));
+        }
+        let log = Arc::new(TopicLog::new(topic.clone()));
+        topics.insert(topic.clone(), log.clone());
+        Ok(log)
+    }
+
+    fn empty_page(&self, cursor: Cursor) -> Result<Page> {
+        // No log yet: the same answer as an empty log at offset 0.
+        TopicLog::new(Topic::new("empty").expect("valid")).read(
+            self.shared.epoch,
+            &self.shared.config.retention,
+            cursor,
+            0,
+        )
+    }
+}
+
+impl TopicLog {
+    fn new(topic: Topic) -> Self {
+        let state = LogState {
+            entries: VecDeque::new(),
+            first: 1,
+            next: 1,
+            bytes: 0,
+        };
+        Self {
+            topic,
+            state: RwLock::new(state),
+            tail: watch::Sender::new(0),
+        }
+    }
+
+    fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
+        let mut state = self.state.write().expect("log lock");
+        let offset = Offset(state.next);
+        let message = publication.into_message(self.topic.clone(), epoch, offset);
+        let receipt = Receipt {
+            topic: message.topic.clone(),
+            epoch,
+            offset,
+            timestamp: message.timestamp,
+        };
+        state.bytes += message.payload.len();
+        state.entries.push_back(message);
+        state.next += 1;
+        state.evict(retention, SystemTime::now());
+        drop(state);
+        self.tail.send_replace(offset.0);
+        receipt
+    }
+
+    /// Reads up to `limit` messages after `cursor`; `limit` 0 only resolves the cursor.
+    fn read(
+        &self,
+        epoch: Epoch,
+        retention: &Retention,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Page> {
+        let state = self.state.read().expect("log lock");
+        let first = state.first_retained(retention, SystemTime::now());
+        let last = state.next - 1;
+        let mut gap = None;
+        let position = match cursor {
+            Cursor::Beginning => first - 1,
+            Cursor::Latest => last,
+            Cursor::After(e, Offset(offset)) if e == epoch => {
+                if offset > last {
+                    return Err(Error::new(
+                        ErrorKind::InvalidCursor,
+                        format!(
+                            "cursor {cursor} is ahead of topic {}, whose last offset is {last}",
+                            self.topic
+                        ),
+                    )
+                    .with_transport(NAME));
+                }
+                if offset + 1 < first {
+                    gap = Some(Gap {
+                        topic: self.topic.clone(),
+                        reason: GapReason::Retention,
+                        missed: Some(OffsetRange {
+                            first: Offset(offset + 1),
+                            last: Offset(first - 1),
+                        }),
+                        cursor: Cursor::After(epoch, Offset(first - 1)),
+                    });
+                    first - 1
+                } else {
+                    offset
+                }
+            }
+            Cursor::After(previous, _) => {
+                gap = Some(Gap {
+                    topic: self.topic.clone(),
+                    reason: GapReason::EpochChanged { previous },
+                    missed: (first > 1).then(|| OffsetRange {
+                        first: Offset(1),
+                        last: Offset(first - 1),
+                    }),
+                    cursor: Cursor::After(epoch, Offset(first - 1)),
+                });
+                first - 1
+            }
+        };
+        let skip = (position + 1 - state.first) as usize;
+        let messages: Vec<Message> = state
+            .entries
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect();
+        let next = Cursor::After(epoch, Offset(position + messages.len() as u64));
+        Ok(Page {
+            gap,
+            messages,
+            next,
+        })
+    }
+}
+
+impl LogState {
+    /// The offset of the first message that is still within the age limit.
+    fn first_retained(&self, retention: &Retention, now: SystemTime) -> u64 {
+        let Some(max_age) = retention.max_age else {
+            return self.first;
+        };
+        let expired = self
+            .entries
+            .iter()
+            .take_while(|m| {
+                now.duration_since(m.timestamp)
+                    .is_ok_and(|age| age > max_age)
+            })
+            .count();
+        self.first + expired as u64
+    }
+
+    fn evict(&mut self, retention: &Retention, now: SystemTime) {
+        let first_young = self.first_retained(retention, now);
+        while let Some(oldest) = self.entries.front() {
+            let over = self.entries.len() > retention.max_messages
+                || self.bytes > retention.max_bytes
+                || oldest.offset.0 < first_young;
+            if !over {
+                break;
+            }
+            self.bytes -= oldest.payload.len();
+            self.entries.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
+#[async_trait]
+impl Publish for MemoryBroker {
+    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
+        publication
+            .validate(self.shared.config.max_payload)
+            .map_err(|e| e.with_transport(NAME))?;
+        let log = self.log(topic)?;
+        Ok(log.append(
+            self.shared.epoch,
+            &self.shared.config.retention,
+            publication,
+        ))
+    }
+}
+
+#[async_trait]
+impl Fetch for MemoryBroker {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page> {
+        if limit == 0 {
+            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+        }
+        let limit = limit.min(self.shared.config.max_page);
+        match self.existing(topic) {
+            Some(log) => log.read(
+                self.shared.epoch,
+                &self.shared.config.retention,
+                cursor,
+                limit,
+            ),
+            None => self.empty_page(cursor),
+        }
+    }
+}
+
+/// How many messages a subscriber copies out of the log per read (handles, not payloads).
+const SUBSCRIBER_BATCH: usize = 64;
+
+#[async_trait]
+impl Subscribe for MemoryBroker {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+        let log = self.log(topic)?;
+        let epoch = self.shared.epoch;
+        // Resolve the cursor now, so `Latest` means "after what exists when subscribe returns"
+        // and a bad cursor fails here rather than in the stream.
+        let start = log.read(epoch, &self.shared.config.retention, cursor, 0)?;
+        let position = match start.gap {
+            Some(_) => cursor,
+            None => start.next,
+        };
+        let tail = log.tail.subscribe();
+        let reader = Reader {
+            log,
+            epoch,
+            retention: self.shared.config.retention.clone(),
+            tail,
+            position,
+            ready: VecDeque::new(),
+            failed: false,
+        };
+        let stream = futures::stream::unfold(reader, Reader::next);
+        Ok(Subscription::new(topic.clone(), position, stream))
+    }
+}
+
+/// One subscriber's state: a cursor into the shared log and a handful of message handles.
+struct Reader {
+    log: Arc<TopicLog>,
+    epoch: Epoch,
+    retention: Retention,
+    tail: watch::Receiver<u64>,
+    position: Cursor,
+    /// Deliveries read but not yet yielded: at most [`SUBSCRIBER_BATCH`] shared handles.
+    ready: VecDeque<Delivery>,
+    failed: bool,
+}
+
+impl Reader {
+    async fn next(mut self) -> Option<(Result<Delivery>, Self)> {
+        loop {
+            if let Some(delivery) = self.ready.pop_front() {
+                return Some((Ok(delivery), self));
+            }
+            if self.failed {
+                return None;
+            }
+            // Mark the tail seen before reading, so a publish after the read wakes us.
+            self.tail.borrow_and_update();
+            match self
+                .log
+                .read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH)
+            {
+                Err(err) => {
+                    self.failed = true;
+                    return Some((Err(err), self));
+                }
+                Ok(page) => {
+                    self.position = page.next;
+                    if page.is_empty() {
+                        self.tail.changed().await.ok()?;
+                    } else {
+                        self.ready.extend(page.into_deliveries());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Client for MemoryBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME)
+            .with_push(true)
+            .with_max_payload(self.shared.config.max_payload)
+    }
+}

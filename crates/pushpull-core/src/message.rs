@@ -1,0 +1,378 @@
+//! What is published and what is delivered.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::cursor::{Cursor, Epoch, Offset};
+use crate::error::{Error, ErrorKind};
+use crate::topic::Topic;
+
+/// The longest event type accepted, in bytes.
+pub const MAX_EVENT_LEN: usize = 64;
+/// The longest content type accepted, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+
+/// What a publisher hands over: a payload and optional labels. The broker adds the rest.
+///
+/// ```
+/// use pushpull_core::Publication;
+/// let p = Publication::new("42.17").event("price").content_type("text/plain");
+/// assert_eq!(p.payload(), "42.17".as_bytes());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Publication {
+    payload: Bytes,
+    event: Option<Arc<str>>,
+    content_type: Option<Arc<str>>,
+}
+
+impl Publication {
+    /// A publication of `payload` (any bytes; text is just valid UTF-8).
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            event: None,
+            content_type: None,
+        }
+    }
+
+    /// Labels the message with an event type (SSE's `event:`, for example).
+    pub fn event(mut self, event: impl AsRef<str>) -> Self {
+        self.event = Some(Arc::from(event.as_ref()));
+        self
+    }
+
+    /// Records the payload's media type.
+    pub fn content_type(mut self, content_type: impl AsRef<str>) -> Self {
+        self.content_type = Some(Arc::from(content_type.as_ref()));
+        self
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The event type, if any.
+    pub fn event_type(&self) -> Option<&str> {
+        self.event.as_deref()
+    }
+
+    /// The content type, if any.
+    pub fn media_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+
+    /// Checks the labels and the payload size against `max_payload` bytes.
+    ///
+    /// An event type is 1 to [`MAX_EVENT_LEN`] bytes of visible ASCII (it travels in SSE
+    /// fields and HTTP headers); a content type is 1 to [`MAX_CONTENT_TYPE_LEN`] bytes of
+    /// visible ASCII or spaces.
+    pub fn validate(&self, max_payload: usize) -> Result<(), Error> {
+        if self.payload.len() > max_payload {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "payload of {} bytes is over the limit of {max_payload} bytes",
+                    self.payload.len()
+                ),
+            ));
+        }
+        if let Some(event) = &self.event {
+            check_label("event type", event, MAX_EVENT_LEN, |b| b.is_ascii_graphic())?;
+        }
+        if let Some(content_type) = &self.content_type {
+            check_label("content type", content_type, MAX_CONTENT_TYPE_LEN, |b| {
+                b.is_ascii_graphic() || b == b' '
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Turns the publication into the message the broker stores.
+    pub fn into_message(self, topic: Topic, epoch: Epoch, offset: Offset) -> Message {
+        Message {
+            topic,
+            epoch,
+            offset,
+            timestamp: SystemTime::now(),
+            event: self.event,
+            content_type: self.content_type,
+            payload: self.payload,
+        }
+    }
+}
+
+fn check_label(what: &str, value: &str, max: usize, ok: impl Fn(u8) -> bool) -> Result<(), Error> {
+    let why = if value.is_empty() {
+        format!("{what} must not be empty")
+    } else if value.len() > max {
+        format!(
+            "{what} is at most {max} bytes, this one has {}",
+            value.len()
+        )
+    } else if let Some(bad) = value.bytes().find(|&b| !ok(b)) {
+        format!("{what} contains the byte 0x{bad:02x}, only visible ASCII is allowed")
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(ErrorKind::BadRequest, why))
+}
+
+/// A published message as the broker stored it.
+///
+/// Cloning is cheap: the topic, labels and payload are shared, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// The incarnation of the topic's log that holds it.
+    pub epoch: Epoch,
+    /// Its position in that log.
+    pub offset: Offset,
+    /// When the broker accepted it.
+    pub timestamp: SystemTime,
+    /// The event type, if the publisher gave one.
+    pub event: Option<Arc<str>>,
+    /// The payload's media type, if the publisher gave one.
+    pub content_type: Option<Arc<str>>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// The cursor that stands just after this message.
+    pub fn cursor(&self) -> Cursor {
+        Cursor::After(self.epoch, self.offset)
+    }
+
+    /// The timestamp in milliseconds since the Unix epoch, as it travels on the wire.
+    pub fn timestamp_millis(&self) -> u64 {
+        millis_since_unix_epoch(self.timestamp)
+    }
+
+    /// The payload as text, if it is valid UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch (zero for times before it).
+pub fn millis_since_unix_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The time `millis` milliseconds after the Unix epoch.
+pub fn time_from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// What a publisher gets back: where its message now stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The topic.
+    pub topic: Topic,
+    /// The log incarnation.
+    pub epoch: Epoch,
+    /// The offset assigned.
+    pub offset: Offset,
+    /// When the broker accepted it.
+    pub timestamp: SystemTime,
+}
+
+impl Receipt {
+    /// The cursor just after the published message.
+    pub fn cursor(&self) -> Cursor {
+        Cursor::After(self.epoch, self.offset)
+    }
+}
+
+/// An inclusive range of offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OffsetRange {
+    /// The first offset in the range.
+    pub first: Offset,
+    /// The last offset in the range.
+    pub last: Offset,
+}
+
+impl OffsetRange {
+    /// How many offsets the range holds.
+    pub fn len(&self) -> u64 {
+        self.last.0 - self.first.0 + 1
+    }
+
+    /// Always false: a range holds at least one offset.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Why a reader missed messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GapReason {
+    /// The messages fell out of retention before the reader got to them.
+    Retention,
+    /// The log was reset: everything the reader had not read in the `previous` incarnation
+    /// is gone, and reading goes on in the new one.
+    EpochChanged {
+        /// The epoch of the reader's cursor.
+        previous: Epoch,
+    },
+}
+
+impl GapReason {
+    /// The wire name: `retention` or `epoch_changed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GapReason::Retention => "retention",
+            GapReason::EpochChanged { .. } => "epoch_changed",
+        }
+    }
+}
+
+/// A delivery that says exactly what a reader missed. A Gap is data, never an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The topic.
+    pub topic: Topic,
+    /// Why the messages were missed.
+    pub reason: GapReason,
+    /// The offsets missed in the current epoch, if any. After an epoch change it names what
+    /// of the new incarnation was also lost to retention; it is `None` when nothing was.
+    pub missed: Option<OffsetRange>,
+    /// Where the reader stands after the gap: reading goes on from here.
+    pub cursor: Cursor,
+}
+
+/// One item of a subscription: a message, or a gap that says what was missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The next message.
+    Message(Message),
+    /// Messages that will never be delivered, and why.
+    Gap(Gap),
+}
+
+impl Delivery {
+    /// The cursor just after this delivery.
+    pub fn cursor(&self) -> Cursor {
+        match self {
+            Delivery::Message(m) => m.cursor(),
+            Delivery::Gap(g) => g.cursor,
+        }
+    }
+
+    /// The message, if this is one.
+    pub fn as_message(&self) -> Option<&Message> {
+        match self {
+            Delivery::Message(m) => Some(m),
+            Delivery::Gap(_) => None,
+        }
+    }
+
+    /// The gap, if this is one.
+    pub fn as_gap(&self) -> Option<&Gap> {
+        match self {
+            Delivery::Gap(g) => Some(g),
+            Delivery::Message(_) => None,
+        }
+    }
+}
+
+/// The answer to one fetch: an optional gap, then messages in order, and where to go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Messages missed between the requested cursor and the first message, if any.
+    pub gap: Option<Gap>,
+    /// Messages in offset order.
+    pub messages: Vec<Message>,
+    /// The cursor to fetch the next page from. Always an `After` cursor.
+    pub next: Cursor,
+}
+
+impl Page {
+    /// The page's deliveries in order: the gap first, if any, then the messages.
+    pub fn into_deliveries(self) -> impl Iterator<Item = Delivery> {
+        self.gap
+            .map(Delivery::Gap)
+            .into_iter()
+            .chain(self.messages.into_iter().map(Delivery::Message))
+    }
+
+    /// Whether the page holds neither a gap nor a message.
+    pub fn is_empty(&self) -> bool {
+        self.gap.is_none() && self.messages.is_empty()
+    }
+}
+
+/// What a client or broker can do, so callers (and the conformance suite) can adapt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The transport's or broker's name.
+    pub name: &'static str,
+    /// `publish` works.
+    pub publish: bool,
+    /// `fetch` works.
+    pub fetch: bool,
+    /// `subscribe` works.
+    pub subscribe: bool,
+    /// Messages are pushed by the server rather than polled for.
+    pub push: bool,
+    /// The largest payload accepted, if known.
+    pub max_payload: Option<usize>,
+}
+
+impl Capabilities {
+    /// Capabilities of something that can publish, fetch and subscribe.
+    pub fn full(name: &'static str) -> Self {
+        Self {
+            name,
+            publish: true,
+            fetch: true,
+            subscribe: true,
+            push: false,
+            max_payload: None,
+        }
+    }
+
+    /// Sets whether messages are pushed.
+    pub fn with_push(mut self, push: bool) -> Self {
+        self.push = push;
+        self
+    }
+
+    /// Sets the largest payload accepted.
+    pub fn with_max_payload(mut self, max: usize) -> Self {
+        self.max_payload = Some(max);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publication_validation_names_the_problem() {
+        let ok = Publication::new("x")
+            .event("price")
+            .content_type("text/plain; charset=utf-8");
+        assert!(ok.validate(10).is_ok());
+        let err = Publication::new(vec![0u8; 11]).validate(10).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert!(err.to_string().contains("11 bytes"));
+        let err = Publication::new("x")
+            .event("a\nb")
+            .validate(10)
+            .unwrap_err();
+        assert!(err.to_string().contains("0x0a"), "{err}");
+        let err = Publication::new("x").event("").validate(10).unwrap_err();
+        assert!(err.to_string().contains("empty"));
+    }
+}

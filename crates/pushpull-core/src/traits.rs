@@ -1,0 +1,171 @@
+//! The three traits every broker and every transport client implements.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::Stream;
+use futures::stream::BoxStream;
+
+use crate::cursor::Cursor;
+use crate::error::Result;
+use crate::message::{Capabilities, Delivery, Page, Publication, Receipt};
+use crate::topic::Topic;
+
+/// Appends messages to a topic.
+///
+/// # Contract
+///
+/// - P1: `publish` MUST return only once the message is stored, with the offset and epoch it
+///   was given; a later `fetch` or `subscribe` from before it MUST deliver it.
+/// - P2: offsets MUST be dense and increasing per topic: 1, 2, 3, …, also under concurrent
+///   publishers, and the order of receipts' offsets is the order readers see.
+/// - P3: a payload over the limit MUST fail with [`ErrorKind::TooLarge`](crate::ErrorKind) and
+///   store nothing; payloads MUST be stored byte for byte (any bytes, not only UTF-8).
+/// - P4: an error MUST say whether a retry can help; a publish that failed with a retryable
+///   error MAY have been stored (the caller cannot always tell).
+#[async_trait]
+pub trait Publish: Send + Sync {
+    /// Appends `publication` to `topic`'s log.
+    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt>;
+}
+
+/// Reads a page of messages: pull, one request, answered at once.
+///
+/// # Contract
+///
+/// - F1: `fetch` MUST return at once the messages after `cursor`, in offset order, at most
+///   `limit` of them (it MAY return fewer, down to a server-side maximum, but at least one when
+///   any exists after `cursor`), and `next`, the `After` cursor to fetch from next time.
+/// - F2: `limit` 0 MUST fail with [`ErrorKind::BadRequest`](crate::ErrorKind).
+/// - F3: from `Beginning` it MUST start at the oldest retained message; from `Latest` it MUST
+///   return no messages and a `next` at the current end.
+/// - F4: when messages after `cursor` are no longer retained, the page MUST carry a
+///   [`Gap`](crate::Gap) naming exactly the missed offsets, then the oldest retained ones.
+/// - F5: a cursor of another epoch MUST give a gap with
+///   [`GapReason::EpochChanged`](crate::GapReason), then messages from the start of the
+///   current log; never a silent restart.
+/// - F6: a topic nobody published to MUST give an empty page, not an error.
+#[async_trait]
+pub trait Fetch: Send + Sync {
+    /// Fetches up to `limit` messages of `topic` after `cursor`.
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page>;
+}
+
+/// Follows a topic: push, a stream of deliveries.
+///
+/// # Contract
+///
+/// - S1: the subscription MUST yield every message after `cursor`, in offset order, each once,
+///   or a [`Gap`](crate::Gap) that says exactly what was missed (the same rules as F3 to F5).
+/// - S2: it MUST resume by itself after a dropped connection, from the last cursor it
+///   delivered, with no loss and no duplicate while within retention.
+/// - S3: an error that a retry cannot fix MUST be yielded once, then the stream ends.
+/// - S4: dropping the subscription MUST release what it holds (connections, server state).
+/// - S5: subscribing MUST NOT need the topic to exist: a subscription to a topic nobody has
+///   published to yet waits for the first message.
+#[async_trait]
+pub trait Subscribe: Send + Sync {
+    /// Subscribes to `topic` from `cursor`.
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription>;
+}
+
+/// Publish, Fetch and Subscribe together: what `connect` returns and brokers are.
+pub trait Client: Publish + Fetch + Subscribe {
+    /// What this client can do.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// A stream of [`Delivery`] items that remembers the cursor of the last one it yielded.
+///
+/// Created by [`Subscribe::subscribe`]; read it with `futures::StreamExt::next`.
+pub struct Subscription {
+    topic: Topic,
+    cursor: Cursor,
+    inner: BoxStream<'static, Result<Delivery>>,
+}
+
+impl Subscription {
+    /// Wraps a stream that starts reading `topic` at `cursor`.
+    pub fn new(
+        topic: Topic,
+        cursor: Cursor,
+        stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
+    ) -> Self {
+        Self {
+            topic,
+            cursor,
+            inner: Box::pin(stream),
+        }
+    }
+
+    /// The topic followed.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// The cursor after the last delivery yielded (the start cursor before any).
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(delivery))) = &polled {
+            self.cursor = delivery.cursor();
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! forward {
+    ($($wrapper:ident),*) => {$(
+        #[async_trait]
+        impl<T: Publish + ?Sized> Publish for $wrapper<T> {
+            async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
+                (**self).publish(topic, publication).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Fetch + ?Sized> Fetch for $wrapper<T> {
+            async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page> {
+                (**self).fetch(topic, cursor, limit).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Subscribe + ?Sized> Subscribe for $wrapper<T> {
+            async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+                (**self).subscribe(topic, cursor).await
+            }
+        }
+
+        impl<T: Client + ?Sized> Client for $wrapper<T> {
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+        }
+    )*};
+}
+
+forward!(Arc, Box);

@@ -1,0 +1,661 @@
+//! The conformance cases. Each is a public function that custom transports may call directly;
+//! [`conformance!`](crate::conformance) turns them all into named tests.
+//!
+//! Every await is under [`STEP_TIMEOUT`]; no case asserts how long anything took.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pushpull_core::{
+    Client, Cursor, Delivery, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset,
+    OffsetRange, Publication, Receipt, Subscription, Topic,
+};
+
+use crate::harness::{Fixture, Harness, Limits, Skip};
+
+/// How long one step of a case may take before the case fails as hung.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP_TIMEOUT, step).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {STEP_TIMEOUT:?} waiting for {what}"),
+    }
+}
+
+async fn start(harness: &dyn Harness, limits: Limits) -> Box<dyn Fixture> {
+    within("the harness to start", harness.start(limits))
+        .await
+        .unwrap_or_else(|e| panic!("the harness failed to start: {e}"))
+}
+
+fn topic(name: &str) -> Topic {
+    Topic::new(format!("conformance.{name}")).expect("valid topic")
+}
+
+fn skipped(case: &str, why: Skip) {
+    eprintln!("conformance case {case} skipped: {why}");
+}
+
+async fn publish(client: &dyn Client, topic: &Topic, payload: impl Into<Bytes>) -> Receipt {
+    within("publish", client.publish(topic, Publication::new(payload)))
+        .await
+        .unwrap_or_else(|e| panic!("publish to {topic} failed: {e:?}"))
+}
+
+async fn publish_range(
+    client: &dyn Client,
+    topic: &Topic,
+    numbers: std::ops::RangeInclusive<u32>,
+) -> Vec<Receipt> {
+    let mut receipts = Vec::new();
+    for n in numbers {
+        receipts.push(publish(client, topic, format!("m{n}")).await);
+    }
+    receipts
+}
+
+async fn subscribe(client: &dyn Client, topic: &Topic, cursor: Cursor) -> Subscription {
+    within("subscribe", client.subscribe(topic, cursor))
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to {topic} from {cursor} failed: {e:?}"))
+}
+
+async fn next_delivery(sub: &mut Subscription) -> Delivery {
+    match within("the next delivery", sub.next()).await {
+        Some(Ok(delivery)) => delivery,
+        Some(Err(e)) => panic!("the subscription to {} failed: {e:?}", sub.topic()),
+        None => panic!("the subscription to {} ended", sub.topic()),
+    }
+}
+
+async fn next_message(sub: &mut Subscription) -> Message {
+    match next_delivery(sub).await {
+        Delivery::Message(m) => m,
+        Delivery::Gap(g) => panic!("expected a message, got {g:?}"),
+    }
+}
+
+async fn next_gap(sub: &mut Subscription) -> Gap {
+    match next_delivery(sub).await {
+        Delivery::Gap(g) => g,
+        Delivery::Message(m) => {
+            panic!("expected a gap, got message {} ({:?})", m.offset, m.payload)
+        }
+    }
+}
+
+/// Reads every page from `cursor` until an empty one; returns the messages and the final cursor.
+async fn fetch_all(
+    client: &dyn Client,
+    topic: &Topic,
+    mut cursor: Cursor,
+    limit: usize,
+) -> (Vec<Message>, Cursor) {
+    let mut messages = Vec::new();
+    loop {
+        let page = within("fetch", client.fetch(topic, cursor, limit))
+            .await
+            .unwrap_or_else(|e| panic!("fetch {topic} after {cursor} failed: {e:?}"));
+        assert!(page.gap.is_none(), "unexpected gap {:?}", page.gap);
+        assert!(
+            page.messages.len() <= limit,
+            "asked for {limit}, got {}",
+            page.messages.len()
+        );
+        if page.messages.is_empty() {
+            assert_eq!(page.next.epoch(), cursor.epoch().or(page.next.epoch()));
+            return (messages, page.next);
+        }
+        cursor = page.next;
+        messages.extend(page.messages);
+    }
+}
+
+fn offsets(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.offset.0).collect()
+}
+
+fn expect_kind<T: std::fmt::Debug>(result: Result<T, Error>, kind: ErrorKind, what: &str) -> Error {
+    match result {
+        Ok(value) => panic!("{what}: expected a {kind} error, got {value:?}"),
+        Err(err) => {
+            assert_eq!(err.kind(), kind, "{what}: wrong kind in {err:?}");
+            assert!(!err.message().is_empty(), "{what}: the error says nothing");
+            err
+        }
+    }
+}
+
+/// P1, F1: a published message comes back byte for byte with its labels, offset and epoch.
+pub async fn publish_fetch_round_trip(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("round-trip");
+    let publication = Publication::new("hello")
+        .event("greeting")
+        .content_type("text/plain");
+    let receipt = within("publish", client.publish(&topic, publication))
+        .await
+        .expect("publish");
+    assert_eq!(
+        receipt.offset,
+        Offset(1),
+        "the first offset of a topic is 1"
+    );
+    assert_eq!(receipt.topic, topic);
+
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10))
+        .await
+        .expect("fetch");
+    assert!(page.gap.is_none());
+    assert_eq!(page.messages.len(), 1);
+    let message = &page.messages[0];
+    assert_eq!(message.payload, "hello");
+    assert_eq!(message.event.as_deref(), Some("greeting"));
+    assert_eq!(message.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        (message.epoch, message.offset),
+        (receipt.epoch, receipt.offset)
+    );
+    assert_eq!(message.topic, topic);
+    assert_eq!(
+        message.timestamp_millis(),
+        pushpull_core::millis_since_unix_epoch(receipt.timestamp)
+    );
+    assert_eq!(page.next, receipt.cursor());
+
+    let again = within("fetch", client.fetch(&topic, page.next, 10))
+        .await
+        .expect("fetch");
+    assert!(
+        again.is_empty(),
+        "nothing after the last message: {again:?}"
+    );
+    assert_eq!(again.next, page.next, "an empty page keeps the cursor");
+}
+
+/// F6, F3: a topic nobody published to gives an empty page; `Latest` gives the end.
+pub async fn fetch_empty_topic(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("empty");
+    for cursor in [Cursor::Beginning, Cursor::Latest] {
+        let page = within("fetch", client.fetch(&topic, cursor, 10))
+            .await
+            .expect("fetch");
+        assert!(page.is_empty(), "{page:?}");
+        assert_eq!(
+            page.next.offset(),
+            Some(Offset(0)),
+            "an empty log stands at offset 0"
+        );
+    }
+    publish_range(&*client, &topic, 1..=3).await;
+    let page = within("fetch", client.fetch(&topic, Cursor::Latest, 10))
+        .await
+        .expect("fetch");
+    assert!(page.is_empty());
+    assert_eq!(page.next.offset(), Some(Offset(3)));
+}
+
+/// P2: offsets are dense and each publisher's messages keep their order under concurrency.
+pub async fn order_under_concurrent_publishers(harness: &dyn Harness) {
+    const PUBLISHERS: u32 = 4;
+    const EACH: u32 = 25;
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("concurrent");
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let client = client.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let mut receipts = Vec::new();
+                for n in 0..EACH {
+                    receipts.push((publish(&*client, &topic, format!("p{p}-{n}")).await, n));
+                }
+                receipts
+            })
+        })
+        .collect();
+    let mut by_offset = BTreeMap::new();
+    for task in tasks {
+        for (receipt, _) in within("the publishers", task)
+            .await
+            .expect("publisher task")
+        {
+            assert!(
+                by_offset.insert(receipt.offset.0, receipt).is_none(),
+                "an offset was given twice"
+            );
+        }
+    }
+    let total = u64::from(PUBLISHERS * EACH);
+    assert_eq!(
+        by_offset.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "offsets are dense"
+    );
+
+    let (messages, _) = fetch_all(&*client, &topic, Cursor::Beginning, 30).await;
+    assert_eq!(offsets(&messages), (1..=total).collect::<Vec<_>>());
+    let mut last_seen = BTreeMap::new();
+    for message in &messages {
+        let text = message.text().expect("text payload");
+        let (publisher, n) = text.split_once('-').expect("p-n");
+        let n: u32 = n.parse().expect("number");
+        if let Some(previous) = last_seen.insert(publisher.to_owned(), n) {
+            assert!(
+                n > previous,
+                "{publisher}'s messages out of order: {n} after {previous}"
+            );
+        }
+    }
+    assert_eq!(last_seen.len(), PUBLISHERS as usize);
+}
+
+/// F1, F2: `limit` bounds a page and `next` walks the log without loss or duplicate.
+pub async fn fetch_limit_and_next_cursor(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("paging");
+    publish_range(&*client, &topic, 1..=10).await;
+
+    let first = within("fetch", client.fetch(&topic, Cursor::Beginning, 3))
+        .await
+        .expect("fetch");
+    assert_eq!(offsets(&first.messages), vec![1, 2, 3]);
+    assert_eq!(first.next.offset(), Some(Offset(3)));
+    let (rest, end) = fetch_all(&*client, &topic, first.next, 3).await;
+    assert_eq!(offsets(&rest), (4..=10).collect::<Vec<_>>());
+    assert_eq!(end.offset(), Some(Offset(10)));
+
+    let err = expect_kind(
+        client.fetch(&topic, Cursor::Beginning, 0).await,
+        ErrorKind::BadRequest,
+        "limit 0",
+    );
+    assert!(
+        err.message().contains("limit"),
+        "the error should name the limit: {err}"
+    );
+}
+
+/// S1, F3: a subscription from `Beginning` delivers what exists, then what comes.
+pub async fn subscribe_from_beginning(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("from-beginning");
+    publish_range(&*client, &topic, 1..=3).await;
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    publish_range(&*client, &topic, 4..=5).await;
+    for n in 1..=5u64 {
+        let message = next_message(&mut sub).await;
+        assert_eq!(message.offset, Offset(n));
+        assert_eq!(message.payload, format!("m{n}"));
+    }
+    assert_eq!(sub.cursor().offset(), Some(Offset(5)));
+}
+
+/// S1, F3: a subscription from `Latest` delivers only what is published after it.
+pub async fn subscribe_from_latest(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("from-latest");
+    publish_range(&*client, &topic, 1..=3).await;
+    let mut sub = subscribe(&*client, &topic, Cursor::Latest).await;
+    publish_range(&*client, &topic, 4..=5).await;
+    assert_eq!(next_message(&mut sub).await.offset, Offset(4));
+    assert_eq!(next_message(&mut sub).await.offset, Offset(5));
+}
+
+/// S1: a subscription from a cursor delivers what follows it, then what comes.
+pub async fn subscribe_from_after(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("from-after");
+    let receipts = publish_range(&*client, &topic, 1..=5).await;
+    let mut sub = subscribe(&*client, &topic, receipts[2].cursor()).await;
+    assert_eq!(next_message(&mut sub).await.offset, Offset(4));
+    assert_eq!(next_message(&mut sub).await.offset, Offset(5));
+    publish_range(&*client, &topic, 6..=6).await;
+    let sixth = next_message(&mut sub).await;
+    assert_eq!(
+        (sixth.offset, sixth.payload.as_ref()),
+        (Offset(6), &b"m6"[..])
+    );
+}
+
+/// S5: subscribing to a topic nobody published to waits for its first message.
+pub async fn subscribe_before_first_publish(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("not-yet");
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    publish_range(&*client, &topic, 1..=1).await;
+    assert_eq!(next_message(&mut sub).await.payload, "m1");
+}
+
+/// S2: killing the subscriber's connection mid-stream loses nothing and repeats nothing.
+pub async fn resume_after_connection_killed(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("resume");
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    publish_range(&*client, &topic, 1..=10).await;
+    for n in 1..=5u64 {
+        assert_eq!(next_message(&mut sub).await.offset, Offset(n));
+    }
+    if let Err(why) = fixture.sever().await {
+        return skipped("resume_after_connection_killed", why);
+    }
+    publish_range(&*client, &topic, 11..=20).await;
+    for n in 6..=20u64 {
+        let message = next_message(&mut sub).await;
+        assert_eq!(message.offset, Offset(n), "after the connection was killed");
+        assert_eq!(message.payload, format!("m{n}"));
+    }
+    // Severed again while idle: the next message still arrives, once.
+    fixture.sever().await.expect("sever worked before");
+    publish_range(&*client, &topic, 21..=21).await;
+    assert_eq!(next_message(&mut sub).await.offset, Offset(21));
+}
+
+/// F4, S1: a reader behind retention gets a gap naming exactly the missed offsets.
+pub async fn gap_on_retention_loss(harness: &dyn Harness) {
+    let fixture = start(
+        harness,
+        Limits {
+            retention_messages: 5,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let client = fixture.client();
+    let topic = topic("retention");
+    let receipts = publish_range(&*client, &topic, 1..=2).await;
+    let behind = receipts[1].cursor();
+    let epoch = receipts[1].epoch;
+    publish_range(&*client, &topic, 3..=12).await; // keeps 8..=12
+
+    let expected = Gap {
+        topic: topic.clone(),
+        reason: GapReason::Retention,
+        missed: Some(OffsetRange {
+            first: Offset(3),
+            last: Offset(7),
+        }),
+        cursor: Cursor::After(epoch, Offset(7)),
+    };
+    let page = within("fetch", client.fetch(&topic, behind, 100))
+        .await
+        .expect("fetch");
+    assert_eq!(page.gap.as_ref(), Some(&expected));
+    assert_eq!(offsets(&page.messages), (8..=12).collect::<Vec<_>>());
+
+    let mut sub = subscribe(&*client, &topic, behind).await;
+    assert_eq!(next_gap(&mut sub).await, expected);
+    for n in 8..=12u64 {
+        assert_eq!(next_message(&mut sub).await.offset, Offset(n));
+    }
+
+    // `Beginning` means the oldest retained message: no gap.
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 100))
+        .await
+        .expect("fetch");
+    assert!(page.gap.is_none());
+    assert_eq!(page.messages.first().map(|m| m.offset), Some(Offset(8)));
+}
+
+/// F5: a cursor from an earlier incarnation of the log gives a gap, never a silent restart.
+pub async fn gap_on_epoch_change(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("epoch");
+    let receipts = publish_range(&*client, &topic, 1..=3).await;
+    let old = receipts[2].cursor();
+    if let Err(why) = fixture.restart().await {
+        return skipped("gap_on_epoch_change", why);
+    }
+    let fresh = publish_range(&*client, &topic, 1..=2).await;
+    let epoch = fresh[0].epoch;
+    assert_ne!(
+        epoch, receipts[0].epoch,
+        "a restarted broker has a new epoch"
+    );
+    assert_eq!(fresh[0].offset, Offset(1));
+
+    let expected = Gap {
+        topic: topic.clone(),
+        reason: GapReason::EpochChanged {
+            previous: receipts[0].epoch,
+        },
+        missed: None,
+        cursor: Cursor::After(epoch, Offset(0)),
+    };
+    let page = within("fetch", client.fetch(&topic, old, 100))
+        .await
+        .expect("fetch");
+    assert_eq!(page.gap.as_ref(), Some(&expected));
+    assert_eq!(offsets(&page.messages), vec![1, 2]);
+    assert!(page.messages.iter().all(|m| m.epoch == epoch));
+
+    let mut sub = subscribe(&*client, &topic, old).await;
+    assert_eq!(next_gap(&mut sub).await, expected);
+    assert_eq!(next_message(&mut sub).await.payload, "m1");
+    assert_eq!(next_message(&mut sub).await.payload, "m2");
+}
+
+/// S1, S2, F5: a live subscription carried across a server restart reports the epoch change.
+pub async fn live_subscription_across_restart(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("restart-live");
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    let receipts = publish_range(&*client, &topic, 1..=2).await;
+    for n in 1..=2u64 {
+        assert_eq!(next_message(&mut sub).await.offset, Offset(n));
+    }
+    if let Err(why) = fixture.restart().await {
+        return skipped("live_subscription_across_restart", why);
+    }
+    if let Err(why) = fixture.sever().await {
+        return skipped("live_subscription_across_restart", why);
+    }
+    let fresh = publish_range(&*client, &topic, 1..=1).await;
+    let gap = next_gap(&mut sub).await;
+    assert_eq!(
+        gap.reason,
+        GapReason::EpochChanged {
+            previous: receipts[0].epoch
+        }
+    );
+    assert_eq!(gap.cursor.epoch(), Some(fresh[0].epoch));
+    let message = next_message(&mut sub).await;
+    assert_eq!((message.epoch, message.offset), (fresh[0].epoch, Offset(1)));
+}
+
+/// P3: payloads are stored byte for byte, whatever the bytes.
+pub async fn binary_payloads(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("binary");
+    let payloads: Vec<Bytes> = vec![
+        (0..=255u8).collect::<Vec<u8>>().into(),
+        Bytes::from_static(b""),
+        Bytes::from_static(b"line one\nline two\r\nline three\rend\n"),
+        Bytes::from_static(b"\xff\xfe not UTF-8 \xc3\x28"),
+        Bytes::from_static("data: id: event: \u{0}\u{feff} ünïcødé 🚀".as_bytes()),
+    ];
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    for payload in &payloads {
+        publish(&*client, &topic, payload.clone()).await;
+    }
+    let (messages, _) = fetch_all(&*client, &topic, Cursor::Beginning, 100).await;
+    let fetched: Vec<Bytes> = messages.into_iter().map(|m| m.payload).collect();
+    assert_eq!(fetched, payloads, "fetched payloads differ");
+    for payload in &payloads {
+        assert_eq!(
+            &next_message(&mut sub).await.payload,
+            payload,
+            "subscribed payload differs"
+        );
+    }
+}
+
+/// P3: a payload of more than 1 MiB goes through whole.
+pub async fn large_payload(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("large");
+    let payload: Bytes = (0..(1024 * 1024 + 17))
+        .map(|i: u32| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
+    publish(&*client, &topic, payload.clone()).await;
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 1))
+        .await
+        .expect("fetch");
+    assert!(
+        page.messages[0].payload == payload,
+        "fetched large payload differs"
+    );
+    assert!(
+        next_message(&mut sub).await.payload == payload,
+        "subscribed large payload differs"
+    );
+}
+
+/// Many topics at once keep their messages apart.
+pub async fn many_topics(harness: &dyn Harness) {
+    const TOPICS: usize = 100;
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topics: Vec<Topic> = (0..TOPICS).map(|i| topic(&format!("many-{i}"))).collect();
+    let subscriptions = futures::stream::iter(topics.iter().cloned())
+        .map(|t| {
+            let client = client.clone();
+            async move { subscribe(&*client, &t, Cursor::Beginning).await }
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await;
+    futures::stream::iter(topics.iter().cloned())
+        .for_each_concurrent(16, |t| {
+            let client = client.clone();
+            async move {
+                publish(&*client, &t, t.to_string()).await;
+            }
+        })
+        .await;
+    let seen = futures::stream::iter(subscriptions)
+        .map(|mut sub| async move {
+            let message = next_message(&mut sub).await;
+            assert_eq!(message.topic, *sub.topic());
+            assert_eq!(message.payload, sub.topic().to_string());
+            message.topic
+        })
+        .buffer_unordered(TOPICS)
+        .collect::<HashSet<_>>()
+        .await;
+    assert_eq!(seen.len(), TOPICS);
+}
+
+/// Bad topic names are refused with the reason, before anything is sent.
+pub async fn invalid_topic_rejected(_harness: &dyn Harness) {
+    for name in [
+        "",
+        "has space",
+        "../etc",
+        "a/b",
+        "ünïcødé",
+        &"x".repeat(300),
+    ] {
+        let err = expect_kind(Topic::new(name), ErrorKind::InvalidTopic, "bad topic");
+        assert!(err.message().contains("topic"), "{err}");
+    }
+}
+
+/// Bad cursors are refused with the reason, in parsing and by the server.
+pub async fn invalid_cursor_rejected(harness: &dyn Harness) {
+    for text in [
+        "",
+        "yesterday",
+        "42",
+        "0123456789abcdef",
+        "0123456789abcdef-x",
+    ] {
+        expect_kind(
+            text.parse::<Cursor>(),
+            ErrorKind::InvalidCursor,
+            "bad cursor text",
+        );
+    }
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("ahead");
+    let receipt = publish(&*client, &topic, "only").await;
+    let ahead = Cursor::After(receipt.epoch, Offset(1000));
+    let err = expect_kind(
+        client.fetch(&topic, ahead, 10).await,
+        ErrorKind::InvalidCursor,
+        "cursor ahead of the log",
+    );
+    assert!(!err.is_retryable(), "retrying a bad cursor cannot help");
+    let other_epoch = Cursor::After(Epoch::from_u64(receipt.epoch.as_u64() ^ 1), Offset(1));
+    let page = within("fetch", client.fetch(&topic, other_epoch, 10))
+        .await
+        .expect("another epoch is a gap, not an error");
+    assert!(matches!(
+        page.gap.map(|g| g.reason),
+        Some(GapReason::EpochChanged { .. })
+    ));
+}
+
+/// P3: a payload over the limit is refused, stores nothing and harms nobody.
+pub async fn oversize_payload_rejected(harness: &dyn Harness) {
+    let limits = Limits::default();
+    let max = limits.max_payload;
+    let fixture = start(harness, limits).await;
+    let client = fixture.client();
+    let topic = topic("oversize");
+    let too_big = Bytes::from(vec![b'x'; max + 1]);
+    let err = expect_kind(
+        within("publish", client.publish(&topic, Publication::new(too_big))).await,
+        ErrorKind::TooLarge,
+        "oversize payload",
+    );
+    assert!(!err.is_retryable());
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10))
+        .await
+        .expect("fetch");
+    assert!(page.messages.is_empty(), "nothing was stored");
+    let exactly = Bytes::from(vec![b'y'; max]);
+    let receipt = publish(&*client, &topic, exactly).await;
+    assert_eq!(
+        receipt.offset,
+        Offset(1),
+        "the refused payload took no offset"
+    );
+}
+
+/// Bad labels are refused with the reason.
+pub async fn invalid_labels_rejected(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("labels");
+    let cases = [
+        Publication::new("x").event("two\nlines"),
+        Publication::new("x").event("x".repeat(65)),
+        Publication::new("x").content_type("text/plain\r\nX-Injected: 1"),
+    ];
+    for publication in cases {
+        let result = within("publish", client.publish(&topic, publication.clone())).await;
+        expect_kind(result, ErrorKind::BadRequest, &format!("{publication:?}"));
+    }
+}

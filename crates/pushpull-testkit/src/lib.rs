@@ -1,0 +1,69 @@
+#![doc = include_str!("../README.md")]
+
+pub mod cases;
+mod harness;
+mod memory;
+mod proxy;
+
+pub use harness::{Fixture, Harness, Limits, Skip};
+pub use memory::{MemoryHarness, memory_config};
+pub use proxy::ChaosProxy;
+
+/// Runs one case on a fresh two-thread runtime; what the [`conformance!`] tests call.
+pub fn run<F: std::future::Future<Output = ()>>(case: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(case)
+}
+
+/// Expands to a module `conformance` with one `#[test]` per case, each running against the
+/// harness that `$harness` (an expression, evaluated once per test) builds.
+///
+/// ```ignore
+/// pushpull_testkit::conformance!(pushpull_testkit::MemoryHarness);
+/// ```
+///
+/// `cargo test conformance` then runs exactly the suite.
+#[macro_export]
+macro_rules! conformance {
+    ($harness:expr) => {
+        #[allow(unreachable_pub)]
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance!(@cases $harness;
+                publish_fetch_round_trip,
+                fetch_empty_topic,
+                order_under_concurrent_publishers,
+                fetch_limit_and_next_cursor,
+                subscribe_from_beginning,
+                subscribe_from_latest,
+                subscribe_from_after,
+                subscribe_before_first_publish,
+                resume_after_connection_killed,
+                gap_on_retention_loss,
+                gap_on_epoch_change,
+                live_subscription_across_restart,
+                binary_payloads,
+                large_payload,
+                many_topics,
+                invalid_topic_rejected,
+                invalid_cursor_rejected,
+                oversize_payload_rejected,
+                invalid_labels_rejected,
+            );
+        }
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let harness = $harness;
+                $crate::run($crate::cases::$case(&harness));
+            }
+        )*
+    };
+}
