@@ -1,0 +1,242 @@
+//! The client side shared by the HTTP transports: requests, error mapping, publish.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pushpull_core::{Error, ErrorKind, Publication, Receipt, Topic};
+
+use crate::publish::EVENT_HEADER;
+use crate::response::error_from_response;
+use crate::wire;
+
+/// Settings of an [`HttpClient`].
+#[derive(Debug, Clone)]
+pub struct HttpClientConfig {
+    /// How long to wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// How long one ordinary request may take, body included.
+    pub request_timeout: Duration,
+    /// The largest response body accepted.
+    pub max_response_bytes: usize,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_response_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A pooled HTTP/1.1 client bound to one server, raising pushpull errors named after a transport.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: LegacyClient<HttpConnector, Full<Bytes>>,
+    base: String,
+    transport: &'static str,
+    config: HttpClientConfig,
+}
+
+impl HttpClient {
+    /// A client of the server at `base_url` (such as `http://127.0.0.1:8080`, optionally with a
+    /// path prefix), whose errors name `transport`.
+    pub fn new(
+        base_url: &str,
+        transport: &'static str,
+        config: HttpClientConfig,
+    ) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let uri: http::Uri = base.parse().map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("url {base_url:?} is not a valid URL: {e}"),
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("url {base_url:?}: https is not supported yet; put a TLS proxy in front or use http"),
+                )
+                .with_transport(transport));
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("url {base_url:?} must start with http://"),
+                )
+                .with_transport(transport));
+            }
+        }
+        if uri.host().is_none() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("url {base_url:?} has no host"),
+            ));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let inner = LegacyClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build(connector);
+        Ok(Self {
+            inner,
+            base,
+            transport,
+            config,
+        })
+    }
+
+    /// The transport name used in errors.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HttpClientConfig {
+        &self.config
+    }
+
+    /// The full URL of `path_and_query`, which starts with `/`.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.base)
+    }
+
+    /// A request builder for `method` on `path_and_query`.
+    pub fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(self.url(path_and_query))
+    }
+
+    /// Sends `request` and waits for the response head, up to `timeout`.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Error> {
+        let what = format!("{} {}", request.method(), request.uri());
+        match tokio::time::timeout(timeout, self.inner.request(request)).await {
+            Err(_) => Err(self.error(
+                ErrorKind::Timeout,
+                format!("{what}: no response within {timeout:?}"),
+            )),
+            Ok(Err(err)) if err.is_connect() => {
+                let source = std::error::Error::source(&err)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                Err(self
+                    .error(
+                        ErrorKind::Connect,
+                        format!("could not connect to {}: {source}", self.base),
+                    )
+                    .with_source(err))
+            }
+            Ok(Err(err)) => Err(self
+                .error(
+                    ErrorKind::Connect,
+                    format!("{what}: connection failed: {err}"),
+                )
+                .with_source(err)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Reads a whole response body, up to the configured maximum, within `timeout`.
+    pub async fn read_body(
+        &self,
+        response: Response<Incoming>,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
+        let max = self.config.max_response_bytes;
+        match tokio::time::timeout(timeout, Limited::new(response.into_body(), max).collect()).await
+        {
+            Err(_) => Err(self.error(
+                ErrorKind::Timeout,
+                format!("the response body did not arrive within {timeout:?}"),
+            )),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(self
+                .error(
+                    ErrorKind::TooLarge,
+                    format!("the response body is over the limit of {max} bytes"),
+                )
+                .with_retryable(false)),
+            Ok(Err(err)) => Err(self.error(
+                ErrorKind::Connect,
+                format!("the response body was cut off: {err}"),
+            )),
+        }
+    }
+
+    /// Turns a non-success response into the error it describes.
+    pub async fn error_for(&self, response: Response<Incoming>) -> Error {
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let body = self
+            .read_body(response, self.config.request_timeout)
+            .await
+            .unwrap_or_default();
+        let mut error = error_from_response(status, &body).with_transport(self.transport);
+        if retry_after.is_some() && status == StatusCode::TOO_MANY_REQUESTS {
+            error = error.with_retryable(true);
+        }
+        error
+    }
+
+    /// An error of `kind` named after this client's transport.
+    pub fn error(&self, kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error::new(kind, message).with_transport(self.transport)
+    }
+
+    /// Publishes with `POST /v1/topics/{topic}`.
+    pub async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
+        publication
+            .validate(usize::MAX)
+            .map_err(|e| e.with_transport(self.transport))?;
+        let mut request = self.request(Method::POST, &format!("/v1/topics/{topic}"));
+        if let Some(event) = publication.event_type() {
+            request = request.header(EVENT_HEADER, event);
+        }
+        if let Some(content_type) = publication.media_type() {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request
+            .body(Full::new(publication.payload().clone()))
+            .map_err(|e| {
+                self.error(
+                    ErrorKind::BadRequest,
+                    format!("cannot build the request: {e}"),
+                )
+            })?;
+        let timeout = self.config.request_timeout;
+        let response = self.send(request, timeout).await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(self.error_for(response).await);
+        }
+        let body = self.read_body(response, timeout).await?;
+        wire::decode_receipt(&body).map_err(|e| e.with_transport(self.transport))
+    }
+}
+
+/// The delay a `Retry-After` header asks for, in its delta-seconds form.
+pub fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
+    let value: &HeaderValue = response.headers().get(header::RETRY_AFTER)?;
+    value
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

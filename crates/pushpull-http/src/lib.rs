@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod publish;
+pub mod request;
+mod response;
+mod router;
+mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod wire;
+
+pub use client::{HttpClient, HttpClientConfig, retry_after};
+pub use publish::{EVENT_HEADER, PublishLimits, TOPIC_PATH, publish_route};
+pub use response::{
+    Body, empty, error_from_response, error_response, full, json, json_error, status_for,
+};
+pub use router::{BoxError, HandlerResult, HttpRequest, Params, Route, Router, query_params};
+pub use serve::{RunningServer, ServeConfig, ServerStats, serve_until, spawn};

@@ -1,0 +1,75 @@
+//! `POST /v1/topics/{topic}`: publishing over HTTP, shared by every HTTP transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode, header};
+use pushpull_core::{Client, Error, ErrorKind, Publication};
+
+use crate::response::json;
+use crate::router::{HttpRequest, Params, Route, query_params};
+use crate::{request, wire};
+
+/// The header that names the event type when the `event` query parameter does not.
+pub const EVENT_HEADER: &str = "pushpull-event";
+
+/// The route path of a topic.
+pub const TOPIC_PATH: &str = "/v1/topics/{topic}";
+
+/// Limits of the publish route.
+#[derive(Debug, Clone)]
+pub struct PublishLimits {
+    /// The largest body accepted; by default the broker's `max_payload`.
+    pub max_body: usize,
+    /// How long a client may take to send the body.
+    pub body_timeout: Duration,
+}
+
+/// The route `POST /v1/topics/{topic}`: the body is the payload, `Content-Type` is kept, the
+/// event type comes from `?event=` or the `Pushpull-Event` header. Answers 201 with the receipt.
+pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
+    Route::new(
+        Method::POST,
+        TOPIC_PATH,
+        move |request: HttpRequest, params: Params| {
+            let broker = broker.clone();
+            let limits = limits.clone();
+            async move {
+                let topic = request::topic(&params)?;
+                let query = query_params(&request);
+                let (parts, payload) =
+                    request::body(request, limits.max_body, limits.body_timeout).await?;
+                let mut publication = Publication::new(payload);
+                if let Some(event) = event_type(&query, &parts.headers)? {
+                    publication = publication.event(event);
+                }
+                if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+                    let content_type = content_type
+                        .to_str()
+                        .map_err(|_| Error::bad_request("Content-Type is not visible ASCII"))?;
+                    publication = publication.content_type(content_type);
+                }
+                let receipt = broker.publish(&topic, publication).await?;
+                Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
+            }
+        },
+    )
+}
+
+fn event_type(
+    query: &std::collections::HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Error> {
+    if let Some(event) = query.get("event") {
+        return Ok(Some(event.clone()));
+    }
+    match headers.get(EVENT_HEADER) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
+            Error::new(
+                ErrorKind::BadRequest,
+                "the Pushpull-Event header is not visible ASCII",
+            )
+        }),
+    }
+}

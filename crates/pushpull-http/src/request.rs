@@ -1,0 +1,112 @@
+//! Reading what a request says: topic, cursor, limit, body.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use http_body_util::BodyExt;
+use pushpull_core::{Cursor, Error, ErrorKind, Topic};
+
+use crate::router::{HttpRequest, Params};
+
+/// The header that carries a cursor when the query does not.
+pub const CURSOR_HEADER: &str = "pushpull-cursor";
+
+/// The `{topic}` of the route, validated.
+pub fn topic(params: &Params) -> Result<Topic, Error> {
+    Topic::new(params.get("topic").unwrap_or_default())
+}
+
+/// The cursor from the query parameter `after`, else the `Pushpull-Cursor` header, else `default`.
+pub fn cursor(
+    request: &HttpRequest,
+    query: &HashMap<String, String>,
+    default: Cursor,
+) -> Result<Cursor, Error> {
+    if let Some(text) = query.get("after") {
+        return text.parse();
+    }
+    match request.headers().get(CURSOR_HEADER) {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidCursor,
+                    "the Pushpull-Cursor header is not ASCII",
+                )
+            })?
+            .parse(),
+        None => Ok(default),
+    }
+}
+
+/// The `limit` query parameter: 1 to `max`, `default` when absent.
+pub fn limit(query: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Error> {
+    let Some(text) = query.get("limit") else {
+        return Ok(default);
+    };
+    let limit: usize = text
+        .parse()
+        .map_err(|_| Error::bad_request(format!("limit {text:?} is not a whole number")))?;
+    if limit == 0 || limit > max {
+        return Err(Error::bad_request(format!(
+            "limit must be between 1 and {max}, got {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// Reads the whole body, refusing more than `max` bytes (413) and taking longer than `timeout`.
+pub fn body(
+    request: HttpRequest,
+    max: usize,
+    timeout: Duration,
+) -> futures::future::BoxFuture<'static, Result<(http::request::Parts, Bytes), Error>> {
+    Box::pin(read_body(request, max, timeout))
+}
+
+async fn read_body(
+    request: HttpRequest,
+    max: usize,
+    timeout: Duration,
+) -> Result<(http::request::Parts, Bytes), Error> {
+    let too_large = |size: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!("body of {size} bytes is over the limit of {max} bytes"),
+        )
+    };
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::bad_request("Content-Length is not a number"))?;
+        if length > max as u64 {
+            return Err(too_large(&length));
+        }
+    }
+    let (parts, mut body) = request.into_parts();
+    let read = async move {
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| Error::bad_request(format!("the body could not be read: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > max {
+                    return Err(too_large(&"more than that"));
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(collected.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("the body did not arrive within {timeout:?}"),
+        )),
+        Ok(result) => Ok((parts, result?)),
+    }
+}

@@ -1,0 +1,140 @@
+//! Responses, and the one mapping between error kinds and HTTP statuses.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use pushpull_core::{Error, ErrorKind};
+
+use crate::wire;
+
+/// The response body type of every pushpull handler.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().boxed()
+}
+
+/// A body of `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// The HTTP status for an error of `kind`.
+///
+/// | kind | status |
+/// |---|---|
+/// | `invalid_topic`, `invalid_cursor`, `bad_request` | 400 |
+/// | `unauthorized` | 401 |
+/// | `too_large` | 413 |
+/// | `config` | 500 |
+/// | `unsupported` | 501 |
+/// | `connect`, `protocol` | 502 |
+/// | `closed`, `backend` | 503 |
+/// | `timeout` | 504 |
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidTopic | ErrorKind::InvalidCursor | ErrorKind::BadRequest => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Connect | ErrorKind::Protocol => StatusCode::BAD_GATEWAY,
+        ErrorKind::Closed | ErrorKind::Backend => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The response for `error`: its status and `{"error":{"kind":…,"message":…}}`.
+pub fn error_response(error: &Error) -> Response<Body> {
+    json_error(
+        status_for(error.kind()),
+        error.kind().as_str(),
+        error.message(),
+    )
+}
+
+/// A JSON error response with an explicit status and kind name.
+pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let mut response = json(status, wire::encode_error(kind, message));
+    // Errors are never cached, whatever the route says.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The error a client should raise for an error response.
+///
+/// A JSON error body gives the kind and message; anything else (a proxy's HTML page, say) is
+/// judged by the status alone. 429, 502, 503 and 504 are retryable.
+pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
+    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+    let (kind, message) = match wire::decode_error(body) {
+        Some(detail) => {
+            let kind = ErrorKind::from_wire(&detail.kind).unwrap_or(ErrorKind::Protocol);
+            (
+                kind,
+                format!("server answered {}: {}", status.as_u16(), detail.message),
+            )
+        }
+        None => {
+            let kind = match status.as_u16() {
+                400 => ErrorKind::BadRequest,
+                401 | 403 => ErrorKind::Unauthorized,
+                413 => ErrorKind::TooLarge,
+                408 | 504 => ErrorKind::Timeout,
+                429 | 502 | 503 => ErrorKind::Backend,
+                _ => ErrorKind::Protocol,
+            };
+            let snippet: String = String::from_utf8_lossy(body).chars().take(120).collect();
+            (
+                kind,
+                format!("server answered {status}: {}", snippet.trim()),
+            )
+        }
+    };
+    Error::new(kind, message).with_retryable(retryable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_status_and_comes_back() {
+        for kind in ErrorKind::ALL {
+            let status = status_for(kind);
+            let body = wire::encode_error(kind.as_str(), "why");
+            let back = error_from_response(status, &body);
+            assert_eq!(back.kind(), kind);
+            assert!(back.message().ends_with("why"));
+        }
+    }
+
+    #[test]
+    fn foreign_error_pages_are_judged_by_status() {
+        let err = error_from_response(StatusCode::BAD_GATEWAY, b"<html>nginx</html>");
+        assert_eq!(err.kind(), ErrorKind::Backend);
+        assert!(err.is_retryable());
+        let err = error_from_response(StatusCode::NOT_FOUND, b"not here");
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(!err.is_retryable());
+    }
+}

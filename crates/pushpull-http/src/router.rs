@@ -1,0 +1,229 @@
+//! Routing of `/v1/...` requests to transport handlers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use pushpull_core::Error;
+
+use crate::response::{Body, error_response, json_error};
+
+/// The error type of request bodies handlers see.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request as handlers see it: any body, boxed.
+pub type HttpRequest = Request<BoxBody<Bytes, BoxError>>;
+
+/// What a handler returns; an `Err` becomes the JSON error response for its kind.
+pub type HandlerResult = Result<Response<Body>, Error>;
+
+type Handler = Arc<dyn Fn(HttpRequest, Params) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+
+/// Values captured from `{name}` segments of a route's pattern.
+#[derive(Debug, Default, Clone)]
+pub struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    /// The value captured for `{name}`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One method and path pattern, such as `GET /v1/topics/{topic}/messages`, and its handler.
+#[derive(Clone)]
+pub struct Route {
+    method: Method,
+    pattern: &'static str,
+    segments: Vec<Segment>,
+    handler: Handler,
+}
+
+#[derive(Clone, PartialEq)]
+enum Segment {
+    Literal(&'static str),
+    Capture(&'static str),
+}
+
+impl Route {
+    /// A route for `method` on `pattern` (segments in braces capture one path segment).
+    pub fn new<F, Fut>(method: Method, pattern: &'static str, handler: F) -> Self
+    where
+        F: Fn(HttpRequest, Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let segments = pattern
+            .trim_start_matches('/')
+            .split('/')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Capture(name),
+                    None => Segment::Literal(s),
+                },
+            )
+            .collect();
+        let handler: Handler = Arc::new(move |req, params| Box::pin(handler(req, params)));
+        Self {
+            method,
+            pattern,
+            segments,
+            handler,
+        }
+    }
+
+    fn matches(&self, path: &[&str]) -> Option<Params> {
+        if path.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, part) in self.segments.iter().zip(path) {
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Capture(name) => params.push((*name, percent_decode(part)?)),
+            }
+        }
+        Some(Params(params))
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.pattern)
+    }
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+/// Sends each request to the route that matches its method and path.
+///
+/// A path no route matches is answered 404; a path that matches with another method 405
+/// with `Allow`; both with the JSON error body. Cloning is cheap.
+///
+/// It is a `hyper` service over any request body whose data is `Bytes`, so it can be served
+/// by [`serve`](crate::serve) or mounted in another hyper, tower or axum application.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Arc<Vec<Route>>,
+}
+
+impl Router {
+    /// A router with no routes: everything is 404.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds routes.
+    pub fn with(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
+        Arc::make_mut(&mut self.routes).extend(routes);
+        self
+    }
+
+    /// The routes, in the order they are tried.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut allowed: Vec<Method> = Vec::new();
+        for route in self.routes.iter() {
+            let Some(params) = route.matches(&parts) else {
+                continue;
+            };
+            if route.method == request.method()
+                || (request.method() == Method::HEAD && route.method == Method::GET)
+            {
+                let method = request.method().clone();
+                let mut response = match (route.handler)(request, params).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        tracing::debug!(%method, %path, %error, "request failed");
+                        error_response(&error)
+                    }
+                };
+                if method == Method::HEAD {
+                    *response.body_mut() = crate::response::empty();
+                }
+                return response;
+            }
+            if !allowed.contains(&route.method) {
+                allowed.push(route.method.clone());
+            }
+        }
+        if allowed.is_empty() {
+            let message = format!("no route for {} {path}", request.method());
+            return json_error(StatusCode::NOT_FOUND, "not_found", &message);
+        }
+        if allowed.contains(&Method::GET) {
+            allowed.push(Method::HEAD);
+        }
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!(
+            "{} is not allowed on {path}; allowed: {allow}",
+            request.method()
+        );
+        let mut response = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &message,
+        );
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_str(&allow).expect("method names are ASCII"),
+        );
+        response
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.routes.iter()).finish()
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Router
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        let router = self.clone();
+        let request = request.map(|body| body.map_err(Into::into).boxed());
+        Box::pin(async move { Ok(router.handle(request).await) })
+    }
+}
+
+/// The query parameters of a request, decoded.
+pub fn query_params(request: &HttpRequest) -> HashMap<String, String> {
+    request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}

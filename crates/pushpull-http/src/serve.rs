@@ -1,0 +1,239 @@
+//! Serving a [`Router`](crate::Router) (or any hyper service) on a TCP listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How connections are served.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// How long a client may take to send a request's head, counted from the moment the
+    /// server waits for one (so it also closes idle keep-alive connections). A client that
+    /// connects and sends nothing is disconnected after this long.
+    pub header_read_timeout: Duration,
+    /// How long a graceful shutdown waits for requests in flight before closing them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Counters of a running server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    open: AtomicUsize,
+    accepted: AtomicUsize,
+}
+
+impl ServerStats {
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+/// A server running in the background. Dropping it shuts it down, abruptly; prefer
+/// [`shutdown`](RunningServer::shutdown).
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    stats: Arc<ServerStats>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the grace period), then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Serves `service` on `listener` in a background task.
+pub fn spawn<S, B>(
+    listener: TcpListener,
+    service: S,
+    config: ServeConfig,
+) -> io::Result<RunningServer>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(ServerStats::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_until(
+        listener,
+        service,
+        config,
+        stats.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(RunningServer {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+        stats,
+    })
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn serve_until<S, B>(
+    listener: TcpListener,
+    service: S,
+    config: ServeConfig,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let watcher = graceful.watcher();
+        let service = service.clone();
+        let config = config.clone();
+        let stats = stats.clone();
+        connections.spawn(async move {
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            let _open = OpenGuard(&stats);
+            if !request_begins(&stream, config.header_read_timeout).await {
+                return;
+            }
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(err = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::info!("grace period over; closing the remaining connections");
+        }
+    }
+    connections.shutdown().await;
+}
+
+struct OpenGuard<'a>(&'a ServerStats);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits, up to `timeout`, until the client has sent enough to tell HTTP/1 from HTTP/2;
+/// false if it sent nothing (or closed) in time.
+///
+/// The bytes are only peeked, so hyper reads them again. Without this, a client that connects
+/// and sends nothing would hold its connection forever, as protocol detection has no timer.
+async fn request_begins(stream: &TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) => n,
+        };
+        if buf[..peeked] != H2_PREFACE[..peeked] || peeked == H2_PREFACE.len() {
+            return true;
+        }
+        // A partial HTTP/2 preface: peeking again at once would return the same bytes.
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+}
