@@ -76,16 +76,9 @@ impl FromStr for Epoch {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = |why: &str| {
-            Error::new(
-                ErrorKind::InvalidCursor,
-                format!("invalid epoch {:?}: {why}", clip(s)),
-            )
+            Error::new(ErrorKind::InvalidCursor, format!("invalid epoch {:?}: {why}", clip(s)))
         };
-        if s.len() != 16
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(bad("expected 16 lowercase hex digits"));
         }
         let value = u64::from_str_radix(s, 16).map_err(|_| bad("not a hex number"))?;
@@ -153,28 +146,19 @@ impl FromStr for Cursor {
             _ => {}
         }
         let bad = |why: String| {
-            Error::new(
-                ErrorKind::InvalidCursor,
-                format!("invalid cursor {:?}: {why}", clip(s)),
-            )
+            Error::new(ErrorKind::InvalidCursor, format!("invalid cursor {:?}: {why}", clip(s)))
         };
         if s.len() > MAX_CURSOR_LEN {
             return Err(bad(format!("longer than {MAX_CURSOR_LEN} bytes")));
         }
         let Some((epoch, offset)) = s.split_once('-') else {
-            return Err(bad(
-                "expected \"beginning\", \"latest\" or EPOCH-OFFSET".into()
-            ));
+            return Err(bad("expected \"beginning\", \"latest\" or EPOCH-OFFSET".into()));
         };
-        let epoch: Epoch = epoch
-            .parse()
-            .map_err(|e: Error| bad(e.message().to_owned()))?;
+        let epoch: Epoch = epoch.parse().map_err(|e: Error| bad(e.message().to_owned()))?;
         if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(format!("offset {offset:?} is not a decimal number")));
         }
-        let offset = offset
-            .parse::<u64>()
-            .map_err(|_| bad("offset is out of range".into()))?;
+        let offset = offset.parse::<u64>().map_err(|_| bad("offset is out of range".into()))?;
         Ok(Cursor::After(epoch, Offset(offset)))
     }
 }

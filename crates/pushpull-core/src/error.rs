@@ -143,11 +143,8 @@ impl Error {
 
     /// Shorthand for an [`ErrorKind::Unsupported`] error naming the operation and transport.
     pub fn unsupported(operation: &str, transport: &'static str) -> Self {
-        Self::new(
-            ErrorKind::Unsupported,
-            format!("{operation} is not supported by {transport}"),
-        )
-        .with_transport(transport)
+        Self::new(ErrorKind::Unsupported, format!("{operation} is not supported by {transport}"))
+            .with_transport(transport)
     }
 
     /// Shorthand for an [`ErrorKind::BadRequest`] error.
@@ -202,8 +199,7 @@ impl fmt::Debug for Error {
         if let Some(transport) = &self.transport {
             s.field("transport", transport);
         }
-        s.field("retryable", &self.retryable)
-            .field("message", &self.message);
+        s.field("retryable", &self.retryable).field("message", &self.message);
         if let Some(source) = &self.source {
             s.field("source", source);
         }
@@ -213,9 +209,7 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
+        self.source.as_deref().map(|s| s as &(dyn StdError + 'static))
     }
 }
 

@@ -1,18 +1,22 @@
 #![doc = include_str!("../README.md")]
 
+mod backoff;
 mod cursor;
+pub mod duration_text;
 mod error;
 mod memory;
 mod message;
 mod topic;
 mod traits;
 
+pub use backoff::Backoff;
 pub use cursor::{Cursor, Epoch, MAX_CURSOR_LEN, Offset};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
-    Capabilities, Delivery, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN, Message,
-    OffsetRange, Page, Publication, Receipt, millis_since_unix_epoch, time_from_millis,
+    Capabilities, Delivery, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,
+    MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, Receipt,
+    millis_since_unix_epoch, time_from_millis,
 };
 pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use traits::{Client, Fetch, Publish, Subscribe, Subscription};

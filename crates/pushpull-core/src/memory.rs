@@ -32,11 +32,7 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Self {
-            max_messages: 10_000,
-            max_bytes: 64 * 1024 * 1024,
-            max_age: None,
-        }
+        Self { max_messages: 10_000, max_bytes: 64 * 1024 * 1024, max_age: None }
     }
 }
 
@@ -131,6 +127,10 @@ struct TopicLog {
 
 struct LogState {
     entries: VecDeque<Message>,
+    /// Idempotency keys of retained messages, to answer a retried publish with its first receipt.
+    keys: HashMap<Arc<str>, u64>,
+    /// The same keys in offset order, to forget them as their messages are evicted.
+    keyed: VecDeque<(u64, Arc<str>)>,
     /// The offset of `entries[0]`, or of the next message when empty.
     first: u64,
     /// The offset the next message gets.
@@ -153,14 +153,8 @@ impl MemoryBroker {
     /// A broker with the given limits.
     pub fn with_config(config: MemoryConfig) -> Result<Self> {
         config.validate()?;
-        let shared = Shared {
-            epoch: Epoch::random(),
-            config,
-            topics: RwLock::new(HashMap::new()),
-        };
-        Ok(Self {
-            shared: Arc::new(shared),
-        })
+        let shared = Shared { epoch: Epoch::random(), config, topics: RwLock::new(HashMap::new()) };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// The incarnation of every log in this broker.
@@ -179,12 +173,7 @@ impl MemoryBroker {
     }
 
     fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
-        self.shared
-            .topics
-            .read()
-            .expect("topics lock")
-            .get(topic)
-            .cloned()
+        self.shared.topics.read().expect("topics lock").get(topic).cloned()
     }
 
     fn log(&self, topic: &Topic) -> Result<Arc<TopicLog>> {
@@ -198,10 +187,7 @@ impl MemoryBroker {
         if topics.len() >= self.shared.config.max_topics {
             return Err(Error::new(
                 ErrorKind::Backend,
-                format!(
-                    "the broker already holds its maximum of {} topics",
-                    topics.len()
-                ),
+                format!("the broker already holds its maximum of {} topics", topics.len()),
             )
             .with_retryable(false)
             .with_transport(NAME));
@@ -226,27 +212,29 @@ impl TopicLog {
     fn new(topic: Topic) -> Self {
         let state = LogState {
             entries: VecDeque::new(),
+            keys: HashMap::new(),
+            keyed: VecDeque::new(),
             first: 1,
             next: 1,
             bytes: 0,
         };
-        Self {
-            topic,
-            state: RwLock::new(state),
-            tail: watch::Sender::new(0),
-        }
+        Self { topic, state: RwLock::new(state), tail: watch::Sender::new(0) }
     }
 
     fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
         let mut state = self.state.write().expect("log lock");
+        let key = publication.key().map(Arc::<str>::from);
+        if let Some(receipt) = key.as_ref().and_then(|key| state.receipt_for(key, epoch)) {
+            return receipt;
+        }
         let offset = Offset(state.next);
+        if let Some(key) = key {
+            state.keys.insert(key.clone(), offset.0);
+            state.keyed.push_back((offset.0, key));
+        }
         let message = publication.into_message(self.topic.clone(), epoch, offset);
-        let receipt = Receipt {
-            topic: message.topic.clone(),
-            epoch,
-            offset,
-            timestamp: message.timestamp,
-        };
+        let receipt =
+            Receipt { topic: message.topic.clone(), epoch, offset, timestamp: message.timestamp };
         state.bytes += message.payload.len();
         state.entries.push_back(message);
         state.next += 1;
@@ -301,33 +289,33 @@ impl TopicLog {
                 gap = Some(Gap {
                     topic: self.topic.clone(),
                     reason: GapReason::EpochChanged { previous },
-                    missed: (first > 1).then(|| OffsetRange {
-                        first: Offset(1),
-                        last: Offset(first - 1),
-                    }),
+                    missed: (first > 1)
+                        .then(|| OffsetRange { first: Offset(1), last: Offset(first - 1) }),
                     cursor: Cursor::After(epoch, Offset(first - 1)),
                 });
                 first - 1
             }
         };
         let skip = (position + 1 - state.first) as usize;
-        let messages: Vec<Message> = state
-            .entries
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect();
+        let messages: Vec<Message> = state.entries.iter().skip(skip).take(limit).cloned().collect();
         let next = Cursor::After(epoch, Offset(position + messages.len() as u64));
-        Ok(Page {
-            gap,
-            messages,
-            next,
-        })
+        Ok(Page { gap, messages, next })
     }
 }
 
 impl LogState {
+    /// The receipt of the retained message published with `key`, if any.
+    fn receipt_for(&self, key: &str, epoch: Epoch) -> Option<Receipt> {
+        let offset = *self.keys.get(key)?;
+        let message = self.entries.get(usize::try_from(offset.checked_sub(self.first)?).ok()?)?;
+        Some(Receipt {
+            topic: message.topic.clone(),
+            epoch,
+            offset: message.offset,
+            timestamp: message.timestamp,
+        })
+    }
+
     /// The offset of the first message that is still within the age limit.
     fn first_retained(&self, retention: &Retention, now: SystemTime) -> u64 {
         let Some(max_age) = retention.max_age else {
@@ -336,10 +324,7 @@ impl LogState {
         let expired = self
             .entries
             .iter()
-            .take_while(|m| {
-                now.duration_since(m.timestamp)
-                    .is_ok_and(|age| age > max_age)
-            })
+            .take_while(|m| now.duration_since(m.timestamp).is_ok_and(|age| age > max_age))
             .count();
         self.first + expired as u64
     }
@@ -357,21 +342,20 @@ impl LogState {
             self.entries.pop_front();
             self.first += 1;
         }
+        while self.keyed.front().is_some_and(|(offset, _)| *offset < self.first) {
+            if let Some((_, key)) = self.keyed.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Publish for MemoryBroker {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
-        publication
-            .validate(self.shared.config.max_payload)
-            .map_err(|e| e.with_transport(NAME))?;
+        publication.validate(self.shared.config.max_payload).map_err(|e| e.with_transport(NAME))?;
         let log = self.log(topic)?;
-        Ok(log.append(
-            self.shared.epoch,
-            &self.shared.config.retention,
-            publication,
-        ))
+        Ok(log.append(self.shared.epoch, &self.shared.config.retention, publication))
     }
 }
 
@@ -383,12 +367,7 @@ impl Fetch for MemoryBroker {
         }
         let limit = limit.min(self.shared.config.max_page);
         match self.existing(topic) {
-            Some(log) => log.read(
-                self.shared.epoch,
-                &self.shared.config.retention,
-                cursor,
-                limit,
-            ),
+            Some(log) => log.read(self.shared.epoch, &self.shared.config.retention, cursor, limit),
             None => self.empty_page(cursor),
         }
     }
@@ -447,10 +426,7 @@ impl Reader {
             }
             // Mark the tail seen before reading, so a publish after the read wakes us.
             self.tail.borrow_and_update();
-            match self
-                .log
-                .read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH)
-            {
+            match self.log.read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH) {
                 Err(err) => {
                     self.failed = true;
                     return Some((Err(err), self));
@@ -470,8 +446,6 @@ impl Reader {
 
 impl Client for MemoryBroker {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full(NAME)
-            .with_push(true)
-            .with_max_payload(self.shared.config.max_payload)
+        Capabilities::full(NAME).with_push(true).with_max_payload(self.shared.config.max_payload)
     }
 }

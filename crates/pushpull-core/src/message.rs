@@ -13,6 +13,8 @@ use crate::topic::Topic;
 pub const MAX_EVENT_LEN: usize = 64;
 /// The longest content type accepted, in bytes.
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// What a publisher hands over: a payload and optional labels. The broker adds the rest.
 ///
@@ -26,16 +28,13 @@ pub struct Publication {
     payload: Bytes,
     event: Option<Arc<str>>,
     content_type: Option<Arc<str>>,
+    idempotency_key: Option<Arc<str>>,
 }
 
 impl Publication {
     /// A publication of `payload` (any bytes; text is just valid UTF-8).
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        Self {
-            payload: payload.into(),
-            event: None,
-            content_type: None,
-        }
+        Self { payload: payload.into(), event: None, content_type: None, idempotency_key: None }
     }
 
     /// Labels the message with an event type (SSE's `event:`, for example).
@@ -48,6 +47,20 @@ impl Publication {
     pub fn content_type(mut self, content_type: impl AsRef<str>) -> Self {
         self.content_type = Some(Arc::from(content_type.as_ref()));
         self
+    }
+
+    /// Makes retries safe: a broker that already stored a publication with this key on this
+    /// topic (and still retains it) answers with the first receipt instead of storing it again.
+    /// Transport clients set a fresh key on each publish so they can retry after a dropped
+    /// connection without duplicating.
+    pub fn idempotency_key(mut self, key: impl AsRef<str>) -> Self {
+        self.idempotency_key = Some(Arc::from(key.as_ref()));
+        self
+    }
+
+    /// The idempotency key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
     }
 
     /// The payload.
@@ -88,6 +101,9 @@ impl Publication {
                 b.is_ascii_graphic() || b == b' '
             })?;
         }
+        if let Some(key) = &self.idempotency_key {
+            check_label("idempotency key", key, MAX_IDEMPOTENCY_KEY_LEN, |b| b.is_ascii_graphic())?;
+        }
         Ok(())
     }
 
@@ -109,10 +125,7 @@ fn check_label(what: &str, value: &str, max: usize, ok: impl Fn(u8) -> bool) -> 
     let why = if value.is_empty() {
         format!("{what} must not be empty")
     } else if value.len() > max {
-        format!(
-            "{what} is at most {max} bytes, this one has {}",
-            value.len()
-        )
+        format!("{what} is at most {max} bytes, this one has {}", value.len())
     } else if let Some(bad) = value.bytes().find(|&b| !ok(b)) {
         format!("{what} contains the byte 0x{bad:02x}, only visible ASCII is allowed")
     } else {
@@ -161,9 +174,7 @@ impl Message {
 
 /// Milliseconds since the Unix epoch (zero for times before it).
 pub fn millis_since_unix_epoch(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The time `millis` milliseconds after the Unix epoch.
@@ -331,14 +342,7 @@ pub struct Capabilities {
 impl Capabilities {
     /// Capabilities of something that can publish, fetch and subscribe.
     pub fn full(name: &'static str) -> Self {
-        Self {
-            name,
-            publish: true,
-            fetch: true,
-            subscribe: true,
-            push: false,
-            max_payload: None,
-        }
+        Self { name, publish: true, fetch: true, subscribe: true, push: false, max_payload: None }
     }
 
     /// Sets whether messages are pushed.
@@ -360,17 +364,12 @@ mod tests {
 
     #[test]
     fn publication_validation_names_the_problem() {
-        let ok = Publication::new("x")
-            .event("price")
-            .content_type("text/plain; charset=utf-8");
+        let ok = Publication::new("x").event("price").content_type("text/plain; charset=utf-8");
         assert!(ok.validate(10).is_ok());
         let err = Publication::new(vec![0u8; 11]).validate(10).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooLarge);
         assert!(err.to_string().contains("11 bytes"));
-        let err = Publication::new("x")
-            .event("a\nb")
-            .validate(10)
-            .unwrap_err();
+        let err = Publication::new("x").event("a\nb").validate(10).unwrap_err();
         assert!(err.to_string().contains("0x0a"), "{err}");
         let err = Publication::new("x").event("").validate(10).unwrap_err();
         assert!(err.to_string().contains("empty"));

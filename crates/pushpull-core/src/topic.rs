@@ -38,10 +38,7 @@ impl Topic {
     pub fn new(name: impl AsRef<str>) -> Result<Self, Error> {
         let name = name.as_ref();
         validate(name).map_err(|why| {
-            Error::new(
-                ErrorKind::InvalidTopic,
-                format!("invalid topic {:?}: {why}", shorten(name)),
-            )
+            Error::new(ErrorKind::InvalidTopic, format!("invalid topic {:?}: {why}", shorten(name)))
         })?;
         Ok(Self(Arc::from(name)))
     }
@@ -71,9 +68,7 @@ fn validate(name: &str) -> Result<(), String> {
             ));
         }
         if position == 0 && !ch.is_ascii_alphanumeric() {
-            return Err(format!(
-                "a topic name must start with a letter or a digit, not {ch:?}"
-            ));
+            return Err(format!("a topic name must start with a letter or a digit, not {ch:?}"));
         }
     }
     Ok(())
@@ -152,14 +147,7 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for name in [
-            "a",
-            "ticker",
-            "prices.EUR-USD",
-            "user:42_inbox",
-            "0",
-            &"x".repeat(128),
-        ] {
+        for name in ["a", "ticker", "prices.EUR-USD", "user:42_inbox", "0", &"x".repeat(128)] {
             assert!(Topic::new(name).is_ok(), "{name} should be valid");
         }
     }
@@ -182,12 +170,7 @@ mod tests {
             assert!(err.to_string().contains(expected), "{name:?}: {err}");
         }
         let long = "x".repeat(129);
-        assert!(
-            Topic::new(&long)
-                .unwrap_err()
-                .to_string()
-                .contains("at most 128 bytes")
-        );
+        assert!(Topic::new(&long).unwrap_err().to_string().contains("at most 128 bytes"));
         // A huge name is not echoed whole into the message.
         let huge = "é".repeat(10_000);
         assert!(Topic::new(&huge).unwrap_err().to_string().len() < 400);

@@ -26,6 +26,9 @@ use crate::topic::Topic;
 ///   store nothing; payloads MUST be stored byte for byte (any bytes, not only UTF-8).
 /// - P4: an error MUST say whether a retry can help; a publish that failed with a retryable
 ///   error MAY have been stored (the caller cannot always tell).
+/// - P5: a publication with an [idempotency key](Publication::idempotency_key) that matches a
+///   message still retained on the topic MUST NOT be stored again: the answer is the first
+///   message's receipt. So a publish retried after a lost answer is stored once.
 #[async_trait]
 pub trait Publish: Send + Sync {
     /// Appends `publication` to `topic`'s log.
@@ -94,11 +97,7 @@ impl Subscription {
         cursor: Cursor,
         stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
     ) -> Self {
-        Self {
-            topic,
-            cursor,
-            inner: Box::pin(stream),
-        }
+        Self { topic, cursor, inner: Box::pin(stream) }
     }
 
     /// The topic followed.

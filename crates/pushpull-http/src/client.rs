@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pushpull_core::{Error, ErrorKind, Publication, Receipt, Topic};
 
-use crate::publish::EVENT_HEADER;
+use crate::publish::{EVENT_HEADER, IDEMPOTENCY_KEY_HEADER};
 use crate::response::error_from_response;
 use crate::wire;
 
@@ -55,10 +55,7 @@ impl HttpClient {
     ) -> Result<Self, Error> {
         let base = base_url.trim_end_matches('/').to_owned();
         let uri: http::Uri = base.parse().map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("url {base_url:?} is not a valid URL: {e}"),
-            )
+            Error::new(ErrorKind::Config, format!("url {base_url:?} is not a valid URL: {e}"))
         })?;
         match uri.scheme_str() {
             Some("http") => {}
@@ -78,10 +75,7 @@ impl HttpClient {
             }
         }
         if uri.host().is_none() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("url {base_url:?} has no host"),
-            ));
+            return Err(Error::new(ErrorKind::Config, format!("url {base_url:?} has no host")));
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -89,12 +83,7 @@ impl HttpClient {
         let inner = LegacyClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
             .build(connector);
-        Ok(Self {
-            inner,
-            base,
-            transport,
-            config,
-        })
+        Ok(Self { inner, base, transport, config })
     }
 
     /// The transport name used in errors.
@@ -114,9 +103,7 @@ impl HttpClient {
 
     /// A request builder for `method` on `path_and_query`.
     pub fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
-        Request::builder()
-            .method(method)
-            .uri(self.url(path_and_query))
+        Request::builder().method(method).uri(self.url(path_and_query))
     }
 
     /// Sends `request` and waits for the response head, up to `timeout`.
@@ -127,14 +114,13 @@ impl HttpClient {
     ) -> Result<Response<Incoming>, Error> {
         let what = format!("{} {}", request.method(), request.uri());
         match tokio::time::timeout(timeout, self.inner.request(request)).await {
-            Err(_) => Err(self.error(
-                ErrorKind::Timeout,
-                format!("{what}: no response within {timeout:?}"),
-            )),
+            Err(_) => {
+                Err(self
+                    .error(ErrorKind::Timeout, format!("{what}: no response within {timeout:?}")))
+            }
             Ok(Err(err)) if err.is_connect() => {
-                let source = std::error::Error::source(&err)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
+                let source =
+                    std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
                 Err(self
                     .error(
                         ErrorKind::Connect,
@@ -143,12 +129,33 @@ impl HttpClient {
                     .with_source(err))
             }
             Ok(Err(err)) => Err(self
-                .error(
-                    ErrorKind::Connect,
-                    format!("{what}: connection failed: {err}"),
-                )
+                .error(ErrorKind::Connect, format!("{what}: connection failed: {err}"))
                 .with_source(err)),
             Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Sends the request `make` builds, retrying twice on a connection failure (a pooled
+    /// connection the server had closed, say). Only for requests that are safe to repeat: GETs,
+    /// and publishes that carry an idempotency key.
+    pub async fn send_idempotent(
+        &self,
+        make: impl Fn() -> Result<Request<Full<Bytes>>, Error>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Error> {
+        const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            match self.send(make()?, timeout).await {
+                Err(error) if error.kind() == ErrorKind::Connect => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(%error, "retrying a request that is safe to repeat");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => return Err(error),
+                },
+                other => return other,
+            }
         }
     }
 
@@ -172,10 +179,9 @@ impl HttpClient {
                     format!("the response body is over the limit of {max} bytes"),
                 )
                 .with_retryable(false)),
-            Ok(Err(err)) => Err(self.error(
-                ErrorKind::Connect,
-                format!("the response body was cut off: {err}"),
-            )),
+            Ok(Err(err)) => {
+                Err(self.error(ErrorKind::Connect, format!("the response body was cut off: {err}")))
+            }
         }
     }
 
@@ -183,10 +189,7 @@ impl HttpClient {
     pub async fn error_for(&self, response: Response<Incoming>) -> Error {
         let status = response.status();
         let retry_after = retry_after(&response);
-        let body = self
-            .read_body(response, self.config.request_timeout)
-            .await
-            .unwrap_or_default();
+        let body = self.read_body(response, self.config.request_timeout).await.unwrap_or_default();
         let mut error = error_from_response(status, &body).with_transport(self.transport);
         if retry_after.is_some() && status == StatusCode::TOO_MANY_REQUESTS {
             error = error.with_retryable(true);
@@ -200,27 +203,36 @@ impl HttpClient {
     }
 
     /// Publishes with `POST /v1/topics/{topic}`.
-    pub async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
-        publication
-            .validate(usize::MAX)
-            .map_err(|e| e.with_transport(self.transport))?;
-        let mut request = self.request(Method::POST, &format!("/v1/topics/{topic}"));
-        if let Some(event) = publication.event_type() {
-            request = request.header(EVENT_HEADER, event);
+    ///
+    /// A publication without an idempotency key gets a fresh random one, so a publish whose
+    /// connection drops is retried without being stored twice.
+    pub async fn publish(
+        &self,
+        topic: &Topic,
+        mut publication: Publication,
+    ) -> Result<Receipt, Error> {
+        if publication.key().is_none() {
+            publication = publication.idempotency_key(random_key());
         }
-        if let Some(content_type) = publication.media_type() {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        let request = request
-            .body(Full::new(publication.payload().clone()))
-            .map_err(|e| {
-                self.error(
-                    ErrorKind::BadRequest,
-                    format!("cannot build the request: {e}"),
-                )
-            })?;
+        publication.validate(usize::MAX).map_err(|e| e.with_transport(self.transport))?;
+        let path = format!("/v1/topics/{topic}");
+        let make = || {
+            let mut request = self.request(Method::POST, &path);
+            if let Some(event) = publication.event_type() {
+                request = request.header(EVENT_HEADER, event);
+            }
+            if let Some(content_type) = publication.media_type() {
+                request = request.header(header::CONTENT_TYPE, content_type);
+            }
+            if let Some(key) = publication.key() {
+                request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+            }
+            request.body(Full::new(publication.payload().clone())).map_err(|e| {
+                self.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+            })
+        };
         let timeout = self.config.request_timeout;
-        let response = self.send(request, timeout).await?;
+        let response = self.send_idempotent(make, timeout).await?;
         if response.status() != StatusCode::CREATED {
             return Err(self.error_for(response).await);
         }
@@ -232,11 +244,18 @@ impl HttpClient {
 /// The delay a `Retry-After` header asks for, in its delta-seconds form.
 pub fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
     let value: &HeaderValue = response.headers().get(header::RETRY_AFTER)?;
-    value
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// 128 random bits in hex: an idempotency key no other publish will reuse.
+fn random_key() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without OS randomness, epochs fall back to clock and hash keys; so do we.
+        let a = pushpull_core::Epoch::random().as_u64().to_le_bytes();
+        let b = pushpull_core::Epoch::random().as_u64().to_le_bytes();
+        bytes[..8].copy_from_slice(&a);
+        bytes[8..].copy_from_slice(&b);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -11,7 +11,7 @@ pub mod testing;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
-pub use publish::{EVENT_HEADER, PublishLimits, TOPIC_PATH, publish_route};
+pub use publish::{EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
 };

@@ -13,6 +13,9 @@ use crate::{request, wire};
 /// The header that names the event type when the `event` query parameter does not.
 pub const EVENT_HEADER: &str = "pushpull-event";
 
+/// The request header that makes a publish safe to retry (see `Publication::idempotency_key`).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// The route path of a topic.
 pub const TOPIC_PATH: &str = "/v1/topics/{topic}";
 
@@ -26,34 +29,37 @@ pub struct PublishLimits {
 }
 
 /// The route `POST /v1/topics/{topic}`: the body is the payload, `Content-Type` is kept, the
-/// event type comes from `?event=` or the `Pushpull-Event` header. Answers 201 with the receipt.
+/// event type comes from `?event=` or the `Pushpull-Event` header, and an `Idempotency-Key`
+/// header makes a retry return the first receipt. Answers 201 with the receipt.
 pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
-    Route::new(
-        Method::POST,
-        TOPIC_PATH,
-        move |request: HttpRequest, params: Params| {
-            let broker = broker.clone();
-            let limits = limits.clone();
-            async move {
-                let topic = request::topic(&params)?;
-                let query = query_params(&request);
-                let (parts, payload) =
-                    request::body(request, limits.max_body, limits.body_timeout).await?;
-                let mut publication = Publication::new(payload);
-                if let Some(event) = event_type(&query, &parts.headers)? {
-                    publication = publication.event(event);
-                }
-                if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-                    let content_type = content_type
-                        .to_str()
-                        .map_err(|_| Error::bad_request("Content-Type is not visible ASCII"))?;
-                    publication = publication.content_type(content_type);
-                }
-                let receipt = broker.publish(&topic, publication).await?;
-                Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
+    Route::new(Method::POST, TOPIC_PATH, move |request: HttpRequest, params: Params| {
+        let broker = broker.clone();
+        let limits = limits.clone();
+        async move {
+            let topic = request::topic(&params)?;
+            let query = query_params(&request);
+            let (parts, payload) =
+                request::body(request, limits.max_body, limits.body_timeout).await?;
+            let mut publication = Publication::new(payload);
+            if let Some(event) = event_type(&query, &parts.headers)? {
+                publication = publication.event(event);
             }
-        },
-    )
+            if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
+                let key = key
+                    .to_str()
+                    .map_err(|_| Error::bad_request("Idempotency-Key is not visible ASCII"))?;
+                publication = publication.idempotency_key(key);
+            }
+            if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+                let content_type = content_type
+                    .to_str()
+                    .map_err(|_| Error::bad_request("Content-Type is not visible ASCII"))?;
+                publication = publication.content_type(content_type);
+            }
+            let receipt = broker.publish(&topic, publication).await?;
+            Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
+        }
+    })
 }
 
 fn event_type(
@@ -66,10 +72,7 @@ fn event_type(
     match headers.get(EVENT_HEADER) {
         None => Ok(None),
         Some(value) => value.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
-            Error::new(
-                ErrorKind::BadRequest,
-                "the Pushpull-Event header is not visible ASCII",
-            )
+            Error::new(ErrorKind::BadRequest, "the Pushpull-Event header is not visible ASCII")
         }),
     }
 }

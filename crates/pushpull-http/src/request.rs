@@ -31,10 +31,7 @@ pub fn cursor(
         Some(value) => value
             .to_str()
             .map_err(|_| {
-                Error::new(
-                    ErrorKind::InvalidCursor,
-                    "the Pushpull-Cursor header is not ASCII",
-                )
+                Error::new(ErrorKind::InvalidCursor, "the Pushpull-Cursor header is not ASCII")
             })?
             .parse(),
         None => Ok(default),
@@ -50,9 +47,7 @@ pub fn limit(query: &HashMap<String, String>, default: usize, max: usize) -> Res
         .parse()
         .map_err(|_| Error::bad_request(format!("limit {text:?} is not a whole number")))?;
     if limit == 0 || limit > max {
-        return Err(Error::bad_request(format!(
-            "limit must be between 1 and {max}, got {limit}"
-        )));
+        return Err(Error::bad_request(format!("limit must be between 1 and {max}, got {limit}")));
     }
     Ok(limit)
 }
@@ -66,6 +61,10 @@ pub fn body(
     Box::pin(read_body(request, max, timeout))
 }
 
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// receives the 413 instead of a reset connection. Past this the connection is simply closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
 async fn read_body(
     request: HttpRequest,
     max: usize,
@@ -77,30 +76,42 @@ async fn read_body(
             format!("body of {size} bytes is over the limit of {max} bytes"),
         )
     };
-    if let Some(length) = request.headers().get(header::CONTENT_LENGTH) {
-        let length: u64 = length
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::bad_request("Content-Length is not a number"))?;
-        if length > max as u64 {
-            return Err(too_large(&length));
-        }
-    }
+    let declared = match request.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(length) => Some(
+            length
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| Error::bad_request("Content-Length is not a number"))?,
+        ),
+    };
     let (parts, mut body) = request.into_parts();
     let read = async move {
         let mut collected = bytes::BytesMut::new();
+        let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|e| Error::bad_request(format!("the body could not be read: {e}")))?;
             if let Ok(data) = frame.into_data() {
-                if collected.len() + data.len() > max {
-                    return Err(too_large(&"more than that"));
+                seen += data.len();
+                if seen > DRAIN_LIMIT {
+                    break;
                 }
-                collected.extend_from_slice(&data);
+                if seen <= max && declared.is_none_or(|d| d <= max as u64) {
+                    collected.extend_from_slice(&data);
+                }
             }
         }
-        Ok(collected.freeze())
+        match declared {
+            Some(length) if length > max as u64 => Err(too_large(&length)),
+            _ if seen > max => Err(too_large(&if seen > DRAIN_LIMIT {
+                "more than".to_owned() + &DRAIN_LIMIT.to_string()
+            } else {
+                seen.to_string()
+            })),
+            _ => Ok(collected.freeze()),
+        }
     };
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(Error::new(

@@ -52,20 +52,14 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
 
 /// The response for `error`: its status and `{"error":{"kind":…,"message":…}}`.
 pub fn error_response(error: &Error) -> Response<Body> {
-    json_error(
-        status_for(error.kind()),
-        error.kind().as_str(),
-        error.message(),
-    )
+    json_error(status_for(error.kind()), error.kind().as_str(), error.message())
 }
 
 /// A JSON error response with an explicit status and kind name.
 pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let mut response = json(status, wire::encode_error(kind, message));
     // Errors are never cached, whatever the route says.
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -73,10 +67,9 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<Bod
 pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -89,10 +82,7 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
     let (kind, message) = match wire::decode_error(body) {
         Some(detail) => {
             let kind = ErrorKind::from_wire(&detail.kind).unwrap_or(ErrorKind::Protocol);
-            (
-                kind,
-                format!("server answered {}: {}", status.as_u16(), detail.message),
-            )
+            (kind, format!("server answered {}: {}", status.as_u16(), detail.message))
         }
         None => {
             let kind = match status.as_u16() {
@@ -104,10 +94,7 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
                 _ => ErrorKind::Protocol,
             };
             let snippet: String = String::from_utf8_lossy(body).chars().take(120).collect();
-            (
-                kind,
-                format!("server answered {status}: {}", snippet.trim()),
-            )
+            (kind, format!("server answered {status}: {}", snippet.trim()))
         }
     };
     Error::new(kind, message).with_retryable(retryable)

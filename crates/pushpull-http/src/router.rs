@@ -33,10 +33,7 @@ pub struct Params(Vec<(&'static str, String)>);
 impl Params {
     /// The value captured for `{name}`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -65,20 +62,13 @@ impl Route {
         let segments = pattern
             .trim_start_matches('/')
             .split('/')
-            .map(
-                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(name) => Segment::Capture(name),
-                    None => Segment::Literal(s),
-                },
-            )
+            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => Segment::Capture(name),
+                None => Segment::Literal(s),
+            })
             .collect();
         let handler: Handler = Arc::new(move |req, params| Box::pin(handler(req, params)));
-        Self {
-            method,
-            pattern,
-            segments,
-            handler,
-        }
+        Self { method, pattern, segments, handler }
     }
 
     fn matches(&self, path: &[&str]) -> Option<Params> {
@@ -104,10 +94,7 @@ impl fmt::Debug for Route {
 }
 
 fn percent_decode(segment: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
+    percent_encoding::percent_decode_str(segment).decode_utf8().ok().map(|s| s.into_owned())
 }
 
 /// Sends each request to the route that matches its method and path.
@@ -175,24 +162,13 @@ impl Router {
         if allowed.contains(&Method::GET) {
             allowed.push(Method::HEAD);
         }
-        let allow = allowed
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let message = format!(
-            "{} is not allowed on {path}; allowed: {allow}",
-            request.method()
-        );
-        let mut response = json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            &message,
-        );
-        response.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_str(&allow).expect("method names are ASCII"),
-        );
+        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let message = format!("{} is not allowed on {path}; allowed: {allow}", request.method());
+        let mut response =
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &message);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are ASCII"));
         response
     }
 }

@@ -119,21 +119,10 @@ where
     let addr = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve_until(
-        listener,
-        service,
-        config,
-        stats.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Ok(RunningServer {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-        stats,
-    })
+    let task = tokio::spawn(serve_until(listener, service, config, stats.clone(), async {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer { addr, stop: Some(stop), task: Some(task), stats })
 }
 
 /// Serves `service` on `listener` until `shutdown` completes, then shuts down gracefully.

@@ -28,36 +28,25 @@ impl HttpHarness {
         mount: impl Fn(Arc<dyn Client>) -> Router + Send + Sync + 'static,
         connect: impl Fn(&str) -> Result<Arc<dyn Client>, Error> + Send + Sync + 'static,
     ) -> Self {
-        Self {
-            mount: Arc::new(mount),
-            connect: Arc::new(connect),
-        }
+        Self { mount: Arc::new(mount), connect: Arc::new(connect) }
     }
 
     async fn serve(&self, limits: &Limits) -> Result<RunningServer, Error> {
         let broker: Arc<dyn Client> = Arc::new(MemoryBroker::with_config(memory_config(limits))?);
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(io_error)?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io_error)?;
         spawn(listener, (self.mount)(broker), ServeConfig::default()).map_err(io_error)
     }
 }
 
 fn io_error(err: std::io::Error) -> Error {
-    Error::new(
-        ErrorKind::Connect,
-        format!("cannot start the test server: {err}"),
-    )
-    .with_source(err)
+    Error::new(ErrorKind::Connect, format!("cannot start the test server: {err}")).with_source(err)
 }
 
 #[async_trait]
 impl Harness for HttpHarness {
     async fn start(&self, limits: Limits) -> Result<Box<dyn Fixture>, Error> {
         let server = self.serve(&limits).await?;
-        let proxy = ChaosProxy::start(server.local_addr())
-            .await
-            .map_err(io_error)?;
+        let proxy = ChaosProxy::start(server.local_addr()).await.map_err(io_error)?;
         let client = (self.connect)(&format!("http://{}", proxy.addr()))?;
         Ok(Box::new(HttpFixture {
             harness: self.clone(),

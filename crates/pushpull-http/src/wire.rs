@@ -78,9 +78,7 @@ impl MessageJson {
                 .map(Bytes::from)
                 .map_err(|e| protocol(format!("data_base64 is not base64: {e}")))?,
             (None, None) => {
-                return Err(protocol(
-                    "a message has neither data nor data_base64".into(),
-                ));
+                return Err(protocol("a message has neither data nor data_base64".into()));
             }
             (Some(_), Some(_)) => {
                 return Err(protocol("a message has both data and data_base64".into()));
@@ -145,29 +143,19 @@ impl GapJson {
                     .map_err(|e| protocol(e.message().to_owned()))?,
             },
             (reason, _) => {
-                return Err(protocol(format!(
-                    "unknown or incomplete gap reason {reason:?}"
-                )));
+                return Err(protocol(format!("unknown or incomplete gap reason {reason:?}")));
             }
         };
         let missed = match (self.first, self.last) {
-            (Some(first), Some(last)) if first <= last => Some(OffsetRange {
-                first: Offset(first),
-                last: Offset(last),
-            }),
+            (Some(first), Some(last)) if first <= last => {
+                Some(OffsetRange { first: Offset(first), last: Offset(last) })
+            }
             (None, None) => None,
             _ => {
-                return Err(protocol(
-                    "a gap's first and last offsets do not make a range".into(),
-                ));
+                return Err(protocol("a gap's first and last offsets do not make a range".into()));
             }
         };
-        Ok(Gap {
-            topic: self.topic,
-            reason,
-            missed,
-            cursor: self.cursor,
-        })
+        Ok(Gap { topic: self.topic, reason, missed, cursor: self.cursor })
     }
 }
 
@@ -187,11 +175,7 @@ pub struct PageJson {
 pub fn encode_page(page: &Page) -> Vec<u8> {
     let json = PageJson {
         gap: page.gap.as_ref().map(GapJson::from_gap),
-        messages: page
-            .messages
-            .iter()
-            .map(MessageJson::from_message)
-            .collect(),
+        messages: page.messages.iter().map(MessageJson::from_message).collect(),
         next: page.next,
     };
     serde_json::to_vec(&json).expect("a page always encodes")
@@ -247,10 +231,9 @@ pub fn decode_receipt(body: &[u8]) -> Result<Receipt, Error> {
             offset,
             timestamp: time_from_millis(json.timestamp),
         }),
-        other => Err(protocol(format!(
-            "receipt cursor {other} does not match offset {}",
-            json.offset
-        ))),
+        other => {
+            Err(protocol(format!("receipt cursor {other} does not match offset {}", json.offset)))
+        }
     }
 }
 
@@ -272,20 +255,14 @@ pub struct ErrorDetail {
 
 /// Encodes an error body.
 pub fn encode_error(kind: &str, message: &str) -> Vec<u8> {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            kind: kind.to_owned(),
-            message: message.to_owned(),
-        },
-    };
+    let body =
+        ErrorBody { error: ErrorDetail { kind: kind.to_owned(), message: message.to_owned() } };
     serde_json::to_vec(&body).expect("an error always encodes")
 }
 
 /// Decodes an error body, if `body` is one.
 pub fn decode_error(body: &[u8]) -> Option<ErrorDetail> {
-    serde_json::from_slice::<ErrorBody>(body)
-        .ok()
-        .map(|b| b.error)
+    serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error)
 }
 
 fn protocol(message: String) -> Error {
@@ -318,20 +295,11 @@ mod tests {
         let m = message(b"\x00\x01\xfe\xff");
         let gap = Gap {
             topic: m.topic.clone(),
-            reason: GapReason::EpochChanged {
-                previous: Epoch::random(),
-            },
-            missed: Some(OffsetRange {
-                first: Offset(1),
-                last: Offset(6),
-            }),
+            reason: GapReason::EpochChanged { previous: Epoch::random() },
+            missed: Some(OffsetRange { first: Offset(1), last: Offset(6) }),
             cursor: Cursor::After(m.epoch, Offset(6)),
         };
-        let page = Page {
-            gap: Some(gap),
-            messages: vec![m.clone()],
-            next: m.cursor(),
-        };
+        let page = Page { gap: Some(gap), messages: vec![m.clone()], next: m.cursor() };
         let mut decoded = decode_page(&encode_page(&page)).unwrap();
         // Timestamps travel in milliseconds.
         decoded.messages[0].timestamp = m.timestamp;

@@ -101,11 +101,7 @@ async fn fetch_all(
             .await
             .unwrap_or_else(|e| panic!("fetch {topic} after {cursor} failed: {e:?}"));
         assert!(page.gap.is_none(), "unexpected gap {:?}", page.gap);
-        assert!(
-            page.messages.len() <= limit,
-            "asked for {limit}, got {}",
-            page.messages.len()
-        );
+        assert!(page.messages.len() <= limit, "asked for {limit}, got {}", page.messages.len());
         if page.messages.is_empty() {
             assert_eq!(page.next.epoch(), cursor.epoch().or(page.next.epoch()));
             return (messages, page.next);
@@ -135,32 +131,19 @@ pub async fn publish_fetch_round_trip(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;
     let client = fixture.client();
     let topic = topic("round-trip");
-    let publication = Publication::new("hello")
-        .event("greeting")
-        .content_type("text/plain");
-    let receipt = within("publish", client.publish(&topic, publication))
-        .await
-        .expect("publish");
-    assert_eq!(
-        receipt.offset,
-        Offset(1),
-        "the first offset of a topic is 1"
-    );
+    let publication = Publication::new("hello").event("greeting").content_type("text/plain");
+    let receipt = within("publish", client.publish(&topic, publication)).await.expect("publish");
+    assert_eq!(receipt.offset, Offset(1), "the first offset of a topic is 1");
     assert_eq!(receipt.topic, topic);
 
-    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10)).await.expect("fetch");
     assert!(page.gap.is_none());
     assert_eq!(page.messages.len(), 1);
     let message = &page.messages[0];
     assert_eq!(message.payload, "hello");
     assert_eq!(message.event.as_deref(), Some("greeting"));
     assert_eq!(message.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(
-        (message.epoch, message.offset),
-        (receipt.epoch, receipt.offset)
-    );
+    assert_eq!((message.epoch, message.offset), (receipt.epoch, receipt.offset));
     assert_eq!(message.topic, topic);
     assert_eq!(
         message.timestamp_millis(),
@@ -168,13 +151,8 @@ pub async fn publish_fetch_round_trip(harness: &dyn Harness) {
     );
     assert_eq!(page.next, receipt.cursor());
 
-    let again = within("fetch", client.fetch(&topic, page.next, 10))
-        .await
-        .expect("fetch");
-    assert!(
-        again.is_empty(),
-        "nothing after the last message: {again:?}"
-    );
+    let again = within("fetch", client.fetch(&topic, page.next, 10)).await.expect("fetch");
+    assert!(again.is_empty(), "nothing after the last message: {again:?}");
     assert_eq!(again.next, page.next, "an empty page keeps the cursor");
 }
 
@@ -184,20 +162,12 @@ pub async fn fetch_empty_topic(harness: &dyn Harness) {
     let client = fixture.client();
     let topic = topic("empty");
     for cursor in [Cursor::Beginning, Cursor::Latest] {
-        let page = within("fetch", client.fetch(&topic, cursor, 10))
-            .await
-            .expect("fetch");
+        let page = within("fetch", client.fetch(&topic, cursor, 10)).await.expect("fetch");
         assert!(page.is_empty(), "{page:?}");
-        assert_eq!(
-            page.next.offset(),
-            Some(Offset(0)),
-            "an empty log stands at offset 0"
-        );
+        assert_eq!(page.next.offset(), Some(Offset(0)), "an empty log stands at offset 0");
     }
     publish_range(&*client, &topic, 1..=3).await;
-    let page = within("fetch", client.fetch(&topic, Cursor::Latest, 10))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, Cursor::Latest, 10)).await.expect("fetch");
     assert!(page.is_empty());
     assert_eq!(page.next.offset(), Some(Offset(3)));
 }
@@ -224,10 +194,7 @@ pub async fn order_under_concurrent_publishers(harness: &dyn Harness) {
         .collect();
     let mut by_offset = BTreeMap::new();
     for task in tasks {
-        for (receipt, _) in within("the publishers", task)
-            .await
-            .expect("publisher task")
-        {
+        for (receipt, _) in within("the publishers", task).await.expect("publisher task") {
             assert!(
                 by_offset.insert(receipt.offset.0, receipt).is_none(),
                 "an offset was given twice"
@@ -249,10 +216,7 @@ pub async fn order_under_concurrent_publishers(harness: &dyn Harness) {
         let (publisher, n) = text.split_once('-').expect("p-n");
         let n: u32 = n.parse().expect("number");
         if let Some(previous) = last_seen.insert(publisher.to_owned(), n) {
-            assert!(
-                n > previous,
-                "{publisher}'s messages out of order: {n} after {previous}"
-            );
+            assert!(n > previous, "{publisher}'s messages out of order: {n} after {previous}");
         }
     }
     assert_eq!(last_seen.len(), PUBLISHERS as usize);
@@ -265,9 +229,7 @@ pub async fn fetch_limit_and_next_cursor(harness: &dyn Harness) {
     let topic = topic("paging");
     publish_range(&*client, &topic, 1..=10).await;
 
-    let first = within("fetch", client.fetch(&topic, Cursor::Beginning, 3))
-        .await
-        .expect("fetch");
+    let first = within("fetch", client.fetch(&topic, Cursor::Beginning, 3)).await.expect("fetch");
     assert_eq!(offsets(&first.messages), vec![1, 2, 3]);
     assert_eq!(first.next.offset(), Some(Offset(3)));
     let (rest, end) = fetch_all(&*client, &topic, first.next, 3).await;
@@ -279,10 +241,7 @@ pub async fn fetch_limit_and_next_cursor(harness: &dyn Harness) {
         ErrorKind::BadRequest,
         "limit 0",
     );
-    assert!(
-        err.message().contains("limit"),
-        "the error should name the limit: {err}"
-    );
+    assert!(err.message().contains("limit"), "the error should name the limit: {err}");
 }
 
 /// S1, F3: a subscription from `Beginning` delivers what exists, then what comes.
@@ -324,10 +283,7 @@ pub async fn subscribe_from_after(harness: &dyn Harness) {
     assert_eq!(next_message(&mut sub).await.offset, Offset(5));
     publish_range(&*client, &topic, 6..=6).await;
     let sixth = next_message(&mut sub).await;
-    assert_eq!(
-        (sixth.offset, sixth.payload.as_ref()),
-        (Offset(6), &b"m6"[..])
-    );
+    assert_eq!((sixth.offset, sixth.payload.as_ref()), (Offset(6), &b"m6"[..]));
 }
 
 /// S5: subscribing to a topic nobody published to waits for its first message.
@@ -367,14 +323,7 @@ pub async fn resume_after_connection_killed(harness: &dyn Harness) {
 
 /// F4, S1: a reader behind retention gets a gap naming exactly the missed offsets.
 pub async fn gap_on_retention_loss(harness: &dyn Harness) {
-    let fixture = start(
-        harness,
-        Limits {
-            retention_messages: 5,
-            ..Limits::default()
-        },
-    )
-    .await;
+    let fixture = start(harness, Limits { retention_messages: 5, ..Limits::default() }).await;
     let client = fixture.client();
     let topic = topic("retention");
     let receipts = publish_range(&*client, &topic, 1..=2).await;
@@ -385,15 +334,10 @@ pub async fn gap_on_retention_loss(harness: &dyn Harness) {
     let expected = Gap {
         topic: topic.clone(),
         reason: GapReason::Retention,
-        missed: Some(OffsetRange {
-            first: Offset(3),
-            last: Offset(7),
-        }),
+        missed: Some(OffsetRange { first: Offset(3), last: Offset(7) }),
         cursor: Cursor::After(epoch, Offset(7)),
     };
-    let page = within("fetch", client.fetch(&topic, behind, 100))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, behind, 100)).await.expect("fetch");
     assert_eq!(page.gap.as_ref(), Some(&expected));
     assert_eq!(offsets(&page.messages), (8..=12).collect::<Vec<_>>());
 
@@ -404,9 +348,7 @@ pub async fn gap_on_retention_loss(harness: &dyn Harness) {
     }
 
     // `Beginning` means the oldest retained message: no gap.
-    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 100))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 100)).await.expect("fetch");
     assert!(page.gap.is_none());
     assert_eq!(page.messages.first().map(|m| m.offset), Some(Offset(8)));
 }
@@ -423,23 +365,16 @@ pub async fn gap_on_epoch_change(harness: &dyn Harness) {
     }
     let fresh = publish_range(&*client, &topic, 1..=2).await;
     let epoch = fresh[0].epoch;
-    assert_ne!(
-        epoch, receipts[0].epoch,
-        "a restarted broker has a new epoch"
-    );
+    assert_ne!(epoch, receipts[0].epoch, "a restarted broker has a new epoch");
     assert_eq!(fresh[0].offset, Offset(1));
 
     let expected = Gap {
         topic: topic.clone(),
-        reason: GapReason::EpochChanged {
-            previous: receipts[0].epoch,
-        },
+        reason: GapReason::EpochChanged { previous: receipts[0].epoch },
         missed: None,
         cursor: Cursor::After(epoch, Offset(0)),
     };
-    let page = within("fetch", client.fetch(&topic, old, 100))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, old, 100)).await.expect("fetch");
     assert_eq!(page.gap.as_ref(), Some(&expected));
     assert_eq!(offsets(&page.messages), vec![1, 2]);
     assert!(page.messages.iter().all(|m| m.epoch == epoch));
@@ -468,12 +403,7 @@ pub async fn live_subscription_across_restart(harness: &dyn Harness) {
     }
     let fresh = publish_range(&*client, &topic, 1..=1).await;
     let gap = next_gap(&mut sub).await;
-    assert_eq!(
-        gap.reason,
-        GapReason::EpochChanged {
-            previous: receipts[0].epoch
-        }
-    );
+    assert_eq!(gap.reason, GapReason::EpochChanged { previous: receipts[0].epoch });
     assert_eq!(gap.cursor.epoch(), Some(fresh[0].epoch));
     let message = next_message(&mut sub).await;
     assert_eq!((message.epoch, message.offset), (fresh[0].epoch, Offset(1)));
@@ -499,11 +429,7 @@ pub async fn binary_payloads(harness: &dyn Harness) {
     let fetched: Vec<Bytes> = messages.into_iter().map(|m| m.payload).collect();
     assert_eq!(fetched, payloads, "fetched payloads differ");
     for payload in &payloads {
-        assert_eq!(
-            &next_message(&mut sub).await.payload,
-            payload,
-            "subscribed payload differs"
-        );
+        assert_eq!(&next_message(&mut sub).await.payload, payload, "subscribed payload differs");
     }
 }
 
@@ -512,23 +438,13 @@ pub async fn large_payload(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;
     let client = fixture.client();
     let topic = topic("large");
-    let payload: Bytes = (0..(1024 * 1024 + 17))
-        .map(|i: u32| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into();
+    let payload: Bytes =
+        (0..(1024 * 1024 + 17)).map(|i: u32| (i % 251) as u8).collect::<Vec<u8>>().into();
     let mut sub = subscribe(&*client, &topic, Cursor::Beginning).await;
     publish(&*client, &topic, payload.clone()).await;
-    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 1))
-        .await
-        .expect("fetch");
-    assert!(
-        page.messages[0].payload == payload,
-        "fetched large payload differs"
-    );
-    assert!(
-        next_message(&mut sub).await.payload == payload,
-        "subscribed large payload differs"
-    );
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 1)).await.expect("fetch");
+    assert!(page.messages[0].payload == payload, "fetched large payload differs");
+    assert!(next_message(&mut sub).await.payload == payload, "subscribed large payload differs");
 }
 
 /// Many topics at once keep their messages apart.
@@ -568,14 +484,7 @@ pub async fn many_topics(harness: &dyn Harness) {
 
 /// Bad topic names are refused with the reason, before anything is sent.
 pub async fn invalid_topic_rejected(_harness: &dyn Harness) {
-    for name in [
-        "",
-        "has space",
-        "../etc",
-        "a/b",
-        "ünïcødé",
-        &"x".repeat(300),
-    ] {
+    for name in ["", "has space", "../etc", "a/b", "ünïcødé", &"x".repeat(300)] {
         let err = expect_kind(Topic::new(name), ErrorKind::InvalidTopic, "bad topic");
         assert!(err.message().contains("topic"), "{err}");
     }
@@ -583,18 +492,8 @@ pub async fn invalid_topic_rejected(_harness: &dyn Harness) {
 
 /// Bad cursors are refused with the reason, in parsing and by the server.
 pub async fn invalid_cursor_rejected(harness: &dyn Harness) {
-    for text in [
-        "",
-        "yesterday",
-        "42",
-        "0123456789abcdef",
-        "0123456789abcdef-x",
-    ] {
-        expect_kind(
-            text.parse::<Cursor>(),
-            ErrorKind::InvalidCursor,
-            "bad cursor text",
-        );
+    for text in ["", "yesterday", "42", "0123456789abcdef", "0123456789abcdef-x"] {
+        expect_kind(text.parse::<Cursor>(), ErrorKind::InvalidCursor, "bad cursor text");
     }
     let fixture = start(harness, Limits::default()).await;
     let client = fixture.client();
@@ -611,10 +510,7 @@ pub async fn invalid_cursor_rejected(harness: &dyn Harness) {
     let page = within("fetch", client.fetch(&topic, other_epoch, 10))
         .await
         .expect("another epoch is a gap, not an error");
-    assert!(matches!(
-        page.gap.map(|g| g.reason),
-        Some(GapReason::EpochChanged { .. })
-    ));
+    assert!(matches!(page.gap.map(|g| g.reason), Some(GapReason::EpochChanged { .. })));
 }
 
 /// P3: a payload over the limit is refused, stores nothing and harms nobody.
@@ -631,17 +527,32 @@ pub async fn oversize_payload_rejected(harness: &dyn Harness) {
         "oversize payload",
     );
     assert!(!err.is_retryable());
-    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10))
-        .await
-        .expect("fetch");
+    let page = within("fetch", client.fetch(&topic, Cursor::Beginning, 10)).await.expect("fetch");
     assert!(page.messages.is_empty(), "nothing was stored");
     let exactly = Bytes::from(vec![b'y'; max]);
     let receipt = publish(&*client, &topic, exactly).await;
+    assert_eq!(receipt.offset, Offset(1), "the refused payload took no offset");
+}
+
+/// P5: a publish retried with the same idempotency key is stored once.
+pub async fn idempotent_publish(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("idempotent");
+    let publication = Publication::new("once").idempotency_key("order-17-attempt");
+    let first =
+        within("publish", client.publish(&topic, publication.clone())).await.expect("publish");
+    let again =
+        within("publish", client.publish(&topic, publication)).await.expect("publish again");
     assert_eq!(
-        receipt.offset,
-        Offset(1),
-        "the refused payload took no offset"
+        (again.epoch, again.offset),
+        (first.epoch, first.offset),
+        "the retry got the first receipt"
     );
+    let other = publish(&*client, &topic, "twice").await;
+    assert_eq!(other.offset, Offset(2));
+    let (messages, _) = fetch_all(&*client, &topic, Cursor::Beginning, 10).await;
+    assert_eq!(offsets(&messages), vec![1, 2], "stored once");
 }
 
 /// Bad labels are refused with the reason.
@@ -653,6 +564,7 @@ pub async fn invalid_labels_rejected(harness: &dyn Harness) {
         Publication::new("x").event("two\nlines"),
         Publication::new("x").event("x".repeat(65)),
         Publication::new("x").content_type("text/plain\r\nX-Injected: 1"),
+        Publication::new("x").idempotency_key("has space"),
     ];
     for publication in cases {
         let result = within("publish", client.publish(&topic, publication.clone())).await;

@@ -17,10 +17,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            retention_messages: 10_000,
-            max_payload: 2 * 1024 * 1024,
-        }
+        Self { retention_messages: 10_000, max_payload: 2 * 1024 * 1024 }
     }
 }
 

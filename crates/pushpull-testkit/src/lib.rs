@@ -53,6 +53,7 @@ macro_rules! conformance {
                 invalid_topic_rejected,
                 invalid_cursor_rejected,
                 oversize_payload_rejected,
+                idempotent_publish,
                 invalid_labels_rejected,
             );
         }

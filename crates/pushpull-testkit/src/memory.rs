@@ -33,10 +33,7 @@ impl Harness for MemoryHarness {
     async fn start(&self, limits: Limits) -> Result<Box<dyn Fixture>, Error> {
         let config = memory_config(&limits);
         let broker = MemoryBroker::with_config(config.clone())?;
-        Ok(Box::new(MemoryFixture {
-            config,
-            current: Arc::new(RwLock::new(broker)),
-        }))
+        Ok(Box::new(MemoryFixture { config, current: Arc::new(RwLock::new(broker)) }))
     }
 }
 
@@ -52,9 +49,7 @@ impl Fixture for MemoryFixture {
     }
 
     async fn sever(&self) -> Result<(), Skip> {
-        Err(Skip(
-            "the memory broker is in-process: there is no connection to sever".into(),
-        ))
+        Err(Skip("the memory broker is in-process: there is no connection to sever".into()))
     }
 
     async fn restart(&self) -> Result<(), Skip> {

@@ -29,10 +29,7 @@ impl ChaosProxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Mutex::new(ProxyState {
-            upstream,
-            live: Vec::new(),
-        }));
+        let shared = Arc::new(Mutex::new(ProxyState { upstream, live: Vec::new() }));
         let state = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -47,11 +44,7 @@ impl ChaosProxy {
                 state.live.push(task.abort_handle());
             }
         });
-        Ok(Self {
-            addr,
-            shared,
-            accept,
-        })
+        Ok(Self { addr, shared, accept })
     }
 
     /// The address clients connect to.

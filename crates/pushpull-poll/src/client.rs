@@ -1,0 +1,231 @@
+//! The client half: Publish and Fetch by request, Subscribe by polling.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
+use pushpull_core::{
+    Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
+    Subscribe, Subscription, Topic,
+};
+use pushpull_http::{HttpClient, HttpClientConfig, retry_after};
+
+use crate::NAME;
+use crate::config::ClientConfig;
+use crate::wire::{POLL_INTERVAL_HEADER, messages_path, parse_interval_hint};
+
+/// A client of a polling server. Cheap to clone; clones share connections.
+///
+/// A subscription polls `GET …/messages` from its cursor: at once while pages come back full,
+/// else after the poll interval (the server's hint when it gives one). It sends `If-None-Match`
+/// so an unchanged topic costs a bodiless 304. After a failure it retries with backoff (or
+/// after `Retry-After`) from the last cursor it delivered, so nothing is lost or repeated.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: HttpClient,
+    config: ClientConfig,
+}
+
+/// The answer to one poll.
+enum Poll {
+    Page { page: Page, etag: Option<HeaderValue>, hint: Option<Duration> },
+    NotModified { hint: Option<Duration> },
+}
+
+impl Client {
+    /// A client for the server at `config.url`.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        if config.page_limit == 0 {
+            return Err(Error::new(ErrorKind::Config, "poll.page_limit must be at least 1")
+                .with_transport(NAME));
+        }
+        if config.poll_interval.is_zero() {
+            return Err(Error::new(ErrorKind::Config, "poll.poll_interval must be more than zero")
+                .with_transport(NAME));
+        }
+        let http_config = HttpClientConfig {
+            request_timeout: config.request_timeout,
+            ..HttpClientConfig::default()
+        };
+        let http = HttpClient::new(&config.url, NAME, http_config)?;
+        Ok(Self { http, config })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    async fn poll(
+        &self,
+        topic: &Topic,
+        cursor: Cursor,
+        limit: usize,
+        etag: Option<&HeaderValue>,
+    ) -> Result<Poll, (Error, Option<Duration>)> {
+        let path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
+        let make = || {
+            let mut request =
+                self.http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
+            if let Some(etag) = etag {
+                request = request.header(header::IF_NONE_MATCH, etag);
+            }
+            request.body(Full::new(Bytes::new())).map_err(|e| {
+                self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+            })
+        };
+        let timeout = self.config.request_timeout;
+        let response = self.http.send_idempotent(make, timeout).await.map_err(|e| (e, None))?;
+        let hint = response
+            .headers()
+            .get(POLL_INTERVAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_interval_hint);
+        match response.status() {
+            StatusCode::OK => {
+                let etag = response.headers().get(header::ETAG).cloned();
+                let body = self.http.read_body(response, timeout).await.map_err(|e| (e, None))?;
+                let page = pushpull_http::wire::decode_page(&body)
+                    .map_err(|e| (e.with_transport(NAME), None))?;
+                Ok(Poll::Page { page, etag, hint })
+            }
+            StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint }),
+            _ => {
+                let wait = retry_after(&response);
+                Err((self.http.error_for(response).await, wait))
+            }
+        }
+    }
+
+    fn interval(&self, hint: Option<Duration>) -> Duration {
+        match hint {
+            Some(hint) if self.config.honour_server_hint => hint,
+            _ => self.config.poll_interval,
+        }
+    }
+}
+
+#[async_trait]
+impl Publish for Client {
+    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
+        self.http.publish(topic, publication).await
+    }
+}
+
+#[async_trait]
+impl Fetch for Client {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        if limit == 0 {
+            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+        }
+        match self.poll(topic, cursor, limit, None).await {
+            Ok(Poll::Page { page, .. }) => Ok(page),
+            Ok(Poll::NotModified { .. }) => {
+                Err(self.http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
+            }
+            Err((error, _)) => Err(error),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscribe for Client {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
+        // a bad topic or cursor fails here rather than in the stream.
+        let limit = self.config.page_limit;
+        let first = self.poll(topic, cursor, limit, None).await.map_err(|(error, _)| error)?;
+        let Poll::Page { page, etag, hint } = first else {
+            return Err(self
+                .http
+                .error(ErrorKind::Protocol, "304 to a request without If-None-Match"));
+        };
+        let mut poller = Poller {
+            client: self.clone(),
+            topic: topic.clone(),
+            cursor: page.next,
+            etag,
+            interval: self.interval(hint),
+            ready: VecDeque::new(),
+            wait_before_next: false,
+            failures: 0,
+            finished: false,
+        };
+        poller.accept(page, limit);
+        let start = poller.cursor;
+        Ok(Subscription::new(topic.clone(), start, stream::unfold(poller, Poller::next)))
+    }
+}
+
+impl pushpull_core::Client for Client {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME)
+    }
+}
+
+/// One subscription's polling loop.
+struct Poller {
+    client: Client,
+    topic: Topic,
+    /// Where the next poll starts: after the last delivery handed to `ready`.
+    cursor: Cursor,
+    etag: Option<HeaderValue>,
+    interval: Duration,
+    ready: VecDeque<Delivery>,
+    wait_before_next: bool,
+    failures: u32,
+    finished: bool,
+}
+
+impl Poller {
+    fn accept(&mut self, page: Page, limit: usize) {
+        // A full page means more is likely waiting: poll again at once.
+        self.wait_before_next = page.messages.len() < limit;
+        self.cursor = page.next;
+        self.ready.extend(page.into_deliveries());
+    }
+
+    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
+        loop {
+            if let Some(delivery) = self.ready.pop_front() {
+                return Some((Ok(delivery), self));
+            }
+            if self.finished {
+                return None;
+            }
+            if self.wait_before_next {
+                tokio::time::sleep(self.interval).await;
+            }
+            let limit = self.client.config.page_limit;
+            match self.client.poll(&self.topic, self.cursor, limit, self.etag.as_ref()).await {
+                Ok(Poll::Page { page, etag, hint }) => {
+                    self.failures = 0;
+                    self.etag = etag;
+                    self.interval = self.client.interval(hint);
+                    self.accept(page, limit);
+                }
+                Ok(Poll::NotModified { hint }) => {
+                    self.failures = 0;
+                    self.interval = self.client.interval(hint);
+                    self.wait_before_next = true;
+                }
+                Err((error, _)) if !error.is_retryable() => {
+                    self.finished = true;
+                    return Some((Err(error), self));
+                }
+                Err((error, retry_after)) => {
+                    let delay = retry_after
+                        .unwrap_or_else(|| self.client.config.backoff.delay(self.failures));
+                    self.failures = self.failures.saturating_add(1);
+                    tracing::debug!(topic = %self.topic, %error, ?delay, "poll failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    self.wait_before_next = false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The polling transport against the conformance suite, over a real server on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushpull_http::testing::HttpHarness;
+
+fn harness() -> HttpHarness {
+    HttpHarness::new(
+        |broker| {
+            let config = pushpull_poll::ServerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..Default::default()
+            };
+            pushpull_poll::Server::new(broker, config).expect("valid config").router().clone()
+        },
+        |url| Ok(Arc::new(pushpull_poll::Client::new(pushpull_poll::ClientConfig::new(url))?)),
+    )
+}
+
+pushpull_testkit::conformance!(harness());
