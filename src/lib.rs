@@ -1,1 +1,17 @@
-//! pushpull
+#![doc = include_str!("../README.md")]
+
+mod client_config;
+mod serve;
+mod server_config;
+
+pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFactory, connect};
+pub use serve::{broker, router, serve, serve_config, serve_on};
+pub use server_config::{
+    BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, PollSection, RetentionConfig, ServerConfig,
+    TransportsConfig,
+};
+
+pub use pushpull_core::*;
+pub use pushpull_http::{RunningServer, ServeConfig};
+#[cfg(feature = "poll")]
+pub use pushpull_poll as poll;

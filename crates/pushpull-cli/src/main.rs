@@ -1,0 +1,253 @@
+//! The `pushpull` command: serve a broker over every transport, and publish, fetch and
+//! subscribe from the command line.
+
+mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use pushpull::{Client, ClientConfig, Cursor, Error, ErrorKind, Publication, ServerConfig, Topic};
+
+use crate::output::Format;
+
+/// Get data from a server to its clients, by pull or push.
+#[derive(Parser)]
+#[command(name = "pushpull", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client command reaches the server.
+#[derive(clap::Args, Clone)]
+struct Connection {
+    /// The server's base URL.
+    #[arg(long, env = "PUSHPULL_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// The transport: a name such as `poll`, or `auto`.
+    #[arg(long, short, env = "PUSHPULL_TRANSPORT", default_value = "auto")]
+    transport: String,
+    /// A client config file (TOML); `--url` and `--transport` given explicitly win over it.
+    #[arg(long, value_name = "FILE")]
+    client_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the embedded memory broker over every enabled transport until Ctrl-C.
+    Serve {
+        /// A TOML config file; without one, the defaults serve on 127.0.0.1:7070.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The address to listen on, over the config's `listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Publish one message; prints its cursor.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The payload; `-` or nothing reads it from standard input.
+        data: Option<String>,
+        /// An event type for the message.
+        #[arg(long, short)]
+        event: Option<String>,
+        /// The payload's media type.
+        #[arg(long)]
+        content_type: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Fetch one page of messages; prints one per line, and the next cursor on stderr.
+    Fetch {
+        /// The topic.
+        topic: String,
+        /// Where to start: a cursor, `beginning` or `latest`.
+        #[arg(long, default_value = "beginning")]
+        after: String,
+        /// The most messages to fetch.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// `text` (the payload per line) or `json` (one JSON object per line).
+        #[arg(long, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Follow a topic; prints one message per line until Ctrl-C (or `--count`).
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Where to start: a cursor, `beginning` or `latest`.
+        #[arg(long, default_value = "latest")]
+        after: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// `text` (the payload per line) or `json` (one JSON object per line).
+        #[arg(long, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHPULL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            // 2 for what the user must fix in the command or config, 1 for the rest.
+            match err.kind() {
+                ErrorKind::Config
+                | ErrorKind::InvalidTopic
+                | ErrorKind::InvalidCursor
+                | ErrorKind::BadRequest => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Publish { topic, data, event, content_type, connection } => {
+            let topic = Topic::new(topic)?;
+            let payload = match data.as_deref() {
+                None | Some("-") => read_stdin()?,
+                Some(text) => bytes::Bytes::from(text.to_owned()),
+            };
+            let mut publication = Publication::new(payload);
+            if let Some(event) = event {
+                publication = publication.event(event);
+            }
+            if let Some(content_type) = content_type {
+                publication = publication.content_type(content_type);
+            }
+            let client = connect(&connection).await?;
+            let receipt = client.publish(&topic, publication).await?;
+            println!("{}", receipt.cursor());
+            Ok(())
+        }
+        Command::Fetch { topic, after, limit, format, connection } => {
+            let topic = Topic::new(topic)?;
+            let cursor: Cursor = after.parse()?;
+            let client = connect(&connection).await?;
+            let page = client.fetch(&topic, cursor, limit).await?;
+            let next = page.next;
+            let mut out = std::io::stdout().lock();
+            for delivery in page.into_deliveries() {
+                output::print(&mut out, &delivery, format);
+            }
+            eprintln!("next: {next}");
+            Ok(())
+        }
+        Command::Subscribe { topic, after, count, format, connection } => {
+            let topic = Topic::new(topic)?;
+            let cursor: Cursor = after.parse()?;
+            let client = connect(&connection).await?;
+            let mut subscription = client.subscribe(&topic, cursor).await?;
+            let mut seen = 0u64;
+            loop {
+                if count.is_some_and(|count| seen >= count) {
+                    return Ok(());
+                }
+                let delivery = tokio::select! {
+                    next = subscription.next() => next,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                };
+                let Some(delivery) = delivery else { return Ok(()) };
+                let delivery = delivery?;
+                if delivery.as_message().is_some() {
+                    seen += 1;
+                }
+                output::print(&mut std::io::stdout().lock(), &delivery, format);
+            }
+        }
+    }
+}
+
+async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), Error> {
+    let mut config = ServerConfig::load(path.as_deref(), std::env::vars())?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let server = pushpull::serve(&config).await?;
+    let transports: Vec<&str> = [("poll", config.transports.poll.enabled)]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+    // Printed on stdout so scripts (and tests) can find the port when listening on port 0.
+    println!(
+        "pushpull listening on http://{} (broker: memory, transports: {})",
+        server.local_addr(),
+        transports.join(", ")
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down; waiting for requests in flight");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn connect(connection: &Connection) -> Result<Arc<dyn Client>, Error> {
+    let mut config = match &connection.client_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("cannot read {}: {e}", path.display()))
+            })?;
+            ClientConfig::from_toml(&text).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("{}: {}", path.display(), e.message()))
+            })?
+        }
+        None => ClientConfig::default(),
+    };
+    config.url.clone_from(&connection.url);
+    config.transport.clone_from(&connection.transport);
+    pushpull::connect(&config).await
+}
+
+fn read_stdin() -> Result<bytes::Bytes, Error> {
+    let mut buffer = Vec::new();
+    std::io::stdin().read_to_end(&mut buffer).map_err(|e| {
+        Error::new(ErrorKind::BadRequest, format!("cannot read standard input: {e}"))
+    })?;
+    Ok(buffer.into())
+}

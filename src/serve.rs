@@ -1,0 +1,76 @@
+//! Serving a broker over every enabled transport.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
+use pushpull_http::{PublishLimits, Route, Router, RunningServer, ServeConfig};
+use tokio::net::TcpListener;
+
+use crate::server_config::{BrokerKind, ServerConfig};
+
+/// The broker a config asks for.
+pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Client>, Error> {
+    match config.broker.kind {
+        BrokerKind::Memory => Ok(Arc::new(MemoryBroker::with_config(config.memory_config())?)),
+    }
+}
+
+/// The router serving `broker` over every transport `config` enables, plus publishing and
+/// `GET /v1/health`.
+pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, Error> {
+    let max_body = config.broker.max_payload;
+    let publish = pushpull_http::publish_route(
+        broker.clone(),
+        PublishLimits { max_body, body_timeout: config.http.body_timeout },
+    );
+    let mut transports: Vec<&'static str> = Vec::new();
+    let mut router = Router::new().with([publish]);
+    #[cfg(feature = "poll")]
+    if config.transports.poll.enabled {
+        let poll = config.transports.poll.server_config();
+        poll.validate()?;
+        router = router.with(pushpull_poll::routes(broker.clone(), poll));
+        transports.push(pushpull_poll::NAME);
+    }
+    let health = health_route(broker, transports);
+    Ok(router.with([health]))
+}
+
+fn health_route(broker: Arc<dyn Client>, transports: Vec<&'static str>) -> Route {
+    let body = serde_json::json!({
+        "status": "ok",
+        "broker": broker.capabilities().name,
+        "transports": transports,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let body = serde_json::to_vec(&body).expect("health encodes");
+    Route::new(Method::GET, "/v1/health", move |_, _| {
+        let body = body.clone();
+        async move { Ok(pushpull_http::json(StatusCode::OK, body)) }
+    })
+}
+
+/// Binds `config.listen` and serves in the background; see [`RunningServer::shutdown`].
+pub async fn serve(config: &ServerConfig) -> Result<RunningServer, Error> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
+            .with_source(e)
+    })?;
+    serve_on(listener, config)
+}
+
+/// Serves on an already bound listener (port 0 in tests, say).
+pub fn serve_on(listener: TcpListener, config: &ServerConfig) -> Result<RunningServer, Error> {
+    let router = router(broker(config)?, config)?;
+    pushpull_http::spawn(listener, router, serve_config(config))
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e))
+}
+
+/// The connection settings a config asks for.
+pub fn serve_config(config: &ServerConfig) -> ServeConfig {
+    ServeConfig {
+        header_read_timeout: config.http.header_read_timeout,
+        shutdown_grace: config.http.shutdown_grace,
+    }
+}
