@@ -1,0 +1,188 @@
+//! The `pushpull` binary, run as a user would: serve, then publish, fetch and subscribe.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pushpull");
+/// Fails a test that hangs, instead of hanging CI.
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("PUSHPULL_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pushpull serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(LIMIT).expect("serve printed its address");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    Served { child, url }
+}
+
+fn run(args: &[&str], url: &str, stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pushpull");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(data) = stdin {
+        input.write_all(data).unwrap();
+    }
+    drop(input);
+    wait(child)
+}
+
+fn wait(child: Child) -> Output {
+    let (tx, rx) = mpsc::channel();
+    let id = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(id.to_string()).status();
+            panic!("pushpull did not finish within {LIMIT:?}");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn publish_fetch_and_subscribe_over_poll() {
+    let server = serve(&[]);
+    let url = server.url.as_str();
+
+    let published = run(&["publish", "ticker", "42.17", "--event", "price"], url, None);
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    let cursor = text(&published.stdout).trim().to_owned();
+    assert!(cursor.ends_with("-1"), "publish prints the cursor: {cursor}");
+
+    let from_stdin = run(&["publish", "ticker", "-"], url, Some(b"two\nlines"));
+    assert!(from_stdin.status.success());
+
+    let fetched = run(&["fetch", "ticker", "--transport", "poll"], url, None);
+    assert!(fetched.status.success(), "{}", text(&fetched.stderr));
+    assert_eq!(text(&fetched.stdout), "42.17\ntwo\\nlines\n");
+    assert!(text(&fetched.stderr).contains("next: "));
+
+    let after = run(&["fetch", "ticker", "--after", &cursor, "--format", "json"], url, None);
+    let line = text(&after.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(json["data"], "two\nlines");
+    assert_eq!(json["offset"], 2);
+
+    // Subscribe from the beginning, then receive one published while subscribed.
+    let subscriber = Command::new(BIN)
+        .args(["subscribe", "ticker", "--transport", "poll", "--after", "beginning"])
+        .args(["--count", "3", "--url", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let late = run(&["publish", "ticker", "43.01"], url, None);
+    assert!(late.status.success());
+    let output = wait(subscriber);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "42.17\ntwo\\nlines\n43.01\n");
+}
+
+#[test]
+fn client_errors_are_clear_and_exit_with_2() {
+    let server = serve(&[]);
+    let url = server.url.as_str();
+    let cases: [(&[&str], &str); 4] = [
+        (&["publish", "bad topic", "x"], "invalid topic"),
+        (&["fetch", "t", "--after", "yesterday"], "invalid cursor"),
+        (&["fetch", "t", "--transport", "carrier-pigeon"], "available: poll"),
+        (&["fetch", "t", "--limit", "0"], "limit"),
+    ];
+    for (args, says) in cases {
+        let output = run(args, url, None);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains(says), "{args:?}: {}", text(&output.stderr));
+    }
+    // Nothing listening: a connection error, exit 1.
+    let output = run(&["fetch", "t", "--transport", "poll"], "http://127.0.0.1:9", None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("could not connect"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn bad_config_files_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("pushpull-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("unknown.toml", "lisen = \"127.0.0.1:0\"\n", "lisen"),
+        ("value.toml", "[transports.poll]\npoll_interval = 5\n", "poll_interval"),
+        ("range.toml", "[broker.retention]\nmax_messages = 0\n", "max_messages"),
+        ("syntax.toml", "[broker\n", "line 1"),
+    ];
+    for (name, content, says) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let output = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run pushpull serve");
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        assert!(text(&output.stderr).contains(says), "{name}: {}", text(&output.stderr));
+    }
+    let missing =
+        Command::new(BIN).args(["serve", "--config"]).arg(dir.join("nope.toml")).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("nope.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_shuts_down_gracefully() {
+    let mut server = serve(&[]);
+    let published = run(&["publish", "t", "x"], &server.url, None);
+    assert!(published.status.success());
+    let status = Command::new("kill").args(["-INT", &server.child.id().to_string()]).status();
+    assert!(status.unwrap().success());
+    let (tx, rx) = mpsc::channel();
+    let mut child = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let exit = rx.recv_timeout(LIMIT).expect("the server stopped").unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}
