@@ -103,7 +103,7 @@ fn percent_decode(segment: &str) -> Option<String> {
 /// with `Allow`; both with the JSON error body. Cloning is cheap.
 ///
 /// It is a `hyper` service over any request body whose data is `Bytes`, so it can be served
-/// by [`serve`](crate::serve) or mounted in another hyper, tower or axum application.
+/// by [`spawn`](crate::spawn) or mounted in another hyper, tower or axum application.
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<Vec<Route>>,
