@@ -5,7 +5,7 @@ mod serve;
 mod server_config;
 
 pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFactory, connect};
-pub use serve::{broker, router, serve, serve_config, serve_on};
+pub use serve::{broker, router, serve, serve_config, serve_on, serve_with};
 pub use server_config::{
     BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, PollSection, RetentionConfig, ServerConfig,
     TransportsConfig,

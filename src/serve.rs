@@ -62,7 +62,16 @@ pub async fn serve(config: &ServerConfig) -> Result<RunningServer, Error> {
 
 /// Serves on an already bound listener (port 0 in tests, say).
 pub fn serve_on(listener: TcpListener, config: &ServerConfig) -> Result<RunningServer, Error> {
-    let router = router(broker(config)?, config)?;
+    serve_with(listener, broker(config)?, config)
+}
+
+/// Serves `broker` (one the application also uses in-process, say) on `listener`.
+pub fn serve_with(
+    listener: TcpListener,
+    broker: Arc<dyn Client>,
+    config: &ServerConfig,
+) -> Result<RunningServer, Error> {
+    let router = router(broker, config)?;
     pushpull_http::spawn(listener, router, serve_config(config))
         .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e))
 }

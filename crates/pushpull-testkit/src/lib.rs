@@ -22,8 +22,9 @@ pub fn run<F: std::future::Future<Output = ()>>(case: F) {
 /// Expands to a module `conformance` with one `#[test]` per case, each running against the
 /// harness that `$harness` (an expression, evaluated once per test) builds.
 ///
-/// ```ignore
+/// ```
 /// pushpull_testkit::conformance!(pushpull_testkit::MemoryHarness);
+/// # fn main() {}
 /// ```
 ///
 /// `cargo test conformance` then runs exactly the suite.
