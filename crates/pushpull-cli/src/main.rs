@@ -82,8 +82,9 @@ enum Command {
     Subscribe {
         /// The topic.
         topic: String,
-        /// Where to start: a cursor, `beginning` or `latest`.
-        #[arg(long, default_value = "latest")]
+        /// Where to start: a cursor, `beginning` (the oldest retained message) or `latest`
+        /// (only what is published from now on).
+        #[arg(long, default_value = "beginning")]
         after: String,
         /// Stop after this many messages.
         #[arg(long)]
@@ -100,7 +101,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHPULL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
