@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// How connections are served.
@@ -35,6 +35,57 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Tells long-lived handlers (held polls, event streams) that the server is shutting down, so
+/// they end their responses instead of holding the graceful shutdown up. The serve loop puts
+/// one in every request's extensions; read it with [`Shutdown::of`].
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// The signal of the server that received `request`, or one that never fires.
+    pub fn of<B>(request: &Request<B>) -> Shutdown {
+        request.extensions().get::<Shutdown>().cloned().unwrap_or_else(Shutdown::never)
+    }
+
+    /// A signal that never fires.
+    pub fn never() -> Shutdown {
+        // One sender for the whole process that never sends and never drops, so `wait` pends.
+        static NEVER: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+        Shutdown(NEVER.get_or_init(|| watch::Sender::new(false)).subscribe())
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until shutdown begins.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|down| *down).await;
+    }
+}
+
+/// Puts the server's [`Shutdown`] into each request's extensions.
+#[derive(Clone)]
+struct WithShutdown<S> {
+    inner: S,
+    signal: Shutdown,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.signal.clone());
+        self.inner.call(request)
     }
 }
 
@@ -144,6 +195,8 @@ pub async fn serve_until<S, B>(
 {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let (shutting_down, signal) = watch::channel(false);
+    let service = WithShutdown { inner: service, signal: Shutdown(signal) };
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
@@ -184,6 +237,7 @@ pub async fn serve_until<S, B>(
         });
     }
     drop(listener);
+    let _ = shutting_down.send(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {

@@ -7,7 +7,7 @@ pub mod wire;
 
 pub use client::Client;
 pub use config::{ClientConfig, ServerConfig};
-pub use server::{MESSAGES_PATH, Server, routes};
+pub use server::{MESSAGES_PATH, PageRequest, Server, page_response, routes};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "poll";

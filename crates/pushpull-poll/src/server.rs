@@ -1,5 +1,6 @@
 //! The server half: `GET /v1/topics/{topic}/messages` answers a page at once.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use pushpull_core::{Client, Cursor, Error, Page};
+use pushpull_core::{Client, Cursor, Error, Page, Topic};
 use pushpull_http::{
     Body, BoxError, HandlerResult, HttpRequest, Params, PublishLimits, Route, Router, json,
     query_params, request,
@@ -67,19 +68,53 @@ async fn page(
     req: HttpRequest,
     params: Params,
 ) -> HandlerResult {
-    let topic = request::topic(&params)?;
-    let query = query_params(&req);
-    let cursor = request::cursor(&req, &query, Cursor::Beginning)?;
-    let limit = request::limit(&query, config.default_limit, config.max_limit)?;
-    let mut page = broker.fetch(&topic, cursor, limit).await?;
-    trim_to_bytes(&mut page, config.max_page_bytes);
+    let request = PageRequest::parse(&req, &params, config)?;
+    let page = broker.fetch(&request.topic, request.cursor, request.limit).await?;
+    Ok(page_response(page, &request, config))
+}
 
+/// What a page request asks for, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    /// The topic.
+    pub topic: Topic,
+    /// Where to read from (`?after=`, else `Pushpull-Cursor`, else `beginning`).
+    pub cursor: Cursor,
+    /// How many messages at most.
+    pub limit: usize,
+    /// The `If-None-Match` header, if any.
+    pub if_none_match: Option<String>,
+    /// The query parameters, for transports that read more of them.
+    pub query: HashMap<String, String>,
+}
+
+impl PageRequest {
+    /// Reads topic, cursor, limit and `If-None-Match`; a bad value is a 400 that says why.
+    pub fn parse(req: &HttpRequest, params: &Params, config: &ServerConfig) -> Result<Self, Error> {
+        let topic = request::topic(params)?;
+        let query = query_params(req);
+        let cursor = request::cursor(req, &query, Cursor::Beginning)?;
+        let limit = request::limit(&query, config.default_limit, config.max_limit)?;
+        let if_none_match = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { topic, cursor, limit, if_none_match, query })
+    }
+}
+
+/// The response for `page`: trimmed to `max_page_bytes`, with `ETag`, `Cache-Control:
+/// no-cache` and the poll interval hint, or a bodiless 304 when `If-None-Match` matches.
+pub fn page_response(
+    mut page: Page,
+    request: &PageRequest,
+    config: &ServerConfig,
+) -> Response<Body> {
+    trim_to_bytes(&mut page, config.max_page_bytes);
     let tag = etag(&page);
-    let not_modified = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| if_none_match_matches(v, &tag));
+    let not_modified =
+        request.if_none_match.as_deref().is_some_and(|v| if_none_match_matches(v, &tag));
     let mut response = if not_modified {
         let mut response = Response::new(pushpull_http::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -92,7 +127,7 @@ async fn page(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers
         .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
-    Ok(response)
+    response
 }
 
 /// Keeps a page within `max_bytes` of payload, but never empties it of messages.
