@@ -26,11 +26,19 @@ pub struct ClientConfig {
     /// Settings of the polling transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll: Option<toml::Table>,
+    /// Settings of the long-polling transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longpoll: Option<toml::Table>,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        Self { transport: AUTO.into(), url: "http://127.0.0.1:7070".into(), poll: None }
+        Self {
+            transport: AUTO.into(),
+            url: "http://127.0.0.1:7070".into(),
+            poll: None,
+            longpoll: None,
+        }
     }
 }
 
@@ -50,6 +58,7 @@ impl ClientConfig {
     pub fn section<T: serde::de::DeserializeOwned>(&self, transport: &str) -> Result<T, Error> {
         let mut table = match transport {
             "poll" => self.poll.clone().unwrap_or_default(),
+            "longpoll" => self.longpoll.clone().unwrap_or_default(),
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -89,7 +98,7 @@ pub struct Registry {
 }
 
 /// Transports this workspace has, with the cargo feature that brings each in.
-const KNOWN: [(&str, &str); 1] = [("poll", "poll")];
+const KNOWN: [(&str, &str); 2] = [("poll", "poll"), ("longpoll", "longpoll")];
 
 impl Registry {
     /// An empty registry.
@@ -103,6 +112,8 @@ impl Registry {
         let mut registry = Self::new();
         #[cfg(feature = "poll")]
         registry.register(Arc::new(PollFactory));
+        #[cfg(feature = "longpoll")]
+        registry.register(Arc::new(LongpollFactory));
         registry
     }
 
@@ -187,6 +198,22 @@ impl TransportFactory for PollFactory {
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         let settings: pushpull_poll::ClientConfig = config.section(pushpull_poll::NAME)?;
         Ok(Arc::new(pushpull_poll::Client::new(settings)?))
+    }
+}
+
+#[cfg(feature = "longpoll")]
+struct LongpollFactory;
+
+#[cfg(feature = "longpoll")]
+#[async_trait]
+impl TransportFactory for LongpollFactory {
+    fn name(&self) -> &'static str {
+        pushpull_longpoll::NAME
+    }
+
+    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        let settings: pushpull_longpoll::ClientConfig = config.section(pushpull_longpoll::NAME)?;
+        Ok(Arc::new(pushpull_longpoll::Client::new(settings)?))
     }
 }
 

@@ -5,13 +5,15 @@ mod serve;
 mod server_config;
 
 pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFactory, connect};
-pub use serve::{broker, router, serve, serve_config, serve_on, serve_with};
+pub use serve::{broker, router, serve, serve_config, serve_on, serve_with, transports};
 pub use server_config::{
-    BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, PollSection, RetentionConfig, ServerConfig,
-    TransportsConfig,
+    BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, LongpollSection, PollSection,
+    RetentionConfig, ServerConfig, TransportsConfig,
 };
 
 pub use pushpull_core::*;
 pub use pushpull_http::{RunningServer, ServeConfig};
+#[cfg(feature = "longpoll")]
+pub use pushpull_longpoll as longpoll;
 #[cfg(feature = "poll")]
 pub use pushpull_poll as poll;

@@ -24,17 +24,39 @@ pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, 
         broker.clone(),
         PublishLimits { max_body, body_timeout: config.http.body_timeout },
     );
-    let mut transports: Vec<&'static str> = Vec::new();
     let mut router = Router::new().with([publish]);
+    // Long polling serves the same page route as short polling, plus `?wait=`.
+    #[cfg(feature = "longpoll")]
+    let page_served = config.transports.longpoll.enabled;
+    #[cfg(not(feature = "longpoll"))]
+    let page_served = false;
+    #[cfg(feature = "longpoll")]
+    if config.transports.longpoll.enabled {
+        let longpoll = pushpull_longpoll::ServerConfig {
+            max_wait: config.transports.longpoll.max_wait,
+            page: config.transports.poll.server_config(),
+        };
+        let server = pushpull_longpoll::Server::new(broker.clone(), longpoll)?;
+        router = router.with(server.routes());
+    }
     #[cfg(feature = "poll")]
-    if config.transports.poll.enabled {
+    if config.transports.poll.enabled && !page_served {
         let poll = config.transports.poll.server_config();
         poll.validate()?;
         router = router.with(pushpull_poll::routes(broker.clone(), poll));
-        transports.push(pushpull_poll::NAME);
     }
-    let health = health_route(broker, transports);
+    let _ = page_served;
+    let health = health_route(broker, transports(config));
     Ok(router.with([health]))
+}
+
+/// The transports a config serves, in this build.
+pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
+    let candidates: [(&'static str, bool, bool); 2] = [
+        ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
+        ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
+    ];
+    candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }
 
 fn health_route(broker: Arc<dyn Client>, transports: Vec<&'static str>) -> Route {

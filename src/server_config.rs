@@ -146,6 +146,25 @@ impl Default for HttpConfig {
 pub struct TransportsConfig {
     /// `[transports.poll]`: short polling.
     pub poll: PollSection,
+    /// `[transports.longpoll]`: long polling (the same page route, held with `?wait=`).
+    pub longpoll: LongpollSection,
+}
+
+/// `[transports.longpoll]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongpollSection {
+    /// Whether to hold requests that ask with `?wait=`.
+    pub enabled: bool,
+    /// The longest a request is held.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub max_wait: Duration,
+}
+
+impl Default for LongpollSection {
+    fn default() -> Self {
+        Self { enabled: true, max_wait: Duration::from_secs(30) }
+    }
 }
 
 /// `[transports.poll]`.
@@ -253,6 +272,9 @@ impl ServerConfig {
             .server_config()
             .validate()
             .map_err(|e| config_error(format!("transports.{}", e.message())))?;
+        if self.transports.longpoll.max_wait.is_zero() {
+            return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
+        }
         if self.http.header_read_timeout.is_zero() {
             return Err(config_error("http.header_read_timeout must be more than zero".into()));
         }

@@ -10,9 +10,10 @@ use support::{LIMIT, server};
 async fn the_same_code_runs_over_any_configured_transport() {
     let server = server(ServerConfig::default()).await;
     let url = format!("http://{}", server.local_addr());
-    for transport in ["poll", "auto"] {
+    // `auto` takes the best transport the server answers on.
+    for (transport, expected) in [("poll", "poll"), ("longpoll", "longpoll"), ("auto", "longpoll")] {
         let config = ClientConfig::from_toml(&format!(
-            "transport = \"{transport}\"\nurl = \"{url}\"\n[poll]\npoll_interval = \"20ms\"\n"
+            "transport = \"{transport}\"\nurl = \"{url}\"\n[longpoll]\nwait = \"5s\"\n"
         ))
         .unwrap();
         let client = pushpull::connect(&config).await.expect("connect");
@@ -21,7 +22,7 @@ async fn the_same_code_runs_over_any_configured_transport() {
         let receipt = client.publish(&topic, Publication::new("hello")).await.unwrap();
         let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap();
         assert_eq!(delivery.unwrap().cursor(), receipt.cursor());
-        assert_eq!(client.capabilities().name, "poll");
+        assert_eq!(client.capabilities().name, expected);
     }
 }
 
@@ -30,7 +31,7 @@ async fn configuration_errors_say_what_to_fix() {
     let unknown = ClientConfig::new("carrier-pigeon", "http://127.0.0.1:1");
     let err = pushpull::connect(&unknown).await.err().expect("an error");
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.message().contains("available: poll"), "{err}");
+    assert!(err.message().contains("available: poll, longpoll"), "{err}");
 
     let err = ClientConfig::from_toml("transport = \"poll\"\nurll = \"x\"").unwrap_err();
     assert!(err.message().contains("urll"), "{err}");

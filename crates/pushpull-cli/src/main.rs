@@ -196,10 +196,7 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> R
         config.listen = listen;
     }
     let server = pushpull::serve(&config).await?;
-    let transports: Vec<&str> = [("poll", config.transports.poll.enabled)]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
+    let transports = pushpull::transports(&config);
     // Printed on stdout so scripts (and tests) can find the port when listening on port 0.
     println!(
         "pushpull listening on http://{} (broker: memory, transports: {})",

@@ -16,7 +16,7 @@ use pushpull_http::{HttpClient, HttpClientConfig, retry_after};
 
 use crate::NAME;
 use crate::config::ClientConfig;
-use crate::wire::{POLL_INTERVAL_HEADER, messages_path, parse_interval_hint};
+use crate::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, messages_path, parse_interval_hint};
 
 /// A client of a polling server. Cheap to clone; clones share connections.
 ///
@@ -28,31 +28,67 @@ use crate::wire::{POLL_INTERVAL_HEADER, messages_path, parse_interval_hint};
 pub struct Client {
     http: HttpClient,
     config: ClientConfig,
+    /// Long polling: how long each subscription poll asks the server to hold.
+    hold: Option<Duration>,
+    name: &'static str,
 }
 
 /// The answer to one poll.
 enum Poll {
-    Page { page: Page, etag: Option<HeaderValue>, hint: Option<Duration> },
-    NotModified { hint: Option<Duration> },
+    Page { page: Page, etag: Option<HeaderValue>, hint: Option<Duration>, held: bool },
+    NotModified { hint: Option<Duration>, held: bool },
 }
 
 impl Client {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        Self::build(config, None, NAME)
+    }
+
+    /// A long-polling client: each subscription poll asks the server to hold the request for
+    /// up to `wait` until a message arrives, and asks again at once when answered. Errors and
+    /// capabilities carry `name`. A server that does not hold (it answers without the
+    /// `Pushpull-Wait-Ms` header) is polled at its interval instead.
+    pub fn holding(
+        config: ClientConfig,
+        wait: Duration,
+        name: &'static str,
+    ) -> Result<Self, Error> {
+        if wait.is_zero() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{name}.wait must be more than zero"),
+            )
+            .with_transport(name));
+        }
+        Self::build(config, Some(wait), name)
+    }
+
+    fn build(
+        config: ClientConfig,
+        hold: Option<Duration>,
+        name: &'static str,
+    ) -> Result<Self, Error> {
         if config.page_limit == 0 {
-            return Err(Error::new(ErrorKind::Config, "poll.page_limit must be at least 1")
-                .with_transport(NAME));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{name}.page_limit must be at least 1"),
+            )
+            .with_transport(name));
         }
         if config.poll_interval.is_zero() {
-            return Err(Error::new(ErrorKind::Config, "poll.poll_interval must be more than zero")
-                .with_transport(NAME));
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{name}.poll_interval must be more than zero"),
+            )
+            .with_transport(name));
         }
         let http_config = HttpClientConfig {
             request_timeout: config.request_timeout,
             ..HttpClientConfig::default()
         };
-        let http = HttpClient::new(&config.url, NAME, http_config)?;
-        Ok(Self { http, config })
+        let http = HttpClient::new(&config.url, name, http_config)?;
+        Ok(Self { http, config, hold, name })
     }
 
     /// The settings.
@@ -66,8 +102,12 @@ impl Client {
         cursor: Cursor,
         limit: usize,
         etag: Option<&HeaderValue>,
+        wait: Option<Duration>,
     ) -> Result<Poll, (Error, Option<Duration>)> {
-        let path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
+        let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
+        if let Some(wait) = wait {
+            path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
+        }
         let make = || {
             let mut request =
                 self.http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
@@ -78,8 +118,9 @@ impl Client {
                 self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
             })
         };
-        let timeout = self.config.request_timeout;
+        let timeout = self.config.request_timeout + wait.unwrap_or_default();
         let response = self.http.send_idempotent(make, timeout).await.map_err(|e| (e, None))?;
+        let held = response.headers().contains_key(WAIT_HEADER);
         let hint = response
             .headers()
             .get(POLL_INTERVAL_HEADER)
@@ -90,10 +131,10 @@ impl Client {
                 let etag = response.headers().get(header::ETAG).cloned();
                 let body = self.http.read_body(response, timeout).await.map_err(|e| (e, None))?;
                 let page = pushpull_http::wire::decode_page(&body)
-                    .map_err(|e| (e.with_transport(NAME), None))?;
-                Ok(Poll::Page { page, etag, hint })
+                    .map_err(|e| (e.with_transport(self.name), None))?;
+                Ok(Poll::Page { page, etag, hint, held })
             }
-            StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint }),
+            StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint, held }),
             _ => {
                 let wait = retry_after(&response);
                 Err((self.http.error_for(response).await, wait))
@@ -120,9 +161,9 @@ impl Publish for Client {
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         if limit == 0 {
-            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+            return Err(Error::bad_request("limit must be at least 1").with_transport(self.name));
         }
-        match self.poll(topic, cursor, limit, None).await {
+        match self.poll(topic, cursor, limit, None, None).await {
             Ok(Poll::Page { page, .. }) => Ok(page),
             Ok(Poll::NotModified { .. }) => {
                 Err(self.http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
@@ -138,8 +179,9 @@ impl Subscribe for Client {
         // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
         // a bad topic or cursor fails here rather than in the stream.
         let limit = self.config.page_limit;
-        let first = self.poll(topic, cursor, limit, None).await.map_err(|(error, _)| error)?;
-        let Poll::Page { page, etag, hint } = first else {
+        let first =
+            self.poll(topic, cursor, limit, None, None).await.map_err(|(error, _)| error)?;
+        let Poll::Page { page, etag, hint, .. } = first else {
             return Err(self
                 .http
                 .error(ErrorKind::Protocol, "304 to a request without If-None-Match"));
@@ -156,6 +198,8 @@ impl Subscribe for Client {
             finished: false,
         };
         poller.accept(page, limit);
+        // A long-polling subscription holds its next request on the server: no pause first.
+        poller.wait_before_next &= self.hold.is_none();
         let start = poller.cursor;
         Ok(Subscription::new(topic.clone(), start, stream::unfold(poller, Poller::next)))
     }
@@ -163,7 +207,7 @@ impl Subscribe for Client {
 
 impl pushpull_core::Client for Client {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::full(NAME)
+        Capabilities::full(self.name)
     }
 }
 
@@ -201,17 +245,21 @@ impl Poller {
                 tokio::time::sleep(self.interval).await;
             }
             let limit = self.client.config.page_limit;
-            match self.client.poll(&self.topic, self.cursor, limit, self.etag.as_ref()).await {
-                Ok(Poll::Page { page, etag, hint }) => {
+            let hold = self.client.hold;
+            match self.client.poll(&self.topic, self.cursor, limit, self.etag.as_ref(), hold).await
+            {
+                Ok(Poll::Page { page, etag, hint, held }) => {
                     self.failures = 0;
                     self.etag = etag;
                     self.interval = self.client.interval(hint);
                     self.accept(page, limit);
+                    // A held request already waited on the server: ask again at once.
+                    self.wait_before_next &= !(hold.is_some() && held);
                 }
-                Ok(Poll::NotModified { hint }) => {
+                Ok(Poll::NotModified { hint, held }) => {
                     self.failures = 0;
                     self.interval = self.client.interval(hint);
-                    self.wait_before_next = true;
+                    self.wait_before_next = !(hold.is_some() && held);
                 }
                 Err((error, _)) if !error.is_retryable() => {
                     self.finished = true;

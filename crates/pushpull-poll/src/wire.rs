@@ -7,6 +7,10 @@ use pushpull_core::Page;
 /// The response header carrying the poll interval the server asks for, in milliseconds.
 pub const POLL_INTERVAL_HEADER: &str = "pushpull-poll-interval-ms";
 
+/// The response header a long-polling server sets to the wait it applied, in milliseconds.
+/// Its absence tells a long-polling client that the server does not hold requests.
+pub const WAIT_HEADER: &str = "pushpull-wait-ms";
+
 /// The path of a topic's messages.
 pub fn messages_path(topic: &str) -> String {
     format!("/v1/topics/{topic}/messages")

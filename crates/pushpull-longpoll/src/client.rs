@@ -1,0 +1,61 @@
+//! The client half: the polling client, asking the server to hold each poll.
+
+use async_trait::async_trait;
+use pushpull_core::{
+    Capabilities, Cursor, Error, Fetch, Page, Publication, Publish, Receipt, Subscribe,
+    Subscription, Topic,
+};
+
+use crate::NAME;
+use crate::config::ClientConfig;
+
+/// A client of a long-polling server. Cheap to clone; clones share connections.
+///
+/// `publish` and `fetch` answer at once. A subscription sends the page request with
+/// `wait`, and asks again the moment it is answered, from the cursor the answer ends at, so a
+/// message published between two requests is never missed.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: pushpull_poll::Client,
+}
+
+impl Client {
+    /// A client for the server at `config.url`.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let poll = pushpull_poll::ClientConfig {
+            url: config.url,
+            page_limit: config.page_limit,
+            request_timeout: config.request_timeout,
+            backoff: config.backoff,
+            ..pushpull_poll::ClientConfig::default()
+        };
+        Ok(Self { inner: pushpull_poll::Client::holding(poll, config.wait, NAME)? })
+    }
+}
+
+#[async_trait]
+impl Publish for Client {
+    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
+        self.inner.publish(topic, publication).await
+    }
+}
+
+#[async_trait]
+impl Fetch for Client {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        self.inner.fetch(topic, cursor, limit).await
+    }
+}
+
+#[async_trait]
+impl Subscribe for Client {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        self.inner.subscribe(topic, cursor).await
+    }
+}
+
+impl pushpull_core::Client for Client {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME)
+    }
+}

@@ -1,0 +1,71 @@
+//! Settings of the long-polling server and client.
+
+use std::time::Duration;
+
+use pushpull_core::{Backoff, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the long-polling [`Server`](crate::Server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The longest a request may be held; a longer `wait` is cut to this. The default stays
+    /// below the 60 s idle timeout of common proxies and load balancers.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub max_wait: Duration,
+    /// Page limits and the poll interval hint, as for short polling.
+    pub page: pushpull_poll::ServerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { max_wait: Duration::from_secs(30), page: pushpull_poll::ServerConfig::default() }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_wait.is_zero() {
+            return Err(Error::new(ErrorKind::Config, "longpoll.max_wait must be more than zero"));
+        }
+        self.page.validate()
+    }
+}
+
+/// Settings of the long-polling [`Client`](crate::Client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The server's base URL, such as `http://127.0.0.1:7070`.
+    pub url: String,
+    /// How long each poll asks the server to hold the request (the server may cut it).
+    #[serde(with = "pushpull_core::duration_text")]
+    pub wait: Duration,
+    /// Messages asked for per poll.
+    pub page_limit: usize,
+    /// How long a request may take beyond `wait`.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub request_timeout: Duration,
+    /// Delays between retries after a failed poll.
+    pub backoff: Backoff,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7070".into(),
+            wait: Duration::from_secs(25),
+            page_limit: 100,
+            request_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default settings for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+mod server;
+
+pub use client::Client;
+pub use config::{ClientConfig, ServerConfig};
+pub use server::Server;
+
+/// The transport's name, in configuration and errors.
+pub const NAME: &str = "longpoll";

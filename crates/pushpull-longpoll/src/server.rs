@@ -1,0 +1,126 @@
+//! The server half: the page request, held until a message arrives or the wait passes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use http::{HeaderValue, Method};
+use pushpull_core::{Client, Error, Page};
+use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
+use pushpull_poll::wire::WAIT_HEADER;
+use pushpull_poll::{MESSAGES_PATH, PageRequest, page_response};
+
+use crate::config::ServerConfig;
+
+/// The long-polling server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes)
+/// serve `GET /v1/topics/{topic}/messages` with an optional `wait`.
+///
+/// Without `wait` (or with `wait=0`) the request is answered at once, exactly as short polling
+/// answers it. With `wait=SECONDS` and nothing after the cursor, the request is held until a
+/// message is published or the wait passes (cut to `max_wait`), then answered; the response
+/// carries `Pushpull-Wait-Ms`, the wait applied. A held request is a future parked on the
+/// topic's wake-up signal: no thread, no buffer, and dropped the moment its client hangs up.
+#[derive(Clone)]
+pub struct Server {
+    broker: Arc<dyn Client>,
+    config: Arc<ServerConfig>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// A server over `broker`.
+    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self { broker, config: Arc::new(config), held: Arc::default() })
+    }
+
+    /// Requests held right now.
+    pub fn held_requests(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The page route (it also answers plain short polls), to mount beside other transports'.
+    pub fn routes(&self) -> Vec<Route> {
+        let server = self.clone();
+        vec![Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
+            let server = server.clone();
+            async move { server.answer(req, params).await }
+        })]
+    }
+
+    /// A router with publishing and the page route.
+    pub fn router(&self) -> Router {
+        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
+        let publish = pushpull_http::publish_route(
+            self.broker.clone(),
+            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
+        );
+        Router::new().with([publish]).with(self.routes())
+    }
+
+    async fn answer(&self, req: HttpRequest, params: Params) -> HandlerResult {
+        let request = PageRequest::parse(&req, &params, &self.config.page)?;
+        let wait = wait(&request, self.config.max_wait)?;
+        let page = self.broker.fetch(&request.topic, request.cursor, request.limit).await?;
+        let page = match wait {
+            Some(wait) if page.is_empty() => {
+                self.hold(&request, page, wait, Shutdown::of(&req)).await?
+            }
+            _ => page,
+        };
+        let mut response = page_response(page, &request, &self.config.page);
+        if let Some(wait) = wait {
+            response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+        }
+        Ok(response)
+    }
+
+    /// Waits for the first message after the (empty) `page`, then answers a page from there.
+    async fn hold(
+        &self,
+        request: &PageRequest,
+        page: Page,
+        wait: Duration,
+        mut shutdown: Shutdown,
+    ) -> Result<Page, Error> {
+        let _held = Held::new(&self.held);
+        let mut next = self.broker.subscribe(&request.topic, page.next).await?;
+        tokio::select! {
+            first = next.next() => match first {
+                Some(Ok(_)) => self.broker.fetch(&request.topic, page.next, request.limit).await,
+                Some(Err(error)) => Err(error),
+                None => Ok(page),
+            },
+            () = tokio::time::sleep(wait) => Ok(page),
+            () = shutdown.wait() => Ok(page),
+        }
+    }
+}
+
+/// Counts a held request for as long as it lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The `wait` query parameter: decimal seconds, cut to `max`; `None` when absent or zero.
+fn wait(request: &PageRequest, max: Duration) -> Result<Option<Duration>, Error> {
+    let Some(text) = request.query.get("wait") else { return Ok(None) };
+    let seconds: f64 =
+        text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+            Error::bad_request(format!("wait {text:?} is not a number of seconds"))
+        })?;
+    let wait = Duration::from_secs_f64(seconds.min(max.as_secs_f64()));
+    Ok((!wait.is_zero()).then_some(wait))
+}

@@ -1,0 +1,23 @@
+//! The long-polling transport against the conformance suite, over a real server on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushpull_http::testing::HttpHarness;
+
+fn harness() -> HttpHarness {
+    HttpHarness::new(
+        |broker| {
+            pushpull_longpoll::Server::new(broker, Default::default()).expect("config").router()
+        },
+        |url| {
+            let config = pushpull_longpoll::ClientConfig {
+                wait: Duration::from_secs(10),
+                ..pushpull_longpoll::ClientConfig::new(url)
+            };
+            Ok(Arc::new(pushpull_longpoll::Client::new(config)?))
+        },
+    )
+}
+
+pushpull_testkit::conformance!(harness());
