@@ -11,7 +11,8 @@ async fn the_same_code_runs_over_any_configured_transport() {
     let server = server(ServerConfig::default()).await;
     let url = format!("http://{}", server.local_addr());
     // `auto` takes the best transport the server answers on.
-    for (transport, expected) in [("poll", "poll"), ("longpoll", "longpoll"), ("auto", "longpoll")] {
+    for (transport, expected) in [("poll", "poll"), ("longpoll", "longpoll"), ("auto", "longpoll")]
+    {
         let config = ClientConfig::from_toml(&format!(
             "transport = \"{transport}\"\nurl = \"{url}\"\n[longpoll]\nwait = \"5s\"\n"
         ))

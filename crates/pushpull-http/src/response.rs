@@ -4,23 +4,23 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use pushpull_core::{Error, ErrorKind};
 
 use crate::wire;
 
 /// The response body type of every pushpull handler.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::new().boxed()
+    Empty::new().boxed_unsync()
 }
 
 /// A body of `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into()).boxed_unsync()
 }
 
 /// The HTTP status for an error of `kind`.

@@ -1,0 +1,74 @@
+//! Settings of the SSE server and client.
+
+use std::time::Duration;
+
+use pushpull_core::{Backoff, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the SSE [`Server`](crate::Server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How often an idle stream gets a comment, so proxies keep it and dead peers are found.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub heartbeat: Duration,
+    /// The reconnection time sent in the `retry:` field.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub retry: Duration,
+    /// Page limits for the page route of [`Server::router`](crate::Server::router).
+    pub page: pushpull_poll::ServerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(1),
+            page: pushpull_poll::ServerConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.heartbeat.is_zero() {
+            return Err(Error::new(ErrorKind::Config, "sse.heartbeat must be more than zero"));
+        }
+        self.page.validate()
+    }
+}
+
+/// Settings of the SSE [`Client`](crate::Client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The server's base URL, such as `http://127.0.0.1:7070`.
+    pub url: String,
+    /// A stream silent for this long (no event, no heartbeat) is taken for dead and reopened.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_timeout: Duration,
+    /// How long to wait for a response head, and for `publish` and `fetch`.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub request_timeout: Duration,
+    /// Delays between reconnection attempts that fail in a row.
+    pub backoff: Backoff,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7070".into(),
+            idle_timeout: Duration::from_secs(45),
+            request_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default settings for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+}

@@ -1,0 +1,153 @@
+//! The server half: `GET /v1/topics/{topic}/events`, one `text/event-stream` per subscriber.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind, Subscription};
+use pushpull_http::{
+    HandlerResult, HttpRequest, Params, Route, Router, Shutdown, query_params, request,
+};
+
+use crate::config::ServerConfig;
+use crate::wire::{CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble};
+
+/// The route of a topic's event stream.
+pub const EVENTS_PATH: &str = "/v1/topics/{topic}/events";
+
+/// The SSE server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes) serve
+/// event streams.
+///
+/// A stream starts where `Last-Event-ID` says (a browser's EventSource sends it when it
+/// reconnects), else where `?after=` says, else at `latest`. It reads the broker's shared log
+/// by cursor and writes only as fast as the client reads, so a client that stops reading
+/// costs a bounded buffer and, once retention passes it, gets a gap instead of unbounded memory.
+#[derive(Clone)]
+pub struct Server {
+    broker: Arc<dyn Client>,
+    config: Arc<ServerConfig>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// A server over `broker`.
+    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self { broker, config: Arc::new(config), open: Arc::default() })
+    }
+
+    /// Event streams open right now.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The event-stream route, to mount beside other transports'.
+    pub fn routes(&self) -> Vec<Route> {
+        let server = self.clone();
+        vec![Route::new(Method::GET, EVENTS_PATH, move |req: HttpRequest, params: Params| {
+            let server = server.clone();
+            async move { server.stream(req, params).await }
+        })]
+    }
+
+    /// A router with publishing, the page route (for clients' `fetch`) and event streams.
+    pub fn router(&self) -> Router {
+        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
+        let publish = pushpull_http::publish_route(
+            self.broker.clone(),
+            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
+        );
+        Router::new()
+            .with([publish])
+            .with(pushpull_poll::routes(self.broker.clone(), self.config.page.clone()))
+            .with(self.routes())
+    }
+
+    async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {
+        let topic = request::topic(&params)?;
+        let cursor = start_cursor(&req)?;
+        let subscription = self.broker.subscribe(&topic, cursor).await?;
+        let start = subscription.cursor();
+        let state = StreamState {
+            subscription,
+            heartbeat: self.config.heartbeat,
+            shutdown: Shutdown::of(&req),
+            preamble: Some(preamble(start, self.config.retry)),
+            _open: OpenStream::new(self.open.clone()),
+        };
+        let body = StreamBody::new(futures::stream::unfold(state, StreamState::next).map(Ok));
+        let mut response = Response::new(BodyExt::boxed_unsync(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+}
+
+/// `Last-Event-ID` first (it is newer: EventSource repeats the original URL when it
+/// reconnects), then `?after=`, then `latest`.
+fn start_cursor(req: &HttpRequest) -> Result<Cursor, Error> {
+    if let Some(id) = req.headers().get("last-event-id") {
+        let id = id.to_str().map_err(|_| {
+            Error::new(ErrorKind::InvalidCursor, "the Last-Event-ID header is not ASCII")
+        })?;
+        if !id.is_empty() {
+            return id.parse().map_err(|e: Error| {
+                Error::new(ErrorKind::InvalidCursor, format!("Last-Event-ID: {}", e.message()))
+            });
+        }
+    }
+    request::cursor(req, &query_params(req), Cursor::Latest)
+}
+
+struct StreamState {
+    subscription: Subscription,
+    heartbeat: Duration,
+    shutdown: Shutdown,
+    preamble: Option<Bytes>,
+    _open: OpenStream,
+}
+
+impl StreamState {
+    /// The next chunk to write: the preamble, an event, or a heartbeat; `None` ends the stream.
+    async fn next(mut self) -> Option<(Frame<Bytes>, Self)> {
+        if let Some(preamble) = self.preamble.take() {
+            return Some((Frame::data(preamble), self));
+        }
+        let chunk = tokio::select! {
+            delivery = self.subscription.next() => match delivery? {
+                Ok(Delivery::Message(message)) => encode_message(&message),
+                Ok(Delivery::Gap(gap)) => encode_gap(&gap),
+                Err(error) => {
+                    tracing::warn!(%error, "event stream ended by a broker error");
+                    return None;
+                }
+            },
+            () = tokio::time::sleep(self.heartbeat) => Bytes::from_static(HEARTBEAT),
+            () = self.shutdown.wait() => return None,
+        };
+        Some((Frame::data(chunk), self))
+    }
+}
+
+/// Counts an open stream for as long as its body lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

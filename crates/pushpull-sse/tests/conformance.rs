@@ -1,0 +1,21 @@
+//! The SSE transport against the conformance suite, over a real server on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushpull_http::testing::HttpHarness;
+
+fn harness() -> HttpHarness {
+    HttpHarness::new(
+        |broker| {
+            let config = pushpull_sse::ServerConfig {
+                retry: Duration::from_millis(50),
+                ..Default::default()
+            };
+            pushpull_sse::Server::new(broker, config).expect("config").router()
+        },
+        |url| Ok(Arc::new(pushpull_sse::Client::new(pushpull_sse::ClientConfig::new(url))?)),
+    )
+}
+
+pushpull_testkit::conformance!(harness());
