@@ -29,6 +29,9 @@ pub struct ClientConfig {
     /// Settings of the long-polling transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub longpoll: Option<toml::Table>,
+    /// Settings of the Server-Sent Events transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<toml::Table>,
 }
 
 impl Default for ClientConfig {
@@ -38,6 +41,7 @@ impl Default for ClientConfig {
             url: "http://127.0.0.1:7070".into(),
             poll: None,
             longpoll: None,
+            sse: None,
         }
     }
 }
@@ -59,6 +63,7 @@ impl ClientConfig {
         let mut table = match transport {
             "poll" => self.poll.clone().unwrap_or_default(),
             "longpoll" => self.longpoll.clone().unwrap_or_default(),
+            "sse" => self.sse.clone().unwrap_or_default(),
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -98,7 +103,7 @@ pub struct Registry {
 }
 
 /// Transports this workspace has, with the cargo feature that brings each in.
-const KNOWN: [(&str, &str); 2] = [("poll", "poll"), ("longpoll", "longpoll")];
+const KNOWN: [(&str, &str); 3] = [("poll", "poll"), ("longpoll", "longpoll"), ("sse", "sse")];
 
 impl Registry {
     /// An empty registry.
@@ -114,6 +119,8 @@ impl Registry {
         registry.register(Arc::new(PollFactory));
         #[cfg(feature = "longpoll")]
         registry.register(Arc::new(LongpollFactory));
+        #[cfg(feature = "sse")]
+        registry.register(Arc::new(SseFactory));
         registry
     }
 
@@ -214,6 +221,22 @@ impl TransportFactory for LongpollFactory {
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         let settings: pushpull_longpoll::ClientConfig = config.section(pushpull_longpoll::NAME)?;
         Ok(Arc::new(pushpull_longpoll::Client::new(settings)?))
+    }
+}
+
+#[cfg(feature = "sse")]
+struct SseFactory;
+
+#[cfg(feature = "sse")]
+#[async_trait]
+impl TransportFactory for SseFactory {
+    fn name(&self) -> &'static str {
+        pushpull_sse::NAME
+    }
+
+    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        let settings: pushpull_sse::ClientConfig = config.section(pushpull_sse::NAME)?;
+        Ok(Arc::new(pushpull_sse::Client::new(settings)?))
     }
 }
 

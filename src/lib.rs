@@ -8,7 +8,7 @@ pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFacto
 pub use serve::{broker, router, serve, serve_config, serve_on, serve_with, transports};
 pub use server_config::{
     BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, LongpollSection, PollSection,
-    RetentionConfig, ServerConfig, TransportsConfig,
+    RetentionConfig, ServerConfig, SseSection, TransportsConfig,
 };
 
 pub use pushpull_core::*;
@@ -17,3 +17,5 @@ pub use pushpull_http::{RunningServer, ServeConfig};
 pub use pushpull_longpoll as longpoll;
 #[cfg(feature = "poll")]
 pub use pushpull_poll as poll;
+#[cfg(feature = "sse")]
+pub use pushpull_sse as sse;

@@ -46,15 +46,25 @@ pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, 
         router = router.with(pushpull_poll::routes(broker.clone(), poll));
     }
     let _ = page_served;
+    #[cfg(feature = "sse")]
+    if config.transports.sse.enabled {
+        let sse = pushpull_sse::ServerConfig {
+            heartbeat: config.transports.sse.heartbeat,
+            retry: config.transports.sse.retry,
+            page: config.transports.poll.server_config(),
+        };
+        router = router.with(pushpull_sse::Server::new(broker.clone(), sse)?.routes());
+    }
     let health = health_route(broker, transports(config));
     Ok(router.with([health]))
 }
 
 /// The transports a config serves, in this build.
 pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    let candidates: [(&'static str, bool, bool); 2] = [
+    let candidates: [(&'static str, bool, bool); 3] = [
         ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
         ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
+        ("sse", cfg!(feature = "sse"), config.transports.sse.enabled),
     ];
     candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }

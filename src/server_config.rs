@@ -148,6 +148,28 @@ pub struct TransportsConfig {
     pub poll: PollSection,
     /// `[transports.longpoll]`: long polling (the same page route, held with `?wait=`).
     pub longpoll: LongpollSection,
+    /// `[transports.sse]`: Server-Sent Events.
+    pub sse: SseSection,
+}
+
+/// `[transports.sse]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSection {
+    /// Whether to serve event streams.
+    pub enabled: bool,
+    /// How often an idle stream gets a heartbeat comment.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub heartbeat: Duration,
+    /// The reconnection time sent in `retry:`.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub retry: Duration,
+}
+
+impl Default for SseSection {
+    fn default() -> Self {
+        Self { enabled: true, heartbeat: Duration::from_secs(15), retry: Duration::from_secs(1) }
+    }
 }
 
 /// `[transports.longpoll]`.
@@ -274,6 +296,9 @@ impl ServerConfig {
             .map_err(|e| config_error(format!("transports.{}", e.message())))?;
         if self.transports.longpoll.max_wait.is_zero() {
             return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
+        }
+        if self.transports.sse.heartbeat.is_zero() {
+            return Err(config_error("transports.sse.heartbeat must be more than zero".into()));
         }
         if self.http.header_read_timeout.is_zero() {
             return Err(config_error("http.header_read_timeout must be more than zero".into()));

@@ -243,5 +243,5 @@ async fn health_names_the_broker_and_transports() {
     let health = get(server.local_addr(), "/v1/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["broker"], "memory");
-    assert_eq!(health.json()["transports"], serde_json::json!(["poll", "longpoll"]));
+    assert_eq!(health.json()["transports"], serde_json::json!(["poll", "longpoll", "sse"]));
 }

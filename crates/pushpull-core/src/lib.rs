@@ -15,8 +15,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
     Capabilities, Delivery, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,
-    MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, Receipt,
-    millis_since_unix_epoch, time_from_millis,
+    MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, RESERVED_EVENT_PREFIX,
+    Receipt, millis_since_unix_epoch, time_from_millis,
 };
 pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use traits::{Client, Fetch, Publish, Subscribe, Subscription};

@@ -13,6 +13,9 @@ use crate::topic::Topic;
 pub const MAX_EVENT_LEN: usize = 64;
 /// The longest content type accepted, in bytes.
 pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// Event types starting with this are reserved for the transports' own events (such as SSE's
+/// `pushpull-gap`), so a published event can never pass for one of them.
+pub const RESERVED_EVENT_PREFIX: &str = "pushpull-";
 /// The longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
@@ -81,7 +84,7 @@ impl Publication {
     /// Checks the labels and the payload size against `max_payload` bytes.
     ///
     /// An event type is 1 to [`MAX_EVENT_LEN`] bytes of visible ASCII (it travels in SSE
-    /// fields and HTTP headers); a content type is 1 to [`MAX_CONTENT_TYPE_LEN`] bytes of
+    /// fields and HTTP headers) not starting with [`RESERVED_EVENT_PREFIX`]; a content type is 1 to [`MAX_CONTENT_TYPE_LEN`] bytes of
     /// visible ASCII or spaces.
     pub fn validate(&self, max_payload: usize) -> Result<(), Error> {
         if self.payload.len() > max_payload {
@@ -95,6 +98,12 @@ impl Publication {
         }
         if let Some(event) = &self.event {
             check_label("event type", event, MAX_EVENT_LEN, |b| b.is_ascii_graphic())?;
+            if event.starts_with(RESERVED_EVENT_PREFIX) {
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
+                    format!("event types starting with {RESERVED_EVENT_PREFIX:?} are reserved"),
+                ));
+            }
         }
         if let Some(content_type) = &self.content_type {
             check_label("content type", content_type, MAX_CONTENT_TYPE_LEN, |b| {

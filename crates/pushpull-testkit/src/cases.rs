@@ -565,6 +565,7 @@ pub async fn invalid_labels_rejected(harness: &dyn Harness) {
         Publication::new("x").event("x".repeat(65)),
         Publication::new("x").content_type("text/plain\r\nX-Injected: 1"),
         Publication::new("x").idempotency_key("has space"),
+        Publication::new("x").event("pushpull-gap"),
     ];
     for publication in cases {
         let result = within("publish", client.publish(&topic, publication.clone())).await;
