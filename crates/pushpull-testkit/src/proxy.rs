@@ -22,6 +22,7 @@ pub struct ChaosProxy {
 struct ProxyState {
     upstream: SocketAddr,
     live: Vec<AbortHandle>,
+    refusing: bool,
 }
 
 impl ChaosProxy {
@@ -29,11 +30,19 @@ impl ChaosProxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Mutex::new(ProxyState { upstream, live: Vec::new() }));
+        let shared =
+            Arc::new(Mutex::new(ProxyState { upstream, live: Vec::new(), refusing: false }));
         let state = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let upstream = state.lock().expect("proxy lock").upstream;
+                let (upstream, refusing) = {
+                    let state = state.lock().expect("proxy lock");
+                    (state.upstream, state.refusing)
+                };
+                if refusing {
+                    drop(inbound); // as an unreachable server would: the client sees a failure
+                    continue;
+                }
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -58,6 +67,11 @@ impl ChaosProxy {
         for task in live {
             task.abort();
         }
+    }
+
+    /// While `refusing`, new connections are closed at once, as if the server were down.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.shared.lock().expect("proxy lock").refusing = refusing;
     }
 
     /// Sends new connections to `upstream`.

@@ -1,0 +1,96 @@
+//! A browser-compatible EventSource this project did not write (the `eventsource` package from
+//! npm, which follows the WHATWG spec) reads the SSE transport, and resumes with
+//! `Last-Event-ID` after the connection drops, losing and repeating nothing.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use pushpull::{Publication, Publish, ServerConfig, Topic};
+use pushpull_testkit::ChaosProxy;
+use support::LIMIT;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+
+/// What node printed next of `kind` (`event` for any event), skipping other lines.
+async fn next_of(lines: &mut Lines<BufReader<ChildStdout>>, kind: &str) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(LIMIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("node reported no {kind} in time"))
+            .expect("read node's output")
+            .expect("node is still running");
+        let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        let is_event = line["type"] != "open" && line["type"] != "error";
+        if line["type"] == kind || (kind == "event" && is_event) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_eventsource_resumes_with_last_event_id() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/eventsource").exists(),
+        "the npm packages are missing: run ./scripts/test, which installs them"
+    );
+    let mut config = ServerConfig::default();
+    config.transports.sse.retry = Duration::from_millis(100);
+    let broker = pushpull::broker(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
+    let proxy = ChaosProxy::start(server.local_addr()).await.unwrap();
+    let topic = Topic::new("prices").unwrap();
+
+    // No `after=`: the stream starts at `latest`; only Last-Event-ID can bring back what is
+    // published while the client is away.
+    let url = format!("http://{}/v1/topics/prices/events", proxy.addr());
+    let mut node = Command::new("node")
+        .arg(js.join("eventsource-client.mjs"))
+        .args([&url, "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+
+    next_of(&mut lines, "open").await;
+    let mut cursors = Vec::new();
+    for n in 1..=3 {
+        let publication = Publication::new(format!("{n}.00")).event("price");
+        cursors.push(broker.publish(&topic, publication).await.unwrap().cursor());
+    }
+    for n in 1..=3 {
+        let event = next_of(&mut lines, "event").await;
+        assert_eq!(event["type"], "price");
+        assert_eq!(event["data"], format!("{n}.00"));
+        assert_eq!(event["lastEventId"], cursors[n - 1].to_string());
+    }
+
+    // Cut the connection and keep the server unreachable while three more are published.
+    proxy.set_refusing(true);
+    proxy.sever();
+    next_of(&mut lines, "error").await;
+    for n in 4..=6 {
+        let publication = Publication::new(format!("{n}.00")).event("price");
+        cursors.push(broker.publish(&topic, publication).await.unwrap().cursor());
+    }
+    proxy.set_refusing(false);
+
+    next_of(&mut lines, "open").await;
+    for n in 4..=6 {
+        let event = next_of(&mut lines, "event").await;
+        assert_eq!(
+            event["data"],
+            format!("{n}.00"),
+            "resumed after the last event, nothing repeated"
+        );
+        assert_eq!(event["lastEventId"], cursors[n - 1].to_string());
+    }
+    let status = tokio::time::timeout(LIMIT, node.wait()).await.expect("node exited").unwrap();
+    assert!(status.success());
+}
