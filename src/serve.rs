@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
-use pushpull_http::{PublishLimits, Route, Router, RunningServer, ServeConfig};
+use pushpull_http::{PublishLimits, Route, Router, RunningServer, ServeConfig, ServerStats};
 use tokio::net::TcpListener;
 
 use crate::server_config::{BrokerKind, ServerConfig};
@@ -19,12 +19,29 @@ pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Client>, Error> {
 /// The router serving `broker` over every transport `config` enables, plus publishing and
 /// `GET /v1/health`.
 pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, Error> {
+    router_with_stats(broker, config, None)
+}
+
+/// [`router`], with a health route that also reports `stats` (requests and connections).
+fn router_with_stats(
+    broker: Arc<dyn Client>,
+    config: &ServerConfig,
+    stats: Option<Arc<ServerStats>>,
+) -> Result<Router, Error> {
     let max_body = config.broker.max_payload;
     let publish = pushpull_http::publish_route(
         broker.clone(),
         PublishLimits { max_body, body_timeout: config.http.body_timeout },
     );
     let mut router = Router::new().with([publish]);
+    // Live counts for the health route: (name, gauge).
+    let mut gauges: Vec<(&'static str, Gauge)> = Vec::new();
+    if let Some(stats) = stats {
+        let (open, accepted) = (stats.clone(), stats.clone());
+        gauges.push(("open_connections", Box::new(move || open.open_connections())));
+        gauges.push(("accepted_connections", Box::new(move || accepted.accepted_connections())));
+        gauges.push(("requests", Box::new(move || stats.requests())));
+    }
     // Long polling serves the same page route as short polling, plus `?wait=`.
     #[cfg(feature = "longpoll")]
     let page_served = config.transports.longpoll.enabled;
@@ -38,6 +55,7 @@ pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, 
         };
         let server = pushpull_longpoll::Server::new(broker.clone(), longpoll)?;
         router = router.with(server.routes());
+        gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
     }
     #[cfg(feature = "poll")]
     if config.transports.poll.enabled && !page_served {
@@ -53,9 +71,11 @@ pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, 
             retry: config.transports.sse.retry,
             page: config.transports.poll.server_config(),
         };
-        router = router.with(pushpull_sse::Server::new(broker.clone(), sse)?.routes());
+        let server = pushpull_sse::Server::new(broker.clone(), sse)?;
+        router = router.with(server.routes());
+        gauges.push(("sse_open_streams", Box::new(move || server.open_streams())));
     }
-    let health = health_route(broker, transports(config));
+    let health = health_route(broker, transports(config), gauges);
     Ok(router.with([health]))
 }
 
@@ -69,17 +89,30 @@ pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
     candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }
 
-fn health_route(broker: Arc<dyn Client>, transports: Vec<&'static str>) -> Route {
-    let body = serde_json::json!({
-        "status": "ok",
-        "broker": broker.capabilities().name,
-        "transports": transports,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    let body = serde_json::to_vec(&body).expect("health encodes");
+type Gauge = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// `GET /v1/health`: the broker, the transports served, and live counts of held requests and
+/// open streams.
+fn health_route(
+    broker: Arc<dyn Client>,
+    transports: Vec<&'static str>,
+    gauges: Vec<(&'static str, Gauge)>,
+) -> Route {
+    let broker_name = broker.capabilities().name;
+    let gauges = Arc::new(gauges);
     Route::new(Method::GET, "/v1/health", move |_, _| {
-        let body = body.clone();
-        async move { Ok(pushpull_http::json(StatusCode::OK, body)) }
+        let live: serde_json::Map<String, serde_json::Value> =
+            gauges.iter().map(|(name, gauge)| ((*name).to_owned(), gauge().into())).collect();
+        let body = serde_json::json!({
+            "status": "ok",
+            "broker": broker_name,
+            "transports": transports,
+            "live": live,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        async move {
+            Ok(pushpull_http::json(StatusCode::OK, serde_json::to_vec(&body).expect("encodes")))
+        }
     })
 }
 
@@ -103,8 +136,9 @@ pub fn serve_with(
     broker: Arc<dyn Client>,
     config: &ServerConfig,
 ) -> Result<RunningServer, Error> {
-    let router = router(broker, config)?;
-    pushpull_http::spawn(listener, router, serve_config(config))
+    let stats = Arc::new(ServerStats::default());
+    let router = router_with_stats(broker, config, Some(stats.clone()))?;
+    pushpull_http::spawn_with_stats(listener, router, serve_config(config), stats)
         .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e))
 }
 

@@ -1,6 +1,7 @@
 //! The `pushpull` command: serve a broker over every transport, and publish, fetch and
 //! subscribe from the command line.
 
+mod bench;
 mod output;
 
 use std::io::Read;
@@ -78,6 +79,9 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Measure the transports side by side against a server on 127.0.0.1.
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Follow a topic; prints one message per line until Ctrl-C (or `--count`).
     Subscribe {
         /// The topic.
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Bench(bench) => bench::run(bench).await,
         Command::Publish { topic, data, event, content_type, connection } => {
             let topic = Topic::new(topic)?;
             let payload = match data.as_deref() {

@@ -186,3 +186,23 @@ fn ctrl_c_shuts_down_gracefully() {
     let exit = rx.recv_timeout(LIMIT).expect("the server stopped").unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[test]
+fn bench_runs_side_by_side_and_stops_by_itself() {
+    let compare = Command::new(BIN)
+        .args(["bench", "compare", "--messages", "5", "--interval", "5ms", "--burst", "20"])
+        .args(["--transports", "longpoll,sse"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run pushpull bench");
+    assert!(compare.status.success());
+    let table = text(&compare.stdout);
+    assert!(table.contains("| longpoll |") && table.contains("| sse |"), "{table}");
+
+    let idle = Command::new(BIN)
+        .args(["bench", "idle", "--transport", "sse", "--connections", "20"])
+        .output()
+        .expect("run pushpull bench");
+    assert!(idle.status.success(), "{}", text(&idle.stderr));
+    assert!(text(&idle.stdout).contains("| sse | 20 |"), "{}", text(&idle.stdout));
+}

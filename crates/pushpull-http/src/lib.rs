@@ -16,4 +16,6 @@ pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
 };
 pub use router::{BoxError, HandlerResult, HttpRequest, Params, Route, Router, query_params};
-pub use serve::{RunningServer, ServeConfig, ServerStats, Shutdown, serve_until, spawn};
+pub use serve::{
+    RunningServer, ServeConfig, ServerStats, Shutdown, serve_until, spawn, spawn_with_stats,
+};

@@ -73,6 +73,7 @@ impl Shutdown {
 struct WithShutdown<S> {
     inner: S,
     signal: Shutdown,
+    stats: Arc<ServerStats>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
@@ -84,6 +85,7 @@ where
     type Future = S::Future;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         request.extensions_mut().insert(self.signal.clone());
         self.inner.call(request)
     }
@@ -97,6 +99,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct ServerStats {
     open: AtomicUsize,
     accepted: AtomicUsize,
+    requests: AtomicUsize,
 }
 
 impl ServerStats {
@@ -108,6 +111,11 @@ impl ServerStats {
     /// Connections accepted since the start.
     pub fn accepted_connections(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Requests received since the start (HTTP/1.1 and HTTP/2 alike).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -167,8 +175,27 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    spawn_with_stats(listener, service, config, Arc::default())
+}
+
+/// [`spawn`], counting into `stats` (which a handler may also hold, to report them).
+pub fn spawn_with_stats<S, B>(
+    listener: TcpListener,
+    service: S,
+    config: ServeConfig,
+    stats: Arc<ServerStats>,
+) -> io::Result<RunningServer>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listener.local_addr()?;
-    let stats = Arc::new(ServerStats::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_until(listener, service, config, stats.clone(), async {
         let _ = stopped.await;
@@ -196,7 +223,7 @@ pub async fn serve_until<S, B>(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let (shutting_down, signal) = watch::channel(false);
-    let service = WithShutdown { inner: service, signal: Shutdown(signal) };
+    let service = WithShutdown { inner: service, signal: Shutdown(signal), stats: stats.clone() };
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}

@@ -1,0 +1,366 @@
+//! `pushpull bench`: measures the transports side by side, against a server running as its own
+//! process on 127.0.0.1, so its memory is measured alone. Every run is bounded in count and
+//! time and stops by itself.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use pushpull::{ClientConfig, Cursor, Error, ErrorKind, Publication, Topic};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// What to measure.
+#[derive(clap::Subcommand)]
+pub(crate) enum Bench {
+    /// Server memory per idle SSE stream or held long-poll request.
+    Idle {
+        /// `sse` or `longpoll`.
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        /// How many idle connections to open (each side needs a file descriptor).
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+    },
+    /// Latency, bytes and requests per message, and burst throughput, for each transport.
+    Compare {
+        /// The transports to compare, in order.
+        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse")]
+        transports: Vec<String>,
+        /// Messages published one at a time, `interval` apart, for latency.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// The pause between those messages.
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// Messages published back to back, for throughput.
+        #[arg(long, default_value_t = 2000)]
+        burst: usize,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    pushpull::duration_text::parse(text)
+}
+
+/// No single step of a bench may take longer than this.
+const STEP: Duration = Duration::from_secs(120);
+
+pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
+    match bench {
+        Bench::Idle { transport, connections } => idle(&transport, connections).await,
+        Bench::Compare { transports, messages, interval, burst } => {
+            compare(&transports, messages, interval, burst).await
+        }
+    }
+}
+
+/// A `pushpull serve` child process on an ephemeral loopback port.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    async fn start() -> Result<Self, Error> {
+        let exe = std::env::current_exe().map_err(|e| bench_error(format!("own path: {e}")))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("PUSHPULL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| bench_error(format!("cannot start the server: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        tokio::time::timeout(STEP, BufReader::new(stdout).read_line(&mut line))
+            .await
+            .map_err(|_| bench_error("the server did not start".into()))?
+            .map_err(|e| bench_error(format!("reading the server's output: {e}")))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| bench_error(format!("no address in {line:?}")))?;
+        Ok(Self { child, addr })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Resident memory, in bytes, from /proc.
+    fn rss(&self) -> Result<u64, Error> {
+        let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| bench_error(format!("reading /proc/{pid}/status: {e} (Linux only)")))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| bench_error("no VmRSS line".into()))
+    }
+
+    async fn health(&self) -> Result<serde_json::Value, Error> {
+        let mut stream =
+            TcpStream::connect(self.addr).await.map_err(|e| bench_error(e.to_string()))?;
+        let request =
+            format!("GET /v1/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        stream.write_all(request.as_bytes()).await.map_err(|e| bench_error(e.to_string()))?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.map_err(|e| bench_error(e.to_string()))?;
+        let body = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| &reply[at + 4..])
+            .ok_or_else(|| bench_error("bad health reply".into()))?;
+        serde_json::from_slice(body).map_err(|e| bench_error(format!("health JSON: {e}")))
+    }
+
+    async fn live(&self, gauge: &str) -> Result<u64, Error> {
+        Ok(self.health().await?["live"][gauge].as_u64().unwrap_or(0))
+    }
+}
+
+async fn idle(transport: &str, connections: usize) -> Result<(), Error> {
+    let (path, gauge) = match transport {
+        "sse" => ("/v1/topics/bench.idle/events", "sse_open_streams"),
+        "longpoll" => {
+            ("/v1/topics/bench.idle/messages?after=latest&wait=30", "longpoll_held_requests")
+        }
+        other => return Err(bench_error(format!("idle measures sse or longpoll, not {other:?}"))),
+    };
+    let server = ServerProcess::start().await?;
+    // Warm up allocator pools and the topic with a few connections first.
+    let warm = open_idle(&server, path, 50).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss()?;
+    let started = Instant::now();
+    let held = open_idle(&server, path, connections).await?;
+    tokio::time::timeout(STEP, async {
+        while server.live(gauge).await.unwrap_or(0) < connections as u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        bench_error(format!("the server never reported {connections} idle connections"))
+    })?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = server.rss()?;
+    let per = after.saturating_sub(before) as f64 / connections as f64;
+    println!("| transport | idle connections | server RSS before | after | per connection |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| {transport} | {connections} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+        mib(before),
+        mib(after),
+        per / 1024.0
+    );
+    eprintln!("opened in {:?}", started.elapsed());
+    drop(held);
+    Ok(())
+}
+
+async fn open_idle(
+    server: &ServerProcess,
+    path: &str,
+    count: usize,
+) -> Result<Vec<TcpStream>, Error> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(server.addr)
+            .await
+            .map_err(|e| bench_error(format!("connect: {e} (raise `ulimit -n`?)")))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+        stream.write_all(request.as_bytes()).await.map_err(|e| bench_error(e.to_string()))?;
+        streams.push(stream);
+    }
+    Ok(streams)
+}
+
+async fn compare(
+    transports: &[String],
+    messages: usize,
+    interval: Duration,
+    burst: usize,
+) -> Result<(), Error> {
+    let server = ServerProcess::start().await?;
+    println!(
+        "| transport | latency p50 | p90 | p99 | max | bytes to subscriber / message | requests / message | burst of {burst}: messages/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for transport in transports {
+        let row = measure(&server, transport, messages, interval, burst).await?;
+        println!(
+            "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
+            ms(row.latencies[row.latencies.len() / 2]),
+            ms(row.latencies[row.latencies.len() * 9 / 10]),
+            ms(row.latencies[(row.latencies.len() * 99 / 100).min(row.latencies.len() - 1)]),
+            ms(*row.latencies.last().expect("measured")),
+            row.bytes_per_message,
+            row.requests_per_message,
+            row.burst_rate,
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    latencies: Vec<Duration>,
+    bytes_per_message: f64,
+    requests_per_message: f64,
+    burst_rate: f64,
+}
+
+async fn measure(
+    server: &ServerProcess,
+    transport: &str,
+    messages: usize,
+    interval: Duration,
+    burst: usize,
+) -> Result<Row, Error> {
+    let relay = CountingRelay::start(server.addr).await?;
+    let subscriber =
+        pushpull::connect(&ClientConfig::new(transport, format!("http://{}", relay.addr))).await?;
+    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let topic = Topic::new(format!("bench.{transport}"))?;
+    let mut subscription = subscriber.subscribe(&topic, Cursor::Latest).await?;
+
+    // Latency: one message at a time, each carrying its send time.
+    let requests_before = server.live("requests").await?;
+    let bytes_before = relay.down.load(Ordering::Relaxed);
+    let publishing = {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        tokio::spawn(async move {
+            for _ in 0..messages {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+                publisher.publish(&topic, Publication::new(now.to_string())).await?;
+                tokio::time::sleep(interval).await;
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    let mut latencies = Vec::with_capacity(messages);
+    while latencies.len() < messages {
+        let delivery = tokio::time::timeout(STEP, subscription.next())
+            .await
+            .map_err(|_| bench_error(format!("{transport}: a message did not arrive")))?
+            .ok_or_else(|| bench_error(format!("{transport}: the subscription ended")))??;
+        if let Some(message) = delivery.as_message() {
+            let sent: u128 = message.text().and_then(|t| t.parse().ok()).unwrap_or_default();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+            latencies.push(Duration::from_nanos(now.saturating_sub(sent) as u64));
+        }
+    }
+    publishing.await.map_err(|e| bench_error(e.to_string()))??;
+    let bytes = relay.down.load(Ordering::Relaxed) - bytes_before;
+    // The publisher's requests and the two health requests are not the subscriber's.
+    let requests =
+        server.live("requests").await?.saturating_sub(requests_before + messages as u64 + 1);
+    latencies.sort();
+
+    // Throughput: a burst published with eight requests in flight.
+    let started = Instant::now();
+    let bursting = {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        tokio::spawn(async move {
+            futures::stream::iter(0..burst)
+                .map(|n| {
+                    let (publisher, topic) = (publisher.clone(), topic.clone());
+                    async move { publisher.publish(&topic, Publication::new(n.to_string())).await }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let mut received = 0;
+    while received < burst {
+        let delivery = tokio::time::timeout(STEP, subscription.next())
+            .await
+            .map_err(|_| bench_error(format!("{transport}: the burst stalled")))?
+            .ok_or_else(|| bench_error(format!("{transport}: the subscription ended")))??;
+        if delivery.as_message().is_some() {
+            received += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    for result in bursting.await.map_err(|e| bench_error(e.to_string()))? {
+        result?;
+    }
+    Ok(Row {
+        latencies,
+        bytes_per_message: bytes as f64 / messages as f64,
+        requests_per_message: requests as f64 / messages as f64,
+        burst_rate: burst as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// A loopback TCP relay that counts the bytes flowing back to the client.
+struct CountingRelay {
+    addr: SocketAddr,
+    down: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(upstream: SocketAddr) -> Result<Self, Error> {
+        let listener =
+            TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| bench_error(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| bench_error(e.to_string()))?;
+        let down = Arc::new(AtomicU64::new(0));
+        let counter = down.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = up => {}, () = down => {} }
+                });
+            }
+        });
+        Ok(Self { addr, down, task })
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn bench_error(message: String) -> Error {
+    Error::new(ErrorKind::Backend, format!("bench: {message}"))
+}
