@@ -175,6 +175,11 @@ impl Message {
         millis_since_unix_epoch(self.timestamp)
     }
 
+    /// The same message with an empty payload (its labels and position only).
+    pub fn with_empty_payload(&self) -> Message {
+        Message { payload: Bytes::new(), ..self.clone() }
+    }
+
     /// The payload as text, if it is valid UTF-8.
     pub fn text(&self) -> Option<&str> {
         std::str::from_utf8(&self.payload).ok()

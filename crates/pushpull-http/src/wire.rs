@@ -14,7 +14,7 @@ use pushpull_core::{
 use serde::{Deserialize, Serialize};
 
 /// One message as JSON.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageJson {
     /// Topic name.
     pub topic: Topic,
@@ -36,6 +36,10 @@ pub struct MessageJson {
     /// The payload in base64, when it is not UTF-8 text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+    /// In framings that carry payloads beside the JSON (WebSocket binary frames): the payload's
+    /// length in bytes, with neither `data` nor `data_base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
 }
 
 impl MessageJson {
@@ -54,7 +58,28 @@ impl MessageJson {
             content_type: message.content_type.as_deref().map(str::to_owned),
             data,
             data_base64,
+            size: None,
         }
+    }
+
+    /// The JSON form of `message` without its payload, which travels beside it (`size` says
+    /// how long it is).
+    pub fn header_of(message: &Message) -> Self {
+        Self {
+            data: None,
+            data_base64: None,
+            size: Some(message.payload.len()),
+            ..Self::from_message(&message.with_empty_payload())
+        }
+    }
+
+    /// The message this JSON describes, with `payload` when the JSON carries none itself.
+    pub fn into_message_with(mut self, payload: Bytes) -> Result<Message, Error> {
+        self.data_base64 = None;
+        self.data = Some(String::new());
+        let mut message = self.into_message()?;
+        message.payload = payload;
+        Ok(message)
     }
 
     /// The message this JSON describes.
@@ -97,7 +122,7 @@ impl MessageJson {
 }
 
 /// A gap as JSON.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GapJson {
     /// Topic name.
     pub topic: Topic,
@@ -160,7 +185,7 @@ impl GapJson {
 }
 
 /// A page as JSON.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PageJson {
     /// Missed messages before the first one, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +222,7 @@ pub fn decode_page(body: &[u8]) -> Result<Page, Error> {
 }
 
 /// A publish receipt as JSON.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReceiptJson {
     /// Topic name.
     pub topic: Topic,
@@ -238,14 +263,14 @@ pub fn decode_receipt(body: &[u8]) -> Result<Receipt, Error> {
 }
 
 /// The body of every error response: `{"error":{"kind":"…","message":"…"}}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// The inside of [`ErrorBody`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// An [`ErrorKind`] wire name, or `not_found` / `method_not_allowed` for routing errors.
     pub kind: String,

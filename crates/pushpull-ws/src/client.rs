@@ -1,0 +1,652 @@
+//! The client half: one socket, many subscriptions and requests, reconnecting by itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use pushpull_core::{
+    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Offset, Page, Publication,
+    Publish, Receipt, Subscribe, Subscription, Topic,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::NAME;
+use crate::config::ClientConfig;
+use crate::wire::{self, Frame, Reply, Request, SUBPROTOCOL};
+
+/// A client of a WebSocket server: publish, fetch and any number of subscriptions over one
+/// socket. Cheap to clone; clones share the socket.
+///
+/// A background task owns the socket. When it drops, the task reconnects with backoff and
+/// subscribes every topic again from the last cursor it delivered, dropping anything already
+/// delivered, so subscriptions lose and repeat nothing. Requests in flight when the socket
+/// drops fail with a retryable error inside the client, which sends them again: `fetch` is
+/// safe to repeat, and `publish` carries an idempotency key, so a retried publish is stored once.
+#[derive(Clone, Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    commands: mpsc::UnboundedSender<Command>,
+    config: ClientConfig,
+    next_id: AtomicU64,
+}
+
+enum Command {
+    Request {
+        id: String,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Answer, Error>>,
+    },
+    Subscribe {
+        id: String,
+        topic: Topic,
+        cursor: Cursor,
+        deliveries: mpsc::Sender<Result<Delivery, Error>>,
+        reply: oneshot::Sender<Result<Cursor, Error>>,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
+}
+
+/// Where the answer to an application's subscribe goes.
+type SubscribeReply = oneshot::Sender<Result<Cursor, Error>>;
+
+/// A reply and the payload of its binary frame.
+type Answer = (Reply, Option<bytes::Bytes>);
+
+/// How many times a request is sent before its error is returned.
+const ATTEMPTS: u32 = 4;
+
+impl Client {
+    /// A client for the server at `config.url`; it connects in the background.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let url = socket_url(&config.url)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let driver = Driver {
+            url,
+            config: config.clone(),
+            commands: receiver,
+            pending: HashMap::new(),
+            subscriptions: HashMap::new(),
+            last_error: None,
+        };
+        tokio::spawn(driver.run());
+        Ok(Self { shared: Arc::new(Shared { commands, config, next_id: AtomicU64::new(1) }) })
+    }
+
+    fn next_id(&self) -> String {
+        format!("c{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn closed() -> Error {
+        Error::new(ErrorKind::Closed, "the client's connection task has stopped")
+            .with_transport(NAME)
+    }
+
+    /// Sends a request and waits for its answer, again after a retryable failure.
+    async fn request(&self, make: impl Fn(&str) -> Frame) -> Result<Answer, Error> {
+        let mut attempt = 0;
+        loop {
+            let id = self.next_id();
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Request { id: id.clone(), frame: make(&id), reply };
+            self.shared.commands.send(command).map_err(|_| Self::closed())?;
+            let timeout = self.shared.config.request_timeout;
+            let result = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Self::closed()),
+                Err(_) => {
+                    Err(Error::new(ErrorKind::Timeout, format!("no answer within {timeout:?}"))
+                        .with_transport(NAME))
+                }
+            };
+            match result {
+                Err(error) if error.is_retryable() && attempt + 1 < ATTEMPTS => {
+                    tokio::time::sleep(self.shared.config.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Ok((Reply::Error { kind, message, .. }, _)) => {
+                    let kind = ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol);
+                    return Err(Error::new(kind, message).with_transport(NAME));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::new(ErrorKind::Protocol, format!("unexpected answer {reply:?}")).with_transport(NAME)
+}
+
+#[async_trait]
+impl Publish for Client {
+    async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
+        if publication.key().is_none() {
+            publication =
+                publication.idempotency_key(format!("{}-{}", Epoch::random(), Epoch::random()));
+        }
+        publication.validate(usize::MAX).map_err(|e| e.with_transport(NAME))?;
+        let (reply, _) = self.request(|id| wire::publish_frame(id, topic, &publication)).await?;
+        match reply {
+            Reply::Published { receipt, .. } => {
+                let body = serde_json::to_vec(&receipt).expect("a receipt encodes");
+                pushpull_http::wire::decode_receipt(&body).map_err(|e| e.with_transport(NAME))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Fetch for Client {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        if limit == 0 {
+            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+        }
+        let request = |id: &str| {
+            let request = Request::Fetch {
+                id: id.into(),
+                topic: topic.to_string(),
+                after: Some(cursor.to_string()),
+                limit: Some(limit),
+            };
+            Frame::Text(serde_json::to_string(&request).expect("encodes"))
+        };
+        match self.request(request).await? {
+            (Reply::Page { page, .. }, payloads) => {
+                wire::page_of(page, payloads).map_err(|e| e.with_transport(NAME))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscribe for Client {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        let mut attempt = 0;
+        loop {
+            let (deliveries, receiver) =
+                mpsc::channel(self.shared.config.subscription_buffer.max(1));
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Subscribe {
+                id: self.next_id(),
+                topic: topic.clone(),
+                cursor,
+                deliveries,
+                reply,
+            };
+            self.shared.commands.send(command).map_err(|_| Self::closed())?;
+            let timeout = self.shared.config.request_timeout;
+            let result =
+                match tokio::time::timeout(timeout, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(Self::closed()),
+                    Err(_) => Err(Error::new(ErrorKind::Timeout, "no answer to subscribe")
+                        .with_transport(NAME)),
+                };
+            match result {
+                Ok(start) => {
+                    let stream = Deliveries {
+                        receiver,
+                        unsubscribe: Some((topic.clone(), self.shared.commands.clone())),
+                    };
+                    return Ok(Subscription::new(topic.clone(), start, stream));
+                }
+                Err(error) if error.is_retryable() && attempt + 1 < ATTEMPTS => {
+                    tokio::time::sleep(self.shared.config.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl pushpull_core::Client for Client {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME).with_push(true)
+    }
+}
+
+/// A subscription's deliveries; dropping it unsubscribes.
+struct Deliveries {
+    receiver: mpsc::Receiver<Result<Delivery, Error>>,
+    unsubscribe: Option<(Topic, mpsc::UnboundedSender<Command>)>,
+}
+
+impl futures::Stream for Deliveries {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if let Some((topic, commands)) = self.unsubscribe.take() {
+            let _ = commands.send(Command::Unsubscribe { topic });
+        }
+    }
+}
+
+/// `ws://host:port/prefix/v1/ws` from an `http://` or `ws://` base URL.
+fn socket_url(base: &str) -> Result<String, Error> {
+    let base = base.trim_end_matches('/');
+    let rest = if let Some(rest) = base.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        rest
+    } else if base.starts_with("https://") || base.starts_with("wss://") {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("url {base:?}: TLS is not supported yet; put a TLS proxy in front or use http"),
+        )
+        .with_transport(NAME));
+    } else {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("url {base:?} must start with http:// or ws://"),
+        )
+        .with_transport(NAME));
+    };
+    if rest.is_empty() {
+        return Err(
+            Error::new(ErrorKind::Config, format!("url {base:?} has no host")).with_transport(NAME)
+        );
+    }
+    Ok(format!("ws://{rest}/v1/ws"))
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the driver keeps of each subscription across sockets.
+struct Follow {
+    deliveries: mpsc::Sender<Result<Delivery, Error>>,
+    /// Where to resume: after the last delivery handed to the application.
+    cursor: Cursor,
+    /// The last message delivered, to drop repeats.
+    last: Option<(Epoch, Offset)>,
+    /// The subscribe request waiting for its answer, if any, and the application's reply.
+    waiting: Option<(String, Option<SubscribeReply>)>,
+}
+
+/// The task that owns the socket.
+struct Driver {
+    url: String,
+    config: ClientConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    pending: HashMap<String, oneshot::Sender<Result<Answer, Error>>>,
+    subscriptions: HashMap<Topic, Follow>,
+    last_error: Option<Error>,
+}
+
+enum Step {
+    Continue,
+    Reconnect,
+    Stop,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            match self.connect().await {
+                Ok(socket) => {
+                    failures = 0;
+                    match self.serve(socket).await {
+                        Step::Stop => return,
+                        _ => self.fail_pending(),
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "websocket connect failed");
+                    self.last_error = Some(error);
+                    let delay = self.config.backoff.delay(failures);
+                    failures = failures.saturating_add(1);
+                    if !self.idle_through(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Socket, Error> {
+        let mut request = self.url.as_str().into_client_request().map_err(|e| {
+            Error::new(ErrorKind::Config, format!("bad url {}: {e}", self.url)).with_transport(NAME)
+        })?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", http::HeaderValue::from_static(SUBPROTOCOL));
+        let config = WebSocketConfig::default().max_write_buffer_size(64 * 1024 * 1024);
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        match tokio::time::timeout(self.config.request_timeout, connecting).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no handshake with {} in time", self.url),
+            )
+            .with_transport(NAME)),
+            Ok(Ok((socket, _))) => Ok(socket),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{} refused the WebSocket handshake with {}", self.url, response.status()),
+            )
+            .with_retryable(false)
+            .with_transport(NAME)),
+            Ok(Err(error)) => {
+                Err(Error::new(ErrorKind::Connect, format!("cannot open {}: {error}", self.url))
+                    .with_transport(NAME))
+            }
+        }
+    }
+
+    /// While disconnected: answer commands with the last connection error until `delay` passes.
+    /// False when every handle on the client is gone.
+    async fn idle_through(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                command = self.commands.recv() => match command {
+                    None => return false,
+                    Some(command) => self.refuse(command),
+                },
+            }
+        }
+    }
+
+    fn connection_error(&self) -> Error {
+        self.last_error.as_ref().map_or_else(
+            || Error::new(ErrorKind::Connect, "not connected").with_transport(NAME),
+            |e| {
+                Error::new(e.kind(), e.message())
+                    .with_retryable(e.is_retryable())
+                    .with_transport(NAME)
+            },
+        )
+    }
+
+    fn refuse(&mut self, command: Command) {
+        let error = self.connection_error();
+        match command {
+            Command::Request { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Subscribe { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Unsubscribe { topic } => {
+                self.subscriptions.remove(&topic);
+            }
+        }
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, reply) in self.pending.drain() {
+            let error = Error::new(ErrorKind::Connect, "the socket dropped before the answer")
+                .with_transport(NAME);
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    /// Runs one socket until it drops (`Reconnect`) or the client is gone (`Stop`).
+    async fn serve(&mut self, mut socket: Socket) -> Step {
+        // Subscribe everything again, from where each one stands.
+        let topics: Vec<Topic> = self.subscriptions.keys().cloned().collect();
+        for (n, topic) in topics.into_iter().enumerate() {
+            let follow = self.subscriptions.get_mut(&topic).expect("listed");
+            let id = format!("resubscribe-{n}");
+            let reply = follow.waiting.take().and_then(|(_, reply)| reply);
+            follow.waiting = Some((id.clone(), reply));
+            let request = Request::Subscribe {
+                id,
+                topic: topic.to_string(),
+                after: Some(follow.cursor.to_string()),
+            };
+            if send(&mut socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
+                .await
+                .is_err()
+            {
+                return Step::Reconnect;
+            }
+        }
+        let mut ticks = tokio::time::interval_at(
+            Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        let mut heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => {
+                        let _ = socket.close(None).await;
+                        return Step::Stop;
+                    }
+                    Some(command) => self.command(&mut socket, command).await,
+                },
+                frame = socket.next() => match frame {
+                    Some(Ok(message)) => {
+                        heard = Instant::now();
+                        self.frame(message).await
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "websocket broke; reconnecting");
+                        Step::Reconnect
+                    }
+                    None => Step::Reconnect,
+                },
+                _ = ticks.tick() => {
+                    if heard.elapsed() > self.config.idle_timeout {
+                        tracing::debug!("server silent past the idle timeout; reconnecting");
+                        Step::Reconnect
+                    } else if socket.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                        Step::Reconnect
+                    } else {
+                        Step::Continue
+                    }
+                }
+            };
+            match step {
+                Step::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn command(&mut self, socket: &mut Socket, command: Command) -> Step {
+        match command {
+            Command::Request { id, frame, reply } => {
+                self.pending.insert(id, reply);
+                if send(socket, frame).await.is_err() {
+                    return Step::Reconnect;
+                }
+            }
+            Command::Subscribe { id, topic, cursor, deliveries, reply } => {
+                if self.subscriptions.contains_key(&topic) {
+                    let error =
+                        Error::bad_request(format!("already subscribed to {topic} on this client"))
+                            .with_transport(NAME);
+                    let _ = reply.send(Err(error));
+                    return Step::Continue;
+                }
+                let follow = Follow {
+                    deliveries,
+                    cursor,
+                    last: None,
+                    waiting: Some((id.clone(), Some(reply))),
+                };
+                self.subscriptions.insert(topic.clone(), follow);
+                let request = Request::Subscribe {
+                    id,
+                    topic: topic.to_string(),
+                    after: Some(cursor.to_string()),
+                };
+                if send(socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
+                    .await
+                    .is_err()
+                {
+                    return Step::Reconnect;
+                }
+            }
+            Command::Unsubscribe { topic } => {
+                if self.subscriptions.remove(&topic).is_some() {
+                    let request =
+                        Request::Unsubscribe { id: "unsubscribe".into(), topic: topic.to_string() };
+                    if send(socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
+                        .await
+                        .is_err()
+                    {
+                        return Step::Reconnect;
+                    }
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    async fn frame(&mut self, message: WsMessage) -> Step {
+        let frame = match message {
+            WsMessage::Text(text) => Frame::Text(text.as_str().to_owned()),
+            WsMessage::Binary(bytes) => Frame::Binary(bytes),
+            WsMessage::Close(frame) => {
+                tracing::debug!(?frame, "the server closed the socket");
+                return Step::Reconnect;
+            }
+            _ => return Step::Continue,
+        };
+        let (reply, payload) = match wire::parse_reply(frame) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable frame from the server; reconnecting");
+                return Step::Reconnect;
+            }
+        };
+        let answers = match &reply {
+            Reply::Published { id, .. } | Reply::Page { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        if let Some(id) = answers {
+            if let Some(waiter) = self.pending.remove(&id) {
+                let _ = waiter.send(Ok((reply, payload)));
+            }
+            return Step::Continue;
+        }
+        match reply {
+            Reply::Message(json) => {
+                let topic = json.topic.clone();
+                match wire::message_of(json, payload) {
+                    Ok(message) => self.deliver(&topic, Delivery::Message(message)).await,
+                    Err(error) => self.end(&topic, error.with_transport(NAME)).await,
+                }
+            }
+            Reply::Gap(json) => {
+                let topic = json.topic.clone();
+                match wire::gap_of(json) {
+                    Ok(gap) => self.deliver(&topic, Delivery::Gap(gap)).await,
+                    Err(error) => self.end(&topic, error.with_transport(NAME)).await,
+                }
+            }
+            Reply::Subscribed { id, topic, cursor } => {
+                if let Some(follow) = self.subscriptions.get_mut(&topic) {
+                    if follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
+                        if let Some((_, Some(reply))) = follow.waiting.take() {
+                            follow.cursor = cursor;
+                            let _ = reply.send(Ok(cursor));
+                        }
+                    }
+                }
+            }
+            Reply::Unsubscribed { topic, reason: Some(reason), .. } => {
+                let error = Error::new(
+                    ErrorKind::Backend,
+                    format!("the server ended the subscription: {reason}"),
+                );
+                self.end(&topic, error.with_transport(NAME)).await;
+            }
+            Reply::Unsubscribed { .. } => {}
+            Reply::Error { id, topic, kind, message } => {
+                let subscribe = self.subscriptions.iter().find_map(|(t, f)| {
+                    f.waiting.as_ref().filter(|(w, _)| Some(w) == id.as_ref()).map(|_| t.clone())
+                });
+                let error =
+                    Error::new(ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol), message)
+                        .with_transport(NAME);
+                if let Some(topic) = subscribe.or(topic) {
+                    // A subscribe refused (or a subscription ended) by the server.
+                    if let Some(mut follow) = self.subscriptions.remove(&topic) {
+                        match follow.waiting.take() {
+                            Some((_, Some(reply))) => {
+                                let _ = reply.send(Err(error));
+                            }
+                            _ => {
+                                let _ = follow.deliveries.send(Err(error)).await;
+                            }
+                        }
+                    }
+                } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
+                    let reply_error = Reply::Error {
+                        id: None,
+                        topic: None,
+                        kind,
+                        message: error.message().into(),
+                    };
+                    let _ = reply.send(Ok((reply_error, None)));
+                }
+            }
+            Reply::Published { .. } | Reply::Page { .. } => {}
+        }
+        Step::Continue
+    }
+
+    /// Hands a delivery to its subscription, unless it repeats one already handed over.
+    async fn deliver(&mut self, topic: &Topic, delivery: Delivery) {
+        let Some(follow) = self.subscriptions.get_mut(topic) else { return };
+        if let Delivery::Message(message) = &delivery {
+            let position = (message.epoch, message.offset);
+            if follow
+                .last
+                .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1)
+            {
+                return;
+            }
+            follow.last = Some(position);
+        }
+        follow.cursor = delivery.cursor();
+        if follow.deliveries.send(Ok(delivery)).await.is_err() {
+            // The application dropped the subscription; the unsubscribe command follows.
+        }
+    }
+
+    async fn end(&mut self, topic: &Topic, error: Error) {
+        if let Some(follow) = self.subscriptions.remove(topic) {
+            let _ = follow.deliveries.send(Err(error)).await;
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {
+    let message = match frame {
+        Frame::Text(text) => WsMessage::Text(text.into()),
+        Frame::Binary(bytes) => WsMessage::Binary(bytes),
+    };
+    socket.send(message).await.map_err(|_| ())
+}

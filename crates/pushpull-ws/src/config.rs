@@ -1,0 +1,116 @@
+//! Settings of the WebSocket server and client.
+
+use std::time::Duration;
+
+use pushpull_core::{Backoff, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the WebSocket [`Server`](crate::Server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How often the server pings each socket.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub ping_interval: Duration,
+    /// A peer that sends nothing (not even a pong) for this long is closed with 4000.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_timeout: Duration,
+    /// A peer that reads nothing for this long while the server has frames for it is closed
+    /// with 4001.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub write_timeout: Duration,
+    /// The most subscriptions one socket may hold.
+    pub max_subscriptions: usize,
+    /// The largest frame or message accepted from a client, in bytes (more closes with 1009).
+    pub max_message_size: usize,
+    /// Bytes of unsent frames buffered per socket before writing waits for the peer.
+    pub write_buffer: usize,
+    /// Undecodable requests in a row before the socket is closed with 1008.
+    pub max_bad_frames: u32,
+    /// Page size limit of `fetch`.
+    pub max_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            write_timeout: Duration::from_secs(30),
+            max_subscriptions: 100,
+            max_message_size: 8 * 1024 * 1024,
+            write_buffer: 256 * 1024,
+            max_bad_frames: 16,
+            max_limit: 1000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad =
+            |key: &str, why: &str| Err(Error::new(ErrorKind::Config, format!("ws.{key}: {why}")));
+        if self.ping_interval.is_zero() {
+            return bad("ping_interval", "must be more than zero");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout", "must be longer than ping_interval");
+        }
+        if self.write_timeout.is_zero() {
+            return bad("write_timeout", "must be more than zero");
+        }
+        if self.max_subscriptions == 0 || self.max_limit == 0 || self.max_bad_frames == 0 {
+            return bad(
+                "max_subscriptions",
+                "max_subscriptions, max_limit and max_bad_frames must be at least 1",
+            );
+        }
+        if self.max_message_size < 1024 {
+            return bad("max_message_size", "must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the WebSocket [`Client`](crate::Client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The server's base URL, such as `http://127.0.0.1:7070` (or `ws://…`); the socket is
+    /// opened at `/v1/ws` below it.
+    pub url: String,
+    /// How often the client pings.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub ping_interval: Duration,
+    /// A server silent this long is taken for gone: the client reconnects.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_timeout: Duration,
+    /// How long to wait for the handshake, and for the answer to a request.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub request_timeout: Duration,
+    /// Delays between reconnection attempts.
+    pub backoff: Backoff,
+    /// Deliveries buffered per subscription before the socket waits for the application.
+    pub subscription_buffer: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7070".into(),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            request_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            subscription_buffer: 1024,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default settings for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+}

@@ -1,0 +1,492 @@
+//! The server half: the upgrade on `GET /v1/ws`, and one session per socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use pushpull_core::{Client, Cursor, Delivery, Error, Publication, Subscription, Topic};
+use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::close;
+use crate::config::ServerConfig;
+use crate::wire::{self, Frame, Incoming, Reply, Request, SUBPROTOCOL};
+
+/// The route of the socket.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// The WebSocket server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes)
+/// upgrade `GET /v1/ws` on the same hyper server as the other transports.
+#[derive(Clone)]
+pub struct Server {
+    broker: Arc<dyn Client>,
+    config: Arc<ServerConfig>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// A server over `broker`.
+    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self { broker, config: Arc::new(config), open: Arc::default() })
+    }
+
+    /// Sockets open right now.
+    pub fn open_sockets(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The upgrade route, to mount beside other transports'.
+    pub fn routes(&self) -> Vec<Route> {
+        let server = self.clone();
+        vec![Route::new(Method::GET, WS_PATH, move |req: HttpRequest, _: Params| {
+            let server = server.clone();
+            async move { server.upgrade(req) }
+        })]
+    }
+
+    /// A router with publishing, pages and the socket.
+    pub fn router(&self) -> Router {
+        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
+        let publish = pushpull_http::publish_route(
+            self.broker.clone(),
+            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
+        );
+        Router::new()
+            .with([publish])
+            .with(pushpull_poll::routes(
+                self.broker.clone(),
+                pushpull_poll::ServerConfig::default(),
+            ))
+            .with(self.routes())
+    }
+
+    fn upgrade(&self, mut req: HttpRequest) -> HandlerResult {
+        let key = check_handshake(req.headers())?;
+        let subprotocol = offers(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let server = self.clone();
+        let shutdown = Shutdown::of(&req);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let config = WebSocketConfig::default()
+                        .max_message_size(Some(server.config.max_message_size))
+                        .max_frame_size(Some(server.config.max_message_size))
+                        .write_buffer_size(0)
+                        .max_write_buffer_size(
+                            server.config.write_buffer + server.config.max_message_size,
+                        );
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    server.open.fetch_add(1, Ordering::Relaxed);
+                    Session::new(server.clone(), shutdown).run(socket).await;
+                    server.open.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
+            }
+        });
+        // Extensions (permessage-deflate, which browsers offer) are declined by not echoing them.
+        let mut response = Response::new(pushpull_http::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is ASCII"),
+        );
+        if subprotocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+        }
+        Ok(response)
+    }
+}
+
+/// Checks an upgrade request (RFC 6455 section 4.2.1); returns its key.
+fn check_handshake(headers: &HeaderMap) -> Result<String, Error> {
+    if !offers(headers, header::UPGRADE, "websocket") {
+        return Err(Error::bad_request("this is a WebSocket endpoint: send Upgrade: websocket"));
+    }
+    if !offers(headers, header::CONNECTION, "upgrade") {
+        return Err(Error::bad_request("a WebSocket handshake needs Connection: Upgrade"));
+    }
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok());
+    if version != Some("13") {
+        return Err(Error::bad_request(
+            "only WebSocket version 13 is supported (Sec-WebSocket-Version: 13)",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| k.len() == 24 && k.ends_with("=="))
+        .ok_or_else(|| Error::bad_request("Sec-WebSocket-Key must be 16 bytes in base64"))?;
+    Ok(key.to_owned())
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn offers(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Why a session ends, and the close frame to send (if a frame can still be sent).
+struct Ending {
+    code: u16,
+    reason: String,
+}
+
+impl Ending {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+/// One socket: its subscriptions and its requests.
+struct Session {
+    server: Server,
+    shutdown: Shutdown,
+    subscriptions: Vec<(Topic, Subscription)>,
+    /// Where the next scan of subscriptions starts, so a busy topic cannot starve the others.
+    turn: usize,
+    bad_frames: u32,
+    heard: Instant,
+}
+
+enum Event {
+    Frame(Option<Result<WsMessage, WsError>>),
+    Delivery(usize, Option<Result<Delivery, Error>>),
+    Tick,
+    Shutdown,
+}
+
+impl Session {
+    fn new(server: Server, shutdown: Shutdown) -> Self {
+        Self {
+            server,
+            shutdown,
+            subscriptions: Vec::new(),
+            turn: 0,
+            bad_frames: 0,
+            heard: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, mut socket: Socket) {
+        let config = self.server.config.clone();
+        let mut ticks =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        let ending = loop {
+            let event = tokio::select! {
+                frame = socket.next() => Event::Frame(frame),
+                (index, delivery) = next_delivery(&mut self.subscriptions, &mut self.turn),
+                    if !self.subscriptions.is_empty() => Event::Delivery(index, delivery),
+                _ = ticks.tick() => Event::Tick,
+                () = self.shutdown.wait() => Event::Shutdown,
+            };
+            let outcome = match event {
+                Event::Frame(None) => break None,
+                Event::Frame(Some(Err(error))) => break closing_for(&error),
+                Event::Frame(Some(Ok(message))) => {
+                    self.heard = Instant::now();
+                    self.on_frame(&mut socket, message).await
+                }
+                Event::Delivery(index, delivery) => {
+                    self.on_delivery(&mut socket, index, delivery).await
+                }
+                Event::Tick if self.heard.elapsed() > config.idle_timeout => {
+                    Err(Some(Ending::new(
+                        close::IDLE_TIMEOUT,
+                        format!("nothing heard for {:?}", config.idle_timeout),
+                    )))
+                }
+                Event::Tick => {
+                    send(&mut socket, WsMessage::Ping(Bytes::new()), config.write_timeout).await
+                }
+                Event::Shutdown => {
+                    Err(Some(Ending::new(close::GOING_AWAY, "the server is shutting down")))
+                }
+            };
+            if let Err(ending) = outcome {
+                break ending;
+            }
+        };
+        if let Some(Ending { code, reason }) = ending {
+            let frame = CloseFrame { code: code.into(), reason: reason.into() };
+            // Best effort: a peer that stopped reading will not get it, and is dropped anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
+        }
+    }
+
+    /// Handles one frame from the peer. `Err` ends the session (with a close frame, or not).
+    async fn on_frame(
+        &mut self,
+        socket: &mut Socket,
+        message: WsMessage,
+    ) -> Result<(), Option<Ending>> {
+        let parsed = match message {
+            WsMessage::Text(text) => wire::parse_text(text.as_str()),
+            WsMessage::Binary(bytes) => wire::parse_binary(&bytes),
+            // tungstenite queues the pong; flushing sends it.
+            WsMessage::Ping(_) => return flush(socket, self.server.config.write_timeout).await,
+            WsMessage::Pong(_) | WsMessage::Frame(_) => return Ok(()),
+            WsMessage::Close(_) => return Err(None), // tungstenite answers the close itself
+        };
+        let write_timeout = self.server.config.write_timeout;
+        match parsed {
+            Err(bad) => {
+                self.bad_frames += 1;
+                if self.bad_frames > self.server.config.max_bad_frames {
+                    return Err(Some(Ending::new(
+                        close::POLICY,
+                        format!(
+                            "more than {} unreadable requests in a row",
+                            self.server.config.max_bad_frames
+                        ),
+                    )));
+                }
+                let reply = wire::error_reply(bad.id.as_deref(), None, &bad.error);
+                send_frame(socket, wire::reply_frame(&reply), write_timeout).await
+            }
+            Ok(incoming) => {
+                self.bad_frames = 0;
+                let frame = self.answer(incoming).await;
+                send_frame(socket, frame, write_timeout).await
+            }
+        }
+    }
+
+    /// The frame answering a request: its reply, or an error frame naming it.
+    async fn answer(&mut self, incoming: Incoming) -> Frame {
+        let id = incoming.request.id().to_owned();
+        match self.handle(incoming).await {
+            Ok(frame) => frame,
+            Err(error) => wire::reply_frame(&wire::error_reply(Some(&id), None, &error)),
+        }
+    }
+
+    async fn handle(&mut self, Incoming { request, payload }: Incoming) -> Result<Frame, Error> {
+        let broker = self.server.broker.clone();
+        match request {
+            Request::Subscribe { id, topic, after } => {
+                let topic = Topic::new(topic)?;
+                let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
+                if self.subscriptions.iter().any(|(t, _)| *t == topic) {
+                    return Err(Error::bad_request(format!(
+                        "already subscribed to {topic} on this socket"
+                    )));
+                }
+                let max = self.server.config.max_subscriptions;
+                if self.subscriptions.len() >= max {
+                    return Err(Error::bad_request(format!(
+                        "at most {max} subscriptions per socket"
+                    )));
+                }
+                let subscription = broker.subscribe(&topic, cursor).await?;
+                let cursor = subscription.cursor();
+                self.subscriptions.push((topic.clone(), subscription));
+                Ok(wire::reply_frame(&Reply::Subscribed { id, topic, cursor }))
+            }
+            Request::Unsubscribe { id, topic } => {
+                let topic = Topic::new(topic)?;
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|(t, _)| *t != topic);
+                if self.subscriptions.len() == before {
+                    return Err(Error::bad_request(format!("not subscribed to {topic}")));
+                }
+                Ok(wire::reply_frame(&Reply::Unsubscribed { id: Some(id), topic, reason: None }))
+            }
+            Request::Publish { id, topic, event, content_type, key, data, data_base64 } => {
+                let topic = Topic::new(topic)?;
+                let payload = match (payload, data, data_base64) {
+                    (Some(payload), None, None) => payload,
+                    (None, Some(text), None) => Bytes::from(text),
+                    (None, None, Some(encoded)) => {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(encoded)
+                            .map(Bytes::from)
+                            .map_err(|e| {
+                            Error::bad_request(format!("data_base64 is not base64: {e}"))
+                        })?
+                    }
+                    _ => {
+                        return Err(Error::bad_request(
+                            "a publish carries exactly one of data, data_base64 or a binary payload",
+                        ));
+                    }
+                };
+                let mut publication = Publication::new(payload);
+                if let Some(event) = event {
+                    publication = publication.event(event);
+                }
+                if let Some(content_type) = content_type {
+                    publication = publication.content_type(content_type);
+                }
+                if let Some(key) = key {
+                    publication = publication.idempotency_key(key);
+                }
+                let receipt = broker.publish(&topic, publication).await?;
+                Ok(wire::reply_frame(&wire::published(&id, &receipt)))
+            }
+            Request::Fetch { id, topic, after, limit } => {
+                let topic = Topic::new(topic)?;
+                let cursor = parse_cursor(after.as_deref(), Cursor::Beginning)?;
+                let max = self.server.config.max_limit;
+                let limit = limit.unwrap_or(100);
+                if limit == 0 || limit > max {
+                    return Err(Error::bad_request(format!(
+                        "limit must be between 1 and {max}, got {limit}"
+                    )));
+                }
+                let page = broker.fetch(&topic, cursor, limit).await?;
+                Ok(wire::page_frame(&id, &topic, &page))
+            }
+        }
+    }
+
+    async fn on_delivery(
+        &mut self,
+        socket: &mut Socket,
+        index: usize,
+        delivery: Option<Result<Delivery, Error>>,
+    ) -> Result<(), Option<Ending>> {
+        let write_timeout = self.server.config.write_timeout;
+        match delivery {
+            Some(Ok(delivery)) => {
+                send_frame(socket, wire::delivery_frame(&delivery), write_timeout).await
+            }
+            Some(Err(error)) => {
+                let (topic, _) = self.subscriptions.remove(index);
+                let reply = wire::error_reply(None, Some(&topic), &error);
+                send_frame(socket, wire::reply_frame(&reply), write_timeout).await?;
+                let ended = Reply::Unsubscribed {
+                    id: None,
+                    topic,
+                    reason: Some(error.message().to_owned()),
+                };
+                send_frame(socket, wire::reply_frame(&ended), write_timeout).await
+            }
+            None => {
+                let (topic, _) = self.subscriptions.remove(index);
+                let ended = Reply::Unsubscribed {
+                    id: None,
+                    topic,
+                    reason: Some("the broker ended it".into()),
+                };
+                send_frame(socket, wire::reply_frame(&ended), write_timeout).await
+            }
+        }
+    }
+}
+
+fn parse_cursor(text: Option<&str>, default: Cursor) -> Result<Cursor, Error> {
+    text.map_or(Ok(default), str::parse)
+}
+
+/// The next delivery of any subscription, scanning from `turn` so none is starved.
+async fn next_delivery(
+    subscriptions: &mut [(Topic, Subscription)],
+    turn: &mut usize,
+) -> (usize, Option<Result<Delivery, Error>>) {
+    std::future::poll_fn(|cx| {
+        let count = subscriptions.len();
+        for step in 0..count {
+            let index = (*turn + step) % count;
+            if let Poll::Ready(item) = subscriptions[index].1.poll_next_unpin(cx) {
+                *turn = (index + 1) % count;
+                return Poll::Ready((index, item));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn send_frame(
+    socket: &mut Socket,
+    frame: Frame,
+    timeout: Duration,
+) -> Result<(), Option<Ending>> {
+    let message = match frame {
+        Frame::Text(text) => WsMessage::Text(text.into()),
+        Frame::Binary(bytes) => WsMessage::Binary(bytes),
+    };
+    send(socket, message, timeout).await
+}
+
+/// Sends one message, waiting at most `timeout` for the peer to take it.
+async fn send(
+    socket: &mut Socket,
+    message: WsMessage,
+    timeout: Duration,
+) -> Result<(), Option<Ending>> {
+    match tokio::time::timeout(timeout, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => {
+            Err(Some(Ending::new(close::SLOW_CONSUMER, format!("nothing read for {timeout:?}"))))
+        }
+    }
+}
+
+async fn flush(socket: &mut Socket, timeout: Duration) -> Result<(), Option<Ending>> {
+    match tokio::time::timeout(timeout, socket.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => {
+            Err(Some(Ending::new(close::SLOW_CONSUMER, format!("nothing read for {timeout:?}"))))
+        }
+    }
+}
+
+/// The close frame for a read error: RFC 6455's code for what the peer did wrong.
+fn closing_for(error: &WsError) -> Option<Ending> {
+    match error {
+        WsError::Utf8(_) => {
+            Some(Ending::new(close::INVALID_UTF8, "a text frame was not valid UTF-8"))
+        }
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some(Ending::new(
+            close::TOO_BIG,
+            format!("a message of {size} bytes is over the limit of {max_size}"),
+        )),
+        WsError::Capacity(other) => Some(Ending::new(close::TOO_BIG, other.to_string())),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(other) => {
+            Some(Ending::new(close::PROTOCOL_ERROR, shorten(&other.to_string())))
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
+        other => Some(Ending::new(close::INTERNAL_ERROR, shorten(&other.to_string()))),
+    }
+}
+
+/// A close reason fits in 123 bytes.
+fn shorten(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
