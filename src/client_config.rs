@@ -32,6 +32,9 @@ pub struct ClientConfig {
     /// Settings of the Server-Sent Events transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse: Option<toml::Table>,
+    /// Settings of the WebSocket transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws: Option<toml::Table>,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +45,7 @@ impl Default for ClientConfig {
             poll: None,
             longpoll: None,
             sse: None,
+            ws: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl ClientConfig {
             "poll" => self.poll.clone().unwrap_or_default(),
             "longpoll" => self.longpoll.clone().unwrap_or_default(),
             "sse" => self.sse.clone().unwrap_or_default(),
+            "ws" => self.ws.clone().unwrap_or_default(),
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -103,7 +108,8 @@ pub struct Registry {
 }
 
 /// Transports this workspace has, with the cargo feature that brings each in.
-const KNOWN: [(&str, &str); 3] = [("poll", "poll"), ("longpoll", "longpoll"), ("sse", "sse")];
+const KNOWN: [(&str, &str); 4] =
+    [("poll", "poll"), ("longpoll", "longpoll"), ("sse", "sse"), ("ws", "ws")];
 
 impl Registry {
     /// An empty registry.
@@ -121,6 +127,8 @@ impl Registry {
         registry.register(Arc::new(LongpollFactory));
         #[cfg(feature = "sse")]
         registry.register(Arc::new(SseFactory));
+        #[cfg(feature = "ws")]
+        registry.register(Arc::new(WsFactory));
         registry
     }
 
@@ -237,6 +245,22 @@ impl TransportFactory for SseFactory {
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         let settings: pushpull_sse::ClientConfig = config.section(pushpull_sse::NAME)?;
         Ok(Arc::new(pushpull_sse::Client::new(settings)?))
+    }
+}
+
+#[cfg(feature = "ws")]
+struct WsFactory;
+
+#[cfg(feature = "ws")]
+#[async_trait]
+impl TransportFactory for WsFactory {
+    fn name(&self) -> &'static str {
+        pushpull_ws::NAME
+    }
+
+    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        let settings: pushpull_ws::ClientConfig = config.section(pushpull_ws::NAME)?;
+        Ok(Arc::new(pushpull_ws::Client::new(settings)?))
     }
 }
 

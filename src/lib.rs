@@ -19,3 +19,5 @@ pub use pushpull_longpoll as longpoll;
 pub use pushpull_poll as poll;
 #[cfg(feature = "sse")]
 pub use pushpull_sse as sse;
+#[cfg(feature = "ws")]
+pub use pushpull_ws as ws;

@@ -75,16 +75,35 @@ fn router_with_stats(
         router = router.with(server.routes());
         gauges.push(("sse_open_streams", Box::new(move || server.open_streams())));
     }
+    #[cfg(feature = "ws")]
+    if config.transports.ws.enabled {
+        let section = &config.transports.ws;
+        let ws = pushpull_ws::ServerConfig {
+            ping_interval: section.ping_interval,
+            idle_timeout: section.idle_timeout,
+            write_timeout: section.write_timeout,
+            max_subscriptions: section.max_subscriptions,
+            // A frame holds a payload and its JSON header.
+            max_message_size: config.broker.max_payload + 64 * 1024,
+            max_limit: config.transports.poll.max_limit,
+            ..pushpull_ws::ServerConfig::default()
+        };
+        let server = pushpull_ws::Server::new(broker.clone(), ws)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
+        router = router.with(server.routes());
+        gauges.push(("ws_open_sockets", Box::new(move || server.open_sockets())));
+    }
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with([health]))
 }
 
 /// The transports a config serves, in this build.
 pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    let candidates: [(&'static str, bool, bool); 3] = [
+    let candidates: [(&'static str, bool, bool); 4] = [
         ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
         ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
         ("sse", cfg!(feature = "sse"), config.transports.sse.enabled),
+        ("ws", cfg!(feature = "ws"), config.transports.ws.enabled),
     ];
     candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }

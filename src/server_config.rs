@@ -150,6 +150,39 @@ pub struct TransportsConfig {
     pub longpoll: LongpollSection,
     /// `[transports.sse]`: Server-Sent Events.
     pub sse: SseSection,
+    /// `[transports.ws]`: WebSocket.
+    pub ws: WsSection,
+}
+
+/// `[transports.ws]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsSection {
+    /// Whether to accept WebSocket upgrades on `/v1/ws`.
+    pub enabled: bool,
+    /// How often the server pings each socket.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub ping_interval: Duration,
+    /// A peer silent this long (not even a pong) is closed with 4000.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_timeout: Duration,
+    /// A peer that reads nothing this long while frames wait for it is closed with 4001.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub write_timeout: Duration,
+    /// The most subscriptions one socket may hold.
+    pub max_subscriptions: usize,
+}
+
+impl Default for WsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            write_timeout: Duration::from_secs(30),
+            max_subscriptions: 100,
+        }
+    }
 }
 
 /// `[transports.sse]`.
