@@ -1,0 +1,455 @@
+//! The WebSocket server over real sockets: the handshake, requests and their errors, close
+//! codes for protocol violations, liveness, and peers that read slowly or not at all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use pushpull_core::{Client, MemoryBroker, MemoryConfig, Publication, Publish, Retention, Topic};
+use pushpull_http::{RunningServer, ServeConfig};
+use pushpull_ws::{Server, ServerConfig, close};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Fails a test that hangs, instead of hanging CI.
+const LIMIT: Duration = Duration::from_secs(30);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Setup {
+    server: Server,
+    running: RunningServer,
+    broker: Arc<MemoryBroker>,
+}
+
+async fn start_with(broker: MemoryBroker, config: ServerConfig) -> Setup {
+    let broker = Arc::new(broker);
+    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
+    Setup { server, running, broker }
+}
+
+async fn start(config: ServerConfig) -> Setup {
+    start_with(MemoryBroker::new(), config).await
+}
+
+async fn connect(
+    addr: SocketAddr,
+    headers: &[(&'static str, &str)],
+) -> (Socket, http::Response<Option<Vec<u8>>>) {
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.expect("handshake")
+}
+
+async fn send(socket: &mut Socket, value: Value) {
+    socket.send(Message::Text(value.to_string().into())).await.unwrap();
+}
+
+/// The next JSON frame (text, or a binary frame's header and payload), skipping pings.
+async fn next(socket: &mut Socket) -> (Value, Option<Bytes>) {
+    loop {
+        let message = tokio::time::timeout(LIMIT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match message {
+            Message::Text(text) => return (serde_json::from_str(&text).unwrap(), None),
+            Message::Binary(bytes) => {
+                let (header, payload) = pushpull_ws::wire::split_binary(&bytes).unwrap();
+                return (header, Some(payload));
+            }
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn reply(socket: &mut Socket) -> Value {
+    next(socket).await.0
+}
+
+/// Reads until the server closes; returns the close code and reason.
+async fn closed(socket: &mut Socket) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(LIMIT, socket.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("no close frame: {error}"),
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_echoes_the_subprotocol_and_declines_compression() {
+    let setup = start(ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let (_, response) = connect(
+        addr,
+        &[
+            ("sec-websocket-protocol", "chat, pushpull.v1"),
+            ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "pushpull.v1");
+    assert!(response.headers().get("sec-websocket-extensions").is_none(), "compression declined");
+
+    let (_, response) = connect(addr, &[]).await;
+    assert!(response.headers().get("sec-websocket-protocol").is_none(), "not offered, not echoed");
+
+    // Not an upgrade, or a wrong version: a JSON 400.
+    for extra in [
+        "",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /v1/ws HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("\"kind\":\"bad_request\""), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn one_socket_subscribes_publishes_and_fetches() {
+    let setup = start(ServerConfig::default()).await;
+    let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
+    send(&mut socket, json!({"op":"subscribe","id":"s1","topic":"a","after":"beginning"})).await;
+    assert_eq!(reply(&mut socket).await["op"], "subscribed");
+    send(&mut socket, json!({"op":"subscribe","id":"s2","topic":"b"})).await;
+    let subscribed = reply(&mut socket).await;
+    assert_eq!(
+        (subscribed["op"].as_str(), subscribed["id"].as_str()),
+        (Some("subscribed"), Some("s2"))
+    );
+
+    send(&mut socket, json!({"op":"publish","id":"p1","topic":"a","event":"x","data":"to a"}))
+        .await;
+    send(&mut socket, json!({"op":"publish","id":"p2","topic":"b","data_base64":"/wA="})).await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.push(next(&mut socket).await);
+    }
+    let ops: Vec<&str> = seen.iter().map(|(v, _)| v["op"].as_str().unwrap()).collect();
+    assert_eq!(ops.iter().filter(|op| **op == "published").count(), 2, "{ops:?}");
+    let to_a = seen.iter().find(|(v, _)| v["op"] == "message" && v["topic"] == "a").unwrap();
+    assert_eq!((to_a.0["data"].as_str(), to_a.0["event"].as_str()), (Some("to a"), Some("x")));
+    let to_b = seen.iter().find(|(v, _)| v["op"] == "message" && v["topic"] == "b").unwrap();
+    assert_eq!(
+        to_b.1.as_deref(),
+        Some(&b"\xff\x00"[..]),
+        "binary payloads come raw in binary frames"
+    );
+    assert_eq!(to_b.0["size"], 2);
+
+    send(&mut socket, json!({"op":"fetch","id":"f1","topic":"a","after":"beginning"})).await;
+    let page = reply(&mut socket).await;
+    assert_eq!((page["op"].as_str(), page["id"].as_str()), (Some("page"), Some("f1")));
+    assert_eq!(page["messages"][0]["data"], "to a");
+
+    send(&mut socket, json!({"op":"unsubscribe","id":"u1","topic":"a"})).await;
+    assert_eq!(reply(&mut socket).await["op"], "unsubscribed");
+    setup.broker.publish(&Topic::new("a").unwrap(), Publication::new("not pushed")).await.unwrap();
+    setup.broker.publish(&Topic::new("b").unwrap(), Publication::new("pushed")).await.unwrap();
+    let pushed = reply(&mut socket).await;
+    assert_eq!((pushed["topic"].as_str(), pushed["data"].as_str()), (Some("b"), Some("pushed")));
+}
+
+#[tokio::test]
+async fn bad_requests_get_error_frames_and_the_socket_stays_open() {
+    let config = ServerConfig { max_subscriptions: 2, ..ServerConfig::default() };
+    let setup = start(config).await;
+    let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
+    let cases = [
+        ("{not json", None, "bad_request", "not JSON"),
+        (r#"{"op":"dance","id":"r1"}"#, Some("r1"), "bad_request", "unknown variant `dance`"),
+        (
+            r#"{"op":"publish","id":"r2","data":"x"}"#,
+            Some("r2"),
+            "bad_request",
+            "missing field `topic`",
+        ),
+        (
+            r#"{"op":"subscribe","id":"r3","topic":"no way"}"#,
+            Some("r3"),
+            "invalid_topic",
+            "position 2",
+        ),
+        (
+            r#"{"op":"subscribe","id":"r4","topic":"t","after":"soon"}"#,
+            Some("r4"),
+            "invalid_cursor",
+            "soon",
+        ),
+        (r#"{"op":"fetch","id":"r5","topic":"t","limit":0}"#, Some("r5"), "bad_request", "limit"),
+        (
+            r#"{"op":"publish","id":"r6","topic":"t","event":"pushpull-gap","data":"x"}"#,
+            Some("r6"),
+            "bad_request",
+            "reserved",
+        ),
+        (
+            r#"{"op":"publish","id":"r7","topic":"t","data":"x","data_base64":"eA=="}"#,
+            Some("r7"),
+            "bad_request",
+            "exactly one",
+        ),
+        (
+            r#"{"op":"unsubscribe","id":"r8","topic":"t"}"#,
+            Some("r8"),
+            "bad_request",
+            "not subscribed",
+        ),
+    ];
+    for (text, id, kind, says) in cases {
+        socket.send(Message::Text(text.into())).await.unwrap();
+        let error = reply(&mut socket).await;
+        assert_eq!(error["op"], "error", "{text}");
+        assert_eq!(error["id"].as_str(), id, "{text}");
+        assert_eq!(error["kind"], kind, "{text}");
+        assert!(error["message"].as_str().unwrap().contains(says), "{text}: {error}");
+    }
+    // A flood of subscriptions stops at the documented limit, with an error for each one over.
+    for n in 0..4 {
+        send(&mut socket, json!({"op":"subscribe","id":format!("f{n}"),"topic":format!("t{n}")}))
+            .await;
+        let answer = reply(&mut socket).await;
+        if n < 2 {
+            assert_eq!(answer["op"], "subscribed");
+        } else {
+            assert!(
+                answer["message"].as_str().unwrap().contains("at most 2 subscriptions"),
+                "{answer}"
+            );
+        }
+    }
+    // Still open and working.
+    send(&mut socket, json!({"op":"publish","id":"ok","topic":"t0","data":"fine"})).await;
+    let mut ops = Vec::new();
+    for _ in 0..2 {
+        ops.push(reply(&mut socket).await["op"].as_str().unwrap().to_owned());
+    }
+    ops.sort();
+    assert_eq!(ops, ["message", "published"]);
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_rfc_6455_code() {
+    let config =
+        ServerConfig { max_message_size: 4096, max_bad_frames: 3, ..ServerConfig::default() };
+    let setup = start(config).await;
+    let addr = setup.running.local_addr();
+
+    let (mut socket, _) = connect(addr, &[]).await;
+    let invalid_utf8 =
+        Frame::message(Bytes::from_static(b"{\"op\":\"\xff\"}"), OpCode::Data(Data::Text), true);
+    socket.send(Message::Frame(invalid_utf8)).await.unwrap();
+    assert_eq!(closed(&mut socket).await.0, close::INVALID_UTF8);
+
+    let (mut socket, _) = connect(addr, &[]).await;
+    socket.send(Message::Binary(Bytes::from(vec![0u8; 5000]))).await.unwrap();
+    let (code, reason) = closed(&mut socket).await;
+    assert_eq!(code, close::TOO_BIG);
+    assert!(reason.contains("4096"), "{reason}");
+
+    let (mut socket, _) = connect(addr, &[]).await;
+    for _ in 0..4 {
+        socket.send(Message::Text("garbage".into())).await.unwrap();
+    }
+    let (code, reason) = closed(&mut socket).await;
+    assert_eq!(code, close::POLICY);
+    assert!(reason.contains("unreadable"), "{reason}");
+
+    // A frame the client did not mask breaks RFC 6455: 1002, from a hand-written handshake.
+    let mut raw = upgrade(addr).await;
+    raw.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(raw_close_code(&mut raw).await, Some(close::PROTOCOL_ERROR));
+
+    // None of that harmed other sockets.
+    let (mut socket, _) = connect(addr, &[]).await;
+    send(&mut socket, json!({"op":"fetch","id":"f","topic":"t"})).await;
+    assert_eq!(reply(&mut socket).await["op"], "page");
+}
+
+/// Opens a socket by hand and returns the stream after the 101.
+async fn upgrade(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// Reads one raw server frame: its opcode and payload; `None` when the connection ends.
+async fn raw_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).await.ok()?;
+    let length = match header[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            stream.read_exact(&mut l).await.ok()?;
+            u64::from(u16::from_be_bytes(l))
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            stream.read_exact(&mut l).await.ok()?;
+            u64::from_be_bytes(l)
+        }
+        l => u64::from(l),
+    };
+    let mut payload = vec![0u8; length as usize];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((header[0] & 0x0f, payload))
+}
+
+/// Reads raw server frames until a close frame; its code.
+async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let (opcode, payload) = raw_frame(stream).await?;
+            if opcode == 0x8 {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time")
+}
+
+#[tokio::test]
+async fn silent_peers_are_pinged_then_closed_with_4000() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let setup = start(config).await;
+    // Completes the handshake, then never answers a ping.
+    let mut raw = upgrade(setup.running.local_addr()).await;
+    let (opcode, _) = tokio::time::timeout(LIMIT, raw_frame(&mut raw)).await.unwrap().unwrap();
+    assert_eq!(opcode, 0x9, "the server pings");
+    assert_eq!(raw_close_code(&mut raw).await, Some(close::IDLE_TIMEOUT));
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_and_costs_bounded_memory() {
+    let retention = Retention { max_messages: 100, ..Retention::default() };
+    let broker =
+        MemoryBroker::with_config(MemoryConfig { retention, ..MemoryConfig::default() }).unwrap();
+    let config = ServerConfig {
+        write_timeout: Duration::from_millis(300),
+        write_buffer: 64 * 1024,
+        ..ServerConfig::default()
+    };
+    let setup = start_with(broker, config).await;
+    let mut raw = upgrade(setup.running.local_addr()).await;
+    // A masked subscribe frame, by hand; then never read again.
+    let request = br#"{"op":"subscribe","id":"s","topic":"firehose"}"#;
+    let mut frame = vec![0x81, 0x80 | request.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(request);
+    raw.write_all(&frame).await.unwrap();
+    tokio::time::timeout(LIMIT, async {
+        while setup.server.open_sockets() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // Keep publishing (the log keeps only 100 messages) until the server gives up on the peer:
+    // once the kernel's socket buffers and the bounded write buffer are full, a write waits,
+    // and after write_timeout the socket is closed. Bounded: at most 40,000 messages (625 MiB).
+    let topic = Topic::new("firehose").unwrap();
+    let payload = bytes::Bytes::from("x".repeat(16 * 1024));
+    let mut published = 0;
+    tokio::time::timeout(LIMIT, async {
+        while setup.server.open_sockets() > 0 && published < 40_000 {
+            setup.broker.publish(&topic, Publication::new(payload.clone())).await.unwrap();
+            published += 1;
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("publishing went on in time");
+    tokio::time::timeout(LIMIT, async {
+        while setup.server.open_sockets() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("still open after {published} messages"));
+    // What the peer could have received: its code, if the close frame got through at all.
+    drop(raw);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001() {
+    let setup = start(ServerConfig::default()).await;
+    let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
+    let shutting = tokio::spawn(setup.running.shutdown());
+    assert_eq!(closed(&mut socket).await.0, close::GOING_AWAY);
+    tokio::time::timeout(LIMIT, shutting).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_reader_falls_behind_into_a_gap() {
+    let retention = Retention { max_messages: 100, ..Retention::default() };
+    let broker =
+        MemoryBroker::with_config(MemoryConfig { retention, ..MemoryConfig::default() }).unwrap();
+    let setup = start_with(broker, ServerConfig::default()).await;
+    let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
+    send(&mut socket, json!({"op":"subscribe","id":"s","topic":"firehose"})).await;
+    assert_eq!(reply(&mut socket).await["op"], "subscribed");
+
+    // 64 MiB published while the reader reads nothing.
+    let topic = Topic::new("firehose").unwrap();
+    let payload = Bytes::from("x".repeat(16 * 1024));
+    let mut last = None;
+    for _ in 0..4096 {
+        last = Some(setup.broker.publish(&topic, Publication::new(payload.clone())).await.unwrap());
+        tokio::task::yield_now().await;
+    }
+    let last = last.unwrap().cursor().to_string();
+    let mut gaps = 0;
+    loop {
+        let (frame, _) = next(&mut socket).await;
+        if frame["op"] == "gap" {
+            assert_eq!(frame["reason"], "retention");
+            gaps += 1;
+        }
+        if frame["cursor"] == last.as_str() && frame["op"] == "message" {
+            break;
+        }
+    }
+    assert!(gaps > 0, "the slow reader was told what it missed");
+}
