@@ -1,0 +1,88 @@
+//! A WebSocket client this project did not write (the `ws` package from npm), speaking only
+//! what docs/protocol/websocket.md says: it subscribes to two topics, publishes, fetches, and
+//! resumes from its last cursors after the server drops the connection.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use pushpull::{Publication, Publish, ServerConfig, Topic};
+use pushpull_testkit::ChaosProxy;
+use support::LIMIT;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+
+async fn next_of(lines: &mut Lines<BufReader<ChildStdout>>, kind: &str) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(LIMIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("node reported no {kind} in time"))
+            .expect("read node's output")
+            .expect("node is still running");
+        let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_ne!(line["type"], "error", "the server answered an error: {line}");
+        if line["type"] == kind {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_ws_client_follows_two_topics_and_resumes_after_a_drop() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/ws").exists(),
+        "the npm packages are missing: run ./scripts/test, which installs them"
+    );
+    let config = ServerConfig::default();
+    let broker = pushpull::broker(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
+    let proxy = ChaosProxy::start(server.local_addr()).await.unwrap();
+
+    let url = format!("ws://{}/v1/ws", proxy.addr());
+    let mut node = Command::new("node")
+        .arg(js.join("ws-client.mjs"))
+        .args([&url, "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is installed");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+
+    let open = next_of(&mut lines, "open").await;
+    assert_eq!(open["protocol"], "pushpull.v1", "the subprotocol was echoed");
+    // The client published a1 and b1 itself, and fetched a.
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let message = next_of(&mut lines, "message").await;
+        first.push(message["data"].as_str().unwrap().to_owned());
+    }
+    first.sort();
+    assert_eq!(first, ["a1", "b1"]);
+    let page = next_of(&mut lines, "page").await;
+    assert_eq!(page["data"], serde_json::json!(["a1"]));
+
+    // Drop the socket and keep the server unreachable while both topics move on.
+    proxy.set_refusing(true);
+    proxy.sever();
+    next_of(&mut lines, "close").await;
+    for topic in ["a", "b"] {
+        let topic = Topic::new(topic).unwrap();
+        broker.publish(&topic, Publication::new(format!("{topic}2"))).await.unwrap();
+    }
+    proxy.set_refusing(false);
+
+    next_of(&mut lines, "open").await;
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let message = next_of(&mut lines, "message").await;
+        resumed.push(message["data"].as_str().unwrap().to_owned());
+    }
+    resumed.sort();
+    assert_eq!(resumed, ["a2", "b2"], "resumed from its cursors: nothing lost, nothing repeated");
+    let status = tokio::time::timeout(LIMIT, node.wait()).await.expect("node exited").unwrap();
+    assert!(status.success());
+}
