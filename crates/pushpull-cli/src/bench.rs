@@ -17,9 +17,9 @@ use tokio::process::{Child, Command};
 /// What to measure.
 #[derive(clap::Subcommand)]
 pub(crate) enum Bench {
-    /// Server memory per idle SSE stream or held long-poll request.
+    /// Server memory per idle SSE stream, WebSocket or held long-poll request.
     Idle {
-        /// `sse` or `longpoll`.
+        /// `sse`, `ws` or `longpoll`.
         #[arg(long, default_value = "sse")]
         transport: String,
         /// How many idle connections to open (each side needs a file descriptor).
@@ -29,7 +29,7 @@ pub(crate) enum Bench {
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
-        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse")]
+        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse,ws")]
         transports: Vec<String>,
         /// Messages published one at a time, `interval` apart, for latency.
         #[arg(long, default_value_t = 100)]
@@ -131,10 +131,13 @@ impl ServerProcess {
 async fn idle(transport: &str, connections: usize) -> Result<(), Error> {
     let (path, gauge) = match transport {
         "sse" => ("/v1/topics/bench.idle/events", "sse_open_streams"),
+        "ws" => ("/v1/ws", "ws_open_sockets"),
         "longpoll" => {
             ("/v1/topics/bench.idle/messages?after=latest&wait=30", "longpoll_held_requests")
         }
-        other => return Err(bench_error(format!("idle measures sse or longpoll, not {other:?}"))),
+        other => {
+            return Err(bench_error(format!("idle measures sse, ws or longpoll, not {other:?}")));
+        }
     };
     let server = ServerProcess::start().await?;
     // Warm up allocator pools and the topic with a few connections first.
@@ -179,7 +182,13 @@ async fn open_idle(
         let mut stream = TcpStream::connect(server.addr)
             .await
             .map_err(|e| bench_error(format!("connect: {e} (raise `ulimit -n`?)")))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+        let upgrade = if path == "/v1/ws" {
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        } else {
+            ""
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{upgrade}\r\n", server.addr);
         stream.write_all(request.as_bytes()).await.map_err(|e| bench_error(e.to_string()))?;
         streams.push(stream);
     }

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// Bytes of unsent frames buffered per socket before writing waits for the peer.
     pub write_buffer: usize,
+    /// The read buffer allocated per socket. Requests are small, so a small buffer keeps idle
+    /// sockets cheap (tungstenite's own default is 128 KiB); it grows for larger frames.
+    pub read_buffer: usize,
     /// Undecodable requests in a row before the socket is closed with 1008.
     pub max_bad_frames: u32,
     /// Page size limit of `fetch`.
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             max_subscriptions: 100,
             max_message_size: 8 * 1024 * 1024,
             write_buffer: 256 * 1024,
+            read_buffer: 8 * 1024,
             max_bad_frames: 16,
             max_limit: 1000,
         }

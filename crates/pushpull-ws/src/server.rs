@@ -82,6 +82,7 @@ impl Server {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let config = WebSocketConfig::default()
+                        .read_buffer_size(server.config.read_buffer)
                         .max_message_size(Some(server.config.max_message_size))
                         .max_frame_size(Some(server.config.max_message_size))
                         .write_buffer_size(0)
