@@ -332,6 +332,9 @@ impl CountingRelay {
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    // Without these, Nagle's algorithm and delayed ACKs add ~40 ms stalls that
+                    // belong to the relay, not to the transport measured.
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let up = tokio::io::copy(&mut client_read, &mut server_write);
