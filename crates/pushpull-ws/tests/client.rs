@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Accepts a WebSocket handshake, echoing the `pushpull.v1` subprotocol as the real server does.
+// The callback's error type is tungstenite's, large by its design.
+#[allow(clippy::result_large_err)]
 async fn accept(stream: tokio::net::TcpStream) -> WebSocketStream<tokio::net::TcpStream> {
     let echo = |_: &Request, mut response: Response| {
         response.headers_mut().insert("sec-websocket-protocol", "pushpull.v1".parse().unwrap());
