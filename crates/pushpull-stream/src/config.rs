@@ -1,0 +1,84 @@
+//! Settings of the streaming server and client.
+
+use std::time::Duration;
+
+use pushpull_core::{Backoff, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the streaming [`Server`](crate::Server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How often an idle stream gets a heartbeat record.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub heartbeat: Duration,
+    /// Page limits for the page route of [`Server::router`](crate::Server::router).
+    pub page: pushpull_poll::ServerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { heartbeat: Duration::from_secs(15), page: pushpull_poll::ServerConfig::default() }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.heartbeat.is_zero() {
+            return Err(Error::new(ErrorKind::Config, "stream.heartbeat must be more than zero"));
+        }
+        self.page.validate()
+    }
+}
+
+/// The record format a [`Client`](crate::Client) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FramingChoice {
+    /// Length-prefixed binary records: exact and compact for any payload.
+    #[default]
+    Binary,
+    /// Newline-delimited JSON.
+    Ndjson,
+}
+
+/// Settings of the streaming [`Client`](crate::Client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The server's base URL, such as `http://127.0.0.1:7070`.
+    pub url: String,
+    /// The record format to ask for.
+    pub framing: FramingChoice,
+    /// A stream silent for this long (no record, no heartbeat) is taken for dead and reopened.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_timeout: Duration,
+    /// How long to wait for a response head, and for `publish` and `fetch`.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub request_timeout: Duration,
+    /// The largest payload accepted from the server.
+    pub max_payload: usize,
+    /// Delays between reconnection attempts that fail in a row.
+    pub backoff: Backoff,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7070".into(),
+            framing: FramingChoice::Binary,
+            idle_timeout: Duration::from_secs(45),
+            request_timeout: Duration::from_secs(30),
+            max_payload: 1024 * 1024 * 1024,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The default settings for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+}

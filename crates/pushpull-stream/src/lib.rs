@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+mod server;
+pub mod wire;
+
+pub use client::Client;
+pub use config::{ClientConfig, FramingChoice, ServerConfig};
+pub use server::{STREAM_PATH, Server};
+
+/// The transport's name, in configuration and errors.
+pub const NAME: &str = "stream";

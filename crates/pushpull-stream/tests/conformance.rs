@@ -1,0 +1,27 @@
+//! The streaming transport against the conformance suite, in both record formats, over a real
+//! server on 127.0.0.1.
+
+use std::sync::Arc;
+
+use pushpull_http::testing::HttpHarness;
+use pushpull_stream::{ClientConfig, FramingChoice};
+
+fn harness(framing: FramingChoice) -> HttpHarness {
+    HttpHarness::new(
+        |broker| pushpull_stream::Server::new(broker, Default::default()).expect("config").router(),
+        move |url| {
+            let config = ClientConfig { framing, ..ClientConfig::new(url) };
+            Ok(Arc::new(pushpull_stream::Client::new(config)?))
+        },
+    )
+}
+
+mod binary {
+    use super::*;
+    pushpull_testkit::conformance!(harness(FramingChoice::Binary));
+}
+
+mod ndjson {
+    use super::*;
+    pushpull_testkit::conformance!(harness(FramingChoice::Ndjson));
+}
