@@ -255,3 +255,110 @@ pub fn delivery(record: Record, payload: Option<Bytes>) -> Result<Option<Deliver
 pub fn gap_of(json: GapJson) -> Result<Gap, Error> {
     json.into_gap()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushpull_core::{Epoch, GapReason, Offset, OffsetRange, Publication, Topic};
+
+    fn deliveries() -> Vec<Delivery> {
+        let topic = Topic::new("t").unwrap();
+        let epoch = Epoch::from_u64(9);
+        let message = |payload: Vec<u8>, offset| {
+            let mut message = Publication::new(payload).event("e").into_message(
+                topic.clone(),
+                epoch,
+                Offset(offset),
+            );
+            // Timestamps travel in milliseconds; a fixed one keeps the fixtures equal.
+            message.timestamp = pushpull_core::time_from_millis(1_795_000_000_000);
+            Delivery::Message(message)
+        };
+        vec![
+            message("ünïcødé ✓ 🚀 line\nbreak".as_bytes().to_vec(), 1),
+            Delivery::Gap(Gap {
+                topic: topic.clone(),
+                reason: GapReason::Retention,
+                missed: Some(OffsetRange { first: Offset(2), last: Offset(4) }),
+                cursor: Cursor::After(epoch, Offset(4)),
+            }),
+            message(vec![0xff, 0x00, 0xfe], 5),
+            message((0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect(), 6),
+            message(Vec::new(), 7),
+        ]
+    }
+
+    fn stream(framing: Framing) -> Vec<u8> {
+        let mut bytes = encode_plain(&Record::Start { cursor: Cursor::Latest }, framing).to_vec();
+        for delivery in deliveries() {
+            for chunk in encode(&delivery, framing) {
+                bytes.extend_from_slice(&chunk);
+            }
+            bytes.extend_from_slice(&encode_plain(&Record::Heartbeat, framing));
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8], framing: Framing, cut: impl Fn(usize) -> usize) -> Vec<Delivery> {
+        let mut decoder = Decoder::new(framing, 1 << 30);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + cut(at)).min(bytes.len());
+            for (record, payload) in decoder.feed(&bytes[at..end]).unwrap() {
+                out.extend(delivery(record, payload).unwrap());
+            }
+            at = end;
+        }
+        out
+    }
+
+    #[test]
+    fn records_survive_any_split_in_both_framings() {
+        for framing in [Framing::Ndjson, Framing::Binary] {
+            let bytes = stream(framing);
+            let expected = deliveries();
+            // Terse on failure: the fixtures hold a payload of 192 KiB.
+            let same = |got: Vec<Delivery>| got == expected;
+            assert!(same(decode(&bytes, framing, |_| bytes.len())), "{framing:?} whole");
+            // Every split point of the small records (inside multi-byte characters too).
+            for cut in 1..300 {
+                let got = decode(&bytes, framing, |at| if at == 0 { cut } else { bytes.len() });
+                assert!(same(got), "{framing:?} cut at {cut}");
+            }
+            // Byte by byte over the start of the stream, then in odd-sized pieces.
+            let got = decode(&bytes, framing, |at| if at < 400 { 1 } else { 7919 });
+            assert!(same(got), "{framing:?} in small pieces");
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_written_as_slices_of_the_same_memory() {
+        let payload = Bytes::from(vec![7u8; 5 * CHUNK + 3]);
+        let message = Publication::new(payload.clone()).into_message(
+            Topic::new("t").unwrap(),
+            Epoch::from_u64(1),
+            Offset(1),
+        );
+        let chunks = encode(&Delivery::Message(message), Framing::Binary);
+        assert_eq!(chunks.len(), 1 + 6, "a header and six slices");
+        assert!(chunks[1..].iter().all(|c| c.len() <= CHUNK));
+        // Slices point into the payload's own buffer: no copy was made.
+        assert_eq!(chunks[1].as_ptr(), payload.as_ptr());
+    }
+
+    #[test]
+    fn hostile_input_is_refused_without_allocating_it() {
+        let mut header = Vec::new();
+        let json = br#"{"type":"heartbeat"}"#;
+        header.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        header.extend_from_slice(json);
+        header.extend_from_slice(&u64::MAX.to_be_bytes());
+        let error = Decoder::new(Framing::Binary, 1024).feed(&header).unwrap_err();
+        assert!(error.message().contains("over the limit"), "{error}");
+        let error = Decoder::new(Framing::Binary, 1024).feed(&u32::MAX.to_be_bytes()).unwrap_err();
+        assert!(error.message().contains("header"), "{error}");
+        let error = Decoder::new(Framing::Ndjson, 1024).feed(b"{not json}\n").unwrap_err();
+        assert!(error.message().contains("not JSON"), "{error}");
+    }
+}

@@ -1,0 +1,143 @@
+//! Streams over real sockets: negotiation and headers, heartbeats, curl reading records as
+//! they are published, and a 100 MiB payload end to end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pushpull_core::{
+    Client, Cursor, MemoryBroker, MemoryConfig, Publication, Publish, Retention, Subscribe, Topic,
+};
+use pushpull_http::{RunningServer, ServeConfig};
+use pushpull_stream::{ClientConfig, FramingChoice, Server, ServerConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn start(
+    broker: MemoryBroker,
+    config: ServerConfig,
+) -> (Server, RunningServer, Arc<MemoryBroker>) {
+    let broker = Arc::new(broker);
+    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
+    (server, running, broker)
+}
+
+/// The response head and the body of a raw GET, read until the body contains `until`.
+async fn head_and_start(
+    addr: std::net::SocketAddr,
+    path: &str,
+    accept: &str,
+    until: &str,
+) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(LIMIT, async {
+        while !String::from_utf8_lossy(&bytes).contains(until) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase(), bytes[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn the_accept_header_picks_the_framing_and_idle_streams_get_heartbeats() {
+    let config = ServerConfig { heartbeat: Duration::from_millis(20), ..ServerConfig::default() };
+    let (_, running, _) = start(MemoryBroker::new(), config).await;
+    let addr = running.local_addr();
+
+    let (head, body) = head_and_start(addr, "/v1/topics/t/stream", "*/*", "heartbeat").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: application/x-ndjson"), "{head}");
+    assert!(
+        head.contains("x-accel-buffering: no") && head.contains("cache-control: no-cache"),
+        "{head}"
+    );
+    assert!(
+        head.contains("transfer-encoding: chunked") && !head.contains("content-encoding"),
+        "{head}"
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(r#"{"type":"start","cursor":""#), "{text}");
+    assert!(text.contains(r#"{"type":"heartbeat"}"#), "{text}");
+
+    let (head, _) =
+        head_and_start(addr, "/v1/topics/t/stream", "application/vnd.pushpull.stream", "start")
+            .await;
+    assert!(head.contains("content-type: application/vnd.pushpull.stream"), "{head}");
+
+    let (head, body) =
+        head_and_start(addr, "/v1/topics/t/stream?after=nope", "*/*", "invalid_cursor").await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("invalid_cursor"));
+}
+
+#[tokio::test]
+async fn curl_reads_records_as_they_are_published() {
+    let (server, running, broker) = start(MemoryBroker::new(), ServerConfig::default()).await;
+    let url = format!("http://{}/v1/topics/live/stream?after=latest", running.local_addr());
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["--no-buffer", "--silent", "--show-error", &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl is installed (scripts/test installs it)");
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next().await["type"], "start");
+    assert_eq!(server.open_streams(), 1);
+    let topic = Topic::new("live").unwrap();
+    for text in ["one", "twø 🚀"] {
+        broker.publish(&topic, Publication::new(text)).await.unwrap();
+        let record = next().await;
+        assert_eq!(
+            (record["type"].as_str(), record["data"].as_str()),
+            (Some("message"), Some(text))
+        );
+    }
+    broker.publish(&topic, Publication::new(vec![0xffu8, 0x00])).await.unwrap();
+    assert_eq!(next().await["data_base64"], "/wA=");
+}
+
+#[tokio::test]
+async fn a_100_mib_payload_streams_through_the_binary_framing() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let config = MemoryConfig {
+        max_payload: SIZE + 1024,
+        retention: Retention { max_bytes: 2 * SIZE + 4096, ..Retention::default() },
+        ..MemoryConfig::default()
+    };
+    let (_, running, broker) =
+        start(MemoryBroker::with_config(config).unwrap(), ServerConfig::default()).await;
+    let client = pushpull_stream::Client::new(ClientConfig {
+        framing: FramingChoice::Binary,
+        ..ClientConfig::new(format!("http://{}", running.local_addr()))
+    })
+    .unwrap();
+    let topic = Topic::new("large").unwrap();
+    let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let payload = Bytes::from((0..SIZE).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    broker.publish(&topic, Publication::new(payload.clone())).await.unwrap();
+    broker.publish(&topic, Publication::new("after")).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap().unwrap();
+    let message = first.as_message().expect("a message");
+    assert_eq!(message.payload.len(), SIZE);
+    assert!(message.payload == payload, "the 100 MiB payload arrived intact");
+    let second = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(second.as_message().unwrap().payload, "after");
+}
