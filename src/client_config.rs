@@ -35,6 +35,9 @@ pub struct ClientConfig {
     /// Settings of the WebSocket transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ws: Option<toml::Table>,
+    /// Settings of the chunked streaming transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<toml::Table>,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +49,7 @@ impl Default for ClientConfig {
             longpoll: None,
             sse: None,
             ws: None,
+            stream: None,
         }
     }
 }
@@ -69,6 +73,7 @@ impl ClientConfig {
             "longpoll" => self.longpoll.clone().unwrap_or_default(),
             "sse" => self.sse.clone().unwrap_or_default(),
             "ws" => self.ws.clone().unwrap_or_default(),
+            "stream" => self.stream.clone().unwrap_or_default(),
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -108,8 +113,13 @@ pub struct Registry {
 }
 
 /// Transports this workspace has, with the cargo feature that brings each in.
-const KNOWN: [(&str, &str); 4] =
-    [("poll", "poll"), ("longpoll", "longpoll"), ("sse", "sse"), ("ws", "ws")];
+const KNOWN: [(&str, &str); 5] = [
+    ("poll", "poll"),
+    ("longpoll", "longpoll"),
+    ("sse", "sse"),
+    ("ws", "ws"),
+    ("stream", "stream"),
+];
 
 impl Registry {
     /// An empty registry.
@@ -129,6 +139,8 @@ impl Registry {
         registry.register(Arc::new(SseFactory));
         #[cfg(feature = "ws")]
         registry.register(Arc::new(WsFactory));
+        #[cfg(feature = "stream")]
+        registry.register(Arc::new(StreamFactory));
         registry
     }
 
@@ -261,6 +273,22 @@ impl TransportFactory for WsFactory {
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         let settings: pushpull_ws::ClientConfig = config.section(pushpull_ws::NAME)?;
         Ok(Arc::new(pushpull_ws::Client::new(settings)?))
+    }
+}
+
+#[cfg(feature = "stream")]
+struct StreamFactory;
+
+#[cfg(feature = "stream")]
+#[async_trait]
+impl TransportFactory for StreamFactory {
+    fn name(&self) -> &'static str {
+        pushpull_stream::NAME
+    }
+
+    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        let settings: pushpull_stream::ClientConfig = config.section(pushpull_stream::NAME)?;
+        Ok(Arc::new(pushpull_stream::Client::new(settings)?))
     }
 }
 

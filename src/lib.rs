@@ -19,5 +19,7 @@ pub use pushpull_longpoll as longpoll;
 pub use pushpull_poll as poll;
 #[cfg(feature = "sse")]
 pub use pushpull_sse as sse;
+#[cfg(feature = "stream")]
+pub use pushpull_stream as stream;
 #[cfg(feature = "ws")]
 pub use pushpull_ws as ws;

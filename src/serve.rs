@@ -93,17 +93,28 @@ fn router_with_stats(
         router = router.with(server.routes());
         gauges.push(("ws_open_sockets", Box::new(move || server.open_sockets())));
     }
+    #[cfg(feature = "stream")]
+    if config.transports.stream.enabled {
+        let stream = pushpull_stream::ServerConfig {
+            heartbeat: config.transports.stream.heartbeat,
+            page: config.transports.poll.server_config(),
+        };
+        let server = pushpull_stream::Server::new(broker.clone(), stream)?;
+        router = router.with(server.routes());
+        gauges.push(("stream_open_streams", Box::new(move || server.open_streams())));
+    }
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with([health]))
 }
 
 /// The transports a config serves, in this build.
 pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    let candidates: [(&'static str, bool, bool); 4] = [
+    let candidates: [(&'static str, bool, bool); 5] = [
         ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
         ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
         ("sse", cfg!(feature = "sse"), config.transports.sse.enabled),
         ("ws", cfg!(feature = "ws"), config.transports.ws.enabled),
+        ("stream", cfg!(feature = "stream"), config.transports.stream.enabled),
     ];
     candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }

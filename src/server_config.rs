@@ -152,6 +152,25 @@ pub struct TransportsConfig {
     pub sse: SseSection,
     /// `[transports.ws]`: WebSocket.
     pub ws: WsSection,
+    /// `[transports.stream]`: chunked HTTP streaming.
+    pub stream: StreamSection,
+}
+
+/// `[transports.stream]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSection {
+    /// Whether to serve `/v1/topics/{topic}/stream`.
+    pub enabled: bool,
+    /// How often an idle stream gets a heartbeat record.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub heartbeat: Duration,
+}
+
+impl Default for StreamSection {
+    fn default() -> Self {
+        Self { enabled: true, heartbeat: Duration::from_secs(15) }
+    }
 }
 
 /// `[transports.ws]`.
@@ -329,6 +348,9 @@ impl ServerConfig {
             .map_err(|e| config_error(format!("transports.{}", e.message())))?;
         if self.transports.longpoll.max_wait.is_zero() {
             return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
+        }
+        if self.transports.stream.heartbeat.is_zero() {
+            return Err(config_error("transports.stream.heartbeat must be more than zero".into()));
         }
         if self.transports.sse.heartbeat.is_zero() {
             return Err(config_error("transports.sse.heartbeat must be more than zero".into()));

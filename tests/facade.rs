@@ -11,8 +11,14 @@ async fn the_same_code_runs_over_any_configured_transport() {
     let server = server(ServerConfig::default()).await;
     let url = format!("http://{}", server.local_addr());
     // `auto` takes the best transport the server answers on.
-    let cases =
-        [("poll", "poll"), ("longpoll", "longpoll"), ("sse", "sse"), ("ws", "ws"), ("auto", "ws")];
+    let cases = [
+        ("poll", "poll"),
+        ("longpoll", "longpoll"),
+        ("sse", "sse"),
+        ("ws", "ws"),
+        ("stream", "stream"),
+        ("auto", "ws"),
+    ];
     for (transport, expected) in cases {
         let config = ClientConfig::from_toml(&format!(
             "transport = \"{transport}\"\nurl = \"{url}\"\n[longpoll]\nwait = \"5s\"\n"
@@ -33,7 +39,7 @@ async fn configuration_errors_say_what_to_fix() {
     let unknown = ClientConfig::new("carrier-pigeon", "http://127.0.0.1:1");
     let err = pushpull::connect(&unknown).await.err().expect("an error");
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.message().contains("available: poll, longpoll, sse, ws"), "{err}");
+    assert!(err.message().contains("available: poll, longpoll, sse, ws, stream"), "{err}");
 
     let err = ClientConfig::from_toml("transport = \"poll\"\nurll = \"x\"").unwrap_err();
     assert!(err.message().contains("urll"), "{err}");

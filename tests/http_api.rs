@@ -243,7 +243,10 @@ async fn health_names_the_broker_and_transports() {
     let health = get(server.local_addr(), "/v1/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["broker"], "memory");
-    assert_eq!(health.json()["transports"], serde_json::json!(["poll", "longpoll", "sse", "ws"]));
+    assert_eq!(
+        health.json()["transports"],
+        serde_json::json!(["poll", "longpoll", "sse", "ws", "stream"])
+    );
     assert_eq!(health.json()["live"]["sse_open_streams"], 0);
     assert_eq!(health.json()["live"]["longpoll_held_requests"], 0);
 }

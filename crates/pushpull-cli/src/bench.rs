@@ -29,7 +29,7 @@ pub(crate) enum Bench {
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
-        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse,ws")]
+        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse,ws,stream")]
         transports: Vec<String>,
         /// Messages published one at a time, `interval` apart, for latency.
         #[arg(long, default_value_t = 100)]

@@ -128,7 +128,10 @@ fn client_errors_are_clear_and_exit_with_2() {
     let cases: [(&[&str], &str); 4] = [
         (&["publish", "bad topic", "x"], "invalid topic"),
         (&["fetch", "t", "--after", "yesterday"], "invalid cursor"),
-        (&["fetch", "t", "--transport", "carrier-pigeon"], "available: poll, longpoll, sse, ws"),
+        (
+            &["fetch", "t", "--transport", "carrier-pigeon"],
+            "available: poll, longpoll, sse, ws, stream",
+        ),
         (&["fetch", "t", "--limit", "0"], "limit"),
     ];
     for (args, says) in cases {
