@@ -250,3 +250,25 @@ async fn health_names_the_broker_and_transports() {
     assert_eq!(health.json()["live"]["sse_open_streams"], 0);
     assert_eq!(health.json()["live"]["longpoll_held_requests"], 0);
 }
+
+#[tokio::test]
+async fn bodies_larger_than_the_drain_cap_but_allowed_are_stored_whole() {
+    // A regression: reading stopped at 16 MiB (the cap on draining oversize bodies) even for
+    // bodies under the limit, and stored them cut short.
+    use pushpull::{Cursor, Fetch, Topic};
+    let mut config = ServerConfig::default();
+    config.broker.max_payload = 20 * 1024 * 1024;
+    config.broker.retention.max_bytes = 64 * 1024 * 1024;
+    let broker = pushpull::broker(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
+    let body: Vec<u8> = (0..20 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let reply = post(server.local_addr(), "/v1/topics/big", "", &body).await;
+    assert_eq!(reply.status, 201);
+    let page = broker.fetch(&Topic::new("big").unwrap(), Cursor::Beginning, 1).await.unwrap();
+    assert_eq!(page.messages[0].payload.len(), body.len());
+    assert!(page.messages[0].payload == body, "stored byte for byte");
+    let over =
+        post(server.local_addr(), "/v1/topics/big", "", &vec![0u8; 20 * 1024 * 1024 + 1]).await;
+    assert_eq!(over.status, 413);
+}

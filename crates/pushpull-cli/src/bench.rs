@@ -26,6 +26,12 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 2000)]
         connections: usize,
     },
+    /// Peak memory of the server and a streaming client moving one large payload.
+    Large {
+        /// The payload's size in MiB.
+        #[arg(long, default_value_t = 100)]
+        size_mib: usize,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -53,6 +59,7 @@ const STEP: Duration = Duration::from_secs(120);
 pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
+        Bench::Large { size_mib } => large(size_mib).await,
         Bench::Compare { transports, messages, interval, burst } => {
             compare(&transports, messages, interval, burst).await
         }
@@ -67,9 +74,14 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start() -> Result<Self, Error> {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(env: &[(&str, String)]) -> Result<Self, Error> {
         let exe = std::env::current_exe().map_err(|e| bench_error(format!("own path: {e}")))?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PUSHPULL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -105,6 +117,12 @@ impl ServerProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib * 1024)
             .ok_or_else(|| bench_error("no VmRSS line".into()))
+    }
+
+    /// Peak resident memory, in bytes, from /proc.
+    fn peak(&self) -> Result<u64, Error> {
+        let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
+        peak_of(&pid.to_string())
     }
 
     async fn health(&self) -> Result<serde_json::Value, Error> {
@@ -375,4 +393,70 @@ fn mib(bytes: u64) -> f64 {
 
 fn bench_error(message: String) -> Error {
     Error::new(ErrorKind::Backend, format!("bench: {message}"))
+}
+
+/// Peak memory of a server and a streaming client moving one large payload.
+pub(crate) async fn large(size_mib: usize) -> Result<(), Error> {
+    let size = size_mib * 1024 * 1024;
+    let server = ServerProcess::start_with(&[
+        ("PUSHPULL_BROKER__MAX_PAYLOAD", (size + 1024).to_string()),
+        ("PUSHPULL_BROKER__RETENTION__MAX_BYTES", (2 * size + 4096).to_string()),
+    ])
+    .await?;
+    let url = server.url();
+    let client_before = own_peak()?;
+    let server_before = server.peak()?;
+    let stream = pushpull::connect(&ClientConfig::from_toml(&format!(
+        "transport = \"stream\"\nurl = \"{url}\"\n[stream]\nframing = \"binary\"\nmax_payload = {}",
+        size + 1024
+    ))?)
+    .await?;
+    let topic = Topic::new("bench.large")?;
+    let mut subscription = stream.subscribe(&topic, Cursor::Latest).await?;
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let started = Instant::now();
+    stream.publish(&topic, Publication::new(payload.clone())).await?;
+    let delivery = tokio::time::timeout(STEP, subscription.next())
+        .await
+        .map_err(|_| bench_error("the payload did not arrive".into()))?
+        .ok_or_else(|| bench_error("the subscription ended".into()))??;
+    let elapsed = started.elapsed();
+    let received = delivery.as_message().map_or(0, |m| m.payload.len());
+    if received != size {
+        return Err(bench_error(format!("received {received} bytes, not {size}")));
+    }
+    let server_peak = server.peak()?;
+    let client_peak = own_peak()?;
+    // The server keeps one copy (the broker's); the client holds what it published and what it
+    // received. Whatever is above that is transport overhead.
+    let server_over = server_peak.saturating_sub(server_before + size as u64);
+    let client_over = client_peak.saturating_sub(client_before + 2 * size as u64);
+    println!(
+        "| payload | publish + stream time | server peak RSS over the payload | client peak RSS over its two copies |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {size_mib} MiB | {} | {:.1} MiB | {:.1} MiB |",
+        ms(elapsed),
+        mib(server_over),
+        mib(client_over)
+    );
+    drop(payload);
+    Ok(())
+}
+
+/// This process's peak resident memory, in bytes.
+fn own_peak() -> Result<u64, Error> {
+    peak_of("self")
+}
+
+fn peak_of(pid: &str) -> Result<u64, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| bench_error(format!("reading /proc/{pid}/status: {e} (Linux only)")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| bench_error("no VmHWM line".into()))
 }

@@ -61,8 +61,9 @@ pub fn body(
     Box::pin(read_body(request, max, timeout))
 }
 
-/// How much of an oversized body is read and thrown away so that the client, still sending,
-/// receives the 413 instead of a reset connection. Past this the connection is simply closed.
+/// How much of an oversized body, past the limit, is read and thrown away so that the client,
+/// still sending, receives the 413 instead of a reset connection. Past this the connection is
+/// simply closed.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 async fn read_body(
@@ -88,30 +89,32 @@ async fn read_body(
     };
     let (parts, mut body) = request.into_parts();
     let read = async move {
-        let mut collected = bytes::BytesMut::new();
+        // Sized from Content-Length when it is declared and allowed, so a large body is
+        // received into one buffer instead of one that doubles (and copies) as it grows.
+        let capacity = declared.filter(|d| *d <= max as u64).map_or(0, |d| d as usize);
+        let mut collected = bytes::BytesMut::with_capacity(capacity);
+        let declared_too_large = declared.is_some_and(|d| d > max as u64);
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|e| Error::bad_request(format!("the body could not be read: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                seen += data.len();
-                if seen > DRAIN_LIMIT {
-                    break;
-                }
-                if seen <= max && declared.is_none_or(|d| d <= max as u64) {
-                    collected.extend_from_slice(&data);
-                }
+            let Ok(data) = frame.into_data() else { continue };
+            seen += data.len();
+            if seen <= max && !declared_too_large {
+                collected.extend_from_slice(&data);
+            } else if seen > max.saturating_add(DRAIN_LIMIT) {
+                // Too large, and too much to keep draining: stop; the connection is closed.
+                break;
             }
+            // Otherwise too large: read and discard, so the client gets the 413.
         }
-        match declared {
-            Some(length) if length > max as u64 => Err(too_large(&length)),
-            _ if seen > max => Err(too_large(&if seen > DRAIN_LIMIT {
-                "more than".to_owned() + &DRAIN_LIMIT.to_string()
-            } else {
-                seen.to_string()
-            })),
-            _ => Ok(collected.freeze()),
+        if declared_too_large {
+            return Err(too_large(&declared.unwrap_or_default()));
         }
+        if seen > max {
+            return Err(too_large(&seen));
+        }
+        Ok(collected.freeze())
     };
     match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(Error::new(
