@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod config;
+mod server;
+pub mod targets;
+pub mod wire;
+
+pub use client::Client;
+pub use config::{ClientConfig, OnExhausted, ServerConfig};
+pub use server::{CreateEndpoint, DeadMessage, EndpointView, Server, WEBHOOKS_PATH};
+
+/// The transport's name, in configuration and errors.
+pub const NAME: &str = "webhook";

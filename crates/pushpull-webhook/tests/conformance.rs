@@ -1,0 +1,33 @@
+//! The webhook transport against the conformance suite: a real server on 127.0.0.1 delivering
+//! to the client's receiver on 127.0.0.1 (loopback allowed explicitly, as tests need).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushpull_http::testing::HttpHarness;
+
+fn harness() -> HttpHarness {
+    HttpHarness::new(
+        |broker| {
+            let config = pushpull_webhook::ServerConfig {
+                allow_loopback: true,
+                schedule: vec![
+                    Duration::ZERO,
+                    Duration::from_millis(20),
+                    Duration::from_millis(100),
+                ],
+                ..Default::default()
+            };
+            pushpull_webhook::Server::new(broker, config).expect("config").router()
+        },
+        |url| {
+            let config = pushpull_webhook::ClientConfig {
+                check_interval: Duration::from_millis(100),
+                ..pushpull_webhook::ClientConfig::new(url)
+            };
+            Ok(Arc::new(pushpull_webhook::Client::new(config)?))
+        },
+    )
+}
+
+pushpull_testkit::conformance!(harness());
