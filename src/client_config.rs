@@ -38,6 +38,9 @@ pub struct ClientConfig {
     /// Settings of the chunked streaming transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<toml::Table>,
+    /// Settings of the webhook transport (its receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<toml::Table>,
 }
 
 impl Default for ClientConfig {
@@ -50,6 +53,7 @@ impl Default for ClientConfig {
             sse: None,
             ws: None,
             stream: None,
+            webhook: None,
         }
     }
 }
@@ -74,6 +78,7 @@ impl ClientConfig {
             "sse" => self.sse.clone().unwrap_or_default(),
             "ws" => self.ws.clone().unwrap_or_default(),
             "stream" => self.stream.clone().unwrap_or_default(),
+            "webhook" => self.webhook.clone().unwrap_or_default(),
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -141,6 +146,8 @@ impl Registry {
         registry.register(Arc::new(WsFactory));
         #[cfg(feature = "stream")]
         registry.register(Arc::new(StreamFactory));
+        #[cfg(feature = "webhook")]
+        registry.register(Arc::new(WebhookFactory));
         registry
     }
 
@@ -185,7 +192,11 @@ impl Registry {
         let ordered = AUTO_ORDER
             .iter()
             .filter_map(|name| self.factories.iter().find(|f| f.name() == *name))
-            .chain(self.factories.iter().filter(|f| !AUTO_ORDER.contains(&f.name())));
+            .chain(
+                self.factories
+                    .iter()
+                    .filter(|f| !AUTO_ORDER.contains(&f.name()) && f.name() != "webhook"),
+            );
         for factory in ordered {
             let client = match factory.connect(config) {
                 Ok(client) => client,
@@ -289,6 +300,22 @@ impl TransportFactory for StreamFactory {
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         let settings: pushpull_stream::ClientConfig = config.section(pushpull_stream::NAME)?;
         Ok(Arc::new(pushpull_stream::Client::new(settings)?))
+    }
+}
+
+#[cfg(feature = "webhook")]
+struct WebhookFactory;
+
+#[cfg(feature = "webhook")]
+#[async_trait]
+impl TransportFactory for WebhookFactory {
+    fn name(&self) -> &'static str {
+        pushpull_webhook::NAME
+    }
+
+    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        let settings: pushpull_webhook::ClientConfig = config.section(pushpull_webhook::NAME)?;
+        Ok(Arc::new(pushpull_webhook::Client::new(settings)?))
     }
 }
 

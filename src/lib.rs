@@ -21,5 +21,9 @@ pub use pushpull_poll as poll;
 pub use pushpull_sse as sse;
 #[cfg(feature = "stream")]
 pub use pushpull_stream as stream;
+#[cfg(feature = "webhook")]
+pub use pushpull_webhook as webhook;
 #[cfg(feature = "ws")]
 pub use pushpull_ws as ws;
+#[cfg(feature = "webhook")]
+pub use server_config::WebhookSection;

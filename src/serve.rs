@@ -103,18 +103,32 @@ fn router_with_stats(
         router = router.with(server.routes());
         gauges.push(("stream_open_streams", Box::new(move || server.open_streams())));
     }
+    #[cfg(feature = "webhook")]
+    if config.transports.webhook.enabled {
+        let server = pushpull_webhook::Server::new(
+            broker.clone(),
+            config.transports.webhook.server.clone(),
+        )?;
+        router = router.with(server.routes());
+        gauges.push(("webhook_endpoints", Box::new(move || server.endpoint_count())));
+    }
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with([health]))
 }
 
 /// The transports a config serves, in this build.
 pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    let candidates: [(&'static str, bool, bool); 5] = [
+    #[cfg(feature = "webhook")]
+    let webhook = config.transports.webhook.enabled;
+    #[cfg(not(feature = "webhook"))]
+    let webhook = false;
+    let candidates: [(&'static str, bool, bool); 6] = [
         ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
         ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
         ("sse", cfg!(feature = "sse"), config.transports.sse.enabled),
         ("ws", cfg!(feature = "ws"), config.transports.ws.enabled),
         ("stream", cfg!(feature = "stream"), config.transports.stream.enabled),
+        ("webhook", cfg!(feature = "webhook"), webhook),
     ];
     candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
 }

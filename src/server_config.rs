@@ -154,6 +154,29 @@ pub struct TransportsConfig {
     pub ws: WsSection,
     /// `[transports.stream]`: chunked HTTP streaming.
     pub stream: StreamSection,
+    /// `[transports.webhook]`: webhooks, as the webhook crate's `ServerConfig` reads them.
+    #[cfg(feature = "webhook")]
+    pub webhook: WebhookSection,
+}
+
+/// `[transports.webhook]`: `enabled` and the webhook server's settings (`schedule`,
+/// `attempt_timeout`, `on_exhausted`, `allow_loopback`, `allow_private`, …).
+#[cfg(feature = "webhook")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Whether to serve the registration API and deliver.
+    pub enabled: bool,
+    /// The webhook server's settings.
+    #[serde(flatten)]
+    pub server: pushpull_webhook::ServerConfig,
+}
+
+#[cfg(feature = "webhook")]
+impl Default for WebhookSection {
+    fn default() -> Self {
+        Self { enabled: true, server: pushpull_webhook::ServerConfig::default() }
+    }
 }
 
 /// `[transports.stream]`.
@@ -349,6 +372,12 @@ impl ServerConfig {
         if self.transports.longpoll.max_wait.is_zero() {
             return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
         }
+        #[cfg(feature = "webhook")]
+        self.transports
+            .webhook
+            .server
+            .validate()
+            .map_err(|e| config_error(format!("transports.{}", e.message())))?;
         if self.transports.stream.heartbeat.is_zero() {
             return Err(config_error("transports.stream.heartbeat must be more than zero".into()));
         }
@@ -448,6 +477,8 @@ mod tests {
             ("[transports.poll]\npoll_interval = 5", "poll_interval"),
             ("[transports.poll]\npoll_interval = \"soon\"", "soon"),
             ("[transports.smoke]\nenabled = true", "smoke"),
+            ("[transports.webhook]\nallow_loopbak = true", "allow_loopbak"),
+            ("[transports.webhook]\nschedule = [\"soon\"]", "soon"),
             ("listen = \"localhost\"", "listen"),
             ("[broker]\nkind = \"postgres\"", "postgres"),
             ("[broker.retention]\nmax_messages = 0", "max_messages"),

@@ -39,7 +39,7 @@ async fn configuration_errors_say_what_to_fix() {
     let unknown = ClientConfig::new("carrier-pigeon", "http://127.0.0.1:1");
     let err = pushpull::connect(&unknown).await.err().expect("an error");
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.message().contains("available: poll, longpoll, sse, ws, stream"), "{err}");
+    assert!(err.message().contains("available: poll, longpoll, sse, ws, stream, webhook"), "{err}");
 
     let err = ClientConfig::from_toml("transport = \"poll\"\nurll = \"x\"").unwrap_err();
     assert!(err.message().contains("urll"), "{err}");

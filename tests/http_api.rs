@@ -245,7 +245,7 @@ async fn health_names_the_broker_and_transports() {
     assert_eq!(health.json()["broker"], "memory");
     assert_eq!(
         health.json()["transports"],
-        serde_json::json!(["poll", "longpoll", "sse", "ws", "stream"])
+        serde_json::json!(["poll", "longpoll", "sse", "ws", "stream", "webhook"])
     );
     assert_eq!(health.json()["live"]["sse_open_streams"], 0);
     assert_eq!(health.json()["live"]["longpoll_held_requests"], 0);

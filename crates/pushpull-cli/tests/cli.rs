@@ -130,7 +130,7 @@ fn client_errors_are_clear_and_exit_with_2() {
         (&["fetch", "t", "--after", "yesterday"], "invalid cursor"),
         (
             &["fetch", "t", "--transport", "carrier-pigeon"],
-            "available: poll, longpoll, sse, ws, stream",
+            "available: poll, longpoll, sse, ws, stream, webhook",
         ),
         (&["fetch", "t", "--limit", "0"], "limit"),
     ];
