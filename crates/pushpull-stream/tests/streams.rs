@@ -141,3 +141,52 @@ async fn a_100_mib_payload_streams_through_the_binary_framing() {
     let second = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(second.as_message().unwrap().payload, "after");
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_falls_into_a_gap_instead_of_growing_memory() {
+    let config = MemoryConfig {
+        retention: Retention { max_messages: 100, ..Retention::default() },
+        ..MemoryConfig::default()
+    };
+    let (server, running, broker) =
+        start(MemoryBroker::with_config(config).unwrap(), ServerConfig::default()).await;
+    let addr = running.local_addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET /v1/topics/firehose/stream?after=latest HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(LIMIT, async {
+        while server.open_streams() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // 64 MiB published while the reader reads nothing; the log keeps 100 messages.
+    let topic = Topic::new("firehose").unwrap();
+    let payload = Bytes::from("x".repeat(16 * 1024));
+    let mut last = None;
+    for _ in 0..4096 {
+        last = Some(broker.publish(&topic, Publication::new(payload.clone())).await.unwrap());
+        tokio::task::yield_now().await;
+    }
+    let needle = format!("\"cursor\":\"{}\"", last.unwrap().cursor());
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let searched_to = raw.len().saturating_sub(needle.len());
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            raw.extend_from_slice(&buf[..n]);
+            if raw[searched_to..].windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the newest message arrived");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("\"type\":\"gap\""), "the slow reader was told what it missed");
+    assert!(raw.len() < 32 * 1024 * 1024, "far less than the 64 MiB published was buffered");
+}
