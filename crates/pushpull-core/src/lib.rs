@@ -6,6 +6,7 @@ pub mod duration_text;
 mod error;
 mod memory;
 mod message;
+mod set;
 mod topic;
 mod traits;
 
@@ -18,6 +19,7 @@ pub use message::{
     MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, RESERVED_EVENT_PREFIX,
     Receipt, millis_since_unix_epoch, time_from_millis,
 };
+pub use set::SubscriptionSet;
 pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use traits::{Client, Fetch, Publish, Subscribe, Subscription};
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod gauge;
 mod publish;
 pub mod request;
 mod response;
@@ -11,7 +12,10 @@ pub mod testing;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
-pub use publish::{EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route};
+pub use gauge::{Gauge, Held};
+pub use publish::{
+    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route, publishing,
+};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
 };

@@ -62,6 +62,14 @@ pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
     })
 }
 
+/// A router with the publish route alone, its body limit the broker's `max_payload` (4 MiB when
+/// the broker does not say): the start of every transport's standalone router.
+pub fn publishing(broker: Arc<dyn Client>) -> crate::Router {
+    let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
+    let limits = PublishLimits { max_body, body_timeout: Duration::from_secs(30) };
+    crate::Router::new().with([publish_route(broker, limits)])
+}
+
 fn event_type(
     query: &std::collections::HashMap<String, String>,
     headers: &HeaderMap,

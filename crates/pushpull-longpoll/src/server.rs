@@ -1,13 +1,12 @@
 //! The server half: the page request, held until a message arrives or the wait passes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use http::{HeaderValue, Method};
 use pushpull_core::{Client, Error, Page};
-use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
+use pushpull_http::{Gauge, HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
 use pushpull_poll::wire::WAIT_HEADER;
 use pushpull_poll::{MESSAGES_PATH, PageRequest, page_response};
 
@@ -25,19 +24,19 @@ use crate::config::ServerConfig;
 pub struct Server {
     broker: Arc<dyn Client>,
     config: Arc<ServerConfig>,
-    held: Arc<AtomicUsize>,
+    held: Gauge,
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), held: Arc::default() })
+        Ok(Self { broker, config: Arc::new(config), held: Gauge::new() })
     }
 
     /// Requests held right now.
     pub fn held_requests(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.held.get()
     }
 
     /// The page route (it also answers plain short polls), to mount beside other transports'.
@@ -51,12 +50,7 @@ impl Server {
 
     /// A router with publishing and the page route.
     pub fn router(&self) -> Router {
-        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
-        let publish = pushpull_http::publish_route(
-            self.broker.clone(),
-            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
-        );
-        Router::new().with([publish]).with(self.routes())
+        pushpull_http::publishing(self.broker.clone()).with(self.routes())
     }
 
     async fn answer(&self, req: HttpRequest, params: Params) -> HandlerResult {
@@ -84,7 +78,7 @@ impl Server {
         wait: Duration,
         mut shutdown: Shutdown,
     ) -> Result<Page, Error> {
-        let _held = Held::new(&self.held);
+        let _held = self.held.hold();
         let mut next = self.broker.subscribe(&request.topic, page.next).await?;
         tokio::select! {
             first = next.next() => match first {
@@ -95,22 +89,6 @@ impl Server {
             () = tokio::time::sleep(wait) => Ok(page),
             () = shutdown.wait() => Ok(page),
         }
-    }
-}
-
-/// Counts a held request for as long as it lives.
-struct Held<'a>(&'a AtomicUsize);
-
-impl<'a> Held<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use pushpull_core::{Client, Cursor, Error, Subscription};
 use pushpull_http::{
-    HandlerResult, HttpRequest, Params, Route, Router, Shutdown, query_params, request,
+    Gauge, HandlerResult, Held, HttpRequest, Params, Route, Router, Shutdown, query_params, request,
 };
 
 use crate::config::ServerConfig;
@@ -33,19 +32,19 @@ pub const STREAM_PATH: &str = "/v1/topics/{topic}/stream";
 pub struct Server {
     broker: Arc<dyn Client>,
     config: Arc<ServerConfig>,
-    open: Arc<AtomicUsize>,
+    open: Gauge,
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), open: Arc::default() })
+        Ok(Self { broker, config: Arc::new(config), open: Gauge::new() })
     }
 
     /// Streams open right now.
     pub fn open_streams(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.get()
     }
 
     /// The stream route, to mount beside other transports'.
@@ -59,13 +58,7 @@ impl Server {
 
     /// A router with publishing, the page route (for clients' `fetch`) and streams.
     pub fn router(&self) -> Router {
-        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
-        let publish = pushpull_http::publish_route(
-            self.broker.clone(),
-            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
-        );
-        Router::new()
-            .with([publish])
+        pushpull_http::publishing(self.broker.clone())
             .with(pushpull_poll::routes(self.broker.clone(), self.config.page.clone()))
             .with(self.routes())
     }
@@ -83,7 +76,7 @@ impl Server {
             heartbeat: self.config.heartbeat,
             shutdown: Shutdown::of(&req),
             queue: VecDeque::from([start]),
-            _open: OpenStream::new(self.open.clone()),
+            _open: self.open.hold(),
         };
         let body = StreamBody::new(futures::stream::unfold(state, StreamState::next).map(Ok));
         let mut response = Response::new(BodyExt::boxed_unsync(body));
@@ -102,7 +95,7 @@ struct StreamState {
     shutdown: Shutdown,
     /// The chunks of the record being written: a large payload is written in slices.
     queue: VecDeque<Bytes>,
-    _open: OpenStream,
+    _open: Held,
 }
 
 impl StreamState {
@@ -125,21 +118,5 @@ impl StreamState {
         }
         let chunk = self.queue.pop_front()?;
         Some((Frame::data(chunk), self))
-    }
-}
-
-/// Counts an open stream for as long as its body lives.
-struct OpenStream(Arc<AtomicUsize>);
-
-impl OpenStream {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -2,18 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind, Subscription, Topic};
-use pushpull_http::{
-    HandlerResult, HttpRequest, Params, PublishLimits, Route, Router, json, request,
-};
+use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind, SubscriptionSet, Topic};
+use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, json, request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -218,13 +214,7 @@ impl Server {
 
     /// A router with publishing, pages and the registration API.
     pub fn router(&self) -> Router {
-        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
-        let publish = pushpull_http::publish_route(
-            self.broker.clone(),
-            PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
-        );
-        Router::new()
-            .with([publish])
+        pushpull_http::publishing(self.broker.clone())
             .with(pushpull_poll::routes(
                 self.broker.clone(),
                 pushpull_poll::ServerConfig::default(),
@@ -265,12 +255,12 @@ impl Server {
                 ),
             ));
         }
-        let mut subscriptions = Vec::new();
+        let mut subscriptions = SubscriptionSet::new();
         let mut cursors = BTreeMap::new();
         for topic in topics {
             let subscription = self.broker.subscribe(&topic, after).await?;
             cursors.insert(topic.to_string(), subscription.cursor());
-            subscriptions.push((topic, subscription));
+            subscriptions.insert(subscription);
         }
         let id = endpoint_id();
         let endpoint = Arc::new(Endpoint {
@@ -289,8 +279,7 @@ impl Server {
         });
         self.endpoints.lock().expect("endpoints lock").insert(id, endpoint.clone());
         tokio::spawn(
-            Worker { endpoint: endpoint.clone(), server: self.clone(), subscriptions, turn: 0 }
-                .run(),
+            Worker { endpoint: endpoint.clone(), server: self.clone(), subscriptions }.run(),
         );
         let mut view = view(&endpoint);
         view.secret = Some(secret.to_string());
@@ -407,8 +396,7 @@ enum Attempt {
 struct Worker {
     endpoint: Arc<Endpoint>,
     server: Server,
-    subscriptions: Vec<(Topic, Subscription)>,
-    turn: usize,
+    subscriptions: SubscriptionSet,
 }
 
 impl Worker {
@@ -416,21 +404,16 @@ impl Worker {
         let mut control = self.endpoint.control.subscribe();
         loop {
             let next = tokio::select! {
-                next = next_delivery(&mut self.subscriptions, &mut self.turn) => next,
+                next = self.subscriptions.next() => next,
                 _ = control.wait_for(|c| *c == Control::Stop) => return,
             };
             let (topic, delivery) = match next {
-                (index, Some(Ok(delivery))) => (self.subscriptions[index].0.clone(), delivery),
-                (index, Some(Err(error))) => {
-                    self.note_failure(format!("reading {}: {error}", self.subscriptions[index].0));
-                    self.subscriptions.remove(index);
-                    if self.subscriptions.is_empty() {
-                        return;
+                (topic, Some(Ok(delivery))) => (topic, delivery),
+                (topic, ended) => {
+                    if let Some(Err(error)) = ended {
+                        self.note_failure(format!("reading {topic}: {error}"));
                     }
-                    continue;
-                }
-                (index, None) => {
-                    self.subscriptions.remove(index);
+                    self.subscriptions.remove(&topic);
                     if self.subscriptions.is_empty() {
                         return;
                     }
@@ -635,23 +618,4 @@ fn jitter(delay: Duration) -> Duration {
     let fraction =
         if getrandom::fill(&mut byte).is_ok() { f64::from(byte[0]) / 255.0 } else { 0.5 };
     delay.mul_f64(0.9 + fraction * 0.2)
-}
-
-/// The next delivery of any subscription, scanning from `turn`.
-async fn next_delivery(
-    subscriptions: &mut [(Topic, Subscription)],
-    turn: &mut usize,
-) -> (usize, Option<Result<Delivery, Error>>) {
-    std::future::poll_fn(|cx| {
-        let count = subscriptions.len();
-        for step in 0..count {
-            let index = (*turn + step) % count;
-            if let Poll::Ready(item) = subscriptions[index].1.poll_next_unpin(cx) {
-                *turn = (index + 1) % count;
-                return Poll::Ready((index, item));
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }

@@ -78,10 +78,15 @@ impl TargetPolicy {
     /// Resolves `host:port` and returns the first address the policy allows, checking every one
     /// (a name that resolves to any forbidden address is refused, against DNS tricks).
     pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, Error> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| Error::bad_request(format!("cannot resolve {host}: {e}")))?
-            .collect();
+        const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+        let addrs: Vec<SocketAddr> =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                .await
+                .map_err(|_| {
+                    Error::bad_request(format!("resolving {host} took over {RESOLVE_TIMEOUT:?}"))
+                })?
+                .map_err(|e| Error::bad_request(format!("cannot resolve {host}: {e}")))?
+                .collect();
         let first =
             *addrs.first().ok_or_else(|| Error::bad_request(format!("{host} has no address")))?;
         for addr in &addrs {

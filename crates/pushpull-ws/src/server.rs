@@ -1,16 +1,14 @@
 //! The server half: the upgrade on `GET /v1/ws`, and one session per socket.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Client, Cursor, Delivery, Error, Publication, Subscription, Topic};
-use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
+use pushpull_core::{Client, Cursor, Delivery, Error, Publication, SubscriptionSet, Topic};
+use pushpull_http::{Gauge, HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -32,19 +30,19 @@ pub const WS_PATH: &str = "/v1/ws";
 pub struct Server {
     broker: Arc<dyn Client>,
     config: Arc<ServerConfig>,
-    open: Arc<AtomicUsize>,
+    open: Gauge,
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), open: Arc::default() })
+        Ok(Self { broker, config: Arc::new(config), open: Gauge::new() })
     }
 
     /// Sockets open right now.
     pub fn open_sockets(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.get()
     }
 
     /// The upgrade route, to mount beside other transports'.
@@ -58,13 +56,7 @@ impl Server {
 
     /// A router with publishing, pages and the socket.
     pub fn router(&self) -> Router {
-        let max_body = self.broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
-        let publish = pushpull_http::publish_route(
-            self.broker.clone(),
-            pushpull_http::PublishLimits { max_body, body_timeout: Duration::from_secs(30) },
-        );
-        Router::new()
-            .with([publish])
+        pushpull_http::publishing(self.broker.clone())
             .with(pushpull_poll::routes(
                 self.broker.clone(),
                 pushpull_poll::ServerConfig::default(),
@@ -95,9 +87,8 @@ impl Server {
                         Some(config),
                     )
                     .await;
-                    server.open.fetch_add(1, Ordering::Relaxed);
+                    let _open = server.open.hold();
                     Session::new(server.clone(), shutdown).run(socket).await;
-                    server.open.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
             }
@@ -169,16 +160,14 @@ impl Ending {
 struct Session {
     server: Server,
     shutdown: Shutdown,
-    subscriptions: Vec<(Topic, Subscription)>,
-    /// Where the next scan of subscriptions starts, so a busy topic cannot starve the others.
-    turn: usize,
+    subscriptions: SubscriptionSet,
     bad_frames: u32,
     heard: Instant,
 }
 
 enum Event {
     Frame(Option<Result<WsMessage, WsError>>),
-    Delivery(usize, Option<Result<Delivery, Error>>),
+    Delivery(Topic, Option<Result<Delivery, Error>>),
     Tick,
     Shutdown,
 }
@@ -188,8 +177,7 @@ impl Session {
         Self {
             server,
             shutdown,
-            subscriptions: Vec::new(),
-            turn: 0,
+            subscriptions: SubscriptionSet::new(),
             bad_frames: 0,
             heard: Instant::now(),
         }
@@ -202,8 +190,9 @@ impl Session {
         let ending = loop {
             let event = tokio::select! {
                 frame = socket.next() => Event::Frame(frame),
-                (index, delivery) = next_delivery(&mut self.subscriptions, &mut self.turn),
-                    if !self.subscriptions.is_empty() => Event::Delivery(index, delivery),
+                (topic, delivery) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    Event::Delivery(topic, delivery)
+                }
                 _ = ticks.tick() => Event::Tick,
                 () = self.shutdown.wait() => Event::Shutdown,
             };
@@ -214,8 +203,8 @@ impl Session {
                     self.heard = Instant::now();
                     self.on_frame(&mut socket, message).await
                 }
-                Event::Delivery(index, delivery) => {
-                    self.on_delivery(&mut socket, index, delivery).await
+                Event::Delivery(topic, delivery) => {
+                    self.on_delivery(&mut socket, topic, delivery).await
                 }
                 Event::Tick if self.heard.elapsed() > config.idle_timeout => {
                     Err(Some(Ending::new(
@@ -294,7 +283,7 @@ impl Session {
             Request::Subscribe { id, topic, after } => {
                 let topic = Topic::new(topic)?;
                 let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
-                if self.subscriptions.iter().any(|(t, _)| *t == topic) {
+                if self.subscriptions.contains(&topic) {
                     return Err(Error::bad_request(format!(
                         "already subscribed to {topic} on this socket"
                     )));
@@ -307,14 +296,12 @@ impl Session {
                 }
                 let subscription = broker.subscribe(&topic, cursor).await?;
                 let cursor = subscription.cursor();
-                self.subscriptions.push((topic.clone(), subscription));
+                self.subscriptions.insert(subscription);
                 Ok(wire::reply_frame(&Reply::Subscribed { id, topic, cursor }))
             }
             Request::Unsubscribe { id, topic } => {
                 let topic = Topic::new(topic)?;
-                let before = self.subscriptions.len();
-                self.subscriptions.retain(|(t, _)| *t != topic);
-                if self.subscriptions.len() == before {
+                if !self.subscriptions.remove(&topic) {
                     return Err(Error::bad_request(format!("not subscribed to {topic}")));
                 }
                 Ok(wire::reply_frame(&Reply::Unsubscribed { id: Some(id), topic, reason: None }))
@@ -371,7 +358,7 @@ impl Session {
     async fn on_delivery(
         &mut self,
         socket: &mut Socket,
-        index: usize,
+        topic: Topic,
         delivery: Option<Result<Delivery, Error>>,
     ) -> Result<(), Option<Ending>> {
         let write_timeout = self.server.config.write_timeout;
@@ -380,7 +367,7 @@ impl Session {
                 send_frame(socket, wire::delivery_frame(&delivery), write_timeout).await
             }
             Some(Err(error)) => {
-                let (topic, _) = self.subscriptions.remove(index);
+                self.subscriptions.remove(&topic);
                 let reply = wire::error_reply(None, Some(&topic), &error);
                 send_frame(socket, wire::reply_frame(&reply), write_timeout).await?;
                 let ended = Reply::Unsubscribed {
@@ -391,7 +378,7 @@ impl Session {
                 send_frame(socket, wire::reply_frame(&ended), write_timeout).await
             }
             None => {
-                let (topic, _) = self.subscriptions.remove(index);
+                self.subscriptions.remove(&topic);
                 let ended = Reply::Unsubscribed {
                     id: None,
                     topic,
@@ -405,25 +392,6 @@ impl Session {
 
 fn parse_cursor(text: Option<&str>, default: Cursor) -> Result<Cursor, Error> {
     text.map_or(Ok(default), str::parse)
-}
-
-/// The next delivery of any subscription, scanning from `turn` so none is starved.
-async fn next_delivery(
-    subscriptions: &mut [(Topic, Subscription)],
-    turn: &mut usize,
-) -> (usize, Option<Result<Delivery, Error>>) {
-    std::future::poll_fn(|cx| {
-        let count = subscriptions.len();
-        for step in 0..count {
-            let index = (*turn + step) % count;
-            if let Poll::Ready(item) = subscriptions[index].1.poll_next_unpin(cx) {
-                *turn = (index + 1) % count;
-                return Poll::Ready((index, item));
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 async fn send_frame(
