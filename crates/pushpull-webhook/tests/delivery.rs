@@ -311,3 +311,62 @@ async fn the_receiver_refuses_forged_and_replayed_deliveries() {
     })
     .await;
 }
+
+/// Forwards connections to `upstream`, but for the first one swallows the answer and closes,
+/// as if the acknowledgement was lost on the way back.
+async fn ack_losing_proxy(upstream: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let lose = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let mut outbound = TcpStream::connect(upstream).await.unwrap();
+                if lose {
+                    let mut request = vec![0u8; 1 << 16];
+                    let n = inbound.read(&mut request).await.unwrap();
+                    outbound.write_all(&request[..n]).await.unwrap();
+                    let mut answer = [0u8; 1024];
+                    let _ = outbound.read(&mut answer).await; // the receiver took it...
+                    return; // ...and the answer never arrives
+                }
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_delivery_retried_after_a_lost_ack_reaches_the_application_once() {
+    let (server, broker) = start(fast(ServerConfig::default())).await;
+    // The receiver listens on a fixed loopback port so the proxy can sit in front of it.
+    let receiver_addr = TcpListener::bind(("127.0.0.1", 0)).await.unwrap().local_addr().unwrap();
+    let proxy = ack_losing_proxy(receiver_addr).await;
+    let config = pushpull_webhook::ClientConfig {
+        listen: receiver_addr,
+        public_url: Some(format!("http://{proxy}")),
+        ..pushpull_webhook::ClientConfig::new(format!("http://{}", server.local_addr()))
+    };
+    let client = pushpull_webhook::Client::new(config).unwrap();
+    let topic = Topic::new("t").unwrap();
+    let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+    publish(&broker, "once").await;
+    publish(&broker, "then this").await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let delivery =
+            tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap().unwrap();
+        got.push(delivery.as_message().unwrap().payload.clone());
+    }
+    assert_eq!(got, ["once", "then this"], "the retried delivery was dropped as a repeat");
+    // The server saw the lost ack as a failure and retried; it counts both as delivered.
+    until("the server to count both deliveries", async || {
+        let (_, endpoints) = call(server.local_addr(), "GET", "/v1/webhooks", None).await;
+        endpoints[0]["delivered"] == 2
+    })
+    .await;
+    let (_, endpoints) = call(server.local_addr(), "GET", "/v1/webhooks", None).await;
+    assert!(endpoints[0]["last_error"].as_str().unwrap().contains("closed"), "{endpoints}");
+}
