@@ -32,6 +32,15 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 100)]
         size_mib: usize,
     },
+    /// Server CPU per delivered message when many SSE streams follow one topic.
+    Fanout {
+        /// Streams following the topic.
+        #[arg(long, default_value_t = 500)]
+        subscribers: usize,
+        /// Messages published.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -60,6 +69,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
         Bench::Large { size_mib } => large(size_mib).await,
+        Bench::Fanout { subscribers, messages } => fanout(subscribers, messages).await,
         Bench::Compare { transports, messages, interval, burst } => {
             compare(&transports, messages, interval, burst).await
         }
@@ -117,6 +127,19 @@ impl ServerProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib * 1024)
             .ok_or_else(|| bench_error("no VmRSS line".into()))
+    }
+
+    /// CPU time (user and system) used so far, from /proc.
+    fn cpu(&self) -> Result<Duration, Error> {
+        let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|e| bench_error(format!("reading /proc/{pid}/stat: {e} (Linux only)")))?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+        // Linux reports these in clock ticks of 1/100 s on every common configuration.
+        Ok(Duration::from_millis(ticks * 10))
     }
 
     /// Peak resident memory, in bytes, from /proc.
@@ -459,4 +482,63 @@ fn peak_of(pid: &str) -> Result<u64, Error> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| bench_error("no VmHWM line".into()))
+}
+
+/// Many SSE streams on one topic: the server's CPU time per message delivered.
+pub(crate) async fn fanout(subscribers: usize, messages: usize) -> Result<(), Error> {
+    let server = ServerProcess::start().await?;
+    let streams = open_idle(&server, "/v1/topics/bench.fanout/events", subscribers).await?;
+    tokio::time::timeout(STEP, async {
+        while server.live("sse_open_streams").await.unwrap_or(0) < subscribers as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| bench_error("the streams did not open".into()))?;
+    // Each reader counts the message events it gets (one `timestamp:` field each).
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let (mut seen, mut buf, mut tail) = (0usize, vec![0u8; 16 * 1024], Vec::new());
+                while seen < messages {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tail.extend_from_slice(&buf[..n]);
+                    seen += tail.windows(11).filter(|w| w == b"timestamp: ").count();
+                    let keep = tail.len().saturating_sub(10);
+                    tail.drain(..keep);
+                }
+                seen
+            })
+        })
+        .collect();
+    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let topic = Topic::new("bench.fanout")?;
+    let cpu_before = server.cpu()?;
+    let started = Instant::now();
+    for n in 0..messages {
+        let payload = format!("{{\"tick\":{n},\"price\":{:.2}}}", 100.0 + n as f64 / 100.0);
+        publisher.publish(&topic, Publication::new(payload)).await?;
+    }
+    let mut delivered = 0;
+    for reader in readers {
+        delivered += tokio::time::timeout(STEP, reader)
+            .await
+            .map_err(|_| bench_error("a stream stalled".into()))?
+            .map_err(|e| bench_error(e.to_string()))?;
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu()?.saturating_sub(cpu_before);
+    println!("| subscribers | messages | deliveries | wall time | server CPU | CPU per delivery |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {subscribers} | {messages} | {delivered} | {} | {} | {:.2} µs |",
+        ms(elapsed),
+        ms(cpu),
+        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64
+    );
+    Ok(())
 }
