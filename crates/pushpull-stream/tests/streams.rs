@@ -190,3 +190,36 @@ async fn a_reader_that_stops_reading_falls_into_a_gap_instead_of_growing_memory(
     assert!(text.contains("\"type\":\"gap\""), "the slow reader was told what it missed");
     assert!(raw.len() < 32 * 1024 * 1024, "far less than the 64 MiB published was buffered");
 }
+
+#[tokio::test]
+async fn records_flow_over_http2_data_frames() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (_, running, broker) = start(MemoryBroker::new(), ServerConfig::default()).await;
+    let addr = running.local_addr();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}/v1/topics/h2/stream?after=latest"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut body = response.into_body();
+    broker.publish(&Topic::new("h2").unwrap(), Publication::new("over h2")).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(LIMIT, async {
+        while !text.contains("over h2") {
+            let frame = body.frame().await.unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+        }
+    })
+    .await
+    .expect("the record arrived in a data frame");
+    assert!(text.starts_with(r#"{"type":"start""#), "{text}");
+}
