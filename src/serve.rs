@@ -113,7 +113,7 @@ fn router_with_stats(
         gauges.push(("webhook_endpoints", Box::new(move || server.endpoint_count())));
     }
     let health = health_route(broker, transports(config), gauges);
-    Ok(router.with([health]))
+    Ok(router.with([health]).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
 }
 
 /// The transports a config serves, in this build.

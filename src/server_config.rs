@@ -126,6 +126,9 @@ pub struct HttpConfig {
     /// How long shutdown waits for requests in flight.
     #[serde(with = "pushpull_core::duration_text")]
     pub shutdown_grace: Duration,
+    /// Browser origins allowed to call the API from their pages (CORS), such as
+    /// `["https://app.example.com"]`, or `["*"]` for any; empty (the default) allows none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -135,6 +138,7 @@ impl Default for HttpConfig {
             header_read_timeout: serve.header_read_timeout,
             body_timeout: Duration::from_secs(30),
             shutdown_grace: serve.shutdown_grace,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -272,3 +272,62 @@ async fn bodies_larger_than_the_drain_cap_but_allowed_are_stored_whole() {
         post(server.local_addr(), "/v1/topics/big", "", &vec![0u8; 20 * 1024 * 1024 + 1]).await;
     assert_eq!(over.status, 413);
 }
+
+#[tokio::test]
+async fn browsers_on_allowed_origins_get_cors_headers_and_others_do_not() {
+    let mut config = small_config();
+    config.http.cors_origins = vec!["https://app.example".into()];
+    let server = server(config).await;
+    let addr = server.local_addr();
+
+    let preflight = raw(
+        addr,
+        "OPTIONS /v1/topics/t HTTP/1.1\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type, idempotency-key",
+        b"",
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(preflight.header("access-control-allow-methods"), Some("POST"));
+    assert!(preflight.header("access-control-allow-headers").unwrap().contains("idempotency-key"));
+
+    let page =
+        raw(addr, "GET /v1/topics/t/messages HTTP/1.1\r\nOrigin: https://app.example", b"").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("access-control-allow-origin"), Some("https://app.example"));
+    assert!(page.header("access-control-expose-headers").unwrap().contains("etag"));
+    // Errors carry the headers too, so a script can read what went wrong.
+    let error =
+        raw(addr, "GET /v1/topics/t/messages?limit=0 HTTP/1.1\r\nOrigin: https://app.example", b"")
+            .await;
+    assert_eq!(
+        (error.status, error.header("access-control-allow-origin")),
+        (400, Some("https://app.example"))
+    );
+
+    let stranger =
+        raw(addr, "GET /v1/topics/t/messages HTTP/1.1\r\nOrigin: https://evil.example", b"").await;
+    assert_eq!(stranger.status, 200);
+    assert!(stranger.header("access-control-allow-origin").is_none(), "other origins get nothing");
+    let stranger_preflight = raw(
+        addr,
+        "OPTIONS /v1/topics/t HTTP/1.1\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST",
+        b"",
+    )
+    .await;
+    assert_eq!(stranger_preflight.status, 405);
+
+    // Off by default.
+    let closed = server_default_cors().await;
+    let page = raw(
+        closed.local_addr(),
+        "GET /v1/topics/t/messages HTTP/1.1\r\nOrigin: https://app.example",
+        b"",
+    )
+    .await;
+    assert!(page.header("access-control-allow-origin").is_none());
+}
+
+async fn server_default_cors() -> pushpull::RunningServer {
+    server(small_config()).await
+}

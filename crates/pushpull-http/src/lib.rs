@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod cors;
 mod gauge;
 mod publish;
 pub mod request;
@@ -12,6 +13,7 @@ pub mod testing;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
+pub use cors::Cors;
 pub use gauge::{Gauge, Held};
 pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route, publishing,

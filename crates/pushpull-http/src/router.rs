@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use pushpull_core::Error;
 
+use crate::cors::Cors;
 use crate::response::{Body, error_response, json_error};
 
 /// The error type of request bodies handlers see.
@@ -107,6 +108,7 @@ fn percent_decode(segment: &str) -> Option<String> {
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<Vec<Route>>,
+    cors: Arc<Cors>,
 }
 
 impl Router {
@@ -121,13 +123,28 @@ impl Router {
         self
     }
 
+    /// Lets the browser origins `cors` names call every route (preflights included).
+    pub fn with_cors(mut self, cors: Cors) -> Self {
+        self.cors = Arc::new(cors);
+        self
+    }
+
     /// The routes, in the order they are tried.
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
-    /// Answers one request.
+    /// Answers one request, with CORS headers when the router allows its origin.
     pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
+        let origin = request.headers().get(header::ORIGIN).cloned();
+        let mut response = self.route(request).await;
+        if self.cors.is_enabled() {
+            self.cors.decorate(origin.as_ref(), response.headers_mut());
+        }
+        response
+    }
+
+    async fn route(&self, request: HttpRequest) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut allowed: Vec<Method> = Vec::new();
@@ -153,6 +170,15 @@ impl Router {
             }
             if !allowed.contains(&route.method) {
                 allowed.push(route.method.clone());
+            }
+        }
+        if request.method() == Method::OPTIONS && !allowed.is_empty() && self.cors.is_enabled() {
+            let origin = request.headers().get(header::ORIGIN);
+            if let Some(headers) = self.cors.preflight(origin, &allowed) {
+                let mut response = Response::new(crate::response::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response.headers_mut().extend(headers);
+                return response;
             }
         }
         if allowed.is_empty() {
