@@ -10,24 +10,17 @@ use std::time::Duration;
 
 use pushpull::{Publication, Publish, ServerConfig, Topic};
 use pushpull_testkit::ChaosProxy;
-use support::LIMIT;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
+use support::{ClientLines, LIMIT, next_line};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 /// What node printed next of `kind` (`event` for any event), skipping other lines.
-async fn next_of(lines: &mut Lines<BufReader<ChildStdout>>, kind: &str) -> serde_json::Value {
-    loop {
-        let line = tokio::time::timeout(LIMIT, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("node reported no {kind} in time"))
-            .expect("read node's output")
-            .expect("node is still running");
-        let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+async fn next_of(lines: &mut ClientLines, kind: &str) -> serde_json::Value {
+    next_line(lines, kind, |line| {
         let is_event = line["type"] != "open" && line["type"] != "error";
-        if line["type"] == kind || (kind == "event" && is_event) {
-            return line;
-        }
-    }
+        line["type"] == kind || (kind == "event" && is_event)
+    })
+    .await
 }
 
 #[tokio::test]

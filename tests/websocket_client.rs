@@ -9,24 +9,19 @@ use std::process::Stdio;
 
 use pushpull::{Publication, Publish, ServerConfig, Topic};
 use pushpull_testkit::ChaosProxy;
-use support::LIMIT;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
+use support::{ClientLines, LIMIT, next_line};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
-/// What node printed next of `kind` (anything, when `kind` is empty), skipping other lines.
-async fn next_of(lines: &mut Lines<BufReader<ChildStdout>>, kind: &str) -> serde_json::Value {
-    loop {
-        let line = tokio::time::timeout(LIMIT, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("node reported no {kind} in time"))
-            .expect("read node's output")
-            .expect("node is still running");
-        let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
-        assert_ne!(line["type"], "error", "the server answered an error: {line}");
-        if kind.is_empty() || line["type"] == kind {
-            return line;
-        }
-    }
+/// What node printed next of `kind` (anything, when `kind` is empty), skipping other lines;
+/// an error the server answered fails the test.
+async fn next_of(lines: &mut ClientLines, kind: &str) -> serde_json::Value {
+    let line = next_line(lines, kind, |line| {
+        line["type"] == "error" || kind.is_empty() || line["type"] == kind
+    })
+    .await;
+    assert_ne!(line["type"], "error", "the server answered an error: {line}");
+    line
 }
 
 #[tokio::test]

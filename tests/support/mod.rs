@@ -100,3 +100,25 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// The JSON lines a third-party client script prints.
+pub type ClientLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// The next line the script printed that `wanted` accepts, skipping the others.
+pub async fn next_line(
+    lines: &mut ClientLines,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let line = tokio::time::timeout(LIMIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the client reported no {what} in time"))
+            .expect("read the client's output")
+            .expect("the client is still running");
+        let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        if wanted(&line) {
+            return line;
+        }
+    }
+}

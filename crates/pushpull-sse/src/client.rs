@@ -1,18 +1,17 @@
 //! The client half: an event-stream reader that reconnects from its last cursor.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Offset, Page, Publication,
-    Publish, Receipt, Subscribe, Subscription, Topic,
+    Backoff, Capabilities, Cursor, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
+    Subscribe, Subscription, Topic,
 };
-use pushpull_http::{HttpClient, HttpClientConfig};
+use pushpull_http::{Decoded, HttpClient, HttpClientConfig};
 
 use crate::NAME;
 use crate::config::ClientConfig;
@@ -118,135 +117,44 @@ impl Fetch for Client {
 impl Subscribe for Client {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let body = self.open(topic, cursor).await?;
-        let reader = Reader {
-            client: self.clone(),
-            topic: topic.clone(),
-            resume: cursor,
-            last: None,
-            body: Some(body),
-            parser: Parser::new(),
-            retry: Duration::from_secs(1),
-            ready: VecDeque::new(),
-            failures: 0,
-            finished: false,
-        };
-        Ok(Subscription::new(topic.clone(), cursor, futures::stream::unfold(reader, Reader::next)))
+        Ok(pushpull_http::reopening(self.clone(), topic.clone(), cursor, body))
+    }
+}
+
+#[async_trait]
+impl pushpull_http::Reopen for Client {
+    type Decoder = Parser;
+
+    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+        Client::open(self, topic, cursor).await
+    }
+
+    fn decoder(&self) -> Parser {
+        Parser::new()
+    }
+
+    fn decode(&self, parser: &mut Parser, topic: &Topic, chunk: &[u8]) -> Result<Decoded, Error> {
+        let deliveries = parser
+            .feed(chunk)
+            .into_iter()
+            .map(|event| decode_event(topic, event).map_err(|e| e.with_transport(NAME)))
+            .collect::<Result<_, _>>()?;
+        // The last id the stream set: a message's, a gap's, or the preamble's starting position.
+        let position = parser.last_event_id().parse().ok();
+        Ok(Decoded { deliveries, position, retry: parser.retry() })
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.config.idle_timeout
+    }
+
+    fn backoff(&self) -> &Backoff {
+        &self.config.backoff
     }
 }
 
 impl pushpull_core::Client for Client {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
-    }
-}
-
-/// One subscription: the open stream, its parser, and where to resume.
-struct Reader {
-    client: Client,
-    topic: Topic,
-    /// Where a reconnection starts: the last id the stream set.
-    resume: Cursor,
-    /// The last message delivered, to drop anything a server repeats.
-    last: Option<(Epoch, Offset)>,
-    body: Option<Incoming>,
-    parser: Parser,
-    retry: Duration,
-    ready: VecDeque<Delivery>,
-    failures: u32,
-    finished: bool,
-}
-
-impl Reader {
-    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.finished {
-                return None;
-            }
-            let Some(body) = self.body.as_mut() else {
-                match self.reconnect().await {
-                    Ok(()) => continue,
-                    Err(error) => {
-                        self.finished = true;
-                        return Some((Err(error), self));
-                    }
-                }
-            };
-            let idle = self.client.config.idle_timeout;
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.failures = 0;
-                        if let Err(error) = self.take(&data) {
-                            self.finished = true;
-                            return Some((Err(error), self));
-                        }
-                    }
-                }
-                Ok(Some(Err(error))) => {
-                    tracing::debug!(topic = %self.topic, %error, "event stream broke; reconnecting");
-                    self.body = None;
-                }
-                Ok(None) => {
-                    tracing::debug!(topic = %self.topic, "event stream ended; reconnecting");
-                    self.body = None;
-                }
-                Err(_) => {
-                    tracing::debug!(topic = %self.topic, ?idle, "event stream silent; reconnecting");
-                    self.body = None;
-                }
-            }
-        }
-    }
-
-    /// Parses a chunk into deliveries, and notes where to resume.
-    fn take(&mut self, data: &[u8]) -> Result<(), Error> {
-        for event in self.parser.feed(data) {
-            match decode_event(&self.topic, event).map_err(|e| e.with_transport(NAME))? {
-                Delivery::Message(message) => {
-                    let position = (message.epoch, message.offset);
-                    let repeated = self
-                        .last
-                        .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1);
-                    if !repeated {
-                        self.last = Some(position);
-                        self.ready.push_back(Delivery::Message(message));
-                    }
-                }
-                gap @ Delivery::Gap(_) => self.ready.push_back(gap),
-            }
-        }
-        if let Ok(cursor @ Cursor::After(..)) = self.parser.last_event_id().parse() {
-            self.resume = cursor;
-        }
-        if let Some(retry) = self.parser.retry() {
-            self.retry = retry;
-        }
-        Ok(())
-    }
-
-    /// Waits, then opens the stream again from `resume`. Errors are final ones only.
-    async fn reconnect(&mut self) -> Result<(), Error> {
-        loop {
-            let delay = match self.failures {
-                0 => self.retry,
-                n => self.retry.max(self.client.config.backoff.delay(n - 1)),
-            };
-            tokio::time::sleep(delay).await;
-            match self.client.open(&self.topic, self.resume).await {
-                Ok(body) => {
-                    self.body = Some(body);
-                    self.parser = Parser::new();
-                    return Ok(());
-                }
-                Err(error) if error.is_retryable() => {
-                    self.failures = self.failures.saturating_add(1);
-                    tracing::debug!(topic = %self.topic, %error, "reconnect failed; backing off");
-                }
-                Err(error) => return Err(error),
-            }
-        }
     }
 }

@@ -1,17 +1,15 @@
 //! The client half: a record reader that reconnects from its last cursor.
 
-use std::collections::VecDeque;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Offset, Page, Publication,
-    Publish, Receipt, Subscribe, Subscription, Topic,
+    Backoff, Capabilities, Cursor, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
+    Subscribe, Subscription, Topic,
 };
-use pushpull_http::{HttpClient, HttpClientConfig};
+use pushpull_http::{Decoded, HttpClient, HttpClientConfig};
 
 use crate::NAME;
 use crate::config::{ClientConfig, FramingChoice};
@@ -108,111 +106,46 @@ impl Fetch for Client {
 impl Subscribe for Client {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let body = self.open(topic, cursor).await?;
-        let reader = Reader {
-            decoder: Decoder::new(self.framing(), self.config.max_payload),
-            client: self.clone(),
-            topic: topic.clone(),
-            resume: cursor,
-            last: None,
-            body: Some(body),
-            ready: VecDeque::new(),
-            failures: 0,
-            finished: false,
-        };
-        Ok(Subscription::new(topic.clone(), cursor, futures::stream::unfold(reader, Reader::next)))
+        Ok(pushpull_http::reopening(self.clone(), topic.clone(), cursor, body))
+    }
+}
+
+#[async_trait]
+impl pushpull_http::Reopen for Client {
+    type Decoder = Decoder;
+
+    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+        Client::open(self, topic, cursor).await
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::new(self.framing(), self.config.max_payload)
+    }
+
+    fn decode(&self, decoder: &mut Decoder, _: &Topic, chunk: &[u8]) -> Result<Decoded, Error> {
+        let mut decoded = Decoded::default();
+        for (record, payload) in decoder.feed(chunk).map_err(|e| e.with_transport(NAME))? {
+            if let Record::Start { cursor } = &record {
+                decoded.position = Some(*cursor);
+            }
+            if let Some(delivery) = delivery(record, payload).map_err(|e| e.with_transport(NAME))? {
+                decoded.deliveries.push(delivery);
+            }
+        }
+        Ok(decoded)
+    }
+
+    fn idle_timeout(&self) -> std::time::Duration {
+        self.config.idle_timeout
+    }
+
+    fn backoff(&self) -> &Backoff {
+        &self.config.backoff
     }
 }
 
 impl pushpull_core::Client for Client {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
-    }
-}
-
-struct Reader {
-    client: Client,
-    topic: Topic,
-    resume: Cursor,
-    last: Option<(Epoch, Offset)>,
-    body: Option<Incoming>,
-    decoder: Decoder,
-    ready: VecDeque<Delivery>,
-    failures: u32,
-    finished: bool,
-}
-
-impl Reader {
-    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.finished {
-                return None;
-            }
-            let Some(body) = self.body.as_mut() else {
-                if let Err(error) = self.reconnect().await {
-                    self.finished = true;
-                    return Some((Err(error), self));
-                }
-                continue;
-            };
-            let idle = self.client.config.idle_timeout;
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    self.failures = 0;
-                    if let Err(error) = self.take(&data) {
-                        self.finished = true;
-                        return Some((Err(error.with_transport(NAME)), self));
-                    }
-                }
-                Ok(Some(Err(_)) | None) | Err(_) => {
-                    tracing::debug!(topic = %self.topic, "stream ended; reopening");
-                    self.body = None;
-                }
-            }
-        }
-    }
-
-    fn take(&mut self, data: &[u8]) -> Result<(), Error> {
-        for (record, payload) in self.decoder.feed(data)? {
-            if let Record::Start { cursor } = &record {
-                self.resume = *cursor;
-            }
-            let Some(delivery) = delivery(record, payload)? else { continue };
-            if let Delivery::Message(message) = &delivery {
-                let position = (message.epoch, message.offset);
-                if self
-                    .last
-                    .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1)
-                {
-                    continue;
-                }
-                self.last = Some(position);
-            }
-            self.resume = delivery.cursor();
-            self.ready.push_back(delivery);
-        }
-        Ok(())
-    }
-
-    async fn reconnect(&mut self) -> Result<(), Error> {
-        loop {
-            tokio::time::sleep(self.client.config.backoff.delay(self.failures)).await;
-            match self.client.open(&self.topic, self.resume).await {
-                Ok(body) => {
-                    self.body = Some(body);
-                    self.decoder =
-                        Decoder::new(self.client.framing(), self.client.config.max_payload);
-                    return Ok(());
-                }
-                Err(error) if error.is_retryable() => {
-                    self.failures = self.failures.saturating_add(1);
-                    tracing::debug!(topic = %self.topic, %error, "reopen failed; backing off");
-                }
-                Err(error) => return Err(error),
-            }
-        }
     }
 }

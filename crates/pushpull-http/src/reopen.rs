@@ -1,0 +1,170 @@
+//! A subscription read from one long HTTP response, reopened from its cursor when it ends:
+//! what the SSE and chunked-streaming clients share.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pushpull_core::{Backoff, Cursor, Delivery, Epoch, Error, Offset, Subscription, Topic};
+
+/// What one chunk of a response held.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Deliveries completed by the chunk, in order.
+    pub deliveries: Vec<Delivery>,
+    /// Where the stream said it stands (a start record, an SSE id), before the deliveries.
+    pub position: Option<Cursor>,
+    /// How long the server asked clients to wait before reconnecting.
+    pub retry: Option<Duration>,
+}
+
+/// A streaming transport's client side, as [`reopening`] drives it.
+#[async_trait]
+pub trait Reopen: Clone + Send + Sync + 'static {
+    /// Decodes one response's bytes, chunk by chunk.
+    type Decoder: Send + 'static;
+
+    /// Opens the stream of `topic` at `cursor`. A non-retryable error ends the subscription.
+    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error>;
+
+    /// A decoder for a fresh response.
+    fn decoder(&self) -> Self::Decoder;
+
+    /// Decodes a chunk; an error ends the subscription.
+    fn decode(
+        &self,
+        decoder: &mut Self::Decoder,
+        topic: &Topic,
+        chunk: &[u8],
+    ) -> Result<Decoded, Error>;
+
+    /// A response silent this long is taken for dead and reopened.
+    fn idle_timeout(&self) -> Duration;
+
+    /// Delays between reopening attempts that fail in a row.
+    fn backoff(&self) -> &Backoff;
+}
+
+/// The subscription read from `body`, the response `source` opened at `start`. When the
+/// response ends, breaks or goes silent, it is reopened from the cursor after the last delivery
+/// (or the position the stream last gave), after the server's retry hint and then with backoff;
+/// messages at or before the last one delivered are dropped, so nothing repeats.
+pub fn reopening<R: Reopen>(
+    source: R,
+    topic: Topic,
+    start: Cursor,
+    body: Incoming,
+) -> Subscription {
+    let reader = Reader {
+        decoder: source.decoder(),
+        source,
+        topic: topic.clone(),
+        resume: start,
+        last: None,
+        body: Some(body),
+        retry: None,
+        ready: VecDeque::new(),
+        failures: 0,
+        finished: false,
+    };
+    Subscription::new(topic, start, futures::stream::unfold(reader, Reader::next))
+}
+
+struct Reader<R: Reopen> {
+    source: R,
+    topic: Topic,
+    resume: Cursor,
+    last: Option<(Epoch, Offset)>,
+    body: Option<Incoming>,
+    decoder: R::Decoder,
+    retry: Option<Duration>,
+    ready: VecDeque<Delivery>,
+    failures: u32,
+    finished: bool,
+}
+
+impl<R: Reopen> Reader<R> {
+    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
+        loop {
+            if let Some(delivery) = self.ready.pop_front() {
+                return Some((Ok(delivery), self));
+            }
+            if self.finished {
+                return None;
+            }
+            let Some(body) = self.body.as_mut() else {
+                if let Err(error) = self.reopen().await {
+                    self.finished = true;
+                    return Some((Err(error), self));
+                }
+                continue;
+            };
+            let idle = self.source.idle_timeout();
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else { continue };
+                    self.failures = 0;
+                    if let Err(error) = self.take(&chunk) {
+                        self.finished = true;
+                        return Some((Err(error), self));
+                    }
+                }
+                Ok(Some(Err(_)) | None) | Err(_) => {
+                    tracing::debug!(topic = %self.topic, "stream ended, broke or went silent; reopening");
+                    self.body = None;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let decoded = self.source.decode(&mut self.decoder, &self.topic, chunk)?;
+        if let Some(position @ Cursor::After(..)) = decoded.position {
+            self.resume = position;
+        }
+        if decoded.retry.is_some() {
+            self.retry = decoded.retry;
+        }
+        for delivery in decoded.deliveries {
+            if let Delivery::Message(message) = &delivery {
+                let position = (message.epoch, message.offset);
+                if self
+                    .last
+                    .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1)
+                {
+                    continue;
+                }
+                self.last = Some(position);
+            }
+            self.resume = delivery.cursor();
+            self.ready.push_back(delivery);
+        }
+        Ok(())
+    }
+
+    /// Waits, then opens the stream again from `resume`. Only final errors come back.
+    async fn reopen(&mut self) -> Result<(), Error> {
+        loop {
+            let backoff = self.source.backoff().delay(self.failures);
+            let delay = match (self.failures, self.retry) {
+                (0, Some(retry)) => retry,
+                (_, retry) => retry.unwrap_or_default().max(backoff),
+            };
+            tokio::time::sleep(delay).await;
+            match self.source.open(&self.topic, self.resume).await {
+                Ok(body) => {
+                    self.body = Some(body);
+                    self.decoder = self.source.decoder();
+                    return Ok(());
+                }
+                Err(error) if error.is_retryable() => {
+                    self.failures = self.failures.saturating_add(1);
+                    tracing::debug!(topic = %self.topic, %error, "reopening failed; backing off");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
