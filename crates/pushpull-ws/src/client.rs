@@ -82,6 +82,7 @@ impl Client {
             pending: HashMap::new(),
             subscriptions: HashMap::new(),
             last_error: None,
+            outbox: Vec::new(),
         };
         tokio::spawn(driver.run());
         Ok(Self { shared: Arc::new(Shared { commands, config, next_id: AtomicU64::new(1) }) })
@@ -287,6 +288,9 @@ struct Follow {
     last: Option<(Epoch, Offset)>,
     /// The subscribe request waiting for its answer, if any, and the application's reply.
     waiting: Option<(String, Option<SubscribeReply>)>,
+    /// The application fell behind and the topic is unsubscribed at the server until it has
+    /// read half its buffer; the server's log holds what comes meanwhile.
+    paused: bool,
 }
 
 /// The task that owns the socket.
@@ -297,6 +301,8 @@ struct Driver {
     pending: HashMap<String, oneshot::Sender<Result<Answer, Error>>>,
     subscriptions: HashMap<Topic, Follow>,
     last_error: Option<Error>,
+    /// Frames the driver decided to send while handling something else.
+    outbox: Vec<Frame>,
 }
 
 enum Step {
@@ -417,6 +423,7 @@ impl Driver {
             let id = format!("resubscribe-{n}");
             let reply = follow.waiting.take().and_then(|(_, reply)| reply);
             follow.waiting = Some((id.clone(), reply));
+            follow.paused = false;
             let request = Request::Subscribe {
                 id,
                 topic: topic.to_string(),
@@ -434,8 +441,14 @@ impl Driver {
             self.config.ping_interval,
         );
         let mut heard = Instant::now();
+        let mut catch_up = tokio::time::interval(Duration::from_millis(20));
         loop {
+            let paused = self.subscriptions.values().any(|f| f.paused);
             let step = tokio::select! {
+                _ = catch_up.tick(), if paused => {
+                    self.resume_caught_up();
+                    Step::Continue
+                }
                 command = self.commands.recv() => match command {
                     None => {
                         let _ = socket.close(None).await;
@@ -465,6 +478,11 @@ impl Driver {
                     }
                 }
             };
+            for frame in std::mem::take(&mut self.outbox) {
+                if send(&mut socket, frame).await.is_err() {
+                    return Step::Reconnect;
+                }
+            }
             match step {
                 Step::Continue => {}
                 other => return other,
@@ -493,6 +511,7 @@ impl Driver {
                     cursor,
                     last: None,
                     waiting: Some((id.clone(), Some(reply))),
+                    paused: false,
                 };
                 self.subscriptions.insert(topic.clone(), follow);
                 let request = Request::Subscribe {
@@ -620,6 +639,10 @@ impl Driver {
     /// Hands a delivery to its subscription, unless it repeats one already handed over.
     async fn deliver(&mut self, topic: &Topic, delivery: Delivery) {
         let Some(follow) = self.subscriptions.get_mut(topic) else { return };
+        if follow.paused {
+            // Sent before the server took the pause in; it comes again on resuming.
+            return;
+        }
         if let Delivery::Message(message) = &delivery {
             let position = (message.epoch, message.offset);
             if follow
@@ -628,11 +651,44 @@ impl Driver {
             {
                 return;
             }
-            follow.last = Some(position);
         }
-        follow.cursor = delivery.cursor();
-        if follow.deliveries.send(Ok(delivery)).await.is_err() {
+        let (cursor, position) =
+            (delivery.cursor(), delivery.as_message().map(|m| (m.epoch, m.offset)));
+        match follow.deliveries.try_send(Ok(delivery)) {
+            Ok(()) => {
+                follow.cursor = cursor;
+                if position.is_some() {
+                    follow.last = position;
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Never block the socket on one slow reader: pause this topic at the server and
+                // take it up again from its cursor once the application has caught up.
+                follow.paused = true;
+                let request = Request::Unsubscribe { id: "pause".into(), topic: topic.to_string() };
+                self.outbox.push(Frame::Text(serde_json::to_string(&request).expect("encodes")));
+            }
             // The application dropped the subscription; the unsubscribe command follows.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Subscribes again, from their cursors, the paused topics whose application has read at
+    /// least half of its buffer.
+    fn resume_caught_up(&mut self) {
+        for (n, (topic, follow)) in self.subscriptions.iter_mut().enumerate() {
+            if follow.paused && follow.deliveries.capacity() * 2 >= follow.deliveries.max_capacity()
+            {
+                follow.paused = false;
+                let id = format!("resume-{n}");
+                follow.waiting = Some((id.clone(), None));
+                let request = Request::Subscribe {
+                    id,
+                    topic: topic.to_string(),
+                    after: Some(follow.cursor.to_string()),
+                };
+                self.outbox.push(Frame::Text(serde_json::to_string(&request).expect("encodes")));
+            }
         }
     }
 

@@ -75,3 +75,38 @@ async fn a_silent_server_is_left_and_the_subscription_resumes_elsewhere() {
     assert_eq!(again["after"], start.to_string(), "resubscribed from where it stood");
     drop(subscription);
 }
+
+#[tokio::test]
+async fn a_subscription_nobody_reads_does_not_stall_the_socket() {
+    use pushpull_core::{Client, Fetch, MemoryBroker, Publication, Publish};
+    use std::sync::Arc;
+
+    let broker = Arc::new(MemoryBroker::new());
+    let server =
+        pushpull_ws::Server::new(broker.clone() as Arc<dyn Client>, Default::default()).unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
+    let config = pushpull_ws::ClientConfig {
+        subscription_buffer: 4,
+        ..pushpull_ws::ClientConfig::new(format!("http://{}", running.local_addr()))
+    };
+    let client = pushpull_ws::Client::new(config).unwrap();
+    let slow = Topic::new("slow").unwrap();
+    let mut unread = client.subscribe(&slow, Cursor::Beginning).await.unwrap();
+    for n in 0..50 {
+        broker.publish(&slow, Publication::new(format!("m{n}"))).await.unwrap();
+    }
+    // While that subscription's buffer is full, the same socket still answers.
+    let other = Topic::new("other").unwrap();
+    broker.publish(&other, Publication::new("x")).await.unwrap();
+    let page = tokio::time::timeout(LIMIT, client.fetch(&other, Cursor::Beginning, 10))
+        .await
+        .expect("fetch answered while a subscription is unread")
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+    // And the unread subscription loses nothing once it is read.
+    for n in 0..50 {
+        let delivery = tokio::time::timeout(LIMIT, unread.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(delivery.as_message().unwrap().payload, format!("m{n}"));
+    }
+}
