@@ -104,42 +104,7 @@ impl Client {
         etag: Option<&HeaderValue>,
         wait: Option<Duration>,
     ) -> Result<Poll, (Error, Option<Duration>)> {
-        let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
-        if let Some(wait) = wait {
-            path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
-        }
-        let make = || {
-            let mut request =
-                self.http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
-            if let Some(etag) = etag {
-                request = request.header(header::IF_NONE_MATCH, etag);
-            }
-            request.body(Full::new(Bytes::new())).map_err(|e| {
-                self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-            })
-        };
-        let timeout = self.config.request_timeout + wait.unwrap_or_default();
-        let response = self.http.send_idempotent(make, timeout).await.map_err(|e| (e, None))?;
-        let held = response.headers().contains_key(WAIT_HEADER);
-        let hint = response
-            .headers()
-            .get(POLL_INTERVAL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_interval_hint);
-        match response.status() {
-            StatusCode::OK => {
-                let etag = response.headers().get(header::ETAG).cloned();
-                let body = self.http.read_body(response, timeout).await.map_err(|e| (e, None))?;
-                let page = pushpull_http::wire::decode_page(&body)
-                    .map_err(|e| (e.with_transport(self.name), None))?;
-                Ok(Poll::Page { page, etag, hint, held })
-            }
-            StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint, held }),
-            _ => {
-                let wait = retry_after(&response);
-                Err((self.http.error_for(response).await, wait))
-            }
-        }
+        request_page(&self.http, topic, cursor, limit, etag, wait).await
     }
 
     fn interval(&self, hint: Option<Duration>) -> Duration {
@@ -160,16 +125,7 @@ impl Publish for Client {
 #[async_trait]
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        if limit == 0 {
-            return Err(Error::bad_request("limit must be at least 1").with_transport(self.name));
-        }
-        match self.poll(topic, cursor, limit, None, None).await {
-            Ok(Poll::Page { page, .. }) => Ok(page),
-            Ok(Poll::NotModified { .. }) => {
-                Err(self.http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
-            }
-            Err((error, _)) => Err(error),
-        }
+        fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
@@ -275,5 +231,73 @@ impl Poller {
                 }
             }
         }
+    }
+}
+
+/// One page request on `http` (whose timeout and transport name apply): a page, a 304, or the
+/// error with the `Retry-After` delay the server asked for. With `wait`, a long poll.
+async fn request_page(
+    http: &HttpClient,
+    topic: &Topic,
+    cursor: Cursor,
+    limit: usize,
+    etag: Option<&HeaderValue>,
+    wait: Option<Duration>,
+) -> Result<Poll, (Error, Option<Duration>)> {
+    let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
+    if let Some(wait) = wait {
+        path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
+    }
+    let make = || {
+        let mut request =
+            http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
+        if let Some(etag) = etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        request.body(Full::new(Bytes::new())).map_err(|e| {
+            http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+        })
+    };
+    let timeout = http.config().request_timeout + wait.unwrap_or_default();
+    let response = http.send_idempotent(make, timeout).await.map_err(|e| (e, None))?;
+    let held = response.headers().contains_key(WAIT_HEADER);
+    let hint = response
+        .headers()
+        .get(POLL_INTERVAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_interval_hint);
+    match response.status() {
+        StatusCode::OK => {
+            let etag = response.headers().get(header::ETAG).cloned();
+            let body = http.read_body(response, timeout).await.map_err(|e| (e, None))?;
+            let page = pushpull_http::wire::decode_page(&body)
+                .map_err(|e| (e.with_transport(http.transport()), None))?;
+            Ok(Poll::Page { page, etag, hint, held })
+        }
+        StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint, held }),
+        _ => {
+            let wait = retry_after(&response);
+            Err((http.error_for(response).await, wait))
+        }
+    }
+}
+
+/// `Fetch` over the page route, on any transport's `HttpClient`: one request, answered at once.
+/// Every HTTP transport's client implements `fetch` with it.
+pub async fn fetch_page(
+    http: &HttpClient,
+    topic: &Topic,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<Page, Error> {
+    if limit == 0 {
+        return Err(http.error(ErrorKind::BadRequest, "limit must be at least 1"));
+    }
+    match request_page(http, topic, cursor, limit, None, None).await {
+        Ok(Poll::Page { page, .. }) => Ok(page),
+        Ok(Poll::NotModified { .. }) => {
+            Err(http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
+        }
+        Err((error, _)) => Err(error),
     }
 }

@@ -5,7 +5,7 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::Client;
+pub use client::{Client, fetch_page};
 pub use config::{ClientConfig, ServerConfig};
 pub use server::{MESSAGES_PATH, PageRequest, Server, page_response, routes};
 

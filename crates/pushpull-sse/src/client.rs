@@ -28,7 +28,6 @@ use crate::wire::{CONTENT_TYPE, Parser, decode_event};
 #[derive(Clone, Debug)]
 pub struct Client {
     http: HttpClient,
-    pages: pushpull_poll::Client,
     config: ClientConfig,
 }
 
@@ -40,14 +39,7 @@ impl Client {
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
-        let pages = pushpull_poll::ClientConfig {
-            url: config.url.clone(),
-            request_timeout: config.request_timeout,
-            ..pushpull_poll::ClientConfig::default()
-        };
-        // The page client only serves `fetch` here; errors still name this transport.
-        let pages = pushpull_poll::Client::holding(pages, Duration::from_secs(1), NAME)?;
-        Ok(Self { http, pages, config })
+        Ok(Self { http, config })
     }
 
     /// Opens the event stream of `topic` at `cursor` and checks the response.
@@ -109,7 +101,7 @@ impl Publish for Client {
 #[async_trait]
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        self.pages.fetch(topic, cursor, limit).await
+        pushpull_poll::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 

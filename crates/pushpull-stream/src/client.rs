@@ -24,7 +24,6 @@ use crate::wire::{Decoder, Framing, Record, delivery};
 #[derive(Clone, Debug)]
 pub struct Client {
     http: HttpClient,
-    pages: pushpull_poll::Client,
     config: ClientConfig,
 }
 
@@ -37,13 +36,7 @@ impl Client {
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
-        let pages = pushpull_poll::ClientConfig {
-            url: config.url.clone(),
-            request_timeout: config.request_timeout,
-            ..pushpull_poll::ClientConfig::default()
-        };
-        let pages = pushpull_poll::Client::holding(pages, std::time::Duration::from_secs(1), NAME)?;
-        Ok(Self { http, pages, config })
+        Ok(Self { http, config })
     }
 
     fn framing(&self) -> Framing {
@@ -98,7 +91,7 @@ impl Publish for Client {
 #[async_trait]
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        self.pages.fetch(topic, cursor, limit).await
+        pushpull_poll::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 

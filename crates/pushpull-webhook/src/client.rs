@@ -35,7 +35,6 @@ const BUFFERED: usize = 256;
 #[derive(Clone)]
 pub struct Client {
     http: HttpClient,
-    pages: pushpull_poll::Client,
     receiver: Arc<Receiver>,
     config: ClientConfig,
 }
@@ -79,17 +78,8 @@ impl Client {
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
-        let pages = pushpull_poll::Client::holding(
-            pushpull_poll::ClientConfig {
-                url: config.url.clone(),
-                request_timeout: config.request_timeout,
-                ..pushpull_poll::ClientConfig::default()
-            },
-            Duration::from_secs(1),
-            NAME,
-        )?;
         let receiver = Arc::new(Receiver::start(&config)?);
-        Ok(Self { http, pages, receiver, config })
+        Ok(Self { http, receiver, config })
     }
 
     /// The receiver's base URL, as endpoints are registered with.
@@ -291,7 +281,7 @@ impl Publish for Client {
 #[async_trait]
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        self.pages.fetch(topic, cursor, limit).await
+        pushpull_poll::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
