@@ -4,6 +4,7 @@ mod client;
 mod cors;
 mod gauge;
 mod publish;
+mod push;
 mod reopen;
 pub mod request;
 mod response;
@@ -19,6 +20,7 @@ pub use gauge::{Gauge, Held};
 pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route, publishing,
 };
+pub use push::{Encode, PushFormat, push_response};
 pub use reopen::{Decoded, Reopen, reopening};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,

@@ -83,8 +83,7 @@ impl Fixture for HttpFixture {
             .serve(&self.limits)
             .await
             .map_err(|e| Skip(format!("cannot restart: {e}")))?;
-        self.proxy.set_upstream(fresh.local_addr());
-        self.proxy.sever();
+        self.proxy.redirect(fresh.local_addr());
         // The old server and its broker go away, as in a real restart.
         let old = self.server.lock().expect("server lock").replace(fresh);
         drop(old);

@@ -1,16 +1,13 @@
 //! The server half: `GET /v1/topics/{topic}/events`, one `text/event-stream` per subscriber.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use http::{HeaderValue, Method, Response, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind, Subscription};
+use http::Method;
+use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind};
 use pushpull_http::{
-    Gauge, HandlerResult, Held, HttpRequest, Params, Route, Router, Shutdown, query_params, request,
+    Gauge, HandlerResult, HttpRequest, Params, PushFormat, Route, Router, Shutdown, push_response,
+    query_params, request,
 };
 
 use crate::config::ServerConfig;
@@ -65,21 +62,19 @@ impl Server {
         let topic = request::topic(&params)?;
         let cursor = start_cursor(&req)?;
         let subscription = self.broker.subscribe(&topic, cursor).await?;
-        let start = subscription.cursor();
-        let state = StreamState {
-            subscription,
+        let format = PushFormat {
+            content_type: CONTENT_TYPE,
+            first: preamble(subscription.cursor(), self.config.retry),
+            encode: Box::new(|delivery| {
+                vec![match delivery {
+                    Delivery::Message(message) => encode_message(message),
+                    Delivery::Gap(gap) => encode_gap(gap),
+                }]
+            }),
+            heartbeat_chunk: Bytes::from_static(HEARTBEAT),
             heartbeat: self.config.heartbeat,
-            shutdown: Shutdown::of(&req),
-            preamble: Some(preamble(start, self.config.retry)),
-            _open: self.open.hold(),
         };
-        let body = StreamBody::new(futures::stream::unfold(state, StreamState::next).map(Ok));
-        let mut response = Response::new(BodyExt::boxed_unsync(body));
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(response)
+        Ok(push_response(subscription, format, Shutdown::of(&req), self.open.hold()))
     }
 }
 
@@ -97,34 +92,4 @@ fn start_cursor(req: &HttpRequest) -> Result<Cursor, Error> {
         }
     }
     request::cursor(req, &query_params(req), Cursor::Latest)
-}
-
-struct StreamState {
-    subscription: Subscription,
-    heartbeat: Duration,
-    shutdown: Shutdown,
-    preamble: Option<Bytes>,
-    _open: Held,
-}
-
-impl StreamState {
-    /// The next chunk to write: the preamble, an event, or a heartbeat; `None` ends the stream.
-    async fn next(mut self) -> Option<(Frame<Bytes>, Self)> {
-        if let Some(preamble) = self.preamble.take() {
-            return Some((Frame::data(preamble), self));
-        }
-        let chunk = tokio::select! {
-            delivery = self.subscription.next() => match delivery? {
-                Ok(Delivery::Message(message)) => encode_message(&message),
-                Ok(Delivery::Gap(gap)) => encode_gap(&gap),
-                Err(error) => {
-                    tracing::warn!(%error, "event stream ended by a broker error");
-                    return None;
-                }
-            },
-            () = tokio::time::sleep(self.heartbeat) => Bytes::from_static(HEARTBEAT),
-            () = self.shutdown.wait() => return None,
-        };
-        Some((Frame::data(chunk), self))
-    }
 }

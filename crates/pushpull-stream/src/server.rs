@@ -1,17 +1,12 @@
 //! The server half: `GET /v1/topics/{topic}/stream`, one long chunked response per reader.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http::{HeaderValue, Method, Response, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use pushpull_core::{Client, Cursor, Error, Subscription};
+use http::{Method, header};
+use pushpull_core::{Client, Cursor, Error};
 use pushpull_http::{
-    Gauge, HandlerResult, Held, HttpRequest, Params, Route, Router, Shutdown, query_params, request,
+    Gauge, HandlerResult, HttpRequest, Params, PushFormat, Route, Router, Shutdown, push_response,
+    query_params, request,
 };
 
 use crate::config::ServerConfig;
@@ -69,54 +64,13 @@ impl Server {
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let framing = Framing::from_accept(accept);
         let subscription = self.broker.subscribe(&topic, cursor).await?;
-        let start = encode_plain(&Record::Start { cursor: subscription.cursor() }, framing);
-        let state = StreamState {
-            subscription,
-            framing,
+        let format = PushFormat {
+            content_type: framing.content_type(),
+            first: encode_plain(&Record::Start { cursor: subscription.cursor() }, framing),
+            encode: Box::new(move |delivery| encode(delivery, framing)),
+            heartbeat_chunk: encode_plain(&Record::Heartbeat, framing),
             heartbeat: self.config.heartbeat,
-            shutdown: Shutdown::of(&req),
-            queue: VecDeque::from([start]),
-            _open: self.open.hold(),
         };
-        let body = StreamBody::new(futures::stream::unfold(state, StreamState::next).map(Ok));
-        let mut response = Response::new(BodyExt::boxed_unsync(body));
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(response)
-    }
-}
-
-struct StreamState {
-    subscription: Subscription,
-    framing: Framing,
-    heartbeat: Duration,
-    shutdown: Shutdown,
-    /// The chunks of the record being written: a large payload is written in slices.
-    queue: VecDeque<Bytes>,
-    _open: Held,
-}
-
-impl StreamState {
-    async fn next(mut self) -> Option<(Frame<Bytes>, Self)> {
-        if let Some(chunk) = self.queue.pop_front() {
-            return Some((Frame::data(chunk), self));
-        }
-        tokio::select! {
-            delivery = self.subscription.next() => match delivery? {
-                Ok(delivery) => self.queue.extend(encode(&delivery, self.framing)),
-                Err(error) => {
-                    tracing::warn!(%error, "stream ended by a broker error");
-                    return None;
-                }
-            },
-            () = tokio::time::sleep(self.heartbeat) => {
-                self.queue.push_back(encode_plain(&Record::Heartbeat, self.framing));
-            }
-            () = self.shutdown.wait() => return None,
-        }
-        let chunk = self.queue.pop_front()?;
-        Some((Frame::data(chunk), self))
+        Ok(push_response(subscription, format, Shutdown::of(&req), self.open.hold()))
     }
 }

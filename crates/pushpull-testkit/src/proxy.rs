@@ -35,20 +35,20 @@ impl ChaosProxy {
         let state = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                let (upstream, refusing) = {
-                    let state = state.lock().expect("proxy lock");
-                    (state.upstream, state.refusing)
-                };
-                if refusing {
+                // Choosing the upstream and registering the connection for `sever` happen under
+                // one lock, so no connection slips between a restart and the sever that goes
+                // with it.
+                let mut state = state.lock().expect("proxy lock");
+                if state.refusing {
                     drop(inbound); // as an unreachable server would: the client sees a failure
                     continue;
                 }
+                let upstream = state.upstream;
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                let mut state = state.lock().expect("proxy lock");
                 state.live.retain(|task| !task.is_finished());
                 state.live.push(task.abort_handle());
             }
@@ -77,6 +77,19 @@ impl ChaosProxy {
     /// Sends new connections to `upstream`.
     pub fn set_upstream(&self, upstream: SocketAddr) {
         self.shared.lock().expect("proxy lock").upstream = upstream;
+    }
+
+    /// Points new connections at `upstream` and closes every live one, atomically: what a
+    /// load balancer does when a server restarts elsewhere.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        let live = {
+            let mut state = self.shared.lock().expect("proxy lock");
+            state.upstream = upstream;
+            std::mem::take(&mut state.live)
+        };
+        for task in live {
+            task.abort();
+        }
     }
 }
 

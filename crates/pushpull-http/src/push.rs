@@ -1,0 +1,91 @@
+//! One long response that pushes a subscription's deliveries: what the SSE and chunked
+//! streaming servers share.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use pushpull_core::{Delivery, Subscription};
+
+use crate::{Body, Held, Shutdown};
+
+/// Turns a delivery into the chunks that write it.
+pub type Encode = Box<dyn Fn(&Delivery) -> Vec<Bytes> + Send>;
+
+/// How a push response writes: its media type, first chunk, deliveries and heartbeat.
+pub struct PushFormat {
+    /// The response's `Content-Type`.
+    pub content_type: &'static str,
+    /// Written first (a preamble, a start record).
+    pub first: Bytes,
+    /// The chunks of one delivery (a large payload may come as several slices).
+    pub encode: Encode,
+    /// Written when nothing else was for `heartbeat`.
+    pub heartbeat_chunk: Bytes,
+    /// How long the stream may stay silent.
+    pub heartbeat: Duration,
+}
+
+/// The streaming response for `subscription`, with `Cache-Control: no-cache` and
+/// `X-Accel-Buffering: no`, never compressed. hyper polls the body only when it can write, and
+/// each poll reads the next delivery, so a reader that stops reading stops the log reading too:
+/// its cost is a bounded buffer, and retention turns the backlog into a gap. The response ends
+/// on `shutdown` or a broker error; `open` is held for as long as it lives.
+pub fn push_response(
+    subscription: Subscription,
+    format: PushFormat,
+    shutdown: Shutdown,
+    open: Held,
+) -> Response<Body> {
+    let content_type = format.content_type;
+    let state = Pushing {
+        queue: VecDeque::from([format.first.clone()]),
+        subscription,
+        format,
+        shutdown,
+        _open: open,
+    };
+    let body = StreamBody::new(futures::stream::unfold(state, Pushing::next).map(Ok));
+    let mut response = Response::new(BodyExt::boxed_unsync(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct Pushing {
+    subscription: Subscription,
+    format: PushFormat,
+    shutdown: Shutdown,
+    /// Chunks decided but not yet written.
+    queue: VecDeque<Bytes>,
+    _open: Held,
+}
+
+impl Pushing {
+    async fn next(mut self) -> Option<(Frame<Bytes>, Self)> {
+        if let Some(chunk) = self.queue.pop_front() {
+            return Some((Frame::data(chunk), self));
+        }
+        tokio::select! {
+            delivery = self.subscription.next() => match delivery? {
+                Ok(delivery) => self.queue.extend((self.format.encode)(&delivery)),
+                Err(error) => {
+                    tracing::warn!(%error, "push response ended by a broker error");
+                    return None;
+                }
+            },
+            () = tokio::time::sleep(self.format.heartbeat) => {
+                self.queue.push_back(self.format.heartbeat_chunk.clone());
+            }
+            () = self.shutdown.wait() => return None,
+        }
+        let chunk = self.queue.pop_front()?;
+        Some((Frame::data(chunk), self))
+    }
+}
