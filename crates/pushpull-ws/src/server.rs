@@ -223,11 +223,11 @@ impl Session {
                 break ending;
             }
         };
-        if let Some(Ending { code, reason }) = ending {
-            let frame = CloseFrame { code: code.into(), reason: reason.into() };
-            // Best effort: a peer that stopped reading will not get it, and is dropped anyway.
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
-        }
+        let frame = ending.map(|Ending { code, reason }| CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        });
+        finish_closing(&mut socket, frame).await;
     }
 
     /// Handles one frame from the peer. `Err` ends the session (with a close frame, or not).
@@ -242,7 +242,12 @@ impl Session {
             // tungstenite queues the pong; flushing sends it.
             WsMessage::Ping(_) => return flush(socket, self.server.config.write_timeout).await,
             WsMessage::Pong(_) | WsMessage::Frame(_) => return Ok(()),
-            WsMessage::Close(_) => return Err(None), // tungstenite answers the close itself
+            WsMessage::Close(_) => {
+                // tungstenite has queued the answering Close (RFC 6455 section 5.5.1); it only
+                // leaves with a flush. Then the peer closes its side, or we stop waiting.
+                let _ = flush(socket, self.server.config.write_timeout).await;
+                return Err(None);
+            }
         };
         let write_timeout = self.server.config.write_timeout;
         match parsed {
@@ -430,6 +435,26 @@ async fn flush(socket: &mut Socket, timeout: Duration) -> Result<(), Option<Endi
         }
     }
 }
+
+/// Completes the closing handshake within [`CLOSING_GRACE`]: sends our Close (`frame`, when the
+/// server ends the session) and reads until the peer's Close has come and the socket ends. A
+/// peer that stopped reading or never answers is dropped when the grace runs out.
+async fn finish_closing(socket: &mut Socket, frame: Option<CloseFrame>) {
+    let closing = async {
+        if let Some(frame) = frame {
+            if socket.close(Some(frame)).await.is_err() {
+                return;
+            }
+        }
+        // Frames that were in flight are read and dropped; tungstenite answers a Close, and
+        // ends the stream once both Close frames have crossed.
+        while let Some(Ok(_)) = socket.next().await {}
+    };
+    let _ = tokio::time::timeout(CLOSING_GRACE, closing).await;
+}
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
 
 /// The close frame for a read error: RFC 6455's code for what the peer did wrong.
 fn closing_for(error: &WsError) -> Option<Ending> {
