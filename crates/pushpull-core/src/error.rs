@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// What went wrong, as a category a program can act on.
 ///
@@ -103,6 +104,7 @@ pub struct Error {
     kind: ErrorKind,
     transport: Option<Cow<'static, str>>,
     retryable: bool,
+    retry_after: Option<Duration>,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync>>,
 }
@@ -118,6 +120,7 @@ impl Error {
             kind,
             transport: None,
             retryable: kind.retryable_by_default(),
+            retry_after: None,
             message,
             source: None,
         }
@@ -138,6 +141,12 @@ impl Error {
     /// Overrides whether a retry can help.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
+        self
+    }
+
+    /// Records how long the peer asked to be left alone before a retry (an HTTP `Retry-After`).
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
         self
     }
 
@@ -172,6 +181,11 @@ impl Error {
         self.retryable
     }
 
+    /// How long the peer asked to wait before retrying, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
     /// Whether the error is a time-out.
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout
@@ -199,7 +213,11 @@ impl fmt::Debug for Error {
         if let Some(transport) = &self.transport {
             s.field("transport", transport);
         }
-        s.field("retryable", &self.retryable).field("message", &self.message);
+        s.field("retryable", &self.retryable);
+        if let Some(delay) = self.retry_after {
+            s.field("retry_after", &delay);
+        }
+        s.field("message", &self.message);
         if let Some(source) = &self.source {
             s.field("source", source);
         }

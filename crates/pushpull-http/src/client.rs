@@ -191,8 +191,8 @@ impl HttpClient {
         let retry_after = retry_after(&response);
         let body = self.read_body(response, self.config.request_timeout).await.unwrap_or_default();
         let mut error = error_from_response(status, &body).with_transport(self.transport);
-        if retry_after.is_some() && status == StatusCode::TOO_MANY_REQUESTS {
-            error = error.with_retryable(true);
+        if let Some(delay) = retry_after {
+            error = error.with_retry_after(delay);
         }
         error
     }

@@ -24,6 +24,7 @@ pub use push::{Encode, PushFormat, push_response};
 pub use reopen::{Decoded, Reopen, reopening};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
+    status_is_retryable,
 };
 pub use router::{BoxError, HandlerResult, HttpRequest, Params, Route, Router, query_params};
 pub use serve::{

@@ -49,8 +49,9 @@ pub trait Reopen: Clone + Send + Sync + 'static {
 
 /// The subscription read from `body`, the response `source` opened at `start`. When the
 /// response ends, breaks or goes silent, it is reopened from the cursor after the last delivery
-/// (or the position the stream last gave), after the server's retry hint and then with backoff;
-/// messages at or before the last one delivered are dropped, so nothing repeats.
+/// (or the position the stream last gave), after the server's retry hint and then with backoff
+/// (longer when an answer's `Retry-After` asks for it); messages at or before the last one
+/// delivered are dropped, so nothing repeats. Only an error that a retry cannot change ends it.
 pub fn reopening<R: Reopen>(
     source: R,
     topic: Topic,
@@ -65,6 +66,7 @@ pub fn reopening<R: Reopen>(
         last: None,
         body: Some(body),
         retry: None,
+        asked: None,
         ready: VecDeque::new(),
         failures: 0,
         finished: false,
@@ -80,6 +82,8 @@ struct Reader<R: Reopen> {
     body: Option<Incoming>,
     decoder: R::Decoder,
     retry: Option<Duration>,
+    /// The delay the last failed attempt's answer asked for (`Retry-After`).
+    asked: Option<Duration>,
     ready: VecDeque<Delivery>,
     failures: u32,
     finished: bool,
@@ -152,6 +156,7 @@ impl<R: Reopen> Reader<R> {
                 (0, Some(retry)) => retry,
                 (_, retry) => retry.unwrap_or_default().max(backoff),
             };
+            let delay = self.asked.take().map_or(delay, |asked| asked.max(delay));
             tokio::time::sleep(delay).await;
             match self.source.open(&self.topic, self.resume).await {
                 Ok(body) => {
@@ -161,6 +166,7 @@ impl<R: Reopen> Reader<R> {
                 }
                 Err(error) if error.is_retryable() => {
                     self.failures = self.failures.saturating_add(1);
+                    self.asked = error.retry_after();
                     tracing::debug!(topic = %self.topic, %error, "reopening failed; backing off");
                 }
                 Err(error) => return Err(error),

@@ -73,12 +73,25 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     response
 }
 
+/// Whether a request answered with `status` can succeed if sent again unchanged: 408, 425, 429
+/// and every 5xx but 501 (Not Implemented) and 505 (HTTP Version Not Supported) — what servers
+/// and load balancers answer while overloaded, restarting or being deployed. Anything else
+/// (400, 401, 403, 404, 410, …) a retry cannot change.
+pub fn status_is_retryable(status: StatusCode) -> bool {
+    match status.as_u16() {
+        408 | 425 | 429 => true,
+        501 | 505 => false,
+        code => (500..600).contains(&code),
+    }
+}
+
 /// The error a client should raise for an error response.
 ///
 /// A JSON error body gives the kind and message; anything else (a proxy's HTML page, say) is
-/// judged by the status alone. 429, 502, 503 and 504 are retryable.
+/// judged by the status alone. Whether a retry can help depends on the status only: see
+/// [`status_is_retryable`].
 pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
-    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+    let retryable = status_is_retryable(status);
     let (kind, message) = match wire::decode_error(body) {
         Some(detail) => {
             let kind = ErrorKind::from_wire(&detail.kind).unwrap_or(ErrorKind::Protocol);
@@ -123,5 +136,18 @@ mod tests {
         let err = error_from_response(StatusCode::NOT_FOUND, b"not here");
         assert_eq!(err.kind(), ErrorKind::Protocol);
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn what_a_retry_can_change() {
+        for code in [408, 425, 429, 500, 502, 503, 504, 507, 599] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(status_is_retryable(status), "{code}");
+            assert!(error_from_response(status, b"").is_retryable(), "{code}");
+        }
+        for code in [200, 204, 301, 400, 401, 403, 404, 405, 410, 413, 501, 505] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(!status_is_retryable(status), "{code}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use pushpull_core::{
     Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
     Subscribe, Subscription, Topic,
 };
-use pushpull_http::{HttpClient, HttpClientConfig, retry_after};
+use pushpull_http::{HttpClient, HttpClientConfig};
 
 use crate::NAME;
 use crate::config::ClientConfig;
@@ -103,7 +103,7 @@ impl Client {
         limit: usize,
         etag: Option<&HeaderValue>,
         wait: Option<Duration>,
-    ) -> Result<Poll, (Error, Option<Duration>)> {
+    ) -> Result<Poll, Error> {
         request_page(&self.http, topic, cursor, limit, etag, wait).await
     }
 
@@ -135,8 +135,7 @@ impl Subscribe for Client {
         // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
         // a bad topic or cursor fails here rather than in the stream.
         let limit = self.config.page_limit;
-        let first =
-            self.poll(topic, cursor, limit, None, None).await.map_err(|(error, _)| error)?;
+        let first = self.poll(topic, cursor, limit, None, None).await?;
         let Poll::Page { page, etag, hint, .. } = first else {
             return Err(self
                 .http
@@ -217,13 +216,13 @@ impl Poller {
                     self.interval = self.client.interval(hint);
                     self.wait_before_next = !(hold.is_some() && held);
                 }
-                Err((error, _)) if !error.is_retryable() => {
+                Err(error) if !error.is_retryable() => {
                     self.finished = true;
                     return Some((Err(error), self));
                 }
-                Err((error, retry_after)) => {
-                    let delay = retry_after
-                        .unwrap_or_else(|| self.client.config.backoff.delay(self.failures));
+                Err(error) => {
+                    let backoff = self.client.config.backoff.delay(self.failures);
+                    let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
                     self.failures = self.failures.saturating_add(1);
                     tracing::debug!(topic = %self.topic, %error, ?delay, "poll failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -235,7 +234,7 @@ impl Poller {
 }
 
 /// One page request on `http` (whose timeout and transport name apply): a page, a 304, or the
-/// error with the `Retry-After` delay the server asked for. With `wait`, a long poll.
+/// error (with the `Retry-After` delay the server asked for, if any). With `wait`, a long poll.
 async fn request_page(
     http: &HttpClient,
     topic: &Topic,
@@ -243,7 +242,7 @@ async fn request_page(
     limit: usize,
     etag: Option<&HeaderValue>,
     wait: Option<Duration>,
-) -> Result<Poll, (Error, Option<Duration>)> {
+) -> Result<Poll, Error> {
     let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
     if let Some(wait) = wait {
         path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
@@ -259,7 +258,7 @@ async fn request_page(
         })
     };
     let timeout = http.config().request_timeout + wait.unwrap_or_default();
-    let response = http.send_idempotent(make, timeout).await.map_err(|e| (e, None))?;
+    let response = http.send_idempotent(make, timeout).await?;
     let held = response.headers().contains_key(WAIT_HEADER);
     let hint = response
         .headers()
@@ -269,16 +268,13 @@ async fn request_page(
     match response.status() {
         StatusCode::OK => {
             let etag = response.headers().get(header::ETAG).cloned();
-            let body = http.read_body(response, timeout).await.map_err(|e| (e, None))?;
+            let body = http.read_body(response, timeout).await?;
             let page = pushpull_http::wire::decode_page(&body)
-                .map_err(|e| (e.with_transport(http.transport()), None))?;
+                .map_err(|e| e.with_transport(http.transport()))?;
             Ok(Poll::Page { page, etag, hint, held })
         }
         StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint, held }),
-        _ => {
-            let wait = retry_after(&response);
-            Err((http.error_for(response).await, wait))
-        }
+        _ => Err(http.error_for(response).await),
     }
 }
 
@@ -298,6 +294,6 @@ pub async fn fetch_page(
         Ok(Poll::NotModified { .. }) => {
             Err(http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
         }
-        Err((error, _)) => Err(error),
+        Err(error) => Err(error),
     }
 }

@@ -22,9 +22,11 @@ use crate::wire::{CONTENT_TYPE, Parser, decode_event};
 /// `publish` and `fetch` use plain requests. A subscription reads `GET …/events`; when the
 /// stream drops (or stays silent past `idle_timeout`), it reconnects with `Last-Event-ID` set
 /// to the last position it saw, after the server's `retry:` time and then with backoff, so
-/// nothing is lost or repeated. It stops, with a typed error, on `204 No Content` (the server
-/// asks it to stop), on any other non-200 status, or on a content type other than
-/// `text/event-stream`.
+/// nothing is lost or repeated. What a load balancer answers during a deploy (502, 503, 504,
+/// any retryable status, honouring `Retry-After`), refused or reset connections and time-outs
+/// are retried the same way. It stops, with a typed error, only on what a retry cannot change:
+/// `204 No Content` (the server asks it to stop), a status such as 400, 401, 403, 404 or 410,
+/// or a content type other than `text/event-stream`.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: HttpClient,
@@ -71,7 +73,8 @@ impl Client {
                     )
                     .with_retryable(false));
             }
-            _ => return Err(self.http.error_for(response).await.with_retryable(false)),
+            // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
+            _ => return Err(self.http.error_for(response).await),
         }
         let content_type = response
             .headers()

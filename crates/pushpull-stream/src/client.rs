@@ -19,8 +19,9 @@ use crate::wire::{Decoder, Framing, Record, delivery};
 ///
 /// `publish` and `fetch` use plain requests. A subscription reads `GET …/stream`; when the
 /// stream ends, breaks, or stays silent past `idle_timeout`, it reopens it from the cursor of
-/// the last record it read, with backoff, dropping anything already delivered. A non-200
-/// answer or a wrong content type stops it with a typed error.
+/// the last record it read, with backoff, dropping anything already delivered. Retryable
+/// answers (5xx but 501 and 505, 429 with its `Retry-After`, 408) are retried the same way; any
+/// other non-200 answer or a wrong content type stops it with a typed error.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: HttpClient,
@@ -58,7 +59,8 @@ impl Client {
             })?;
         let response = self.http.send(request, self.config.request_timeout).await?;
         if response.status() != StatusCode::OK {
-            return Err(self.http.error_for(response).await.with_retryable(false));
+            // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
+            return Err(self.http.error_for(response).await);
         }
         let content_type = response
             .headers()

@@ -7,7 +7,7 @@ mod proxy;
 
 pub use harness::{Fixture, Harness, Limits, Skip};
 pub use memory::{MemoryHarness, memory_config};
-pub use proxy::ChaosProxy;
+pub use proxy::{Canned, ChaosProxy};
 
 /// Runs one case on a fresh two-thread runtime; what the [`conformance!`] tests call.
 pub fn run<F: std::future::Future<Output = ()>>(case: F) {

@@ -249,6 +249,27 @@ impl Drop for Deliveries {
     }
 }
 
+/// The error for an HTTP answer to the upgrade: retryable when the status says a retry can
+/// help (a 503 during a deploy), with its `Retry-After`; final otherwise (404: no WebSocket
+/// there).
+fn refusal(url: &str, response: &http::Response<Option<Vec<u8>>>) -> Error {
+    let status = response.status();
+    let mut error = Error::new(
+        if pushpull_http::status_is_retryable(status) {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Protocol
+        },
+        format!("{url} refused the WebSocket handshake with {status}"),
+    )
+    .with_retryable(pushpull_http::status_is_retryable(status))
+    .with_transport(NAME);
+    if let Some(delay) = pushpull_http::retry_after(response) {
+        error = error.with_retry_after(delay);
+    }
+    error
+}
+
 /// `ws://host:port/prefix/v1/ws` from an `http://` or `ws://` base URL.
 fn socket_url(base: &str) -> Result<String, Error> {
     let base = base.trim_end_matches('/');
@@ -325,8 +346,14 @@ impl Driver {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "websocket connect failed");
+                    let backoff = self.config.backoff.delay(failures);
+                    let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
+                    if !error.is_retryable() {
+                        // A retry cannot change it (the server has no WebSocket, or refuses
+                        // us): every subscription ends with the reason.
+                        self.end_all(&error).await;
+                    }
                     self.last_error = Some(error);
-                    let delay = self.config.backoff.delay(failures);
                     failures = failures.saturating_add(1);
                     if !self.idle_through(delay).await {
                         return;
@@ -352,12 +379,9 @@ impl Driver {
             )
             .with_transport(NAME)),
             Ok(Ok((socket, _))) => Ok(socket),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("{} refused the WebSocket handshake with {}", self.url, response.status()),
-            )
-            .with_retryable(false)
-            .with_transport(NAME)),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                Err(refusal(&self.url, &response))
+            }
             Ok(Err(error)) => {
                 Err(Error::new(ErrorKind::Connect, format!("cannot open {}: {error}", self.url))
                     .with_transport(NAME))
@@ -402,6 +426,21 @@ impl Driver {
             }
             Command::Unsubscribe { topic } => {
                 self.subscriptions.remove(&topic);
+            }
+        }
+    }
+
+    /// Ends every subscription with `error`: its pending subscribe, or its stream.
+    async fn end_all(&mut self, error: &Error) {
+        for (_, mut follow) in self.subscriptions.drain() {
+            let error = Error::new(error.kind(), error.message()).with_transport(NAME);
+            match follow.waiting.take() {
+                Some((_, Some(reply))) => {
+                    let _ = reply.send(Err(error.with_retryable(false)));
+                }
+                _ => {
+                    let _ = follow.deliveries.send(Err(error.with_retryable(false))).await;
+                }
             }
         }
     }

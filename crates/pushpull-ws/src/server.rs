@@ -223,10 +223,8 @@ impl Session {
                 break ending;
             }
         };
-        let frame = ending.map(|Ending { code, reason }| CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        });
+        let frame = ending
+            .map(|Ending { code, reason }| CloseFrame { code: code.into(), reason: reason.into() });
         finish_closing(&mut socket, frame).await;
     }
 
