@@ -4,6 +4,7 @@ mod backoff;
 mod cursor;
 pub mod duration_text;
 mod error;
+mod follow;
 mod memory;
 mod message;
 mod set;
@@ -13,6 +14,7 @@ mod traits;
 pub use backoff::Backoff;
 pub use cursor::{Cursor, Epoch, MAX_CURSOR_LEN, Offset};
 pub use error::{Error, ErrorKind, Result};
+pub use follow::{Continuity, Position};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
     Capabilities, Delivery, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,

@@ -172,6 +172,12 @@ impl MemoryBroker {
         self.shared.topics.read().expect("topics lock").len()
     }
 
+    /// How many subscriptions are reading the broker's logs right now.
+    pub fn subscriber_count(&self) -> usize {
+        let topics = self.shared.topics.read().expect("topics lock");
+        topics.values().map(|log| log.tail.receiver_count()).sum()
+    }
+
     fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
         self.shared.topics.read().expect("topics lock").get(topic).cloned()
     }

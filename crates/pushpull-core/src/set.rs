@@ -9,40 +9,55 @@ use crate::message::Delivery;
 use crate::topic::Topic;
 use crate::traits::Subscription;
 
-/// Several subscriptions, one per topic, read as one: [`next`](Self::next) yields the next
-/// delivery of whichever has one, scanning from a rotating start so a busy topic cannot starve
-/// the others. Used by servers that push many topics down one connection.
-#[derive(Debug, Default)]
-pub struct SubscriptionSet {
-    entries: Vec<(Topic, Subscription)>,
+/// Several subscriptions, each under its own key (by default its topic), read as one:
+/// [`next`](Self::next) yields the next delivery of whichever has one, scanning from a rotating
+/// start so a busy subscription cannot starve the others. Used by servers that push many
+/// subscriptions down one connection.
+#[derive(Debug)]
+pub struct SubscriptionSet<K = Topic> {
+    entries: Vec<(K, Subscription)>,
     turn: usize,
 }
 
-impl SubscriptionSet {
+impl<K> Default for SubscriptionSet<K> {
+    fn default() -> Self {
+        Self { entries: Vec::new(), turn: 0 }
+    }
+}
+
+impl SubscriptionSet<Topic> {
+    /// Adds a subscription under its topic; false (and nothing changes) if the topic is
+    /// already in the set.
+    pub fn insert(&mut self, subscription: Subscription) -> bool {
+        self.insert_as(subscription.topic().clone(), subscription)
+    }
+}
+
+impl<K: Clone + PartialEq> SubscriptionSet<K> {
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a subscription; false (and nothing changes) if its topic is already in the set.
-    pub fn insert(&mut self, subscription: Subscription) -> bool {
-        if self.contains(subscription.topic()) {
+    /// Adds a subscription under `key`; false (and nothing changes) if the key is taken.
+    pub fn insert_as(&mut self, key: K, subscription: Subscription) -> bool {
+        if self.contains(&key) {
             return false;
         }
-        self.entries.push((subscription.topic().clone(), subscription));
+        self.entries.push((key, subscription));
         true
     }
 
-    /// Removes the subscription to `topic`; false if there was none.
-    pub fn remove(&mut self, topic: &Topic) -> bool {
+    /// Removes the subscription under `key`; false if there was none.
+    pub fn remove(&mut self, key: &K) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|(t, _)| t != topic);
+        self.entries.retain(|(k, _)| k != key);
         self.entries.len() != before
     }
 
-    /// Whether `topic` is in the set.
-    pub fn contains(&self, topic: &Topic) -> bool {
-        self.entries.iter().any(|(t, _)| t == topic)
+    /// Whether `key` is in the set.
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.iter().any(|(k, _)| k == key)
     }
 
     /// How many subscriptions the set holds.
@@ -55,9 +70,9 @@ impl SubscriptionSet {
         self.entries.is_empty()
     }
 
-    /// The next item of any subscription, with its topic: a delivery, an error, or `None` when
+    /// The next item of any subscription, with its key: a delivery, an error, or `None` when
     /// that subscription ended (remove it). Pends forever on an empty set.
-    pub async fn next(&mut self) -> (Topic, Option<Result<Delivery>>) {
+    pub async fn next(&mut self) -> (K, Option<Result<Delivery>>) {
         std::future::poll_fn(|cx| {
             let count = self.entries.len();
             for step in 0..count {

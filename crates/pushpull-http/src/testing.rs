@@ -31,10 +31,12 @@ impl HttpHarness {
         Self { mount: Arc::new(mount), connect: Arc::new(connect) }
     }
 
-    async fn serve(&self, limits: &Limits) -> Result<RunningServer, Error> {
-        let broker: Arc<dyn Client> = Arc::new(MemoryBroker::with_config(memory_config(limits))?);
+    async fn serve(&self, limits: &Limits) -> Result<(RunningServer, MemoryBroker), Error> {
+        let broker = MemoryBroker::with_config(memory_config(limits))?;
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io_error)?;
-        spawn(listener, (self.mount)(broker), ServeConfig::default()).map_err(io_error)
+        let router = (self.mount)(Arc::new(broker.clone()));
+        let server = spawn(listener, router, ServeConfig::default()).map_err(io_error)?;
+        Ok((server, broker))
     }
 }
 
@@ -46,7 +48,7 @@ fn io_error(err: std::io::Error) -> Error {
 impl Harness for HttpHarness {
     async fn start(&self, limits: Limits) -> Result<Box<dyn Fixture>, Error> {
         let server = self.serve(&limits).await?;
-        let proxy = ChaosProxy::start(server.local_addr()).await.map_err(io_error)?;
+        let proxy = ChaosProxy::start(server.0.local_addr()).await.map_err(io_error)?;
         let client = (self.connect)(&format!("http://{}", proxy.addr()))?;
         Ok(Box::new(HttpFixture {
             harness: self.clone(),
@@ -61,7 +63,7 @@ impl Harness for HttpHarness {
 struct HttpFixture {
     harness: HttpHarness,
     limits: Limits,
-    server: Mutex<Option<RunningServer>>,
+    server: Mutex<Option<(RunningServer, MemoryBroker)>>,
     proxy: ChaosProxy,
     client: Arc<dyn Client>,
 }
@@ -83,10 +85,15 @@ impl Fixture for HttpFixture {
             .serve(&self.limits)
             .await
             .map_err(|e| Skip(format!("cannot restart: {e}")))?;
-        self.proxy.redirect(fresh.local_addr());
+        self.proxy.redirect(fresh.0.local_addr());
         // The old server and its broker go away, as in a real restart.
         let old = self.server.lock().expect("server lock").replace(fresh);
         drop(old);
         Ok(())
+    }
+
+    async fn server_subscriptions(&self) -> Result<usize, Skip> {
+        let server = self.server.lock().expect("server lock");
+        Ok(server.as_ref().map_or(0, |(_, broker)| broker.subscriber_count()))
     }
 }

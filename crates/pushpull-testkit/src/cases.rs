@@ -296,6 +296,59 @@ pub async fn subscribe_before_first_publish(harness: &dyn Harness) {
     assert_eq!(next_message(&mut sub).await.payload, "m1");
 }
 
+/// S1: two subscriptions to one topic on one client, from different cursors, each see every
+/// message, in order, once.
+pub async fn two_subscriptions_to_one_topic(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("twice");
+    let receipts = publish_range(&*client, &topic, 1..=2).await;
+    let mut first = subscribe(&*client, &topic, Cursor::Beginning).await;
+    let mut second = subscribe(&*client, &topic, receipts[0].cursor()).await;
+    publish_range(&*client, &topic, 3..=6).await;
+    for n in 1..=6u64 {
+        assert_eq!(next_message(&mut first).await.offset, Offset(n), "the first subscription");
+    }
+    for n in 2..=6u64 {
+        assert_eq!(next_message(&mut second).await.offset, Offset(n), "the second subscription");
+    }
+    // Dropping one leaves the other whole.
+    drop(first);
+    publish_range(&*client, &topic, 7..=7).await;
+    assert_eq!(next_message(&mut second).await.offset, Offset(7), "after the other was dropped");
+}
+
+/// S4: dropping a subscription releases what the server held for it.
+pub async fn dropped_subscription_releases_server_state(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let before = match fixture.server_subscriptions().await {
+        Ok(count) => count,
+        Err(why) => return skipped("dropped_subscription_releases_server_state", why),
+    };
+    let topics = [topic("release.a"), topic("release.b")];
+    let mut subs = Vec::new();
+    for topic in &topics {
+        let mut sub = subscribe(&*client, topic, Cursor::Beginning).await;
+        publish_range(&*client, topic, 1..=1).await;
+        assert_eq!(next_message(&mut sub).await.offset, Offset(1));
+        subs.push(sub);
+    }
+    drop(subs);
+    let mut now = fixture.server_subscriptions().await.expect("counted before");
+    within("the server to release the dropped subscriptions", async {
+        while now > before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            now = fixture.server_subscriptions().await.expect("counted before");
+        }
+    })
+    .await;
+    assert_eq!(now, before, "the server holds no more subscriptions than before");
+    // The client still works.
+    let mut sub = subscribe(&*client, &topics[0], Cursor::Beginning).await;
+    assert_eq!(next_message(&mut sub).await.offset, Offset(1));
+}
+
 /// S2: killing the subscriber's connection mid-stream loses nothing and repeats nothing.
 pub async fn resume_after_connection_killed(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;

@@ -41,6 +41,12 @@ pub trait Fixture: Send + Sync {
     /// Replaces the server's broker by a fresh one (a new epoch, empty logs), as a restart of
     /// a server on the memory broker would. Existing clients must carry on against it.
     async fn restart(&self) -> Result<(), Skip>;
+
+    /// How many subscriptions the server side is serving right now (its broker's live readers),
+    /// so a case can check that dropping a subscription releases the server's state (S4).
+    async fn server_subscriptions(&self) -> Result<usize, Skip> {
+        Err(Skip("the fixture cannot count the server's subscriptions".into()))
+    }
 }
 
 /// Why a fixture cannot do what a case needs; the case is reported as skipped with it.

@@ -44,6 +44,8 @@ macro_rules! conformance {
                 subscribe_from_latest,
                 subscribe_from_after,
                 subscribe_before_first_publish,
+                two_subscriptions_to_one_topic,
+                dropped_subscription_releases_server_state,
                 resume_after_connection_killed,
                 gap_on_retention_loss,
                 gap_on_epoch_change,

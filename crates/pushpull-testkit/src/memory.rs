@@ -57,6 +57,10 @@ impl Fixture for MemoryFixture {
         *self.current.write().expect("broker lock") = fresh;
         Ok(())
     }
+
+    async fn server_subscriptions(&self) -> Result<usize, Skip> {
+        Ok(self.current.read().expect("broker lock").subscriber_count())
+    }
 }
 
 /// Calls whichever broker is current, as an application would after a restart.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Offset, Page, Publication,
-    Publish, Receipt, Subscribe, Subscription, Topic,
+    Capabilities, Continuity, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Page, Position,
+    Publication, Publish, Receipt, Subscribe, Subscription, Topic,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -50,16 +50,21 @@ enum Command {
         reply: oneshot::Sender<Result<Answer, Error>>,
     },
     Subscribe {
-        id: String,
+        /// The application's handle on the subscription, unique in this client.
+        local: u64,
         topic: Topic,
         cursor: Cursor,
         deliveries: mpsc::Sender<Result<Delivery, Error>>,
         reply: oneshot::Sender<Result<Cursor, Error>>,
     },
     Unsubscribe {
-        topic: Topic,
+        local: u64,
     },
 }
+
+/// A subscription on the wire: its topic, and the name (`sub`) that tells it from another
+/// subscription to the same topic on this socket. The first one to a topic goes unnamed.
+type Key = (Topic, Option<String>);
 
 /// Where the answer to an application's subscribe goes.
 type SubscribeReply = oneshot::Sender<Result<Cursor, Error>>;
@@ -83,6 +88,7 @@ impl Client {
             subscriptions: HashMap::new(),
             last_error: None,
             outbox: Vec::new(),
+            counter: 0,
         };
         tokio::spawn(driver.run());
         Ok(Self { shared: Arc::new(Shared { commands, config, next_id: AtomicU64::new(1) }) })
@@ -184,13 +190,9 @@ impl Subscribe for Client {
             let (deliveries, receiver) =
                 mpsc::channel(self.shared.config.subscription_buffer.max(1));
             let (reply, answer) = oneshot::channel();
-            let command = Command::Subscribe {
-                id: self.next_id(),
-                topic: topic.clone(),
-                cursor,
-                deliveries,
-                reply,
-            };
+            let local = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let command =
+                Command::Subscribe { local, topic: topic.clone(), cursor, deliveries, reply };
             self.shared.commands.send(command).map_err(|_| Self::closed())?;
             let timeout = self.shared.config.request_timeout;
             let result =
@@ -204,7 +206,7 @@ impl Subscribe for Client {
                 Ok(start) => {
                     let stream = Deliveries {
                         receiver,
-                        unsubscribe: Some((topic.clone(), self.shared.commands.clone())),
+                        unsubscribe: Some((local, self.shared.commands.clone())),
                     };
                     return Ok(Subscription::new(topic.clone(), start, stream));
                 }
@@ -227,7 +229,7 @@ impl pushpull_core::Client for Client {
 /// A subscription's deliveries; dropping it unsubscribes.
 struct Deliveries {
     receiver: mpsc::Receiver<Result<Delivery, Error>>,
-    unsubscribe: Option<(Topic, mpsc::UnboundedSender<Command>)>,
+    unsubscribe: Option<(u64, mpsc::UnboundedSender<Command>)>,
 }
 
 impl futures::Stream for Deliveries {
@@ -243,8 +245,8 @@ impl futures::Stream for Deliveries {
 
 impl Drop for Deliveries {
     fn drop(&mut self) {
-        if let Some((topic, commands)) = self.unsubscribe.take() {
-            let _ = commands.send(Command::Unsubscribe { topic });
+        if let Some((local, commands)) = self.unsubscribe.take() {
+            let _ = commands.send(Command::Unsubscribe { local });
         }
     }
 }
@@ -302,15 +304,17 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What the driver keeps of each subscription across sockets.
 struct Follow {
+    /// The application's handle, to find the subscription when it is dropped.
+    local: u64,
     deliveries: mpsc::Sender<Result<Delivery, Error>>,
     /// Where to resume: after the last delivery handed to the application.
-    cursor: Cursor,
-    /// The last message delivered, to drop repeats.
-    last: Option<(Epoch, Offset)>,
-    /// The subscribe request waiting for its answer, if any, and the application's reply.
+    position: Position,
+    /// The subscribe request in flight, if any, and the application's reply. Until it is
+    /// answered, the subscription's frames are dropped: they can only be an earlier
+    /// subscription's, still on the way (the server answers a subscribe before its first push).
     waiting: Option<(String, Option<SubscribeReply>)>,
-    /// The application fell behind and the topic is unsubscribed at the server until it has
-    /// read half its buffer; the server's log holds what comes meanwhile.
+    /// The application fell behind and the subscription is cancelled at the server until it
+    /// has read half its buffer; the server's log holds what comes meanwhile.
     paused: bool,
 }
 
@@ -320,16 +324,22 @@ struct Driver {
     config: ClientConfig,
     commands: mpsc::UnboundedReceiver<Command>,
     pending: HashMap<String, oneshot::Sender<Result<Answer, Error>>>,
-    subscriptions: HashMap<Topic, Follow>,
+    subscriptions: HashMap<Key, Follow>,
     last_error: Option<Error>,
     /// Frames the driver decided to send while handling something else.
     outbox: Vec<Frame>,
+    /// Numbers the driver's own request ids and subscription names.
+    counter: u64,
 }
 
 enum Step {
     Continue,
     Reconnect,
     Stop,
+}
+
+fn text(request: &Request) -> Frame {
+    Frame::Text(serde_json::to_string(request).expect("requests encode"))
 }
 
 impl Driver {
@@ -424,24 +434,18 @@ impl Driver {
             Command::Subscribe { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
-            Command::Unsubscribe { topic } => {
-                self.subscriptions.remove(&topic);
+            Command::Unsubscribe { local } => {
+                self.subscriptions.retain(|_, follow| follow.local != local);
             }
         }
     }
 
     /// Ends every subscription with `error`: its pending subscribe, or its stream.
     async fn end_all(&mut self, error: &Error) {
-        for (_, mut follow) in self.subscriptions.drain() {
-            let error = Error::new(error.kind(), error.message()).with_transport(NAME);
-            match follow.waiting.take() {
-                Some((_, Some(reply))) => {
-                    let _ = reply.send(Err(error.with_retryable(false)));
-                }
-                _ => {
-                    let _ = follow.deliveries.send(Err(error.with_retryable(false))).await;
-                }
-            }
+        let keys: Vec<Key> = self.subscriptions.keys().cloned().collect();
+        for key in keys {
+            let error = Error::new(error.kind(), error.message()).with_retryable(false);
+            self.end(&key, error.with_transport(NAME)).await;
         }
     }
 
@@ -453,27 +457,34 @@ impl Driver {
         }
     }
 
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}{}", self.counter)
+    }
+
+    /// Queues a subscribe for `key` from where it stands; its frames are dropped until the
+    /// answer comes.
+    fn subscribe_again(&mut self, key: &Key, prefix: &str) {
+        let id = self.next_id(prefix);
+        let Some(follow) = self.subscriptions.get_mut(key) else { return };
+        let reply = follow.waiting.take().and_then(|(_, reply)| reply);
+        follow.waiting = Some((id.clone(), reply));
+        follow.paused = false;
+        let request = Request::Subscribe {
+            id,
+            topic: key.0.to_string(),
+            after: Some(follow.position.cursor().to_string()),
+            sub: key.1.clone(),
+        };
+        self.outbox.push(text(&request));
+    }
+
     /// Runs one socket until it drops (`Reconnect`) or the client is gone (`Stop`).
     async fn serve(&mut self, mut socket: Socket) -> Step {
         // Subscribe everything again, from where each one stands.
-        let topics: Vec<Topic> = self.subscriptions.keys().cloned().collect();
-        for (n, topic) in topics.into_iter().enumerate() {
-            let follow = self.subscriptions.get_mut(&topic).expect("listed");
-            let id = format!("resubscribe-{n}");
-            let reply = follow.waiting.take().and_then(|(_, reply)| reply);
-            follow.waiting = Some((id.clone(), reply));
-            follow.paused = false;
-            let request = Request::Subscribe {
-                id,
-                topic: topic.to_string(),
-                after: Some(follow.cursor.to_string()),
-            };
-            if send(&mut socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
-                .await
-                .is_err()
-            {
-                return Step::Reconnect;
-            }
+        let keys: Vec<Key> = self.subscriptions.keys().cloned().collect();
+        for key in &keys {
+            self.subscribe_again(key, "resubscribe-");
         }
         let mut ticks = tokio::time::interval_at(
             Instant::now() + self.config.ping_interval,
@@ -481,9 +492,19 @@ impl Driver {
         );
         let mut heard = Instant::now();
         let mut catch_up = tokio::time::interval(Duration::from_millis(20));
+        let mut step = Step::Continue;
         loop {
+            for frame in std::mem::take(&mut self.outbox) {
+                if send(&mut socket, frame).await.is_err() {
+                    return Step::Reconnect;
+                }
+            }
+            match step {
+                Step::Continue => {}
+                other => return other,
+            }
             let paused = self.subscriptions.values().any(|f| f.paused);
-            let step = tokio::select! {
+            step = tokio::select! {
                 _ = catch_up.tick(), if paused => {
                     self.resume_caught_up();
                     Step::Continue
@@ -517,15 +538,6 @@ impl Driver {
                     }
                 }
             };
-            for frame in std::mem::take(&mut self.outbox) {
-                if send(&mut socket, frame).await.is_err() {
-                    return Step::Reconnect;
-                }
-            }
-            match step {
-                Step::Continue => {}
-                other => return other,
-            }
         }
     }
 
@@ -537,44 +549,36 @@ impl Driver {
                     return Step::Reconnect;
                 }
             }
-            Command::Subscribe { id, topic, cursor, deliveries, reply } => {
-                if self.subscriptions.contains_key(&topic) {
-                    let error =
-                        Error::bad_request(format!("already subscribed to {topic} on this client"))
-                            .with_transport(NAME);
-                    let _ = reply.send(Err(error));
-                    return Step::Continue;
-                }
+            Command::Subscribe { local, topic, cursor, deliveries, reply } => {
+                // The first subscription to a topic goes unnamed; more get a name each.
+                let key = match self.subscriptions.contains_key(&(topic.clone(), None)) {
+                    false => (topic, None),
+                    true => {
+                        let sub = self.next_id("s");
+                        (topic, Some(sub))
+                    }
+                };
                 let follow = Follow {
+                    local,
                     deliveries,
-                    cursor,
-                    last: None,
-                    waiting: Some((id.clone(), Some(reply))),
+                    position: Position::new(cursor),
+                    waiting: Some((String::new(), Some(reply))),
                     paused: false,
                 };
-                self.subscriptions.insert(topic.clone(), follow);
-                let request = Request::Subscribe {
-                    id,
-                    topic: topic.to_string(),
-                    after: Some(cursor.to_string()),
-                };
-                if send(socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
-                    .await
-                    .is_err()
-                {
-                    return Step::Reconnect;
-                }
+                self.subscriptions.insert(key.clone(), follow);
+                self.subscribe_again(&key, "c");
             }
-            Command::Unsubscribe { topic } => {
-                if self.subscriptions.remove(&topic).is_some() {
-                    let request =
-                        Request::Unsubscribe { id: "unsubscribe".into(), topic: topic.to_string() };
-                    if send(socket, Frame::Text(serde_json::to_string(&request).expect("encodes")))
-                        .await
-                        .is_err()
-                    {
-                        return Step::Reconnect;
-                    }
+            Command::Unsubscribe { local } => {
+                let key = self.subscriptions.iter().find(|(_, f)| f.local == local);
+                if let Some(key) = key.map(|(key, _)| key.clone()) {
+                    self.subscriptions.remove(&key);
+                    let id = self.next_id("u");
+                    let (topic, sub) = key;
+                    self.outbox.push(text(&Request::Unsubscribe {
+                        id,
+                        topic: topic.to_string(),
+                        sub,
+                    }));
                 }
             }
         }
@@ -609,61 +613,57 @@ impl Driver {
             return Step::Continue;
         }
         match reply {
-            Reply::Message(json) => {
-                let topic = json.topic.clone();
-                match wire::message_of(json, payload) {
-                    Ok(message) => self.deliver(&topic, Delivery::Message(message)).await,
-                    Err(error) => self.end(&topic, error.with_transport(NAME)).await,
+            Reply::Message(pushed) => {
+                let key = (pushed.item.topic.clone(), pushed.sub);
+                match wire::message_of(pushed.item, payload) {
+                    Ok(message) => self.deliver(&key, Delivery::Message(message)),
+                    Err(error) => self.end(&key, error.with_transport(NAME)).await,
                 }
             }
-            Reply::Gap(json) => {
-                let topic = json.topic.clone();
-                match wire::gap_of(json) {
-                    Ok(gap) => self.deliver(&topic, Delivery::Gap(gap)).await,
-                    Err(error) => self.end(&topic, error.with_transport(NAME)).await,
+            Reply::Gap(pushed) => {
+                let key = (pushed.item.topic.clone(), pushed.sub);
+                match wire::gap_of(pushed.item) {
+                    Ok(gap) => self.deliver(&key, Delivery::Gap(gap)),
+                    Err(error) => self.end(&key, error.with_transport(NAME)).await,
                 }
             }
-            Reply::Subscribed { id, topic, cursor } => {
-                if let Some(follow) = self.subscriptions.get_mut(&topic) {
+            Reply::Subscribed { id, topic, sub, cursor } => {
+                if let Some(follow) = self.subscriptions.get_mut(&(topic, sub)) {
                     if follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
-                        if let Some((_, Some(reply))) = follow.waiting.take() {
-                            follow.cursor = cursor;
-                            let _ = reply.send(Ok(cursor));
+                        if let Some((_, reply)) = follow.waiting.take() {
+                            if !matches!(follow.position.cursor(), Cursor::After(..)) {
+                                follow.position.reset(cursor);
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(cursor));
+                            }
                         }
                     }
                 }
             }
-            Reply::Unsubscribed { topic, reason: Some(reason), .. } => {
+            Reply::Unsubscribed { topic, sub, reason: Some(reason), .. } => {
                 let error = Error::new(
                     ErrorKind::Backend,
                     format!("the server ended the subscription: {reason}"),
                 );
-                self.end(&topic, error.with_transport(NAME)).await;
+                self.end(&(topic, sub), error.with_transport(NAME)).await;
             }
             Reply::Unsubscribed { .. } => {}
-            Reply::Error { id, topic, kind, message } => {
-                let subscribe = self.subscriptions.iter().find_map(|(t, f)| {
-                    f.waiting.as_ref().filter(|(w, _)| Some(w) == id.as_ref()).map(|_| t.clone())
+            Reply::Error { id, topic, sub, kind, message } => {
+                let subscribe = self.subscriptions.iter().find_map(|(key, f)| {
+                    f.waiting.as_ref().filter(|(w, _)| Some(w) == id.as_ref()).map(|_| key.clone())
                 });
                 let error =
                     Error::new(ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol), message)
                         .with_transport(NAME);
-                if let Some(topic) = subscribe.or(topic) {
+                if let Some(key) = subscribe.or(topic.map(|topic| (topic, sub))) {
                     // A subscribe refused (or a subscription ended) by the server.
-                    if let Some(mut follow) = self.subscriptions.remove(&topic) {
-                        match follow.waiting.take() {
-                            Some((_, Some(reply))) => {
-                                let _ = reply.send(Err(error));
-                            }
-                            _ => {
-                                let _ = follow.deliveries.send(Err(error)).await;
-                            }
-                        }
-                    }
+                    self.end(&key, error).await;
                 } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
                     let reply_error = Reply::Error {
                         id: None,
                         topic: None,
+                        sub: None,
                         kind,
                         message: error.message().into(),
                     };
@@ -675,65 +675,76 @@ impl Driver {
         Step::Continue
     }
 
-    /// Hands a delivery to its subscription, unless it repeats one already handed over.
-    async fn deliver(&mut self, topic: &Topic, delivery: Delivery) {
-        let Some(follow) = self.subscriptions.get_mut(topic) else { return };
-        if follow.paused {
-            // Sent before the server took the pause in; it comes again on resuming.
+    /// Hands a delivery to its subscription if it continues from where that stands: a repeat
+    /// is dropped, and one that skips ahead makes the subscription start again from its cursor.
+    fn deliver(&mut self, key: &Key, delivery: Delivery) {
+        let Some(follow) = self.subscriptions.get_mut(key) else { return };
+        if follow.paused || follow.waiting.is_some() {
+            // An earlier subscription's frame, sent before the server took in the pause or
+            // resubscribe: what it carries comes again after the answer.
             return;
         }
-        if let Delivery::Message(message) = &delivery {
-            let position = (message.epoch, message.offset);
-            if follow
-                .last
-                .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1)
-            {
+        match follow.position.check(&delivery) {
+            Continuity::Repeat => return,
+            Continuity::Skip => {
+                tracing::warn!(
+                    topic = %key.0,
+                    cursor = %follow.position.cursor(),
+                    got = %delivery.cursor(),
+                    "a delivery skipped ahead of the subscription; subscribing again from its cursor"
+                );
+                self.outbox.push(text(&Request::Unsubscribe {
+                    id: "resync".into(),
+                    topic: key.0.to_string(),
+                    sub: key.1.clone(),
+                }));
+                self.subscribe_again(key, "resync-");
                 return;
             }
+            Continuity::Next => {}
         }
-        let (cursor, position) =
-            (delivery.cursor(), delivery.as_message().map(|m| (m.epoch, m.offset)));
+        let cursor = delivery.clone();
         match follow.deliveries.try_send(Ok(delivery)) {
-            Ok(()) => {
-                follow.cursor = cursor;
-                if position.is_some() {
-                    follow.last = position;
-                }
-            }
+            Ok(()) => follow.position.advance(&cursor),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                // Never block the socket on one slow reader: pause this topic at the server and
-                // take it up again from its cursor once the application has caught up.
+                // Never block the socket on one slow reader: pause this subscription at the
+                // server and take it up again from its cursor once the application caught up.
                 follow.paused = true;
-                let request = Request::Unsubscribe { id: "pause".into(), topic: topic.to_string() };
-                self.outbox.push(Frame::Text(serde_json::to_string(&request).expect("encodes")));
+                self.outbox.push(text(&Request::Unsubscribe {
+                    id: "pause".into(),
+                    topic: key.0.to_string(),
+                    sub: key.1.clone(),
+                }));
             }
             // The application dropped the subscription; the unsubscribe command follows.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
-    /// Subscribes again, from their cursors, the paused topics whose application has read at
-    /// least half of its buffer.
+    /// Subscribes again, from their cursors, the paused subscriptions whose application has
+    /// read at least half of its buffer.
     fn resume_caught_up(&mut self) {
-        for (n, (topic, follow)) in self.subscriptions.iter_mut().enumerate() {
-            if follow.paused && follow.deliveries.capacity() * 2 >= follow.deliveries.max_capacity()
-            {
-                follow.paused = false;
-                let id = format!("resume-{n}");
-                follow.waiting = Some((id.clone(), None));
-                let request = Request::Subscribe {
-                    id,
-                    topic: topic.to_string(),
-                    after: Some(follow.cursor.to_string()),
-                };
-                self.outbox.push(Frame::Text(serde_json::to_string(&request).expect("encodes")));
-            }
+        let ready: Vec<Key> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, f)| f.paused && f.deliveries.capacity() * 2 >= f.deliveries.max_capacity())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &ready {
+            self.subscribe_again(key, "resume-");
         }
     }
 
-    async fn end(&mut self, topic: &Topic, error: Error) {
-        if let Some(follow) = self.subscriptions.remove(topic) {
-            let _ = follow.deliveries.send(Err(error)).await;
+    async fn end(&mut self, key: &Key, error: Error) {
+        if let Some(mut follow) = self.subscriptions.remove(key) {
+            match follow.waiting.take() {
+                Some((_, Some(reply))) => {
+                    let _ = reply.send(Err(error));
+                }
+                _ => {
+                    let _ = follow.deliveries.send(Err(error)).await;
+                }
+            }
         }
     }
 }

@@ -160,14 +160,18 @@ impl Ending {
 struct Session {
     server: Server,
     shutdown: Shutdown,
-    subscriptions: SubscriptionSet,
+    /// Keyed by topic and the subscription's name, if it has one.
+    subscriptions: SubscriptionSet<Key>,
     bad_frames: u32,
     heard: Instant,
 }
 
+/// A subscription on a socket: its topic and its name (`sub`), if the client gave one.
+type Key = (Topic, Option<String>);
+
 enum Event {
     Frame(Option<Result<WsMessage, WsError>>),
-    Delivery(Topic, Option<Result<Delivery, Error>>),
+    Delivery(Key, Option<Result<Delivery, Error>>),
     Tick,
     Shutdown,
 }
@@ -190,8 +194,8 @@ impl Session {
         let ending = loop {
             let event = tokio::select! {
                 frame = socket.next() => Event::Frame(frame),
-                (topic, delivery) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    Event::Delivery(topic, delivery)
+                (key, delivery) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    Event::Delivery(key, delivery)
                 }
                 _ = ticks.tick() => Event::Tick,
                 () = self.shutdown.wait() => Event::Shutdown,
@@ -203,8 +207,8 @@ impl Session {
                     self.heard = Instant::now();
                     self.on_frame(&mut socket, message).await
                 }
-                Event::Delivery(topic, delivery) => {
-                    self.on_delivery(&mut socket, topic, delivery).await
+                Event::Delivery(key, delivery) => {
+                    self.on_delivery(&mut socket, key, delivery).await
                 }
                 Event::Tick if self.heard.elapsed() > config.idle_timeout => {
                     Err(Some(Ending::new(
@@ -260,7 +264,7 @@ impl Session {
                         ),
                     )));
                 }
-                let reply = wire::error_reply(bad.id.as_deref(), None, &bad.error);
+                let reply = wire::error_reply(bad.id.as_deref(), None, None, &bad.error);
                 send_frame(socket, wire::reply_frame(&reply), write_timeout).await
             }
             Ok(incoming) => {
@@ -276,20 +280,26 @@ impl Session {
         let id = incoming.request.id().to_owned();
         match self.handle(incoming).await {
             Ok(frame) => frame,
-            Err(error) => wire::reply_frame(&wire::error_reply(Some(&id), None, &error)),
+            Err(error) => wire::reply_frame(&wire::error_reply(Some(&id), None, None, &error)),
         }
     }
 
     async fn handle(&mut self, Incoming { request, payload }: Incoming) -> Result<Frame, Error> {
         let broker = self.server.broker.clone();
         match request {
-            Request::Subscribe { id, topic, after } => {
+            Request::Subscribe { id, topic, after, sub } => {
                 let topic = Topic::new(topic)?;
                 let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
-                if self.subscriptions.contains(&topic) {
-                    return Err(Error::bad_request(format!(
-                        "already subscribed to {topic} on this socket"
-                    )));
+                let key = (topic, sub);
+                if self.subscriptions.contains(&key) {
+                    return Err(Error::bad_request(match &key.1 {
+                        Some(sub) => format!("already subscribed to {} as {sub:?}", key.0),
+                        None => format!(
+                            "already subscribed to {} on this socket; name further \
+                             subscriptions to it with sub",
+                            key.0
+                        ),
+                    }));
                 }
                 let max = self.server.config.max_subscriptions;
                 if self.subscriptions.len() >= max {
@@ -297,17 +307,27 @@ impl Session {
                         "at most {max} subscriptions per socket"
                     )));
                 }
-                let subscription = broker.subscribe(&topic, cursor).await?;
+                let subscription = broker.subscribe(&key.0, cursor).await?;
                 let cursor = subscription.cursor();
-                self.subscriptions.insert(subscription);
-                Ok(wire::reply_frame(&Reply::Subscribed { id, topic, cursor }))
+                self.subscriptions.insert_as(key.clone(), subscription);
+                let (topic, sub) = key;
+                Ok(wire::reply_frame(&Reply::Subscribed { id, topic, sub, cursor }))
             }
-            Request::Unsubscribe { id, topic } => {
-                let topic = Topic::new(topic)?;
-                if !self.subscriptions.remove(&topic) {
-                    return Err(Error::bad_request(format!("not subscribed to {topic}")));
+            Request::Unsubscribe { id, topic, sub } => {
+                let key = (Topic::new(topic)?, sub);
+                if !self.subscriptions.remove(&key) {
+                    return Err(Error::bad_request(match &key.1 {
+                        Some(sub) => format!("not subscribed to {} as {sub:?}", key.0),
+                        None => format!("not subscribed to {}", key.0),
+                    }));
                 }
-                Ok(wire::reply_frame(&Reply::Unsubscribed { id: Some(id), topic, reason: None }))
+                let (topic, sub) = key;
+                Ok(wire::reply_frame(&Reply::Unsubscribed {
+                    id: Some(id),
+                    topic,
+                    sub,
+                    reason: None,
+                }))
             }
             Request::Publish { id, topic, event, content_type, key, data, data_base64 } => {
                 let topic = Topic::new(topic)?;
@@ -361,35 +381,26 @@ impl Session {
     async fn on_delivery(
         &mut self,
         socket: &mut Socket,
-        topic: Topic,
+        key: Key,
         delivery: Option<Result<Delivery, Error>>,
     ) -> Result<(), Option<Ending>> {
         let write_timeout = self.server.config.write_timeout;
-        match delivery {
+        let reason = match delivery {
             Some(Ok(delivery)) => {
-                send_frame(socket, wire::delivery_frame(&delivery), write_timeout).await
+                let frame = wire::delivery_frame(&delivery, key.1.as_deref());
+                return send_frame(socket, frame, write_timeout).await;
             }
             Some(Err(error)) => {
-                self.subscriptions.remove(&topic);
-                let reply = wire::error_reply(None, Some(&topic), &error);
+                let reply = wire::error_reply(None, Some(&key.0), key.1.as_deref(), &error);
                 send_frame(socket, wire::reply_frame(&reply), write_timeout).await?;
-                let ended = Reply::Unsubscribed {
-                    id: None,
-                    topic,
-                    reason: Some(error.message().to_owned()),
-                };
-                send_frame(socket, wire::reply_frame(&ended), write_timeout).await
+                error.message().to_owned()
             }
-            None => {
-                self.subscriptions.remove(&topic);
-                let ended = Reply::Unsubscribed {
-                    id: None,
-                    topic,
-                    reason: Some("the broker ended it".into()),
-                };
-                send_frame(socket, wire::reply_frame(&ended), write_timeout).await
-            }
-        }
+            None => "the broker ended it".to_owned(),
+        };
+        self.subscriptions.remove(&key);
+        let (topic, sub) = key;
+        let ended = Reply::Unsubscribed { id: None, topic, sub, reason: Some(reason) };
+        send_frame(socket, wire::reply_frame(&ended), write_timeout).await
     }
 }
 

@@ -39,13 +39,20 @@ pub enum Request {
         /// `beginning`, `latest` or a cursor.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
+        /// A name for the subscription, so that one socket can hold several on one topic;
+        /// every frame of a named subscription carries it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
     },
-    /// Stop pushing `topic`.
+    /// Stop pushing `topic` (the subscription named `sub`, if given).
     Unsubscribe {
         /// Request id.
         id: String,
         /// The topic.
         topic: String,
+        /// The subscription's name, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
     },
     /// Append a message.
     Publish {
@@ -106,6 +113,9 @@ pub enum Reply {
         id: String,
         /// The topic.
         topic: Topic,
+        /// The subscription's name, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
         /// Where it starts (`latest` and `beginning` resolved).
         cursor: Cursor,
     },
@@ -117,6 +127,9 @@ pub enum Reply {
         id: Option<String>,
         /// The topic.
         topic: Topic,
+        /// The subscription's name, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
         /// Why the server ended it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
@@ -140,9 +153,9 @@ pub enum Reply {
         page: PageJson,
     },
     /// A pushed message.
-    Message(MessageJson),
+    Message(Pushed<MessageJson>),
     /// A pushed gap.
-    Gap(GapJson),
+    Gap(Pushed<GapJson>),
     /// A request failed (the socket stays open).
     Error {
         /// The request id, when one could be read.
@@ -151,11 +164,25 @@ pub enum Reply {
         /// The topic, for errors of a subscription.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         topic: Option<Topic>,
+        /// The subscription's name, for errors of a named subscription.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
         /// An error kind's wire name.
         kind: String,
         /// What was wrong.
         message: String,
     },
+}
+
+/// A pushed message or gap, with the name of the subscription it belongs to when that has one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pushed<T> {
+    /// The subscription's name, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The message or gap, as in the HTTP API.
+    #[serde(flatten)]
+    pub item: T,
 }
 
 /// A frame ready to send: text or binary.
@@ -197,16 +224,24 @@ pub fn split_binary(frame: &Bytes) -> Result<(serde_json::Value, Bytes), String>
     Ok((header, frame.slice(end..)))
 }
 
-/// The frame pushing one delivery: text when the payload is UTF-8, binary otherwise.
-pub fn delivery_frame(delivery: &Delivery) -> Frame {
+/// The frame pushing one delivery of the subscription named `sub` (if it has a name): text
+/// when the payload is UTF-8, binary otherwise.
+pub fn delivery_frame(delivery: &Delivery, sub: Option<&str>) -> Frame {
+    let sub = sub.map(str::to_owned);
     match delivery {
-        Delivery::Gap(gap) => Frame::Text(json(&Reply::Gap(GapJson::from_gap(gap)))),
+        Delivery::Gap(gap) => {
+            Frame::Text(json(&Reply::Gap(Pushed { sub, item: GapJson::from_gap(gap) })))
+        }
         Delivery::Message(message) if message.text().is_some() => {
-            Frame::Text(json(&Reply::Message(MessageJson::from_message(message))))
+            Frame::Text(json(&Reply::Message(Pushed {
+                sub,
+                item: MessageJson::from_message(message),
+            })))
         }
-        Delivery::Message(message) => {
-            binary(&Reply::Message(MessageJson::header_of(message)), &[&message.payload])
-        }
+        Delivery::Message(message) => binary(
+            &Reply::Message(Pushed { sub, item: MessageJson::header_of(message) }),
+            &[&message.payload],
+        ),
     }
 }
 
@@ -229,11 +264,17 @@ pub fn reply_frame(reply: &Reply) -> Frame {
     Frame::Text(json(reply))
 }
 
-/// The error reply for `error`.
-pub fn error_reply(id: Option<&str>, topic: Option<&Topic>, error: &Error) -> Reply {
+/// The error reply for `error` (of the subscription to `topic` named `sub`, if any).
+pub fn error_reply(
+    id: Option<&str>,
+    topic: Option<&Topic>,
+    sub: Option<&str>,
+    error: &Error,
+) -> Reply {
     Reply::Error {
         id: id.map(str::to_owned),
         topic: topic.cloned(),
+        sub: sub.map(str::to_owned),
         kind: error.kind().as_str().to_owned(),
         message: error.message().to_owned(),
     }
@@ -312,6 +353,13 @@ fn request(value: serde_json::Value) -> Result<Request, BadRequest> {
     if request.id().is_empty() || request.id().len() > MAX_ID_LEN {
         return Err(bad(format!("id must be 1 to {MAX_ID_LEN} bytes")));
     }
+    if let Request::Subscribe { sub: Some(sub), .. } | Request::Unsubscribe { sub: Some(sub), .. } =
+        &request
+    {
+        if sub.is_empty() || sub.len() > MAX_ID_LEN {
+            return Err(bad(format!("sub must be 1 to {MAX_ID_LEN} bytes")));
+        }
+    }
     Ok(request)
 }
 
@@ -386,20 +434,23 @@ mod tests {
 
     #[test]
     fn text_payloads_go_in_text_frames_and_binary_ones_without_base64() {
-        let Frame::Text(text) = delivery_frame(&Delivery::Message(message(b"hello", 1))) else {
+        let Frame::Text(text) = delivery_frame(&Delivery::Message(message(b"hello", 1)), None)
+        else {
             panic!("text payloads go as text");
         };
         assert!(text.contains("\"op\":\"message\"") && text.contains("\"data\":\"hello\""));
+        assert!(!text.contains("\"sub\""), "an unnamed subscription's frames do not");
         let payload: &[u8] = &[0xff, 0, 1, 2, 3];
         let Frame::Binary(bytes) =
-            delivery_frame(&Delivery::Message(message(b"\xff\x00\x01\x02\x03", 2)))
+            delivery_frame(&Delivery::Message(message(b"\xff\x00\x01\x02\x03", 2)), Some("s2"))
         else {
             panic!("binary payloads go as binary");
         };
         assert!(bytes.ends_with(payload), "the payload is raw at the end");
         let (reply, rest) = parse_reply(Frame::Binary(bytes)).unwrap();
         let Reply::Message(json) = reply else { panic!("a message") };
-        assert_eq!(message_of(json, rest).unwrap().payload, payload);
+        assert_eq!(json.sub.as_deref(), Some("s2"), "a named subscription's frames carry it");
+        assert_eq!(message_of(json.item, rest).unwrap().payload, payload);
     }
 
     #[test]

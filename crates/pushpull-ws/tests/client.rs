@@ -110,3 +110,86 @@ async fn a_subscription_nobody_reads_does_not_stall_the_socket() {
         assert_eq!(delivery.as_message().unwrap().payload, format!("m{n}"));
     }
 }
+
+/// A scripted server pushing message `n` of topic `t` in epoch `E`.
+fn pushed(epoch: Epoch, n: u64) -> Message {
+    let cursor = Cursor::After(epoch, Offset(n)).to_string();
+    let frame = json!({"op":"message","topic":"t","cursor":cursor,"offset":n,"timestamp":0,"data":format!("m{n}")});
+    Message::Text(frame.to_string().into())
+}
+
+#[tokio::test]
+async fn frames_of_an_earlier_subscription_never_skip_messages() {
+    use tokio::sync::oneshot;
+
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let epoch = Epoch::from_u64(0xe);
+    let at = move |n: u64| Cursor::After(epoch, Offset(n)).to_string();
+    let (paused_tx, paused) = oneshot::channel();
+    let (read_tx, read) = oneshot::channel::<()>();
+
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = accept(stream).await;
+        let subscribe = request(&mut socket).await;
+        let reply = json!({"op":"subscribed","id":subscribe["id"],"topic":"t","cursor":at(0)});
+        socket.send(Message::Text(reply.to_string().into())).await.unwrap();
+        for n in 1..=3 {
+            socket.send(pushed(epoch, n)).await.unwrap();
+        }
+        // The client's buffer holds two: it pauses the topic.
+        let pause = request(&mut socket).await;
+        assert_eq!(pause["op"], "unsubscribe", "{pause}");
+        paused_tx.send(()).unwrap();
+        // Once the application has read, it resumes from its cursor...
+        let resume = request(&mut socket).await;
+        assert_eq!(
+            (resume["op"].as_str(), resume["after"].as_str()),
+            (Some("subscribe"), Some(&*at(2)))
+        );
+        // ...while frames of the old subscription are still on their way.
+        for n in 4..=5 {
+            socket.send(pushed(epoch, n)).await.unwrap();
+        }
+        let reply = json!({"op":"subscribed","id":resume["id"],"topic":"t","cursor":at(2)});
+        socket.send(Message::Text(reply.to_string().into())).await.unwrap();
+        for n in 3..=4 {
+            socket.send(pushed(epoch, n)).await.unwrap();
+        }
+        read.await.unwrap();
+        // A delivery that skips one (5) makes the client read again from its cursor.
+        socket.send(pushed(epoch, 6)).await.unwrap();
+        let unsubscribe = request(&mut socket).await;
+        assert_eq!(unsubscribe["op"], "unsubscribe", "{unsubscribe}");
+        let again = request(&mut socket).await;
+        assert_eq!(
+            (again["op"].as_str(), again["after"].as_str()),
+            (Some("subscribe"), Some(&*at(4)))
+        );
+        let reply = json!({"op":"subscribed","id":again["id"],"topic":"t","cursor":at(4)});
+        socket.send(Message::Text(reply.to_string().into())).await.unwrap();
+        for n in 5..=6 {
+            socket.send(pushed(epoch, n)).await.unwrap();
+        }
+        socket
+    });
+
+    let config =
+        pushpull_ws::ClientConfig { subscription_buffer: 2, ..pushpull_ws::ClientConfig::new(url) };
+    let client = pushpull_ws::Client::new(config).unwrap();
+    let mut subscription =
+        client.subscribe(&Topic::new("t").unwrap(), Cursor::Beginning).await.unwrap();
+    tokio::time::timeout(LIMIT, paused).await.expect("the client paused").unwrap();
+    let mut got = Vec::new();
+    let mut read_tx = Some(read_tx);
+    for n in 1..=6 {
+        let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap();
+        got.push(delivery.unwrap().as_message().unwrap().offset.0);
+        if n == 4 {
+            read_tx.take().unwrap().send(()).unwrap();
+        }
+    }
+    assert_eq!(got, [1, 2, 3, 4, 5, 6], "every message once, in order");
+    let _socket = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+}
