@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pushpull_core::{Backoff, Cursor, Delivery, Epoch, Error, Offset, Subscription, Topic};
+use pushpull_core::{
+    Backoff, Continuity, Cursor, Delivery, Error, Position, Subscription, Topic,
+};
 
 /// What one chunk of a response held.
 #[derive(Debug, Default)]
@@ -62,8 +64,7 @@ pub fn reopening<R: Reopen>(
         decoder: source.decoder(),
         source,
         topic: topic.clone(),
-        resume: start,
-        last: None,
+        position: Position::new(start),
         body: Some(body),
         retry: None,
         asked: None,
@@ -77,8 +78,8 @@ pub fn reopening<R: Reopen>(
 struct Reader<R: Reopen> {
     source: R,
     topic: Topic,
-    resume: Cursor,
-    last: Option<(Epoch, Offset)>,
+    /// After the last delivery handed over: where a reopened stream starts.
+    position: Position,
     body: Option<Incoming>,
     decoder: R::Decoder,
     retry: Option<Duration>,
@@ -126,24 +127,32 @@ impl<R: Reopen> Reader<R> {
     fn take(&mut self, chunk: &[u8]) -> Result<(), Error> {
         let decoded = self.source.decode(&mut self.decoder, &self.topic, chunk)?;
         if let Some(position @ Cursor::After(..)) = decoded.position {
-            self.resume = position;
+            // Where the stream starts: it resolves `beginning` or `latest`.
+            if !matches!(self.position.cursor(), Cursor::After(..)) {
+                self.position.reset(position);
+            }
         }
         if decoded.retry.is_some() {
             self.retry = decoded.retry;
         }
         for delivery in decoded.deliveries {
-            if let Delivery::Message(message) = &delivery {
-                let position = (message.epoch, message.offset);
-                if self
-                    .last
-                    .is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1)
-                {
-                    continue;
+            match self.position.check(&delivery) {
+                Continuity::Next => {
+                    self.position.advance(&delivery);
+                    self.ready.push_back(delivery);
                 }
-                self.last = Some(position);
+                Continuity::Repeat => {}
+                Continuity::Skip => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        cursor = %self.position.cursor(),
+                        got = %delivery.cursor(),
+                        "a delivery skipped ahead of the subscription; reopening from its cursor"
+                    );
+                    self.body = None;
+                    break;
+                }
             }
-            self.resume = delivery.cursor();
-            self.ready.push_back(delivery);
         }
         Ok(())
     }
@@ -158,7 +167,7 @@ impl<R: Reopen> Reader<R> {
             };
             let delay = self.asked.take().map_or(delay, |asked| asked.max(delay));
             tokio::time::sleep(delay).await;
-            match self.source.open(&self.topic, self.resume).await {
+            match self.source.open(&self.topic, self.position.cursor()).await {
                 Ok(body) => {
                     self.body = Some(body);
                     self.decoder = self.source.decoder();

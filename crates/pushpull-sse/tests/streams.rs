@@ -304,22 +304,24 @@ async fn fake(status: u16, content_type: &'static str) -> RunningServer {
 }
 
 #[tokio::test]
-async fn the_client_stops_on_204_other_statuses_and_wrong_content_types() {
+async fn the_client_stops_on_204_final_statuses_and_wrong_content_types() {
+    // (status, content type, kind, whether a retry can help)
     let cases = [
-        (204, "text/event-stream", ErrorKind::Closed),
-        (404, "text/plain", ErrorKind::Protocol),
-        (500, "text/plain", ErrorKind::Protocol),
-        (503, "text/plain", ErrorKind::Backend),
-        (200, "application/json", ErrorKind::Protocol),
+        (204, "text/event-stream", ErrorKind::Closed, false),
+        (404, "text/plain", ErrorKind::Protocol, false),
+        (410, "text/plain", ErrorKind::Protocol, false),
+        (500, "text/plain", ErrorKind::Protocol, true),
+        (503, "text/plain", ErrorKind::Backend, true),
+        (200, "application/json", ErrorKind::Protocol, false),
     ];
-    for (status, content_type, kind) in cases {
+    for (status, content_type, kind, retryable) in cases {
         let server = fake(status, content_type).await;
         let url = format!("http://{}", server.local_addr());
         let client = pushpull_sse::Client::new(pushpull_sse::ClientConfig::new(url)).unwrap();
         let result = client.subscribe(&Topic::new("t").unwrap(), Cursor::Latest).await;
-        let error = result.expect_err("the client must stop");
+        let error = result.expect_err("the first open fails");
         assert_eq!(error.kind(), kind, "status {status} {content_type}: {error}");
-        assert!(!error.is_retryable(), "status {status}: a stopped stream is not retried");
+        assert_eq!(error.is_retryable(), retryable, "status {status}: {error:?}");
         assert_eq!(error.transport(), Some("sse"));
     }
 }
