@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pushpull_core::{Client, Cursor, Error, ErrorKind, Fetch, Topic};
+use pushpull_core::{Client, Cursor, Error, ErrorKind, Topic};
 use serde::{Deserialize, Serialize};
 
 /// Which transport to use and how. Changing the transport is a one-line change here and no
@@ -23,6 +23,10 @@ pub struct ClientConfig {
     pub transport: String,
     /// The server's base URL.
     pub url: String,
+    /// With `auto`: how long each transport's probe (a subscription opened and dropped) may
+    /// take before the next transport is tried.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub probe_timeout: std::time::Duration,
     /// Settings of the polling transport.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll: Option<toml::Table>,
@@ -48,6 +52,7 @@ impl Default for ClientConfig {
         Self {
             transport: AUTO.into(),
             url: "http://127.0.0.1:7070".into(),
+            probe_timeout: std::time::Duration::from_secs(5),
             poll: None,
             longpoll: None,
             sse: None,
@@ -165,7 +170,11 @@ impl Registry {
 
     /// A client for `config`. An unknown transport name lists the available ones; a known one
     /// whose feature is off says which feature to turn on. `auto` tries [`AUTO_ORDER`] and
-    /// takes the first transport that answers.
+    /// takes the first transport whose push path opens within `probe_timeout`: a subscription
+    /// to the topic `pushpull.probe` is opened and dropped, so a server without that
+    /// transport, a proxy that refuses WebSocket upgrades or one that buffers streamed
+    /// responses all make it fall through to the next. Which transport it got is
+    /// `client.capabilities().name`, and a log line at `info` says it.
     pub async fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
         if config.transport == AUTO {
             return self.connect_auto(config).await;
@@ -205,12 +214,20 @@ impl Registry {
                     continue;
                 }
             };
-            match client.fetch(&probe, Cursor::Latest, 1).await {
-                Ok(_) => {
-                    tracing::debug!(transport = factory.name(), "auto picked a transport");
+            // Open the push path itself, as a subscription would: the upgrade, or the stream's
+            // first record (which a buffering proxy never lets through), or the first poll.
+            let deadline = config.probe_timeout;
+            match tokio::time::timeout(deadline, client.subscribe(&probe, Cursor::Latest)).await {
+                Ok(Ok(subscription)) => {
+                    drop(subscription);
+                    tracing::info!(transport = factory.name(), url = %config.url, "auto chose a transport");
                     return Ok(client);
                 }
-                Err(error) => tried.push(format!("{}: {}", factory.name(), error.message())),
+                Ok(Err(error)) => tried.push(format!("{}: {}", factory.name(), error.message())),
+                Err(_) => tried.push(format!(
+                    "{}: no subscription within {deadline:?} (a proxy may refuse or buffer it)",
+                    factory.name()
+                )),
             }
         }
         if tried.is_empty() {

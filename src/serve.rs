@@ -57,8 +57,10 @@ fn router_with_stats(
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
     }
+    // The page route is how every HTTP client fetches, so it is served whatever transports are
+    // enabled (long polling's route is the same one, held on `?wait=`).
     #[cfg(feature = "poll")]
-    if config.transports.poll.enabled && !page_served {
+    if !page_served {
         let poll = config.transports.poll.server_config();
         poll.validate()?;
         router = router.with(pushpull_poll::routes(broker.clone(), poll));

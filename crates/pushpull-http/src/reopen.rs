@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Backoff, Continuity, Cursor, Delivery, Error, Position, Subscription, Topic,
+    Backoff, Continuity, Cursor, Delivery, Error, ErrorKind, Position, Subscription, Topic,
 };
 
 /// What one chunk of a response held.
@@ -49,18 +49,24 @@ pub trait Reopen: Clone + Send + Sync + 'static {
     fn backoff(&self) -> &Backoff;
 }
 
-/// The subscription read from `body`, the response `source` opened at `start`. When the
-/// response ends, breaks or goes silent, it is reopened from the cursor after the last delivery
-/// (or the position the stream last gave), after the server's retry hint and then with backoff
-/// (longer when an answer's `Retry-After` asks for it); messages at or before the last one
-/// delivered are dropped, so nothing repeats. Only an error that a retry cannot change ends it.
-pub fn reopening<R: Reopen>(
+/// Opens `source`'s stream of `topic` at `start` and returns the subscription once the stream
+/// has shown its first record (its starting position, or a delivery): so a stream that a proxy
+/// buffers, and that would show nothing until it ends, fails here with a time-out after the
+/// source's idle timeout instead of hanging in the application, and `beginning` and `latest`
+/// are resolved to a position.
+///
+/// When the response ends, breaks or goes silent, it is reopened from the cursor after the last
+/// delivery (or the position the stream gave), after the server's retry hint and then with
+/// backoff (longer when an answer's `Retry-After` asks for it). A delivery that repeats one
+/// already handed over is dropped; one that skips ahead makes it reopen from its cursor. Only
+/// an error that a retry cannot change ends it.
+pub async fn reopening<R: Reopen>(
     source: R,
     topic: Topic,
     start: Cursor,
-    body: Incoming,
-) -> Subscription {
-    let reader = Reader {
+) -> Result<Subscription, Error> {
+    let body = source.open(&topic, start).await?;
+    let mut reader = Reader {
         decoder: source.decoder(),
         source,
         topic: topic.clone(),
@@ -71,8 +77,43 @@ pub fn reopening<R: Reopen>(
         ready: VecDeque::new(),
         failures: 0,
         finished: false,
+        started: false,
     };
-    Subscription::new(topic, start, futures::stream::unfold(reader, Reader::next))
+    let idle = reader.source.idle_timeout();
+    while !reader.started && reader.ready.is_empty() {
+        let body = reader.body.as_mut().expect("open until it breaks");
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else { continue };
+                reader.take(&chunk)?;
+                if reader.body.is_none() {
+                    break; // it skipped ahead: the reader reopens it
+                }
+            }
+            Ok(Some(Err(error))) => {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!("the stream of {topic} broke before its first record: {error}"),
+                ));
+            }
+            Ok(None) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("the stream of {topic} ended before its first record"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the stream of {topic} showed nothing for {idle:?}: is a proxy buffering it?"
+                    ),
+                ));
+            }
+        }
+    }
+    let cursor = reader.position.cursor();
+    Ok(Subscription::new(topic, cursor, futures::stream::unfold(reader, Reader::next)))
 }
 
 struct Reader<R: Reopen> {
@@ -88,6 +129,8 @@ struct Reader<R: Reopen> {
     ready: VecDeque<Delivery>,
     failures: u32,
     finished: bool,
+    /// The stream has shown its first record.
+    started: bool,
 }
 
 impl<R: Reopen> Reader<R> {
@@ -126,6 +169,7 @@ impl<R: Reopen> Reader<R> {
 
     fn take(&mut self, chunk: &[u8]) -> Result<(), Error> {
         let decoded = self.source.decode(&mut self.decoder, &self.topic, chunk)?;
+        self.started |= decoded.position.is_some() || !decoded.deliveries.is_empty();
         if let Some(position @ Cursor::After(..)) = decoded.position {
             // Where the stream starts: it resolves `beginning` or `latest`.
             if !matches!(self.position.cursor(), Cursor::After(..)) {

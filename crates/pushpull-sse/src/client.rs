@@ -111,8 +111,9 @@ impl Fetch for Client {
 #[async_trait]
 impl Subscribe for Client {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
-        let body = self.open(topic, cursor).await?;
-        Ok(pushpull_http::reopening(self.clone(), topic.clone(), cursor, body))
+        pushpull_http::reopening(self.clone(), topic.clone(), cursor)
+            .await
+            .map_err(|e| e.with_transport(NAME))
     }
 }
 
