@@ -26,13 +26,14 @@ struct Cli {
 /// How a client command reaches the server.
 #[derive(clap::Args, Clone)]
 struct Connection {
-    /// The server's base URL.
-    #[arg(long, env = "PUSHPULL_URL", default_value = "http://127.0.0.1:7070")]
-    url: String,
-    /// The transport: a name such as `poll`, or `auto`.
-    #[arg(long, short, env = "PUSHPULL_TRANSPORT", default_value = "auto")]
-    transport: String,
-    /// A client config file (TOML); `--url` and `--transport` given explicitly win over it.
+    /// The server's base URL [default: the config file's, else http://127.0.0.1:7070].
+    #[arg(long, env = "PUSHPULL_URL")]
+    url: Option<String>,
+    /// The transport: a name such as `poll`, or `auto` [default: the config file's, else auto].
+    #[arg(long, short, env = "PUSHPULL_TRANSPORT")]
+    transport: Option<String>,
+    /// A client config file (TOML); `--url` and `--transport` given explicitly (or by their
+    /// environment variables) win over it.
     #[arg(long, value_name = "FILE")]
     client_config: Option<PathBuf>,
 }
@@ -247,8 +248,12 @@ async fn connect(connection: &Connection) -> Result<Arc<dyn Client>, Error> {
         }
         None => ClientConfig::default(),
     };
-    config.url.clone_from(&connection.url);
-    config.transport.clone_from(&connection.transport);
+    if let Some(url) = &connection.url {
+        config.url.clone_from(url);
+    }
+    if let Some(transport) = &connection.transport {
+        config.transport.clone_from(transport);
+    }
     pushpull::connect(&config).await
 }
 

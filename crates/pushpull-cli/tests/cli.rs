@@ -209,3 +209,43 @@ fn bench_runs_side_by_side_and_stops_by_itself() {
     assert!(idle.status.success(), "{}", text(&idle.stderr));
     assert!(text(&idle.stdout).contains("| sse | 20 |"), "{}", text(&idle.stdout));
 }
+
+#[test]
+fn a_client_config_file_is_used_unless_a_flag_says_otherwise() {
+    let server = serve(&[]);
+    let dir = std::env::temp_dir().join(format!("pushpull-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client.toml");
+    let command = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--client-config")
+            .arg(&file)
+            .env_remove("PUSHPULL_URL")
+            .env_remove("PUSHPULL_TRANSPORT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // The file's url and transport are used: no --url is given.
+    std::fs::write(&file, format!("transport = \"sse\"\nurl = \"{}\"\n", server.url)).unwrap();
+    let published = wait(command(&["publish", "notes", "from the file"]));
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    let got = wait(command(&["subscribe", "notes", "--after", "beginning", "--count", "1"]));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert_eq!(text(&got.stdout), "from the file\n");
+
+    // The file's transport is the one tried...
+    std::fs::write(&file, format!("transport = \"carrier-pigeon\"\nurl = \"{}\"\n", server.url))
+        .unwrap();
+    let refused = wait(command(&["fetch", "notes"]));
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("carrier-pigeon"), "{}", text(&refused.stderr));
+    // ...unless a flag says otherwise.
+    let fetched = wait(command(&["fetch", "notes", "--transport", "poll"]));
+    assert!(fetched.status.success(), "{}", text(&fetched.stderr));
+    assert_eq!(text(&fetched.stdout), "from the file\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
