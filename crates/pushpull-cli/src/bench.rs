@@ -41,6 +41,17 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 200)]
         messages: usize,
     },
+    /// Subscribers over every transport, webhooks included, follow several topics through a
+    /// fault-injecting proxy (kills, refusals, delays, 503s) while publishers write; fails if
+    /// any subscriber lost or repeated a message.
+    Soak {
+        /// How long the faults and publishers run, in minutes (fractions allowed).
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Subscribers per transport.
+        #[arg(long, default_value_t = 2)]
+        per_transport: usize,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -70,6 +81,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
         Bench::Large { size_mib } => large(size_mib).await,
         Bench::Fanout { subscribers, messages } => fanout(subscribers, messages).await,
+        Bench::Soak { minutes, per_transport } => crate::soak::run(minutes, per_transport).await,
         Bench::Compare { transports, messages, interval, burst } => {
             compare(&transports, messages, interval, burst).await
         }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod output;
+mod soak;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@ pub mod cases;
 mod harness;
 mod memory;
 mod proxy;
+pub mod soak;
 
 pub use harness::{Fixture, Harness, Limits, Skip};
 pub use memory::{MemoryHarness, memory_config};

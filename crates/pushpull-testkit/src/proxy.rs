@@ -32,6 +32,8 @@ struct ProxyState {
     delay: Option<Duration>,
     /// When each canned answer was given (the latest 10,000).
     answered: Vec<Instant>,
+    /// Connections accepted, in all.
+    accepted: u64,
 }
 
 /// An HTTP error the proxy gives in place of the server.
@@ -91,6 +93,7 @@ impl ChaosProxy {
             answer: None,
             delay: None,
             answered: Vec::new(),
+            accepted: 0,
         }));
         let state = shared.clone();
         let accept = tokio::spawn(async move {
@@ -99,6 +102,7 @@ impl ChaosProxy {
                 // one lock, so no connection slips between a restart and the sever that goes
                 // with it.
                 let mut state = state.lock().expect("proxy lock");
+                state.accepted += 1;
                 if state.refusing {
                     drop(inbound); // as an unreachable server would: the client sees a failure
                     continue;
@@ -155,6 +159,11 @@ impl ChaosProxy {
     /// When each canned answer was given, oldest first.
     pub fn answered(&self) -> Vec<Instant> {
         self.shared.lock().expect("proxy lock").answered.clone()
+    }
+
+    /// How many connections the proxy has accepted (refused and answered ones included).
+    pub fn accepted(&self) -> u64 {
+        self.shared.lock().expect("proxy lock").accepted
     }
 
     /// While `Some`, new connections wait this long before they are forwarded.
