@@ -1,0 +1,47 @@
+//! The bounded soak under faults, short: `pushpull bench soak` runs subscribers over every
+//! transport (webhooks included) through a proxy that kills, refuses, delays and answers 503 at
+//! random while publishers write. It exits non-zero on any loss, duplicate or ended
+//! subscription; the counts it prints are checked here too.
+
+use std::process::Command;
+
+#[test]
+fn every_transport_survives_faults_without_loss_or_duplicate() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pushpull"))
+        .args(["bench", "soak", "--minutes", "0.4", "--per-transport", "1"])
+        .output()
+        .expect("run pushpull bench soak");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the soak failed:\n{table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = |what: &str| -> u64 {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {what} |")))
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no row {what:?} in\n{table}"))
+    };
+    assert!(count("messages published") > 100, "{table}");
+    let faults = ["kills (every live connection cut)", "refusal spells", "503 spells"]
+        .iter()
+        .map(|what| count(what))
+        .sum::<u64>();
+    assert!(faults > 5, "faults were injected: {table}");
+    assert_eq!((count("duplicates"), count("losses"), count("subscriptions ended")), (0, 0, 0));
+    for transport in ["sse", "stream", "longpoll", "poll", "ws", "webhook"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {transport}#0 |")))
+            .unwrap_or_else(|| panic!("no row for {transport} in\n{table}"));
+        let delivered: u64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert_eq!(
+            delivered,
+            count("messages published"),
+            "{transport} got every message: {table}"
+        );
+    }
+}
