@@ -39,14 +39,11 @@ async fn works_over(client: &dyn pushpull::Client, transport: &str) {
 
 #[tokio::test]
 async fn auto_falls_through_transports_the_server_does_not_serve() {
-    // Without long polling the page route is still served (every client fetches over it), so
-    // a long-polling client gets its pages at once and polls at the server's interval: it
-    // still works, under the name it was given.
     let cases: [(&[&str], &str); 4] = [
         (&["ws"], "sse"),
         (&["ws", "sse"], "stream"),
         (&["ws", "sse", "stream"], "longpoll"),
-        (&["ws", "sse", "stream", "longpoll"], "longpoll"),
+        (&["ws", "sse", "stream", "longpoll"], "poll"),
     ];
     for (disabled, expected) in cases {
         let mut config = ServerConfig::default();
@@ -83,6 +80,21 @@ async fn fetch_works_whatever_transports_are_enabled() {
         let client = pushpull::connect(&ClientConfig::new(only, url)).await.unwrap();
         works_over(&*client, only).await;
     }
+}
+
+#[tokio::test]
+async fn long_polling_a_server_that_cannot_hold_says_so() {
+    let mut config = ServerConfig::default();
+    config.transports.longpoll.enabled = false;
+    let server = server(config).await;
+    let url = format!("http://{}", server.local_addr());
+    let client = pushpull::connect(&ClientConfig::new("longpoll", url)).await.unwrap();
+    let topic = Topic::new("cannot-hold").unwrap();
+    let error = client.subscribe(&topic, Cursor::Latest).await.err().expect("refused");
+    assert_eq!(error.kind(), pushpull::ErrorKind::Unsupported, "{error}");
+    assert!(error.message().contains("long polling is not enabled"), "{error}");
+    // Fetching needs no holding.
+    client.fetch(&topic, Cursor::Beginning, 1).await.unwrap();
 }
 
 /// What the proxy in front of the server does to traffic.

@@ -58,7 +58,7 @@ impl Server {
         let wait = wait(&request, self.config.max_wait)?;
         let page = self.broker.fetch(&request.topic, request.cursor, request.limit).await?;
         let page = match wait {
-            Some(wait) if page.is_empty() => {
+            Some(wait) if page.is_empty() && !wait.is_zero() => {
                 self.hold(&request, page, wait, Shutdown::of(&req)).await?
             }
             _ => page,
@@ -92,13 +92,13 @@ impl Server {
     }
 }
 
-/// The `wait` query parameter: decimal seconds, cut to `max`; `None` when absent or zero.
+/// The `wait` query parameter: decimal seconds, cut to `max`; `None` when absent. `wait=0`
+/// is answered at once, with `Pushpull-Wait-Ms: 0`: how a client learns the server can hold.
 fn wait(request: &PageRequest, max: Duration) -> Result<Option<Duration>, Error> {
     let Some(text) = request.query.get("wait") else { return Ok(None) };
     let seconds: f64 =
         text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
             Error::bad_request(format!("wait {text:?} is not a number of seconds"))
         })?;
-    let wait = Duration::from_secs_f64(seconds.min(max.as_secs_f64()));
-    Ok((!wait.is_zero()).then_some(wait))
+    Ok(Some(Duration::from_secs_f64(seconds.min(max.as_secs_f64()))))
 }

@@ -47,8 +47,8 @@ impl Client {
 
     /// A long-polling client: each subscription poll asks the server to hold the request for
     /// up to `wait` until a message arrives, and asks again at once when answered. Errors and
-    /// capabilities carry `name`. A server that does not hold (it answers without the
-    /// `Pushpull-Wait-Ms` header) is polled at its interval instead.
+    /// capabilities carry `name`. Subscribing to a server that cannot hold (its first answer
+    /// lacks the `Pushpull-Wait-Ms` header) fails with an `unsupported` error.
     pub fn holding(
         config: ClientConfig,
         wait: Duration,
@@ -135,7 +135,22 @@ impl Subscribe for Client {
         // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
         // a bad topic or cursor fails here rather than in the stream.
         let limit = self.config.page_limit;
-        let first = self.poll(topic, cursor, limit, None, None).await?;
+        // A long-polling client asks with `wait=0`: answered at once, and the answer says
+        // whether the server can hold requests at all.
+        let probe = self.hold.map(|_| Duration::ZERO);
+        let first = self.poll(topic, cursor, limit, None, probe).await?;
+        if let Poll::Page { held: false, .. } = first {
+            if self.hold.is_some() {
+                return Err(self.http.error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} does not hold requests: long polling is not enabled there (short \
+                         polling is)",
+                        self.http.url("")
+                    ),
+                ));
+            }
+        }
         let Poll::Page { page, etag, hint, .. } = first else {
             return Err(self
                 .http
