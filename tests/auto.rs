@@ -90,7 +90,7 @@ async fn long_polling_a_server_that_cannot_hold_says_so() {
     let url = format!("http://{}", server.local_addr());
     let client = pushpull::connect(&ClientConfig::new("longpoll", url)).await.unwrap();
     let topic = Topic::new("cannot-hold").unwrap();
-    let error = client.subscribe(&topic, Cursor::Latest).await.err().expect("refused");
+    let error = client.subscribe(&topic, Cursor::Latest).await.expect_err("refused");
     assert_eq!(error.kind(), pushpull::ErrorKind::Unsupported, "{error}");
     assert!(error.message().contains("long polling is not enabled"), "{error}");
     // Fetching needs no holding.
