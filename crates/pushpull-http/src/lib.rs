@@ -26,7 +26,10 @@ pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
     status_is_retryable,
 };
-pub use router::{BoxError, HandlerResult, HttpRequest, Params, Route, Router, query_params};
+pub use router::{
+    BoxError, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
+};
 pub use serve::{
-    RunningServer, ServeConfig, ServerStats, Shutdown, serve_until, spawn, spawn_with_stats,
+    RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger, serve_until, spawn,
+    spawn_with_stats,
 };

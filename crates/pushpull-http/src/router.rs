@@ -5,22 +5,25 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use pushpull_core::Error;
 
 use crate::cors::Cors;
 use crate::response::{Body, error_response, json_error};
+use crate::serve::Shutdown;
 
 /// The error type of request bodies handlers see.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request as handlers see it: any body, boxed.
-pub type HttpRequest = Request<BoxBody<Bytes, BoxError>>;
+/// A request as handlers see it: any body, boxed (`Send`, not necessarily `Sync`: axum's body
+/// is not).
+pub type HttpRequest = Request<UnsyncBoxBody<Bytes, BoxError>>;
 
 /// What a handler returns; an `Err` becomes the JSON error response for its kind.
 pub type HandlerResult = Result<Response<Body>, Error>;
@@ -103,12 +106,16 @@ fn percent_decode(segment: &str) -> Option<String> {
 /// A path no route matches is answered 404; a path that matches with another method 405
 /// with `Allow`; both with the JSON error body. Cloning is cheap.
 ///
-/// It is a `hyper` service over any request body whose data is `Bytes`, so it can be served
-/// by [`spawn`](crate::spawn) or mounted in another hyper, tower or axum application.
+/// It is a `tower_service::Service` (and a hyper `Service`) over any request body whose data is
+/// `Bytes` and that is `Send`, so it is served by [`spawn`](crate::spawn), mounted with axum's
+/// `Router::nest_service`, or wrapped in tower layers. Mounted in another server, give it that
+/// server's shutdown with [`with_shutdown`](Self::with_shutdown) so its long-lived responses
+/// end when the host shuts down.
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<Vec<Route>>,
     cors: Arc<Cors>,
+    shutdown: Option<Shutdown>,
 }
 
 impl Router {
@@ -126,6 +133,14 @@ impl Router {
     /// Lets the browser origins `cors` names call every route (preflights included).
     pub fn with_cors(mut self, cors: Cors) -> Self {
         self.cors = Arc::new(cors);
+        self
+    }
+
+    /// Ends long-lived responses (event streams, held polls, sockets) when `shutdown` fires, for
+    /// requests that do not already carry a server's [`Shutdown`] (those served by
+    /// [`spawn`](crate::spawn) do). What a host application mounting the router calls.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
         self
     }
 
@@ -205,18 +220,59 @@ impl fmt::Debug for Router {
     }
 }
 
-impl<B> hyper::service::Service<Request<B>> for Router
+impl Router {
+    /// The boxed request handlers see, with the router's shutdown signal when it has one.
+    fn prepare<B>(&self, request: Request<B>) -> HttpRequest
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+        if let Some(shutdown) = &self.shutdown {
+            if request.extensions().get::<Shutdown>().is_none() {
+                request.extensions_mut().insert(shutdown.clone());
+            }
+        }
+        request
+    }
+}
+
+/// The future of a [`Router`] call.
+pub type RouterFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send>>;
+
+impl<B> tower_service::Service<Request<B>> for Router
 where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+    type Future = RouterFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let router = self.clone();
+        let request = self.prepare(request);
+        Box::pin(async move { Ok(router.handle(request).await) })
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Router
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = RouterFuture;
 
     fn call(&self, request: Request<B>) -> Self::Future {
         let router = self.clone();
-        let request = request.map(|body| body.map_err(Into::into).boxed());
+        let request = self.prepare(request);
         Box::pin(async move { Ok(router.handle(request).await) })
     }
 }

@@ -44,7 +44,25 @@ impl Default for ServeConfig {
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
+/// Fires a [`Shutdown`]: what a host application holds to end pushpull's long-lived responses
+/// when it shuts down itself.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Begins the shutdown: every [`Shutdown`] of this trigger fires.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 impl Shutdown {
+    /// A signal and the trigger that fires it.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (trigger, signal) = watch::channel(false);
+        (ShutdownTrigger(trigger), Shutdown(signal))
+    }
+
     /// The signal of the server that received `request`, or one that never fires.
     pub fn of<B>(request: &Request<B>) -> Shutdown {
         request.extensions().get::<Shutdown>().cloned().unwrap_or_else(Shutdown::never)

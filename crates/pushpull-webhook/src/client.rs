@@ -186,10 +186,12 @@ async fn receive(
     max_body: usize,
 ) -> HandlerResult {
     let token = params.get("token").unwrap_or_default().to_owned();
-    let header =
-        |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let (id, timestamp, signatures) =
-        (header(wire::ID_HEADER), header(wire::TIMESTAMP_HEADER), header(wire::SIGNATURE_HEADER));
+    let (id, timestamp, signatures) = {
+        let header = |name: &str| {
+            req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        };
+        (header(wire::ID_HEADER), header(wire::TIMESTAMP_HEADER), header(wire::SIGNATURE_HEADER))
+    };
     let (_, body) = request::body(req, max_body, Duration::from_secs(30)).await?;
     let answer = |status: StatusCode, kind: &str, message: &str| {
         Ok(pushpull_http::json_error(status, kind, message))
