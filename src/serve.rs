@@ -42,30 +42,23 @@ fn router_with_stats(
         gauges.push(("accepted_connections", Box::new(move || accepted.accepted_connections())));
         gauges.push(("requests", Box::new(move || stats.requests())));
     }
-    // Long polling serves the same page route as short polling, plus `?wait=`.
-    #[cfg(feature = "longpoll")]
-    let page_served = config.transports.longpoll.enabled;
-    #[cfg(not(feature = "longpoll"))]
-    let page_served = false;
+    // The page route is how every HTTP client fetches, so it is served whatever transports are
+    // enabled; long polling's is the same route, holding requests that ask with `?wait=`.
+    let pages = config.transports.poll.server_config();
+    let mut page_served = false;
     #[cfg(feature = "longpoll")]
     if config.transports.longpoll.enabled {
-        let longpoll = pushpull_longpoll::ServerConfig {
-            max_wait: config.transports.longpoll.max_wait,
-            page: config.transports.poll.server_config(),
-        };
+        let longpoll =
+            pushpull_longpoll::ServerConfig { max_wait: config.transports.longpoll.max_wait, page: pages.clone() };
         let server = pushpull_longpoll::Server::new(broker.clone(), longpoll)?;
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
+        page_served = true;
     }
-    // The page route is how every HTTP client fetches, so it is served whatever transports are
-    // enabled (long polling's route is the same one, held on `?wait=`).
-    #[cfg(feature = "poll")]
     if !page_served {
-        let poll = config.transports.poll.server_config();
-        poll.validate()?;
-        router = router.with(pushpull_poll::routes(broker.clone(), poll));
+        pages.validate("transports.poll")?;
+        router = router.with([pushpull_http::page_route(broker.clone(), pages, None)]);
     }
-    let _ = page_served;
     #[cfg(feature = "sse")]
     if config.transports.sse.enabled {
         let sse = pushpull_sse::ServerConfig {

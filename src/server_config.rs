@@ -287,7 +287,7 @@ pub struct PollSection {
 
 impl Default for PollSection {
     fn default() -> Self {
-        // The same values as `pushpull_poll::ServerConfig::default()` (a test checks).
+        // The same values as `pushpull_http::PageConfig::default()` (a test checks).
         Self {
             enabled: true,
             poll_interval: Duration::from_secs(1),
@@ -298,11 +298,10 @@ impl Default for PollSection {
     }
 }
 
-#[cfg(feature = "poll")]
 impl PollSection {
-    /// The poll server's settings.
-    pub fn server_config(&self) -> pushpull_poll::ServerConfig {
-        pushpull_poll::ServerConfig {
+    /// The page route's settings.
+    pub fn server_config(&self) -> pushpull_http::PageConfig {
+        pushpull_http::PageConfig {
             poll_interval: self.poll_interval,
             default_limit: self.default_limit,
             max_limit: self.max_limit,
@@ -367,12 +366,7 @@ impl ServerConfig {
         self.memory_config()
             .validate()
             .map_err(|e| config_error(format!("broker: {}", e.message())))?;
-        #[cfg(feature = "poll")]
-        self.transports
-            .poll
-            .server_config()
-            .validate()
-            .map_err(|e| config_error(format!("transports.{}", e.message())))?;
+        self.transports.poll.server_config().validate("transports.poll")?;
         if self.transports.longpoll.max_wait.is_zero() {
             return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
         }
@@ -441,7 +435,7 @@ mod tests {
     #[cfg(feature = "poll")]
     #[test]
     fn poll_defaults_match_the_transport() {
-        assert_eq!(PollSection::default().server_config(), pushpull_poll::ServerConfig::default());
+        assert_eq!(PollSection::default().server_config(), pushpull_http::PageConfig::default());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod client;
 mod cors;
 mod gauge;
+pub mod pages;
 mod publish;
 mod push;
 mod reopen;
@@ -17,8 +18,9 @@ pub mod wire;
 pub use client::{HttpClient, HttpClientConfig, retry_after};
 pub use cors::Cors;
 pub use gauge::{Gauge, Held};
+pub use pages::{Hold, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, page_route};
 pub use publish::{
-    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, publish_route, publishing,
+    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, api, publish_route,
 };
 pub use push::{Encode, PushFormat, push_response};
 pub use reopen::{Decoded, Reopen, reopening};
@@ -33,3 +35,9 @@ pub use serve::{
     RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger, serve_until, spawn,
     spawn_with_stats,
 };
+
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use {http, http_body, hyper, tower_service};
+}

@@ -62,12 +62,19 @@ pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
     })
 }
 
-/// A router with the publish route alone, its body limit the broker's `max_payload` (4 MiB when
-/// the broker does not say): the start of every transport's standalone router.
-pub fn publishing(broker: Arc<dyn Client>) -> crate::Router {
+/// The HTTP API every transport's server serves beside its own routes: publishing (its body
+/// limit the broker's `max_payload`, 4 MiB when the broker does not say) and the page route
+/// (holding requests with `hold`: long polling), so any client can publish and fetch whatever
+/// transports are enabled.
+pub fn api(
+    broker: Arc<dyn Client>,
+    pages: crate::PageConfig,
+    hold: Option<crate::Hold>,
+) -> crate::Router {
     let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
     let limits = PublishLimits { max_body, body_timeout: Duration::from_secs(30) };
-    crate::Router::new().with([publish_route(broker, limits)])
+    crate::Router::new()
+        .with([publish_route(broker.clone(), limits), crate::page_route(broker, pages, hold)])
 }
 
 fn event_type(

@@ -285,3 +285,51 @@ pub fn query_params(request: &HttpRequest) -> HashMap<String, String> {
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
 }
+
+/// Implements `tower_service::Service` and hyper's `Service` for a type with a
+/// `router: Router` field by handing every request to that router: how each transport's
+/// `Server` becomes a service that mounts anywhere a [`Router`] does.
+#[macro_export]
+macro_rules! serve_with_router {
+    ($server:ty) => {
+        impl<B> $crate::__private::tower_service::Service<$crate::__private::http::Request<B>>
+            for $server
+        where
+            B: $crate::__private::http_body::Body<Data = $crate::__private::Bytes> + Send + 'static,
+            B::Error: Into<$crate::BoxError>,
+        {
+            type Response = $crate::__private::http::Response<$crate::Body>;
+            type Error = std::convert::Infallible;
+            type Future = $crate::RouterFuture;
+
+            fn poll_ready(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                $crate::__private::tower_service::Service::<$crate::__private::http::Request<B>>::poll_ready(
+                    &mut self.router,
+                    cx,
+                )
+            }
+
+            fn call(&mut self, request: $crate::__private::http::Request<B>) -> Self::Future {
+                $crate::__private::tower_service::Service::call(&mut self.router, request)
+            }
+        }
+
+        impl<B> $crate::__private::hyper::service::Service<$crate::__private::http::Request<B>>
+            for $server
+        where
+            B: $crate::__private::http_body::Body<Data = $crate::__private::Bytes> + Send + 'static,
+            B::Error: Into<$crate::BoxError>,
+        {
+            type Response = $crate::__private::http::Response<$crate::Body>;
+            type Error = std::convert::Infallible;
+            type Future = $crate::RouterFuture;
+
+            fn call(&self, request: $crate::__private::http::Request<B>) -> Self::Future {
+                $crate::__private::hyper::service::Service::call(&self.router, request)
+            }
+        }
+    };
+}

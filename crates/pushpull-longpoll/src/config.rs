@@ -14,12 +14,12 @@ pub struct ServerConfig {
     #[serde(with = "pushpull_core::duration_text")]
     pub max_wait: Duration,
     /// Page limits and the poll interval hint, as for short polling.
-    pub page: pushpull_poll::ServerConfig,
+    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_wait: Duration::from_secs(30), page: pushpull_poll::ServerConfig::default() }
+        Self { max_wait: Duration::from_secs(30), page: pushpull_http::PageConfig::default() }
     }
 }
 
@@ -29,7 +29,7 @@ impl ServerConfig {
         if self.max_wait.is_zero() {
             return Err(Error::new(ErrorKind::Config, "longpoll.max_wait must be more than zero"));
         }
-        self.page.validate()
+        self.page.validate(crate::NAME)
     }
 }
 

@@ -4,19 +4,17 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream;
-use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::Full;
+use http::HeaderValue;
 use pushpull_core::{
     Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
     Subscribe, Subscription, Topic,
 };
-use pushpull_http::{HttpClient, HttpClientConfig};
+use pushpull_http::pages::request_page;
+use pushpull_http::{HttpClient, HttpClientConfig, PageAnswer, fetch_page};
 
 use crate::NAME;
 use crate::config::ClientConfig;
-use crate::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, messages_path, parse_interval_hint};
 
 /// A client of a polling server. Cheap to clone; clones share connections.
 ///
@@ -31,12 +29,6 @@ pub struct Client {
     /// Long polling: how long each subscription poll asks the server to hold.
     hold: Option<Duration>,
     name: &'static str,
-}
-
-/// The answer to one poll.
-enum Poll {
-    Page { page: Page, etag: Option<HeaderValue>, hint: Option<Duration>, held: bool },
-    NotModified { hint: Option<Duration>, held: bool },
 }
 
 impl Client {
@@ -103,7 +95,7 @@ impl Client {
         limit: usize,
         etag: Option<&HeaderValue>,
         wait: Option<Duration>,
-    ) -> Result<Poll, Error> {
+    ) -> Result<PageAnswer, Error> {
         request_page(&self.http, topic, cursor, limit, etag, wait).await
     }
 
@@ -139,7 +131,7 @@ impl Subscribe for Client {
         // whether the server can hold requests at all.
         let probe = self.hold.map(|_| Duration::ZERO);
         let first = self.poll(topic, cursor, limit, None, probe).await?;
-        if let Poll::Page { held: false, .. } = first {
+        if let PageAnswer::Page { held: false, .. } = first {
             if self.hold.is_some() {
                 return Err(self.http.error(
                     ErrorKind::Unsupported,
@@ -151,7 +143,7 @@ impl Subscribe for Client {
                 ));
             }
         }
-        let Poll::Page { page, etag, hint, .. } = first else {
+        let PageAnswer::Page { page, etag, hint, .. } = first else {
             return Err(self
                 .http
                 .error(ErrorKind::Protocol, "304 to a request without If-None-Match"));
@@ -218,7 +210,7 @@ impl Poller {
             let hold = self.client.hold;
             match self.client.poll(&self.topic, self.cursor, limit, self.etag.as_ref(), hold).await
             {
-                Ok(Poll::Page { page, etag, hint, held }) => {
+                Ok(PageAnswer::Page { page, etag, hint, held }) => {
                     self.failures = 0;
                     self.etag = etag;
                     self.interval = self.client.interval(hint);
@@ -226,7 +218,7 @@ impl Poller {
                     // A held request already waited on the server: ask again at once.
                     self.wait_before_next &= !(hold.is_some() && held);
                 }
-                Ok(Poll::NotModified { hint, held }) => {
+                Ok(PageAnswer::NotModified { hint, held }) => {
                     self.failures = 0;
                     self.interval = self.client.interval(hint);
                     self.wait_before_next = !(hold.is_some() && held);
@@ -248,67 +240,3 @@ impl Poller {
     }
 }
 
-/// One page request on `http` (whose timeout and transport name apply): a page, a 304, or the
-/// error (with the `Retry-After` delay the server asked for, if any). With `wait`, a long poll.
-async fn request_page(
-    http: &HttpClient,
-    topic: &Topic,
-    cursor: Cursor,
-    limit: usize,
-    etag: Option<&HeaderValue>,
-    wait: Option<Duration>,
-) -> Result<Poll, Error> {
-    let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
-    if let Some(wait) = wait {
-        path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
-    }
-    let make = || {
-        let mut request =
-            http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
-        if let Some(etag) = etag {
-            request = request.header(header::IF_NONE_MATCH, etag);
-        }
-        request.body(Full::new(Bytes::new())).map_err(|e| {
-            http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-        })
-    };
-    let timeout = http.config().request_timeout + wait.unwrap_or_default();
-    let response = http.send_idempotent(make, timeout).await?;
-    let held = response.headers().contains_key(WAIT_HEADER);
-    let hint = response
-        .headers()
-        .get(POLL_INTERVAL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_interval_hint);
-    match response.status() {
-        StatusCode::OK => {
-            let etag = response.headers().get(header::ETAG).cloned();
-            let body = http.read_body(response, timeout).await?;
-            let page = pushpull_http::wire::decode_page(&body)
-                .map_err(|e| e.with_transport(http.transport()))?;
-            Ok(Poll::Page { page, etag, hint, held })
-        }
-        StatusCode::NOT_MODIFIED => Ok(Poll::NotModified { hint, held }),
-        _ => Err(http.error_for(response).await),
-    }
-}
-
-/// `Fetch` over the page route, on any transport's `HttpClient`: one request, answered at once.
-/// Every HTTP transport's client implements `fetch` with it.
-pub async fn fetch_page(
-    http: &HttpClient,
-    topic: &Topic,
-    cursor: Cursor,
-    limit: usize,
-) -> Result<Page, Error> {
-    if limit == 0 {
-        return Err(http.error(ErrorKind::BadRequest, "limit must be at least 1"));
-    }
-    match request_page(http, topic, cursor, limit, None, None).await {
-        Ok(Poll::Page { page, .. }) => Ok(page),
-        Ok(Poll::NotModified { .. }) => {
-            Err(http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
-        }
-        Err(error) => Err(error),
-    }
-}

@@ -3,11 +3,12 @@
 mod client;
 mod config;
 mod server;
-pub mod wire;
 
-pub use client::{Client, fetch_page};
-pub use config::{ClientConfig, ServerConfig};
-pub use server::{MESSAGES_PATH, PageRequest, Server, page_response, routes};
+pub use client::Client;
+pub use config::ClientConfig;
+/// Settings of the polling [`Server`]: the page route's.
+pub use pushpull_http::PageConfig as ServerConfig;
+pub use server::Server;
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "poll";

@@ -16,7 +16,7 @@ pub struct ServerConfig {
     #[serde(with = "pushpull_core::duration_text")]
     pub retry: Duration,
     /// Page limits for the page route of [`Server::router`](crate::Server::router).
-    pub page: pushpull_poll::ServerConfig,
+    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
@@ -24,7 +24,7 @@ impl Default for ServerConfig {
         Self {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(1),
-            page: pushpull_poll::ServerConfig::default(),
+            page: pushpull_http::PageConfig::default(),
         }
     }
 }
@@ -35,7 +35,7 @@ impl ServerConfig {
         if self.heartbeat.is_zero() {
             return Err(Error::new(ErrorKind::Config, "sse.heartbeat must be more than zero"));
         }
-        self.page.validate()
+        self.page.validate(crate::NAME)
     }
 }
 

@@ -16,46 +16,71 @@ use crate::wire::{CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble}
 /// The route of a topic's event stream.
 pub const EVENTS_PATH: &str = "/v1/topics/{topic}/events";
 
-/// The SSE server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes) serve
-/// event streams.
+/// The SSE server over a broker: a cheap-`Clone` tower (and hyper) service serving publishing,
+/// pages and event streams; its [`routes`](Self::routes) mount event streams beside other
+/// transports'.
 ///
 /// A stream starts where `Last-Event-ID` says (a browser's EventSource sends it when it
 /// reconnects), else where `?after=` says, else at `latest`. It reads the broker's shared log
 /// by cursor and writes only as fast as the client reads, so a client that stops reading
 /// costs a bounded buffer and, once retention passes it, gets a gap instead of unbounded memory.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Server {
+    streams: Streams,
+    router: Router,
+}
+
+/// What the event-stream route needs; the routes hold this, not the [`Server`] (whose router
+/// holds the routes).
+#[derive(Clone)]
+struct Streams {
     broker: Arc<dyn Client>,
     config: Arc<ServerConfig>,
     open: Gauge,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").field("config", &self.config).field("open", &self.open).finish()
+    }
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), open: Gauge::new() })
+        let api = pushpull_http::api(broker.clone(), config.page.clone(), None);
+        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
+        let router = api.with(streams.routes());
+        Ok(Self { streams, router })
     }
 
     /// Event streams open right now.
     pub fn open_streams(&self) -> usize {
-        self.open.get()
+        self.streams.open.get()
     }
 
     /// The event-stream route, to mount beside other transports'.
     pub fn routes(&self) -> Vec<Route> {
-        let server = self.clone();
-        vec![Route::new(Method::GET, EVENTS_PATH, move |req: HttpRequest, params: Params| {
-            let server = server.clone();
-            async move { server.stream(req, params).await }
-        })]
+        self.streams.routes()
     }
 
-    /// A router with publishing, the page route (for clients' `fetch`) and event streams.
+    /// The router it serves: publishing, the page route (for clients' `fetch`) and event
+    /// streams.
     pub fn router(&self) -> Router {
-        pushpull_http::publishing(self.broker.clone())
-            .with(pushpull_poll::routes(self.broker.clone(), self.config.page.clone()))
-            .with(self.routes())
+        self.router.clone()
+    }
+}
+
+pushpull_http::serve_with_router!(Server);
+
+impl Streams {
+    fn routes(&self) -> Vec<Route> {
+        let streams = self.clone();
+        vec![Route::new(Method::GET, EVENTS_PATH, move |req: HttpRequest, params: Params| {
+            let streams = streams.clone();
+            async move { streams.stream(req, params).await }
+        })]
     }
 
     async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {

@@ -13,12 +13,12 @@ pub struct ServerConfig {
     #[serde(with = "pushpull_core::duration_text")]
     pub heartbeat: Duration,
     /// Page limits for the page route of [`Server::router`](crate::Server::router).
-    pub page: pushpull_poll::ServerConfig,
+    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(15), page: pushpull_poll::ServerConfig::default() }
+        Self { heartbeat: Duration::from_secs(15), page: pushpull_http::PageConfig::default() }
     }
 }
 
@@ -28,7 +28,7 @@ impl ServerConfig {
         if self.heartbeat.is_zero() {
             return Err(Error::new(ErrorKind::Config, "stream.heartbeat must be more than zero"));
         }
-        self.page.validate()
+        self.page.validate(crate::NAME)
     }
 }
 

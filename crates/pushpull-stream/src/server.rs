@@ -15,47 +15,71 @@ use crate::wire::{Framing, Record, encode, encode_plain};
 /// The route of a topic's stream.
 pub const STREAM_PATH: &str = "/v1/topics/{topic}/stream";
 
-/// The streaming server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes)
-/// serve streams.
+/// The streaming server over a broker: a cheap-`Clone` tower (and hyper) service serving
+/// publishing, pages and streams; its [`routes`](Self::routes) mount streams beside other
+/// transports'.
 ///
 /// A stream starts at `?after=` (or `Pushpull-Cursor`), else `latest`, with a `start` record;
 /// then a record per message or gap, flushed as it is read from the log, and a heartbeat
 /// record when idle. `Accept: application/vnd.pushpull.stream` picks binary records; anything
 /// else gets NDJSON. Like every push transport here, it writes only as fast as the reader
 /// reads, and a reader left behind by retention gets a gap.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Server {
+    streams: Streams,
+    router: Router,
+}
+
+/// What the stream route needs; the routes hold this, not the [`Server`] (whose router holds
+/// the routes).
+#[derive(Clone)]
+struct Streams {
     broker: Arc<dyn Client>,
     config: Arc<ServerConfig>,
     open: Gauge,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").field("config", &self.config).field("open", &self.open).finish()
+    }
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), open: Gauge::new() })
+        let api = pushpull_http::api(broker.clone(), config.page.clone(), None);
+        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
+        let router = api.with(streams.routes());
+        Ok(Self { streams, router })
     }
 
     /// Streams open right now.
     pub fn open_streams(&self) -> usize {
-        self.open.get()
+        self.streams.open.get()
     }
 
     /// The stream route, to mount beside other transports'.
     pub fn routes(&self) -> Vec<Route> {
-        let server = self.clone();
-        vec![Route::new(Method::GET, STREAM_PATH, move |req: HttpRequest, params: Params| {
-            let server = server.clone();
-            async move { server.stream(req, params).await }
-        })]
+        self.streams.routes()
     }
 
-    /// A router with publishing, the page route (for clients' `fetch`) and streams.
+    /// The router it serves: publishing, the page route (for clients' `fetch`) and streams.
     pub fn router(&self) -> Router {
-        pushpull_http::publishing(self.broker.clone())
-            .with(pushpull_poll::routes(self.broker.clone(), self.config.page.clone()))
-            .with(self.routes())
+        self.router.clone()
+    }
+}
+
+pushpull_http::serve_with_router!(Server);
+
+impl Streams {
+    fn routes(&self) -> Vec<Route> {
+        let streams = self.clone();
+        vec![Route::new(Method::GET, STREAM_PATH, move |req: HttpRequest, params: Params| {
+            let streams = streams.clone();
+            async move { streams.stream(req, params).await }
+        })]
     }
 
     async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {

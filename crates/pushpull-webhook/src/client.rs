@@ -283,7 +283,7 @@ impl Publish for Client {
 #[async_trait]
 impl Fetch for Client {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        pushpull_poll::fetch_page(&self.http, topic, cursor, limit).await
+        pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 

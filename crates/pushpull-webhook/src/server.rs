@@ -152,22 +152,62 @@ impl Target {
     }
 }
 
-/// The webhook server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes)
-/// serve the registration API and whose workers deliver.
+/// The webhook server over a broker: a cheap-`Clone` tower (and hyper) service serving
+/// publishing, pages and the registration API, whose workers deliver; its
+/// [`routes`](Self::routes) mount the registration API beside other transports'.
 #[derive(Clone)]
 pub struct Server {
-    broker: Arc<dyn Client>,
-    config: Arc<ServerConfig>,
-    endpoints: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+    hooks: Hooks,
+    router: Router,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.hooks.config)
+            .field("endpoints", &self.endpoint_count())
+            .finish()
+    }
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), endpoints: Arc::default() })
+        let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
+        let hooks = Hooks { broker, config: Arc::new(config), endpoints: Arc::default() };
+        let router = api.with(hooks.routes());
+        Ok(Self { hooks, router })
     }
 
+    /// Endpoints registered now.
+    pub fn endpoint_count(&self) -> usize {
+        self.hooks.endpoints.lock().expect("endpoints lock").len()
+    }
+
+    /// The registration routes, to mount beside other transports'.
+    pub fn routes(&self) -> Vec<Route> {
+        self.hooks.routes()
+    }
+
+    /// The router it serves: publishing, pages and the registration API.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+}
+
+pushpull_http::serve_with_router!(Server);
+
+/// The endpoints and what their routes and workers need; the routes hold this, not the
+/// [`Server`] (whose router holds the routes).
+#[derive(Clone)]
+struct Hooks {
+    broker: Arc<dyn Client>,
+    config: Arc<ServerConfig>,
+    endpoints: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+}
+
+impl Hooks {
     fn policy(&self) -> TargetPolicy {
         TargetPolicy {
             allow_loopback: self.config.allow_loopback,
@@ -175,13 +215,7 @@ impl Server {
         }
     }
 
-    /// Endpoints registered now.
-    pub fn endpoint_count(&self) -> usize {
-        self.endpoints.lock().expect("endpoints lock").len()
-    }
-
-    /// The registration routes, to mount beside other transports'.
-    pub fn routes(&self) -> Vec<Route> {
+    fn routes(&self) -> Vec<Route> {
         let (a, b, c, d, e, f) =
             (self.clone(), self.clone(), self.clone(), self.clone(), self.clone(), self.clone());
         vec![
@@ -212,16 +246,6 @@ impl Server {
         ]
     }
 
-    /// A router with publishing, pages and the registration API.
-    pub fn router(&self) -> Router {
-        pushpull_http::publishing(self.broker.clone())
-            .with(pushpull_poll::routes(
-                self.broker.clone(),
-                pushpull_poll::ServerConfig::default(),
-            ))
-            .with(self.routes())
-    }
-
     async fn create(&self, req: HttpRequest) -> HandlerResult {
         let (_, body) = request::body(req, 64 * 1024, Duration::from_secs(10)).await?;
         let create: CreateEndpoint = serde_json::from_slice(&body)
@@ -246,7 +270,7 @@ impl Server {
             Some(text) => Secret::parse(text)?,
             None => Secret::generate(),
         };
-        if self.endpoint_count() >= self.config.max_endpoints {
+        if self.endpoints.lock().expect("endpoints lock").len() >= self.config.max_endpoints {
             return Err(Error::new(
                 ErrorKind::Backend,
                 format!(
@@ -395,7 +419,7 @@ enum Attempt {
 /// Delivers one endpoint's messages, in order, one at a time.
 struct Worker {
     endpoint: Arc<Endpoint>,
-    server: Server,
+    server: Hooks,
     subscriptions: SubscriptionSet,
 }
 
@@ -531,7 +555,7 @@ impl Worker {
 }
 
 /// One attempt, under the attempt timeout.
-async fn try_once(endpoint: &Endpoint, server: &Server, id: &str, body: &Bytes) -> Attempt {
+async fn try_once(endpoint: &Endpoint, server: &Hooks, id: &str, body: &Bytes) -> Attempt {
     let timeout = server.config.attempt_timeout;
     match tokio::time::timeout(timeout, send(endpoint, server, id, body)).await {
         Ok(outcome) => outcome,
@@ -542,7 +566,7 @@ async fn try_once(endpoint: &Endpoint, server: &Server, id: &str, body: &Bytes) 
 }
 
 /// Resolves, checks, connects and posts one signed delivery.
-async fn send(endpoint: &Endpoint, server: &Server, id: &str, body: &Bytes) -> Attempt {
+async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &Bytes) -> Attempt {
     let target = &endpoint.url;
     let failed = |reason: String| Attempt::Failed { reason, retry_after: None };
     // Resolved and checked again at every attempt: a name may change what it points to.

@@ -24,44 +24,69 @@ use crate::wire::{self, Frame, Incoming, Reply, Request, SUBPROTOCOL};
 /// The route of the socket.
 pub const WS_PATH: &str = "/v1/ws";
 
-/// The WebSocket server over a broker: a cheap-`Clone` handle whose [`routes`](Self::routes)
-/// upgrade `GET /v1/ws` on the same hyper server as the other transports.
-#[derive(Clone)]
+/// The WebSocket server over a broker: a cheap-`Clone` tower (and hyper) service serving
+/// publishing, pages and the socket on `GET /v1/ws`; its [`routes`](Self::routes) mount the
+/// upgrade beside other transports' on the same server.
+#[derive(Clone, Debug)]
 pub struct Server {
-    broker: Arc<dyn Client>,
-    config: Arc<ServerConfig>,
-    open: Gauge,
+    sockets: Sockets,
+    router: Router,
 }
 
 impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { broker, config: Arc::new(config), open: Gauge::new() })
+        let pages = pushpull_http::PageConfig {
+            max_limit: config.max_limit,
+            ..pushpull_http::PageConfig::default()
+        };
+        let api = pushpull_http::api(broker.clone(), pages, None);
+        let sockets = Sockets { broker, config: Arc::new(config), open: Gauge::new() };
+        let router = api.with(sockets.routes());
+        Ok(Self { sockets, router })
     }
 
     /// Sockets open right now.
     pub fn open_sockets(&self) -> usize {
-        self.open.get()
+        self.sockets.open.get()
     }
 
     /// The upgrade route, to mount beside other transports'.
     pub fn routes(&self) -> Vec<Route> {
-        let server = self.clone();
-        vec![Route::new(Method::GET, WS_PATH, move |req: HttpRequest, _: Params| {
-            let server = server.clone();
-            async move { server.upgrade(req) }
-        })]
+        self.sockets.routes()
     }
 
-    /// A router with publishing, pages and the socket.
+    /// The router it serves: publishing, pages and the socket.
     pub fn router(&self) -> Router {
-        pushpull_http::publishing(self.broker.clone())
-            .with(pushpull_poll::routes(
-                self.broker.clone(),
-                pushpull_poll::ServerConfig::default(),
-            ))
-            .with(self.routes())
+        self.router.clone()
+    }
+}
+
+pushpull_http::serve_with_router!(Server);
+
+/// What the upgrade route and the sessions need; the routes hold this, not the [`Server`]
+/// (whose router holds the routes).
+#[derive(Clone)]
+struct Sockets {
+    broker: Arc<dyn Client>,
+    config: Arc<ServerConfig>,
+    open: Gauge,
+}
+
+impl std::fmt::Debug for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sockets").field("config", &self.config).field("open", &self.open).finish()
+    }
+}
+
+impl Sockets {
+    fn routes(&self) -> Vec<Route> {
+        let sockets = self.clone();
+        vec![Route::new(Method::GET, WS_PATH, move |req: HttpRequest, _: Params| {
+            let sockets = sockets.clone();
+            async move { sockets.upgrade(req) }
+        })]
     }
 
     fn upgrade(&self, mut req: HttpRequest) -> HandlerResult {
@@ -158,7 +183,7 @@ impl Ending {
 
 /// One socket: its subscriptions and its requests.
 struct Session {
-    server: Server,
+    server: Sockets,
     shutdown: Shutdown,
     /// Keyed by topic and the subscription's name, if it has one.
     subscriptions: SubscriptionSet<Key>,
@@ -177,7 +202,7 @@ enum Event {
 }
 
 impl Session {
-    fn new(server: Server, shutdown: Shutdown) -> Self {
+    fn new(server: Sockets, shutdown: Shutdown) -> Self {
         Self {
             server,
             shutdown,

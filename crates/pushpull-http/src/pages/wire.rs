@@ -1,4 +1,4 @@
-//! The pure parts of the polling protocol: ETags, `If-None-Match`, the interval hint.
+//! The pure parts of the page route: ETags, `If-None-Match`, the interval and wait headers.
 
 use std::time::Duration;
 

@@ -1,0 +1,99 @@
+//! The page route's client side: one page request, on any transport's [`HttpClient`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
+use pushpull_core::{Cursor, Error, ErrorKind, Page, Topic};
+
+use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, messages_path, parse_interval_hint};
+use crate::client::HttpClient;
+
+/// The answer to one page request.
+#[derive(Debug)]
+pub enum PageAnswer {
+    /// A page.
+    Page {
+        /// The page.
+        page: Page,
+        /// Its `ETag`, for the next request's `If-None-Match`.
+        etag: Option<HeaderValue>,
+        /// The server's poll interval hint.
+        hint: Option<Duration>,
+        /// Whether the server holds requests (it answered with `Pushpull-Wait-Ms`).
+        held: bool,
+    },
+    /// `304 Not Modified`: nothing after the cursor.
+    NotModified {
+        /// The server's poll interval hint.
+        hint: Option<Duration>,
+        /// Whether the server holds requests.
+        held: bool,
+    },
+}
+
+/// One page request on `http` (whose timeout and transport name apply): a page, a 304, or the
+/// error (with the `Retry-After` delay the server asked for, if any). With `wait`, a long poll.
+pub async fn request_page(
+    http: &HttpClient,
+    topic: &Topic,
+    cursor: Cursor,
+    limit: usize,
+    etag: Option<&HeaderValue>,
+    wait: Option<Duration>,
+) -> Result<PageAnswer, Error> {
+    let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
+    if let Some(wait) = wait {
+        path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
+    }
+    let make = || {
+        let mut request =
+            http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
+        if let Some(etag) = etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        request.body(Full::new(Bytes::new())).map_err(|e| {
+            http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+        })
+    };
+    let timeout = http.config().request_timeout + wait.unwrap_or_default();
+    let response = http.send_idempotent(make, timeout).await?;
+    let held = response.headers().contains_key(WAIT_HEADER);
+    let hint = response
+        .headers()
+        .get(POLL_INTERVAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_interval_hint);
+    match response.status() {
+        StatusCode::OK => {
+            let etag = response.headers().get(header::ETAG).cloned();
+            let body = http.read_body(response, timeout).await?;
+            let page = crate::wire::decode_page(&body)
+                .map_err(|e| e.with_transport(http.transport()))?;
+            Ok(PageAnswer::Page { page, etag, hint, held })
+        }
+        StatusCode::NOT_MODIFIED => Ok(PageAnswer::NotModified { hint, held }),
+        _ => Err(http.error_for(response).await),
+    }
+}
+
+/// `Fetch` over the page route, on any transport's `HttpClient`: one request, answered at once.
+/// Every HTTP transport's client implements `fetch` with it.
+pub async fn fetch_page(
+    http: &HttpClient,
+    topic: &Topic,
+    cursor: Cursor,
+    limit: usize,
+) -> Result<Page, Error> {
+    if limit == 0 {
+        return Err(http.error(ErrorKind::BadRequest, "limit must be at least 1"));
+    }
+    match request_page(http, topic, cursor, limit, None, None).await {
+        Ok(PageAnswer::Page { page, .. }) => Ok(page),
+        Ok(PageAnswer::NotModified { .. }) => {
+            Err(http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))
+        }
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,12 @@
+//! The page route, `GET /v1/topics/{topic}/messages`: how every HTTP client fetches, what short
+//! polling polls and long polling holds. Served by every transport's server, so `Fetch` works
+//! whatever subset of transports a server enables.
+
+mod client;
+mod config;
+mod server;
+pub mod wire;
+
+pub use client::{PageAnswer, fetch_page, request_page};
+pub use config::PageConfig;
+pub use server::{Hold, MESSAGES_PATH, PageRequest, page_response, page_route};

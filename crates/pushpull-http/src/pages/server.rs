@@ -1,0 +1,179 @@
+//! The page route's server side: a page at once, or held until a message arrives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use pushpull_core::{Client, Cursor, Error, Page, Topic};
+
+use super::config::PageConfig;
+use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
+use crate::gauge::Gauge;
+use crate::response::{Body, json};
+use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
+use crate::serve::Shutdown;
+use crate::request;
+
+/// The route of a topic's messages.
+pub const MESSAGES_PATH: &str = "/v1/topics/{topic}/messages";
+
+/// Long polling's part of the page route: how long a request may be held, and the count of
+/// requests held now.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// The longest a request is held; a longer `wait` is cut to it.
+    pub max_wait: Duration,
+    /// Counts the requests held right now.
+    pub held: Gauge,
+}
+
+/// `GET /v1/topics/{topic}/messages?after=CURSOR&limit=N`: a JSON page, with a strong `ETag`,
+/// `Cache-Control: no-cache` and the `Pushpull-Poll-Interval-Ms` hint; a request whose
+/// `If-None-Match` matches gets `304 Not Modified` and no body.
+///
+/// With `hold` (long polling), `wait=SECONDS` and nothing after the cursor, the request is held
+/// until a message is published or the wait passes (cut to `max_wait`), or the server shuts
+/// down; the answer carries `Pushpull-Wait-Ms`, the wait applied (`0` for `wait=0`, answered at
+/// once). A held request is a future parked on the topic's wake-up: no thread, no buffer, and
+/// dropped the moment its client hangs up. Without `hold`, `wait` is ignored and the answer
+/// has no `Pushpull-Wait-Ms`, which is how a long-polling client tells.
+pub fn page_route(broker: Arc<dyn Client>, config: PageConfig, hold: Option<Hold>) -> Route {
+    let shared = Arc::new((broker, config, hold));
+    Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
+        let shared = shared.clone();
+        async move {
+            let (broker, config, hold) = &*shared;
+            answer(&**broker, config, hold.as_ref(), req, params).await
+        }
+    })
+}
+
+async fn answer(
+    broker: &dyn Client,
+    config: &PageConfig,
+    hold: Option<&Hold>,
+    req: HttpRequest,
+    params: Params,
+) -> HandlerResult {
+    let request = PageRequest::parse(&req, &params, config)?;
+    let wait = match hold {
+        Some(hold) => wait(&request, hold.max_wait)?,
+        None => None,
+    };
+    let page = broker.fetch(&request.topic, request.cursor, request.limit).await?;
+    let page = match (wait, hold) {
+        (Some(wait), Some(hold)) if page.is_empty() && !wait.is_zero() => {
+            held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?
+        }
+        _ => page,
+    };
+    let mut response = page_response(page, &request, config);
+    if let Some(wait) = wait {
+        response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+    }
+    Ok(response)
+}
+
+/// Waits for the first message after the (empty) `page`, then answers a page from there.
+async fn held(
+    broker: &dyn Client,
+    hold: &Hold,
+    request: &PageRequest,
+    page: Page,
+    wait: Duration,
+    mut shutdown: Shutdown,
+) -> Result<Page, Error> {
+    let _held = hold.held.hold();
+    let mut next = broker.subscribe(&request.topic, page.next).await?;
+    tokio::select! {
+        first = next.next() => match first {
+            Some(Ok(_)) => broker.fetch(&request.topic, page.next, request.limit).await,
+            Some(Err(error)) => Err(error),
+            None => Ok(page),
+        },
+        () = tokio::time::sleep(wait) => Ok(page),
+        () = shutdown.wait() => Ok(page),
+    }
+}
+
+/// The `wait` query parameter: decimal seconds, cut to `max`; `None` when absent.
+fn wait(request: &PageRequest, max: Duration) -> Result<Option<Duration>, Error> {
+    let Some(text) = request.query.get("wait") else { return Ok(None) };
+    let seconds: f64 =
+        text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+            Error::bad_request(format!("wait {text:?} is not a number of seconds"))
+        })?;
+    Ok(Some(Duration::from_secs_f64(seconds.min(max.as_secs_f64()))))
+}
+
+/// What a page request asks for.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    /// The topic.
+    pub topic: Topic,
+    /// Where the page starts.
+    pub cursor: Cursor,
+    /// At most this many messages.
+    pub limit: usize,
+    /// The `If-None-Match` header, if any.
+    pub if_none_match: Option<String>,
+    /// Every query parameter.
+    pub query: HashMap<String, String>,
+}
+
+impl PageRequest {
+    /// Reads topic, cursor (`after` or `Pushpull-Cursor`, default `beginning`), limit and
+    /// `If-None-Match`.
+    pub fn parse(req: &HttpRequest, params: &Params, config: &PageConfig) -> Result<Self, Error> {
+        let topic = request::topic(params)?;
+        let query = query_params(req);
+        let cursor = request::cursor(req, &query, Cursor::Beginning)?;
+        let limit = request::limit(&query, config.default_limit, config.max_limit)?;
+        let if_none_match = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { topic, cursor, limit, if_none_match, query })
+    }
+}
+
+/// The answer for `page`: the JSON page or a 304, with `ETag`, `Cache-Control` and the hint.
+pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig) -> Response<Body> {
+    trim_to_bytes(&mut page, config.max_page_bytes);
+    let tag = etag(&page);
+    let not_modified =
+        request.if_none_match.as_deref().is_some_and(|v| if_none_match_matches(v, &tag));
+    let mut response = if not_modified {
+        let mut response = Response::new(crate::response::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        json(StatusCode::OK, crate::wire::encode_page(&page))
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("cursors are header-safe"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers
+        .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
+    response
+}
+
+/// Cuts the page after the message that takes it past `max_bytes` of payload (keeping one).
+fn trim_to_bytes(page: &mut Page, max_bytes: usize) {
+    let mut total = 0usize;
+    let keep = page
+        .messages
+        .iter()
+        .position(|m| {
+            total += m.payload.len();
+            total > max_bytes
+        })
+        .map_or(page.messages.len(), |over| over.max(1));
+    if keep < page.messages.len() {
+        page.messages.truncate(keep);
+        page.next = page.messages[keep - 1].cursor();
+    }
+}
