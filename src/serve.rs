@@ -48,8 +48,10 @@ fn router_with_stats(
     let mut page_served = false;
     #[cfg(feature = "longpoll")]
     if config.transports.longpoll.enabled {
-        let longpoll =
-            pushpull_longpoll::ServerConfig { max_wait: config.transports.longpoll.max_wait, page: pages.clone() };
+        let longpoll = pushpull_longpoll::ServerConfig {
+            max_wait: config.transports.longpoll.max_wait,
+            page: pages.clone(),
+        };
         let server = pushpull_longpoll::Server::new(broker.clone(), longpoll)?;
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));

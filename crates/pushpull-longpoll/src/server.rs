@@ -28,7 +28,8 @@ impl Server {
         config.validate()?;
         let held = Gauge::new();
         let hold = Hold { max_wait: config.max_wait, held: held.clone() };
-        let route = pushpull_http::page_route(broker.clone(), config.page.clone(), Some(hold.clone()));
+        let route =
+            pushpull_http::page_route(broker.clone(), config.page.clone(), Some(hold.clone()));
         let router = pushpull_http::api(broker, config.page, Some(hold));
         Ok(Self { route, router, held })
     }

@@ -69,8 +69,8 @@ pub async fn request_page(
         StatusCode::OK => {
             let etag = response.headers().get(header::ETAG).cloned();
             let body = http.read_body(response, timeout).await?;
-            let page = crate::wire::decode_page(&body)
-                .map_err(|e| e.with_transport(http.transport()))?;
+            let page =
+                crate::wire::decode_page(&body).map_err(|e| e.with_transport(http.transport()))?;
             Ok(PageAnswer::Page { page, etag, hint, held })
         }
         StatusCode::NOT_MODIFIED => Ok(PageAnswer::NotModified { hint, held }),

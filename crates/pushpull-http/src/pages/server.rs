@@ -11,10 +11,10 @@ use pushpull_core::{Client, Cursor, Error, Page, Topic};
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
 use crate::gauge::Gauge;
+use crate::request;
 use crate::response::{Body, json};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
 use crate::serve::Shutdown;
-use crate::request;
 
 /// The route of a topic's messages.
 pub const MESSAGES_PATH: &str = "/v1/topics/{topic}/messages";
