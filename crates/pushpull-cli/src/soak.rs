@@ -1,12 +1,12 @@
-//! `pushpull bench soak`: the fault soak of `pushpull_testkit::soak`, as long as asked, against a
+//! `pushpull bench soak`: the fault soak of `pushpull_chaos::soak`, as long as asked, against a
 //! server in this process on 127.0.0.1 reached through a fault-injecting loopback proxy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pushpull::{ClientConfig, Error, ErrorKind, ServerConfig};
-use pushpull_testkit::ChaosProxy;
-use pushpull_testkit::soak::{SoakConfig, soak};
+use pushpull_chaos::ChaosProxy;
+use pushpull_chaos::soak::{SoakConfig, soak};
 
 /// The transports soaked, webhooks included.
 const TRANSPORTS: [&str; 6] = ["sse", "stream", "longpoll", "poll", "ws", "webhook"];

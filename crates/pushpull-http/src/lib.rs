@@ -11,8 +11,6 @@ pub mod request;
 mod response;
 mod router;
 mod serve;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};

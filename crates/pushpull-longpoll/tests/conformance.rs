@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushpull_http::testing::HttpHarness;
+use pushpull_testkit::http::HttpHarness;
 
 fn harness() -> HttpHarness {
     HttpHarness::new(

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use pushpull_http::testing::HttpHarness;
 use pushpull_stream::{ClientConfig, FramingChoice};
+use pushpull_testkit::http::HttpHarness;
 
 fn harness(framing: FramingChoice) -> HttpHarness {
     HttpHarness::new(

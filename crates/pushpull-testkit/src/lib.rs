@@ -2,13 +2,13 @@
 
 pub mod cases;
 mod harness;
+#[cfg(feature = "http")]
+pub mod http;
 mod memory;
-mod proxy;
-pub mod soak;
 
 pub use harness::{Fixture, Harness, Limits, Skip};
 pub use memory::{MemoryHarness, memory_config};
-pub use proxy::{Canned, ChaosProxy};
+pub use pushpull_chaos::{Canned, ChaosProxy};
 
 /// Runs one case on a fresh two-thread runtime; what the [`conformance!`] tests call.
 pub fn run<F: std::future::Future<Output = ()>>(case: F) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pushpull_http::testing::HttpHarness;
+use pushpull_testkit::http::HttpHarness;
 
 fn harness() -> HttpHarness {
     HttpHarness::new(

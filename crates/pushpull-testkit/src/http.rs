@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
-use pushpull_testkit::{ChaosProxy, Fixture, Harness, Limits, Skip, memory_config};
-use tokio::net::TcpListener;
+use pushpull_http::{Router, RunningServer, ServeConfig, spawn};
 
-use crate::{Router, RunningServer, ServeConfig, spawn};
+use crate::{ChaosProxy, Fixture, Harness, Limits, Skip, memory_config};
+use tokio::net::TcpListener;
 
 type Mount = Arc<dyn Fn(Arc<dyn Client>) -> Router + Send + Sync>;
 type Connect = Arc<dyn Fn(&str) -> Result<Arc<dyn Client>, Error> + Send + Sync>;
