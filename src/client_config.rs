@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pushpull_core::{Client, Cursor, Error, ErrorKind, Topic};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use pushpull_core::{Client, Connect, Cursor, Error, ErrorKind, Topic};
 use serde::{Deserialize, Serialize};
 
 /// Which transport to use and how. Changing the transport is a one-line change here and no
@@ -16,8 +20,12 @@ use serde::{Deserialize, Serialize};
 /// [poll]                      # the transport's own settings, all optional
 /// poll_interval = "500ms"
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+///
+/// Each transport's settings are a section named after it, holding the keys of its crate's
+/// `ClientConfig` (`[sse]`, `[ws]`, …, or a transport registered at run time). A section is
+/// checked when a client is made: a key the transport does not know, or a section no registered
+/// transport has, is an error that names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClientConfig {
     /// A transport name, or `auto` to take the best one the server and network allow.
     pub transport: String,
@@ -26,25 +34,10 @@ pub struct ClientConfig {
     /// With `auto`: how long each transport's probe (a subscription opened and dropped) may
     /// take before the next transport is tried.
     #[serde(with = "pushpull_core::duration_text")]
-    pub probe_timeout: std::time::Duration,
-    /// Settings of the polling transport.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub poll: Option<toml::Table>,
-    /// Settings of the long-polling transport.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub longpoll: Option<toml::Table>,
-    /// Settings of the Server-Sent Events transport.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sse: Option<toml::Table>,
-    /// Settings of the WebSocket transport.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ws: Option<toml::Table>,
-    /// Settings of the chunked streaming transport.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<toml::Table>,
-    /// Settings of the webhook transport (its receiver).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<toml::Table>,
+    pub probe_timeout: Duration,
+    /// Each transport's settings, by transport name.
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, toml::Table>,
 }
 
 impl Default for ClientConfig {
@@ -52,14 +45,45 @@ impl Default for ClientConfig {
         Self {
             transport: AUTO.into(),
             url: "http://127.0.0.1:7070".into(),
-            probe_timeout: std::time::Duration::from_secs(5),
-            poll: None,
-            longpoll: None,
-            sse: None,
-            ws: None,
-            stream: None,
-            webhook: None,
+            probe_timeout: Duration::from_secs(5),
+            settings: BTreeMap::new(),
         }
+    }
+}
+
+/// Read through a TOML table: the three keys above, and every other key a transport's section.
+impl<'de> Deserialize<'de> for ClientConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let table = toml::Table::deserialize(deserializer)?;
+        let mut config = ClientConfig::default();
+        for (key, value) in table {
+            let text = |value: toml::Value| match value {
+                toml::Value::String(text) => Ok(text),
+                other => Err(D::Error::custom(format!("{key}: expected a string, got {other}"))),
+            };
+            match key.as_str() {
+                "transport" => config.transport = text(value)?,
+                "url" => config.url = text(value)?,
+                "probe_timeout" => {
+                    let value = text(value)?;
+                    config.probe_timeout = pushpull_core::duration_text::parse(&value)
+                        .map_err(|why| D::Error::custom(format!("probe_timeout: {why}")))?;
+                }
+                _ => match value {
+                    toml::Value::Table(section) => {
+                        config.settings.insert(key, section);
+                    }
+                    _ => {
+                        return Err(D::Error::custom(format!(
+                            "unknown key `{key}`: expected transport, url, probe_timeout or a \
+                             transport's [section]"
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -72,29 +96,27 @@ impl ClientConfig {
     /// Parses TOML; unknown keys are errors that name the key.
     pub fn from_toml(text: &str) -> Result<Self, Error> {
         toml::from_str(text)
-            .map_err(|e: toml::de::Error| Error::new(ErrorKind::Config, e.to_string().trim()))
+            .map_err(|e: toml::de::Error| Error::new(ErrorKind::Config, e.message().trim()))
     }
 
-    /// The settings section of `transport` as a typed config, with `url` filled in.
+    /// Sets one of `transport`'s settings (its section is made if need be).
+    pub fn set(mut self, transport: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.settings.entry(transport.to_owned()).or_default().insert(key.into(), value.into());
+        self
+    }
+
+    /// The settings section of `transport` as a typed config, with `url` filled in; an error
+    /// names the key as `[transport] key`.
     pub fn section<T: serde::de::DeserializeOwned>(&self, transport: &str) -> Result<T, Error> {
-        let mut table = match transport {
-            "poll" => self.poll.clone().unwrap_or_default(),
-            "longpoll" => self.longpoll.clone().unwrap_or_default(),
-            "sse" => self.sse.clone().unwrap_or_default(),
-            "ws" => self.ws.clone().unwrap_or_default(),
-            "stream" => self.stream.clone().unwrap_or_default(),
-            "webhook" => self.webhook.clone().unwrap_or_default(),
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("no settings section for transport {other:?}"),
-                ));
-            }
-        };
+        let mut table = self.settings.get(transport).cloned().unwrap_or_default();
         table.insert("url".into(), toml::Value::String(self.url.clone()));
-        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            Error::new(ErrorKind::Config, format!("[{transport}]: {}", e.to_string().trim()))
-        })
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let path = e.path().to_string();
+                let why = e.into_inner().message().trim().to_owned();
+                Error::new(ErrorKind::Config, format!("[{transport}] {path}: {why}"))
+            },
+        )
     }
 }
 
@@ -123,12 +145,13 @@ pub struct Registry {
 }
 
 /// Transports this workspace has, with the cargo feature that brings each in.
-const KNOWN: [(&str, &str); 5] = [
+const KNOWN: [(&str, &str); 6] = [
     ("poll", "poll"),
     ("longpoll", "longpoll"),
     ("sse", "sse"),
     ("ws", "ws"),
     ("stream", "stream"),
+    ("webhook", "webhook"),
 ];
 
 impl Registry {
@@ -142,18 +165,24 @@ impl Registry {
         #[allow(unused_mut)]
         let mut registry = Self::new();
         #[cfg(feature = "poll")]
-        registry.register(Arc::new(PollFactory));
+        registry.register_client::<pushpull_poll::Client>();
         #[cfg(feature = "longpoll")]
-        registry.register(Arc::new(LongpollFactory));
+        registry.register_client::<pushpull_longpoll::Client>();
         #[cfg(feature = "sse")]
-        registry.register(Arc::new(SseFactory));
+        registry.register_client::<pushpull_sse::Client>();
         #[cfg(feature = "ws")]
-        registry.register(Arc::new(WsFactory));
+        registry.register_client::<pushpull_ws::Client>();
         #[cfg(feature = "stream")]
-        registry.register(Arc::new(StreamFactory));
+        registry.register_client::<pushpull_stream::Client>();
         #[cfg(feature = "webhook")]
-        registry.register(Arc::new(WebhookFactory));
+        registry.register_client::<pushpull_webhook::Client>();
         registry
+    }
+
+    /// Adds the transport whose client is `C`, under [`C::NAME`](Connect::NAME): its settings
+    /// are the `[NAME]` section of a client configuration.
+    pub fn register_client<C: Connect + 'static>(&mut self) -> &mut Self {
+        self.register(Arc::new(ConnectFactory::<C>(PhantomData)))
     }
 
     /// Adds a transport, replacing one of the same name.
@@ -176,6 +205,18 @@ impl Registry {
     /// responses all make it fall through to the next. Which transport it got is
     /// `client.capabilities().name`, and a log line at `info` says it.
     pub async fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
+        if let Some(unknown) = config.settings.keys().find(|name| {
+            !self.factories.iter().any(|f| f.name() == name.as_str())
+                && !KNOWN.iter().any(|(known, _)| known == name)
+        }) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "[{unknown}]: no transport of that name is registered; available: {}",
+                    self.names().join(", ")
+                ),
+            ));
+        }
         if config.transport == AUTO {
             return self.connect_auto(config).await;
         }
@@ -240,99 +281,16 @@ impl Registry {
     }
 }
 
-#[cfg(feature = "poll")]
-struct PollFactory;
+/// A [`Connect`] client as a [`TransportFactory`]: its settings section, then its constructor.
+struct ConnectFactory<C>(PhantomData<fn() -> C>);
 
-#[cfg(feature = "poll")]
-#[async_trait]
-impl TransportFactory for PollFactory {
+impl<C: Connect + 'static> TransportFactory for ConnectFactory<C> {
     fn name(&self) -> &'static str {
-        pushpull_poll::NAME
+        C::NAME
     }
 
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_poll::ClientConfig = config.section(pushpull_poll::NAME)?;
-        Ok(Arc::new(pushpull_poll::Client::new(settings)?))
-    }
-}
-
-#[cfg(feature = "longpoll")]
-struct LongpollFactory;
-
-#[cfg(feature = "longpoll")]
-#[async_trait]
-impl TransportFactory for LongpollFactory {
-    fn name(&self) -> &'static str {
-        pushpull_longpoll::NAME
-    }
-
-    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_longpoll::ClientConfig = config.section(pushpull_longpoll::NAME)?;
-        Ok(Arc::new(pushpull_longpoll::Client::new(settings)?))
-    }
-}
-
-#[cfg(feature = "sse")]
-struct SseFactory;
-
-#[cfg(feature = "sse")]
-#[async_trait]
-impl TransportFactory for SseFactory {
-    fn name(&self) -> &'static str {
-        pushpull_sse::NAME
-    }
-
-    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_sse::ClientConfig = config.section(pushpull_sse::NAME)?;
-        Ok(Arc::new(pushpull_sse::Client::new(settings)?))
-    }
-}
-
-#[cfg(feature = "ws")]
-struct WsFactory;
-
-#[cfg(feature = "ws")]
-#[async_trait]
-impl TransportFactory for WsFactory {
-    fn name(&self) -> &'static str {
-        pushpull_ws::NAME
-    }
-
-    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_ws::ClientConfig = config.section(pushpull_ws::NAME)?;
-        Ok(Arc::new(pushpull_ws::Client::new(settings)?))
-    }
-}
-
-#[cfg(feature = "stream")]
-struct StreamFactory;
-
-#[cfg(feature = "stream")]
-#[async_trait]
-impl TransportFactory for StreamFactory {
-    fn name(&self) -> &'static str {
-        pushpull_stream::NAME
-    }
-
-    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_stream::ClientConfig = config.section(pushpull_stream::NAME)?;
-        Ok(Arc::new(pushpull_stream::Client::new(settings)?))
-    }
-}
-
-#[cfg(feature = "webhook")]
-struct WebhookFactory;
-
-#[cfg(feature = "webhook")]
-#[async_trait]
-impl TransportFactory for WebhookFactory {
-    fn name(&self) -> &'static str {
-        pushpull_webhook::NAME
-    }
-
-    fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        let settings: pushpull_webhook::ClientConfig = config.section(pushpull_webhook::NAME)?;
-        Ok(Arc::new(pushpull_webhook::Client::new(settings)?))
+        C::connect(config.section(C::NAME)?)
     }
 }
 

@@ -7,12 +7,12 @@ mod server_config;
 pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFactory, connect};
 pub use serve::{broker, router, serve, serve_config, serve_on, serve_with, transports};
 pub use server_config::{
-    BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, LongpollSection, PollSection,
-    RetentionConfig, ServerConfig, SseSection, TransportsConfig,
+    BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, RetentionConfig, Section, ServerConfig,
+    TransportsConfig,
 };
 
 pub use pushpull_core::*;
-pub use pushpull_http::{RunningServer, ServeConfig};
+pub use pushpull_http::{RunningServer, ServeConfig, Shutdown, ShutdownTrigger};
 #[cfg(feature = "longpoll")]
 pub use pushpull_longpoll as longpoll;
 #[cfg(feature = "poll")]
@@ -25,5 +25,3 @@ pub use pushpull_stream as stream;
 pub use pushpull_webhook as webhook;
 #[cfg(feature = "ws")]
 pub use pushpull_ws as ws;
-#[cfg(feature = "webhook")]
-pub use server_config::WebhookSection;

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
-use pushpull_http::{PublishLimits, Route, Router, RunningServer, ServeConfig, ServerStats};
+use pushpull_http::{
+    PublishLimits, Reading, Route, Router, RunningServer, ServeConfig, ServerStats, TransportServer,
+};
 use tokio::net::TcpListener;
 
-use crate::server_config::{BrokerKind, ServerConfig};
+use crate::server_config::{BrokerKind, Section, ServerConfig};
 
 /// The broker a config asks for.
 pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Client>, Error> {
@@ -35,7 +37,7 @@ fn router_with_stats(
     );
     let mut router = Router::new().with([publish]);
     // Live counts for the health route: (name, gauge).
-    let mut gauges: Vec<(&'static str, Gauge)> = Vec::new();
+    let mut gauges: Vec<(&'static str, Reading)> = Vec::new();
     if let Some(stats) = stats {
         let (open, accepted) = (stats.clone(), stats.clone());
         gauges.push(("open_connections", Box::new(move || open.open_connections())));
@@ -44,100 +46,97 @@ fn router_with_stats(
     }
     // The page route is how every HTTP client fetches, so it is served whatever transports are
     // enabled; long polling's is the same route, holding requests that ask with `?wait=`.
-    let pages = config.transports.poll.server_config();
+    let pages = config.transports.poll.server.clone();
     let mut page_served = false;
     #[cfg(feature = "longpoll")]
     if config.transports.longpoll.enabled {
-        let longpoll = pushpull_longpoll::ServerConfig {
-            max_wait: config.transports.longpoll.max_wait,
-            page: pages.clone(),
-        };
-        let server = pushpull_longpoll::Server::new(broker.clone(), longpoll)?;
+        let section = config.transports.longpoll.server.clone();
+        let server = pushpull_longpoll::Server::with_pages(broker.clone(), section, pages.clone())?;
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
         page_served = true;
     }
     if !page_served {
-        pages.validate("transports.poll")?;
         router = router.with([pushpull_http::page_route(broker.clone(), pages, None)]);
     }
+    // Every other transport: its own routes beside the shared API. One line each.
     #[cfg(feature = "sse")]
-    if config.transports.sse.enabled {
-        let sse = pushpull_sse::ServerConfig {
-            heartbeat: config.transports.sse.heartbeat,
-            retry: config.transports.sse.retry,
-            page: config.transports.poll.server_config(),
-        };
-        let server = pushpull_sse::Server::new(broker.clone(), sse)?;
-        router = router.with(server.routes());
-        gauges.push(("sse_open_streams", Box::new(move || server.open_streams())));
-    }
+    mount::<pushpull_sse::Server>(&mut router, &mut gauges, &broker, &config.transports.sse)?;
     #[cfg(feature = "ws")]
-    if config.transports.ws.enabled {
-        let section = &config.transports.ws;
-        let ws = pushpull_ws::ServerConfig {
-            ping_interval: section.ping_interval,
-            idle_timeout: section.idle_timeout,
-            write_timeout: section.write_timeout,
-            max_subscriptions: section.max_subscriptions,
-            // A frame holds a payload and its JSON header.
-            max_message_size: config.broker.max_payload + 64 * 1024,
-            max_limit: config.transports.poll.max_limit,
-            ..pushpull_ws::ServerConfig::default()
-        };
-        let server = pushpull_ws::Server::new(broker.clone(), ws)
-            .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
-        router = router.with(server.routes());
-        gauges.push(("ws_open_sockets", Box::new(move || server.open_sockets())));
-    }
+    mount::<pushpull_ws::Server>(
+        &mut router,
+        &mut gauges,
+        &broker,
+        &Section { enabled: config.transports.ws.enabled, server: config.ws_config() },
+    )?;
     #[cfg(feature = "stream")]
-    if config.transports.stream.enabled {
-        let stream = pushpull_stream::ServerConfig {
-            heartbeat: config.transports.stream.heartbeat,
-            page: config.transports.poll.server_config(),
-        };
-        let server = pushpull_stream::Server::new(broker.clone(), stream)?;
-        router = router.with(server.routes());
-        gauges.push(("stream_open_streams", Box::new(move || server.open_streams())));
-    }
+    mount::<pushpull_stream::Server>(&mut router, &mut gauges, &broker, &config.transports.stream)?;
     #[cfg(feature = "webhook")]
-    if config.transports.webhook.enabled {
-        let server = pushpull_webhook::Server::new(
-            broker.clone(),
-            config.transports.webhook.server.clone(),
-        )?;
-        router = router.with(server.routes());
-        gauges.push(("webhook_endpoints", Box::new(move || server.endpoint_count())));
-    }
+    mount::<pushpull_webhook::Server>(
+        &mut router,
+        &mut gauges,
+        &broker,
+        &config.transports.webhook,
+    )?;
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with([health]).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
 }
 
-/// The transports a config serves, in this build.
-pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    #[cfg(feature = "webhook")]
-    let webhook = config.transports.webhook.enabled;
-    #[cfg(not(feature = "webhook"))]
-    let webhook = false;
-    let candidates: [(&'static str, bool, bool); 6] = [
-        ("poll", cfg!(feature = "poll"), config.transports.poll.enabled),
-        ("longpoll", cfg!(feature = "longpoll"), config.transports.longpoll.enabled),
-        ("sse", cfg!(feature = "sse"), config.transports.sse.enabled),
-        ("ws", cfg!(feature = "ws"), config.transports.ws.enabled),
-        ("stream", cfg!(feature = "stream"), config.transports.stream.enabled),
-        ("webhook", cfg!(feature = "webhook"), webhook),
-    ];
-    candidates.into_iter().filter(|(_, built, on)| *built && *on).map(|(name, ..)| name).collect()
+/// Adds `T`'s routes and gauges when its section enables it; a bad setting names its key under
+/// `transports.`.
+#[allow(dead_code)]
+fn mount<T: TransportServer>(
+    router: &mut Router,
+    gauges: &mut Vec<(&'static str, Reading)>,
+    broker: &Arc<dyn Client>,
+    section: &Section<T::Config>,
+) -> Result<(), Error> {
+    if !section.enabled {
+        return Ok(());
+    }
+    let server = T::new(broker.clone(), section.server.clone())
+        .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
+    *router = std::mem::take(router).with(server.routes());
+    gauges.extend(server.gauges());
+    Ok(())
 }
 
-type Gauge = Box<dyn Fn() -> usize + Send + Sync>;
+/// The transports a config serves, in this build.
+pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
+    let mut served = Vec::new();
+    let transports = &config.transports;
+    if cfg!(feature = "poll") && transports.poll.enabled {
+        served.push("poll");
+    }
+    #[cfg(feature = "longpoll")]
+    if transports.longpoll.enabled {
+        served.push("longpoll");
+    }
+    #[cfg(feature = "sse")]
+    if transports.sse.enabled {
+        served.push("sse");
+    }
+    #[cfg(feature = "ws")]
+    if transports.ws.enabled {
+        served.push("ws");
+    }
+    #[cfg(feature = "stream")]
+    if transports.stream.enabled {
+        served.push("stream");
+    }
+    #[cfg(feature = "webhook")]
+    if transports.webhook.enabled {
+        served.push("webhook");
+    }
+    served
+}
 
 /// `GET /v1/health`: the broker, the transports served, and live counts of held requests and
 /// open streams.
 fn health_route(
     broker: Arc<dyn Client>,
     transports: Vec<&'static str>,
-    gauges: Vec<(&'static str, Gauge)>,
+    gauges: Vec<(&'static str, Reading)>,
 ) -> Route {
     let broker_name = broker.capabilities().name;
     let gauges = Arc::new(gauges);

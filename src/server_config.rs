@@ -143,170 +143,83 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[transports.*]`: each transport's server settings. A transport is served when its crate's
-/// feature is on and `enabled` is not false.
+/// `[transports.*]`: each transport's section holds `enabled` and the settings its own crate
+/// defines (the crate's `ServerConfig`, embedded as it is, so every key it has can be set here
+/// and is documented there). A transport is served when its crate's feature is on and `enabled`
+/// is not false.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportsConfig {
-    /// `[transports.poll]`: short polling.
-    pub poll: PollSection,
-    /// `[transports.longpoll]`: long polling (the same page route, held with `?wait=`).
-    pub longpoll: LongpollSection,
+    /// `[transports.poll]`: the page route (`GET /v1/topics/{topic}/messages`), which short
+    /// polling is and every HTTP client fetches from: its settings apply whatever transports
+    /// are enabled.
+    pub poll: Section<pushpull_http::PageConfig>,
+    /// `[transports.longpoll]`: the page route holding requests that ask with `?wait=`.
+    #[cfg(feature = "longpoll")]
+    pub longpoll: Section<pushpull_longpoll::ServerConfig>,
     /// `[transports.sse]`: Server-Sent Events.
-    pub sse: SseSection,
-    /// `[transports.ws]`: WebSocket.
-    pub ws: WsSection,
+    #[cfg(feature = "sse")]
+    pub sse: Section<pushpull_sse::ServerConfig>,
+    /// `[transports.ws]`: WebSocket. `max_message_size` is raised to at least the broker's
+    /// `max_payload` plus 64 KiB, so any payload the broker takes fits in a frame.
+    #[cfg(feature = "ws")]
+    pub ws: Section<pushpull_ws::ServerConfig>,
     /// `[transports.stream]`: chunked HTTP streaming.
-    pub stream: StreamSection,
-    /// `[transports.webhook]`: webhooks, as the webhook crate's `ServerConfig` reads them.
+    #[cfg(feature = "stream")]
+    pub stream: Section<pushpull_stream::ServerConfig>,
+    /// `[transports.webhook]`: webhooks.
     #[cfg(feature = "webhook")]
-    pub webhook: WebhookSection,
+    pub webhook: Section<pushpull_webhook::ServerConfig>,
 }
 
-/// `[transports.webhook]`: `enabled` and the webhook server's settings (`schedule`,
-/// `attempt_timeout`, `on_exhausted`, `allow_loopback`, `allow_private`, …).
-#[cfg(feature = "webhook")]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhookSection {
-    /// Whether to serve the registration API and deliver.
+/// One transport's section: `enabled`, and the transport crate's own server settings beside it.
+///
+/// ```toml
+/// [transports.ws]
+/// enabled = true            # the section's own key
+/// ping_interval = "15s"     # the rest are pushpull_ws::ServerConfig's
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Section<T> {
+    /// Whether to serve the transport.
     pub enabled: bool,
-    /// The webhook server's settings.
+    /// The transport's server settings.
     #[serde(flatten)]
-    pub server: pushpull_webhook::ServerConfig,
+    pub server: T,
 }
 
-#[cfg(feature = "webhook")]
-impl Default for WebhookSection {
-    fn default() -> Self {
-        Self { enabled: true, server: pushpull_webhook::ServerConfig::default() }
+/// Read through a TOML table, so that an error in the transport's settings names its key (serde's
+/// `flatten` would name only the section).
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Section<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let enabled = match table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(enabled)) => enabled,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "enabled: expected true or false, got {other}"
+                )));
+            }
+        };
+        let server = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let path = e.path().to_string();
+                let why = e.into_inner().message().trim().to_owned();
+                match path.as_str() {
+                    "." | "" => D::Error::custom(why),
+                    key => D::Error::custom(format!("{key}: {why}")),
+                }
+            },
+        )?;
+        Ok(Self { enabled, server })
     }
 }
 
-/// `[transports.stream]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamSection {
-    /// Whether to serve `/v1/topics/{topic}/stream`.
-    pub enabled: bool,
-    /// How often an idle stream gets a heartbeat record.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub heartbeat: Duration,
-}
-
-impl Default for StreamSection {
+impl<T: Default> Default for Section<T> {
     fn default() -> Self {
-        Self { enabled: true, heartbeat: Duration::from_secs(15) }
-    }
-}
-
-/// `[transports.ws]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WsSection {
-    /// Whether to accept WebSocket upgrades on `/v1/ws`.
-    pub enabled: bool,
-    /// How often the server pings each socket.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub ping_interval: Duration,
-    /// A peer silent this long (not even a pong) is closed with 4000.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub idle_timeout: Duration,
-    /// A peer that reads nothing this long while frames wait for it is closed with 4001.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub write_timeout: Duration,
-    /// The most subscriptions one socket may hold.
-    pub max_subscriptions: usize,
-}
-
-impl Default for WsSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ping_interval: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(45),
-            write_timeout: Duration::from_secs(30),
-            max_subscriptions: 100,
-        }
-    }
-}
-
-/// `[transports.sse]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SseSection {
-    /// Whether to serve event streams.
-    pub enabled: bool,
-    /// How often an idle stream gets a heartbeat comment.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub heartbeat: Duration,
-    /// The reconnection time sent in `retry:`.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub retry: Duration,
-}
-
-impl Default for SseSection {
-    fn default() -> Self {
-        Self { enabled: true, heartbeat: Duration::from_secs(15), retry: Duration::from_secs(1) }
-    }
-}
-
-/// `[transports.longpoll]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LongpollSection {
-    /// Whether to hold requests that ask with `?wait=`.
-    pub enabled: bool,
-    /// The longest a request is held.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub max_wait: Duration,
-}
-
-impl Default for LongpollSection {
-    fn default() -> Self {
-        Self { enabled: true, max_wait: Duration::from_secs(30) }
-    }
-}
-
-/// `[transports.poll]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PollSection {
-    /// Whether to serve it.
-    pub enabled: bool,
-    /// The interval clients are asked to poll at.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub poll_interval: Duration,
-    /// Messages per page when a request gives no `limit`.
-    pub default_limit: usize,
-    /// The largest `limit` accepted.
-    pub max_limit: usize,
-    /// A page stops growing past this many payload bytes.
-    pub max_page_bytes: usize,
-}
-
-impl Default for PollSection {
-    fn default() -> Self {
-        // The same values as `pushpull_http::PageConfig::default()` (a test checks).
-        Self {
-            enabled: true,
-            poll_interval: Duration::from_secs(1),
-            default_limit: 100,
-            max_limit: 1000,
-            max_page_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
-
-impl PollSection {
-    /// The page route's settings.
-    pub fn server_config(&self) -> pushpull_http::PageConfig {
-        pushpull_http::PageConfig {
-            poll_interval: self.poll_interval,
-            default_limit: self.default_limit,
-            max_limit: self.max_limit,
-            max_page_bytes: self.max_page_bytes,
-        }
+        Self { enabled: true, server: T::default() }
     }
 }
 
@@ -363,29 +276,35 @@ impl ServerConfig {
 
     /// Checks that the values make sense together; the error names the key.
     pub fn validate(&self) -> Result<(), Error> {
+        let in_transports = |e: Error| config_error(format!("transports.{}", e.message()));
         self.memory_config()
             .validate()
             .map_err(|e| config_error(format!("broker: {}", e.message())))?;
-        self.transports.poll.server_config().validate("transports.poll")?;
-        if self.transports.longpoll.max_wait.is_zero() {
-            return Err(config_error("transports.longpoll.max_wait must be more than zero".into()));
-        }
+        self.transports.poll.server.validate("transports.poll")?;
+        #[cfg(feature = "longpoll")]
+        self.transports.longpoll.server.validate().map_err(in_transports)?;
+        #[cfg(feature = "sse")]
+        self.transports.sse.server.validate().map_err(in_transports)?;
+        #[cfg(feature = "ws")]
+        self.ws_config().validate().map_err(in_transports)?;
+        #[cfg(feature = "stream")]
+        self.transports.stream.server.validate().map_err(in_transports)?;
         #[cfg(feature = "webhook")]
-        self.transports
-            .webhook
-            .server
-            .validate()
-            .map_err(|e| config_error(format!("transports.{}", e.message())))?;
-        if self.transports.stream.heartbeat.is_zero() {
-            return Err(config_error("transports.stream.heartbeat must be more than zero".into()));
-        }
-        if self.transports.sse.heartbeat.is_zero() {
-            return Err(config_error("transports.sse.heartbeat must be more than zero".into()));
-        }
+        self.transports.webhook.server.validate().map_err(in_transports)?;
+        let _ = in_transports;
         if self.http.header_read_timeout.is_zero() {
-            return Err(config_error("http.header_read_timeout must be more than zero".into()));
+            return Err(config_error("http.header_read_timeout: must be more than zero".into()));
         }
         Ok(())
+    }
+
+    /// The WebSocket server's settings, its frames large enough for any payload the broker
+    /// takes.
+    #[cfg(feature = "ws")]
+    pub fn ws_config(&self) -> pushpull_ws::ServerConfig {
+        let mut ws = self.transports.ws.server.clone();
+        ws.max_message_size = ws.max_message_size.max(self.broker.max_payload + 64 * 1024);
+        ws
     }
 
     /// The memory broker's limits.
@@ -432,12 +351,6 @@ fn config_error(message: String) -> Error {
 mod tests {
     use super::*;
 
-    #[cfg(feature = "poll")]
-    #[test]
-    fn poll_defaults_match_the_transport() {
-        assert_eq!(PollSection::default().server_config(), pushpull_http::PageConfig::default());
-    }
-
     #[test]
     fn defaults_serve_on_loopback() {
         let config = ServerConfig::from_toml("").unwrap();
@@ -464,7 +377,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.broker.retention.max_age, Some(Duration::from_secs(90)));
-        assert_eq!(config.transports.poll.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.transports.poll.server.poll_interval, Duration::from_millis(250));
     }
 
     #[test]
@@ -477,6 +390,11 @@ mod tests {
             ("[transports.smoke]\nenabled = true", "smoke"),
             ("[transports.webhook]\nallow_loopbak = true", "allow_loopbak"),
             ("[transports.webhook]\nschedule = [\"soon\"]", "soon"),
+            ("[transports.ws]\nping_intervall = \"1s\"", "ping_intervall"),
+            ("[transports.ws]\nread_buffer = \"big\"", "read_buffer"),
+            ("[transports.sse]\nheartbeat = \"0s\"", "transports.sse.heartbeat"),
+            ("[transports.longpoll]\nmax_wait = \"0s\"", "transports.longpoll.max_wait"),
+            ("[transports.stream]\nenabled = \"yes\"", "enabled"),
             ("listen = \"localhost\"", "listen"),
             ("[broker]\nkind = \"postgres\"", "postgres"),
             ("[broker.retention]\nmax_messages = 0", "max_messages"),
@@ -492,6 +410,26 @@ mod tests {
     }
 
     #[test]
+    fn every_key_a_transport_crate_has_can_be_set() {
+        let config = ServerConfig::from_toml(
+            r#"
+            [transports.ws]
+            read_buffer = 4096
+            max_bad_frames = 3
+            [transports.sse]
+            enabled = false
+            retry = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.transports.ws.server.read_buffer, 4096);
+        assert_eq!(config.transports.ws.server.max_bad_frames, 3);
+        assert!(config.transports.ws.enabled);
+        assert!(!config.transports.sse.enabled);
+        assert_eq!(config.transports.sse.server.retry, Duration::from_secs(2));
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env = [
             ("PUSHPULL_LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
@@ -503,7 +441,7 @@ mod tests {
         let config = ServerConfig::load(None, env).unwrap();
         assert_eq!(config.listen.port(), 9100);
         assert_eq!(config.broker.retention.max_messages, 7);
-        assert_eq!(config.transports.poll.poll_interval, Duration::from_secs(2));
+        assert_eq!(config.transports.poll.server.poll_interval, Duration::from_secs(2));
         let err =
             ServerConfig::load(None, [("PUSHPULL_LISTN".to_owned(), "x".to_owned())]).unwrap_err();
         assert!(err.message().contains("listn"), "{err}");

@@ -49,6 +49,14 @@ async fn configuration_errors_say_what_to_fix() {
     let err = pushpull::connect(&config).await.err().expect("an error");
     assert!(err.message().contains("poll_intervall"), "{err}");
 
+    let config = ClientConfig::from_toml("transport = \"poll\"\n[pidgeon]\nwings = 2").unwrap();
+    let err = pushpull::connect(&config).await.err().expect("an error");
+    assert!(err.message().contains("[pidgeon]") && err.message().contains("available"), "{err}");
+
+    let config = ClientConfig::from_toml("transport = \"sse\"\n[sse]\nidle_timeout = 5").unwrap();
+    let err = pushpull::connect(&config).await.err().expect("an error");
+    assert!(err.message().contains("[sse] idle_timeout"), "{err}");
+
     let config = ClientConfig::new("poll", "ftp://example");
     let err = pushpull::connect(&config).await.err().expect("an error");
     assert!(err.message().contains("http://"), "{err}");

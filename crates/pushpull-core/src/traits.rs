@@ -168,3 +168,17 @@ macro_rules! forward {
 }
 
 forward!(Arc, Box);
+
+/// How a transport's client is made from its settings: what a registry of transports (the
+/// `pushpull` facade's `Registry`) needs to pick the transport by name from configuration.
+///
+/// The settings are the transport's own section of a client configuration (`[sse]`, `[ws]`,
+/// or a custom transport's), with the server's `url` filled in.
+pub trait Connect {
+    /// The transport's name in configuration (`transport = "…"`, and its settings section).
+    const NAME: &'static str;
+    /// The transport's client settings, all optional (`#[serde(default)]`) but `url`.
+    type Config: serde::de::DeserializeOwned;
+    /// A client configured by `config`.
+    fn connect(config: Self::Config) -> Result<Arc<dyn Client>>;
+}

@@ -11,6 +11,7 @@ pub mod request;
 mod response;
 mod router;
 mod serve;
+mod transport;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
@@ -33,6 +34,7 @@ pub use serve::{
     RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger, serve_until, spawn,
     spawn_with_stats,
 };
+pub use transport::{Reading, TransportServer};
 
 #[doc(hidden)]
 pub mod __private {

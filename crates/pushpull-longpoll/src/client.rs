@@ -59,3 +59,12 @@ impl pushpull_core::Client for Client {
         Capabilities::full(NAME)
     }
 }
+
+impl pushpull_core::Connect for Client {
+    const NAME: &'static str = crate::NAME;
+    type Config = ClientConfig;
+
+    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
+        Ok(std::sync::Arc::new(Client::new(config)?))
+    }
+}

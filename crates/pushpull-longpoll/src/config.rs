@@ -13,13 +13,11 @@ pub struct ServerConfig {
     /// below the 60 s idle timeout of common proxies and load balancers.
     #[serde(with = "pushpull_core::duration_text")]
     pub max_wait: Duration,
-    /// Page limits and the poll interval hint, as for short polling.
-    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_wait: Duration::from_secs(30), page: pushpull_http::PageConfig::default() }
+        Self { max_wait: Duration::from_secs(30) }
     }
 }
 
@@ -27,9 +25,9 @@ impl ServerConfig {
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_wait.is_zero() {
-            return Err(Error::new(ErrorKind::Config, "longpoll.max_wait must be more than zero"));
+            return Err(Error::new(ErrorKind::Config, "longpoll.max_wait: must be more than zero"));
         }
-        self.page.validate(crate::NAME)
+        Ok(())
     }
 }
 

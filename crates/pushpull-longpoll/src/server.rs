@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use pushpull_core::{Client, Error};
-use pushpull_http::{Gauge, Hold, Route, Router};
+use pushpull_http::{Gauge, Hold, PageConfig, Route, Router};
 
 use crate::config::ServerConfig;
 
@@ -23,14 +23,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server over `broker`.
+    /// A server over `broker`, its pages as [`PageConfig::default`] has them.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        Self::with_pages(broker, config, PageConfig::default())
+    }
+
+    /// A server over `broker` with `pages` as the page route's settings (a server serving
+    /// several transports has one page route, configured once).
+    pub fn with_pages(
+        broker: Arc<dyn Client>,
+        config: ServerConfig,
+        pages: PageConfig,
+    ) -> Result<Self, Error> {
         config.validate()?;
+        pages.validate(crate::NAME)?;
         let held = Gauge::new();
         let hold = Hold { max_wait: config.max_wait, held: held.clone() };
-        let route =
-            pushpull_http::page_route(broker.clone(), config.page.clone(), Some(hold.clone()));
-        let router = pushpull_http::api(broker, config.page, Some(hold));
+        let route = pushpull_http::page_route(broker.clone(), pages.clone(), Some(hold.clone()));
+        let router = pushpull_http::api(broker, pages, Some(hold));
         Ok(Self { route, router, held })
     }
 

@@ -15,17 +15,11 @@ pub struct ServerConfig {
     /// The reconnection time sent in the `retry:` field.
     #[serde(with = "pushpull_core::duration_text")]
     pub retry: Duration,
-    /// Page limits for the page route of [`Server::router`](crate::Server::router).
-    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(1),
-            page: pushpull_http::PageConfig::default(),
-        }
+        Self { heartbeat: Duration::from_secs(15), retry: Duration::from_secs(1) }
     }
 }
 
@@ -33,9 +27,9 @@ impl ServerConfig {
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat.is_zero() {
-            return Err(Error::new(ErrorKind::Config, "sse.heartbeat must be more than zero"));
+            return Err(Error::new(ErrorKind::Config, "sse.heartbeat: must be more than zero"));
         }
-        self.page.validate(crate::NAME)
+        Ok(())
     }
 }
 

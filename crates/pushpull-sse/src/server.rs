@@ -49,7 +49,7 @@ impl Server {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
-        let api = pushpull_http::api(broker.clone(), config.page.clone(), None);
+        let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
         let router = api.with(streams.routes());
         Ok(Self { streams, router })
@@ -73,6 +73,24 @@ impl Server {
 }
 
 pushpull_http::serve_with_router!(Server);
+
+impl pushpull_http::TransportServer for Server {
+    const NAME: &'static str = crate::NAME;
+    type Config = ServerConfig;
+
+    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        Server::new(broker, config)
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        Server::routes(self)
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
+        let open = self.streams.open.clone();
+        vec![("sse_open_streams", Box::new(move || open.get()))]
+    }
+}
 
 impl Streams {
     fn routes(&self) -> Vec<Route> {

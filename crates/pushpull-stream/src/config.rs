@@ -12,13 +12,11 @@ pub struct ServerConfig {
     /// How often an idle stream gets a heartbeat record.
     #[serde(with = "pushpull_core::duration_text")]
     pub heartbeat: Duration,
-    /// Page limits for the page route of [`Server::router`](crate::Server::router).
-    pub page: pushpull_http::PageConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(15), page: pushpull_http::PageConfig::default() }
+        Self { heartbeat: Duration::from_secs(15) }
     }
 }
 
@@ -26,9 +24,9 @@ impl ServerConfig {
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat.is_zero() {
-            return Err(Error::new(ErrorKind::Config, "stream.heartbeat must be more than zero"));
+            return Err(Error::new(ErrorKind::Config, "stream.heartbeat: must be more than zero"));
         }
-        self.page.validate(crate::NAME)
+        Ok(())
     }
 }
 

@@ -54,7 +54,7 @@ async fn head_and_start(
 
 #[tokio::test]
 async fn the_accept_header_picks_the_framing_and_idle_streams_get_heartbeats() {
-    let config = ServerConfig { heartbeat: Duration::from_millis(20), ..ServerConfig::default() };
+    let config = ServerConfig { heartbeat: Duration::from_millis(20) };
     let (_, running, _) = start(MemoryBroker::new(), config).await;
     let addr = running.local_addr();
 

@@ -198,6 +198,27 @@ impl Server {
 
 pushpull_http::serve_with_router!(Server);
 
+impl pushpull_http::TransportServer for Server {
+    const NAME: &'static str = crate::NAME;
+    type Config = ServerConfig;
+
+    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        Server::new(broker, config)
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        Server::routes(self)
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
+        let endpoints = self.hooks.endpoints.clone();
+        vec![(
+            "webhook_endpoints",
+            Box::new(move || endpoints.lock().expect("endpoints lock").len()),
+        )]
+    }
+}
+
 /// The endpoints and what their routes and workers need; the routes hold this, not the
 /// [`Server`] (whose router holds the routes).
 #[derive(Clone)]

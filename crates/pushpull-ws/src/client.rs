@@ -756,3 +756,12 @@ async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {
     };
     socket.send(message).await.map_err(|_| ())
 }
+
+impl pushpull_core::Connect for Client {
+    const NAME: &'static str = crate::NAME;
+    type Config = ClientConfig;
+
+    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
+        Ok(std::sync::Arc::new(Client::new(config)?))
+    }
+}

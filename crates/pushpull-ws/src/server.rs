@@ -65,6 +65,24 @@ impl Server {
 
 pushpull_http::serve_with_router!(Server);
 
+impl pushpull_http::TransportServer for Server {
+    const NAME: &'static str = crate::NAME;
+    type Config = ServerConfig;
+
+    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+        Server::new(broker, config)
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        Server::routes(self)
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
+        let open = self.sockets.open.clone();
+        vec![("ws_open_sockets", Box::new(move || open.get()))]
+    }
+}
+
 /// What the upgrade route and the sessions need; the routes hold this, not the [`Server`]
 /// (whose router holds the routes).
 #[derive(Clone)]
