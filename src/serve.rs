@@ -47,14 +47,16 @@ fn router_with_stats(
     // The page route is how every HTTP client fetches, so it is served whatever transports are
     // enabled; long polling's is the same route, holding requests that ask with `?wait=`.
     let pages = config.transports.poll.server.clone();
-    let mut page_served = false;
     #[cfg(feature = "longpoll")]
-    if config.transports.longpoll.enabled {
+    let page_served = config.transports.longpoll.enabled;
+    #[cfg(not(feature = "longpoll"))]
+    let page_served = false;
+    #[cfg(feature = "longpoll")]
+    if page_served {
         let section = config.transports.longpoll.server.clone();
         let server = pushpull_longpoll::Server::with_pages(broker.clone(), section, pages.clone())?;
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
-        page_served = true;
     }
     if !page_served {
         router = router.with([pushpull_http::page_route(broker.clone(), pages, None)]);
