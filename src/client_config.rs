@@ -165,17 +165,17 @@ impl Registry {
         #[allow(unused_mut)]
         let mut registry = Self::new();
         #[cfg(feature = "poll")]
-        registry.register_client::<pushpull_poll::Client>();
+        registry.register_client::<pushpull_poll::PollClient>();
         #[cfg(feature = "longpoll")]
-        registry.register_client::<pushpull_longpoll::Client>();
+        registry.register_client::<pushpull_longpoll::LongpollClient>();
         #[cfg(feature = "sse")]
-        registry.register_client::<pushpull_sse::Client>();
+        registry.register_client::<pushpull_sse::SseClient>();
         #[cfg(feature = "ws")]
-        registry.register_client::<pushpull_ws::Client>();
+        registry.register_client::<pushpull_ws::WsClient>();
         #[cfg(feature = "stream")]
-        registry.register_client::<pushpull_stream::Client>();
+        registry.register_client::<pushpull_stream::StreamClient>();
         #[cfg(feature = "webhook")]
-        registry.register_client::<pushpull_webhook::Client>();
+        registry.register_client::<pushpull_webhook::WebhookClient>();
         registry
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
+use pushpull_core::{Broker, Error, ErrorKind, MemoryBroker};
 use pushpull_http::{
     PublishLimits, Reading, Route, Router, RunningServer, ServeConfig, ServerStats, TransportServer,
 };
@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::server_config::{BrokerKind, Section, ServerConfig};
 
 /// The broker a config asks for.
-pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Client>, Error> {
+pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Broker>, Error> {
     match config.broker.kind {
         BrokerKind::Memory => Ok(Arc::new(MemoryBroker::with_config(config.memory_config())?)),
     }
@@ -20,13 +20,13 @@ pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Client>, Error> {
 
 /// The router serving `broker` over every transport `config` enables, plus publishing and
 /// `GET /v1/health`.
-pub fn router(broker: Arc<dyn Client>, config: &ServerConfig) -> Result<Router, Error> {
+pub fn router(broker: Arc<dyn Broker>, config: &ServerConfig) -> Result<Router, Error> {
     router_with_stats(broker, config, None)
 }
 
 /// [`router`], with a health route that also reports `stats` (requests and connections).
 fn router_with_stats(
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: &ServerConfig,
     stats: Option<Arc<ServerStats>>,
 ) -> Result<Router, Error> {
@@ -54,7 +54,8 @@ fn router_with_stats(
     #[cfg(feature = "longpoll")]
     if page_served {
         let section = config.transports.longpoll.server.clone();
-        let server = pushpull_longpoll::Server::with_pages(broker.clone(), section, pages.clone())?;
+        let server =
+            pushpull_longpoll::LongpollServer::with_pages(broker.clone(), section, pages.clone())?;
         router = router.with(server.routes());
         gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
     }
@@ -63,18 +64,23 @@ fn router_with_stats(
     }
     // Every other transport: its own routes beside the shared API. One line each.
     #[cfg(feature = "sse")]
-    mount::<pushpull_sse::Server>(&mut router, &mut gauges, &broker, &config.transports.sse)?;
+    mount::<pushpull_sse::SseServer>(&mut router, &mut gauges, &broker, &config.transports.sse)?;
     #[cfg(feature = "ws")]
-    mount::<pushpull_ws::Server>(
+    mount::<pushpull_ws::WsServer>(
         &mut router,
         &mut gauges,
         &broker,
         &Section { enabled: config.transports.ws.enabled, server: config.ws_config() },
     )?;
     #[cfg(feature = "stream")]
-    mount::<pushpull_stream::Server>(&mut router, &mut gauges, &broker, &config.transports.stream)?;
+    mount::<pushpull_stream::StreamServer>(
+        &mut router,
+        &mut gauges,
+        &broker,
+        &config.transports.stream,
+    )?;
     #[cfg(feature = "webhook")]
-    mount::<pushpull_webhook::Server>(
+    mount::<pushpull_webhook::WebhookServer>(
         &mut router,
         &mut gauges,
         &broker,
@@ -90,7 +96,7 @@ fn router_with_stats(
 fn mount<T: TransportServer>(
     router: &mut Router,
     gauges: &mut Vec<(&'static str, Reading)>,
-    broker: &Arc<dyn Client>,
+    broker: &Arc<dyn Broker>,
     section: &Section<T::Config>,
 ) -> Result<(), Error> {
     if !section.enabled {
@@ -136,7 +142,7 @@ pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
 /// `GET /v1/health`: the broker, the transports served, and live counts of held requests and
 /// open streams.
 fn health_route(
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     transports: Vec<&'static str>,
     gauges: Vec<(&'static str, Reading)>,
 ) -> Route {
@@ -175,7 +181,7 @@ pub fn serve_on(listener: TcpListener, config: &ServerConfig) -> Result<RunningS
 /// Serves `broker` (one the application also uses in-process, say) on `listener`.
 pub fn serve_with(
     listener: TcpListener,
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: &ServerConfig,
 ) -> Result<RunningServer, Error> {
     let stats = Arc::new(ServerStats::default());

@@ -23,7 +23,7 @@ pub use message::{
 };
 pub use set::SubscriptionSet;
 pub use topic::{MAX_TOPIC_LEN, Topic};
-pub use traits::{Client, Connect, Fetch, Publish, Subscribe, Subscription};
+pub use traits::{Broker, Client, Connect, Fetch, Publish, Subscribe, Subscription};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -136,6 +136,16 @@ impl fmt::Debug for Subscription {
     }
 }
 
+/// The source of truth a server serves: a broker (the [`MemoryBroker`](crate::MemoryBroker),
+/// a Redis-backed one, one of your own). It has a client's three operations — that is what
+/// lets the same code and the same conformance suite run against a broker in-process or a
+/// transport over the network — and the name says which side of the wire it is on: servers take
+/// an `Arc<dyn Broker>`, applications hold an `Arc<dyn Client>`. Every [`Client`] is a broker,
+/// and an `Arc<dyn Broker>` is an `Arc<dyn Client>` where one is asked for.
+pub trait Broker: Client {}
+
+impl<T: Client + ?Sized> Broker for T {}
+
 macro_rules! forward {
     ($($wrapper:ident),*) => {$(
         #[async_trait]

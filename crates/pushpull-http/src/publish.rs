@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode, header};
-use pushpull_core::{Client, Error, ErrorKind, Publication};
+use pushpull_core::{Broker, Error, ErrorKind, Publication};
 
 use crate::response::json;
 use crate::router::{HttpRequest, Params, Route, query_params};
@@ -31,7 +31,7 @@ pub struct PublishLimits {
 /// The route `POST /v1/topics/{topic}`: the body is the payload, `Content-Type` is kept, the
 /// event type comes from `?event=` or the `Pushpull-Event` header, and an `Idempotency-Key`
 /// header makes a retry return the first receipt. Answers 201 with the receipt.
-pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
+pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
     Route::new(Method::POST, TOPIC_PATH, move |request: HttpRequest, params: Params| {
         let broker = broker.clone();
         let limits = limits.clone();
@@ -67,7 +67,7 @@ pub fn publish_route(broker: Arc<dyn Client>, limits: PublishLimits) -> Route {
 /// (holding requests with `hold`: long polling), so any client can publish and fetch whatever
 /// transports are enabled.
 pub fn api(
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     pages: crate::PageConfig,
     hold: Option<crate::Hold>,
 ) -> crate::Router {

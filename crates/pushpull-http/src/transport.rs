@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use pushpull_core::{Client, Error};
+use pushpull_core::{Broker, Error};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,7 +28,7 @@ pub trait TransportServer: Sized + Send + Sync + 'static {
 
     /// A server over `broker`; a bad setting is a `config` error naming its key as
     /// `NAME.key`.
-    fn new(broker: Arc<dyn Client>, config: Self::Config) -> Result<Self, Error>;
+    fn new(broker: Arc<dyn Broker>, config: Self::Config) -> Result<Self, Error>;
 
     /// The transport's own routes.
     fn routes(&self) -> Vec<Route>;

@@ -15,11 +15,11 @@ use crate::config::ClientConfig;
 /// `wait`, and asks again the moment it is answered, from the cursor the answer ends at, so a
 /// message published between two requests is never missed.
 #[derive(Clone, Debug)]
-pub struct Client {
-    inner: pushpull_poll::Client,
+pub struct LongpollClient {
+    inner: pushpull_poll::PollClient,
 }
 
-impl Client {
+impl LongpollClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let poll = pushpull_poll::ClientConfig {
@@ -29,42 +29,42 @@ impl Client {
             backoff: config.backoff,
             ..pushpull_poll::ClientConfig::default()
         };
-        Ok(Self { inner: pushpull_poll::Client::holding(poll, config.wait, NAME)? })
+        Ok(Self { inner: pushpull_poll::PollClient::holding(poll, config.wait, NAME)? })
     }
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for LongpollClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.inner.publish(topic, publication).await
     }
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for LongpollClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         self.inner.fetch(topic, cursor, limit).await
     }
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for LongpollClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         self.inner.subscribe(topic, cursor).await
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for LongpollClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME)
     }
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for LongpollClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(LongpollClient::new(config)?))
     }
 }

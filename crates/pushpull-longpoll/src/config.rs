@@ -5,7 +5,7 @@ use std::time::Duration;
 use pushpull_core::{Backoff, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the long-polling [`Server`](crate::Server).
+/// Settings of the long-polling [`Server`](crate::LongpollServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -31,7 +31,7 @@ impl ServerConfig {
     }
 }
 
-/// Settings of the long-polling [`Client`](crate::Client).
+/// Settings of the long-polling [`Client`](crate::LongpollClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

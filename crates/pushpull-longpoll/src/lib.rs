@@ -4,9 +4,9 @@ mod client;
 mod config;
 mod server;
 
-pub use client::Client;
+pub use client::LongpollClient;
 pub use config::{ClientConfig, ServerConfig};
-pub use server::Server;
+pub use server::LongpollServer;
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "longpoll";

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pushpull_core::{Client, Error};
+use pushpull_core::{Broker, Error};
 use pushpull_http::{Gauge, Hold, PageConfig, Route, Router};
 
 use crate::config::ServerConfig;
@@ -16,22 +16,22 @@ use crate::config::ServerConfig;
 /// `Pushpull-Wait-Ms`, the wait applied. A held request is a future parked on the topic's
 /// wake-up signal: no thread, no buffer, and dropped the moment its client hangs up.
 #[derive(Clone, Debug)]
-pub struct Server {
+pub struct LongpollServer {
     route: Route,
     router: Router,
     held: Gauge,
 }
 
-impl Server {
+impl LongpollServer {
     /// A server over `broker`, its pages as [`PageConfig::default`] has them.
-    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         Self::with_pages(broker, config, PageConfig::default())
     }
 
     /// A server over `broker` with `pages` as the page route's settings (a server serving
     /// several transports has one page route, configured once).
     pub fn with_pages(
-        broker: Arc<dyn Client>,
+        broker: Arc<dyn Broker>,
         config: ServerConfig,
         pages: PageConfig,
     ) -> Result<Self, Error> {
@@ -60,4 +60,4 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(LongpollServer);

@@ -8,14 +8,16 @@ use pushpull_testkit::http::HttpHarness;
 fn harness() -> HttpHarness {
     HttpHarness::new(
         |broker| {
-            pushpull_longpoll::Server::new(broker, Default::default()).expect("config").router()
+            pushpull_longpoll::LongpollServer::new(broker, Default::default())
+                .expect("config")
+                .router()
         },
         |url| {
             let config = pushpull_longpoll::ClientConfig {
                 wait: Duration::from_secs(10),
                 ..pushpull_longpoll::ClientConfig::new(url)
             };
-            Ok(Arc::new(pushpull_longpoll::Client::new(config)?))
+            Ok(Arc::new(pushpull_longpoll::LongpollClient::new(config)?))
         },
     )
 }

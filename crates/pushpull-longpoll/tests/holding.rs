@@ -4,18 +4,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushpull_core::{Client, MemoryBroker, Publication, Publish, Topic};
+use pushpull_core::{MemoryBroker, Publication, Publish, Topic};
 use pushpull_http::{RunningServer, ServeConfig};
-use pushpull_longpoll::{Server, ServerConfig};
+use pushpull_longpoll::{LongpollServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Fails a test that hangs, instead of hanging CI.
 const LIMIT: Duration = Duration::from_secs(30);
 
-async fn start(config: ServerConfig) -> (Server, RunningServer, Arc<MemoryBroker>) {
+async fn start(config: ServerConfig) -> (LongpollServer, RunningServer, Arc<MemoryBroker>) {
     let broker = Arc::new(MemoryBroker::new());
-    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let server =
+        LongpollServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
     (server, running, broker)

@@ -23,7 +23,7 @@ use crate::config::ClientConfig;
 /// so an unchanged topic costs a bodiless 304. After a failure it retries with backoff (or
 /// after `Retry-After`) from the last cursor it delivered, so nothing is lost or repeated.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct PollClient {
     http: HttpClient,
     config: ClientConfig,
     /// Long polling: how long each subscription poll asks the server to hold.
@@ -31,7 +31,7 @@ pub struct Client {
     name: &'static str,
 }
 
-impl Client {
+impl PollClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         Self::build(config, None, NAME)
@@ -108,21 +108,21 @@ impl Client {
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for PollClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.http.publish(topic, publication).await
     }
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for PollClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for PollClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
         // a bad topic or cursor fails here rather than in the stream.
@@ -167,7 +167,7 @@ impl Subscribe for Client {
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for PollClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(self.name)
     }
@@ -175,7 +175,7 @@ impl pushpull_core::Client for Client {
 
 /// One subscription's polling loop.
 struct Poller {
-    client: Client,
+    client: PollClient,
     topic: Topic,
     /// Where the next poll starts: after the last delivery handed to `ready`.
     cursor: Cursor,
@@ -240,11 +240,11 @@ impl Poller {
     }
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for PollClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(PollClient::new(config)?))
     }
 }

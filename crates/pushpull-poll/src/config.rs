@@ -5,7 +5,7 @@ use std::time::Duration;
 use pushpull_core::Backoff;
 use serde::{Deserialize, Serialize};
 
-/// Settings of the polling [`Client`](crate::Client).
+/// Settings of the polling [`Client`](crate::PollClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

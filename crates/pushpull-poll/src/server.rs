@@ -3,19 +3,19 @@
 
 use std::sync::Arc;
 
-use pushpull_core::{Client, Error};
+use pushpull_core::{Broker, Error};
 use pushpull_http::{PageConfig, Router};
 
 /// The polling server over a broker: `POST /v1/topics/{topic}` and the page route
 /// ([`pushpull_http::page_route`]). A cheap-`Clone` tower (and hyper) service.
 #[derive(Clone, Debug)]
-pub struct Server {
+pub struct PollServer {
     router: Router,
 }
 
-impl Server {
+impl PollServer {
     /// A server over `broker`.
-    pub fn new(broker: Arc<dyn Client>, config: PageConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: PageConfig) -> Result<Self, Error> {
         config.validate(crate::NAME)?;
         Ok(Self { router: pushpull_http::api(broker, config, None) })
     }
@@ -26,4 +26,4 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(PollServer);

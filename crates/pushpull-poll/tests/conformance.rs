@@ -12,9 +12,9 @@ fn harness() -> HttpHarness {
                 poll_interval: Duration::from_millis(50),
                 ..Default::default()
             };
-            pushpull_poll::Server::new(broker, config).expect("valid config").router().clone()
+            pushpull_poll::PollServer::new(broker, config).expect("valid config").router().clone()
         },
-        |url| Ok(Arc::new(pushpull_poll::Client::new(pushpull_poll::ClientConfig::new(url))?)),
+        |url| Ok(Arc::new(pushpull_poll::PollClient::new(pushpull_poll::ClientConfig::new(url))?)),
     )
 }
 

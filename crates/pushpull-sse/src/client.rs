@@ -28,12 +28,12 @@ use crate::wire::{CONTENT_TYPE, Parser, decode_event};
 /// `204 No Content` (the server asks it to stop), a status such as 400, 401, 403, 404 or 410,
 /// or a content type other than `text/event-stream`.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct SseClient {
     http: HttpClient,
     config: ClientConfig,
 }
 
-impl Client {
+impl SseClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let http_config = HttpClientConfig {
@@ -95,21 +95,21 @@ impl Client {
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for SseClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.http.publish(topic, publication).await
     }
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for SseClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for SseClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         pushpull_http::reopening(self.clone(), topic.clone(), cursor)
             .await
@@ -118,11 +118,11 @@ impl Subscribe for Client {
 }
 
 #[async_trait]
-impl pushpull_http::Reopen for Client {
+impl pushpull_http::Reopen for SseClient {
     type Decoder = Parser;
 
     async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
-        Client::open(self, topic, cursor).await
+        SseClient::open(self, topic, cursor).await
     }
 
     fn decoder(&self) -> Parser {
@@ -149,17 +149,17 @@ impl pushpull_http::Reopen for Client {
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for SseClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
     }
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for SseClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(SseClient::new(config)?))
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use pushpull_core::{Backoff, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the SSE [`Server`](crate::Server).
+/// Settings of the SSE [`Server`](crate::SseServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -33,7 +33,7 @@ impl ServerConfig {
     }
 }
 
-/// Settings of the SSE [`Client`](crate::Client).
+/// Settings of the SSE [`Client`](crate::SseClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

@@ -5,9 +5,9 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::Client;
+pub use client::SseClient;
 pub use config::{ClientConfig, ServerConfig};
-pub use server::{EVENTS_PATH, Server};
+pub use server::{EVENTS_PATH, SseServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "sse";

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Method;
-use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind};
+use pushpull_core::{Broker, Cursor, Delivery, Error, ErrorKind};
 use pushpull_http::{
     Gauge, HandlerResult, HttpRequest, Params, PushFormat, Route, Router, Shutdown, push_response,
     query_params, request,
@@ -25,16 +25,16 @@ pub const EVENTS_PATH: &str = "/v1/topics/{topic}/events";
 /// by cursor and writes only as fast as the client reads, so a client that stops reading
 /// costs a bounded buffer and, once retention passes it, gets a gap instead of unbounded memory.
 #[derive(Clone, Debug)]
-pub struct Server {
+pub struct SseServer {
     streams: Streams,
     router: Router,
 }
 
-/// What the event-stream route needs; the routes hold this, not the [`Server`] (whose router
+/// What the event-stream route needs; the routes hold this, not the [`SseServer`] (whose router
 /// holds the routes).
 #[derive(Clone)]
 struct Streams {
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     open: Gauge,
 }
@@ -45,9 +45,9 @@ impl std::fmt::Debug for Streams {
     }
 }
 
-impl Server {
+impl SseServer {
     /// A server over `broker`.
-    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
@@ -72,18 +72,18 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(SseServer);
 
-impl pushpull_http::TransportServer for Server {
+impl pushpull_http::TransportServer for SseServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
-        Server::new(broker, config)
+    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
+        SseServer::new(broker, config)
     }
 
     fn routes(&self) -> Vec<Route> {
-        Server::routes(self)
+        SseServer::routes(self)
     }
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {

@@ -12,9 +12,9 @@ fn harness() -> HttpHarness {
                 retry: Duration::from_millis(50),
                 ..Default::default()
             };
-            pushpull_sse::Server::new(broker, config).expect("config").router()
+            pushpull_sse::SseServer::new(broker, config).expect("config").router()
         },
-        |url| Ok(Arc::new(pushpull_sse::Client::new(pushpull_sse::ClientConfig::new(url))?)),
+        |url| Ok(Arc::new(pushpull_sse::SseClient::new(pushpull_sse::ClientConfig::new(url))?)),
     )
 }
 

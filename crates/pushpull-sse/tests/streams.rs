@@ -11,12 +11,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pushpull_core::{
-    Client, Cursor, Epoch, ErrorKind, MemoryBroker, MemoryConfig, Publication, Publish, Retention,
+    Cursor, Epoch, ErrorKind, MemoryBroker, MemoryConfig, Publication, Publish, Retention,
     Subscribe, Topic,
 };
 use pushpull_http::{Route, Router, RunningServer, ServeConfig};
 use pushpull_sse::wire::{Event, GAP_EVENT, Parser};
-use pushpull_sse::{Server, ServerConfig};
+use pushpull_sse::{ServerConfig, SseServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,14 +24,14 @@ use tokio::net::{TcpListener, TcpStream};
 const LIMIT: Duration = Duration::from_secs(30);
 
 struct Setup {
-    server: Server,
+    server: SseServer,
     running: RunningServer,
     broker: Arc<MemoryBroker>,
 }
 
 async fn start(broker: MemoryBroker, config: ServerConfig) -> Setup {
     let broker = Arc::new(broker);
-    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let server = SseServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
     Setup { server, running, broker }
@@ -317,7 +317,7 @@ async fn the_client_stops_on_204_final_statuses_and_wrong_content_types() {
     for (status, content_type, kind, retryable) in cases {
         let server = fake(status, content_type).await;
         let url = format!("http://{}", server.local_addr());
-        let client = pushpull_sse::Client::new(pushpull_sse::ClientConfig::new(url)).unwrap();
+        let client = pushpull_sse::SseClient::new(pushpull_sse::ClientConfig::new(url)).unwrap();
         let result = client.subscribe(&Topic::new("t").unwrap(), Cursor::Latest).await;
         let error = result.expect_err("the first open fails");
         assert_eq!(error.kind(), kind, "status {status} {content_type}: {error}");

@@ -23,12 +23,12 @@ use crate::wire::{Decoder, Framing, Record, delivery};
 /// answers (5xx but 501 and 505, 429 with its `Retry-After`, 408) are retried the same way; any
 /// other non-200 answer or a wrong content type stops it with a typed error.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct StreamClient {
     http: HttpClient,
     config: ClientConfig,
 }
 
-impl Client {
+impl StreamClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let http_config = HttpClientConfig {
@@ -84,21 +84,21 @@ impl Client {
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for StreamClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.http.publish(topic, publication).await
     }
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for StreamClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for StreamClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         pushpull_http::reopening(self.clone(), topic.clone(), cursor)
             .await
@@ -107,11 +107,11 @@ impl Subscribe for Client {
 }
 
 #[async_trait]
-impl pushpull_http::Reopen for Client {
+impl pushpull_http::Reopen for StreamClient {
     type Decoder = Decoder;
 
     async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
-        Client::open(self, topic, cursor).await
+        StreamClient::open(self, topic, cursor).await
     }
 
     fn decoder(&self) -> Decoder {
@@ -140,17 +140,17 @@ impl pushpull_http::Reopen for Client {
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for StreamClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
     }
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for StreamClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(StreamClient::new(config)?))
     }
 }

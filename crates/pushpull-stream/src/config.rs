@@ -5,7 +5,7 @@ use std::time::Duration;
 use pushpull_core::{Backoff, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the streaming [`Server`](crate::Server).
+/// Settings of the streaming [`Server`](crate::StreamServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -30,7 +30,7 @@ impl ServerConfig {
     }
 }
 
-/// The record format a [`Client`](crate::Client) asks for.
+/// The record format a [`Client`](crate::StreamClient) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FramingChoice {
@@ -41,7 +41,7 @@ pub enum FramingChoice {
     Ndjson,
 }
 
-/// Settings of the streaming [`Client`](crate::Client).
+/// Settings of the streaming [`Client`](crate::StreamClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

@@ -5,9 +5,9 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::Client;
+pub use client::StreamClient;
 pub use config::{ClientConfig, FramingChoice, ServerConfig};
-pub use server::{STREAM_PATH, Server};
+pub use server::{STREAM_PATH, StreamServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "stream";

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::{Method, header};
-use pushpull_core::{Client, Cursor, Error};
+use pushpull_core::{Broker, Cursor, Error};
 use pushpull_http::{
     Gauge, HandlerResult, HttpRequest, Params, PushFormat, Route, Router, Shutdown, push_response,
     query_params, request,
@@ -25,16 +25,16 @@ pub const STREAM_PATH: &str = "/v1/topics/{topic}/stream";
 /// else gets NDJSON. Like every push transport here, it writes only as fast as the reader
 /// reads, and a reader left behind by retention gets a gap.
 #[derive(Clone, Debug)]
-pub struct Server {
+pub struct StreamServer {
     streams: Streams,
     router: Router,
 }
 
-/// What the stream route needs; the routes hold this, not the [`Server`] (whose router holds
+/// What the stream route needs; the routes hold this, not the [`StreamServer`] (whose router holds
 /// the routes).
 #[derive(Clone)]
 struct Streams {
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     open: Gauge,
 }
@@ -45,9 +45,9 @@ impl std::fmt::Debug for Streams {
     }
 }
 
-impl Server {
+impl StreamServer {
     /// A server over `broker`.
-    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
@@ -71,18 +71,18 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(StreamServer);
 
-impl pushpull_http::TransportServer for Server {
+impl pushpull_http::TransportServer for StreamServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
-        Server::new(broker, config)
+    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
+        StreamServer::new(broker, config)
     }
 
     fn routes(&self) -> Vec<Route> {
-        Server::routes(self)
+        StreamServer::routes(self)
     }
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {

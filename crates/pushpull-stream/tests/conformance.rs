@@ -8,10 +8,12 @@ use pushpull_testkit::http::HttpHarness;
 
 fn harness(framing: FramingChoice) -> HttpHarness {
     HttpHarness::new(
-        |broker| pushpull_stream::Server::new(broker, Default::default()).expect("config").router(),
+        |broker| {
+            pushpull_stream::StreamServer::new(broker, Default::default()).expect("config").router()
+        },
         move |url| {
             let config = ClientConfig { framing, ..ClientConfig::new(url) };
-            Ok(Arc::new(pushpull_stream::Client::new(config)?))
+            Ok(Arc::new(pushpull_stream::StreamClient::new(config)?))
         },
     )
 }

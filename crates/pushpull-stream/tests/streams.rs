@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use pushpull_core::{
-    Client, Cursor, MemoryBroker, MemoryConfig, Publication, Publish, Retention, Subscribe, Topic,
+    Cursor, MemoryBroker, MemoryConfig, Publication, Publish, Retention, Subscribe, Topic,
 };
 use pushpull_http::{RunningServer, ServeConfig};
-use pushpull_stream::{ClientConfig, FramingChoice, Server, ServerConfig};
+use pushpull_stream::{ClientConfig, FramingChoice, ServerConfig, StreamServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,9 +19,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn start(
     broker: MemoryBroker,
     config: ServerConfig,
-) -> (Server, RunningServer, Arc<MemoryBroker>) {
+) -> (StreamServer, RunningServer, Arc<MemoryBroker>) {
     let broker = Arc::new(broker);
-    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let server =
+        StreamServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
     (server, running, broker)
@@ -124,7 +125,7 @@ async fn a_100_mib_payload_streams_through_the_binary_framing() {
     };
     let (_, running, broker) =
         start(MemoryBroker::with_config(config).unwrap(), ServerConfig::default()).await;
-    let client = pushpull_stream::Client::new(ClientConfig {
+    let client = pushpull_stream::StreamClient::new(ClientConfig {
         framing: FramingChoice::Binary,
         ..ClientConfig::new(format!("http://{}", running.local_addr()))
     })

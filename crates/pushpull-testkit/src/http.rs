@@ -5,13 +5,13 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pushpull_core::{Client, Error, ErrorKind, MemoryBroker};
+use pushpull_core::{Broker, Client, Error, ErrorKind, MemoryBroker};
 use pushpull_http::{Router, RunningServer, ServeConfig, spawn};
 
 use crate::{ChaosProxy, Fixture, Harness, Limits, Skip, memory_config};
 use tokio::net::TcpListener;
 
-type Mount = Arc<dyn Fn(Arc<dyn Client>) -> Router + Send + Sync>;
+type Mount = Arc<dyn Fn(Arc<dyn Broker>) -> Router + Send + Sync>;
 type Connect = Arc<dyn Fn(&str) -> Result<Arc<dyn Client>, Error> + Send + Sync>;
 
 /// Starts `mount(broker)` on 127.0.0.1 and gives the suite `connect(base_url)` as the client.
@@ -25,7 +25,7 @@ impl HttpHarness {
     /// A harness for the transport whose server routes `mount` builds and whose client
     /// `connect` makes from a base URL.
     pub fn new(
-        mount: impl Fn(Arc<dyn Client>) -> Router + Send + Sync + 'static,
+        mount: impl Fn(Arc<dyn Broker>) -> Router + Send + Sync + 'static,
         connect: impl Fn(&str) -> Result<Arc<dyn Client>, Error> + Send + Sync + 'static,
     ) -> Self {
         Self { mount: Arc::new(mount), connect: Arc::new(connect) }

@@ -33,15 +33,15 @@ const BUFFERED: usize = 256;
 /// A client of a webhook server: `publish` and `fetch` by request; `subscribe` registers an
 /// endpoint that delivers to this client's receiver, and dropping the subscription deletes it.
 #[derive(Clone)]
-pub struct Client {
+pub struct WebhookClient {
     http: HttpClient,
     receiver: Arc<Receiver>,
     config: ClientConfig,
 }
 
-impl std::fmt::Debug for Client {
+impl std::fmt::Debug for WebhookClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
+        f.debug_struct("WebhookClient")
             .field("url", &self.config.url)
             .field("receiver", &self.receiver.url)
             .finish()
@@ -69,7 +69,7 @@ struct Inbox {
     endpoint: Option<String>,
 }
 
-impl Client {
+impl WebhookClient {
     /// A client for the server at `config.url`, with its receiver listening on `config.listen`.
     /// Call it within a tokio runtime: the receiver starts serving at once.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
@@ -274,21 +274,21 @@ fn random_token() -> String {
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for WebhookClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.http.publish(topic, publication).await
     }
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for WebhookClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
     }
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for WebhookClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let token = random_token();
         let secret = Secret::generate();
@@ -337,7 +337,7 @@ impl Subscribe for Client {
 }
 
 /// Checks every `check_interval` that the endpoint exists; registers it again if not.
-async fn keep(client: Client, token: String, mut id: String, topic: Topic, secret: Secret) {
+async fn keep(client: WebhookClient, token: String, mut id: String, topic: Topic, secret: Secret) {
     loop {
         tokio::time::sleep(client.config.check_interval).await;
         if client.exists(&id).await != Some(false) {
@@ -366,7 +366,7 @@ async fn keep(client: Client, token: String, mut id: String, topic: Topic, secre
 
 /// Unregisters on drop: removes the inbox and deletes the endpoint on the server.
 struct Registration {
-    client: Client,
+    client: WebhookClient,
     token: String,
     keeper: tokio::task::JoinHandle<()>,
 }
@@ -383,17 +383,17 @@ impl Drop for Registration {
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for WebhookClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
     }
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for WebhookClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(WebhookClient::new(config)?))
     }
 }

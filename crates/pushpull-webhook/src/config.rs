@@ -17,7 +17,7 @@ pub enum OnExhausted {
     Pause,
 }
 
-/// Settings of the webhook [`Server`](crate::Server).
+/// Settings of the webhook [`Server`](crate::WebhookServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -91,7 +91,7 @@ impl ServerConfig {
     }
 }
 
-/// Settings of the webhook [`Client`](crate::Client) and its receiver.
+/// Settings of the webhook [`Client`](crate::WebhookClient) and its receiver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

@@ -6,9 +6,9 @@ mod server;
 pub mod targets;
 pub mod wire;
 
-pub use client::Client;
+pub use client::WebhookClient;
 pub use config::{ClientConfig, OnExhausted, ServerConfig};
-pub use server::{CreateEndpoint, DeadMessage, EndpointView, Server, WEBHOOKS_PATH};
+pub use server::{CreateEndpoint, DeadMessage, EndpointView, WEBHOOKS_PATH, WebhookServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "webhook";

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Client, Cursor, Delivery, Error, ErrorKind, SubscriptionSet, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, Error, ErrorKind, SubscriptionSet, Topic};
 use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, json, request};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -156,23 +156,23 @@ impl Target {
 /// publishing, pages and the registration API, whose workers deliver; its
 /// [`routes`](Self::routes) mount the registration API beside other transports'.
 #[derive(Clone)]
-pub struct Server {
+pub struct WebhookServer {
     hooks: Hooks,
     router: Router,
 }
 
-impl std::fmt::Debug for Server {
+impl std::fmt::Debug for WebhookServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
+        f.debug_struct("WebhookServer")
             .field("config", &self.hooks.config)
             .field("endpoints", &self.endpoint_count())
             .finish()
     }
 }
 
-impl Server {
+impl WebhookServer {
     /// A server over `broker`.
-    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let hooks = Hooks { broker, config: Arc::new(config), endpoints: Arc::default() };
@@ -196,18 +196,18 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(WebhookServer);
 
-impl pushpull_http::TransportServer for Server {
+impl pushpull_http::TransportServer for WebhookServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
-        Server::new(broker, config)
+    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
+        WebhookServer::new(broker, config)
     }
 
     fn routes(&self) -> Vec<Route> {
-        Server::routes(self)
+        WebhookServer::routes(self)
     }
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
@@ -220,10 +220,10 @@ impl pushpull_http::TransportServer for Server {
 }
 
 /// The endpoints and what their routes and workers need; the routes hold this, not the
-/// [`Server`] (whose router holds the routes).
+/// [`WebhookServer`] (whose router holds the routes).
 #[derive(Clone)]
 struct Hooks {
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     endpoints: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
 }

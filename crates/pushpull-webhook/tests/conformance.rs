@@ -18,14 +18,14 @@ fn harness() -> HttpHarness {
                 ],
                 ..Default::default()
             };
-            pushpull_webhook::Server::new(broker, config).expect("config").router()
+            pushpull_webhook::WebhookServer::new(broker, config).expect("config").router()
         },
         |url| {
             let config = pushpull_webhook::ClientConfig {
                 check_interval: Duration::from_millis(100),
                 ..pushpull_webhook::ClientConfig::new(url)
             };
-            Ok(Arc::new(pushpull_webhook::Client::new(config)?))
+            Ok(Arc::new(pushpull_webhook::WebhookClient::new(config)?))
         },
     )
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use http::{Method, StatusCode};
-use pushpull_core::{Client, Cursor, MemoryBroker, Publication, Publish, Subscribe, Topic};
+use pushpull_core::{Cursor, MemoryBroker, Publication, Publish, Subscribe, Topic};
 use pushpull_http::{HttpRequest, Params, Route, Router, RunningServer, ServeConfig};
-use pushpull_webhook::{OnExhausted, Server, ServerConfig, wire};
+use pushpull_webhook::{OnExhausted, ServerConfig, WebhookServer, wire};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,7 +28,8 @@ fn fast(config: ServerConfig) -> ServerConfig {
 
 async fn start(config: ServerConfig) -> (RunningServer, Arc<MemoryBroker>) {
     let broker = Arc::new(MemoryBroker::new());
-    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let server =
+        WebhookServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     (pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap(), broker)
 }
@@ -259,10 +260,9 @@ async fn bad_registrations_are_refused_with_the_reason() {
 #[tokio::test]
 async fn the_receiver_refuses_forged_and_replayed_deliveries() {
     let (server, broker) = start(fast(ServerConfig::default())).await;
-    let client = pushpull_webhook::Client::new(pushpull_webhook::ClientConfig::new(format!(
-        "http://{}",
-        server.local_addr()
-    )))
+    let client = pushpull_webhook::WebhookClient::new(pushpull_webhook::ClientConfig::new(
+        format!("http://{}", server.local_addr()),
+    ))
     .unwrap();
     let topic = Topic::new("t").unwrap();
     let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
@@ -349,7 +349,7 @@ async fn a_delivery_retried_after_a_lost_ack_reaches_the_application_once() {
         public_url: Some(format!("http://{proxy}")),
         ..pushpull_webhook::ClientConfig::new(format!("http://{}", server.local_addr()))
     };
-    let client = pushpull_webhook::Client::new(config).unwrap();
+    let client = pushpull_webhook::WebhookClient::new(config).unwrap();
     let topic = Topic::new("t").unwrap();
     let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
     publish(&broker, "once").await;

@@ -32,7 +32,7 @@ use crate::wire::{self, Frame, Reply, Request, SUBPROTOCOL};
 /// drops fail with a retryable error inside the client, which sends them again: `fetch` is
 /// safe to repeat, and `publish` carries an idempotency key, so a retried publish is stored once.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct WsClient {
     shared: Arc<Shared>,
 }
 
@@ -75,7 +75,7 @@ type Answer = (Reply, Option<bytes::Bytes>);
 /// How many times a request is sent before its error is returned.
 const ATTEMPTS: u32 = 4;
 
-impl Client {
+impl WsClient {
     /// A client for the server at `config.url`; it connects in the background.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let url = socket_url(&config.url)?;
@@ -140,7 +140,7 @@ fn unexpected(reply: &Reply) -> Error {
 }
 
 #[async_trait]
-impl Publish for Client {
+impl Publish for WsClient {
     async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
         if publication.key().is_none() {
             publication =
@@ -159,7 +159,7 @@ impl Publish for Client {
 }
 
 #[async_trait]
-impl Fetch for Client {
+impl Fetch for WsClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         if limit == 0 {
             return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
@@ -183,7 +183,7 @@ impl Fetch for Client {
 }
 
 #[async_trait]
-impl Subscribe for Client {
+impl Subscribe for WsClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let mut attempt = 0;
         loop {
@@ -220,7 +220,7 @@ impl Subscribe for Client {
     }
 }
 
-impl pushpull_core::Client for Client {
+impl pushpull_core::Client for WsClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
     }
@@ -757,11 +757,11 @@ async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {
     socket.send(message).await.map_err(|_| ())
 }
 
-impl pushpull_core::Connect for Client {
+impl pushpull_core::Connect for WsClient {
     const NAME: &'static str = crate::NAME;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(Client::new(config)?))
+        Ok(std::sync::Arc::new(WsClient::new(config)?))
     }
 }

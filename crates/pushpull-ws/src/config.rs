@@ -5,7 +5,7 @@ use std::time::Duration;
 use pushpull_core::{Backoff, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the WebSocket [`Server`](crate::Server).
+/// Settings of the WebSocket [`Server`](crate::WsServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -77,7 +77,7 @@ impl ServerConfig {
     }
 }
 
-/// Settings of the WebSocket [`Client`](crate::Client).
+/// Settings of the WebSocket [`Client`](crate::WsClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {

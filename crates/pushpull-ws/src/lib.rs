@@ -6,9 +6,9 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::Client;
+pub use client::WsClient;
 pub use config::{ClientConfig, ServerConfig};
-pub use server::{Server, WS_PATH};
+pub use server::{WS_PATH, WsServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "ws";

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Client, Cursor, Delivery, Error, Publication, SubscriptionSet, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, Error, Publication, SubscriptionSet, Topic};
 use pushpull_http::{Gauge, HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -28,14 +28,14 @@ pub const WS_PATH: &str = "/v1/ws";
 /// publishing, pages and the socket on `GET /v1/ws`; its [`routes`](Self::routes) mount the
 /// upgrade beside other transports' on the same server.
 #[derive(Clone, Debug)]
-pub struct Server {
+pub struct WsServer {
     sockets: Sockets,
     router: Router,
 }
 
-impl Server {
+impl WsServer {
     /// A server over `broker`.
-    pub fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let pages = pushpull_http::PageConfig {
             max_limit: config.max_limit,
@@ -63,18 +63,18 @@ impl Server {
     }
 }
 
-pushpull_http::serve_with_router!(Server);
+pushpull_http::serve_with_router!(WsServer);
 
-impl pushpull_http::TransportServer for Server {
+impl pushpull_http::TransportServer for WsServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Client>, config: ServerConfig) -> Result<Self, Error> {
-        Server::new(broker, config)
+    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
+        WsServer::new(broker, config)
     }
 
     fn routes(&self) -> Vec<Route> {
-        Server::routes(self)
+        WsServer::routes(self)
     }
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
@@ -83,11 +83,11 @@ impl pushpull_http::TransportServer for Server {
     }
 }
 
-/// What the upgrade route and the sessions need; the routes hold this, not the [`Server`]
+/// What the upgrade route and the sessions need; the routes hold this, not the [`WsServer`]
 /// (whose router holds the routes).
 #[derive(Clone)]
 struct Sockets {
-    broker: Arc<dyn Client>,
+    broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     open: Gauge,
 }

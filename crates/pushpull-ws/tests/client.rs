@@ -64,7 +64,7 @@ async fn a_silent_server_is_left_and_the_subscription_resumes_elsewhere() {
         idle_timeout: Duration::from_millis(300),
         ..pushpull_ws::ClientConfig::new(url)
     };
-    let client = pushpull_ws::Client::new(config).unwrap();
+    let client = pushpull_ws::WsClient::new(config).unwrap();
     let subscription =
         client.subscribe(&Topic::new("t").unwrap(), Cursor::Beginning).await.unwrap();
     assert_eq!(subscription.cursor(), start);
@@ -78,19 +78,22 @@ async fn a_silent_server_is_left_and_the_subscription_resumes_elsewhere() {
 
 #[tokio::test]
 async fn a_subscription_nobody_reads_does_not_stall_the_socket() {
-    use pushpull_core::{Client, Fetch, MemoryBroker, Publication, Publish};
+    use pushpull_core::{Fetch, MemoryBroker, Publication, Publish};
     use std::sync::Arc;
 
     let broker = Arc::new(MemoryBroker::new());
-    let server =
-        pushpull_ws::Server::new(broker.clone() as Arc<dyn Client>, Default::default()).unwrap();
+    let server = pushpull_ws::WsServer::new(
+        broker.clone() as Arc<dyn pushpull_core::Broker>,
+        Default::default(),
+    )
+    .unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
     let config = pushpull_ws::ClientConfig {
         subscription_buffer: 4,
         ..pushpull_ws::ClientConfig::new(format!("http://{}", running.local_addr()))
     };
-    let client = pushpull_ws::Client::new(config).unwrap();
+    let client = pushpull_ws::WsClient::new(config).unwrap();
     let slow = Topic::new("slow").unwrap();
     let mut unread = client.subscribe(&slow, Cursor::Beginning).await.unwrap();
     for n in 0..50 {
@@ -177,7 +180,7 @@ async fn frames_of_an_earlier_subscription_never_skip_messages() {
 
     let config =
         pushpull_ws::ClientConfig { subscription_buffer: 2, ..pushpull_ws::ClientConfig::new(url) };
-    let client = pushpull_ws::Client::new(config).unwrap();
+    let client = pushpull_ws::WsClient::new(config).unwrap();
     let mut subscription =
         client.subscribe(&Topic::new("t").unwrap(), Cursor::Beginning).await.unwrap();
     tokio::time::timeout(LIMIT, paused).await.expect("the client paused").unwrap();

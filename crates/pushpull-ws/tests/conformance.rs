@@ -6,8 +6,8 @@ use pushpull_testkit::http::HttpHarness;
 
 fn harness() -> HttpHarness {
     HttpHarness::new(
-        |broker| pushpull_ws::Server::new(broker, Default::default()).expect("config").router(),
-        |url| Ok(Arc::new(pushpull_ws::Client::new(pushpull_ws::ClientConfig::new(url))?)),
+        |broker| pushpull_ws::WsServer::new(broker, Default::default()).expect("config").router(),
+        |url| Ok(Arc::new(pushpull_ws::WsClient::new(pushpull_ws::ClientConfig::new(url))?)),
     )
 }
 

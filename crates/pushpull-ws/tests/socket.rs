@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use pushpull_core::{Client, MemoryBroker, MemoryConfig, Publication, Publish, Retention, Topic};
+use pushpull_core::{MemoryBroker, MemoryConfig, Publication, Publish, Retention, Topic};
 use pushpull_http::{RunningServer, ServeConfig};
-use pushpull_ws::{Server, ServerConfig, close};
+use pushpull_ws::{ServerConfig, WsServer, close};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,14 +25,14 @@ const LIMIT: Duration = Duration::from_secs(30);
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Setup {
-    server: Server,
+    server: WsServer,
     running: RunningServer,
     broker: Arc<MemoryBroker>,
 }
 
 async fn start_with(broker: MemoryBroker, config: ServerConfig) -> Setup {
     let broker = Arc::new(broker);
-    let server = Server::new(broker.clone() as Arc<dyn Client>, config).unwrap();
+    let server = WsServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
     Setup { server, running, broker }

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::routing::get;
 use http::HeaderValue;
 use http::header::HeaderName;
-use pushpull::{Client, ServerConfig};
+use pushpull::{Broker, ServerConfig};
 use pushpull_http::{Shutdown, ShutdownTrigger};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -22,7 +22,7 @@ pub const APP_HEADER: &str = "x-served-by";
 
 /// The application: its own routes, and pushpull's API under `/realtime`, behind its layers.
 /// Fire the returned trigger when the application shuts down.
-pub fn app(broker: Arc<dyn Client>) -> Result<(Router, ShutdownTrigger), pushpull::Error> {
+pub fn app(broker: Arc<dyn Broker>) -> Result<(Router, ShutdownTrigger), pushpull::Error> {
     let (trigger, shutdown) = Shutdown::new();
     let realtime = pushpull::router(broker, &ServerConfig::default())?.with_shutdown(shutdown);
     let app = Router::new()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use pushpull_core::{Client, Cursor, Error, Page, Topic};
+use pushpull_core::{Broker, Cursor, Error, Page, Topic};
 
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
@@ -39,7 +39,7 @@ pub struct Hold {
 /// once). A held request is a future parked on the topic's wake-up: no thread, no buffer, and
 /// dropped the moment its client hangs up. Without `hold`, `wait` is ignored and the answer
 /// has no `Pushpull-Wait-Ms`, which is how a long-polling client tells.
-pub fn page_route(broker: Arc<dyn Client>, config: PageConfig, hold: Option<Hold>) -> Route {
+pub fn page_route(broker: Arc<dyn Broker>, config: PageConfig, hold: Option<Hold>) -> Route {
     let shared = Arc::new((broker, config, hold));
     Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
@@ -51,7 +51,7 @@ pub fn page_route(broker: Arc<dyn Client>, config: PageConfig, hold: Option<Hold
 }
 
 async fn answer(
-    broker: &dyn Client,
+    broker: &dyn Broker,
     config: &PageConfig,
     hold: Option<&Hold>,
     req: HttpRequest,
@@ -78,7 +78,7 @@ async fn answer(
 
 /// Waits for the first message after the (empty) `page`, then answers a page from there.
 async fn held(
-    broker: &dyn Client,
+    broker: &dyn Broker,
     hold: &Hold,
     request: &PageRequest,
     page: Page,
