@@ -4,6 +4,7 @@ mod backoff;
 mod cursor;
 pub mod duration_text;
 mod error;
+mod ext;
 mod follow;
 mod memory;
 mod message;
@@ -14,6 +15,7 @@ mod traits;
 pub use backoff::Backoff;
 pub use cursor::{Cursor, Epoch, MAX_CURSOR_LEN, Offset};
 pub use error::{Error, ErrorKind, Result};
+pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{

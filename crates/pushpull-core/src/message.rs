@@ -238,6 +238,10 @@ impl OffsetRange {
 }
 
 /// Why a reader missed messages.
+///
+/// Deliberately exhaustive, like [`Delivery`]: every wire format encodes each reason, so a new
+/// one would be a protocol change, made with a new version, not something a match should
+/// silently pass over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GapReason {
     /// The messages fell out of retention before the reader got to them.

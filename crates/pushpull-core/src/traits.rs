@@ -146,6 +146,18 @@ pub trait Broker: Client {}
 
 impl<T: Client + ?Sized> Broker for T {}
 
+impl fmt::Debug for dyn Client + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("name", &self.capabilities().name).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for dyn Broker + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker").field("name", &self.capabilities().name).finish_non_exhaustive()
+    }
+}
+
 macro_rules! forward {
     ($($wrapper:ident),*) => {$(
         #[async_trait]
