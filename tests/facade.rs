@@ -37,7 +37,7 @@ async fn the_same_code_runs_over_any_configured_transport() {
 #[tokio::test]
 async fn configuration_errors_say_what_to_fix() {
     let unknown = ClientConfig::new("carrier-pigeon", "http://127.0.0.1:1");
-    let err = pushpull::connect(&unknown).await.err().expect("an error");
+    let err = pushpull::connect(&unknown).await.expect_err("an error");
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.message().contains("available: poll, longpoll, sse, ws, stream, webhook"), "{err}");
 
@@ -46,24 +46,24 @@ async fn configuration_errors_say_what_to_fix() {
 
     let config =
         ClientConfig::from_toml("transport = \"poll\"\n[poll]\npoll_intervall = \"1s\"").unwrap();
-    let err = pushpull::connect(&config).await.err().expect("an error");
+    let err = pushpull::connect(&config).await.expect_err("an error");
     assert!(err.message().contains("poll_intervall"), "{err}");
 
     let config = ClientConfig::from_toml("transport = \"poll\"\n[pidgeon]\nwings = 2").unwrap();
-    let err = pushpull::connect(&config).await.err().expect("an error");
+    let err = pushpull::connect(&config).await.expect_err("an error");
     assert!(err.message().contains("[pidgeon]") && err.message().contains("available"), "{err}");
 
     let config = ClientConfig::from_toml("transport = \"sse\"\n[sse]\nidle_timeout = 5").unwrap();
-    let err = pushpull::connect(&config).await.err().expect("an error");
+    let err = pushpull::connect(&config).await.expect_err("an error");
     assert!(err.message().contains("[sse] idle_timeout"), "{err}");
 
     let config = ClientConfig::new("poll", "ftp://example");
-    let err = pushpull::connect(&config).await.err().expect("an error");
+    let err = pushpull::connect(&config).await.expect_err("an error");
     assert!(err.message().contains("http://"), "{err}");
 
     // `auto` with nothing listening says what each transport ran into.
     let config = ClientConfig::new("auto", "http://127.0.0.1:9");
-    let err = pushpull::connect(&config).await.err().expect("an error");
+    let err = pushpull::connect(&config).await.expect_err("an error");
     assert_eq!(err.kind(), ErrorKind::Connect);
     assert!(err.message().contains("poll:"), "{err}");
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::Full;
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Offset, Page, Publication,
-    Publish, Receipt, Subscribe, Subscription, Topic,
+    Capabilities, Continuity, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Position,
+    Publication, Publish, Receipt, Subscribe, Subscription, Topic,
 };
 use pushpull_http::{
     HandlerResult, HttpClient, HttpClientConfig, HttpRequest, Params, Route, Router, RunningServer,
@@ -62,9 +62,9 @@ struct Inbox {
     deliveries: mpsc::Sender<Result<Delivery, Error>>,
     seen: HashSet<String>,
     order: VecDeque<String>,
-    last: Option<(Epoch, Offset)>,
-    /// Where the subscription stands, to register again from if the server forgets it.
-    cursor: Cursor,
+    /// Where the subscription stands (after the last delivery handed over), to drop repeats, to
+    /// refuse a delivery that skips ahead, and to register again from if the server forgets it.
+    position: Position,
     /// The endpoint registered for it on the server, once there is one.
     endpoint: Option<String>,
 }
@@ -224,13 +224,23 @@ async fn receive(
         if message.topic != inbox.topic {
             return answer(StatusCode::BAD_REQUEST, "bad_request", "a message of another topic");
         }
-        let position = (message.epoch, message.offset);
-        if inbox.last.is_some_and(|(epoch, offset)| epoch == position.0 && offset >= position.1) {
-            return Ok(no_content());
+    }
+    match inbox.position.check(&delivery) {
+        Continuity::Next => {}
+        // Handed over already (a retry after a lost acknowledgement): acknowledge it again.
+        Continuity::Repeat => return Ok(no_content()),
+        Continuity::Skip => {
+            // Acknowledging it would lose what lies between: refuse, and say why.
+            let message = format!(
+                "out of order: this subscription stands at {}, the delivery is at {}",
+                inbox.position.cursor(),
+                delivery.cursor()
+            );
+            tracing::warn!(%message, "webhook delivery refused");
+            return answer(StatusCode::CONFLICT, "bad_request", &message);
         }
     }
-    let cursor = delivery.cursor();
-    let last = delivery.as_message().map(|m| (m.epoch, m.offset));
+    let handed = delivery.clone();
     match inbox.deliveries.try_send(Ok(delivery)) {
         Ok(()) => {
             inbox.seen.insert(id.clone());
@@ -240,10 +250,7 @@ async fn receive(
                     inbox.seen.remove(&old);
                 }
             }
-            inbox.cursor = cursor;
-            if last.is_some() {
-                inbox.last = last;
-            }
+            inbox.position.advance(&handed);
             Ok(no_content())
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -301,8 +308,7 @@ impl Subscribe for WebhookClient {
                 deliveries: deliveries.clone(),
                 seen: HashSet::new(),
                 order: VecDeque::new(),
-                last: None,
-                cursor,
+                position: Position::new(cursor),
                 endpoint: None,
             },
         );
@@ -315,7 +321,10 @@ impl Subscribe for WebhookClient {
         };
         let start = endpoint.cursors.get(topic.as_str()).copied().unwrap_or(cursor);
         if let Some(inbox) = self.receiver.inboxes.lock().expect("inboxes lock").get_mut(&token) {
-            inbox.cursor = start;
+            // Unless a delivery already came (and said where we stand).
+            if !matches!(inbox.position.cursor(), Cursor::After(..)) {
+                inbox.position.reset(start);
+            }
             inbox.endpoint = Some(endpoint.id.clone());
         }
         // Keep the endpoint alive on the server: register again from where we stand if a
@@ -344,7 +353,7 @@ async fn keep(client: WebhookClient, token: String, mut id: String, topic: Topic
             continue;
         }
         let cursor = match client.receiver.inboxes.lock().expect("inboxes lock").get(&token) {
-            Some(inbox) => inbox.cursor,
+            Some(inbox) => inbox.position.cursor(),
             None => return,
         };
         tracing::info!(endpoint = %id, %topic, "the server forgot the endpoint; registering it again");

@@ -33,10 +33,10 @@ async fn a_registered_transport_is_picked_by_name_with_its_own_settings() {
     // Its section is checked like a built-in one's.
     let config =
         ClientConfig::from_toml("transport = \"line\"\n[line]\nrequest_timout = \"5s\"\n").unwrap();
-    let error = registry.connect(&config).await.err().expect("a bad key");
+    let error = registry.connect(&config).await.expect_err("a bad key");
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.message().contains("[line] request_timout"), "{error}");
     // Without registering it, the name is unknown.
-    let error = Registry::with_defaults().connect(&config).await.err().expect("unknown");
+    let error = Registry::with_defaults().connect(&config).await.expect_err("unknown");
     assert!(error.message().contains("line"), "{error}");
 }
