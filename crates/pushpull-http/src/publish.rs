@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode, header};
-use pushpull_core::{Broker, Error, ErrorKind, Publication};
+use pushpull_core::{Broker, Error, ErrorKind};
 
 use crate::response::json;
 use crate::router::{HttpRequest, Params, Route, query_params};
@@ -40,22 +40,21 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
             let query = query_params(&request);
             let (parts, payload) =
                 request::body(request, limits.max_body, limits.body_timeout).await?;
-            let mut publication = Publication::new(payload);
-            if let Some(event) = event_type(&query, &parts.headers)? {
-                publication = publication.event(event);
-            }
-            if let Some(key) = parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
-                let key = key
-                    .to_str()
-                    .map_err(|_| Error::bad_request("Idempotency-Key is not visible ASCII"))?;
-                publication = publication.idempotency_key(key);
-            }
-            if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-                let content_type = content_type
-                    .to_str()
-                    .map_err(|_| Error::bad_request("Content-Type is not visible ASCII"))?;
-                publication = publication.content_type(content_type);
-            }
+            let header = |name: header::HeaderName, what: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .map(|v| {
+                        v.to_str()
+                            .map_err(|_| Error::bad_request(format!("{what} is not visible ASCII")))
+                    })
+                    .transpose()
+            };
+            let key =
+                header(header::HeaderName::from_static(IDEMPOTENCY_KEY_HEADER), "Idempotency-Key")?;
+            let content_type = header(header::CONTENT_TYPE, "Content-Type")?;
+            let event = event_type(&query, &parts.headers)?;
+            let publication = request::publication(payload, event.as_deref(), content_type, key);
             let receipt = broker.publish(&topic, publication).await?;
             Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
         }

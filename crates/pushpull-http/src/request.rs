@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header;
 use http_body_util::BodyExt;
-use pushpull_core::{Cursor, Error, ErrorKind, Topic};
+use pushpull_core::{Cursor, Error, ErrorKind, Publication, Topic};
 
 use crate::router::{HttpRequest, Params};
 
@@ -40,16 +40,44 @@ pub fn cursor(
 
 /// The `limit` query parameter: 1 to `max`, `default` when absent.
 pub fn limit(query: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Error> {
-    let Some(text) = query.get("limit") else {
-        return Ok(default);
+    let limit = match query.get("limit") {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| Error::bad_request(format!("limit {text:?} is not a whole number")))?,
+        ),
     };
-    let limit: usize = text
-        .parse()
-        .map_err(|_| Error::bad_request(format!("limit {text:?} is not a whole number")))?;
+    page_limit(limit, default, max)
+}
+
+/// A page size a request asked for (over any protocol): 1 to `max`, `default` when absent.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Error> {
+    let limit = limit.unwrap_or(default);
     if limit == 0 || limit > max {
         return Err(Error::bad_request(format!("limit must be between 1 and {max}, got {limit}")));
     }
     Ok(limit)
+}
+
+/// A publication of `payload` with the labels a request gave, each optional (over any
+/// protocol: HTTP headers, WebSocket fields). The broker checks them when it publishes.
+pub fn publication(
+    payload: Bytes,
+    event: Option<&str>,
+    content_type: Option<&str>,
+    key: Option<&str>,
+) -> Publication {
+    let mut publication = Publication::new(payload);
+    if let Some(event) = event {
+        publication = publication.event(event);
+    }
+    if let Some(content_type) = content_type {
+        publication = publication.content_type(content_type);
+    }
+    if let Some(key) = key {
+        publication = publication.idempotency_key(key);
+    }
+    publication
 }
 
 /// Reads the whole body, refusing more than `max` bytes (413) and taking longer than `timeout`.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Broker, Cursor, Delivery, Error, Publication, SubscriptionSet, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, Error, SubscriptionSet, Topic};
 use pushpull_http::{Gauge, HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -392,29 +392,20 @@ impl Session {
                         ));
                     }
                 };
-                let mut publication = Publication::new(payload);
-                if let Some(event) = event {
-                    publication = publication.event(event);
-                }
-                if let Some(content_type) = content_type {
-                    publication = publication.content_type(content_type);
-                }
-                if let Some(key) = key {
-                    publication = publication.idempotency_key(key);
-                }
+                let publication = pushpull_http::request::publication(
+                    payload,
+                    event.as_deref(),
+                    content_type.as_deref(),
+                    key.as_deref(),
+                );
                 let receipt = broker.publish(&topic, publication).await?;
                 Ok(wire::reply_frame(&wire::published(&id, &receipt)))
             }
             Request::Fetch { id, topic, after, limit } => {
                 let topic = Topic::new(topic)?;
                 let cursor = parse_cursor(after.as_deref(), Cursor::Beginning)?;
-                let max = self.server.config.max_limit;
-                let limit = limit.unwrap_or(100);
-                if limit == 0 || limit > max {
-                    return Err(Error::bad_request(format!(
-                        "limit must be between 1 and {max}, got {limit}"
-                    )));
-                }
+                let limit =
+                    pushpull_http::request::page_limit(limit, 100, self.server.config.max_limit)?;
                 let page = broker.fetch(&topic, cursor, limit).await?;
                 Ok(wire::page_frame(&id, &topic, &page))
             }
