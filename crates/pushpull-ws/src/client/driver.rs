@@ -1,0 +1,405 @@
+//! The task that owns the socket: connects and reconnects, sends requests, routes frames.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Position};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::flow::Follow;
+use super::{Answer, Command, Key};
+use crate::NAME;
+use crate::config::ClientConfig;
+use crate::wire::{self, Frame, Reply, Request, SUBPROTOCOL};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The task that owns the socket.
+pub(super) struct Driver {
+    pub(super) url: String,
+    pub(super) config: ClientConfig,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) pending: HashMap<String, oneshot::Sender<Result<Answer, Error>>>,
+    pub(super) subscriptions: HashMap<Key, Follow>,
+    pub(super) last_error: Option<Error>,
+    /// Frames the driver decided to send while handling something else.
+    pub(super) outbox: Vec<Frame>,
+    /// Numbers the driver's own request ids and subscription names.
+    pub(super) counter: u64,
+}
+
+pub(super) enum Step {
+    Continue,
+    Reconnect,
+    Stop,
+}
+
+pub(super) fn text(request: &Request) -> Frame {
+    Frame::Text(serde_json::to_string(request).expect("requests encode"))
+}
+
+impl Driver {
+    pub(super) async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            match self.connect().await {
+                Ok(socket) => {
+                    failures = 0;
+                    match self.serve(socket).await {
+                        Step::Stop => return,
+                        _ => self.fail_pending(),
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "websocket connect failed");
+                    let backoff = self.config.backoff.delay(failures);
+                    let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
+                    if !error.is_retryable() {
+                        // A retry cannot change it (the server has no WebSocket, or refuses
+                        // us): every subscription ends with the reason.
+                        self.end_all(&error).await;
+                    }
+                    self.last_error = Some(error);
+                    failures = failures.saturating_add(1);
+                    if !self.idle_through(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Socket, Error> {
+        let mut request = self.url.as_str().into_client_request().map_err(|e| {
+            Error::new(ErrorKind::Config, format!("bad url {}: {e}", self.url)).with_transport(NAME)
+        })?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", http::HeaderValue::from_static(SUBPROTOCOL));
+        let config = WebSocketConfig::default().max_write_buffer_size(64 * 1024 * 1024);
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        match tokio::time::timeout(self.config.request_timeout, connecting).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no handshake with {} in time", self.url),
+            )
+            .with_transport(NAME)),
+            Ok(Ok((socket, _))) => Ok(socket),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                Err(refusal(&self.url, &response))
+            }
+            Ok(Err(error)) => {
+                Err(Error::new(ErrorKind::Connect, format!("cannot open {}: {error}", self.url))
+                    .with_transport(NAME))
+            }
+        }
+    }
+
+    /// While disconnected: answer commands with the last connection error until `delay` passes.
+    /// False when every handle on the client is gone.
+    async fn idle_through(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                command = self.commands.recv() => match command {
+                    None => return false,
+                    Some(command) => self.refuse(command),
+                },
+            }
+        }
+    }
+
+    fn connection_error(&self) -> Error {
+        self.last_error.as_ref().map_or_else(
+            || Error::new(ErrorKind::Connect, "not connected").with_transport(NAME),
+            |e| {
+                Error::new(e.kind(), e.message())
+                    .with_retryable(e.is_retryable())
+                    .with_transport(NAME)
+            },
+        )
+    }
+
+    fn refuse(&mut self, command: Command) {
+        let error = self.connection_error();
+        match command {
+            Command::Request { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Subscribe { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Unsubscribe { local } => {
+                self.subscriptions.retain(|_, follow| follow.local != local);
+            }
+        }
+    }
+
+    /// Ends every subscription with `error`: its pending subscribe, or its stream.
+    async fn end_all(&mut self, error: &Error) {
+        let keys: Vec<Key> = self.subscriptions.keys().cloned().collect();
+        for key in keys {
+            let error = Error::new(error.kind(), error.message()).with_retryable(false);
+            self.end(&key, error.with_transport(NAME)).await;
+        }
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, reply) in self.pending.drain() {
+            let error = Error::new(ErrorKind::Connect, "the socket dropped before the answer")
+                .with_transport(NAME);
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    pub(super) fn next_id(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}{}", self.counter)
+    }
+
+    /// Runs one socket until it drops (`Reconnect`) or the client is gone (`Stop`).
+    async fn serve(&mut self, mut socket: Socket) -> Step {
+        // Subscribe everything again, from where each one stands.
+        let keys: Vec<Key> = self.subscriptions.keys().cloned().collect();
+        for key in &keys {
+            self.subscribe_again(key, "resubscribe-");
+        }
+        let mut ticks = tokio::time::interval_at(
+            Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        let mut heard = Instant::now();
+        let mut catch_up = tokio::time::interval(Duration::from_millis(20));
+        let mut step = Step::Continue;
+        loop {
+            for frame in std::mem::take(&mut self.outbox) {
+                if send(&mut socket, frame).await.is_err() {
+                    return Step::Reconnect;
+                }
+            }
+            match step {
+                Step::Continue => {}
+                other => return other,
+            }
+            let paused = self.subscriptions.values().any(|f| f.paused);
+            step = tokio::select! {
+                _ = catch_up.tick(), if paused => {
+                    self.resume_caught_up();
+                    Step::Continue
+                }
+                command = self.commands.recv() => match command {
+                    None => {
+                        let _ = socket.close(None).await;
+                        return Step::Stop;
+                    }
+                    Some(command) => self.command(&mut socket, command).await,
+                },
+                frame = socket.next() => match frame {
+                    Some(Ok(message)) => {
+                        heard = Instant::now();
+                        self.frame(message).await
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "websocket broke; reconnecting");
+                        Step::Reconnect
+                    }
+                    None => Step::Reconnect,
+                },
+                _ = ticks.tick() => {
+                    if heard.elapsed() > self.config.idle_timeout {
+                        tracing::debug!("server silent past the idle timeout; reconnecting");
+                        Step::Reconnect
+                    } else if socket.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                        Step::Reconnect
+                    } else {
+                        Step::Continue
+                    }
+                }
+            };
+        }
+    }
+
+    async fn command(&mut self, socket: &mut Socket, command: Command) -> Step {
+        match command {
+            Command::Request { id, frame, reply } => {
+                self.pending.insert(id, reply);
+                if send(socket, frame).await.is_err() {
+                    return Step::Reconnect;
+                }
+            }
+            Command::Subscribe { local, topic, cursor, deliveries, reply } => {
+                // The first subscription to a topic goes unnamed; more get a name each.
+                let key = match self.subscriptions.contains_key(&(topic.clone(), None)) {
+                    false => (topic, None),
+                    true => {
+                        let sub = self.next_id("s");
+                        (topic, Some(sub))
+                    }
+                };
+                let follow = Follow {
+                    local,
+                    deliveries,
+                    position: Position::new(cursor),
+                    waiting: Some((String::new(), Some(reply))),
+                    paused: false,
+                };
+                self.subscriptions.insert(key.clone(), follow);
+                self.subscribe_again(&key, "c");
+            }
+            Command::Unsubscribe { local } => {
+                let key = self.subscriptions.iter().find(|(_, f)| f.local == local);
+                if let Some(key) = key.map(|(key, _)| key.clone()) {
+                    self.subscriptions.remove(&key);
+                    let id = self.next_id("u");
+                    let (topic, sub) = key;
+                    self.outbox.push(text(&Request::Unsubscribe {
+                        id,
+                        topic: topic.to_string(),
+                        sub,
+                    }));
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    async fn frame(&mut self, message: WsMessage) -> Step {
+        let frame = match message {
+            WsMessage::Text(text) => Frame::Text(text.as_str().to_owned()),
+            WsMessage::Binary(bytes) => Frame::Binary(bytes),
+            WsMessage::Close(frame) => {
+                tracing::debug!(?frame, "the server closed the socket");
+                return Step::Reconnect;
+            }
+            _ => return Step::Continue,
+        };
+        let (reply, payload) = match wire::parse_reply(frame) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable frame from the server; reconnecting");
+                return Step::Reconnect;
+            }
+        };
+        let answers = match &reply {
+            Reply::Published { id, .. } | Reply::Page { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        if let Some(id) = answers {
+            if let Some(waiter) = self.pending.remove(&id) {
+                let _ = waiter.send(Ok((reply, payload)));
+            }
+            return Step::Continue;
+        }
+        match reply {
+            Reply::Message(pushed) => {
+                let key = (pushed.item.topic.clone(), pushed.sub);
+                match wire::message_of(pushed.item, payload) {
+                    Ok(message) => self.deliver(&key, Delivery::Message(message)),
+                    Err(error) => self.end(&key, error.with_transport(NAME)).await,
+                }
+            }
+            Reply::Gap(pushed) => {
+                let key = (pushed.item.topic.clone(), pushed.sub);
+                match wire::gap_of(pushed.item) {
+                    Ok(gap) => self.deliver(&key, Delivery::Gap(gap)),
+                    Err(error) => self.end(&key, error.with_transport(NAME)).await,
+                }
+            }
+            Reply::Subscribed { id, topic, sub, cursor } => {
+                if let Some(follow) = self.subscriptions.get_mut(&(topic, sub)) {
+                    if follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
+                        if let Some((_, reply)) = follow.waiting.take() {
+                            if !matches!(follow.position.cursor(), Cursor::After(..)) {
+                                follow.position.reset(cursor);
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(cursor));
+                            }
+                        }
+                    }
+                }
+            }
+            Reply::Unsubscribed { topic, sub, reason: Some(reason), .. } => {
+                let error = Error::new(
+                    ErrorKind::Backend,
+                    format!("the server ended the subscription: {reason}"),
+                );
+                self.end(&(topic, sub), error.with_transport(NAME)).await;
+            }
+            Reply::Unsubscribed { .. } => {}
+            Reply::Error { id, topic, sub, kind, message } => {
+                let subscribe = self.subscriptions.iter().find_map(|(key, f)| {
+                    f.waiting.as_ref().filter(|(w, _)| Some(w) == id.as_ref()).map(|_| key.clone())
+                });
+                let error =
+                    Error::new(ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol), message)
+                        .with_transport(NAME);
+                if let Some(key) = subscribe.or(topic.map(|topic| (topic, sub))) {
+                    // A subscribe refused (or a subscription ended) by the server.
+                    self.end(&key, error).await;
+                } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
+                    let reply_error = Reply::Error {
+                        id: None,
+                        topic: None,
+                        sub: None,
+                        kind,
+                        message: error.message().into(),
+                    };
+                    let _ = reply.send(Ok((reply_error, None)));
+                }
+            }
+            Reply::Published { .. } | Reply::Page { .. } => {}
+        }
+        Step::Continue
+    }
+
+    async fn end(&mut self, key: &Key, error: Error) {
+        if let Some(mut follow) = self.subscriptions.remove(key) {
+            match follow.waiting.take() {
+                Some((_, Some(reply))) => {
+                    let _ = reply.send(Err(error));
+                }
+                _ => {
+                    let _ = follow.deliveries.send(Err(error)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {
+    let message = match frame {
+        Frame::Text(text) => WsMessage::Text(text.into()),
+        Frame::Binary(bytes) => WsMessage::Binary(bytes),
+    };
+    socket.send(message).await.map_err(|_| ())
+}
+
+/// The error for an HTTP answer to the upgrade: retryable when the status says a retry can
+/// help (a 503 during a deploy), with its `Retry-After`; final otherwise (404: no WebSocket
+/// there).
+fn refusal(url: &str, response: &http::Response<Option<Vec<u8>>>) -> Error {
+    let status = response.status();
+    let mut error = Error::new(
+        if pushpull_http::status_is_retryable(status) {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Protocol
+        },
+        format!("{url} refused the WebSocket handshake with {status}"),
+    )
+    .with_retryable(pushpull_http::status_is_retryable(status))
+    .with_transport(NAME);
+    if let Some(delay) = pushpull_http::retry_after(response) {
+        error = error.with_retry_after(delay);
+    }
+    error
+}

@@ -1,0 +1,104 @@
+//! What reaches each subscription: deliveries that continue its cursor, and a pause at the
+//! server while the application is behind.
+
+use pushpull_core::{Continuity, Delivery, Error, Position};
+use tokio::sync::mpsc;
+
+use super::driver::{Driver, text};
+use super::{Key, SubscribeReply};
+use crate::wire::Request;
+
+/// What the driver keeps of each subscription across sockets.
+pub(super) struct Follow {
+    /// The application's handle, to find the subscription when it is dropped.
+    pub(super) local: u64,
+    pub(super) deliveries: mpsc::Sender<Result<Delivery, Error>>,
+    /// Where to resume: after the last delivery handed to the application.
+    pub(super) position: Position,
+    /// The subscribe request in flight, if any, and the application's reply. Until it is
+    /// answered, the subscription's frames are dropped: they can only be an earlier
+    /// subscription's, still on the way (the server answers a subscribe before its first push).
+    pub(super) waiting: Option<(String, Option<SubscribeReply>)>,
+    /// The application fell behind and the subscription is cancelled at the server until it
+    /// has read half its buffer; the server's log holds what comes meanwhile.
+    pub(super) paused: bool,
+}
+
+impl Driver {
+    /// Queues a subscribe for `key` from where it stands; its frames are dropped until the
+    /// answer comes.
+    pub(super) fn subscribe_again(&mut self, key: &Key, prefix: &str) {
+        let id = self.next_id(prefix);
+        let Some(follow) = self.subscriptions.get_mut(key) else { return };
+        let reply = follow.waiting.take().and_then(|(_, reply)| reply);
+        follow.waiting = Some((id.clone(), reply));
+        follow.paused = false;
+        let request = Request::Subscribe {
+            id,
+            topic: key.0.to_string(),
+            after: Some(follow.position.cursor().to_string()),
+            sub: key.1.clone(),
+        };
+        self.outbox.push(text(&request));
+    }
+
+    /// Hands a delivery to its subscription if it continues from where that stands: a repeat
+    /// is dropped, and one that skips ahead makes the subscription start again from its cursor.
+    pub(super) fn deliver(&mut self, key: &Key, delivery: Delivery) {
+        let Some(follow) = self.subscriptions.get_mut(key) else { return };
+        if follow.paused || follow.waiting.is_some() {
+            // An earlier subscription's frame, sent before the server took in the pause or
+            // resubscribe: what it carries comes again after the answer.
+            return;
+        }
+        match follow.position.check(&delivery) {
+            Continuity::Repeat => return,
+            Continuity::Skip => {
+                tracing::warn!(
+                    topic = %key.0,
+                    cursor = %follow.position.cursor(),
+                    got = %delivery.cursor(),
+                    "a delivery skipped ahead of the subscription; subscribing again from its cursor"
+                );
+                self.outbox.push(text(&Request::Unsubscribe {
+                    id: "resync".into(),
+                    topic: key.0.to_string(),
+                    sub: key.1.clone(),
+                }));
+                self.subscribe_again(key, "resync-");
+                return;
+            }
+            Continuity::Next => {}
+        }
+        let cursor = delivery.clone();
+        match follow.deliveries.try_send(Ok(delivery)) {
+            Ok(()) => follow.position.advance(&cursor),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Never block the socket on one slow reader: pause this subscription at the
+                // server and take it up again from its cursor once the application caught up.
+                follow.paused = true;
+                self.outbox.push(text(&Request::Unsubscribe {
+                    id: "pause".into(),
+                    topic: key.0.to_string(),
+                    sub: key.1.clone(),
+                }));
+            }
+            // The application dropped the subscription; the unsubscribe command follows.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Subscribes again, from their cursors, the paused subscriptions whose application has
+    /// read at least half of its buffer.
+    pub(super) fn resume_caught_up(&mut self) {
+        let ready: Vec<Key> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, f)| f.paused && f.deliveries.capacity() * 2 >= f.deliveries.max_capacity())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &ready {
+            self.subscribe_again(key, "resume-");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The client half: one socket, many subscriptions and requests, reconnecting by itself.
+//!
+//! This module is the application's side ([`WsClient`]); `driver` owns the socket (connecting,
+//! reconnecting, routing frames) and `flow` decides what reaches each subscription (continuity,
+//! pausing a subscription nobody reads).
+
+mod driver;
+mod flow;
+
+use driver::Driver;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use pushpull_core::{
+    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Page, Publication, Publish,
+    Receipt, Subscribe, Subscription, Topic,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::NAME;
+use crate::config::ClientConfig;
+use crate::wire::{self, Frame, Reply, Request};
+
+/// A client of a WebSocket server: publish, fetch and any number of subscriptions over one
+/// socket. Cheap to clone; clones share the socket.
+///
+/// A background task owns the socket. When it drops, the task reconnects with backoff and
+/// subscribes every topic again from the last cursor it delivered, dropping anything already
+/// delivered, so subscriptions lose and repeat nothing. Requests in flight when the socket
+/// drops fail with a retryable error inside the client, which sends them again: `fetch` is
+/// safe to repeat, and `publish` carries an idempotency key, so a retried publish is stored once.
+#[derive(Clone, Debug)]
+pub struct WsClient {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    commands: mpsc::UnboundedSender<Command>,
+    config: ClientConfig,
+    next_id: AtomicU64,
+}
+
+enum Command {
+    Request {
+        id: String,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Answer, Error>>,
+    },
+    Subscribe {
+        /// The application's handle on the subscription, unique in this client.
+        local: u64,
+        topic: Topic,
+        cursor: Cursor,
+        deliveries: mpsc::Sender<Result<Delivery, Error>>,
+        reply: oneshot::Sender<Result<Cursor, Error>>,
+    },
+    Unsubscribe {
+        local: u64,
+    },
+}
+
+/// A subscription on the wire: its topic, and the name (`sub`) that tells it from another
+/// subscription to the same topic on this socket. The first one to a topic goes unnamed.
+type Key = (Topic, Option<String>);
+
+/// Where the answer to an application's subscribe goes.
+type SubscribeReply = oneshot::Sender<Result<Cursor, Error>>;
+
+/// A reply and the payload of its binary frame.
+type Answer = (Reply, Option<bytes::Bytes>);
+
+/// How many times a request is sent before its error is returned.
+const ATTEMPTS: u32 = 4;
+
+impl WsClient {
+    /// A client for the server at `config.url`; it connects in the background.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let url = socket_url(&config.url)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let driver = Driver {
+            url,
+            config: config.clone(),
+            commands: receiver,
+            pending: HashMap::new(),
+            subscriptions: HashMap::new(),
+            last_error: None,
+            outbox: Vec::new(),
+            counter: 0,
+        };
+        tokio::spawn(driver.run());
+        Ok(Self { shared: Arc::new(Shared { commands, config, next_id: AtomicU64::new(1) }) })
+    }
+
+    fn next_id(&self) -> String {
+        format!("c{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn closed() -> Error {
+        Error::new(ErrorKind::Closed, "the client's connection task has stopped")
+            .with_transport(NAME)
+    }
+
+    /// Sends a request and waits for its answer, again after a retryable failure.
+    async fn request(&self, make: impl Fn(&str) -> Frame) -> Result<Answer, Error> {
+        let mut attempt = 0;
+        loop {
+            let id = self.next_id();
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Request { id: id.clone(), frame: make(&id), reply };
+            self.shared.commands.send(command).map_err(|_| Self::closed())?;
+            let timeout = self.shared.config.request_timeout;
+            let result = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Self::closed()),
+                Err(_) => {
+                    Err(Error::new(ErrorKind::Timeout, format!("no answer within {timeout:?}"))
+                        .with_transport(NAME))
+                }
+            };
+            match result {
+                Err(error) if error.is_retryable() && attempt + 1 < ATTEMPTS => {
+                    tokio::time::sleep(self.shared.config.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Ok((Reply::Error { kind, message, .. }, _)) => {
+                    let kind = ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol);
+                    return Err(Error::new(kind, message).with_transport(NAME));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::new(ErrorKind::Protocol, format!("unexpected answer {reply:?}")).with_transport(NAME)
+}
+
+#[async_trait]
+impl Publish for WsClient {
+    async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
+        if publication.key().is_none() {
+            publication =
+                publication.idempotency_key(format!("{}-{}", Epoch::random(), Epoch::random()));
+        }
+        publication.validate(usize::MAX).map_err(|e| e.with_transport(NAME))?;
+        let (reply, _) = self.request(|id| wire::publish_frame(id, topic, &publication)).await?;
+        match reply {
+            Reply::Published { receipt, .. } => {
+                let body = serde_json::to_vec(&receipt).expect("a receipt encodes");
+                pushpull_http::wire::decode_receipt(&body).map_err(|e| e.with_transport(NAME))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Fetch for WsClient {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        if limit == 0 {
+            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+        }
+        let request = |id: &str| {
+            let request = Request::Fetch {
+                id: id.into(),
+                topic: topic.to_string(),
+                after: Some(cursor.to_string()),
+                limit: Some(limit),
+            };
+            Frame::Text(serde_json::to_string(&request).expect("encodes"))
+        };
+        match self.request(request).await? {
+            (Reply::Page { page, .. }, payloads) => {
+                wire::page_of(page, payloads).map_err(|e| e.with_transport(NAME))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscribe for WsClient {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        let mut attempt = 0;
+        loop {
+            let (deliveries, receiver) =
+                mpsc::channel(self.shared.config.subscription_buffer.max(1));
+            let (reply, answer) = oneshot::channel();
+            let local = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let command =
+                Command::Subscribe { local, topic: topic.clone(), cursor, deliveries, reply };
+            self.shared.commands.send(command).map_err(|_| Self::closed())?;
+            let timeout = self.shared.config.request_timeout;
+            let result =
+                match tokio::time::timeout(timeout, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(Self::closed()),
+                    Err(_) => Err(Error::new(ErrorKind::Timeout, "no answer to subscribe")
+                        .with_transport(NAME)),
+                };
+            match result {
+                Ok(start) => {
+                    let stream = Deliveries {
+                        receiver,
+                        unsubscribe: Some((local, self.shared.commands.clone())),
+                    };
+                    return Ok(Subscription::new(topic.clone(), start, stream));
+                }
+                Err(error) if error.is_retryable() && attempt + 1 < ATTEMPTS => {
+                    tokio::time::sleep(self.shared.config.backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl pushpull_core::Client for WsClient {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME).with_push(true)
+    }
+}
+
+/// A subscription's deliveries; dropping it unsubscribes.
+struct Deliveries {
+    receiver: mpsc::Receiver<Result<Delivery, Error>>,
+    unsubscribe: Option<(u64, mpsc::UnboundedSender<Command>)>,
+}
+
+impl futures::Stream for Deliveries {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if let Some((local, commands)) = self.unsubscribe.take() {
+            let _ = commands.send(Command::Unsubscribe { local });
+        }
+    }
+}
+
+/// `ws://host:port/prefix/v1/ws` from an `http://` or `ws://` base URL.
+fn socket_url(base: &str) -> Result<String, Error> {
+    let base = base.trim_end_matches('/');
+    let rest = if let Some(rest) = base.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        rest
+    } else if base.starts_with("https://") || base.starts_with("wss://") {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("url {base:?}: TLS is not supported yet; put a TLS proxy in front or use http"),
+        )
+        .with_transport(NAME));
+    } else {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("url {base:?} must start with http:// or ws://"),
+        )
+        .with_transport(NAME));
+    };
+    if rest.is_empty() {
+        return Err(
+            Error::new(ErrorKind::Config, format!("url {base:?} has no host")).with_transport(NAME)
+        );
+    }
+    Ok(format!("ws://{rest}/v1/ws"))
+}
+
+impl pushpull_core::Connect for WsClient {
+    const NAME: &'static str = crate::NAME;
+    type Config = ClientConfig;
+
+    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
+        Ok(std::sync::Arc::new(WsClient::new(config)?))
+    }
+}
