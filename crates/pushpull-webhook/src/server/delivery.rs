@@ -1,0 +1,254 @@
+//! Delivery: one worker per endpoint, in order, with retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use pushpull_core::{Delivery, SubscriptionSet, Topic};
+use tokio::sync::watch;
+
+use super::Hooks;
+use super::api::DeadMessage;
+use super::endpoints::{Control, Endpoint, Status};
+use crate::config::OnExhausted;
+use crate::wire::{self};
+
+/// The outcome of one attempt.
+pub(super) enum Attempt {
+    Delivered,
+    /// 410: the endpoint wants no more.
+    Gone,
+    Failed {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Delivers one endpoint's messages, in order, one at a time.
+pub(super) struct Worker {
+    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) server: Hooks,
+    pub(super) subscriptions: SubscriptionSet,
+}
+
+impl Worker {
+    pub(super) async fn run(mut self) {
+        let mut control = self.endpoint.control.subscribe();
+        loop {
+            let next = tokio::select! {
+                next = self.subscriptions.next() => next,
+                _ = control.wait_for(|c| *c == Control::Stop) => return,
+            };
+            let (topic, delivery) = match next {
+                (topic, Some(Ok(delivery))) => (topic, delivery),
+                (topic, ended) => {
+                    if let Some(Err(error)) = ended {
+                        self.note_failure(format!("reading {topic}: {error}"));
+                    }
+                    self.subscriptions.remove(&topic);
+                    if self.subscriptions.is_empty() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !self.deliver(&topic, &delivery, &mut control).await {
+                return;
+            }
+        }
+    }
+
+    /// Delivers one message with retries; false when the worker must stop.
+    async fn deliver(
+        &mut self,
+        topic: &Topic,
+        delivery: &Delivery,
+        control: &mut watch::Receiver<Control>,
+    ) -> bool {
+        let id = wire::message_id(topic, delivery.cursor());
+        let body = Bytes::from(wire::encode_body(delivery));
+        let schedule = self.server.config.schedule.clone();
+        let mut attempt = 0usize;
+        loop {
+            let delay = jitter(schedule[attempt]);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = control.wait_for(|c| *c == Control::Stop) => return false,
+            }
+            match try_once(&self.endpoint, &self.server, &id, &body).await {
+                Attempt::Delivered => {
+                    let mut state = self.endpoint.state.lock().expect("state lock");
+                    state.delivered += 1;
+                    state.failures = 0;
+                    state.cursors.insert(topic.to_string(), delivery.cursor());
+                    return true;
+                }
+                Attempt::Gone => {
+                    let mut state = self.endpoint.state.lock().expect("state lock");
+                    state.status = Status::Disabled;
+                    state.last_error = Some("the endpoint answered 410 Gone".into());
+                    return false;
+                }
+                Attempt::Failed { reason, retry_after } => {
+                    self.note_failure(reason.clone());
+                    attempt += 1;
+                    if attempt >= schedule.len() {
+                        return self
+                            .give_up(topic, delivery, &id, attempt as u32, reason, control)
+                            .await;
+                    }
+                    if let Some(wait) = retry_after {
+                        let wait = wait.min(self.server.config.max_retry_after);
+                        tokio::select! {
+                            () = tokio::time::sleep(wait.saturating_sub(schedule[attempt])) => {}
+                            _ = control.wait_for(|c| *c == Control::Stop) => return false,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a dead message; then skips it, or pauses until resumed.
+    async fn give_up(
+        &mut self,
+        topic: &Topic,
+        delivery: &Delivery,
+        id: &str,
+        attempts: u32,
+        reason: String,
+        control: &mut watch::Receiver<Control>,
+    ) -> bool {
+        let pause = self.server.config.on_exhausted == OnExhausted::Pause;
+        {
+            let mut state = self.endpoint.state.lock().expect("state lock");
+            state.dead.push_back(DeadMessage {
+                topic: topic.to_string(),
+                cursor: delivery.cursor(),
+                id: id.to_owned(),
+                attempts,
+                reason,
+            });
+            while state.dead.len() > self.server.config.max_dead {
+                state.dead.pop_front();
+            }
+            if pause {
+                state.status = Status::Paused;
+            } else {
+                state.cursors.insert(topic.to_string(), delivery.cursor());
+            }
+        }
+        if !pause {
+            return true;
+        }
+        tracing::warn!(endpoint = %self.endpoint.id, "paused: a message used up its attempts");
+        control.borrow_and_update();
+        loop {
+            if control.changed().await.is_err() || *control.borrow() == Control::Stop {
+                return false;
+            }
+            if self.endpoint.state.lock().expect("state lock").status == Status::Active {
+                // Resumed: try the same message again from the start of the schedule.
+                return Box::pin(self.deliver(topic, delivery, control)).await;
+            }
+        }
+    }
+
+    fn note_failure(&self, reason: String) {
+        tracing::debug!(endpoint = %self.endpoint.id, %reason, "webhook attempt failed");
+        let mut state = self.endpoint.state.lock().expect("state lock");
+        state.failures += 1;
+        state.last_error = Some(reason);
+    }
+}
+
+/// One attempt, under the attempt timeout.
+pub(super) async fn try_once(
+    endpoint: &Endpoint,
+    server: &Hooks,
+    id: &str,
+    body: &Bytes,
+) -> Attempt {
+    let timeout = server.config.attempt_timeout;
+    match tokio::time::timeout(timeout, send(endpoint, server, id, body)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            Attempt::Failed { reason: format!("no answer within {timeout:?}"), retry_after: None }
+        }
+    }
+}
+
+/// Resolves, checks, connects and posts one signed delivery.
+pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &Bytes) -> Attempt {
+    let target = &endpoint.url;
+    let failed = |reason: String| Attempt::Failed { reason, retry_after: None };
+    // Resolved and checked again at every attempt: a name may change what it points to.
+    let addr = match server.policy().resolve(&target.host, target.port).await {
+        Ok(addr) => addr,
+        Err(error) => return failed(error.message().to_owned()),
+    };
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(error) => return failed(format!("cannot connect to {addr}: {error}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(pair) => pair,
+            Err(error) => return failed(format!("HTTP handshake with {addr} failed: {error}")),
+        };
+    tokio::spawn(connection);
+    let timestamp = wire::unix_now();
+    let signatures = {
+        let secrets = endpoint.secrets.lock().expect("secrets lock");
+        wire::signature_header(&secrets, id, timestamp, body)
+    };
+    let host = if target.port == 80 {
+        target.host.clone()
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let request = Request::post(&target.path_and_query)
+        .header(header::HOST, host)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::USER_AGENT, concat!("pushpull-webhook/", env!("CARGO_PKG_VERSION")))
+        .header(wire::ID_HEADER, id)
+        .header(wire::TIMESTAMP_HEADER, timestamp.to_string())
+        .header(wire::SIGNATURE_HEADER, signatures)
+        .body(Full::new(body.clone()));
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return failed(format!("cannot build the request: {error}")),
+    };
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(error) => return failed(format!("request to {addr} failed: {error}")),
+    };
+    let status = response.status();
+    let retry_after = pushpull_http::retry_after(&response);
+    // Read (a bounded amount of) the answer so the connection ends cleanly.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_body_util::Limited::new(response.into_body(), 64 * 1024).collect(),
+    )
+    .await;
+    match status.as_u16() {
+        200..=299 => Attempt::Delivered,
+        410 => Attempt::Gone,
+        code => Attempt::Failed { reason: format!("the endpoint answered {code}"), retry_after },
+    }
+}
+
+/// ±10 % jitter, so endpoints failing together do not retry together.
+pub(super) fn jitter(delay: Duration) -> Duration {
+    if delay.is_zero() {
+        return delay;
+    }
+    let mut byte = [0u8; 1];
+    let fraction =
+        if getrandom::fill(&mut byte).is_ok() { f64::from(byte[0]) / 255.0 } else { 0.5 };
+    delay.mul_f64(0.9 + fraction * 0.2)
+}
