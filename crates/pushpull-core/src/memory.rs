@@ -20,13 +20,19 @@ pub const NAME: &str = "memory";
 
 /// How much of each topic's log is kept. A message leaves the log when any limit is passed;
 /// a reader that was behind it gets a [`Gap`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// The most messages kept per topic.
     pub max_messages: usize,
     /// The most payload bytes kept per topic.
     pub max_bytes: usize,
-    /// The oldest a message may get; `None` keeps messages regardless of age.
+    /// The oldest a message may get, such as `"1h"`; absent keeps messages regardless of age.
+    #[serde(
+        with = "crate::duration_text::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub max_age: Option<Duration>,
 }
 

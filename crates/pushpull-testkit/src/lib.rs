@@ -5,6 +5,8 @@ mod harness;
 #[cfg(feature = "http")]
 pub mod http;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use harness::{Fixture, Harness, Limits, Skip};
 pub use memory::{MemoryHarness, memory_config};

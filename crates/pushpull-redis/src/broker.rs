@@ -1,0 +1,365 @@
+//! The broker: Publish, Fetch and Subscribe over Redis Streams.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pushpull_core::{
+    Backoff, Capabilities, Client, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Gap,
+    GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Subscribe,
+    Subscription, Topic, millis_since_unix_epoch, time_from_millis,
+};
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::NAME;
+use crate::config::RedisConfig;
+use crate::scripts;
+use crate::wake::{self, Waker};
+
+/// A broker whose logs live in Redis: every server process on the same Redis (and key prefix)
+/// serves the same topics, with dense offsets whichever node publishes. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    connection: ConnectionManager,
+    publish: redis::Script,
+    read: redis::Script,
+    waker: Arc<Waker>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("key_prefix", &self.inner.config.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Redis's error as pushpull's: a `backend` error a retry may fix.
+fn backend(error: redis::RedisError) -> Error {
+    Error::new(ErrorKind::Backend, format!("redis: {error}"))
+        .with_retryable(true)
+        .with_transport(NAME)
+        .with_source(error)
+}
+
+fn protocol(why: &str) -> Error {
+    Error::new(ErrorKind::Backend, format!("redis answered something unexpected: {why}"))
+        .with_transport(NAME)
+}
+
+impl RedisBroker {
+    /// A broker on the Redis at `config.url`. It connects lazily: a Redis that is down now
+    /// makes the first operations fail with retryable `backend` errors, not this call.
+    pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", config.url))
+        })?;
+        // No command waits on Redis longer than the response timeout (redis-rs's default of
+        // 500 ms is too short for a busy Redis, none at all would hang).
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
+        let waker = wake::shared();
+        wake::listen(client, format!("{}wake", config.key_prefix), Arc::downgrade(&waker));
+        let inner =
+            Inner { config, connection, publish: scripts::publish(), read: scripts::read(), waker };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// How many subscriptions this node is serving right now.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.waker.readers()
+    }
+
+    /// Whether Redis answers now (for a health check's "ready").
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(backend)
+    }
+
+    /// Runs a script, once more after a dropped connection (the connection manager reconnects
+    /// in the background): both scripts are safe to repeat, a publish because it carries an
+    /// idempotency key.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut attempt = 0;
+        loop {
+            let mut connection = self.inner.connection.clone();
+            match invocation.invoke_async(&mut connection).await {
+                Ok(value) => return Ok(value),
+                Err(error)
+                    if attempt < 2 && (error.is_connection_dropped() || error.is_io_error()) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Err(error) => return Err(backend(error)),
+            }
+        }
+    }
+
+    fn keys(&self, topic: &Topic) -> [String; 3] {
+        let prefix = &self.inner.config.key_prefix;
+        ["meta", "log", "keys"].map(|part| format!("{prefix}{{{topic}}}:{part}"))
+    }
+
+    fn max_age_millis(&self) -> u64 {
+        self.inner.config.retention.max_age.map_or(0, |age| age.as_millis().max(1) as u64)
+    }
+
+    /// Reads a page after `cursor` (`limit` 0 only resolves the cursor), in one script.
+    async fn read(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        let (mode, epoch, offset) = match cursor {
+            Cursor::Beginning => ("b", String::new(), 0),
+            Cursor::Latest => ("l", String::new(), 0),
+            Cursor::After(epoch, Offset(offset)) => ("a", epoch.to_string(), offset),
+        };
+        let mut invocation = self.inner.read.prepare_invoke();
+        for key in self.keys(topic) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(Epoch::random().to_string())
+            .arg(millis_since_unix_epoch(SystemTime::now()))
+            .arg(self.max_age_millis())
+            .arg(mode)
+            .arg(epoch)
+            .arg(offset)
+            .arg(limit);
+        let answer: Value = self.invoke(&invocation).await?;
+        let Value::Array(parts) = answer else { return Err(protocol("a read is an array")) };
+        let [epoch, last, first, position, gap, entries] =
+            <[Value; 6]>::try_from(parts).map_err(|_| protocol("a read has six parts"))?;
+        let epoch: Epoch = text(&epoch)?.parse().map_err(|_| protocol("an epoch"))?;
+        let (last, first, position) = (int(&last)?, int(&first)?, int(&position)?);
+        let gap = match text(&gap)?.as_str() {
+            "" => None,
+            "ahead" => {
+                return Err(Error::new(
+                    ErrorKind::InvalidCursor,
+                    format!(
+                        "cursor {cursor} is ahead of topic {topic}, whose last offset is {last}"
+                    ),
+                )
+                .with_transport(NAME));
+            }
+            "retention" => Some(Gap {
+                topic: topic.clone(),
+                reason: GapReason::Retention,
+                missed: Some(OffsetRange { first: Offset(offset + 1), last: Offset(first - 1) }),
+                cursor: Cursor::After(epoch, Offset(position)),
+            }),
+            "epoch" => Some(Gap {
+                topic: topic.clone(),
+                reason: GapReason::EpochChanged {
+                    previous: cursor.epoch().ok_or_else(|| protocol("an epoch gap needs one"))?,
+                },
+                missed: (first > 1)
+                    .then(|| OffsetRange { first: Offset(1), last: Offset(first - 1) }),
+                cursor: Cursor::After(epoch, Offset(position)),
+            }),
+            other => return Err(protocol(&format!("gap {other:?}"))),
+        };
+        let Value::Array(entries) = entries else { return Err(protocol("entries")) };
+        let messages = entries
+            .iter()
+            .map(|entry| message(topic, epoch, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = Cursor::After(epoch, Offset(position + messages.len() as u64));
+        Ok(Page { gap, messages, next })
+    }
+}
+
+fn text(value: &Value) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| protocol("text")),
+        Value::SimpleString(text) => Ok(text.clone()),
+        _ => Err(protocol("expected text")),
+    }
+}
+
+fn int(value: &Value) -> Result<u64, Error> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| protocol("a negative number")),
+        other => text(other)?.parse().map_err(|_| protocol("expected a number")),
+    }
+}
+
+/// A stream entry as a message: ID `OFFSET-0`, fields `p`, `t`, and maybe `e` and `c`.
+fn message(topic: &Topic, epoch: Epoch, entry: &Value) -> Result<Message, Error> {
+    let Value::Array(parts) = entry else { return Err(protocol("an entry")) };
+    let [id, Value::Array(fields)] = parts.as_slice() else { return Err(protocol("an entry")) };
+    let id = text(id)?;
+    let offset =
+        id.split('-').next().and_then(|o| o.parse().ok()).ok_or_else(|| protocol("an entry ID"))?;
+    let mut message =
+        Publication::new(Bytes::new()).into_message(topic.clone(), epoch, Offset(offset));
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { return Err(protocol("entry fields")) };
+        let Value::BulkString(value) = value else { return Err(protocol("an entry field")) };
+        match text(name)?.as_str() {
+            "p" => message.payload = Bytes::copy_from_slice(value),
+            "t" => {
+                let millis = std::str::from_utf8(value).ok().and_then(|t| t.parse().ok());
+                message.timestamp = time_from_millis(millis.ok_or_else(|| protocol("a time"))?);
+            }
+            "e" => message.event = Some(String::from_utf8_lossy(value).into()),
+            "c" => message.content_type = Some(String::from_utf8_lossy(value).into()),
+            _ => {}
+        }
+    }
+    Ok(message)
+}
+
+#[async_trait]
+impl Publish for RedisBroker {
+    async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
+        let config = &self.inner.config;
+        publication.validate(config.max_payload).map_err(|e| e.with_transport(NAME))?;
+        if publication.key().is_none() {
+            // So that sending it again after a dropped connection cannot store it twice.
+            publication =
+                publication.idempotency_key(format!("{}{}", Epoch::random(), Epoch::random()));
+        }
+        let mut invocation = self.inner.publish.prepare_invoke();
+        for key in self.keys(topic) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(Epoch::random().to_string())
+            .arg(millis_since_unix_epoch(SystemTime::now()))
+            .arg(publication.payload().as_ref())
+            .arg(publication.event_type().unwrap_or(""))
+            .arg(publication.media_type().unwrap_or(""))
+            .arg(publication.key().unwrap_or(""))
+            .arg(config.retention.max_messages)
+            .arg(config.retention.max_bytes)
+            .arg(self.max_age_millis())
+            .arg(format!("{}wake", config.key_prefix))
+            .arg(topic.as_str());
+        let answer: (String, u64, u64) = self.invoke(&invocation).await?;
+        let (epoch, offset, millis) = answer;
+        Ok(Receipt {
+            topic: topic.clone(),
+            epoch: epoch.parse().map_err(|_| protocol("an epoch"))?,
+            offset: Offset(offset),
+            timestamp: time_from_millis(millis),
+        })
+    }
+}
+
+#[async_trait]
+impl Fetch for RedisBroker {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        if limit == 0 {
+            return Err(Error::bad_request("limit must be at least 1").with_transport(NAME));
+        }
+        self.read(topic, cursor, limit.min(self.inner.config.max_page)).await
+    }
+}
+
+/// How many messages a subscriber reads from Redis per step.
+const SUBSCRIBER_BATCH: usize = 64;
+
+#[async_trait]
+impl Subscribe for RedisBroker {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        let wake = self.inner.waker.watch(topic);
+        // Resolve the cursor now: `latest` means what exists when subscribe returns, and a bad
+        // cursor fails here rather than in the stream.
+        let start = self.read(topic, cursor, 0).await?;
+        let position = if start.gap.is_some() { cursor } else { start.next };
+        let reader = Reader {
+            broker: self.clone(),
+            topic: topic.clone(),
+            position,
+            wake,
+            ready: VecDeque::new(),
+            failures: 0,
+            failed: false,
+        };
+        Ok(Subscription::new(
+            topic.clone(),
+            position,
+            futures::stream::unfold(reader, Reader::next),
+        ))
+    }
+}
+
+/// One subscriber: a cursor, this node's wake-up signal for the topic, and a handful of
+/// messages read but not yet yielded. It holds no Redis connection of its own.
+struct Reader {
+    broker: RedisBroker,
+    topic: Topic,
+    position: Cursor,
+    wake: watch::Receiver<u64>,
+    ready: VecDeque<Delivery>,
+    failures: u32,
+    failed: bool,
+}
+
+impl Reader {
+    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
+        let check = self.broker.inner.config.check_interval;
+        let backoff =
+            Backoff { initial: Duration::from_millis(50), max: check.max(Duration::from_secs(2)) };
+        loop {
+            if let Some(delivery) = self.ready.pop_front() {
+                return Some((Ok(delivery), self));
+            }
+            if self.failed {
+                return None;
+            }
+            // Mark the wake-up seen before reading, so a publish after the read wakes us.
+            self.wake.borrow_and_update();
+            match self.broker.read(&self.topic, self.position, SUBSCRIBER_BATCH).await {
+                Ok(page) => {
+                    self.failures = 0;
+                    self.position = page.next;
+                    if page.is_empty() {
+                        // A wake-up, or the periodic check that catches one that never came.
+                        let _ = tokio::time::timeout(check, self.wake.changed()).await;
+                    } else {
+                        self.ready.extend(page.into_deliveries());
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    // Redis is away: wait, and go on from where we stand when it is back.
+                    tracing::debug!(topic = %self.topic, %error, "redis read failed; retrying");
+                    tokio::time::sleep(backoff.delay(self.failures)).await;
+                    self.failures = self.failures.saturating_add(1);
+                }
+                Err(error) => {
+                    self.failed = true;
+                    return Some((Err(error), self));
+                }
+            }
+        }
+    }
+}
+
+impl Client for RedisBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(NAME).with_push(true).with_max_payload(self.inner.config.max_payload)
+    }
+}

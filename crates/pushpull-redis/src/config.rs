@@ -1,0 +1,74 @@
+//! Settings of the Redis broker.
+
+use std::time::Duration;
+
+use pushpull_core::{Error, ErrorKind, MemoryConfig, Retention};
+use serde::{Deserialize, Serialize};
+
+/// Settings of a [`RedisBroker`](crate::RedisBroker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// The server: `redis://HOST:PORT/DB`, `rediss://…` for TLS, or `redis+unix:///PATH`.
+    pub url: String,
+    /// Prepended to every key and channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// What each topic keeps; what falls out becomes a gap for readers behind it.
+    pub retention: Retention,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// The most messages one fetch returns.
+    pub max_page: usize,
+    /// How long one Redis command may take before it fails with a retryable `backend` error.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub response_timeout: Duration,
+    /// How often a subscription reads even without a wake-up, so a lost one costs at most this
+    /// much latency.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub check_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let memory = MemoryConfig::default();
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "pushpull:".into(),
+            retention: memory.retention,
+            max_payload: memory.max_payload,
+            max_page: memory.max_page,
+            response_timeout: Duration::from_secs(2),
+            check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The defaults, with the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: &str, why: &str| {
+            Err(Error::new(ErrorKind::Config, format!("redis.{key}: {why}")))
+        };
+        if self.retention.max_messages == 0 {
+            return bad("retention.max_messages", "must be at least 1");
+        }
+        if self.retention.max_bytes < self.max_payload {
+            return bad("retention.max_bytes", "must be at least max_payload");
+        }
+        if self.max_page == 0 {
+            return bad("max_page", "must be at least 1");
+        }
+        if self.response_timeout.is_zero() || self.check_interval.is_zero() {
+            return bad(
+                "response_timeout",
+                "response_timeout and check_interval must be more than zero",
+            );
+        }
+        Ok(())
+    }
+}
