@@ -17,6 +17,8 @@ pub use pushpull_http::{RunningServer, ServeConfig, Shutdown, ShutdownTrigger};
 pub use pushpull_longpoll as longpoll;
 #[cfg(feature = "poll")]
 pub use pushpull_poll as poll;
+#[cfg(feature = "redis")]
+pub use pushpull_redis as redis;
 #[cfg(feature = "sse")]
 pub use pushpull_sse as sse;
 #[cfg(feature = "stream")]

@@ -11,10 +11,13 @@ use tokio::net::TcpListener;
 
 use crate::server_config::{BrokerKind, Section, ServerConfig};
 
-/// The broker a config asks for.
+/// The broker a config asks for. Call it within a tokio runtime (the Redis broker starts its
+/// wake-up listener).
 pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Broker>, Error> {
     match config.broker.kind {
         BrokerKind::Memory => Ok(Arc::new(MemoryBroker::with_config(config.memory_config())?)),
+        #[cfg(feature = "redis")]
+        BrokerKind::Redis => Ok(Arc::new(pushpull_redis::RedisBroker::new(config.redis_config())?)),
     }
 }
 
@@ -87,7 +90,7 @@ fn router_with_stats(
         &config.transports.webhook,
     )?;
     let health = health_route(broker, transports(config), gauges);
-    Ok(router.with([health]).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
+    Ok(router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
 }
 
 /// Adds `T`'s routes and gauges when its section enables it; a bad setting names its key under
@@ -145,23 +148,55 @@ fn health_route(
     broker: Arc<dyn Broker>,
     transports: Vec<&'static str>,
     gauges: Vec<(&'static str, Reading)>,
-) -> Route {
+) -> [Route; 2] {
     let broker_name = broker.capabilities().name;
     let gauges = Arc::new(gauges);
-    Route::new(Method::GET, "/v1/health", move |_, _| {
+    let probe = broker.clone();
+    let health = Route::new(Method::GET, "/v1/health", move |_, _| {
         let live: serde_json::Map<String, serde_json::Value> =
             gauges.iter().map(|(name, gauge)| ((*name).to_owned(), gauge().into())).collect();
-        let body = serde_json::json!({
-            "status": "ok",
-            "broker": broker_name,
-            "transports": transports,
-            "live": live,
-            "version": env!("CARGO_PKG_VERSION"),
-        });
+        let transports = transports.clone();
+        let broker = probe.clone();
         async move {
+            let ready = ready(&*broker).await;
+            let body = serde_json::json!({
+                "status": "ok",
+                "ready": ready.is_ok(),
+                "broker": broker_name,
+                "transports": transports,
+                "live": live,
+                "version": env!("CARGO_PKG_VERSION"),
+            });
             Ok(pushpull_http::json(StatusCode::OK, serde_json::to_vec(&body).expect("encodes")))
         }
-    })
+    });
+    // Live is "the process answers" (/v1/health); ready is "and its broker answers", what a
+    // load balancer should route by.
+    let readiness = Route::new(Method::GET, "/v1/ready", move |_, _| {
+        let broker = broker.clone();
+        async move {
+            ready(&*broker).await?;
+            let body = serde_json::json!({ "ready": true, "broker": broker_name });
+            Ok(pushpull_http::json(StatusCode::OK, serde_json::to_vec(&body).expect("encodes")))
+        }
+    });
+    [health, readiness]
+}
+
+/// Whether the broker answers within two seconds: a one-message fetch of a fixed topic.
+async fn ready(broker: &dyn Broker) -> Result<(), Error> {
+    let topic = pushpull_core::Topic::new("pushpull.health").expect("a valid topic");
+    let fetch = broker.fetch(&topic, pushpull_core::Cursor::Latest, 1);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), fetch).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(Error::new(
+            ErrorKind::Backend,
+            format!("not ready: the broker does not answer: {}", error.message()),
+        )),
+        Err(_) => {
+            Err(Error::new(ErrorKind::Backend, "not ready: the broker did not answer in 2 s"))
+        }
+    }
 }
 
 /// Binds `config.listen` and serves in the background; see [`RunningServer::shutdown`].

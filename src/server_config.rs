@@ -54,8 +54,14 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `memory`, the embedded broker (the only one in this build).
+    /// `memory` (the embedded broker, the default) or `redis` (several server processes on one
+    /// Redis serve one log).
     pub kind: BrokerKind,
+    /// With `redis`: the server, `redis://HOST:PORT/DB`, `rediss://…` (TLS) or
+    /// `redis+unix:///PATH`.
+    pub url: String,
+    /// With `redis`: prepended to every key and channel, so deployments can share a Redis.
+    pub key_prefix: String,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
     /// The most topics held at once.
@@ -71,6 +77,9 @@ pub enum BrokerKind {
     /// The in-process [`MemoryBroker`](pushpull_core::MemoryBroker).
     #[default]
     Memory,
+    /// [`RedisBroker`](pushpull_redis::RedisBroker): the log in Redis Streams.
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +87,8 @@ impl Default for BrokerConfig {
         let memory = MemoryConfig::default();
         Self {
             kind: BrokerKind::Memory,
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "pushpull:".into(),
             max_payload: memory.max_payload,
             max_topics: memory.max_topics,
             retention: RetentionConfig::default(),
@@ -305,6 +316,20 @@ impl ServerConfig {
         let mut ws = self.transports.ws.server.clone();
         ws.max_message_size = ws.max_message_size.max(self.broker.max_payload + 64 * 1024);
         ws
+    }
+
+    /// The Redis broker's settings.
+    #[cfg(feature = "redis")]
+    pub fn redis_config(&self) -> pushpull_redis::RedisConfig {
+        let memory = self.memory_config();
+        pushpull_redis::RedisConfig {
+            url: self.broker.url.clone(),
+            key_prefix: self.broker.key_prefix.clone(),
+            retention: memory.retention,
+            max_payload: memory.max_payload,
+            max_page: memory.max_page,
+            ..pushpull_redis::RedisConfig::default()
+        }
     }
 
     /// The memory broker's limits.

@@ -50,9 +50,17 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     }
 }
 
-/// The response for `error`: its status and `{"error":{"kind":…,"message":…}}`.
+/// The response for `error`: its status and `{"error":{"kind":…,"message":…}}`. A 503 that a
+/// retry can fix (the broker's storage is away) says when to retry: `Retry-After: 1`, or what
+/// the error asked for.
 pub fn error_response(error: &Error) -> Response<Body> {
-    json_error(status_for(error.kind()), error.kind().as_str(), error.message())
+    let status = status_for(error.kind());
+    let mut response = json_error(status, error.kind().as_str(), error.message());
+    if status == StatusCode::SERVICE_UNAVAILABLE && error.is_retryable() {
+        let seconds = error.retry_after().map_or(1, |d| d.as_secs().max(1));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// A JSON error response with an explicit status and kind name.

@@ -58,8 +58,9 @@ fn protocol(why: &str) -> Error {
 
 impl RedisBroker {
     /// A broker on the Redis at `config.url`. It connects lazily: a Redis that is down now
-    /// makes the first operations fail with retryable `backend` errors, not this call.
-    pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
+    /// makes the first operations fail with retryable `backend` errors, not this call. Call it
+    /// within a tokio runtime: it starts the node's wake-up listener.
+    pub fn new(config: RedisConfig) -> Result<Self, Error> {
         config.validate()?;
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
             Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", config.url))

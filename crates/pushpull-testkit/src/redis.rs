@@ -12,12 +12,13 @@ use pushpull_redis::{RedisBroker, RedisConfig};
 
 use crate::{Fixture, Harness, Limits, Skip};
 
-/// A `redis-server` process of a test's own, without persistence, on a unix socket in a fresh
-/// directory. Dropping it stops the server and removes the directory.
+/// A `redis-server` process of a test's own, on a unix socket in a fresh directory; without
+/// persistence unless asked. Dropping it stops the server and removes the directory.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     dir: PathBuf,
+    persistent: bool,
 }
 
 fn setup_error(why: String) -> Error {
@@ -25,20 +26,39 @@ fn setup_error(why: String) -> Error {
 }
 
 impl RedisServer {
-    /// Starts one and waits until it answers. The README's test command installs
-    /// `redis-server` (Debian's package) when it is missing.
+    /// Starts one without persistence (a restart loses everything) and waits until it answers.
+    /// The README's test command installs `redis-server` (Debian's package) when it is missing.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with(false)
+    }
+
+    /// Starts one; `persistent` keeps an append-only file written on every command, so a
+    /// restart loses nothing.
+    pub fn start_with(persistent: bool) -> Result<Self, Error> {
         let unique = pushpull_core::Epoch::random();
         let dir = std::env::temp_dir().join(format!("pushpull-redis-{unique}"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
-        let socket = dir.join("redis.sock");
+        let mut server = Self { child: None, dir, persistent };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), Error> {
+        let socket = self.dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--port", "0", "--save", "", "--daemonize", "no"])
+            .args(persistence)
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&dir)
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -47,15 +67,36 @@ impl RedisServer {
                     "cannot start redis-server ({e}): run ./scripts/test, which installs it"
                 ))
             })?;
-        let server = Self { child, dir };
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).map_err(|e| setup_error(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        loop {
+            let pong = client
+                .get_connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return Ok(());
+            }
             if Instant::now() > deadline {
-                return Err(setup_error("redis-server did not open its socket in 10 s".into()));
+                return Err(setup_error("redis-server did not answer within 10 s".into()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(server)
+    }
+
+    /// Kills the server (as a crash would) and leaves it down.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same socket: with persistence it comes
+    /// back with its data, without it comes back empty.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        self.spawn()
     }
 
     /// Its URL.
@@ -80,8 +121,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -104,7 +144,7 @@ pub fn redis_config(url: String, limits: &Limits) -> RedisConfig {
 impl Harness for RedisHarness {
     async fn start(&self, limits: Limits) -> Result<Box<dyn Fixture>, Error> {
         let server = RedisServer::start()?;
-        let broker = RedisBroker::connect(redis_config(server.url(), &limits)).await?;
+        let broker = RedisBroker::new(redis_config(server.url(), &limits))?;
         Ok(Box::new(RedisFixture { server, broker }))
     }
 }
