@@ -23,3 +23,8 @@ fn harness() -> HttpHarness {
 }
 
 pushpull_testkit::conformance!(harness());
+
+/// The same suite with the server's logs in Redis (a redis-server of each case's own).
+mod over_redis {
+    pushpull_testkit::conformance!(crate::harness().over_redis());
+}

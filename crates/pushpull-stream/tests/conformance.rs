@@ -27,3 +27,8 @@ mod ndjson {
     use super::*;
     pushpull_testkit::conformance!(harness(FramingChoice::Ndjson));
 }
+
+/// The same suite with the server's logs in Redis (a redis-server of each case's own).
+mod over_redis {
+    pushpull_testkit::conformance!(crate::harness(crate::FramingChoice::Binary).over_redis());
+}
