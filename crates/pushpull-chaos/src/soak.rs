@@ -28,6 +28,10 @@ pub struct SoakConfig {
     pub fault_interval: Duration,
     /// How long subscribers may take to catch up once the faults stop.
     pub settle: Duration,
+    /// The Redis the server's broker stores its logs in, if any: restarting it becomes one of
+    /// the faults (with persistence, nothing may be lost).
+    #[cfg(feature = "redis")]
+    pub redis: Option<Arc<std::sync::Mutex<crate::RedisServer>>>,
 }
 
 impl Default for SoakConfig {
@@ -39,6 +43,8 @@ impl Default for SoakConfig {
             publish_interval: Duration::from_millis(20),
             fault_interval: Duration::from_millis(700),
             settle: Duration::from_secs(60),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -58,6 +64,8 @@ pub struct SoakReport {
     pub unavailable: u64,
     /// Spells of slow connections.
     pub delays: u64,
+    /// Restarts of the Redis behind the broker.
+    pub redis_restarts: u64,
     /// Connections the proxy accepted beyond the first one per subscriber: reconnects and
     /// requests (polling clients make one per poll).
     pub connections: u64,
@@ -216,7 +224,11 @@ pub async fn soak(
             + config.fault_interval.mul_f64(dice.roll(1000) as f64 / 1000.0);
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         let spell = Duration::from_millis(100 + dice.roll(400));
-        match dice.roll(4) {
+        #[cfg(feature = "redis")]
+        let kinds = if config.redis.is_some() { 5 } else { 4 };
+        #[cfg(not(feature = "redis"))]
+        let kinds = 4;
+        match dice.roll(kinds) {
             0 => {
                 proxy.sever();
                 report.kills += 1;
@@ -234,6 +246,20 @@ pub async fn soak(
                 tokio::time::sleep(spell).await;
                 proxy.answer_with(None);
                 report.unavailable += 1;
+            }
+            #[cfg(feature = "redis")]
+            4 => {
+                if let Some(redis) = config.redis.clone() {
+                    let restarted = tokio::task::spawn_blocking(move || {
+                        redis.lock().expect("redis lock").restart()
+                    })
+                    .await
+                    .expect("the restart task");
+                    if let Err(error) = restarted {
+                        panic!("could not restart redis: {error}");
+                    }
+                    report.redis_restarts += 1;
+                }
             }
             _ => {
                 proxy.set_delay(Some(spell));

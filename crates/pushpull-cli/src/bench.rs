@@ -51,6 +51,10 @@ pub(crate) enum Bench {
         /// Subscribers per transport.
         #[arg(long, default_value_t = 2)]
         per_transport: usize,
+        /// Store the logs in Redis (a redis-server of the soak's own, with persistence) and
+        /// restart it among the faults.
+        #[arg(long)]
+        redis: bool,
     },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
@@ -81,7 +85,9 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
         Bench::Large { size_mib } => large(size_mib).await,
         Bench::Fanout { subscribers, messages } => fanout(subscribers, messages).await,
-        Bench::Soak { minutes, per_transport } => crate::soak::run(minutes, per_transport).await,
+        Bench::Soak { minutes, per_transport, redis } => {
+            crate::soak::run(minutes, per_transport, redis).await
+        }
         Bench::Compare { transports, messages, interval, burst } => {
             compare(&transports, messages, interval, burst).await
         }

@@ -22,7 +22,7 @@ fn client(transport: &str, url: &str) -> Result<ClientConfig, Error> {
     ))
 }
 
-pub(crate) async fn run(minutes: f64, per_transport: usize) -> Result<(), Error> {
+pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Result<(), Error> {
     if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
         return Err(Error::new(
             ErrorKind::Config,
@@ -38,6 +38,15 @@ pub(crate) async fn run(minutes: f64, per_transport: usize) -> Result<(), Error>
         Duration::from_millis(200),
         Duration::from_secs(1),
     ];
+    let redis_server = match redis {
+        false => None,
+        true => {
+            let server = pushpull_chaos::RedisServer::start_with(true)?;
+            config.broker.kind = pushpull::BrokerKind::Redis;
+            config.broker.url = server.url();
+            Some(Arc::new(std::sync::Mutex::new(server)))
+        }
+    };
     let broker = pushpull::broker(&config)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
     let server = pushpull::serve_with(listener, broker.clone(), &config)?;
@@ -50,12 +59,16 @@ pub(crate) async fn run(minutes: f64, per_transport: usize) -> Result<(), Error>
             subscribers.push((format!("{transport}#{n}"), client));
         }
     }
-    let soak_config =
-        SoakConfig { duration: Duration::from_secs_f64(minutes * 60.0), ..SoakConfig::default() };
+    let soak_config = SoakConfig {
+        duration: Duration::from_secs_f64(minutes * 60.0),
+        redis: redis_server.clone(),
+        ..SoakConfig::default()
+    };
     eprintln!(
-        "soaking {} subscribers over {} transports for {minutes} min ...",
+        "soaking {} subscribers over {} transports for {minutes} min on the {} broker ...",
         subscribers.len(),
-        TRANSPORTS.len()
+        TRANSPORTS.len(),
+        if redis { "redis" } else { "memory" },
     );
     let started = Instant::now();
     let report = soak(proxy, broker, subscribers, &soak_config).await;
@@ -67,6 +80,7 @@ pub(crate) async fn run(minutes: f64, per_transport: usize) -> Result<(), Error>
         ("refusal spells", report.refusals),
         ("503 spells", report.unavailable),
         ("slow-connection spells", report.delays),
+        ("redis restarts", report.redis_restarts),
         ("connections through the proxy", report.connections),
         ("gaps", report.gaps),
         ("duplicates", report.duplicates),
