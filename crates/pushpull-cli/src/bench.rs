@@ -40,6 +40,9 @@ pub(crate) enum Bench {
         /// Messages published.
         #[arg(long, default_value_t = 200)]
         messages: usize,
+        /// Store the logs in Redis (a redis-server of the bench's own).
+        #[arg(long)]
+        redis: bool,
     },
     /// Subscribers over every transport, webhooks included, follow several topics through a
     /// fault-injecting proxy (kills, refusals, delays, 503s) while publishers write; fails if
@@ -70,6 +73,12 @@ pub(crate) enum Bench {
         /// Messages published back to back, for throughput.
         #[arg(long, default_value_t = 2000)]
         burst: usize,
+        /// Store the logs in Redis (a redis-server of the bench's own).
+        #[arg(long)]
+        redis: bool,
+        /// With `--redis`: publish on one server process and subscribe on another.
+        #[arg(long, requires = "redis")]
+        two_nodes: bool,
     },
 }
 
@@ -84,12 +93,37 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
         Bench::Large { size_mib } => large(size_mib).await,
-        Bench::Fanout { subscribers, messages } => fanout(subscribers, messages).await,
+        Bench::Fanout { subscribers, messages, redis } => {
+            let redis = RedisBacking::start(redis)?;
+            fanout(subscribers, messages, &redis).await
+        }
         Bench::Soak { minutes, per_transport, redis } => {
             crate::soak::run(minutes, per_transport, redis).await
         }
-        Bench::Compare { transports, messages, interval, burst } => {
-            compare(&transports, messages, interval, burst).await
+        Bench::Compare { transports, messages, interval, burst, redis, two_nodes } => {
+            let redis = RedisBacking::start(redis)?;
+            compare(&transports, messages, interval, burst, &redis, two_nodes).await
+        }
+    }
+}
+
+/// Where the bench's servers keep their logs: their own memory, or a redis-server of the
+/// bench's own (stopped when the bench ends).
+struct RedisBacking(Option<pushpull_chaos::RedisServer>);
+
+impl RedisBacking {
+    fn start(redis: bool) -> Result<Self, Error> {
+        Ok(Self(if redis { Some(pushpull_chaos::RedisServer::start()?) } else { None }))
+    }
+
+    /// The environment that points a `pushpull serve` at it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match &self.0 {
+            None => Vec::new(),
+            Some(server) => vec![
+                ("PUSHPULL_BROKER__KIND", "redis".to_owned()),
+                ("PUSHPULL_BROKER__URL", server.url()),
+            ],
         }
     }
 }
@@ -259,14 +293,22 @@ async fn compare(
     messages: usize,
     interval: Duration,
     burst: usize,
+    redis: &RedisBacking,
+    two_nodes: bool,
 ) -> Result<(), Error> {
-    let server = ServerProcess::start().await?;
+    let server = ServerProcess::start_with(&redis.env()).await?;
+    // With two nodes, messages are published on the second and delivered by the first.
+    let publishing_node = match two_nodes {
+        true => Some(ServerProcess::start_with(&redis.env()).await?),
+        false => None,
+    };
+    let publish_to = publishing_node.as_ref().unwrap_or(&server);
     println!(
         "| transport | latency p50 | p90 | p99 | max | bytes to subscriber / message | requests / message | burst of {burst}: messages/s |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for transport in transports {
-        let row = measure(&server, transport, messages, interval, burst).await?;
+        let row = measure(&server, publish_to, transport, messages, interval, burst).await?;
         println!(
             "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
             ms(row.latencies[row.latencies.len() / 2]),
@@ -290,6 +332,7 @@ struct Row {
 
 async fn measure(
     server: &ServerProcess,
+    publish_to: &ServerProcess,
     transport: &str,
     messages: usize,
     interval: Duration,
@@ -298,7 +341,7 @@ async fn measure(
     let relay = CountingRelay::start(server.addr).await?;
     let subscriber =
         pushpull::connect(&ClientConfig::new(transport, format!("http://{}", relay.addr))).await?;
-    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let publisher = pushpull::connect(&ClientConfig::new("poll", publish_to.url())).await?;
     let topic = Topic::new(format!("bench.{transport}"))?;
     let mut subscription = subscriber.subscribe(&topic, Cursor::Latest).await?;
 
@@ -503,8 +546,8 @@ fn peak_of(pid: &str) -> Result<u64, Error> {
 }
 
 /// Many SSE streams on one topic: the server's CPU time per message delivered.
-pub(crate) async fn fanout(subscribers: usize, messages: usize) -> Result<(), Error> {
-    let server = ServerProcess::start().await?;
+async fn fanout(subscribers: usize, messages: usize, redis: &RedisBacking) -> Result<(), Error> {
+    let server = ServerProcess::start_with(&redis.env()).await?;
     let streams = open_idle(&server, "/v1/topics/bench.fanout/events", subscribers).await?;
     tokio::time::timeout(STEP, async {
         while server.live("sse_open_streams").await.unwrap_or(0) < subscribers as u64 {
