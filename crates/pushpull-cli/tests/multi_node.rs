@@ -133,3 +133,128 @@ async fn two_nodes_serve_one_log_and_a_subscriber_survives_its_node() {
         }
     }
 }
+
+/// nginx, with the configuration docs/deploying.md gives, in front of `nodes`.
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(nodes: &[SocketAddr]) -> Nginx {
+        let dir =
+            std::env::temp_dir().join(format!("pushpull-nginx-{}", pushpull::Epoch::random()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let servers: String = nodes.iter().map(|a| format!("        server {a};\n")).collect();
+        let config = format!(
+            r#"
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    upstream pushpull {{
+{servers}        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://pushpull;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 90s;
+        }}
+        location = /v1/ws {{
+            proxy_pass http://pushpull;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 90s;
+        }}
+    }}
+}}
+"#,
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), config).unwrap();
+        // Debian installs it in /usr/sbin, which is not on every PATH.
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap_or("nginx");
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx is installed (./scripts/test installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, dir, addr }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_behind_nginx_as_the_deployment_guide_configures_it() {
+    let redis = RedisServer::start().unwrap();
+    let node_a = Node::start(&redis.url());
+    let mut node_b = Node::start(&redis.url());
+    let nginx = Nginx::start(&[node_a.addr, node_b.addr]);
+    let url = format!("http://{}", nginx.addr);
+    let publisher = pushpull::connect(&ClientConfig::new("poll", &url)).await.unwrap();
+    let mut subscribers = Vec::new();
+    for transport in ["sse", "ws", "stream", "longpoll"] {
+        let client = pushpull::connect(&client_config(transport, &url)).await.unwrap();
+        let topic = Topic::new(format!("nginx.{transport}")).unwrap();
+        let sub = client.subscribe(&topic, Cursor::Beginning).await.unwrap();
+        subscribers.push((transport, topic, client, sub));
+    }
+    for (transport, topic, _, sub) in &mut subscribers {
+        for n in 1..=3u64 {
+            publisher.publish(topic, Publication::new(format!("m{n}"))).await.unwrap();
+        }
+        for n in 1..=3u64 {
+            assert_eq!(next_offset(transport, sub).await, n, "{transport} through nginx");
+        }
+    }
+    // One node goes away; nginx sends new requests and reconnections to the other.
+    node_b.kill();
+    for (transport, topic, _, sub) in &mut subscribers {
+        for n in 4..=5u64 {
+            let published = loop {
+                match publisher.publish(topic, Publication::new(format!("m{n}"))).await {
+                    Ok(receipt) => break receipt,
+                    Err(error) if error.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            };
+            assert_eq!(published.offset.0, n);
+        }
+        for n in 4..=5u64 {
+            assert_eq!(next_offset(transport, sub).await, n, "{transport} after a node died");
+        }
+    }
+}
