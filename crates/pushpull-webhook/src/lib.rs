@@ -8,7 +8,10 @@ pub mod wire;
 
 pub use client::WebhookClient;
 pub use config::{ClientConfig, OnExhausted, ServerConfig};
-pub use server::{CreateEndpoint, DeadMessage, EndpointView, WEBHOOKS_PATH, WebhookServer};
+pub use server::{
+    CreateEndpoint, DeadMessage, EndpointRecord, EndpointStore, EndpointView, MemoryEndpointStore,
+    Progress, WEBHOOKS_PATH, WebhookServer,
+};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "webhook";

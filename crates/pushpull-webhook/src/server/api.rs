@@ -41,13 +41,16 @@ pub struct EndpointView {
     pub last_error: Option<String>,
     /// Messages that used up their attempts.
     pub dead: Vec<DeadMessage>,
+    /// The node delivering it now (the holder of its lease), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The signing secret: only in the answer to create (and rotate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
 /// A message given up on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadMessage {
     /// Its topic.
     pub topic: String,

@@ -80,20 +80,30 @@ impl Worker {
             }
             match try_once(&self.endpoint, &self.server, &id, &body).await {
                 Attempt::Delivered => {
-                    let mut state = self.endpoint.state.lock().expect("state lock");
-                    state.delivered += 1;
-                    state.failures = 0;
-                    state.cursors.insert(topic.to_string(), delivery.cursor());
+                    {
+                        let mut state = self.endpoint.state.lock().expect("state lock");
+                        state.delivered += 1;
+                        state.failures = 0;
+                        state.cursors.insert(topic.to_string(), delivery.cursor());
+                    }
+                    // Where a node taking over would start: at most this message repeats,
+                    // under the same webhook-id, which receivers de-duplicate.
+                    save_progress(&self.server, &self.endpoint).await;
                     return true;
                 }
                 Attempt::Gone => {
-                    let mut state = self.endpoint.state.lock().expect("state lock");
-                    state.status = Status::Disabled;
-                    state.last_error = Some("the endpoint answered 410 Gone".into());
+                    {
+                        let mut state = self.endpoint.state.lock().expect("state lock");
+                        state.status = Status::Disabled;
+                        state.last_error = Some("the endpoint answered 410 Gone".into());
+                    }
+                    save_progress(&self.server, &self.endpoint).await;
+                    save_status(&self.server, &self.endpoint, Status::Disabled).await;
                     return false;
                 }
                 Attempt::Failed { reason, retry_after } => {
                     self.note_failure(reason.clone());
+                    save_progress(&self.server, &self.endpoint).await;
                     attempt += 1;
                     if attempt >= schedule.len() {
                         return self
@@ -141,9 +151,11 @@ impl Worker {
                 state.cursors.insert(topic.to_string(), delivery.cursor());
             }
         }
+        save_progress(&self.server, &self.endpoint).await;
         if !pause {
             return true;
         }
+        save_status(&self.server, &self.endpoint, Status::Paused).await;
         tracing::warn!(endpoint = %self.endpoint.id, "paused: a message used up its attempts");
         control.borrow_and_update();
         loop {
@@ -162,6 +174,19 @@ impl Worker {
         let mut state = self.endpoint.state.lock().expect("state lock");
         state.failures += 1;
         state.last_error = Some(reason);
+    }
+}
+
+async fn save_progress(hooks: &Hooks, endpoint: &Endpoint) {
+    let progress = endpoint.progress();
+    if let Err(error) = hooks.store.set_progress(&endpoint.id, &progress).await {
+        tracing::warn!(endpoint = %endpoint.id, %error, "cannot save delivery progress");
+    }
+}
+
+async fn save_status(hooks: &Hooks, endpoint: &Endpoint, status: Status) {
+    if let Err(error) = hooks.store.set_status(&endpoint.id, status.as_str()).await {
+        tracing::warn!(endpoint = %endpoint.id, %error, "cannot save an endpoint's status");
     }
 }
 

@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use pushpull_core::Cursor;
+use pushpull_core::{Cursor, Error};
 use tokio::sync::watch;
 
 use super::api::{DeadMessage, EndpointView};
+use super::store::{EndpointRecord, Progress};
 use super::target::Target;
 use crate::wire::Secret;
 
@@ -23,6 +24,14 @@ impl Status {
             Status::Active => "active",
             Status::Paused => "paused",
             Status::Disabled => "disabled",
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Status {
+        match text {
+            "paused" => Status::Paused,
+            "disabled" => Status::Disabled,
+            _ => Status::Active,
         }
     }
 }
@@ -51,17 +60,53 @@ pub(super) struct State {
     pub(super) dead: VecDeque<DeadMessage>,
 }
 
-pub(super) fn view(endpoint: &Endpoint) -> EndpointView {
-    let state = endpoint.state.lock().expect("state lock");
+impl Endpoint {
+    /// The endpoint a stored record describes, ready to deliver.
+    pub(super) fn from_record(record: &EndpointRecord) -> Result<Endpoint, Error> {
+        let secrets =
+            record.secrets.iter().map(|s| Secret::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let progress = record.progress.clone();
+        Ok(Endpoint {
+            id: record.id.clone(),
+            url: Target::parse(&record.url)?,
+            secrets: Mutex::new(secrets),
+            state: Mutex::new(State {
+                status: Status::parse(&record.status),
+                cursors: progress.cursors,
+                delivered: progress.delivered,
+                failures: progress.failures,
+                last_error: progress.last_error,
+                dead: progress.dead.into(),
+            }),
+            control: watch::Sender::new(Control::Run),
+        })
+    }
+
+    /// Its progress, as the store keeps it.
+    pub(super) fn progress(&self) -> Progress {
+        let state = self.state.lock().expect("state lock");
+        Progress {
+            cursors: state.cursors.clone(),
+            delivered: state.delivered,
+            failures: state.failures,
+            last_error: state.last_error.clone(),
+            dead: state.dead.iter().cloned().collect(),
+        }
+    }
+}
+
+/// How the API shows a stored endpoint, delivered by `node` (if any node holds it now).
+pub(super) fn view(record: &EndpointRecord, node: Option<String>) -> EndpointView {
     EndpointView {
-        id: endpoint.id.clone(),
-        url: endpoint.url.text.clone(),
-        status: state.status.as_str().into(),
-        cursors: state.cursors.clone(),
-        delivered: state.delivered,
-        failures: state.failures,
-        last_error: state.last_error.clone(),
-        dead: state.dead.iter().cloned().collect(),
+        id: record.id.clone(),
+        url: record.url.clone(),
+        status: record.status.clone(),
+        cursors: record.progress.cursors.clone(),
+        delivered: record.progress.delivered,
+        failures: record.progress.failures,
+        last_error: record.progress.last_error.clone(),
+        dead: record.progress.dead.clone(),
+        node,
         secret: None,
     }
 }

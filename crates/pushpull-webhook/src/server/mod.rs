@@ -1,13 +1,12 @@
 //! The server half: the endpoint registration API, and one delivery worker per endpoint.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use pushpull_core::{Broker, Cursor, Error, ErrorKind, SubscriptionSet, Topic};
 use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, json, request};
-use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::targets::TargetPolicy;
@@ -16,11 +15,13 @@ use crate::wire::Secret;
 mod api;
 mod delivery;
 mod endpoints;
+mod store;
 mod target;
 
 pub use api::{CreateEndpoint, DeadMessage, EndpointView};
 use delivery::Worker;
-use endpoints::{Control, Endpoint, State, Status, endpoint_id, view};
+use endpoints::{Control, Endpoint, Status, endpoint_id, view};
+pub use store::{EndpointRecord, EndpointStore, MemoryEndpointStore, Progress};
 use target::Target;
 
 /// The registration API's root.
@@ -33,6 +34,9 @@ pub const WEBHOOKS_PATH: &str = "/v1/webhooks";
 pub struct WebhookServer {
     hooks: Hooks,
     router: Router,
+    /// Dropped with the last clone: the background sync stops, and so do the workers.
+    #[allow(dead_code)]
+    alive: Arc<()>,
 }
 
 impl std::fmt::Debug for WebhookServer {
@@ -45,18 +49,42 @@ impl std::fmt::Debug for WebhookServer {
 }
 
 impl WebhookServer {
-    /// A server over `broker`.
+    /// A server over `broker`, its endpoints kept in this process.
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        config.validate()?;
-        let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
-        let hooks = Hooks { broker, config: Arc::new(config), endpoints: Arc::default() };
-        let router = api.with(hooks.routes());
-        Ok(Self { hooks, router })
+        Self::with_store(broker, config, Arc::new(MemoryEndpointStore::new()))
     }
 
-    /// Endpoints registered now.
+    /// A server over `broker` whose endpoints live in `store`: with a store the nodes of a
+    /// deployment share, every node serves the registration API and exactly one delivers each
+    /// endpoint at a time, under a lease that another node takes over when its holder dies.
+    pub fn with_store(
+        broker: Arc<dyn Broker>,
+        config: ServerConfig,
+        store: Arc<dyn EndpointStore>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
+        let hooks = Hooks {
+            broker,
+            config: Arc::new(config),
+            store,
+            node: endpoint_id().replacen("ep_", "node_", 1).into(),
+            running: Arc::default(),
+        };
+        let router = api.with(hooks.routes());
+        let alive = Arc::new(());
+        tokio::spawn(hooks.clone().keep_in_step(Arc::downgrade(&alive)));
+        Ok(Self { hooks, router, alive })
+    }
+
+    /// This node's name in lease records (and in endpoint views' `node`).
+    pub fn node(&self) -> &str {
+        &self.hooks.node
+    }
+
+    /// Endpoints this node is delivering right now.
     pub fn endpoint_count(&self) -> usize {
-        self.hooks.endpoints.lock().expect("endpoints lock").len()
+        self.hooks.running.lock().expect("running lock").len()
     }
 
     /// The registration routes, to mount beside other transports'.
@@ -85,10 +113,10 @@ impl pushpull_http::TransportServer for WebhookServer {
     }
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
-        let endpoints = self.hooks.endpoints.clone();
+        let running = self.hooks.running.clone();
         vec![(
-            "webhook_endpoints",
-            Box::new(move || endpoints.lock().expect("endpoints lock").len()),
+            "webhook_endpoints_delivering",
+            Box::new(move || running.lock().expect("running lock").len()),
         )]
     }
 }
@@ -99,8 +127,17 @@ impl pushpull_http::TransportServer for WebhookServer {
 struct Hooks {
     broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
-    endpoints: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+    store: Arc<dyn EndpointStore>,
+    /// This node, in leases.
+    node: Arc<str>,
+    /// The endpoints this node delivers, by id.
+    running: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
 }
+
+/// How long a lease lasts without renewal: a dead node's endpoints are taken over after this.
+const LEASE: Duration = Duration::from_secs(3);
+/// How often a node renews its leases and looks for endpoints nobody delivers.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
 
 impl Hooks {
     fn policy(&self) -> TargetPolicy {
@@ -120,23 +157,23 @@ impl Hooks {
             }),
             Route::new(Method::GET, WEBHOOKS_PATH, move |_, _| {
                 let server = b.clone();
-                async move { Ok(json(StatusCode::OK, server.list())) }
+                async move { server.list().await }
             }),
             Route::new(Method::GET, "/v1/webhooks/{id}", move |_, params: Params| {
                 let server = c.clone();
-                async move { server.show(&params) }
+                async move { server.show(&params).await }
             }),
             Route::new(Method::DELETE, "/v1/webhooks/{id}", move |_, params: Params| {
                 let server = d.clone();
-                async move { server.delete(&params) }
+                async move { server.delete(&params).await }
             }),
             Route::new(Method::POST, "/v1/webhooks/{id}/resume", move |_, params: Params| {
                 let server = e.clone();
-                async move { server.resume(&params) }
+                async move { server.resume(&params).await }
             }),
             Route::new(Method::POST, "/v1/webhooks/{id}/rotate", move |_, params: Params| {
                 let server = f.clone();
-                async move { server.rotate(&params) }
+                async move { server.rotate(&params).await }
             }),
         ]
     }
@@ -165,7 +202,7 @@ impl Hooks {
             Some(text) => Secret::parse(text)?,
             None => Secret::generate(),
         };
-        if self.endpoints.lock().expect("endpoints lock").len() >= self.config.max_endpoints {
+        if self.store.all().await?.len() >= self.config.max_endpoints {
             return Err(Error::new(
                 ErrorKind::Backend,
                 format!(
@@ -174,113 +211,237 @@ impl Hooks {
                 ),
             ));
         }
-        let mut subscriptions = SubscriptionSet::new();
+        // Resolve where each topic starts now, so `latest` means "from the registration on",
+        // whichever node delivers it and whenever.
         let mut cursors = BTreeMap::new();
-        for topic in topics {
-            let subscription = self.broker.subscribe(&topic, after).await?;
+        for topic in &topics {
+            let subscription = self.broker.subscribe(topic, after).await?;
             cursors.insert(topic.to_string(), subscription.cursor());
-            subscriptions.insert(subscription);
         }
-        let id = endpoint_id();
-        let endpoint = Arc::new(Endpoint {
-            id: id.clone(),
-            url: target,
-            secrets: Mutex::new(vec![secret.clone()]),
-            state: Mutex::new(State {
-                status: Status::Active,
-                cursors,
-                delivered: 0,
-                failures: 0,
-                last_error: None,
-                dead: VecDeque::new(),
-            }),
-            control: watch::Sender::new(Control::Run),
-        });
-        self.endpoints.lock().expect("endpoints lock").insert(id, endpoint.clone());
-        tokio::spawn(
-            Worker { endpoint: endpoint.clone(), server: self.clone(), subscriptions }.run(),
-        );
-        let mut view = view(&endpoint);
+        let record = EndpointRecord {
+            id: endpoint_id(),
+            url: target.text.clone(),
+            topics: topics.iter().map(Topic::to_string).collect(),
+            secrets: vec![secret.to_string()],
+            status: Status::Active.as_str().into(),
+            progress: Progress { cursors, ..Progress::default() },
+        };
+        self.store.insert(&record).await?;
+        self.take(&record).await;
+        let mut view = view(&record, self.store.holder(&record.id).await.ok().flatten());
         view.secret = Some(secret.to_string());
         Ok(json(StatusCode::CREATED, serde_json::to_vec(&view).expect("encodes")))
     }
 
-    fn list(&self) -> Vec<u8> {
-        let endpoints = self.endpoints.lock().expect("endpoints lock");
-        let mut views: Vec<EndpointView> = endpoints.values().map(|e| view(e)).collect();
+    async fn list(&self) -> HandlerResult {
+        let mut views = Vec::new();
+        for record in self.store.all().await? {
+            let holder = self.store.holder(&record.id).await?;
+            views.push(view(&record, holder));
+        }
         views.sort_by(|a, b| a.id.cmp(&b.id));
-        serde_json::to_vec(&views).expect("encodes")
+        Ok(json(StatusCode::OK, serde_json::to_vec(&views).expect("encodes")))
     }
 
-    fn find(&self, params: &Params) -> Result<Arc<Endpoint>, Error> {
+    async fn find(&self, params: &Params) -> Result<Option<EndpointRecord>, Error> {
         let id = params.get("id").unwrap_or_default();
-        self.endpoints
-            .lock()
-            .expect("endpoints lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorKind::BadRequest, format!("no endpoint {id}")))
+        Ok(self.store.all().await?.into_iter().find(|record| record.id == id))
     }
 
-    fn show(&self, params: &Params) -> HandlerResult {
-        match self.find(params) {
-            Ok(endpoint) => {
-                Ok(json(StatusCode::OK, serde_json::to_vec(&view(&endpoint)).expect("encodes")))
+    async fn show(&self, params: &Params) -> HandlerResult {
+        match self.find(params).await? {
+            Some(record) => {
+                let holder = self.store.holder(&record.id).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    serde_json::to_vec(&view(&record, holder)).expect("encodes"),
+                ))
             }
-            Err(error) => Ok(not_found(error)),
+            None => Ok(not_found(params)),
         }
     }
 
-    fn delete(&self, params: &Params) -> HandlerResult {
+    async fn delete(&self, params: &Params) -> HandlerResult {
         let id = params.get("id").unwrap_or_default();
-        match self.endpoints.lock().expect("endpoints lock").remove(id) {
-            Some(endpoint) => {
-                endpoint.control.send_replace(Control::Stop);
-                let mut response = http::Response::new(pushpull_http::empty());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                Ok(response)
-            }
-            None => Ok(not_found(Error::bad_request(format!("no endpoint {id}")))),
+        if !self.store.remove(id).await? {
+            return Ok(not_found(params));
         }
+        // Here at once; on another node at its next sync.
+        self.stop(id);
+        let mut response = http::Response::new(pushpull_http::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
     }
 
-    fn resume(&self, params: &Params) -> HandlerResult {
-        let endpoint = match self.find(params) {
-            Ok(endpoint) => endpoint,
-            Err(error) => return Ok(not_found(error)),
-        };
-        {
-            let mut state = endpoint.state.lock().expect("state lock");
-            if state.status == Status::Disabled {
-                return Err(Error::bad_request(
-                    "a disabled endpoint (it answered 410) cannot resume; register it again",
-                ));
-            }
-            state.status = Status::Active;
-            state.failures = 0;
+    async fn resume(&self, params: &Params) -> HandlerResult {
+        let Some(mut record) = self.find(params).await? else { return Ok(not_found(params)) };
+        if Status::parse(&record.status) == Status::Disabled {
+            return Err(Error::bad_request(
+                "a disabled endpoint (it answered 410) cannot resume; register it again",
+            ));
         }
-        endpoint.control.send_modify(|_| {});
-        Ok(json(StatusCode::OK, serde_json::to_vec(&view(&endpoint)).expect("encodes")))
+        record.status = Status::Active.as_str().into();
+        self.store.set_status(&record.id, &record.status).await?;
+        // The delivering node (this one, or another at its next sync) goes on.
+        self.resume_here(&record.id);
+        let holder = self.store.holder(&record.id).await?;
+        Ok(json(StatusCode::OK, serde_json::to_vec(&view(&record, holder)).expect("encodes")))
     }
 
     /// Adds a new secret; the old one keeps signing beside it until the next rotation.
-    fn rotate(&self, params: &Params) -> HandlerResult {
-        let endpoint = match self.find(params) {
-            Ok(endpoint) => endpoint,
-            Err(error) => return Ok(not_found(error)),
-        };
+    async fn rotate(&self, params: &Params) -> HandlerResult {
+        let Some(mut record) = self.find(params).await? else { return Ok(not_found(params)) };
         let secret = Secret::generate();
-        {
-            let mut secrets = endpoint.secrets.lock().expect("secrets lock");
-            let previous = secrets.last().cloned();
-            *secrets = previous.into_iter().chain([secret.clone()]).collect();
-        }
-        let mut view = view(&endpoint);
+        let previous = record.secrets.last().cloned();
+        record.secrets = previous.into_iter().chain([secret.to_string()]).collect();
+        self.store.set_secrets(&record.id, &record.secrets).await?;
+        self.refresh_secrets(&record);
+        let holder = self.store.holder(&record.id).await?;
+        let mut view = view(&record, holder);
         view.secret = Some(secret.to_string());
         Ok(json(StatusCode::OK, serde_json::to_vec(&view).expect("encodes")))
     }
+
+    /// Starts delivering `record` here if no other node delivers it (taking its lease).
+    async fn take(&self, record: &EndpointRecord) {
+        if Status::parse(&record.status) == Status::Disabled
+            || self.running.lock().expect("running lock").contains_key(&record.id)
+        {
+            return;
+        }
+        match self.store.lease(&record.id, &self.node, LEASE).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::debug!(%error, "cannot take an endpoint's lease");
+                return;
+            }
+        }
+        let endpoint = match Endpoint::from_record(record) {
+            Ok(endpoint) => Arc::new(endpoint),
+            Err(error) => {
+                tracing::warn!(endpoint = %record.id, %error, "a stored endpoint is unreadable");
+                return;
+            }
+        };
+        let mut subscriptions = SubscriptionSet::new();
+        for topic in &record.topics {
+            let Ok(topic) = Topic::new(topic) else { continue };
+            let cursor =
+                record.progress.cursors.get(topic.as_str()).copied().unwrap_or(Cursor::Latest);
+            match self.broker.subscribe(&topic, cursor).await {
+                Ok(subscription) => {
+                    subscriptions.insert(subscription);
+                }
+                Err(error) => {
+                    tracing::warn!(endpoint = %record.id, %error, "cannot follow a topic");
+                    let _ = self.store.release(&record.id, &self.node).await;
+                    return;
+                }
+            }
+        }
+        self.running.lock().expect("running lock").insert(record.id.clone(), endpoint.clone());
+        tracing::info!(endpoint = %record.id, node = %self.node, "delivering");
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            Worker { endpoint: endpoint.clone(), server: hooks.clone(), subscriptions }.run().await;
+            hooks.finished(&endpoint).await;
+        });
+    }
+
+    /// A worker ended: forget it here and give its lease up.
+    async fn finished(&self, endpoint: &Arc<Endpoint>) {
+        {
+            let mut running = self.running.lock().expect("running lock");
+            if running.get(&endpoint.id).is_some_and(|e| Arc::ptr_eq(e, endpoint)) {
+                running.remove(&endpoint.id);
+            }
+        }
+        let _ = self.store.release(&endpoint.id, &self.node).await;
+    }
+
+    fn stop(&self, id: &str) {
+        if let Some(endpoint) = self.running.lock().expect("running lock").remove(id) {
+            endpoint.control.send_replace(Control::Stop);
+        }
+    }
+
+    fn resume_here(&self, id: &str) {
+        if let Some(endpoint) = self.running.lock().expect("running lock").get(id) {
+            {
+                let mut state = endpoint.state.lock().expect("state lock");
+                if state.status != Status::Paused {
+                    return;
+                }
+                state.status = Status::Active;
+                state.failures = 0;
+            }
+            endpoint.control.send_modify(|_| {});
+        }
+    }
+
+    fn refresh_secrets(&self, record: &EndpointRecord) {
+        if let Some(endpoint) = self.running.lock().expect("running lock").get(&record.id) {
+            let secrets: Result<Vec<_>, _> =
+                record.secrets.iter().map(|s| Secret::parse(s)).collect();
+            if let Ok(secrets) = secrets {
+                *endpoint.secrets.lock().expect("secrets lock") = secrets;
+            }
+        }
+    }
+
+    /// Keeps this node in step with the store until the server is dropped: renews its leases
+    /// (and stops what it no longer holds or what was deleted), follows status and secret
+    /// changes made through other nodes, and takes up endpoints nobody delivers.
+    async fn keep_in_step(self, alive: Weak<()>) {
+        loop {
+            tokio::time::sleep(SYNC_EVERY).await;
+            if alive.strong_count() == 0 {
+                let ids: Vec<String> =
+                    self.running.lock().expect("running lock").keys().cloned().collect();
+                for id in ids {
+                    self.stop(&id);
+                    let _ = self.store.release(&id, &self.node).await;
+                }
+                return;
+            }
+            let records = match self.store.all().await {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the endpoint store");
+                    continue;
+                }
+            };
+            let ids: Vec<String> =
+                self.running.lock().expect("running lock").keys().cloned().collect();
+            for id in ids {
+                if !records.iter().any(|record| record.id == id) {
+                    self.stop(&id);
+                }
+            }
+            for record in &records {
+                let here = self.running.lock().expect("running lock").contains_key(&record.id);
+                if here {
+                    match self.store.lease(&record.id, &self.node, LEASE).await {
+                        Ok(true) => {
+                            self.refresh_secrets(record);
+                            if Status::parse(&record.status) == Status::Active {
+                                self.resume_here(&record.id);
+                            }
+                        }
+                        // Another node has it now (this one was too slow to renew): stop.
+                        Ok(false) => self.stop(&record.id),
+                        Err(error) => tracing::debug!(%error, "cannot renew a lease"),
+                    }
+                } else if Status::parse(&record.status) != Status::Disabled {
+                    self.take(record).await;
+                }
+            }
+        }
+    }
 }
 
-fn not_found(error: Error) -> http::Response<pushpull_http::Body> {
-    pushpull_http::json_error(StatusCode::NOT_FOUND, "not_found", error.message())
+fn not_found(params: &Params) -> http::Response<pushpull_http::Body> {
+    let id = params.get("id").unwrap_or_default();
+    pushpull_http::json_error(StatusCode::NOT_FOUND, "not_found", &format!("no endpoint {id}"))
 }
