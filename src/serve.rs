@@ -83,12 +83,24 @@ fn router_with_stats(
         &config.transports.stream,
     )?;
     #[cfg(feature = "webhook")]
-    mount::<pushpull_webhook::WebhookServer>(
-        &mut router,
-        &mut gauges,
-        &broker,
-        &config.transports.webhook,
-    )?;
+    if config.transports.webhook.enabled {
+        // Endpoints live beside the logs: with Redis, every node shares them.
+        let store: Arc<dyn pushpull_webhook::EndpointStore> = match config.broker.kind {
+            BrokerKind::Memory => Arc::new(pushpull_webhook::MemoryEndpointStore::new()),
+            #[cfg(feature = "redis")]
+            BrokerKind::Redis => {
+                Arc::new(pushpull_redis::RedisEndpointStore::open(&config.redis_config())?)
+            }
+        };
+        let server = pushpull_webhook::WebhookServer::with_store(
+            broker.clone(),
+            config.transports.webhook.server.clone(),
+            store,
+        )
+        .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
+        router = router.with(server.routes());
+        gauges.extend(TransportServer::gauges(&server));
+    }
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
 }

@@ -28,6 +28,11 @@ impl Node {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("PUSHPULL_BROKER__KIND", "redis")
             .env("PUSHPULL_BROKER__URL", redis_url)
+            .env("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true")
+            .env(
+                "PUSHPULL_TRANSPORTS__WEBHOOK__SCHEDULE",
+                r#"["0s", "50ms", "200ms", "500ms", "1s", "2s", "5s", "5s"]"#,
+            )
             .env_remove("PUSHPULL_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -257,4 +262,69 @@ async fn two_nodes_behind_nginx_as_the_deployment_guide_configures_it() {
             assert_eq!(next_offset(transport, sub).await, n, "{transport} after a node died");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_endpoint_is_delivered_by_another_node_when_its_node_dies() {
+    let redis = RedisServer::start().unwrap();
+    let mut node_a = Node::start(&redis.url());
+    let proxy = Arc::new(ChaosProxy::start(node_a.addr).await.unwrap());
+    let url = format!("http://{}", proxy.addr());
+    let receiver = pushpull::connect(
+        &ClientConfig::from_toml(&format!(
+            "transport = \"webhook\"\nurl = \"{url}\"\n[webhook]\ncheck_interval = \"200ms\"\n"
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let topic = Topic::new("hooks.across").unwrap();
+    // Registered through node A, which delivers it (it is the only node).
+    let mut sub = receiver.subscribe(&topic, Cursor::Beginning).await.unwrap();
+    let publisher = pushpull::connect(&ClientConfig::new("poll", &url)).await.unwrap();
+    for n in 1..=3 {
+        publisher.publish(&topic, Publication::new(format!("m{n}"))).await.unwrap();
+    }
+    for n in 1..=3u64 {
+        assert_eq!(next_offset("webhook", &mut sub).await, n);
+    }
+
+    // Node B joins; node A dies while messages keep coming, published through B.
+    let node_b = Node::start(&redis.url());
+    proxy.redirect(node_b.addr);
+    let publisher =
+        pushpull::connect(&ClientConfig::new("poll", format!("http://{}", node_b.addr)))
+            .await
+            .unwrap();
+    let publishing = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            for n in 4..=12 {
+                publisher.publish(&topic, Publication::new(format!("m{n}"))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    node_a.kill();
+    // B takes the endpoint over when A's lease runs out, from the cursor A saved: every
+    // message arrives, each once (the receiver drops a repeated webhook-id).
+    for n in 4..=12u64 {
+        assert_eq!(next_offset("webhook", &mut sub).await, n, "after the delivering node died");
+    }
+    publishing.await.unwrap();
+    let endpoints: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new("curl")
+            .args(["-s", &format!("http://{}/v1/webhooks", node_b.addr)])
+            .output()
+            .expect("curl is installed")
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        endpoints.as_array().map(Vec::len),
+        Some(1),
+        "the registration is in Redis: {endpoints}"
+    );
+    assert!(endpoints[0]["node"].is_string(), "a node delivers it: {endpoints}");
 }

@@ -85,6 +85,12 @@ impl RedisBroker {
         &self.inner.config
     }
 
+    /// Webhook endpoints stored beside the logs, shared by every node on this Redis.
+    #[cfg(feature = "webhook")]
+    pub fn endpoint_store(&self) -> crate::RedisEndpointStore {
+        crate::RedisEndpointStore::new(self.inner.connection.clone(), &self.inner.config.key_prefix)
+    }
+
     /// How many subscriptions this node is serving right now.
     pub fn subscriber_count(&self) -> usize {
         self.inner.waker.readers()

@@ -34,8 +34,8 @@ pub const WEBHOOKS_PATH: &str = "/v1/webhooks";
 pub struct WebhookServer {
     hooks: Hooks,
     router: Router,
-    /// Dropped with the last clone: the background sync stops, and so do the workers.
-    #[allow(dead_code)]
+    /// Held by the server and its routes; when the last is dropped, the background sync
+    /// stops, and so do the workers.
     alive: Arc<()>,
 }
 
@@ -71,8 +71,10 @@ impl WebhookServer {
             node: endpoint_id().replacen("ep_", "node_", 1).into(),
             running: Arc::default(),
         };
-        let router = api.with(hooks.routes());
+        // The background sync lives as long as something serves the routes (the server, its
+        // router, or its routes mounted elsewhere): they hold this token.
         let alive = Arc::new(());
+        let router = api.with(hooks.routes(&alive));
         tokio::spawn(hooks.clone().keep_in_step(Arc::downgrade(&alive)));
         Ok(Self { hooks, router, alive })
     }
@@ -89,7 +91,7 @@ impl WebhookServer {
 
     /// The registration routes, to mount beside other transports'.
     pub fn routes(&self) -> Vec<Route> {
-        self.hooks.routes()
+        self.hooks.routes(&self.alive)
     }
 
     /// The router it serves: publishing, pages and the registration API.
@@ -147,11 +149,13 @@ impl Hooks {
         }
     }
 
-    fn routes(&self) -> Vec<Route> {
+    fn routes(&self, alive: &Arc<()>) -> Vec<Route> {
         let (a, b, c, d, e, f) =
             (self.clone(), self.clone(), self.clone(), self.clone(), self.clone(), self.clone());
+        let token = alive.clone();
         vec![
             Route::new(Method::POST, WEBHOOKS_PATH, move |req: HttpRequest, _| {
+                let _alive = &token;
                 let server = a.clone();
                 async move { server.create(req).await }
             }),
