@@ -196,3 +196,53 @@ async fn frames_of_an_earlier_subscription_never_skip_messages() {
     assert_eq!(got, [1, 2, 3, 4, 5, 6], "every message once, in order");
     let _socket = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_resubscribe_refused_for_a_while_is_tried_again_not_ended() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let epoch = Epoch::from_u64(0xb);
+    let at = move |n: u64| Cursor::After(epoch, Offset(n)).to_string();
+
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut first = accept(stream).await;
+        let subscribe = request(&mut first).await;
+        let reply = json!({"op":"subscribed","id":subscribe["id"],"topic":"t","cursor":at(0)});
+        first.send(Message::Text(reply.to_string().into())).await.unwrap();
+        first.send(pushed(epoch, 1)).await.unwrap();
+        drop(first); // the connection breaks
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut second = accept(stream).await;
+        // The server's broker is still loading: the resubscribe is refused, twice.
+        for _ in 0..2 {
+            let again = request(&mut second).await;
+            assert_eq!(again["op"], "subscribe", "{again}");
+            assert_eq!(again["after"], at(1), "from where it stood: {again}");
+            let refused =
+                json!({"op":"error","id":again["id"],"kind":"backend","message":"loading"});
+            second.send(Message::Text(refused.to_string().into())).await.unwrap();
+        }
+        let again = request(&mut second).await;
+        let reply = json!({"op":"subscribed","id":again["id"],"topic":"t","cursor":at(1)});
+        second.send(Message::Text(reply.to_string().into())).await.unwrap();
+        second.send(pushed(epoch, 2)).await.unwrap();
+        second
+    });
+
+    let config = pushpull_ws::ClientConfig {
+        backoff: pushpull_core::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        ..pushpull_ws::ClientConfig::new(url)
+    };
+    let client = pushpull_ws::WsClient::new(config).unwrap();
+    let mut subscription =
+        client.subscribe(&Topic::new("t").unwrap(), Cursor::Beginning).await.unwrap();
+    for n in 1..=2u64 {
+        let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap();
+        assert_eq!(delivery.unwrap().as_message().unwrap().offset.0, n, "no end, no loss");
+    }
+    let _socket = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+}

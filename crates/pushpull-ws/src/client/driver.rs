@@ -250,6 +250,8 @@ impl Driver {
                     position: Position::new(cursor),
                     waiting: Some((String::new(), Some(reply))),
                     paused: false,
+                    not_before: None,
+                    refusals: 0,
                 };
                 self.subscriptions.insert(key.clone(), follow);
                 self.subscribe_again(&key, "c");
@@ -317,6 +319,8 @@ impl Driver {
                 if let Some(follow) = self.subscriptions.get_mut(&(topic, sub)) {
                     if follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
                         if let Some((_, reply)) = follow.waiting.take() {
+                            follow.not_before = None;
+                            follow.refusals = 0;
                             if !matches!(follow.position.cursor(), Cursor::After(..)) {
                                 follow.position.reset(cursor);
                             }
@@ -342,8 +346,17 @@ impl Driver {
                 let error =
                     Error::new(ErrorKind::from_wire(&kind).unwrap_or(ErrorKind::Protocol), message)
                         .with_transport(NAME);
-                if let Some(key) = subscribe.or(topic.map(|topic| (topic, sub))) {
-                    // A subscribe refused (or a subscription ended) by the server.
+                // A running subscription (resubscribed after a reconnect, resumed, resynced)
+                // is tried again when a retry can help; an application's own subscribe gets
+                // the error, as does a subscription the server ended.
+                let running = subscribe
+                    .as_ref()
+                    .and_then(|key| self.subscriptions.get(key))
+                    .is_some_and(|follow| matches!(follow.waiting, Some((_, None))));
+                if let (Some(key), true) = (&subscribe, running && error.is_retryable()) {
+                    tracing::debug!(topic = %key.0, %error, "resubscribe refused; retrying");
+                    self.retry_later(key);
+                } else if let Some(key) = subscribe.or(topic.map(|topic| (topic, sub))) {
                     self.end(&key, error).await;
                 } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
                     let reply_error = Reply::Error {

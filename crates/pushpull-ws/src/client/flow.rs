@@ -20,8 +20,13 @@ pub(super) struct Follow {
     /// subscription's, still on the way (the server answers a subscribe before its first push).
     pub(super) waiting: Option<(String, Option<SubscribeReply>)>,
     /// The application fell behind and the subscription is cancelled at the server until it
-    /// has read half its buffer; the server's log holds what comes meanwhile.
+    /// has read half its buffer; the server's log holds what comes meanwhile. Also set while a
+    /// refused resubscribe waits to be tried again.
     pub(super) paused: bool,
+    /// A refused resubscribe is not tried again before this.
+    pub(super) not_before: Option<tokio::time::Instant>,
+    /// Resubscribes refused in a row (for backoff).
+    pub(super) refusals: u32,
 }
 
 impl Driver {
@@ -88,13 +93,30 @@ impl Driver {
         }
     }
 
+    /// A running subscription whose resubscribe the server refused with an error a retry can
+    /// fix (its broker's storage is away, say): subscribe again after a backoff, from where it
+    /// stands, rather than end it.
+    pub(super) fn retry_later(&mut self, key: &Key) {
+        let backoff = self.config.backoff.clone();
+        let Some(follow) = self.subscriptions.get_mut(key) else { return };
+        follow.waiting = None;
+        follow.paused = true;
+        follow.not_before = Some(tokio::time::Instant::now() + backoff.delay(follow.refusals));
+        follow.refusals = follow.refusals.saturating_add(1);
+    }
+
     /// Subscribes again, from their cursors, the paused subscriptions whose application has
-    /// read at least half of its buffer.
+    /// read at least half of its buffer (and whose retry time, if any, has come).
     pub(super) fn resume_caught_up(&mut self) {
+        let now = tokio::time::Instant::now();
         let ready: Vec<Key> = self
             .subscriptions
             .iter()
-            .filter(|(_, f)| f.paused && f.deliveries.capacity() * 2 >= f.deliveries.max_capacity())
+            .filter(|(_, f)| {
+                f.paused
+                    && f.deliveries.capacity() * 2 >= f.deliveries.max_capacity()
+                    && f.not_before.is_none_or(|at| at <= now)
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in &ready {
