@@ -33,6 +33,7 @@ struct Inner {
     publish: redis::Script,
     read: redis::Script,
     waker: Arc<Waker>,
+    windows: crate::cache::Windows,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -75,8 +76,14 @@ impl RedisBroker {
         let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
         let waker = wake::shared();
         wake::listen(client, format!("{}wake", config.key_prefix), Arc::downgrade(&waker));
-        let inner =
-            Inner { config, connection, publish: scripts::publish(), read: scripts::read(), waker };
+        let inner = Inner {
+            config,
+            connection,
+            publish: scripts::publish(),
+            read: scripts::read(),
+            waker,
+            windows: crate::cache::Windows::default(),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -285,8 +292,10 @@ impl Fetch for RedisBroker {
     }
 }
 
-/// How many messages a subscriber reads from Redis per step.
+/// How many messages a subscriber takes per step.
 const SUBSCRIBER_BATCH: usize = 64;
+/// How many messages the node reads from Redis at once into a topic's window.
+const WINDOW_READ: usize = 256;
 
 #[async_trait]
 impl Subscribe for RedisBroker {
@@ -299,6 +308,7 @@ impl Subscribe for RedisBroker {
         let reader = Reader {
             broker: self.clone(),
             topic: topic.clone(),
+            window: self.inner.windows.of(topic),
             position,
             wake,
             ready: VecDeque::new(),
@@ -318,6 +328,8 @@ impl Subscribe for RedisBroker {
 struct Reader {
     broker: RedisBroker,
     topic: Topic,
+    /// This node's window on the topic, shared with its other subscribers.
+    window: Arc<tokio::sync::Mutex<crate::cache::Window>>,
     position: Cursor,
     wake: watch::Receiver<u64>,
     ready: VecDeque<Delivery>,
@@ -326,6 +338,34 @@ struct Reader {
 }
 
 impl Reader {
+    /// The next page after the reader's position: from the node's window when it covers it,
+    /// else from Redis (once for every subscriber waiting at the window's end).
+    async fn read(&self) -> Result<Page, Error> {
+        let mut window = self.window.lock().await;
+        if let Some(page) = window.after(self.position, SUBSCRIBER_BATCH) {
+            if !page.messages.is_empty() {
+                return Ok(page);
+            }
+            // At the window's end: read what came since, for everyone.
+            let from =
+                Cursor::After(window.epoch.expect("a window has an epoch"), Offset(window.last));
+            let page = self.broker.read(&self.topic, from, WINDOW_READ).await?;
+            window.extend(from, &page);
+            return Ok(window.after(self.position, SUBSCRIBER_BATCH).unwrap_or(page));
+        }
+        // Not covered: behind the window, another epoch, or no window yet. Read Redis; a
+        // reader at the tail starts (or restarts) the window.
+        drop(window);
+        let page = self.broker.read(&self.topic, self.position, SUBSCRIBER_BATCH).await?;
+        if page.messages.len() < SUBSCRIBER_BATCH {
+            let mut window = self.window.lock().await;
+            if window.after(page.next, 1).is_none() {
+                window.extend(self.position, &page);
+            }
+        }
+        Ok(page)
+    }
+
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
         let check = self.broker.inner.config.check_interval;
         let backoff =
@@ -339,7 +379,7 @@ impl Reader {
             }
             // Mark the wake-up seen before reading, so a publish after the read wakes us.
             self.wake.borrow_and_update();
-            match self.broker.read(&self.topic, self.position, SUBSCRIBER_BATCH).await {
+            match self.read().await {
                 Ok(page) => {
                     self.failures = 0;
                     self.position = page.next;

@@ -1,0 +1,131 @@
+//! The node-local tail of each followed topic: what this node's subscribers read from.
+//!
+//! When a message is published, every subscriber of its topic on a node is woken. Rather than
+//! each reading Redis, the first to look reads the new entries once (under the topic's lock,
+//! so the others wait for it instead of asking too) into a bounded window of recent messages;
+//! the others, and everyone after, read that window. A subscriber whose cursor the window does
+//! not cover (behind it, or of another epoch) reads Redis itself, where retention and epochs
+//! are decided. Messages are shared handles (`Bytes`), never copied per subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use pushpull_core::{Cursor, Epoch, Message, Offset, Page, Topic};
+
+/// The most recent messages a node keeps per followed topic.
+pub(crate) const WINDOW: usize = 4096;
+
+/// One topic's window.
+#[derive(Default)]
+pub(crate) struct Window {
+    pub(crate) epoch: Option<Epoch>,
+    /// Consecutive messages, oldest first.
+    pub(crate) messages: VecDeque<Message>,
+    /// The offset the window reaches: its last message's, or where it was started.
+    pub(crate) last: u64,
+}
+
+impl Window {
+    /// The messages after `cursor`, if the window covers it: `None` sends the reader to Redis.
+    pub(crate) fn after(&self, cursor: Cursor, limit: usize) -> Option<Page> {
+        let Cursor::After(epoch, Offset(at)) = cursor else { return None };
+        if self.epoch != Some(epoch) || at > self.last {
+            return None;
+        }
+        let first = self.messages.front().map_or(self.last + 1, |m| m.offset.0);
+        if at + 1 < first {
+            return None;
+        }
+        let skip = (at + 1 - first) as usize;
+        let messages: Vec<Message> = self.messages.iter().skip(skip).take(limit).cloned().collect();
+        let next = messages.last().map_or(cursor, Message::cursor);
+        Some(Page { gap: None, messages, next })
+    }
+
+    /// Takes in what a read from Redis after `from` found: continues the window when it
+    /// follows on, starts it afresh otherwise.
+    pub(crate) fn extend(&mut self, from: Cursor, page: &Page) {
+        let Cursor::After(epoch, Offset(at)) = page.next else { return };
+        let continues = page.gap.is_none()
+            && self.epoch == Some(epoch)
+            && matches!(from, Cursor::After(e, Offset(o)) if e == epoch && o == self.last);
+        if !continues {
+            self.epoch = Some(epoch);
+            self.messages.clear();
+            self.last = at - page.messages.len() as u64;
+        }
+        for message in &page.messages {
+            if message.offset.0 == self.last + 1 {
+                self.last = message.offset.0;
+                self.messages.push_back(message.clone());
+            }
+        }
+        while self.messages.len() > WINDOW {
+            self.messages.pop_front();
+        }
+    }
+}
+
+/// The windows of the topics this node's subscribers follow; a window goes with its last
+/// subscriber.
+#[derive(Default)]
+pub(crate) struct Windows {
+    topics: Mutex<HashMap<Topic, Weak<tokio::sync::Mutex<Window>>>>,
+}
+
+impl Windows {
+    pub(crate) fn of(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<Window>> {
+        let mut topics = self.topics.lock().expect("windows lock");
+        if let Some(window) = topics.get(topic).and_then(Weak::upgrade) {
+            return window;
+        }
+        topics.retain(|_, window| window.strong_count() > 0);
+        let window = Arc::new(tokio::sync::Mutex::new(Window::default()));
+        topics.insert(topic.clone(), Arc::downgrade(&window));
+        window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushpull_core::Publication;
+
+    fn page(epoch: Epoch, offsets: std::ops::RangeInclusive<u64>) -> Page {
+        let topic = Topic::new("t").unwrap();
+        let messages: Vec<Message> = offsets
+            .map(|o| Publication::new("m").into_message(topic.clone(), epoch, Offset(o)))
+            .collect();
+        let next = messages.last().map(Message::cursor).unwrap();
+        Page { gap: None, messages, next }
+    }
+
+    #[test]
+    fn serves_what_it_covers_and_sends_the_rest_to_redis() {
+        let epoch = Epoch::from_u64(5);
+        let at = |o| Cursor::After(epoch, Offset(o));
+        let mut window = Window::default();
+        assert!(window.after(at(0), 10).is_none(), "an empty window covers nothing");
+        window.extend(at(0), &page(epoch, 1..=3));
+        window.extend(at(3), &page(epoch, 4..=6));
+        let served = window.after(at(2), 2).unwrap();
+        let offsets: Vec<u64> = served.messages.iter().map(|m| m.offset.0).collect();
+        assert_eq!((offsets, served.next), (vec![3, 4], at(4)));
+        assert!(window.after(at(6), 10).unwrap().messages.is_empty(), "at the end: nothing yet");
+        assert!(window.after(at(7), 10).is_none(), "ahead of the window");
+        assert!(window.after(Cursor::After(Epoch::from_u64(9), Offset(2)), 10).is_none());
+        // A page that does not follow on starts the window afresh.
+        window.extend(at(9), &page(epoch, 10..=11));
+        assert!(window.after(at(6), 10).is_none());
+        assert_eq!(window.after(at(9), 10).unwrap().messages.len(), 2);
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let epoch = Epoch::from_u64(5);
+        let mut window = Window::default();
+        window.extend(Cursor::After(epoch, Offset(0)), &page(epoch, 1..=(WINDOW as u64 + 10)));
+        assert_eq!(window.messages.len(), WINDOW);
+        assert!(window.after(Cursor::After(epoch, Offset(5)), 1).is_none(), "fell out: Redis");
+    }
+}
