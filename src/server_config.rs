@@ -62,6 +62,10 @@ pub struct BrokerConfig {
     pub url: String,
     /// With `redis`: prepended to every key and channel, so deployments can share a Redis.
     pub key_prefix: String,
+    /// With `redis` and a `rediss://` URL: a PEM file of the certificate authority to trust
+    /// instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
     /// The most topics held at once.
@@ -89,6 +93,7 @@ impl Default for BrokerConfig {
             kind: BrokerKind::Memory,
             url: "redis://127.0.0.1:6379".into(),
             key_prefix: "pushpull:".into(),
+            ca_file: None,
             max_payload: memory.max_payload,
             max_topics: memory.max_topics,
             retention: RetentionConfig::default(),
@@ -325,6 +330,7 @@ impl ServerConfig {
         pushpull_redis::RedisConfig {
             url: self.broker.url.clone(),
             key_prefix: self.broker.key_prefix.clone(),
+            ca_file: self.broker.ca_file.clone(),
             retention: memory.retention,
             max_payload: memory.max_payload,
             max_page: memory.max_page,

@@ -14,6 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     persistent: bool,
+    /// With TLS: the loopback port it listens on (besides its unix socket).
+    tls_port: Option<u16>,
 }
 
 fn setup_error(why: String) -> Error {
@@ -34,9 +36,37 @@ impl RedisServer {
         let dir = std::env::temp_dir().join(format!("pushpull-redis-{unique}"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
-        let mut server = Self { child: None, dir, persistent };
+        let mut server = Self { child: None, dir, persistent, tls_port: None };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts one that also serves TLS on a loopback port, with a certificate for 127.0.0.1
+    /// signed by a throwaway certificate authority made now (with the `openssl` command):
+    /// [`tls_url`](Self::tls_url) and [`ca_file`](Self::ca_file) reach it.
+    pub fn start_tls() -> Result<Self, Error> {
+        let unique = pushpull_core::Epoch::random();
+        let dir = std::env::temp_dir().join(format!("pushpull-redis-{unique}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
+        make_certificates(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| setup_error(format!("no free port: {e}")))?
+            .port();
+        let mut server = Self { child: None, dir, persistent: false, tls_port: Some(port) };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// With TLS: `rediss://127.0.0.1:PORT`.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|port| format!("rediss://127.0.0.1:{port}"))
+    }
+
+    /// With TLS: the PEM file of the certificate authority that signed its certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
@@ -47,9 +77,28 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
+        let tls: Vec<String> = match self.tls_port {
+            None => Vec::new(),
+            Some(port) => {
+                let file = |name: &str| self.dir.join(name).display().to_string();
+                vec![
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    file("server.crt"),
+                    "--tls-key-file".into(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.crt"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]
+            }
+        };
         let child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--daemonize", "no"])
             .args(persistence)
+            .args(&tls)
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700", "--dir"])
@@ -112,6 +161,68 @@ impl RedisServer {
         }
         command.query_async(&mut connection).await.map_err(|e| setup_error(e.to_string()))
     }
+}
+
+/// A certificate authority and a certificate for 127.0.0.1 it signed, in `dir`.
+fn make_certificates(dir: &std::path::Path) -> Result<(), Error> {
+    let openssl = |args: &[&str]| -> Result<(), Error> {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| {
+                setup_error(format!("cannot run openssl ({e}): ./scripts/test installs it"))
+            })?;
+        if status.success() { Ok(()) } else { Err(setup_error(format!("openssl {args:?} failed"))) }
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=pushpull test CA",
+        "-days",
+        "2",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        .map_err(|e| setup_error(e.to_string()))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ])
 }
 
 impl Drop for RedisServer {

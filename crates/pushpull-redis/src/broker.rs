@@ -63,9 +63,7 @@ impl RedisBroker {
     /// within a tokio runtime: it starts the node's wake-up listener.
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", config.url))
-        })?;
+        let client = config.client()?;
         // No command waits on Redis longer than the response timeout (redis-rs's default of
         // 500 ms is too short for a busy Redis, none at all would hang).
         let manager = ConnectionManagerConfig::new()

@@ -13,6 +13,10 @@ pub struct RedisConfig {
     pub url: String,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     pub key_prefix: String,
+    /// With `rediss://`: a PEM file of the certificate authority to trust instead of the
+    /// system's roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// What each topic keeps; what falls out becomes a gap for readers behind it.
     pub retention: Retention,
     /// The largest payload accepted, in bytes.
@@ -34,6 +38,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             key_prefix: "pushpull:".into(),
+            ca_file: None,
             retention: memory.retention,
             max_payload: memory.max_payload,
             max_page: memory.max_page,
@@ -44,6 +49,27 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// A client of the Redis this config names: TLS for `rediss://`, trusting `ca_file` when
+    /// set.
+    pub(crate) fn client(&self) -> Result<redis::Client, Error> {
+        let bad_url = |e: redis::RedisError| {
+            Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", self.url))
+        };
+        if !self.url.starts_with("rediss://") {
+            return redis::Client::open(self.url.as_str()).map_err(bad_url);
+        }
+        // One crypto provider for the process: ring (the only one this build has).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root_cert = match &self.ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("redis.ca_file {}: {e}", path.display()))
+            })?),
+        };
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert };
+        redis::Client::build_with_tls(self.url.as_str(), certificates).map_err(bad_url)
+    }
+
     /// The defaults, with the server at `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self { url: url.into(), ..Self::default() }

@@ -57,9 +57,7 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> Error {
 impl RedisEndpointStore {
     /// A store on the Redis `config` names, on a connection of its own (connected lazily).
     pub fn open(config: &crate::RedisConfig) -> Result<Self, Error> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", config.url))
-        })?;
+        let client = config.client()?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.response_timeout));
