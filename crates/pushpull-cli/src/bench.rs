@@ -43,6 +43,10 @@ pub(crate) enum Bench {
         /// Store the logs in Redis (a redis-server of the bench's own).
         #[arg(long)]
         redis: bool,
+        /// With `--redis`: publish on another server process than the one streaming (whose
+        /// CPU is measured).
+        #[arg(long, requires = "redis")]
+        two_nodes: bool,
     },
     /// Subscribers over every transport, webhooks included, follow several topics through a
     /// fault-injecting proxy (kills, refusals, delays, 503s) while publishers write; fails if
@@ -93,9 +97,9 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
         Bench::Idle { transport, connections } => idle(&transport, connections).await,
         Bench::Large { size_mib } => large(size_mib).await,
-        Bench::Fanout { subscribers, messages, redis } => {
+        Bench::Fanout { subscribers, messages, redis, two_nodes } => {
             let redis = RedisBacking::start(redis)?;
-            fanout(subscribers, messages, &redis).await
+            fanout(subscribers, messages, &redis, two_nodes).await
         }
         Bench::Soak { minutes, per_transport, redis } => {
             crate::soak::run(minutes, per_transport, redis).await
@@ -546,8 +550,18 @@ fn peak_of(pid: &str) -> Result<u64, Error> {
 }
 
 /// Many SSE streams on one topic: the server's CPU time per message delivered.
-async fn fanout(subscribers: usize, messages: usize, redis: &RedisBacking) -> Result<(), Error> {
+async fn fanout(
+    subscribers: usize,
+    messages: usize,
+    redis: &RedisBacking,
+    two_nodes: bool,
+) -> Result<(), Error> {
     let server = ServerProcess::start_with(&redis.env()).await?;
+    let publishing_node = match two_nodes {
+        true => Some(ServerProcess::start_with(&redis.env()).await?),
+        false => None,
+    };
+    let publish_to = publishing_node.as_ref().unwrap_or(&server);
     let streams = open_idle(&server, "/v1/topics/bench.fanout/events", subscribers).await?;
     tokio::time::timeout(STEP, async {
         while server.live("sse_open_streams").await.unwrap_or(0) < subscribers as u64 {
@@ -576,7 +590,7 @@ async fn fanout(subscribers: usize, messages: usize, redis: &RedisBacking) -> Re
             })
         })
         .collect();
-    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let publisher = pushpull::connect(&ClientConfig::new("poll", publish_to.url())).await?;
     let topic = Topic::new("bench.fanout")?;
     let cpu_before = server.cpu()?;
     let started = Instant::now();
