@@ -104,3 +104,32 @@ async fn a_redis_that_lost_its_data_gives_readers_an_epoch_changed_gap() {
         assert_eq!(fresh.as_message().unwrap().epoch, published.epoch);
     }
 }
+
+#[tokio::test]
+async fn a_slow_redis_delays_but_loses_nothing() {
+    let redis = std::sync::Arc::new(RedisServer::start().unwrap());
+    let mut config = config(&redis);
+    config.transports.sse.server.heartbeat = Duration::from_millis(500);
+    let server = support::server(config).await;
+    let url = format!("http://{}", server.local_addr());
+    let client = pushpull::connect(&ClientConfig::new("sse", &url)).await.unwrap();
+    let topic = Topic::new("slow").unwrap();
+    let mut sub = client.subscribe(&topic, Cursor::Beginning).await.unwrap();
+    client.publish(&topic, Publication::new("before")).await.unwrap();
+    assert_eq!(payload(&next(&mut sub).await), "before");
+
+    // Redis stalls for 3 s: longer than the broker's 2 s response timeout.
+    let stalled = redis.clone();
+    let stall = tokio::spawn(async move { stalled.command(&["DEBUG", "SLEEP", "3"]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = client.publish(&topic, Publication::new("during")).await;
+    // (The stalling command itself times out on its own connection; Redis sleeps on.)
+    let _ = stall.await;
+    if let Err(error) = &during {
+        assert!(error.is_retryable(), "a slow Redis is a retryable failure: {error:?}");
+        client.publish(&topic, Publication::new("during")).await.unwrap();
+    }
+    client.publish(&topic, Publication::new("after")).await.unwrap();
+    assert_eq!(payload(&next(&mut sub).await), "during", "delayed, not lost");
+    assert_eq!(payload(&next(&mut sub).await), "after");
+}

@@ -96,7 +96,16 @@ impl RedisServer {
             }
         };
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--daemonize", "no"])
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
             .args(persistence)
             .args(&tls)
             .arg("--unixsocket")
