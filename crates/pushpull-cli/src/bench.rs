@@ -120,6 +120,20 @@ impl RedisBacking {
         Ok(Self(if redis { Some(pushpull_chaos::RedisServer::start()?) } else { None }))
     }
 
+    /// The server process a bench measures and, with `two_nodes`, another on the same Redis
+    /// that messages are published on.
+    async fn nodes(
+        &self,
+        two_nodes: bool,
+    ) -> Result<(ServerProcess, Option<ServerProcess>), Error> {
+        let measured = ServerProcess::start_with(&self.env()).await?;
+        let publishing = match two_nodes {
+            true => Some(ServerProcess::start_with(&self.env()).await?),
+            false => None,
+        };
+        Ok((measured, publishing))
+    }
+
     /// The environment that points a `pushpull serve` at it.
     fn env(&self) -> Vec<(&'static str, String)> {
         match &self.0 {
@@ -300,12 +314,7 @@ async fn compare(
     redis: &RedisBacking,
     two_nodes: bool,
 ) -> Result<(), Error> {
-    let server = ServerProcess::start_with(&redis.env()).await?;
-    // With two nodes, messages are published on the second and delivered by the first.
-    let publishing_node = match two_nodes {
-        true => Some(ServerProcess::start_with(&redis.env()).await?),
-        false => None,
-    };
+    let (server, publishing_node) = redis.nodes(two_nodes).await?;
     let publish_to = publishing_node.as_ref().unwrap_or(&server);
     println!(
         "| transport | latency p50 | p90 | p99 | max | bytes to subscriber / message | requests / message | burst of {burst}: messages/s |"
@@ -556,11 +565,7 @@ async fn fanout(
     redis: &RedisBacking,
     two_nodes: bool,
 ) -> Result<(), Error> {
-    let server = ServerProcess::start_with(&redis.env()).await?;
-    let publishing_node = match two_nodes {
-        true => Some(ServerProcess::start_with(&redis.env()).await?),
-        false => None,
-    };
+    let (server, publishing_node) = redis.nodes(two_nodes).await?;
     let publish_to = publishing_node.as_ref().unwrap_or(&server);
     let streams = open_idle(&server, "/v1/topics/bench.fanout/events", subscribers).await?;
     tokio::time::timeout(STEP, async {

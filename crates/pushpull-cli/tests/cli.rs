@@ -1,13 +1,13 @@
 //! The `pushpull` binary, run as a user would: serve, then publish, fetch and subscribe.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pushpull");
-/// Fails a test that hangs, instead of hanging CI.
-const LIMIT: Duration = Duration::from_secs(30);
+use support::LIMIT;
 
 struct Served {
     child: Child,
@@ -22,27 +22,7 @@ impl Drop for Served {
 }
 
 fn serve(extra: &[&str]) -> Served {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("PUSHPULL_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pushpull serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(LIMIT).expect("serve printed its address");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
+    let (child, url) = support::serve(extra, &[]);
     Served { child, url }
 }
 

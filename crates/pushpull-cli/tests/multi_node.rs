@@ -2,11 +2,9 @@
 //! reaches subscribers on node B over every transport, in order; and a subscriber whose node is
 //! killed resumes on the other node from its cursor, with no loss and no duplicate.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,7 +12,9 @@ use pushpull::{ClientConfig, Cursor, Delivery, Publication, Topic};
 use pushpull_testkit::ChaosProxy;
 use pushpull_testkit::redis::RedisServer;
 
-const LIMIT: Duration = Duration::from_secs(30);
+mod support;
+
+use support::LIMIT;
 
 /// A `pushpull serve` process on the Redis at `url`.
 struct Node {
@@ -24,33 +24,17 @@ struct Node {
 
 impl Node {
     fn start(redis_url: &str) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pushpull"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("PUSHPULL_BROKER__KIND", "redis")
-            .env("PUSHPULL_BROKER__URL", redis_url)
-            .env("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true")
-            .env(
-                "PUSHPULL_TRANSPORTS__WEBHOOK__SCHEDULE",
-                r#"["0s", "50ms", "200ms", "500ms", "1s", "2s", "5s", "5s"]"#,
-            )
-            .env_remove("PUSHPULL_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start pushpull serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(LIMIT).expect("serve printed its address");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let schedule = r#"["0s", "50ms", "200ms", "500ms", "1s", "2s", "5s", "5s"]"#;
+        let (child, url) = support::serve(
+            &[],
+            &[
+                ("PUSHPULL_BROKER__KIND", "redis"),
+                ("PUSHPULL_BROKER__URL", redis_url),
+                ("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true"),
+                ("PUSHPULL_TRANSPORTS__WEBHOOK__SCHEDULE", schedule),
+            ],
+        );
+        let addr = url.trim_start_matches("http://").parse().expect("an address");
         Node { child, addr }
     }
 
