@@ -17,11 +17,35 @@ pub struct TargetPolicy {
 fn restricted(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => restricted_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => restricted_v4(v4),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            // An IPv6 form of an IPv4 address goes where that address goes: judge that one.
+            Some(v4) => restricted_v4(v4).or_else(|| restricted_v6(v6)),
             None => restricted_v6(v6),
         },
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms a packet can be routed by:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated), NAT64's
+/// well-known prefix (`64:ff9b::a.b.c.d`, RFC 6052: a NAT64 gateway forwards it to a.b.c.d) and
+/// 6to4 (`2002:AABB:CCDD::`, RFC 3056).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = ip.segments();
+    let low =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1) {
+        return Some(low(s[6], s[7])); // ::a.b.c.d (but not :: or ::1)
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(low(s[1], s[2]));
+    }
+    None
 }
 
 fn restricted_v4(ip: Ipv4Addr) -> Option<&'static str> {
@@ -32,6 +56,10 @@ fn restricted_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("link-local (cloud metadata lives here)")
     } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
         Some("private")
+    } else if a == 198 && (b == 18 || b == 19) {
+        Some("private (benchmarking, 198.18.0.0/15)")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        Some("private (IETF protocol assignments, 192.0.0.0/24)")
     } else if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || a == 0 || a >= 240 {
         Some("not a unicast")
     } else {
@@ -47,6 +75,8 @@ fn restricted_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("link-local")
     } else if first & 0xfe00 == 0xfc00 {
         Some("private (unique local)")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("private (site-local, fec0::/10)")
     } else if ip.is_unspecified() || ip.is_multicast() {
         Some("not a unicast")
     } else {
@@ -131,6 +161,36 @@ mod tests {
             error.message().contains("metadata") && error.message().contains("allow_private"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn every_form_of_an_internal_address_is_refused() {
+        let strict = TargetPolicy::default();
+        for ip in [
+            "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254, the metadata service
+            "64:ff9b::7f00:1",    // NAT64 of 127.0.0.1
+            "::a9fe:a9fe",        // IPv4-compatible 169.254.169.254
+            "::10.0.0.1",         // IPv4-compatible 10.0.0.1
+            "2002:a9fe:a9fe::1",  // 6to4 of 169.254.169.254
+            "fec0::1",            // site-local
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.8",
+            "::ffff:192.168.0.1",
+        ] {
+            let refused = check(strict, ip).expect_err(ip);
+            assert!(refused.message().contains("address"), "{ip}: {refused}");
+        }
+        // The same forms of a public address are public.
+        for ip in
+            ["8.8.8.8", "2606:4700:4700::1111", "198.20.0.1", "64:ff9b::808:808", "2002:808:808::1"]
+        {
+            assert!(check(strict, ip).is_ok(), "{ip} is public");
+        }
+        // Even allowed private classes never allow loopback through a disguise.
+        let private = TargetPolicy { allow_loopback: false, allow_private: true };
+        assert!(check(private, "64:ff9b::7f00:1").is_err(), "NAT64 of loopback");
+        assert!(check(private, "::7f00:1").is_err(), "IPv4-compatible loopback");
     }
 
     #[test]
