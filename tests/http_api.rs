@@ -331,3 +331,47 @@ async fn browsers_on_allowed_origins_get_cors_headers_and_others_do_not() {
 async fn server_default_cors() -> pushpull::RunningServer {
     server(small_config()).await
 }
+
+#[tokio::test]
+async fn a_body_too_slow_is_the_clients_408_and_a_declared_oversize_body_a_413_at_once() {
+    let mut config = ServerConfig::default();
+    config.http.body_timeout = Duration::from_millis(300);
+    let slow = server(config).await;
+    let addr = slow.local_addr();
+    // Two bytes of the ten announced, then nothing: the client is too slow.
+    let reply = tokio::time::timeout(LIMIT, async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/topics/slow HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 10\r\n\r\nab"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut bytes = vec![0u8; 4096];
+        let n = stream.read(&mut bytes).await.unwrap();
+        support::parse(&bytes[..n])
+    })
+    .await
+    .expect("answered");
+    assert_eq!(reply.status, 408, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.error_kind(), "request_timeout");
+
+    // A Content-Length over the limit is refused before any body is sent, even with a body
+    // timeout far longer than the test waits.
+    let mut config = ServerConfig::default();
+    config.http.body_timeout = Duration::from_secs(600);
+    let patient = server(config).await;
+    let too_large = ServerConfig::default().broker.max_payload + 1;
+    let reply = tokio::time::timeout(LIMIT, async {
+        let mut stream = TcpStream::connect(patient.local_addr()).await.unwrap();
+        let head = format!(
+            "POST /v1/topics/big HTTP/1.1\r\nHost: x\r\nContent-Length: {too_large}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut bytes = vec![0u8; 4096];
+        let n = stream.read(&mut bytes).await.unwrap();
+        support::parse(&bytes[..n])
+    })
+    .await
+    .expect("answered without waiting for the body");
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.error_kind(), "too_large");
+}

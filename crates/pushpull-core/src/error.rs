@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Protocol,
     /// The operation did not finish in time.
     Timeout,
+    /// The peer was too slow to send its request (its body, say): the peer's doing, not a
+    /// server's (HTTP 408).
+    RequestTimeout,
     /// The client, server or subscription has been closed.
     Closed,
     /// The broker's storage failed.
@@ -51,6 +54,7 @@ impl ErrorKind {
             Self::Connect => "connect",
             Self::Protocol => "protocol",
             Self::Timeout => "timeout",
+            Self::RequestTimeout => "request_timeout",
             Self::Closed => "closed",
             Self::Backend => "backend",
         }
@@ -62,7 +66,7 @@ impl ErrorKind {
     }
 
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         Self::InvalidTopic,
         Self::InvalidCursor,
         Self::TooLarge,
@@ -73,13 +77,14 @@ impl ErrorKind {
         Self::Connect,
         Self::Protocol,
         Self::Timeout,
+        Self::RequestTimeout,
         Self::Closed,
         Self::Backend,
     ];
 
     /// Whether an error of this kind is, by default, worth retrying unchanged.
     fn retryable_by_default(self) -> bool {
-        matches!(self, Self::Connect | Self::Timeout | Self::Backend)
+        matches!(self, Self::Connect | Self::Timeout | Self::RequestTimeout | Self::Backend)
     }
 }
 

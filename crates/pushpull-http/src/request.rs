@@ -116,12 +116,16 @@ async fn read_body(
         ),
     };
     let (parts, mut body) = request.into_parts();
+    let declared_too_large = declared.is_some_and(|d| d > max as u64);
+    // A body declared too large is refused at once: what the client sends meanwhile is read
+    // (and dropped) only briefly, so it sees the 413 rather than a reset connection.
+    let timeout =
+        if declared_too_large { timeout.min(Duration::from_millis(500)) } else { timeout };
     let read = async move {
         // Sized from Content-Length when it is declared and allowed, so a large body is
         // received into one buffer instead of one that doubles (and copies) as it grows.
         let capacity = declared.filter(|d| *d <= max as u64).map_or(0, |d| d as usize);
         let mut collected = bytes::BytesMut::with_capacity(capacity);
-        let declared_too_large = declared.is_some_and(|d| d > max as u64);
         let mut seen = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame
@@ -145,8 +149,9 @@ async fn read_body(
         Ok(collected.freeze())
     };
     match tokio::time::timeout(timeout, read).await {
+        Err(_) if declared_too_large => Err(too_large(&declared.unwrap_or_default())),
         Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
+            ErrorKind::RequestTimeout,
             format!("the body did not arrive within {timeout:?}"),
         )),
         Ok(result) => Ok((parts, result?)),

@@ -34,6 +34,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// | `unsupported` | 501 |
 /// | `connect`, `protocol` | 502 |
 /// | `closed`, `backend` | 503 |
+/// | `request_timeout` | 408 |
 /// | `timeout` | 504 |
 pub fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {
@@ -46,6 +47,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Connect | ErrorKind::Protocol => StatusCode::BAD_GATEWAY,
         ErrorKind::Closed | ErrorKind::Backend => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -110,7 +112,8 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
                 400 => ErrorKind::BadRequest,
                 401 | 403 => ErrorKind::Unauthorized,
                 413 => ErrorKind::TooLarge,
-                408 | 504 => ErrorKind::Timeout,
+                408 => ErrorKind::RequestTimeout,
+                504 => ErrorKind::Timeout,
                 429 | 502 | 503 => ErrorKind::Backend,
                 _ => ErrorKind::Protocol,
             };
