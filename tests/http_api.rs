@@ -375,3 +375,30 @@ async fn a_body_too_slow_is_the_clients_408_and_a_declared_oversize_body_a_413_a
     assert_eq!(reply.status, 413);
     assert_eq!(reply.error_kind(), "too_large");
 }
+
+#[tokio::test]
+async fn health_counts_websocket_connections_as_open() {
+    use pushpull::{ClientConfig, Topic};
+
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    let open =
+        |health: &support::Reply| health.json()["live"]["open_connections"].as_u64().unwrap();
+    let idle = open(&get(addr, "/v1/health").await);
+    let client =
+        pushpull::connect(&ClientConfig::new("ws", format!("http://{addr}"))).await.unwrap();
+    let subscription =
+        client.subscribe(&Topic::new("counted").unwrap(), Cursor::Latest).await.unwrap();
+    let health = get(addr, "/v1/health").await;
+    assert_eq!(health.json()["live"]["ws_open_sockets"], 1);
+    assert_eq!(open(&health), idle + 1, "the socket's connection is open: {}", health.json());
+    drop(subscription);
+    drop(client);
+    let released = tokio::time::timeout(LIMIT, async {
+        while open(&get(addr, "/v1/health").await) > idle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(released.is_ok(), "the closed socket is no longer counted");
+}

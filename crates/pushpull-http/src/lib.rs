@@ -31,8 +31,8 @@ pub use router::{
     BoxError, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
 };
 pub use serve::{
-    RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger, serve_until, spawn,
-    spawn_with_stats,
+    ConnectionHold, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,
+    serve_until, spawn, spawn_with_stats,
 };
 pub use transport::{Reading, TransportServer};
 

@@ -86,12 +86,27 @@ impl Shutdown {
     }
 }
 
-/// Puts the server's [`Shutdown`] into each request's extensions.
+/// Counts its connection as open while any clone of it lives: the serve loop holds one while
+/// hyper serves the connection and puts one in each request's extensions, so a handler that
+/// takes the connection over (a WebSocket upgrade) keeps it counted for as long as it uses it.
+#[derive(Debug, Clone)]
+pub struct ConnectionHold(#[allow(dead_code)] Arc<OpenGuard>);
+
+impl ConnectionHold {
+    /// The hold of the connection that carried `request`, if a pushpull server served it.
+    pub fn of<B>(request: &Request<B>) -> Option<ConnectionHold> {
+        request.extensions().get::<ConnectionHold>().cloned()
+    }
+}
+
+/// Puts the server's [`Shutdown`] (and the connection's [`ConnectionHold`]) into each
+/// request's extensions.
 #[derive(Clone)]
 struct WithShutdown<S> {
     inner: S,
     signal: Shutdown,
     stats: Arc<ServerStats>,
+    hold: Option<ConnectionHold>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
@@ -105,6 +120,9 @@ where
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         request.extensions_mut().insert(self.signal.clone());
+        if let Some(hold) = &self.hold {
+            request.extensions_mut().insert(hold.clone());
+        }
         self.inner.call(request)
     }
 }
@@ -241,7 +259,8 @@ pub async fn serve_until<S, B>(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let (shutting_down, signal) = watch::channel(false);
-    let service = WithShutdown { inner: service, signal: Shutdown(signal), stats: stats.clone() };
+    let service =
+        WithShutdown { inner: service, signal: Shutdown(signal), stats: stats.clone(), hold: None };
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
@@ -260,12 +279,12 @@ pub async fn serve_until<S, B>(
         let _ = stream.set_nodelay(true);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let watcher = graceful.watcher();
-        let service = service.clone();
+        let mut service = service.clone();
         let config = config.clone();
-        let stats = stats.clone();
+        let hold = ConnectionHold(Arc::new(OpenGuard::new(stats.clone())));
         connections.spawn(async move {
-            stats.open.fetch_add(1, Ordering::Relaxed);
-            let _open = OpenGuard(&stats);
+            service.hold = Some(hold.clone());
+            let _open = hold;
             if !request_begins(&stream, config.header_read_timeout).await {
                 return;
             }
@@ -292,9 +311,18 @@ pub async fn serve_until<S, B>(
     connections.shutdown().await;
 }
 
-struct OpenGuard<'a>(&'a ServerStats);
+/// One open connection in the server's count, until dropped.
+#[derive(Debug)]
+struct OpenGuard(Arc<ServerStats>);
 
-impl Drop for OpenGuard<'_> {
+impl OpenGuard {
+    fn new(stats: Arc<ServerStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }

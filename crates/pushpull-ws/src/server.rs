@@ -111,6 +111,8 @@ impl Sockets {
         let key = check_handshake(req.headers())?;
         let subprotocol = offers(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
         let on_upgrade = hyper::upgrade::on(&mut req);
+        // The socket keeps its connection counted as open (health's open_connections).
+        let hold = pushpull_http::ConnectionHold::of(&req);
         let server = self.clone();
         let shutdown = Shutdown::of(&req);
         tokio::spawn(async move {
@@ -131,6 +133,7 @@ impl Sockets {
                     )
                     .await;
                     let _open = server.open.hold();
+                    let _connection = hold;
                     Session::new(server.clone(), shutdown).run(socket).await;
                 }
                 Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
