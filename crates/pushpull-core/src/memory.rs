@@ -1,7 +1,7 @@
 //! The embedded, in-process broker.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -122,13 +122,17 @@ struct Shared {
     epoch: Epoch,
     config: MemoryConfig,
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
+    /// Wake-ups of topics that have subscribers but no log yet: subscribing takes no topic
+    /// slot (a flood of subscriptions to made-up names cannot lock publishers out); the first
+    /// publish adopts the wake-up, so those subscribers see its message.
+    waiting: Mutex<HashMap<Topic, Weak<watch::Sender<u64>>>>,
 }
 
 struct TopicLog {
     topic: Topic,
     state: RwLock<LogState>,
     /// Carries the last offset; subscribers wait on it.
-    tail: watch::Sender<u64>,
+    tail: Arc<watch::Sender<u64>>,
 }
 
 struct LogState {
@@ -159,7 +163,12 @@ impl MemoryBroker {
     /// A broker with the given limits.
     pub fn with_config(config: MemoryConfig) -> Result<Self> {
         config.validate()?;
-        let shared = Shared { epoch: Epoch::random(), config, topics: RwLock::new(HashMap::new()) };
+        let shared = Shared {
+            epoch: Epoch::random(),
+            config,
+            topics: RwLock::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+        };
         Ok(Self { shared: Arc::new(shared) })
     }
 
@@ -181,7 +190,10 @@ impl MemoryBroker {
     /// How many subscriptions are reading the broker's logs right now.
     pub fn subscriber_count(&self) -> usize {
         let topics = self.shared.topics.read().expect("topics lock");
-        topics.values().map(|log| log.tail.receiver_count()).sum()
+        let logged: usize = topics.values().map(|log| log.tail.receiver_count()).sum();
+        let waiting = self.shared.waiting.lock().expect("waiting lock");
+        logged
+            + waiting.values().filter_map(Weak::upgrade).map(|t| t.receiver_count()).sum::<usize>()
     }
 
     fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
@@ -204,7 +216,12 @@ impl MemoryBroker {
             .with_retryable(false)
             .with_transport(NAME));
         }
-        let log = Arc::new(TopicLog::new(topic.clone()));
+        // Subscribers that came before the first publish wait on this wake-up.
+        let waited = self.shared.waiting.lock().expect("waiting lock").remove(topic);
+        let log = match waited.and_then(|tail| tail.upgrade()) {
+            Some(tail) => Arc::new(TopicLog::with_tail(topic.clone(), tail)),
+            None => Arc::new(TopicLog::new(topic.clone())),
+        };
         topics.insert(topic.clone(), log.clone());
         Ok(log)
     }
@@ -222,6 +239,11 @@ impl MemoryBroker {
 
 impl TopicLog {
     fn new(topic: Topic) -> Self {
+        Self::with_tail(topic, Arc::new(watch::Sender::new(0)))
+    }
+
+    /// A log whose wake-up is `tail`: the one its subscribers were waiting on before it existed.
+    fn with_tail(topic: Topic, tail: Arc<watch::Sender<u64>>) -> Self {
         let state = LogState {
             entries: VecDeque::new(),
             keys: HashMap::new(),
@@ -230,7 +252,7 @@ impl TopicLog {
             next: 1,
             bytes: 0,
         };
-        Self { topic, state: RwLock::new(state), tail: watch::Sender::new(0) }
+        Self { topic, state: RwLock::new(state), tail }
     }
 
     fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
@@ -391,21 +413,35 @@ const SUBSCRIBER_BATCH: usize = 64;
 #[async_trait]
 impl Subscribe for MemoryBroker {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
-        let log = self.log(topic)?;
         let epoch = self.shared.epoch;
+        let retention = self.shared.config.retention.clone();
+        // A topic nobody published to gets no log (and takes no slot): the subscriber waits in
+        // the waiting room for the publish that creates it.
+        let (log, tail) = match self.existing(topic) {
+            Some(log) => {
+                let tail = log.tail.clone();
+                (Some(log), tail)
+            }
+            None => (None, self.waiting_room(topic)),
+        };
         // Resolve the cursor now, so `Latest` means "after what exists when subscribe returns"
         // and a bad cursor fails here rather than in the stream.
-        let start = log.read(epoch, &self.shared.config.retention, cursor, 0)?;
+        let start = match &log {
+            Some(log) => log.read(epoch, &retention, cursor, 0)?,
+            None => self.empty_page(cursor)?,
+        };
         let position = match start.gap {
             Some(_) => cursor,
             None => start.next,
         };
-        let tail = log.tail.subscribe();
         let reader = Reader {
+            broker: self.clone(),
+            topic: topic.clone(),
             log,
             epoch,
-            retention: self.shared.config.retention.clone(),
-            tail,
+            retention,
+            tail: tail.subscribe(),
+            waiting: Some(tail),
             position,
             ready: VecDeque::new(),
             failed: false,
@@ -415,9 +451,28 @@ impl Subscribe for MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// The wake-up of a topic without a log, shared by everyone waiting for it.
+    fn waiting_room(&self, topic: &Topic) -> Arc<watch::Sender<u64>> {
+        let mut waiting = self.shared.waiting.lock().expect("waiting lock");
+        if let Some(tail) = waiting.get(topic).and_then(Weak::upgrade) {
+            return tail;
+        }
+        waiting.retain(|_, tail| tail.strong_count() > 0);
+        let tail = Arc::new(watch::Sender::new(0));
+        waiting.insert(topic.clone(), Arc::downgrade(&tail));
+        tail
+    }
+}
+
 /// One subscriber's state: a cursor into the shared log and a handful of message handles.
 struct Reader {
-    log: Arc<TopicLog>,
+    broker: MemoryBroker,
+    topic: Topic,
+    /// The topic's log, once it has one.
+    log: Option<Arc<TopicLog>>,
+    /// Keeps the waiting room's wake-up alive until the log exists.
+    waiting: Option<Arc<watch::Sender<u64>>>,
     epoch: Epoch,
     retention: Retention,
     tail: watch::Receiver<u64>,
@@ -438,7 +493,26 @@ impl Reader {
             }
             // Mark the tail seen before reading, so a publish after the read wakes us.
             self.tail.borrow_and_update();
-            match self.log.read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH) {
+            if self.log.is_none() {
+                match self.broker.existing(&self.topic) {
+                    Some(log) => {
+                        // The log adopted the waiting room's wake-up, unless it was created
+                        // just before the room: follow the log's own from now on.
+                        if !Arc::ptr_eq(&log.tail, self.waiting.as_ref().expect("waiting")) {
+                            self.tail = log.tail.subscribe();
+                        }
+                        self.log = Some(log);
+                        self.waiting = None;
+                        continue;
+                    }
+                    None => {
+                        self.tail.changed().await.ok()?;
+                        continue;
+                    }
+                }
+            }
+            let log = self.log.as_ref().expect("the log exists now");
+            match log.read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH) {
                 Err(err) => {
                     self.failed = true;
                     return Some((Err(err), self));
