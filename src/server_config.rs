@@ -320,6 +320,8 @@ impl ServerConfig {
     pub fn ws_config(&self) -> pushpull_ws::ServerConfig {
         let mut ws = self.transports.ws.server.clone();
         ws.max_message_size = ws.max_message_size.max(self.broker.max_payload + 64 * 1024);
+        // The origins allowed to call the API from their pages may open sockets too.
+        ws.allowed_origins.extend(self.http.cors_origins.iter().cloned());
         ws
     }
 

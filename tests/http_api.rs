@@ -402,3 +402,39 @@ async fn health_counts_websocket_connections_as_open() {
     .await;
     assert!(released.is_ok(), "the closed socket is no longer counted");
 }
+
+#[tokio::test]
+async fn websocket_upgrades_from_other_origins_are_refused() {
+    let mut config = ServerConfig::default();
+    config.http.cors_origins = vec!["https://app.example.com".into()];
+    let server = server(config).await;
+    let addr = server.local_addr();
+    let upgrade = |origin: Option<String>| {
+        let mut head = String::from(
+            "GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        );
+        if let Some(origin) = origin {
+            head.push_str(&format!("\r\nOrigin: {origin}"));
+        }
+        head
+    };
+    // raw() adds Host: 127.0.0.1:PORT and reads until the server closes; an accepted upgrade
+    // does not close, so only the status line is read for those.
+    async fn status_of(addr: std::net::SocketAddr, head: String) -> u16 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("{head}\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut bytes = vec![0u8; 1024];
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut bytes)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&bytes[..n]).into_owned();
+        text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+    assert_eq!(status_of(addr, upgrade(None)).await, 101, "no Origin: not a browser");
+    assert_eq!(status_of(addr, upgrade(Some(format!("http://{addr}")))).await, 101, "same origin");
+    let allowed = Some("https://app.example.com".to_owned());
+    assert_eq!(status_of(addr, upgrade(allowed)).await, 101, "an allowed origin");
+    let refused = raw(addr, &upgrade(Some("https://evil.example".into())), b"").await;
+    assert_eq!(refused.status, 403, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.error_kind(), "forbidden");
+}

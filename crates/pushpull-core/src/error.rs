@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Unsupported,
     /// Credentials were missing or wrong.
     Unauthorized,
+    /// The request is understood and refused: its credentials or origin do not allow it.
+    Forbidden,
     /// The peer could not be reached.
     Connect,
     /// The peer answered something this side does not understand.
@@ -51,6 +53,7 @@ impl ErrorKind {
             Self::Config => "config",
             Self::Unsupported => "unsupported",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::Connect => "connect",
             Self::Protocol => "protocol",
             Self::Timeout => "timeout",
@@ -66,7 +69,7 @@ impl ErrorKind {
     }
 
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         Self::InvalidTopic,
         Self::InvalidCursor,
         Self::TooLarge,
@@ -74,6 +77,7 @@ impl ErrorKind {
         Self::Config,
         Self::Unsupported,
         Self::Unauthorized,
+        Self::Forbidden,
         Self::Connect,
         Self::Protocol,
         Self::Timeout,

@@ -29,6 +29,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// |---|---|
 /// | `invalid_topic`, `invalid_cursor`, `bad_request` | 400 |
 /// | `unauthorized` | 401 |
+/// | `forbidden` | 403 |
 /// | `too_large` | 413 |
 /// | `config` | 500 |
 /// | `unsupported` | 501 |
@@ -42,6 +43,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Connect | ErrorKind::Protocol => StatusCode::BAD_GATEWAY,
@@ -110,7 +112,8 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
         None => {
             let kind = match status.as_u16() {
                 400 => ErrorKind::BadRequest,
-                401 | 403 => ErrorKind::Unauthorized,
+                401 => ErrorKind::Unauthorized,
+                403 => ErrorKind::Forbidden,
                 413 => ErrorKind::TooLarge,
                 408 => ErrorKind::RequestTimeout,
                 504 => ErrorKind::Timeout,

@@ -32,6 +32,11 @@ pub struct ServerConfig {
     pub max_bad_frames: u32,
     /// Page size limit of `fetch`.
     pub max_limit: usize,
+    /// Browser origins (`https://app.example.com`, or `*`) whose pages may open a socket. A
+    /// page of the server's own origin always may, and so may a client that sends no
+    /// `Origin` (not a browser); any other origin is refused with 403, so a page on another
+    /// site cannot use a visitor's browser to reach a pushpull on their network.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +51,7 @@ impl Default for ServerConfig {
             read_buffer: 8 * 1024,
             max_bad_frames: 16,
             max_limit: 1000,
+            allowed_origins: Vec::new(),
         }
     }
 }

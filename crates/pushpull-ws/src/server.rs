@@ -108,6 +108,7 @@ impl Sockets {
     }
 
     fn upgrade(&self, mut req: HttpRequest) -> HandlerResult {
+        check_origin(req.headers(), &self.config.allowed_origins)?;
         let key = check_handshake(req.headers())?;
         let subprotocol = offers(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -154,6 +155,27 @@ impl Sockets {
         }
         Ok(response)
     }
+}
+
+/// Refuses an upgrade from a browser page of another origin than the server's own, unless
+/// `allowed` lists it (RFC 6455 section 10.2: the server must check `Origin`, since a browser
+/// opens a socket for any page).
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Error> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or("").trim();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host));
+    if same || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
+    Err(Error::new(
+        pushpull_core::ErrorKind::Forbidden,
+        format!(
+            "origin {origin:?} may not open a socket here; allow it in transports.ws.allowed_origins"
+        ),
+    ))
 }
 
 /// Checks an upgrade request (RFC 6455 section 4.2.1); returns its key.
