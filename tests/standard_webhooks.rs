@@ -3,13 +3,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Stdio;
-
 use pushpull::{Publication, Publish, ServerConfig, Topic};
 use support::{LIMIT, post};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
+use tokio::io::{BufReader, Lines};
+use tokio::process::ChildStdout;
 
 async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
     let line = tokio::time::timeout(LIMIT, lines.next_line())
@@ -22,11 +19,6 @@ async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_reference_library_verifies_our_deliveries() {
-    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/.deps");
-    assert!(
-        deps.join("standardwebhooks").exists(),
-        "the PyPI package is missing: run ./scripts/test, which installs it"
-    );
     let mut config = ServerConfig::default();
     config.transports.webhook.server.allow_loopback = true;
     let broker = pushpull::broker(&config).unwrap();
@@ -34,16 +26,8 @@ async fn the_reference_library_verifies_our_deliveries() {
     let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
 
     let secret = pushpull::webhook::wire::Secret::generate().to_string();
-    let mut python = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/verify_receiver.py"))
-        .arg(&secret)
-        .env("PYTHONPATH", &deps)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is installed");
-    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    let (_python, mut lines) =
+        support::python("verify_receiver.py", "standardwebhooks", &[secret.as_str()]);
     let port = next(&mut lines).await["port"].as_u64().unwrap();
 
     let registration = serde_json::json!({

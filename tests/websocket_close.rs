@@ -4,31 +4,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Stdio;
-
 use pushpull::ServerConfig;
 use support::{ClientLines, LIMIT, next_line};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 fn python_client(url: &str, mode: &str) -> (Child, ClientLines) {
-    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/.deps");
-    assert!(
-        deps.join("websockets").exists(),
-        "the PyPI package is missing: run ./scripts/test, which installs it"
-    );
-    let mut python = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ws_close.py"))
-        .args([url, mode])
-        .env("PYTHONPATH", &deps)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is installed");
-    let lines = BufReader::new(python.stdout.take().unwrap()).lines();
-    (python, lines)
+    support::python("ws_close.py", "websockets", &[url, mode])
 }
 
 async fn subscribed(lines: &mut ClientLines) {

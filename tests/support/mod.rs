@@ -122,3 +122,28 @@ pub async fn next_line(
         }
     }
 }
+
+/// Runs `tests/py/SCRIPT` with `args` on the PyPI packages `./scripts/test` installs beside the
+/// tests (checking `package` is there); the process and its output lines.
+pub fn python(script: &str, package: &str, args: &[&str]) -> (tokio::process::Child, ClientLines) {
+    use std::path::Path;
+    use tokio::io::AsyncBufReadExt;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deps = root.join("tests/py/.deps");
+    assert!(
+        deps.join(package).exists(),
+        "the PyPI package {package} is missing: run ./scripts/test, which installs it"
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root.join("tests/py").join(script))
+        .args(args)
+        .env("PYTHONPATH", &deps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is installed");
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
