@@ -110,13 +110,8 @@ impl ClientConfig {
     pub fn section<T: serde::de::DeserializeOwned>(&self, transport: &str) -> Result<T, Error> {
         let mut table = self.settings.get(transport).cloned().unwrap_or_default();
         table.insert("url".into(), toml::Value::String(self.url.clone()));
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
-            |e: serde_path_to_error::Error<toml::de::Error>| {
-                let path = e.path().to_string();
-                let why = e.into_inner().message().trim().to_owned();
-                Error::new(ErrorKind::Config, format!("[{transport}] {path}: {why}"))
-            },
-        )
+        crate::server_config::from_table(table)
+            .map_err(|why| Error::new(ErrorKind::Config, format!("[{transport}] {why}")))
     }
 }
 

@@ -9,7 +9,7 @@ use pushpull_http::{
 };
 use tokio::net::TcpListener;
 
-use crate::server_config::{BrokerKind, Section, ServerConfig};
+use crate::server_config::{BrokerKind, ServerConfig};
 
 /// The broker a config asks for. Call it within a tokio runtime (the Redis broker starts its
 /// wake-up listener).
@@ -67,23 +67,19 @@ fn router_with_stats(
     }
     // Every other transport: its own routes beside the shared API. One line each.
     #[cfg(feature = "sse")]
-    mount::<pushpull_sse::SseServer>(&mut router, &mut gauges, &broker, &config.transports.sse)?;
+    mount(&mut router, &mut gauges, config.transports.sse.enabled, || {
+        pushpull_sse::SseServer::new(broker.clone(), config.transports.sse.server.clone())
+    })?;
     #[cfg(feature = "ws")]
-    mount::<pushpull_ws::WsServer>(
-        &mut router,
-        &mut gauges,
-        &broker,
-        &Section { enabled: config.transports.ws.enabled, server: config.ws_config() },
-    )?;
+    mount(&mut router, &mut gauges, config.transports.ws.enabled, || {
+        pushpull_ws::WsServer::new(broker.clone(), config.ws_config())
+    })?;
     #[cfg(feature = "stream")]
-    mount::<pushpull_stream::StreamServer>(
-        &mut router,
-        &mut gauges,
-        &broker,
-        &config.transports.stream,
-    )?;
+    mount(&mut router, &mut gauges, config.transports.stream.enabled, || {
+        pushpull_stream::StreamServer::new(broker.clone(), config.transports.stream.server.clone())
+    })?;
     #[cfg(feature = "webhook")]
-    if config.transports.webhook.enabled {
+    mount(&mut router, &mut gauges, config.transports.webhook.enabled, || {
         // Endpoints live beside the logs: with Redis, every node shares them.
         let store: Arc<dyn pushpull_webhook::EndpointStore> = match config.broker.kind {
             BrokerKind::Memory => Arc::new(pushpull_webhook::MemoryEndpointStore::new()),
@@ -92,33 +88,27 @@ fn router_with_stats(
                 Arc::new(pushpull_redis::RedisEndpointStore::open(&config.redis_config())?)
             }
         };
-        let server = pushpull_webhook::WebhookServer::with_store(
-            broker.clone(),
-            config.transports.webhook.server.clone(),
-            store,
-        )
-        .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
-        router = router.with(server.routes());
-        gauges.extend(TransportServer::gauges(&server));
-    }
+        let settings = config.transports.webhook.server.clone();
+        pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
+    })?;
     let health = health_route(broker, transports(config), gauges);
     Ok(router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
 }
 
-/// Adds `T`'s routes and gauges when its section enables it; a bad setting names its key under
-/// `transports.`.
-#[allow(dead_code)]
+/// Adds the routes and gauges of the server `make` builds, when its section is `enabled`; a bad
+/// setting names its key under `transports.`.
+#[allow(dead_code)] // unused in a build without HTTP transports
 fn mount<T: TransportServer>(
     router: &mut Router,
     gauges: &mut Vec<(&'static str, Reading)>,
-    broker: &Arc<dyn Broker>,
-    section: &Section<T::Config>,
+    enabled: bool,
+    make: impl FnOnce() -> Result<T, Error>,
 ) -> Result<(), Error> {
-    if !section.enabled {
+    if !enabled {
         return Ok(());
     }
-    let server = T::new(broker.clone(), section.server.clone())
-        .map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
+    let server =
+        make().map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
     *router = std::mem::take(router).with(server.routes());
     gauges.extend(server.gauges());
     Ok(())

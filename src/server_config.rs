@@ -219,16 +219,7 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Section<T> {
                 )));
             }
         };
-        let server = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
-            |e: serde_path_to_error::Error<toml::de::Error>| {
-                let path = e.path().to_string();
-                let why = e.into_inner().message().trim().to_owned();
-                match path.as_str() {
-                    "." | "" => D::Error::custom(why),
-                    key => D::Error::custom(format!("{key}: {why}")),
-                }
-            },
-        )?;
+        let server = from_table(table).map_err(D::Error::custom)?;
         Ok(Self { enabled, server })
     }
 }
@@ -374,6 +365,21 @@ fn set_env_key(table: &mut toml::Table, name: &str, key: &str, value: &str) -> R
         .unwrap_or_else(|| toml::Value::String(value.to_owned()));
     current.insert(last.clone(), parsed);
     Ok(())
+}
+
+/// `T` from a TOML table; an error names the key it is about (`key: why`), which serde's own
+/// errors through `flatten` or a `toml::Value` would not.
+pub(crate) fn from_table<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let why = e.into_inner().message().trim().to_owned();
+            match path.as_str() {
+                "." | "" => why,
+                key => format!("{key}: {why}"),
+            }
+        },
+    )
 }
 
 fn config_error(message: String) -> Error {

@@ -458,7 +458,10 @@ impl MemoryBroker {
         if let Some(tail) = waiting.get(topic).and_then(Weak::upgrade) {
             return tail;
         }
-        waiting.retain(|_, tail| tail.strong_count() > 0);
+        // Forget rooms nobody waits in any more, now and then: when the map has doubled.
+        if waiting.len().is_power_of_two() {
+            waiting.retain(|_, tail| tail.strong_count() > 0);
+        }
         let tail = Arc::new(watch::Sender::new(0));
         waiting.insert(topic.clone(), Arc::downgrade(&tail));
         tail

@@ -25,16 +25,17 @@ impl Cors {
         !self.origins.is_empty()
     }
 
+    /// Whether a page of `origin` is allowed (listed, or `*` listed).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
     /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
     fn allow(&self, origin: &str) -> Option<HeaderValue> {
         if self.origins.iter().any(|o| o == "*") {
             return Some(HeaderValue::from_static("*"));
         }
-        self.origins
-            .iter()
-            .any(|o| o == origin)
-            .then(|| HeaderValue::from_str(origin).ok())
-            .flatten()
+        self.allows(origin).then(|| HeaderValue::from_str(origin).ok()).flatten()
     }
 
     /// Adds the headers a browser needs to hand a response to a script, for an allowed origin.

@@ -79,7 +79,10 @@ impl Windows {
         if let Some(window) = topics.get(topic).and_then(Weak::upgrade) {
             return window;
         }
-        topics.retain(|_, window| window.strong_count() > 0);
+        // Forget windows nobody reads any more, now and then: when the map has doubled.
+        if topics.len().is_power_of_two() {
+            topics.retain(|_, window| window.strong_count() > 0);
+        }
         let window = Arc::new(tokio::sync::Mutex::new(Window::default()));
         topics.insert(topic.clone(), Arc::downgrade(&window));
         window

@@ -139,31 +139,37 @@ impl EndpointStore for RedisEndpointStore {
         let ids: Vec<String> = connection.smembers(self.ids()).await.map_err(backend)?;
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            let fields: std::collections::HashMap<String, String> =
-                connection.hgetall(self.hash(&id)).await.map_err(backend)?;
-            let (Some(fixed), Some(secrets), Some(status), Some(progress)) = (
-                fields.get("record"),
-                fields.get("secrets"),
-                fields.get("status"),
-                fields.get("progress"),
-            ) else {
-                continue; // removed meanwhile
-            };
-            let fixed: Fixed = serde_json::from_str(fixed).map_err(|e| corrupt("record", e))?;
-            let secrets: Vec<String> =
-                serde_json::from_str(secrets).map_err(|e| corrupt("secrets", e))?;
-            let progress: Progress =
-                serde_json::from_str(progress).map_err(|e| corrupt("progress", e))?;
-            records.push(EndpointRecord {
-                id: fixed.id,
-                url: fixed.url,
-                topics: fixed.topics,
-                secrets,
-                status: status.clone(),
-                progress,
-            });
+            // One removed meanwhile is passed over.
+            records.extend(self.get(&id).await?);
         }
         Ok(records)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EndpointRecord>, Error> {
+        let mut connection = self.connection.clone();
+        let fields: std::collections::HashMap<String, String> =
+            connection.hgetall(self.hash(id)).await.map_err(backend)?;
+        let (Some(fixed), Some(secrets), Some(status), Some(progress)) = (
+            fields.get("record"),
+            fields.get("secrets"),
+            fields.get("status"),
+            fields.get("progress"),
+        ) else {
+            return Ok(None);
+        };
+        let fixed: Fixed = serde_json::from_str(fixed).map_err(|e| corrupt("record", e))?;
+        let secrets: Vec<String> =
+            serde_json::from_str(secrets).map_err(|e| corrupt("secrets", e))?;
+        let progress: Progress =
+            serde_json::from_str(progress).map_err(|e| corrupt("progress", e))?;
+        Ok(Some(EndpointRecord {
+            id: fixed.id,
+            url: fixed.url,
+            topics: fixed.topics,
+            secrets,
+            status: status.clone(),
+            progress,
+        }))
     }
 
     async fn remove(&self, id: &str) -> Result<bool, Error> {

@@ -21,7 +21,13 @@ impl Waker {
     /// A receiver woken when `topic` gets a message (the value is the offset announced).
     pub(crate) fn watch(&self, topic: &Topic) -> watch::Receiver<u64> {
         let mut topics = self.topics.lock().expect("waker lock");
-        topics.retain(|_, sender| sender.receiver_count() > 0);
+        if let Some(sender) = topics.get(topic) {
+            return sender.subscribe();
+        }
+        // Forget topics nobody waits on any more, now and then: when the map has doubled.
+        if topics.len().is_power_of_two() {
+            topics.retain(|_, sender| sender.receiver_count() > 0);
+        }
         topics.entry(topic.clone()).or_insert_with(|| watch::Sender::new(0)).subscribe()
     }
 

@@ -42,7 +42,8 @@ impl WsServer {
             ..pushpull_http::PageConfig::default()
         };
         let api = pushpull_http::api(broker.clone(), pages, None);
-        let sockets = Sockets { broker, config: Arc::new(config), open: Gauge::new() };
+        let origins = Arc::new(pushpull_http::Cors::new(config.allowed_origins.iter().cloned()));
+        let sockets = Sockets { broker, config: Arc::new(config), origins, open: Gauge::new() };
         let router = api.with(sockets.routes());
         Ok(Self { sockets, router })
     }
@@ -89,6 +90,8 @@ impl pushpull_http::TransportServer for WsServer {
 struct Sockets {
     broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
+    /// `config.allowed_origins`, ready to match.
+    origins: Arc<pushpull_http::Cors>,
     open: Gauge,
 }
 
@@ -108,7 +111,7 @@ impl Sockets {
     }
 
     fn upgrade(&self, mut req: HttpRequest) -> HandlerResult {
-        check_origin(req.headers(), &self.config.allowed_origins)?;
+        check_origin(req.headers(), &self.origins)?;
         let key = check_handshake(req.headers())?;
         let subprotocol = offers(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
         let on_upgrade = hyper::upgrade::on(&mut req);
@@ -160,14 +163,14 @@ impl Sockets {
 /// Refuses an upgrade from a browser page of another origin than the server's own, unless
 /// `allowed` lists it (RFC 6455 section 10.2: the server must check `Origin`, since a browser
 /// opens a socket for any page).
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Error> {
+fn check_origin(headers: &HeaderMap, allowed: &pushpull_http::Cors) -> Result<(), Error> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or("").trim();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let same = origin
         .split_once("://")
         .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host));
-    if same || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if same || allowed.allows(origin) {
         return Ok(());
     }
     Err(Error::new(

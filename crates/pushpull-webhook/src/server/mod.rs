@@ -187,7 +187,6 @@ impl Hooks {
         let create: CreateEndpoint = serde_json::from_slice(&body)
             .map_err(|e| Error::bad_request(format!("bad endpoint registration: {e}")))?;
         let target = Target::parse(&create.url)?;
-        self.policy().resolve(&target.host, target.port).await?;
         if create.topics.is_empty() || create.topics.len() > self.config.max_topics {
             return Err(Error::bad_request(format!(
                 "topics must list 1 to {} topics",
@@ -206,6 +205,8 @@ impl Hooks {
             Some(text) => Secret::parse(text)?,
             None => Secret::generate(),
         };
+        // The request is checked before the network is asked anything.
+        self.policy().resolve(&target.host, target.port).await?;
         if self.store.all().await?.len() >= self.config.max_endpoints {
             return Err(Error::new(
                 ErrorKind::Backend,
@@ -248,8 +249,7 @@ impl Hooks {
     }
 
     async fn find(&self, params: &Params) -> Result<Option<EndpointRecord>, Error> {
-        let id = params.get("id").unwrap_or_default();
-        Ok(self.store.all().await?.into_iter().find(|record| record.id == id))
+        self.store.get(params.get("id").unwrap_or_default()).await
     }
 
     async fn show(&self, params: &Params) -> HandlerResult {

@@ -55,6 +55,8 @@ pub trait EndpointStore: Send + Sync + 'static {
     async fn insert(&self, record: &EndpointRecord) -> Result<(), Error>;
     /// Every endpoint.
     async fn all(&self) -> Result<Vec<EndpointRecord>, Error>;
+    /// One endpoint.
+    async fn get(&self, id: &str) -> Result<Option<EndpointRecord>, Error>;
     /// Forgets an endpoint; false if there was none.
     async fn remove(&self, id: &str) -> Result<bool, Error>;
     /// Replaces an endpoint's secrets.
@@ -101,6 +103,10 @@ impl EndpointStore for MemoryEndpointStore {
 
     async fn all(&self) -> Result<Vec<EndpointRecord>, Error> {
         Ok(self.records.lock().expect("records lock").values().cloned().collect())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EndpointRecord>, Error> {
+        Ok(self.records.lock().expect("records lock").get(id).cloned())
     }
 
     async fn remove(&self, id: &str) -> Result<bool, Error> {
