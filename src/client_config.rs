@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use pushpull_core::{Client, Connect, Cursor, Error, ErrorKind, Topic};
+use pushpull_core::{BearerToken, Client, Connect, Cursor, Error, ErrorKind, Topic};
 use serde::{Deserialize, Serialize};
 
 /// Which transport to use and how. Changing the transport is a one-line change here and no
@@ -35,9 +35,22 @@ pub struct ClientConfig {
     /// take before the next transport is tried.
     #[serde(with = "pushpull_core::duration_text")]
     pub probe_timeout: Duration,
+    /// With `https://`: a PEM file of certificate authorities to trust besides the system's,
+    /// for every transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bearer token every transport sends: `token = "…"` for a fixed one, or in code
+    /// [`BearerToken::from_source`] with the application's hook, which renews it when the
+    /// server refuses it.
+    #[serde(skip_serializing_if = "is_unset")]
+    pub token: BearerToken,
     /// Each transport's settings, by transport name.
     #[serde(flatten)]
     pub settings: BTreeMap<String, toml::Table>,
+}
+
+fn is_unset(token: &BearerToken) -> bool {
+    !token.is_set()
 }
 
 impl Default for ClientConfig {
@@ -46,6 +59,8 @@ impl Default for ClientConfig {
             transport: AUTO.into(),
             url: "http://127.0.0.1:7070".into(),
             probe_timeout: Duration::from_secs(5),
+            ca_file: None,
+            token: BearerToken::none(),
             settings: BTreeMap::new(),
         }
     }
@@ -65,6 +80,8 @@ impl<'de> Deserialize<'de> for ClientConfig {
             match key.as_str() {
                 "transport" => config.transport = text(value)?,
                 "url" => config.url = text(value)?,
+                "ca_file" => config.ca_file = Some(text(value)?.into()),
+                "token" => config.token = BearerToken::fixed(text(value)?),
                 "probe_timeout" => {
                     let value = text(value)?;
                     config.probe_timeout = pushpull_core::duration_text::parse(&value)
@@ -76,8 +93,8 @@ impl<'de> Deserialize<'de> for ClientConfig {
                     }
                     _ => {
                         return Err(D::Error::custom(format!(
-                            "unknown key `{key}`: expected transport, url, probe_timeout or a \
-                             transport's [section]"
+                            "unknown key `{key}`: expected transport, url, probe_timeout, ca_file, \
+                             token or a transport's [section]"
                         )));
                     }
                 },
@@ -110,6 +127,10 @@ impl ClientConfig {
     pub fn section<T: serde::de::DeserializeOwned>(&self, transport: &str) -> Result<T, Error> {
         let mut table = self.settings.get(transport).cloned().unwrap_or_default();
         table.insert("url".into(), toml::Value::String(self.url.clone()));
+        if let Some(ca_file) = &self.ca_file {
+            let path = ca_file.to_string_lossy().into_owned();
+            table.entry("ca_file").or_insert(toml::Value::String(path));
+        }
         crate::server_config::from_table(table)
             .map_err(|why| Error::new(ErrorKind::Config, format!("[{transport}] {why}")))
     }
@@ -285,7 +306,11 @@ impl<C: Connect + 'static> TransportFactory for ConnectFactory<C> {
     }
 
     fn connect(&self, config: &ClientConfig) -> Result<Arc<dyn Client>, Error> {
-        C::connect(config.section(C::NAME)?)
+        let mut settings = config.section(C::NAME)?;
+        if config.token.is_set() {
+            C::set_token(&mut settings, config.token.clone())?;
+        }
+        C::connect(settings)
     }
 }
 

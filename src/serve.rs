@@ -223,14 +223,18 @@ pub fn serve_with(
 ) -> Result<RunningServer, Error> {
     let stats = Arc::new(ServerStats::default());
     let router = router_with_stats(broker, config, Some(stats.clone()))?;
-    pushpull_http::spawn_with_stats(listener, router, serve_config(config), stats)
+    pushpull_http::spawn_with_stats(listener, router, serve_config(config)?, stats)
         .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e))
 }
 
-/// The connection settings a config asks for.
-pub fn serve_config(config: &ServerConfig) -> ServeConfig {
-    ServeConfig {
+/// The connection settings a config asks for (reading the TLS certificate and key, if any).
+pub fn serve_config(config: &ServerConfig) -> Result<ServeConfig, Error> {
+    let tls = config.tls.as_ref().map(|files| files.acceptor()).transpose()?;
+    Ok(ServeConfig {
         header_read_timeout: config.http.header_read_timeout,
         shutdown_grace: config.http.shutdown_grace,
-    }
+        tls,
+        max_connections: config.http.max_connections,
+        max_connections_per_address: config.http.max_connections_per_address,
+    })
 }

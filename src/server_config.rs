@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub broker: BrokerConfig,
     /// HTTP serving.
     pub http: HttpConfig,
+    /// `[tls]`: serve HTTPS with this certificate and key; absent serves plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<pushpull_http::TlsFiles>,
     /// The transports served, each with its settings.
     pub transports: TransportsConfig,
 }
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             broker: BrokerConfig::default(),
             http: HttpConfig::default(),
+            tls: None,
             transports: TransportsConfig::default(),
         }
     }
@@ -145,6 +149,11 @@ pub struct HttpConfig {
     /// Browser origins allowed to call the API from their pages (CORS), such as
     /// `["https://app.example.com"]`, or `["*"]` for any; empty (the default) allows none.
     pub cors_origins: Vec<String>,
+    /// The most connections open at once; at the limit, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// The most connections open at once from one client address (IPv4, or an IPv6 /64);
+    /// more are answered 429 and closed.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpConfig {
@@ -155,6 +164,8 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(30),
             shutdown_grace: serve.shutdown_grace,
             cors_origins: Vec::new(),
+            max_connections: serve.max_connections,
+            max_connections_per_address: serve.max_connections_per_address,
         }
     }
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod auth;
 mod backoff;
 mod cursor;
 pub mod duration_text;
@@ -12,6 +13,7 @@ mod set;
 mod topic;
 mod traits;
 
+pub use auth::{BearerToken, TokenSource};
 pub use backoff::Backoff;
 pub use cursor::{Cursor, Epoch, MAX_CURSOR_LEN, Offset};
 pub use error::{Error, ErrorKind, Result};

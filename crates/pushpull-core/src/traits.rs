@@ -203,4 +203,15 @@ pub trait Connect {
     type Config: serde::de::DeserializeOwned;
     /// A client configured by `config`.
     fn connect(config: Self::Config) -> Result<Arc<dyn Client>>;
+
+    /// Puts the application's token (one that a [`TokenSource`](crate::TokenSource) may
+    /// renew) into `config`. The default refuses: a transport that sends no token says so
+    /// rather than connecting without it.
+    fn set_token(config: &mut Self::Config, token: crate::BearerToken) -> Result<()> {
+        let _ = (config, token);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("transport {:?} does not send tokens", Self::NAME),
+        ))
+    }
 }

@@ -1,5 +1,6 @@
 //! The client side shared by the HTTP transports: requests, error mapping, publish.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -7,9 +8,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use pushpull_core::{Error, ErrorKind, Publication, Receipt, Topic};
+use pushpull_core::{BearerToken, Error, ErrorKind, Publication, Receipt, Topic};
 
 use crate::publish::{EVENT_HEADER, IDEMPOTENCY_KEY_HEADER};
 use crate::response::error_from_response;
@@ -24,6 +26,10 @@ pub struct HttpClientConfig {
     pub request_timeout: Duration,
     /// The largest response body accepted.
     pub max_response_bytes: usize,
+    /// With `https://`: a PEM file of certificate authorities trusted besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The bearer token sent with every request.
+    pub token: BearerToken,
 }
 
 impl Default for HttpClientConfig {
@@ -32,14 +38,21 @@ impl Default for HttpClientConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024 * 1024,
+            ca_file: None,
+            token: BearerToken::none(),
         }
     }
 }
 
-/// A pooled HTTP/1.1 client bound to one server, raising pushpull errors named after a transport.
+/// A pooled HTTP/1.1 client bound to one server (`http://` or `https://`), raising pushpull
+/// errors named after a transport.
+///
+/// With a [`BearerToken`] it sends `Authorization: Bearer …`; when the server answers 401 and
+/// the token comes from a [`TokenSource`](pushpull_core::TokenSource), it asks for a new one
+/// and sends the request again, once.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: LegacyClient<HttpConnector, Full<Bytes>>,
+    inner: LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     transport: &'static str,
     config: HttpClientConfig,
@@ -57,29 +70,27 @@ impl HttpClient {
         let uri: http::Uri = base.parse().map_err(|e| {
             Error::new(ErrorKind::Config, format!("url {base_url:?} is not a valid URL: {e}"))
         })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("url {base_url:?}: https is not supported yet; put a TLS proxy in front or use http"),
-                )
-                .with_transport(transport));
-            }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("url {base_url:?} must start with http://"),
-                )
-                .with_transport(transport));
-            }
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("url {base_url:?} must start with http:// or https://"),
+            )
+            .with_transport(transport));
         }
         if uri.host().is_none() {
             return Err(Error::new(ErrorKind::Config, format!("url {base_url:?} has no host")));
         }
+        let tls = crate::tls::client_config(config.ca_file.as_deref())
+            .map_err(|e| e.with_transport(transport))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = LegacyClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
             .build(connector);
@@ -106,8 +117,39 @@ impl HttpClient {
         Request::builder().method(method).uri(self.url(path_and_query))
     }
 
-    /// Sends `request` and waits for the response head, up to `timeout`.
+    /// Sends `request` with the client's token and waits for the response head, up to
+    /// `timeout`. A 401 is answered by renewing the token, if its source can, and sending
+    /// again once.
     pub async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Error> {
+        let Some(token) = self.config.token.get().await? else {
+            return self.send_once(request, timeout).await;
+        };
+        let again = self.config.token.renews().then(|| copy_request(&request));
+        set_bearer(&mut request, &token)?;
+        let response = self.send_once(request, timeout).await?;
+        let (StatusCode::UNAUTHORIZED, Some(mut again)) = (response.status(), again) else {
+            return Ok(response);
+        };
+        match self.config.token.renew(&token).await? {
+            Some(renewed) if renewed != token => {
+                tracing::debug!("the server refused the token; sending again with a renewed one");
+                set_bearer(&mut again, &renewed)?;
+                self.send_once(again, timeout).await
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// The token this client sends now, if any (asking its source for the first one).
+    pub async fn token(&self) -> Result<Option<String>, Error> {
+        self.config.token.get().await
+    }
+
+    async fn send_once(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
@@ -239,6 +281,26 @@ impl HttpClient {
         let body = self.read_body(response, timeout).await?;
         wire::decode_receipt(&body).map_err(|e| e.with_transport(self.transport))
     }
+}
+
+/// A copy of `request`, to send again.
+fn copy_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Sets `Authorization: Bearer token`, marked sensitive so that nothing logs it.
+fn set_bearer<B>(request: &mut Request<B>, token: &str) -> Result<(), Error> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        Error::new(ErrorKind::Config, "the token holds characters a header cannot carry")
+    })?;
+    value.set_sensitive(true);
+    request.headers_mut().insert(header::AUTHORIZATION, value);
+    Ok(())
 }
 
 /// The delay a `Retry-After` header asks for, in its delta-seconds form.

@@ -11,6 +11,7 @@ pub mod request;
 mod response;
 mod router;
 mod serve;
+pub mod tls;
 mod transport;
 pub mod wire;
 
@@ -34,6 +35,7 @@ pub use serve::{
     ConnectionHold, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,
     serve_until, spawn, spawn_with_stats,
 };
+pub use tls::TlsFiles;
 pub use transport::{Reading, TransportServer};
 
 #[doc(hidden)]

@@ -1,11 +1,14 @@
 //! Serving a [`Router`](crate::Router) (or any hyper service) on a TCP listener.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,19 +17,32 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::tls::TlsAcceptor;
+
 /// How connections are served.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// How long a client may take to send a request's head, counted from the moment the
     /// server waits for one (so it also closes idle keep-alive connections). A client that
-    /// connects and sends nothing is disconnected after this long.
+    /// connects and sends nothing is disconnected after this long; so is one that does not
+    /// finish its TLS handshake.
     pub header_read_timeout: Duration,
     /// How long a graceful shutdown waits for requests in flight before closing them.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this acceptor (see [`TlsFiles`](crate::TlsFiles)); `None` serves
+    /// plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// The most connections open at once. At the limit the server stops accepting until one
+    /// closes (new clients wait in the listen backlog), so it never runs out of descriptors.
+    pub max_connections: usize,
+    /// The most connections open at once from one client address (an IPv4 address, or an
+    /// IPv6 /64). More are answered `429 Too Many Requests` and closed.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServeConfig {
@@ -34,7 +50,22 @@ impl Default for ServeConfig {
         Self {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            max_connections: 20_000,
+            max_connections_per_address: 1_000,
         }
+    }
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_address", &self.max_connections_per_address)
+            .finish()
     }
 }
 
@@ -136,6 +167,9 @@ pub struct ServerStats {
     open: AtomicUsize,
     accepted: AtomicUsize,
     requests: AtomicUsize,
+    refused: AtomicUsize,
+    /// Woken when a connection closes, for an accept loop waiting at its limit.
+    closed: Notify,
 }
 
 impl ServerStats {
@@ -152,6 +186,11 @@ impl ServerStats {
     /// Requests received since the start (HTTP/1.1 and HTTP/2 alike).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused since the start for going over the per-address limit.
+    pub fn refused_connections(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -261,13 +300,26 @@ pub async fn serve_until<S, B>(
     let (shutting_down, signal) = watch::channel(false);
     let service =
         WithShutdown { inner: service, signal: Shutdown(signal), stats: stats.clone(), hold: None };
+    let addresses = Arc::new(AddressCounts::default());
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
-        let stream = tokio::select! {
+        // At the limit, accept nothing until a connection closes: the backlog holds the rest.
+        while stats.open_connections() >= config.max_connections.max(1) {
+            let closed = stats.closed.notified();
+            if stats.open_connections() < config.max_connections.max(1) {
+                break;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = closed => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(%err, "accept failed");
@@ -282,19 +334,39 @@ pub async fn serve_until<S, B>(
         let mut service = service.clone();
         let config = config.clone();
         let hold = ConnectionHold(Arc::new(OpenGuard::new(stats.clone())));
+        let from = addresses.enter(peer.ip());
+        let over_limit = from.count() > config.max_connections_per_address.max(1);
+        let stats = stats.clone();
         connections.spawn(async move {
             service.hold = Some(hold.clone());
-            let _open = hold;
-            if !request_begins(&stream, config.header_read_timeout).await {
+            let _open = (hold, from);
+            let timeout = config.header_read_timeout;
+            if config.tls.is_none() && !request_begins(&stream, timeout).await {
+                return;
+            }
+            let io: Box<dyn Io> = match &config.tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Box::new(FirstByteDeadline::new(tls, timeout)),
+                        Ok(Err(err)) => {
+                            tracing::debug!(%err, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            if over_limit {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "refusing a connection over the per-address limit");
+                refuse(io, config.max_connections_per_address).await;
                 return;
             }
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
             builder.http2().timer(TokioTimer::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(err = %err, "connection ended with an error");
             }
@@ -311,6 +383,154 @@ pub async fn serve_until<S, B>(
     connections.shutdown().await;
 }
 
+/// What a connection is served over: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Answers every request of a connection over the per-address limit with 429, within one
+/// second, and closes it.
+async fn refuse(io: Box<dyn Io>, limit: usize) {
+    let body = format!(
+        "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"this address has \
+         {limit} connections open, the most allowed; close some and retry\"}}}}"
+    );
+    let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
+        let body = body.clone();
+        async move {
+            let response = Response::builder()
+                .status(http::StatusCode::TOO_MANY_REQUESTS)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::RETRY_AFTER, "1")
+                .header(http::header::CONNECTION, "close")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .expect("a valid response");
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+}
+
+/// Open connections per client address (IPv4, or the /64 of an IPv6 address).
+#[derive(Default)]
+struct AddressCounts(Mutex<HashMap<IpAddr, usize>>);
+
+impl AddressCounts {
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> AddressGuard {
+        let key = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(prefix.into())
+                }
+            },
+            v4 => v4,
+        };
+        let mut counts = self.0.lock().expect("address counts lock");
+        let count = counts.entry(key).or_default();
+        *count += 1;
+        AddressGuard { counts: self.clone(), key, count: *count }
+    }
+}
+
+/// One connection counted against its address, until dropped.
+struct AddressGuard {
+    counts: Arc<AddressCounts>,
+    key: IpAddr,
+    count: usize,
+}
+
+impl AddressGuard {
+    /// The address's open connections when this one was accepted, this one included.
+    fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("address counts lock");
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Fails reads with `TimedOut` if no byte arrived before the deadline: what bounds a TLS client
+/// that handshakes and then sends nothing (HTTP/2 has no header-read timer of its own).
+struct FirstByteDeadline<T> {
+    inner: T,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> FirstByteDeadline<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        Self { inner, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(deadline) = self.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no request arrived in time",
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// One open connection in the server's count, until dropped.
 #[derive(Debug)]
 struct OpenGuard(Arc<ServerStats>);
@@ -325,6 +545,7 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed.notify_one();
     }
 }
 

@@ -24,6 +24,8 @@ impl LongpollClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let poll = pushpull_poll::ClientConfig {
             url: config.url,
+            ca_file: config.ca_file,
+            token: config.token,
             page_limit: config.page_limit,
             request_timeout: config.request_timeout,
             backoff: config.backoff,
@@ -66,5 +68,13 @@ impl pushpull_core::Connect for LongpollClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(LongpollClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }

@@ -77,6 +77,8 @@ impl PollClient {
         }
         let http_config = HttpClientConfig {
             request_timeout: config.request_timeout,
+            ca_file: config.ca_file.clone(),
+            token: config.token.clone(),
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, name, http_config)?;
@@ -246,5 +248,13 @@ impl pushpull_core::Connect for PollClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(PollClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }

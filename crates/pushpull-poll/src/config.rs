@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,
+    /// With `https://` (or `wss://`): a PEM file of certificate authorities to trust besides
+    /// the system's (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bearer token sent to the server. In code,
+    /// [`BearerToken::from_source`](pushpull_core::BearerToken::from_source) renews it when it
+    /// expires.
+    pub token: pushpull_core::BearerToken,
     /// How often a subscription polls when the server gives no hint.
     #[serde(with = "pushpull_core::duration_text")]
     pub poll_interval: Duration,
@@ -29,6 +37,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:7070".into(),
+            ca_file: None,
+            token: pushpull_core::BearerToken::none(),
             poll_interval: Duration::from_secs(1),
             honour_server_hint: true,
             page_limit: 100,

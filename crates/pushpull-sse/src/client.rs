@@ -38,6 +38,8 @@ impl SseClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let http_config = HttpClientConfig {
             request_timeout: config.request_timeout,
+            ca_file: config.ca_file.clone(),
+            token: config.token.clone(),
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
@@ -161,5 +163,13 @@ impl pushpull_core::Connect for SseClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(SseClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }

@@ -33,6 +33,8 @@ impl StreamClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let http_config = HttpClientConfig {
             request_timeout: config.request_timeout,
+            ca_file: config.ca_file.clone(),
+            token: config.token.clone(),
             max_response_bytes: config.max_payload.saturating_mul(2),
             ..HttpClientConfig::default()
         };
@@ -152,5 +154,13 @@ impl pushpull_core::Connect for StreamClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(StreamClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }

@@ -47,6 +47,14 @@ pub enum FramingChoice {
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,
+    /// With `https://` (or `wss://`): a PEM file of certificate authorities to trust besides
+    /// the system's (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bearer token sent to the server. In code,
+    /// [`BearerToken::from_source`](pushpull_core::BearerToken::from_source) renews it when it
+    /// expires.
+    pub token: pushpull_core::BearerToken,
     /// The record format to ask for.
     pub framing: FramingChoice,
     /// A stream silent for this long (no record, no heartbeat) is taken for dead and reopened.
@@ -65,6 +73,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:7070".into(),
+            ca_file: None,
+            token: pushpull_core::BearerToken::none(),
             framing: FramingChoice::Binary,
             idle_timeout: Duration::from_secs(45),
             request_timeout: Duration::from_secs(30),

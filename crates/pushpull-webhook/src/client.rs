@@ -75,6 +75,8 @@ impl WebhookClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let http_config = HttpClientConfig {
             request_timeout: config.request_timeout,
+            ca_file: config.ca_file.clone(),
+            token: config.token.clone(),
             ..HttpClientConfig::default()
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
@@ -404,5 +406,13 @@ impl pushpull_core::Connect for WebhookClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(WebhookClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }

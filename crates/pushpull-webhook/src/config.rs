@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub max_topics: usize,
     /// Dead messages remembered per endpoint (the oldest are forgotten first).
     pub max_dead: usize,
+    /// A PEM file of certificate authorities trusted for `https://` endpoints besides the
+    /// system's (receivers with certificates from a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +72,7 @@ impl Default for ServerConfig {
             max_endpoints: 1000,
             max_topics: 100,
             max_dead: 100,
+            ca_file: None,
         }
     }
 }
@@ -97,6 +102,14 @@ impl ServerConfig {
 pub struct ClientConfig {
     /// The server's base URL, for publishing, fetching and registering endpoints.
     pub url: String,
+    /// With `https://` (or `wss://`): a PEM file of certificate authorities to trust besides
+    /// the system's (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The bearer token sent to the server. In code,
+    /// [`BearerToken::from_source`](pushpull_core::BearerToken::from_source) renews it when it
+    /// expires.
+    pub token: pushpull_core::BearerToken,
     /// Where the receiver listens.
     pub listen: SocketAddr,
     /// The receiver's URL as the server reaches it; by default `http://` and the address it
@@ -120,6 +133,8 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:7070".into(),
+            ca_file: None,
+            token: pushpull_core::BearerToken::none(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_url: None,
             tolerance: Duration::from_secs(300),

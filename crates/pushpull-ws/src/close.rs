@@ -18,3 +18,6 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const IDLE_TIMEOUT: u16 = 4000;
 /// The peer did not read for longer than the write timeout while frames waited for it.
 pub const SLOW_CONSUMER: u16 = 4001;
+/// The token the socket was opened with has expired (or was revoked); the client reconnects
+/// with a new one and resubscribes from its cursors.
+pub const TOKEN_EXPIRED: u16 = 4401;

@@ -215,11 +215,14 @@ pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &B
         Ok(addr) => addr,
         Err(error) => return failed(error.message().to_owned()),
     };
-    let stream = match tokio::net::TcpStream::connect(addr).await {
+    // To the address just checked, never resolved again; TLS checks the certificate against
+    // the endpoint's host name.
+    const ALPN: &[&[u8]] = &[b"http/1.1"];
+    let tls = target.https.then_some((&server.tls, ALPN));
+    let stream = match pushpull_http::tls::ClientStream::connect(addr, &target.host, tls).await {
         Ok(stream) => stream,
         Err(error) => return failed(format!("cannot connect to {addr}: {error}")),
     };
-    let _ = stream.set_nodelay(true);
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(pair) => pair,
@@ -231,7 +234,7 @@ pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &B
         let secrets = endpoint.secrets.lock().expect("secrets lock");
         wire::signature_header(&secrets, id, timestamp, body)
     };
-    let host = if target.port == 80 {
+    let host = if target.port == if target.https { 443 } else { 80 } {
         target.host.clone()
     } else {
         format!("{}:{}", target.host, target.port)

@@ -63,9 +63,11 @@ impl WebhookServer {
         store: Arc<dyn EndpointStore>,
     ) -> Result<Self, Error> {
         config.validate()?;
+        let tls = pushpull_http::tls::client_config(config.ca_file.as_deref())?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let hooks = Hooks {
             broker,
+            tls,
             config: Arc::new(config),
             store,
             node: endpoint_id().replacen("ep_", "node_", 1).into(),
@@ -128,6 +130,8 @@ impl pushpull_http::TransportServer for WebhookServer {
 #[derive(Clone)]
 struct Hooks {
     broker: Arc<dyn Broker>,
+    /// How `https://` endpoints are reached.
+    tls: Arc<pushpull_http::tls::RustlsClientConfig>,
     config: Arc<ServerConfig>,
     store: Arc<dyn EndpointStore>,
     /// This node, in leases.

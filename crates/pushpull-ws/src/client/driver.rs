@@ -1,29 +1,36 @@
 //! The task that owns the socket: connects and reconnects, sends requests, routes frames.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Position};
-use tokio::net::TcpStream;
+use pushpull_http::tls::{ClientStream, RustlsClientConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use super::flow::Follow;
 use super::{Answer, Command, Key};
 use crate::NAME;
+use crate::close;
 use crate::config::ClientConfig;
 use crate::wire::{self, Frame, Reply, Request, SUBPROTOCOL};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<ClientStream>;
 
 /// The task that owns the socket.
 pub(super) struct Driver {
     pub(super) url: String,
+    /// With `wss://`: the TLS settings.
+    pub(super) tls: Option<Arc<RustlsClientConfig>>,
+    /// The token the server refused (it closed with [`close::TOKEN_EXPIRED`]); renewed before
+    /// the next connection.
+    pub(super) rejected: Option<String>,
     pub(super) config: ClientConfig,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     pub(super) pending: HashMap<String, oneshot::Sender<Result<Answer, Error>>>,
@@ -76,29 +83,73 @@ impl Driver {
         }
     }
 
-    async fn connect(&self) -> Result<Socket, Error> {
-        let mut request = self.url.as_str().into_client_request().map_err(|e| {
-            Error::new(ErrorKind::Config, format!("bad url {}: {e}", self.url)).with_transport(NAME)
-        })?;
+    async fn connect(&mut self) -> Result<Socket, Error> {
+        let mut token = self.config.token.get().await?;
+        if let (Some(rejected), Some(current)) = (self.rejected.take(), &token) {
+            if &rejected == current {
+                token = self.config.token.renew(&rejected).await?;
+            }
+        }
+        match self.handshake(token.as_deref()).await {
+            Err((error, Some(401))) if self.config.token.renews() && token.is_some() => {
+                let refused = token.unwrap_or_default();
+                match self.config.token.renew(&refused).await? {
+                    Some(renewed) if renewed != refused => {
+                        self.handshake(Some(&renewed)).await.map_err(|(error, _)| error)
+                    }
+                    _ => Err(error),
+                }
+            }
+            other => other.map_err(|(error, _)| error),
+        }
+    }
+
+    /// One opening handshake; an error carries the HTTP status that refused it, if one did.
+    async fn handshake(&self, token: Option<&str>) -> Result<Socket, (Error, Option<u16>)> {
+        let bad_url = |e: &dyn std::fmt::Display| {
+            (
+                Error::new(ErrorKind::Config, format!("bad url {}: {e}", self.url))
+                    .with_transport(NAME),
+                None,
+            )
+        };
+        let mut request = self.url.as_str().into_client_request().map_err(|e| bad_url(&e))?;
         request
             .headers_mut()
             .insert("sec-websocket-protocol", http::HeaderValue::from_static(SUBPROTOCOL));
+        if let Some(token) = token {
+            let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|e| bad_url(&e))?;
+            value.set_sensitive(true);
+            request.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
+        let host = request.uri().host().unwrap_or_default().to_owned();
+        let port = request.uri().port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let config = WebSocketConfig::default().max_write_buffer_size(64 * 1024 * 1024);
-        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        const ALPN: &[&[u8]] = &[b"http/1.1"];
+        let tls = self.tls.as_ref().map(|tls| (tls, ALPN));
+        let connecting = async {
+            let address = (host.trim_start_matches('[').trim_end_matches(']'), port);
+            let stream = ClientStream::connect(address, &host, tls).await.map_err(|error| {
+                tokio_tungstenite::tungstenite::Error::Io(error)
+            })?;
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
+        };
         match tokio::time::timeout(self.config.request_timeout, connecting).await {
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no handshake with {} in time", self.url),
-            )
-            .with_transport(NAME)),
+            Err(_) => Err((
+                Error::new(ErrorKind::Timeout, format!("no handshake with {} in time", self.url))
+                    .with_transport(NAME),
+                None,
+            )),
             Ok(Ok((socket, _))) => Ok(socket),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                Err(refusal(&self.url, &response))
+                Err((refusal(&self.url, &response), Some(response.status().as_u16())))
             }
-            Ok(Err(error)) => {
-                Err(Error::new(ErrorKind::Connect, format!("cannot open {}: {error}", self.url))
-                    .with_transport(NAME))
-            }
+            Ok(Err(error)) => Err((
+                Error::new(ErrorKind::Connect, format!("cannot open {}: {error}", self.url))
+                    .with_transport(NAME),
+                None,
+            )),
         }
     }
 
@@ -279,6 +330,10 @@ impl Driver {
             WsMessage::Binary(bytes) => Frame::Binary(bytes),
             WsMessage::Close(frame) => {
                 tracing::debug!(?frame, "the server closed the socket");
+                if frame.is_some_and(|f| u16::from(f.code) == close::TOKEN_EXPIRED) {
+                    // Reconnect with a renewed token; subscriptions resume from their cursors.
+                    self.rejected = self.config.token.get().await.ok().flatten();
+                }
                 return Step::Reconnect;
             }
             _ => return Step::Continue,
@@ -401,6 +456,17 @@ async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {
 /// there).
 fn refusal(url: &str, response: &http::Response<Option<Vec<u8>>>) -> Error {
     let status = response.status();
+    if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+        // What the body says (which token problem, which right is missing), final.
+        let body = response.body().as_deref().unwrap_or_default();
+        let error = pushpull_http::error_from_response(status, body);
+        return Error::new(
+            error.kind(),
+            format!("{url} refused the WebSocket handshake with {status}: {}", error.message()),
+        )
+        .with_retryable(false)
+        .with_transport(NAME);
+    }
     let mut error = Error::new(
         if pushpull_http::status_is_retryable(status) {
             ErrorKind::Connect

@@ -80,9 +80,18 @@ impl WsClient {
     /// A client for the server at `config.url`; it connects in the background.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let url = socket_url(&config.url)?;
+        let tls = match url.starts_with("wss://") {
+            true => Some(
+                pushpull_http::tls::client_config(config.ca_file.as_deref())
+                    .map_err(|e| e.with_transport(NAME))?,
+            ),
+            false => None,
+        };
         let (commands, receiver) = mpsc::unbounded_channel();
         let driver = Driver {
             url,
+            tls,
+            rejected: None,
             config: config.clone(),
             commands: receiver,
             pending: HashMap::new(),
@@ -255,20 +264,18 @@ impl Drop for Deliveries {
 /// `ws://host:port/prefix/v1/ws` from an `http://` or `ws://` base URL.
 fn socket_url(base: &str) -> Result<String, Error> {
     let base = base.trim_end_matches('/');
-    let rest = if let Some(rest) = base.strip_prefix("http://") {
-        rest
+    let (scheme, rest) = if let Some(rest) = base.strip_prefix("http://") {
+        ("ws", rest)
     } else if let Some(rest) = base.strip_prefix("ws://") {
-        rest
-    } else if base.starts_with("https://") || base.starts_with("wss://") {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("url {base:?}: TLS is not supported yet; put a TLS proxy in front or use http"),
-        )
-        .with_transport(NAME));
+        ("ws", rest)
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        ("wss", rest)
+    } else if let Some(rest) = base.strip_prefix("wss://") {
+        ("wss", rest)
     } else {
         return Err(Error::new(
             ErrorKind::Config,
-            format!("url {base:?} must start with http:// or ws://"),
+            format!("url {base:?} must start with http://, https://, ws:// or wss://"),
         )
         .with_transport(NAME));
     };
@@ -277,7 +284,7 @@ fn socket_url(base: &str) -> Result<String, Error> {
             Error::new(ErrorKind::Config, format!("url {base:?} has no host")).with_transport(NAME)
         );
     }
-    Ok(format!("ws://{rest}/v1/ws"))
+    Ok(format!("{scheme}://{rest}/v1/ws"))
 }
 
 impl pushpull_core::Connect for WsClient {
@@ -286,5 +293,13 @@ impl pushpull_core::Connect for WsClient {
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
         Ok(std::sync::Arc::new(WsClient::new(config)?))
+    }
+
+    fn set_token(
+        config: &mut ClientConfig,
+        token: pushpull_core::BearerToken,
+    ) -> Result<(), Error> {
+        config.token = token;
+        Ok(())
     }
 }
