@@ -92,7 +92,12 @@ fn router_with_stats(
         pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
     })?;
     let health = health_route(broker, transports(config), gauges);
-    Ok(router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone())))
+    let mut router =
+        router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()));
+    if let Some(auth) = &config.auth {
+        router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
+    }
+    Ok(router)
 }
 
 /// Adds the routes and gauges of the server `make` builds, when its section is `enabled`; a bad
@@ -202,7 +207,18 @@ async fn ready(broker: &dyn Broker) -> Result<(), Error> {
 }
 
 /// Binds `config.listen` and serves in the background; see [`RunningServer::shutdown`].
+///
+/// Serving beyond loopback without `[auth]` logs a warning: anyone who reaches the address
+/// may then read and publish every topic and manage the webhooks.
 pub async fn serve(config: &ServerConfig) -> Result<RunningServer, Error> {
+    if !config.listen.ip().is_loopback() && config.auth.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving beyond loopback without [auth]: anyone who reaches this address can read \
+             and publish every topic and register, list and delete webhooks; set [auth] (and \
+             [tls]) or listen on 127.0.0.1 behind a proxy that authenticates"
+        );
+    }
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
             .with_source(e)

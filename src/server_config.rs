@@ -38,6 +38,10 @@ pub struct ServerConfig {
     /// `[tls]`: serve HTTPS with this certificate and key; absent serves plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<pushpull_http::TlsFiles>,
+    /// `[auth]`: every request needs a token granting what it does (see `pushpull_auth`);
+    /// absent, anyone who reaches the server may do anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<pushpull_auth::AuthConfig>,
     /// The transports served, each with its settings.
     pub transports: TransportsConfig,
 }
@@ -49,6 +53,7 @@ impl Default for ServerConfig {
             broker: BrokerConfig::default(),
             http: HttpConfig::default(),
             tls: None,
+            auth: None,
             transports: TransportsConfig::default(),
         }
     }
@@ -72,8 +77,14 @@ pub struct BrokerConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
-    /// The most topics held at once.
+    /// The most topics held at once (a topic exists from its first publish; subscribing
+    /// takes none).
     pub max_topics: usize,
+    /// With `memory`: when the topic table is full, topics without a publish, a fetch or a
+    /// reader for this long are released (their messages too; a reader coming back gets a
+    /// gap) to make room.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub idle_topic_timeout: Duration,
     /// What each topic keeps.
     pub retention: RetentionConfig,
 }
@@ -100,6 +111,7 @@ impl Default for BrokerConfig {
             ca_file: None,
             max_payload: memory.max_payload,
             max_topics: memory.max_topics,
+            idle_topic_timeout: memory.idle_topic_timeout,
             retention: RetentionConfig::default(),
         }
     }
@@ -352,6 +364,7 @@ impl ServerConfig {
             },
             max_payload: self.broker.max_payload,
             max_topics: self.broker.max_topics,
+            idle_topic_timeout: self.broker.idle_topic_timeout,
             ..MemoryConfig::default()
         }
     }

@@ -128,7 +128,9 @@ impl Eq for BearerToken {}
 
 /// Read from settings as a string: a fixed token.
 impl<'de> serde::Deserialize<'de> for BearerToken {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         let token = String::deserialize(deserializer)?;
         if token.is_empty() {
             return Ok(Self::none());
@@ -139,7 +141,10 @@ impl<'de> serde::Deserialize<'de> for BearerToken {
 
 /// Written as nothing but a placeholder: settings that are saved or logged never hold a token.
 impl serde::Serialize for BearerToken {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(if self.is_set() { "<redacted>" } else { "" })
     }
 }

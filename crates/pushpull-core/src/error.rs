@@ -40,6 +40,9 @@ pub enum ErrorKind {
     Closed,
     /// The broker's storage failed.
     Backend,
+    /// Too many requests (publishes, connections) for the client's allowance: retry after
+    /// the delay the error carries (HTTP 429).
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -60,6 +63,7 @@ impl ErrorKind {
             Self::RequestTimeout => "request_timeout",
             Self::Closed => "closed",
             Self::Backend => "backend",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -69,7 +73,7 @@ impl ErrorKind {
     }
 
     /// Every kind, for tables and tests.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         Self::InvalidTopic,
         Self::InvalidCursor,
         Self::TooLarge,
@@ -84,11 +88,19 @@ impl ErrorKind {
         Self::RequestTimeout,
         Self::Closed,
         Self::Backend,
+        Self::RateLimited,
     ];
 
     /// Whether an error of this kind is, by default, worth retrying unchanged.
     fn retryable_by_default(self) -> bool {
-        matches!(self, Self::Connect | Self::Timeout | Self::RequestTimeout | Self::Backend)
+        matches!(
+            self,
+            Self::Connect
+                | Self::Timeout
+                | Self::RequestTimeout
+                | Self::Backend
+                | Self::RateLimited
+        )
     }
 }
 

@@ -1,8 +1,9 @@
 //! The embedded, in-process broker.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -49,8 +50,14 @@ pub struct MemoryConfig {
     pub retention: Retention,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
-    /// The most topics held at once; publishing or subscribing to one more fails.
+    /// The most topics held at once (subscribing takes none: a topic exists from its first
+    /// publish). When the table is full, topics idle for `idle_topic_timeout` are released to
+    /// make room; if none is, publishing to one more fails.
     pub max_topics: usize,
+    /// How long a topic must go without a publish, a fetch or a reader before it may be
+    /// released when the table is full. Its messages go with it; its numbering does not: a
+    /// reader that comes back gets a [`Gap`] for exactly what was released.
+    pub idle_topic_timeout: Duration,
     /// The most messages one fetch returns, whatever limit it asks for.
     pub max_page: usize,
 }
@@ -61,6 +68,7 @@ impl Default for MemoryConfig {
             retention: Retention::default(),
             max_payload: 4 * 1024 * 1024,
             max_topics: 10_000,
+            idle_topic_timeout: Duration::from_secs(3600),
             max_page: 1_000,
         }
     }
@@ -121,7 +129,12 @@ pub struct MemoryBroker {
 struct Shared {
     epoch: Epoch,
     config: MemoryConfig,
+    /// What `TopicLog::touched` counts from.
+    started: Instant,
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
+    /// The next offset of each released topic, so that it numbers on where it stopped if it
+    /// comes back (cursors stay exact). Bounded: when it is full, nothing more is released.
+    released: Mutex<HashMap<Topic, u64>>,
     /// Wake-ups of topics that have subscribers but no log yet: subscribing takes no topic
     /// slot (a flood of subscriptions to made-up names cannot lock publishers out); the first
     /// publish adopts the wake-up, so those subscribers see its message.
@@ -130,6 +143,8 @@ struct Shared {
 
 struct TopicLog {
     topic: Topic,
+    /// When it was last published to or fetched from, in milliseconds since the broker began.
+    touched: AtomicU64,
     state: RwLock<LogState>,
     /// Carries the last offset; subscribers wait on it.
     tail: Arc<watch::Sender<u64>>,
@@ -166,7 +181,9 @@ impl MemoryBroker {
         let shared = Shared {
             epoch: Epoch::random(),
             config,
+            started: Instant::now(),
             topics: RwLock::new(HashMap::new()),
+            released: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
         };
         Ok(Self { shared: Arc::new(shared) })
@@ -197,7 +214,40 @@ impl MemoryBroker {
     }
 
     fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
-        self.shared.topics.read().expect("topics lock").get(topic).cloned()
+        let log = self.shared.topics.read().expect("topics lock").get(topic).cloned()?;
+        log.touched.store(self.now_millis(), Ordering::Relaxed);
+        Some(log)
+    }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Releases topics nobody has touched for `idle_topic_timeout` and nobody reads, keeping
+    /// their next offsets. Called with the table full.
+    fn release_idle(&self, topics: &mut HashMap<Topic, Arc<TopicLog>>) {
+        let config = &self.shared.config;
+        let idle = u64::try_from(config.idle_topic_timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_millis();
+        let mut released = self.shared.released.lock().expect("released lock");
+        let room = (config.max_topics.saturating_mul(8)).saturating_sub(released.len());
+        let idle_topics: Vec<Topic> = topics
+            .iter()
+            .filter(|(_, log)| {
+                // Only the table holds it: no reader, no publish in flight.
+                Arc::strong_count(log) == 1
+                    && log.tail.receiver_count() == 0
+                    && now.saturating_sub(log.touched.load(Ordering::Relaxed)) >= idle
+            })
+            .map(|(topic, _)| topic.clone())
+            .take(room)
+            .collect();
+        for topic in idle_topics {
+            if let Some(log) = topics.remove(&topic) {
+                let next = log.state.read().expect("log lock").next;
+                released.insert(topic, next);
+            }
+        }
     }
 
     fn log(&self, topic: &Topic) -> Result<Arc<TopicLog>> {
@@ -209,6 +259,9 @@ impl MemoryBroker {
             return Ok(log.clone());
         }
         if topics.len() >= self.shared.config.max_topics {
+            self.release_idle(&mut topics);
+        }
+        if topics.len() >= self.shared.config.max_topics {
             return Err(Error::new(
                 ErrorKind::Backend,
                 format!("the broker already holds its maximum of {} topics", topics.len()),
@@ -218,17 +271,18 @@ impl MemoryBroker {
         }
         // Subscribers that came before the first publish wait on this wake-up.
         let waited = self.shared.waiting.lock().expect("waiting lock").remove(topic);
-        let log = match waited.and_then(|tail| tail.upgrade()) {
-            Some(tail) => Arc::new(TopicLog::with_tail(topic.clone(), tail)),
-            None => Arc::new(TopicLog::new(topic.clone())),
-        };
+        let tail = waited.and_then(|tail| tail.upgrade());
+        let next = self.shared.released.lock().expect("released lock").remove(topic);
+        let log = Arc::new(TopicLog::with_tail(topic.clone(), tail, next.unwrap_or(1)));
+        log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
         Ok(log)
     }
 
-    fn empty_page(&self, cursor: Cursor) -> Result<Page> {
-        // No log yet: the same answer as an empty log at offset 0.
-        TopicLog::new(Topic::new("empty").expect("valid")).read(
+    /// The page of a topic without a log: empty at offset 0, or where it was released.
+    fn empty_page(&self, topic: &Topic, cursor: Cursor) -> Result<Page> {
+        let next = self.shared.released.lock().expect("released lock").get(topic).copied();
+        TopicLog::with_tail(topic.clone(), None, next.unwrap_or(1)).read(
             self.shared.epoch,
             &self.shared.config.retention,
             cursor,
@@ -238,21 +292,19 @@ impl MemoryBroker {
 }
 
 impl TopicLog {
-    fn new(topic: Topic) -> Self {
-        Self::with_tail(topic, Arc::new(watch::Sender::new(0)))
-    }
-
-    /// A log whose wake-up is `tail`: the one its subscribers were waiting on before it existed.
-    fn with_tail(topic: Topic, tail: Arc<watch::Sender<u64>>) -> Self {
+    /// An empty log whose first message gets offset `next`, whose wake-up is `tail` (the one
+    /// its subscribers were waiting on before it existed) or a new one.
+    fn with_tail(topic: Topic, tail: Option<Arc<watch::Sender<u64>>>, next: u64) -> Self {
         let state = LogState {
             entries: VecDeque::new(),
             keys: HashMap::new(),
             keyed: VecDeque::new(),
-            first: 1,
-            next: 1,
+            first: next,
+            next,
             bytes: 0,
         };
-        Self { topic, state: RwLock::new(state), tail }
+        let tail = tail.unwrap_or_else(|| Arc::new(watch::Sender::new(next - 1)));
+        Self { topic, touched: AtomicU64::new(0), state: RwLock::new(state), tail }
     }
 
     fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
@@ -402,7 +454,7 @@ impl Fetch for MemoryBroker {
         let limit = limit.min(self.shared.config.max_page);
         match self.existing(topic) {
             Some(log) => log.read(self.shared.epoch, &self.shared.config.retention, cursor, limit),
-            None => self.empty_page(cursor),
+            None => self.empty_page(topic, cursor),
         }
     }
 }
@@ -428,7 +480,7 @@ impl Subscribe for MemoryBroker {
         // and a bad cursor fails here rather than in the stream.
         let start = match &log {
             Some(log) => log.read(epoch, &retention, cursor, 0)?,
-            None => self.empty_page(cursor)?,
+            None => self.empty_page(topic, cursor)?,
         };
         let position = match start.gap {
             Some(_) => cursor,

@@ -9,8 +9,8 @@ pub struct Cors {
 }
 
 /// Request headers a browser may send (beyond the CORS-safelisted ones).
-const ALLOW_HEADERS: &str =
-    "content-type, last-event-id, if-none-match, idempotency-key, pushpull-event, pushpull-cursor";
+const ALLOW_HEADERS: &str = "authorization, content-type, last-event-id, if-none-match, idempotency-key, pushpull-event, \
+     pushpull-cursor";
 /// Response headers a browser script may read.
 const EXPOSE_HEADERS: &str = "etag, retry-after, pushpull-poll-interval-ms, pushpull-wait-ms";
 

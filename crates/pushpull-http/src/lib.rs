@@ -2,7 +2,9 @@
 
 mod client;
 mod cors;
+mod ends_at;
 mod gauge;
+mod grant;
 pub mod pages;
 mod publish;
 mod push;
@@ -17,7 +19,9 @@ pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
 pub use cors::Cors;
+pub use ends_at::EndsAt;
 pub use gauge::{Gauge, Held};
+pub use grant::{Grant, RateLimit, Right, TopicPattern};
 pub use pages::{Hold, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, page_route};
 pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, api, publish_route,
@@ -29,7 +33,7 @@ pub use response::{
     status_is_retryable,
 };
 pub use router::{
-    BoxError, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
+    BoxError, Guard, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
 };
 pub use serve::{
     ConnectionHold, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,

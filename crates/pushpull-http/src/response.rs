@@ -36,6 +36,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// | `connect`, `protocol` | 502 |
 /// | `closed`, `backend` | 503 |
 /// | `request_timeout` | 408 |
+/// | `rate_limited` | 429 |
 /// | `timeout` | 504 |
 pub fn status_for(kind: ErrorKind) -> StatusCode {
     match kind {
@@ -50,6 +51,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::Closed | ErrorKind::Backend => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -60,7 +62,9 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
 pub fn error_response(error: &Error) -> Response<Body> {
     let status = status_for(error.kind());
     let mut response = json_error(status, error.kind().as_str(), error.message());
-    if status == StatusCode::SERVICE_UNAVAILABLE && error.is_retryable() {
+    let asks_to_wait = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE && error.is_retryable());
+    if asks_to_wait {
         let seconds = error.retry_after().map_or(1, |d| d.as_secs().max(1));
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -117,7 +121,8 @@ pub fn error_from_response(status: StatusCode, body: &[u8]) -> Error {
                 413 => ErrorKind::TooLarge,
                 408 => ErrorKind::RequestTimeout,
                 504 => ErrorKind::Timeout,
-                429 | 502 | 503 => ErrorKind::Backend,
+                429 => ErrorKind::RateLimited,
+                502 | 503 => ErrorKind::Backend,
                 _ => ErrorKind::Protocol,
             };
             let snippet: String = String::from_utf8_lossy(body).chars().take(120).collect();

@@ -116,6 +116,20 @@ pub struct Router {
     routes: Arc<Vec<Route>>,
     cors: Arc<Cors>,
     shutdown: Option<Shutdown>,
+    guard: Option<Arc<dyn Guard>>,
+}
+
+/// Judges each request before a [`Router`] routes it: what an auth layer plugs in with
+/// [`Router::with_guard`], so its refusals carry the router's CORS headers.
+pub trait Guard: Send + Sync + 'static {
+    /// `Ok` passes the request on, with the [`Grant`](crate::Grant) (if any) in its extensions
+    /// and its long-lived response ending when the grant expires; `Err` is the answer.
+    fn judge(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<crate::Grant>, Response<Body>>;
 }
 
 impl Router {
@@ -144,15 +158,39 @@ impl Router {
         self
     }
 
+    /// Judges every request with `guard` before routing it (preflights aside).
+    pub fn with_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
     /// The routes, in the order they are tried.
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
     /// Answers one request, with CORS headers when the router allows its origin.
-    pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
+    pub async fn handle(&self, mut request: HttpRequest) -> Response<Body> {
         let origin = request.headers().get(header::ORIGIN).cloned();
-        let mut response = self.route(request).await;
+        let judged = match &self.guard {
+            None => Ok(None),
+            Some(guard) => guard.judge(request.method(), request.uri(), request.headers()),
+        };
+        let mut response = match judged {
+            Err(refusal) => refusal,
+            Ok(None) => self.route(request).await,
+            Ok(Some(grant)) => {
+                let deadline = grant.deadline();
+                request.extensions_mut().insert(grant);
+                let response = self.route(request).await;
+                match deadline {
+                    None => response,
+                    Some(deadline) => response.map(|body| {
+                        crate::ends_at::EndsAt::new(body, Some(deadline)).boxed_unsync()
+                    }),
+                }
+            }
+        };
         if self.cors.is_enabled() {
             self.cors.decorate(origin.as_ref(), response.headers_mut());
         }

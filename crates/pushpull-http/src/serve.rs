@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -391,7 +391,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// second, and closes it.
 async fn refuse(io: Box<dyn Io>, limit: usize) {
     let body = format!(
-        "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"this address has \
+        "{{\"error\":{{\"kind\":\"rate_limited\",\"message\":\"this address has \
          {limit} connections open, the most allowed; close some and retry\"}}}}"
     );
     let service = hyper::service::service_fn(move |_request: Request<Incoming>| {

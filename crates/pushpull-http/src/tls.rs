@@ -75,7 +75,10 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<RustlsClientConfig>, 
         let certs = read_certificates(path, "ca_file")?;
         for cert in certs {
             roots.add(cert).map_err(|e| {
-                config_error(format!("ca_file: {} holds an unusable certificate: {e}", path.display()))
+                config_error(format!(
+                    "ca_file: {} holds an unusable certificate: {e}",
+                    path.display()
+                ))
             })?;
         }
     }

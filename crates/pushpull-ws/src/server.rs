@@ -8,7 +8,9 @@ use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use pushpull_core::{Broker, Cursor, Delivery, Error, SubscriptionSet, Topic};
-use pushpull_http::{Gauge, HandlerResult, HttpRequest, Params, Route, Router, Shutdown};
+use pushpull_http::{
+    Gauge, Grant, HandlerResult, HttpRequest, Params, Right, Route, Router, Shutdown,
+};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -119,6 +121,8 @@ impl Sockets {
         let hold = pushpull_http::ConnectionHold::of(&req);
         let server = self.clone();
         let shutdown = Shutdown::of(&req);
+        // What an auth layer granted, checked at every operation until it expires.
+        let grant = pushpull_http::Grant::of(&req).cloned();
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
@@ -138,7 +142,7 @@ impl Sockets {
                     .await;
                     let _open = server.open.hold();
                     let _connection = hold;
-                    Session::new(server.clone(), shutdown).run(socket).await;
+                    Session::new(server.clone(), shutdown, grant).run(socket).await;
                 }
                 Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
             }
@@ -231,6 +235,8 @@ impl Ending {
 struct Session {
     server: Sockets,
     shutdown: Shutdown,
+    /// The rights of the token the socket was opened with, if the server checks tokens.
+    grant: Option<Grant>,
     /// Keyed by topic and the subscription's name, if it has one.
     subscriptions: SubscriptionSet<Key>,
     bad_frames: u32,
@@ -245,13 +251,15 @@ enum Event {
     Delivery(Key, Option<Result<Delivery, Error>>),
     Tick,
     Shutdown,
+    Expired,
 }
 
 impl Session {
-    fn new(server: Sockets, shutdown: Shutdown) -> Self {
+    fn new(server: Sockets, shutdown: Shutdown, grant: Option<Grant>) -> Self {
         Self {
             server,
             shutdown,
+            grant,
             subscriptions: SubscriptionSet::new(),
             bad_frames: 0,
             heard: Instant::now(),
@@ -262,8 +270,17 @@ impl Session {
         let config = self.server.config.clone();
         let mut ticks =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        let expiry = self.grant.as_ref().and_then(Grant::deadline);
+        let expired = async move {
+            match expiry {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let ending = loop {
             let event = tokio::select! {
+                () = &mut expired => Event::Expired,
                 frame = socket.next() => Event::Frame(frame),
                 (key, delivery) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
                     Event::Delivery(key, delivery)
@@ -292,6 +309,9 @@ impl Session {
                 }
                 Event::Shutdown => {
                     Err(Some(Ending::new(close::GOING_AWAY, "the server is shutting down")))
+                }
+                Event::Expired => {
+                    Err(Some(Ending::new(close::TOKEN_EXPIRED, "the token has expired")))
                 }
             };
             if let Err(ending) = outcome {
@@ -360,6 +380,7 @@ impl Session {
         match request {
             Request::Subscribe { id, topic, after, sub } => {
                 let topic = Topic::new(topic)?;
+                self.may(Right::Subscribe(topic.as_str()))?;
                 let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
                 let key = (topic, sub);
                 if self.subscriptions.contains(&key) {
@@ -402,6 +423,9 @@ impl Session {
             }
             Request::Publish { id, topic, event, content_type, key, data, data_base64 } => {
                 let topic = Topic::new(topic)?;
+                if let Some(grant) = &self.grant {
+                    grant.check_publish(&topic)?;
+                }
                 let payload = match (payload, data, data_base64) {
                     (Some(payload), None, None) => payload,
                     (None, Some(text), None) => Bytes::from(text),
@@ -431,6 +455,7 @@ impl Session {
             }
             Request::Fetch { id, topic, after, limit } => {
                 let topic = Topic::new(topic)?;
+                self.may(Right::Subscribe(topic.as_str()))?;
                 let cursor = parse_cursor(after.as_deref(), Cursor::Beginning)?;
                 let limit =
                     pushpull_http::request::page_limit(limit, 100, self.server.config.max_limit)?;
@@ -438,6 +463,11 @@ impl Session {
                 Ok(wire::page_frame(&id, &topic, &page))
             }
         }
+    }
+
+    /// Whether the socket's token grants `right` (always, when the server checks no tokens).
+    fn may(&self, right: Right<'_>) -> Result<(), Error> {
+        self.grant.as_ref().map_or(Ok(()), |grant| grant.check(right))
     }
 
     async fn on_delivery(

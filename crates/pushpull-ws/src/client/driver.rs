@@ -9,10 +9,10 @@ use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Position};
 use pushpull_http::tls::{ClientStream, RustlsClientConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
 
 use super::flow::Follow;
 use super::{Answer, Command, Key};
@@ -118,8 +118,8 @@ impl Driver {
             .headers_mut()
             .insert("sec-websocket-protocol", http::HeaderValue::from_static(SUBPROTOCOL));
         if let Some(token) = token {
-            let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
-                .map_err(|e| bad_url(&e))?;
+            let mut value =
+                http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|e| bad_url(&e))?;
             value.set_sensitive(true);
             request.headers_mut().insert(http::header::AUTHORIZATION, value);
         }
@@ -130,9 +130,9 @@ impl Driver {
         let tls = self.tls.as_ref().map(|tls| (tls, ALPN));
         let connecting = async {
             let address = (host.trim_start_matches('[').trim_end_matches(']'), port);
-            let stream = ClientStream::connect(address, &host, tls).await.map_err(|error| {
-                tokio_tungstenite::tungstenite::Error::Io(error)
-            })?;
+            let stream = ClientStream::connect(address, &host, tls)
+                .await
+                .map_err(|error| tokio_tungstenite::tungstenite::Error::Io(error))?;
             tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
         };
         match tokio::time::timeout(self.config.request_timeout, connecting).await {
