@@ -42,3 +42,51 @@ async fn subscribing_takes_no_topic_slot_and_still_sees_the_first_publish() {
     drop(first);
     assert_eq!(broker.subscriber_count(), 0);
 }
+
+#[tokio::test]
+async fn a_full_table_releases_idle_unread_topics_and_a_returning_reader_gets_an_exact_gap() {
+    use pushpull_core::{Delivery, Fetch, GapReason, Offset};
+    let config = MemoryConfig {
+        max_topics: 2,
+        idle_topic_timeout: Duration::from_millis(200),
+        ..MemoryConfig::default()
+    };
+    let broker = MemoryBroker::with_config(config).unwrap();
+    let (idle, read, fresh) =
+        (Topic::new("idle").unwrap(), Topic::new("read").unwrap(), Topic::new("fresh").unwrap());
+    for _ in 0..3 {
+        publish(&broker, &idle, "old").await;
+    }
+    let cursor = broker.fetch(&idle, Cursor::Beginning, 10).await.unwrap().next;
+    let early = broker.fetch(&idle, Cursor::Beginning, 1).await.unwrap().next;
+    publish(&broker, &read, "r").await;
+    // A topic with a reader is never released, however idle.
+    let mut reader = broker.subscribe(&read, Cursor::Latest).await.unwrap();
+    // Full, and nothing idle long enough yet: refused.
+    assert!(broker.publish(&fresh, Publication::new("x")).await.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now `idle` goes to make room; `read` stays.
+    publish(&broker, &fresh, "x").await;
+    assert_eq!(broker.topic_count(), 2);
+    publish(&broker, &read, "still here").await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), reader.next()).await.unwrap();
+    assert_eq!(delivery.unwrap().unwrap().as_message().unwrap().payload, "still here");
+
+    // The released topic numbers on where it stopped, so its old reader gets an exact gap.
+    let page = broker.fetch(&idle, cursor, 10).await.unwrap();
+    assert!(page.gap.is_none() && page.messages.is_empty(), "nothing new since: {page:?}");
+    drop(reader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&broker, &idle, "new").await;
+    let page = broker.fetch(&idle, Cursor::Beginning, 10).await.unwrap();
+    assert_eq!(page.messages[0].offset, Offset(4), "numbering continues after a release");
+    let mut old_reader = broker.subscribe(&idle, early).await.unwrap();
+    match old_reader.next().await.unwrap().unwrap() {
+        Delivery::Gap(gap) => {
+            assert_eq!(gap.reason, GapReason::Retention);
+            let missed = gap.missed.unwrap();
+            assert_eq!((missed.first, missed.last), (Offset(2), Offset(3)));
+        }
+        other => panic!("expected the gap of the released messages, got {other:?}"),
+    }
+}

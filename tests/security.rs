@@ -1,0 +1,306 @@
+//! A server safe to expose: every transport over TLS with tokens checked, refusals as RFC 6750
+//! says, the cross-origin WebSocket refused, tokens renewed with no message lost, and
+//! subscription floods that no longer lock publishers out.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Full;
+use pushpull::{
+    BearerToken, Client, ClientConfig, Cursor, ErrorKind, Publication, RunningServer, ServerConfig,
+    TokenSource, Topic,
+};
+use pushpull_auth::{AuthConfig, KeyConfig};
+use pushpull_chaos::TestCa;
+use pushpull_http::{HttpClient, HttpClientConfig};
+use support::LIMIT;
+
+const SECRET: &str = "a shared secret of at least thirty-two bytes";
+const TRANSPORTS: [&str; 6] = ["poll", "longpoll", "sse", "ws", "stream", "webhook"];
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token granting `publish` and `subscribe` on those patterns (and `admin`), valid for `ttl`
+/// seconds.
+fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: u64) -> String {
+    let claims = serde_json::json!({
+        "sub": format!("user-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        "exp": now() + ttl,
+        "pushpull": { "publish": publish, "subscribe": subscribe, "admin": admin },
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A server on every transport over TLS, with auth on.
+async fn secured(ca: &TestCa, tweak: impl FnOnce(&mut ServerConfig)) -> (RunningServer, String) {
+    let mut config = ServerConfig::default();
+    config.tls =
+        Some(pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() });
+    config.auth = Some(AuthConfig {
+        keys: vec![KeyConfig::hs256(Some("k1"), SECRET)],
+        leeway: Duration::ZERO,
+        ..AuthConfig::default()
+    });
+    config.transports.webhook.server.allow_loopback = true;
+    config.transports.longpoll.server.max_wait = Duration::from_secs(5);
+    tweak(&mut config);
+    let server = support::server(config).await;
+    let url = format!("https://localhost:{}", server.local_addr().port());
+    (server, url)
+}
+
+async fn client(transport: &str, url: &str, ca: &TestCa, token: BearerToken) -> Arc<dyn Client> {
+    let mut config = ClientConfig::new(transport, url);
+    config.ca_file = Some(ca.ca_file());
+    config.token = token;
+    if transport == "longpoll" {
+        config = config.set("longpoll", "wait", "5s");
+    }
+    pushpull::connect(&config).await.unwrap_or_else(|e| panic!("{transport}: {e}"))
+}
+
+#[tokio::test]
+async fn every_transport_over_tls_needs_a_token_granting_the_topic() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    for transport in TRANSPORTS {
+        let topic = Topic::new(format!("orders:{transport}")).unwrap();
+        let webhook = transport == "webhook";
+
+        let anonymous = client(transport, &url, &ca, BearerToken::none()).await;
+        let error = anonymous.publish(&topic, Publication::new("x")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unauthorized, "{transport} publish: {error}");
+        let error = anonymous.subscribe(&topic, Cursor::Latest).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unauthorized, "{transport} subscribe: {error}");
+
+        let other = token(&["other:*"], &["other:*"], false, 60);
+        let elsewhere = client(transport, &url, &ca, BearerToken::fixed(other)).await;
+        let error = elsewhere.publish(&topic, Publication::new("x")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Forbidden, "{transport} publish: {error}");
+        let error = elsewhere.subscribe(&topic, Cursor::Latest).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Forbidden, "{transport} subscribe: {error}");
+
+        // Webhook endpoints are managed with the admin right.
+        let right = token(&["orders:*"], &["orders:*"], webhook, 60);
+        let allowed = client(transport, &url, &ca, BearerToken::fixed(right)).await;
+        let mut subscription =
+            tokio::time::timeout(LIMIT, allowed.subscribe(&topic, Cursor::Latest))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{transport} subscribe: {e}"));
+        let receipt = allowed.publish(&topic, Publication::new("over tls")).await.unwrap();
+        let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap().unwrap();
+        let delivery = delivery.unwrap_or_else(|e| panic!("{transport}: {e}"));
+        assert_eq!(delivery.cursor(), receipt.cursor(), "{transport}");
+        assert_eq!(delivery.as_message().unwrap().payload, "over tls", "{transport}");
+    }
+}
+
+/// A plain request with the test CA trusted.
+async fn request(
+    url: &str,
+    ca: &TestCa,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, String)],
+) -> (http::StatusCode, http::HeaderMap, serde_json::Value) {
+    let config = HttpClientConfig { ca_file: Some(ca.ca_file()), ..HttpClientConfig::default() };
+    let client = HttpClient::new(url, "test", config).unwrap();
+    let mut builder = client.request(method, path);
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let response =
+        client.send(builder.body(Full::new(Bytes::new())).unwrap(), LIMIT).await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = client.read_body(response, LIMIT).await.unwrap();
+    (status, headers, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn refusals_follow_rfc_6750() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let path = "/v1/topics/orders:1/messages";
+    let challenge = |headers: &http::HeaderMap| {
+        headers.get("www-authenticate").expect("a challenge").to_str().unwrap().to_owned()
+    };
+
+    // No token: 401 with a bare challenge.
+    let (status, headers, body) = request(&url, &ca, http::Method::GET, path, &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge(&headers), "Bearer realm=\"pushpull\"");
+    assert_eq!(body["error"]["kind"], "unauthorized");
+
+    // Expired, badly signed, unknown kid: 401 invalid_token, saying which.
+    let expired = {
+        let claims = serde_json::json!({ "exp": now() - 60, "pushpull": { "subscribe": ["*"] } });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let forged = {
+        let claims = serde_json::json!({ "exp": now() + 60, "pushpull": { "admin": true } });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(b"another secret, thirty-two bytes long");
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    for (bad, why) in
+        [(expired, "expired"), (forged, "signature"), ("not.a.token".to_owned(), "cannot be read")]
+    {
+        let auth = ("authorization", format!("Bearer {bad}"));
+        let (status, headers, body) = request(&url, &ca, http::Method::GET, path, &[auth]).await;
+        assert_eq!(status, 401, "{why}");
+        assert!(challenge(&headers).contains("error=\"invalid_token\""), "{why}");
+        assert_eq!(body["error"]["bearer_error"], "invalid_token", "{why}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+    }
+
+    // A token without the right: 403 insufficient_scope, naming the scope.
+    let reader = token(&[], &["news:*"], false, 60);
+    let auth = ("authorization", format!("Bearer {reader}"));
+    let (status, headers, body) = request(&url, &ca, http::Method::GET, path, &[auth]).await;
+    assert_eq!(status, 403);
+    assert!(challenge(&headers).contains("error=\"insufficient_scope\""));
+    assert!(challenge(&headers).contains("scope=\"subscribe:orders:1\""));
+    assert_eq!(body["error"]["kind"], "forbidden");
+
+    // The webhook API needs admin; the token may also come in the query or (for reads) a cookie.
+    let plain = token(&["*"], &["*"], false, 60);
+    let auth = ("authorization", format!("Bearer {plain}"));
+    let (status, ..) = request(&url, &ca, http::Method::GET, "/v1/webhooks", &[auth]).await;
+    assert_eq!(status, 403);
+    let admin = token(&[], &[], true, 60);
+    let query = format!("/v1/webhooks?access_token={admin}");
+    let (status, ..) = request(&url, &ca, http::Method::GET, &query, &[]).await;
+    assert_eq!(status, 200);
+    let cookie = ("cookie", format!("theme=dark; pushpull_token={plain}"));
+    let (status, ..) = request(&url, &ca, http::Method::GET, path, &[cookie.clone()]).await;
+    assert_eq!(status, 200, "a cookie authorizes reads");
+    let (status, _, body) =
+        request(&url, &ca, http::Method::POST, "/v1/topics/orders:1", &[cookie]).await;
+    assert_eq!(status, 401, "a cookie never authorizes a publish: {body}");
+    // Health stays open for probes.
+    let (status, ..) = request(&url, &ca, http::Method::GET, "/v1/health", &[]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_websocket_checks_origin_and_every_operation() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let upgrade = |origin: Option<&str>, token: &str| {
+        let mut headers = vec![
+            ("connection", "Upgrade".to_owned()),
+            ("upgrade", "websocket".to_owned()),
+            ("sec-websocket-version", "13".to_owned()),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+            ("authorization", format!("Bearer {token}")),
+        ];
+        if let Some(origin) = origin {
+            headers.push(("origin", origin.to_owned()));
+        }
+        headers
+    };
+    let reader = token(&[], &["orders:*"], false, 60);
+    let (status, _, body) = request(
+        &url,
+        &ca,
+        http::Method::GET,
+        "/v1/ws",
+        &upgrade(Some("https://evil.example"), &reader),
+    )
+    .await;
+    assert_eq!(status, 403, "a page of another origin: {body}");
+    assert_eq!(body["error"]["kind"], "forbidden");
+
+    // On an open socket, each operation is checked against the token's rights.
+    let client = client("ws", &url, &ca, BearerToken::fixed(reader)).await;
+    let mine = Topic::new("orders:7").unwrap();
+    let theirs = Topic::new("payroll").unwrap();
+    let _subscription = client.subscribe(&mine, Cursor::Latest).await.unwrap();
+    let error = client.subscribe(&theirs, Cursor::Latest).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Forbidden, "{error}");
+    let error = client.fetch(&theirs, Cursor::Beginning, 10).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Forbidden, "{error}");
+    let error = client.publish(&mine, Publication::new("x")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Forbidden, "a reader may not publish: {error}");
+}
+
+/// Tokens valid for two seconds, counting how many were asked for.
+struct ShortLived {
+    asked: AtomicUsize,
+}
+
+#[pushpull::async_trait]
+impl TokenSource for ShortLived {
+    async fn token(&self, _rejected: Option<&str>) -> Result<String, pushpull::Error> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Ok(token(&[], &["ticks"], false, 2))
+    }
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_renewed_and_the_reader_misses_nothing() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let topic = Topic::new("ticks").unwrap();
+    let publisher = token(&["ticks"], &[], false, 120);
+    let publisher = client("poll", &url, &ca, BearerToken::fixed(publisher)).await;
+    for transport in ["sse", "ws", "stream"] {
+        let source = Arc::new(ShortLived { asked: AtomicUsize::new(0) });
+        let reader = client(transport, &url, &ca, BearerToken::from_source(source.clone())).await;
+        let mut subscription = reader.subscribe(&topic, Cursor::Latest).await.unwrap();
+        // Publish across several expiries; every message arrives, in order, once.
+        let mut sent = Vec::new();
+        for n in 0..12 {
+            let payload = format!("{transport}-{n}");
+            sent.push(publisher.publish(&topic, Publication::new(payload)).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for receipt in &sent {
+            let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap();
+            let delivery = delivery.unwrap().unwrap_or_else(|e| panic!("{transport}: {e}"));
+            assert_eq!(delivery.cursor(), receipt.cursor(), "{transport}: in order, none missed");
+        }
+        let asked = source.asked.load(Ordering::SeqCst);
+        // The client asks again only when the server refused the expired token.
+        assert!(asked >= 2, "{transport}: tokens of two seconds over six, asked {asked} times");
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_flood_does_not_lock_publishers_out() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |config| config.broker.max_topics = 5).await;
+    let anything = token(&["*"], &["*"], false, 60);
+    let flooder = client("sse", &url, &ca, BearerToken::fixed(anything.clone())).await;
+    let mut flood = Vec::new();
+    for n in 0..40 {
+        let topic = Topic::new(format!("made-up-{n}")).unwrap();
+        flood.push(flooder.subscribe(&topic, Cursor::Latest).await.unwrap());
+    }
+    let publisher = client("poll", &url, &ca, BearerToken::fixed(anything)).await;
+    for n in 0..5 {
+        let topic = Topic::new(format!("real-{n}")).unwrap();
+        publisher.publish(&topic, Publication::new("still served")).await.unwrap();
+    }
+}
