@@ -49,14 +49,13 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A server on every transport over TLS, with auth on.
 async fn secured(ca: &TestCa, tweak: impl FnOnce(&mut ServerConfig)) -> (RunningServer, String) {
-    let mut config = ServerConfig::default();
-    config.tls =
-        Some(pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() });
-    config.auth = Some(AuthConfig {
+    let tls = pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
+    let auth = AuthConfig {
         keys: vec![KeyConfig::hs256(Some("k1"), SECRET)],
         leeway: Duration::ZERO,
         ..AuthConfig::default()
-    });
+    };
+    let mut config = ServerConfig { tls: Some(tls), auth: Some(auth), ..ServerConfig::default() };
     config.transports.webhook.server.allow_loopback = true;
     config.transports.longpoll.server.max_wait = Duration::from_secs(5);
     tweak(&mut config);
@@ -193,7 +192,8 @@ async fn refusals_follow_rfc_6750() {
     let (status, ..) = request(&url, &ca, http::Method::GET, &query, &[]).await;
     assert_eq!(status, 200);
     let cookie = ("cookie", format!("theme=dark; pushpull_token={plain}"));
-    let (status, ..) = request(&url, &ca, http::Method::GET, path, &[cookie.clone()]).await;
+    let (status, ..) =
+        request(&url, &ca, http::Method::GET, path, std::slice::from_ref(&cookie)).await;
     assert_eq!(status, 200, "a cookie authorizes reads");
     let (status, _, body) =
         request(&url, &ca, http::Method::POST, "/v1/topics/orders:1", &[cookie]).await;
@@ -285,6 +285,32 @@ async fn an_expiring_token_is_renewed_and_the_reader_misses_nothing() {
         // The client asks again only when the server refused the expired token.
         assert!(asked >= 2, "{transport}: tokens of two seconds over six, asked {asked} times");
     }
+}
+
+#[tokio::test]
+async fn each_token_has_a_publish_allowance_over_every_transport() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |config| {
+        let auth = config.auth.as_mut().unwrap();
+        auth.publish_rate = 1.0;
+        auth.publish_burst = 2;
+    })
+    .await;
+    let topic = Topic::new("busy").unwrap();
+    let publisher = token(&["busy"], &[], false, 60);
+    // HTTP and WebSocket publishes of one token draw on one allowance.
+    let http = client("poll", &url, &ca, BearerToken::fixed(publisher.clone())).await;
+    let ws = client("ws", &url, &ca, BearerToken::fixed(publisher)).await;
+    http.publish(&topic, Publication::new("1")).await.unwrap();
+    ws.publish(&topic, Publication::new("2")).await.unwrap();
+    for (name, client) in [("poll", &http), ("ws", &ws)] {
+        let error = client.publish(&topic, Publication::new("3")).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::RateLimited, "{name}: {error}");
+    }
+    // Another token has its own.
+    let other =
+        client("poll", &url, &ca, BearerToken::fixed(token(&["busy"], &[], false, 60))).await;
+    other.publish(&topic, Publication::new("4")).await.unwrap();
 }
 
 #[tokio::test]

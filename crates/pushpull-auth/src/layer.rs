@@ -388,12 +388,12 @@ impl pushpull_http::Guard for AuthLayer {
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
-    ) -> Result<Option<Grant>, Response<pushpull_http::Body>> {
+    ) -> Result<Option<Grant>, Box<Response<pushpull_http::Body>>> {
         match self.verdict(method, headers, uri.path(), uri.query()) {
             Verdict::Pass(grant) => Ok(grant),
             Verdict::Answer(stop) => {
                 let response: Response<AuthBody<pushpull_http::Body>> = self.answer(stop, headers);
-                Err(response.map(|body| http_body_util::BodyExt::boxed_unsync(body)))
+                Err(Box::new(response.map(http_body_util::BodyExt::boxed_unsync)))
             }
         }
     }

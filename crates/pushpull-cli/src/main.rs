@@ -37,6 +37,13 @@ struct Connection {
     /// environment variables) win over it.
     #[arg(long, value_name = "FILE")]
     client_config: Option<PathBuf>,
+    /// The bearer token to send (a JWT the server's `[auth]` accepts). Prefer the environment
+    /// variable: command lines are visible to other users of the machine.
+    #[arg(long, env = "PUSHPULL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// With `https://`: a PEM file of certificate authorities to trust besides the system's.
+    #[arg(long, value_name = "FILE", env = "PUSHPULL_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +261,12 @@ async fn connect(connection: &Connection) -> Result<Arc<dyn Client>, Error> {
     }
     if let Some(transport) = &connection.transport {
         config.transport.clone_from(transport);
+    }
+    if let Some(token) = &connection.token {
+        config.token = pushpull::BearerToken::fixed(token.clone());
+    }
+    if let Some(ca_file) = &connection.ca_file {
+        config.ca_file = Some(ca_file.clone());
     }
     pushpull::connect(&config).await
 }

@@ -129,7 +129,7 @@ pub trait Guard: Send + Sync + 'static {
         method: &Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
-    ) -> Result<Option<crate::Grant>, Response<Body>>;
+    ) -> Result<Option<crate::Grant>, Box<Response<Body>>>;
 }
 
 impl Router {
@@ -177,7 +177,7 @@ impl Router {
             Some(guard) => guard.judge(request.method(), request.uri(), request.headers()),
         };
         let mut response = match judged {
-            Err(refusal) => refusal,
+            Err(refusal) => *refusal,
             Ok(None) => self.route(request).await,
             Ok(Some(grant)) => {
                 let deadline = grant.deadline();

@@ -134,6 +134,7 @@ impl pushpull_http::Reopen for SseClient {
     fn decode(&self, parser: &mut Parser, topic: &Topic, chunk: &[u8]) -> Result<Decoded, Error> {
         let deliveries = parser
             .feed(chunk)
+            .map_err(|e| e.with_transport(NAME))?
             .into_iter()
             .map(|event| decode_event(topic, event).map_err(|e| e.with_transport(NAME)))
             .collect::<Result<_, _>>()?;

@@ -117,9 +117,15 @@ impl Event {
     }
 }
 
-/// An incremental parser of `text/event-stream` bytes, fed chunks split anywhere.
+/// An incremental parser of `text/event-stream` bytes, fed chunks split anywhere. What it
+/// holds is bounded: an event (its data, fields and current line) longer than its limit is an
+/// error, not an ever-growing buffer.
 #[derive(Debug, Default)]
 pub struct Parser {
+    /// The most bytes one event may hold.
+    limit: usize,
+    /// Bytes held for the current event.
+    held: usize,
     /// Bytes of the current, unfinished line.
     line: Vec<u8>,
     /// The first bytes, held until it is known whether they are a byte order mark.
@@ -136,10 +142,19 @@ pub struct Parser {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The most bytes one event may hold by default: room for the largest payload a server takes
+/// by default (4 MiB), base64-encoded, many times over.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
 impl Parser {
-    /// A parser at the start of a stream.
+    /// A parser at the start of a stream, with the default limit of [`MAX_EVENT_BYTES`].
     pub fn new() -> Self {
-        Self { head: Some(Vec::new()), ..Self::default() }
+        Self::with_limit(MAX_EVENT_BYTES)
+    }
+
+    /// A parser whose events may hold at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { head: Some(Vec::new()), limit, ..Self::default() }
     }
 
     /// The last event ID: what to send as `Last-Event-ID` when reconnecting.
@@ -153,25 +168,26 @@ impl Parser {
     }
 
     /// Feeds a chunk; returns the events it completed. An event cut off by the end of the
-    /// stream is never returned.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
+    /// stream is never returned. An event over the limit is a `too_large` error; the parser
+    /// drops it and reads on from the next one.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
         match self.head.take() {
-            None => self.feed_lines(chunk, &mut events),
+            None => self.feed_lines(chunk, &mut events)?,
             Some(mut head) => {
                 head.extend_from_slice(chunk);
                 if head.len() < BOM.len() && BOM.starts_with(&head) {
                     self.head = Some(head); // could still be a BOM
                 } else {
                     let body = head.strip_prefix(BOM).unwrap_or(&head);
-                    self.feed_lines(body, &mut events);
+                    self.feed_lines(body, &mut events)?;
                 }
             }
         }
-        events
+        Ok(events)
     }
 
-    fn feed_lines(&mut self, chunk: &[u8], events: &mut Vec<Event>) {
+    fn feed_lines(&mut self, chunk: &[u8], events: &mut Vec<Event>) -> Result<(), Error> {
         for &byte in chunk {
             let after_cr = std::mem::take(&mut self.after_cr);
             match byte {
@@ -181,18 +197,42 @@ impl Parser {
                     self.after_cr = true;
                     self.end_line(events);
                 }
-                _ => self.line.push(byte),
+                _ => {
+                    self.held += 1;
+                    if self.held > self.limit {
+                        let limit = self.limit;
+                        self.line.clear();
+                        self.skip_event();
+                        return Err(Error::new(
+                            ErrorKind::TooLarge,
+                            format!("an event of the stream holds more than {limit} bytes"),
+                        ));
+                    }
+                    self.line.push(byte);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Forgets the event being read.
+    fn skip_event(&mut self) {
+        self.data.clear();
+        self.event_type.clear();
+        self.extensions.clear();
+        self.held = 0;
     }
 
     fn end_line(&mut self, events: &mut Vec<Event>) {
-        let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
-        if line.is_empty() {
-            self.dispatch(events);
+        let bytes = std::mem::take(&mut self.line);
+        if bytes.first() == Some(&b':') {
+            // A comment (a heartbeat) holds nothing.
+            self.held -= bytes.len();
             return;
         }
-        if line.starts_with(':') {
+        let line = String::from_utf8_lossy(&bytes).into_owned();
+        if line.is_empty() {
+            self.dispatch(events);
             return;
         }
         let (name, value) = match line.split_once(':') {
@@ -216,6 +256,7 @@ impl Parser {
     }
 
     fn dispatch(&mut self, events: &mut Vec<Event>) {
+        self.held = 0;
         self.last_event_id.clone_from(&self.id_buffer);
         let extensions = std::mem::take(&mut self.extensions);
         let event_type = std::mem::take(&mut self.event_type);
@@ -286,7 +327,7 @@ mod tests {
         let mut events = Vec::new();
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-            events.extend(parser.feed(&input[start..cut]));
+            events.extend(parser.feed(&input[start..cut]).unwrap());
             start = cut;
         }
         (events, parser)
@@ -437,5 +478,19 @@ mod tests {
         assert!(events.is_empty());
         assert_eq!(parser.last_event_id(), cursor.to_string());
         assert_eq!(parser.retry(), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_an_error_and_the_next_one_still_reads() {
+        let mut parser = Parser::with_limit(16);
+        // Heartbeats hold nothing, however many arrive between events.
+        for _ in 0..100 {
+            assert!(parser.feed(b": keep-alive\n").unwrap().is_empty());
+        }
+        let error = parser.feed(b"data: this line is much longer than sixteen").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TooLarge);
+        let events = parser.feed(b"\n\ndata: ok\n\n").unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, "ok");
     }
 }

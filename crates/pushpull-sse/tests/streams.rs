@@ -61,7 +61,7 @@ async fn events(body: &mut Incoming, parser: &mut Parser, count: usize) -> Vec<E
         while events.len() < count {
             let frame = body.frame().await.expect("the stream goes on").expect("a frame");
             if let Ok(data) = frame.into_data() {
-                events.extend(parser.feed(&data));
+                events.extend(parser.feed(&data).unwrap());
             }
         }
     })
@@ -98,7 +98,7 @@ async fn the_stream_is_what_eventsource_expects() {
     assert!(text.starts_with("retry: 1000\nid: "), "{text:?}");
 
     let mut parser = Parser::new();
-    parser.feed(&first);
+    parser.feed(&first).unwrap();
     let events = events(&mut body, &mut parser, 1).await;
     assert_eq!(events[0].data, "one\ntwo", "multi-line payloads are several data lines");
     assert_eq!(events[0].event_type, "message");

@@ -193,6 +193,19 @@ mod tests {
         assert!(check(private, "::7f00:1").is_err(), "IPv4-compatible loopback");
     }
 
+    #[tokio::test]
+    async fn numeric_spellings_resolve_to_what_they_mean_and_are_refused() {
+        let strict = TargetPolicy::default();
+        // Decimal, hex, octal and short forms of 127.0.0.1, and the unspecified address.
+        for host in ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0.0.0.0", "::"] {
+            let refused = strict.resolve(host, 80).await.expect_err(host);
+            assert!(
+                !refused.message().contains("cannot resolve"),
+                "{host} is refused by the address check, not by DNS: {refused}"
+            );
+        }
+    }
+
     #[test]
     fn the_policy_allows_what_it_names() {
         let loopback = TargetPolicy { allow_loopback: true, allow_private: false };

@@ -132,7 +132,7 @@ impl Driver {
             let address = (host.trim_start_matches('[').trim_end_matches(']'), port);
             let stream = ClientStream::connect(address, &host, tls)
                 .await
-                .map_err(|error| tokio_tungstenite::tungstenite::Error::Io(error))?;
+                .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
             tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
         };
         match tokio::time::timeout(self.config.request_timeout, connecting).await {

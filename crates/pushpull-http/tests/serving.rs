@@ -1,0 +1,159 @@
+//! Serving over TLS and the connection limits, over real sockets on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use pushpull_chaos::TestCa;
+use pushpull_http::tls::ClientStream;
+use pushpull_http::{Route, Router, RunningServer, ServeConfig, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn hello() -> Router {
+    Router::new().with([Route::new(Method::GET, "/hello", |_, _| async {
+        Ok(pushpull_http::json(StatusCode::OK, b"{\"hello\":true}".to_vec()))
+    })])
+}
+
+async fn serve(config: ServeConfig) -> RunningServer {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    pushpull_http::spawn(listener, hello(), config).unwrap()
+}
+
+fn tls(ca: &TestCa) -> ServeConfig {
+    let files = TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
+    ServeConfig { tls: Some(files.acceptor().unwrap()), ..ServeConfig::default() }
+}
+
+#[tokio::test]
+async fn https_speaks_http2_to_clients_that_offer_it_and_http1_to_the_rest() {
+    let ca = TestCa::new().unwrap();
+    let server = serve(tls(&ca)).await;
+    let roots = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
+    let addr = server.local_addr();
+
+    // ALPN h2: HTTP/2 on the one connection.
+    const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let stream = ClientStream::connect(addr, "localhost", Some((&roots, BOTH))).await.unwrap();
+    let ClientStream::Tls(tls) = &stream else { panic!("a TLS stream") };
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{}/hello", addr.port()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "{\"hello\":true}");
+
+    // The HTTP client: https with the CA file, HTTP/1.1.
+    let config = pushpull_http::HttpClientConfig {
+        ca_file: Some(ca.ca_file()),
+        ..pushpull_http::HttpClientConfig::default()
+    };
+    let client =
+        pushpull_http::HttpClient::new(&format!("https://localhost:{}", addr.port()), "t", config)
+            .unwrap();
+    let request = client.request(Method::GET, "/hello").body(Full::new(Bytes::new())).unwrap();
+    let response = client.send(request, LIMIT).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Without the CA, the certificate is not trusted: a connection error that says so.
+    let untrusted = pushpull_http::HttpClient::new(
+        &format!("https://localhost:{}", addr.port()),
+        "t",
+        pushpull_http::HttpClientConfig::default(),
+    )
+    .unwrap();
+    let request = untrusted.request(Method::GET, "/hello").body(Full::new(Bytes::new())).unwrap();
+    let error = untrusted.send(request, LIMIT).await.unwrap_err();
+    assert!(error.to_string().to_lowercase().contains("certificate"), "{error}");
+}
+
+#[tokio::test]
+async fn a_tls_client_that_handshakes_and_says_nothing_is_cut_off() {
+    let ca = TestCa::new().unwrap();
+    let config = ServeConfig { header_read_timeout: Duration::from_millis(500), ..tls(&ca) };
+    let server = serve(config).await;
+    let roots = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
+    const H2: &[&[u8]] = &[b"h2"];
+    let started = tokio::time::Instant::now();
+    let mut stream =
+        ClientStream::connect(server.local_addr(), "localhost", Some((&roots, H2))).await.unwrap();
+    let mut buf = [0u8; 64];
+    // The server's TLS session ticket may arrive first; then the connection ends.
+    loop {
+        match tokio::time::timeout(LIMIT, stream.read(&mut buf)).await.expect("cut in time") {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "cut after {:?}", started.elapsed());
+    assert_eq!(server.stats().open_connections(), 0);
+
+    // Nor does a plain-text client that never starts its TLS handshake hold a connection.
+    let mut plain = TcpStream::connect(server.local_addr()).await.unwrap();
+    let read = tokio::time::timeout(LIMIT, plain.read(&mut buf)).await.expect("cut in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// Opens an HTTP/1.1 keep-alive connection and makes one request on it.
+async fn keep_alive(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(LIMIT, stream.read(&mut buf)).await.unwrap().unwrap();
+    (stream, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn one_address_gets_its_share_of_connections_and_429_beyond_it() {
+    let config = ServeConfig { max_connections_per_address: 3, ..ServeConfig::default() };
+    let server = serve(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (stream, answer) = keep_alive(server.local_addr()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    let (_, answer) = keep_alive(server.local_addr()).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("rate_limited") && answer.to_lowercase().contains("retry-after"));
+    assert_eq!(server.stats().refused_connections(), 1);
+    // Closing one makes room again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, answer) = keep_alive(server.local_addr()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_until_one_closes() {
+    let config = ServeConfig { max_connections: 2, ..ServeConfig::default() };
+    let server = Arc::new(serve(config).await);
+    let (first, _) = keep_alive(server.local_addr()).await;
+    let (_second, _) = keep_alive(server.local_addr()).await;
+    // The third is not served while two are open...
+    let waiting = tokio::spawn({
+        let addr = server.local_addr();
+        async move { keep_alive(addr).await.1 }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond the limit");
+    assert_eq!(server.stats().open_connections(), 2);
+    // ...and is as soon as one closes.
+    drop(first);
+    let answer = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
