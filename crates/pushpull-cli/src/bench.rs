@@ -63,6 +63,27 @@ pub(crate) enum Bench {
         #[arg(long)]
         redis: bool,
     },
+    /// The same workloads against pushpull and Nchan (nginx's module, from Debian's
+    /// libnginx-mod-nchan), interleaved, each server a fresh process pinned to one core: server
+    /// CPU per delivery, latency, loss, memory per connection. `scripts/bench-peers` installs
+    /// Nchan and runs this pinned to the other core.
+    Peers {
+        /// Rounds of each workload per server (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// How long each loaded run publishes.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Divide every subscriber count by this (a quick look; the tables use 1).
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        /// The core the servers are pinned to.
+        #[arg(long, default_value_t = 1)]
+        core: usize,
+        /// Run only the workloads whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -103,6 +124,9 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         }
         Bench::Soak { minutes, per_transport, redis } => {
             crate::soak::run(minutes, per_transport, redis).await
+        }
+        Bench::Peers { rounds, seconds, scale, core, only } => {
+            crate::peers::compare(rounds, seconds, scale, core, only).await
         }
         Bench::Compare { transports, messages, interval, burst, redis, two_nodes } => {
             let redis = RedisBacking::start(redis)?;

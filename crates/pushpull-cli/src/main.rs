@@ -3,6 +3,7 @@
 
 mod bench;
 mod output;
+mod peers;
 mod soak;
 
 use std::io::Read;

@@ -139,6 +139,8 @@ impl Nginx {
         let servers: String = nodes.iter().map(|a| format!("        server {a};\n")).collect();
         let config = format!(
             r#"
+# One process: killing it leaves no orphaned worker behind.
+master_process off;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
 events {{ worker_connections 256; }}
@@ -192,6 +194,9 @@ http {{
             assert!(std::time::Instant::now() < deadline, "nginx did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The test's nginx is one process with no children, so stopping it stops everything.
+        let children = format!("/proc/{0}/task/{0}/children", child.id());
+        assert_eq!(std::fs::read_to_string(children).unwrap_or_default().trim(), "");
         Nginx { child, dir, addr }
     }
 }

@@ -1,0 +1,645 @@
+//! `pushpull bench peers`: the same workloads against pushpull and Nchan (nginx's pub/sub
+//! module, in C), interleaved, each server a fresh process pinned to one core, with an open-loop
+//! load generator of its own: subscribers from many 127.x addresses, a publisher on a fixed
+//! schedule that writes each message's scheduled send time into it (so latency includes any
+//! queueing: no coordinated omission), HDR histograms, and the servers' CPU time and resident
+//! memory from /proc. Loopback only; every run is bounded and stops by itself.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use pushpull::{Error, ErrorKind};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// The servers compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Pushpull,
+    Nchan,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Pushpull => "pushpull",
+            Peer::Nchan => "Nchan",
+        }
+    }
+}
+
+/// One workload: how clients follow a topic and how fast it is published to.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    pub(crate) name: String,
+    pub(crate) transport: Transport,
+    pub(crate) subscribers: usize,
+    /// Messages a second; 0 measures idle connections only.
+    pub(crate) rate: u64,
+    pub(crate) seconds: u64,
+}
+
+/// How subscribers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Sse,
+    Ws,
+    Longpoll,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Measured {
+    pub(crate) deliveries: u64,
+    pub(crate) expected: u64,
+    pub(crate) cpu_per_delivery_us: f64,
+    pub(crate) deliveries_per_cpu_second: f64,
+    pub(crate) rss_per_connection_kb: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) generator_cpu_share: f64,
+}
+
+/// A server process of either kind, pinned to `core`.
+struct Server {
+    peer: Peer,
+    child: Child,
+    addr: SocketAddr,
+    /// The process whose CPU and memory are measured.
+    pid: u32,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Backend, message.into())
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| error(e.to_string()))?;
+    Ok(listener.local_addr().map_err(|e| error(e.to_string()))?.port())
+}
+
+/// Where Debian installs the Nchan module.
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+impl Server {
+    async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let core = core.to_string();
+        match peer {
+            Peer::Pushpull => {
+                let exe = std::env::current_exe().map_err(|e| error(e.to_string()))?;
+                let child = Command::new("taskset")
+                    .args(["-c", &core])
+                    .arg(exe)
+                    .args(["serve", "--listen", &addr.to_string()])
+                    .env("PUSHPULL_LOG", "warn")
+                    // The generator connects from many addresses; none is over the limit.
+                    .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
+                    .env("PUSHPULL_HTTP__MAX_CONNECTIONS", "100000")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| error(format!("cannot start pushpull under taskset: {e}")))?;
+                let mut server =
+                    Server { peer, pid: child.id().unwrap_or(0), child, addr, _dir: None };
+                let stdout = server.child.stdout.take().expect("piped");
+                let mut line = String::new();
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    BufReader::new(stdout).read_line(&mut line),
+                )
+                .await
+                .map_err(|_| error("pushpull did not start"))?
+                .map_err(|e| error(e.to_string()))?;
+                Ok(server)
+            }
+            Peer::Nchan => {
+                if !Path::new(NCHAN_MODULE).exists() {
+                    return Err(error(format!(
+                        "{NCHAN_MODULE} is missing: install Debian's libnginx-mod-nchan (scripts/bench-peers does)"
+                    )));
+                }
+                let dir = std::env::temp_dir()
+                    .join(format!("pushpull-nchan-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(&dir).map_err(|e| error(e.to_string()))?;
+                let conf = nginx_conf(&dir, port);
+                std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| error(e.to_string()))?;
+                let child = Command::new("taskset")
+                    .args(["-c", &core, "/usr/sbin/nginx", "-p"])
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(dir.join("nginx.conf"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| error(format!("cannot start nginx: {e}")))?;
+                let pid = child.id().unwrap_or(0);
+                let started = Instant::now();
+                loop {
+                    if TcpStream::connect(addr).await.is_ok() {
+                        return Ok(Server { peer, child, addr, pid, _dir: Some(TempDir(dir)) });
+                    }
+                    if started.elapsed() > Duration::from_secs(30) {
+                        return Err(error("nginx did not start"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn sse_path(&self) -> &'static str {
+        match self.peer {
+            Peer::Pushpull => "/v1/topics/bench/events",
+            Peer::Nchan => "/sub/bench",
+        }
+    }
+
+    fn publish_path(&self) -> &'static str {
+        match self.peer {
+            Peer::Pushpull => "/v1/topics/bench",
+            Peer::Nchan => "/pub/bench",
+        }
+    }
+
+    fn cpu(&self) -> Result<Duration, Error> {
+        cpu_of(&self.pid.to_string())
+    }
+
+    fn rss(&self) -> Result<u64, Error> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .map_err(|e| error(format!("reading /proc/{}/status: {e}", self.pid)))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| error("no VmRSS"))
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        "load_module {NCHAN_MODULE};
+# One process that serves (no master): what is pinned and measured, and nothing is orphaned
+# when it is stopped.
+master_process off;
+worker_rlimit_nofile 65536;
+daemon off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 60000; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  nchan_max_reserved_memory 512M;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location ~ ^/pub/(\\w+)$ {{
+      nchan_publisher;
+      nchan_channel_id $1;
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 1h;
+    }}
+    location ~ ^/sub/(\\w+)$ {{
+      nchan_subscriber;
+      nchan_channel_id $1;
+      nchan_subscriber_first_message newest;
+    }}
+  }}
+}}
+"
+    )
+}
+
+fn cpu_of(pid: &str) -> Result<Duration, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| error(format!("reading /proc/{pid}/stat: {e}")))?;
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// A TCP connection from the `n`th of many 127.0.x.y source addresses, so that per-address
+/// limits and ephemeral ports never bind.
+async fn connect_from(n: usize, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let host = 2 + (n / 1000) as u8;
+    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, host));
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Every scheduled send time (`t=` followed by digits) in `bytes`, as latencies recorded now.
+fn record(bytes: &[u8], histogram: &mut Histogram<u64>, seen: &AtomicU64) {
+    let now = now_us();
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(2).position(|w| w == b"t=") {
+        let start = at + found + 2;
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(bytes.len(), |e| start + e);
+        if let Some(sent) =
+            std::str::from_utf8(&bytes[start..end]).ok().and_then(|t| t.parse::<u64>().ok())
+        {
+            let _ = histogram.record(now.saturating_sub(sent).max(1));
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+        at = end;
+    }
+}
+
+/// Opens one subscriber and returns once it is subscribed; it then counts what arrives until
+/// `until`, recording latencies.
+async fn subscribe(
+    server: &Server,
+    transport: Transport,
+    n: usize,
+    seen: Arc<AtomicU64>,
+) -> Result<tokio::task::JoinHandle<Histogram<u64>>, Error> {
+    let addr = server.addr;
+    let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    match transport {
+        Transport::Sse => {
+            let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
+            let request = format!(
+                "GET {} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n",
+                server.sse_path()
+            );
+            stream.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
+            // Wait for the response head, so the subscription is in place.
+            let mut buf = vec![0u8; 8192];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut buf).await.map_err(|e| error(e.to_string()))?;
+                if read == 0 {
+                    return Err(error("the server closed an event stream"));
+                }
+                head.extend_from_slice(&buf[..read]);
+            }
+            Ok(tokio::spawn(async move {
+                let mut h = histogram();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => record(&buf[..read], &mut h, &seen),
+                    }
+                }
+                h
+            }))
+        }
+        Transport::Ws => {
+            let stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
+            let url = match server.peer {
+                Peer::Pushpull => format!("ws://{addr}/v1/ws"),
+                Peer::Nchan => format!("ws://{addr}/sub/bench"),
+            };
+            let (mut socket, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .map_err(|e| error(format!("websocket: {e}")))?;
+            if server.peer == Peer::Pushpull {
+                let subscribe = r#"{"op":"subscribe","id":"s","topic":"bench"}"#;
+                socket.send(WsMessage::text(subscribe)).await.map_err(|e| error(e.to_string()))?;
+                // The answer says the subscription is in place.
+                match socket.next().await {
+                    Some(Ok(WsMessage::Text(text))) if text.contains("subscribed") => {}
+                    other => return Err(error(format!("no subscribed answer: {other:?}"))),
+                }
+            }
+            Ok(tokio::spawn(async move {
+                let mut h = histogram();
+                while let Some(Ok(message)) = socket.next().await {
+                    if let WsMessage::Text(text) = &message {
+                        record(text.as_bytes(), &mut h, &seen);
+                    }
+                }
+                h
+            }))
+        }
+        Transport::Longpoll => {
+            let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
+            let peer = server.peer;
+            Ok(tokio::spawn(async move {
+                let mut h = histogram();
+                let mut cursor = "latest".to_owned();
+                let (mut etag, mut modified) = (String::new(), String::new());
+                loop {
+                    let request = match peer {
+                        Peer::Pushpull => format!(
+                            "GET /v1/topics/bench/messages?after={cursor}&wait=30 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+                        ),
+                        Peer::Nchan if etag.is_empty() => {
+                            format!("GET /sub/bench HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                        }
+                        Peer::Nchan => format!(
+                            "GET /sub/bench HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\nIf-Modified-Since: {modified}\r\n\r\n"
+                        ),
+                    };
+                    if stream.write_all(request.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    let Ok((headers, body)) = read_response(&mut stream).await else { break };
+                    record(&body, &mut h, &seen);
+                    match peer {
+                        Peer::Pushpull => {
+                            if let Some(next) = json_field(&body, "next") {
+                                cursor = next;
+                            }
+                        }
+                        Peer::Nchan => {
+                            etag = header(&headers, "etag").unwrap_or_default();
+                            modified = header(&headers, "last-modified").unwrap_or_default();
+                        }
+                    }
+                }
+                h
+            }))
+        }
+    }
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}
+
+fn json_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let key = format!("\"{name}\":\"");
+    let start = text.rfind(&key)? + key.len();
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_owned())
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body.
+async fn read_response(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Error> {
+    let mut data = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize =
+                header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = data[end + 4..].to_vec();
+            while body.len() < length {
+                let read = stream.read(&mut buf).await.map_err(|e| error(e.to_string()))?;
+                if read == 0 {
+                    return Err(error("closed mid-body"));
+                }
+                body.extend_from_slice(&buf[..read]);
+            }
+            return Ok((head, body));
+        }
+        let read = stream.read(&mut buf).await.map_err(|e| error(e.to_string()))?;
+        if read == 0 {
+            return Err(error("closed"));
+        }
+        data.extend_from_slice(&buf[..read]);
+    }
+}
+
+/// Publishes `rate` messages a second for `seconds`, each carrying its scheduled send time, over
+/// a few keep-alive connections; returns how many were published.
+async fn publish(server: &Server, rate: u64, seconds: u64) -> Result<u64, Error> {
+    const CONNECTIONS: usize = 8;
+    let (free, mut take) = tokio::sync::mpsc::channel::<TcpStream>(CONNECTIONS);
+    for n in 0..CONNECTIONS {
+        let stream =
+            connect_from(60_000 + n, server.addr).await.map_err(|e| error(e.to_string()))?;
+        free.send(stream).await.map_err(|_| error("publisher pool"))?;
+    }
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = tokio::time::Instant::now();
+    let path = server.publish_path();
+    let addr = server.addr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let due = started + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due).await;
+        let scheduled = now_us().saturating_sub(due.elapsed().as_micros() as u64);
+        let mut stream = take.recv().await.ok_or_else(|| error("publisher pool"))?;
+        let free = free.clone();
+        tasks.spawn(async move {
+            let body = format!("t={scheduled} n={n} padding-to-a-typical-small-message");
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let ok = stream.write_all(request.as_bytes()).await.is_ok()
+                && read_response(&mut stream).await.is_ok();
+            let _ = free.send(stream).await;
+            ok
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let mut published = total;
+    while let Some(result) = tasks.join_next().await {
+        if !result.unwrap_or(false) {
+            published -= 1;
+        }
+    }
+    Ok(published)
+}
+
+/// Runs one workload against a fresh server of `peer` on `core`.
+pub(crate) async fn run_once(
+    peer: Peer,
+    workload: &Workload,
+    core: usize,
+) -> Result<Measured, Error> {
+    let server = Server::start(peer, core).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = server.rss()?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(workload.subscribers);
+    for n in 0..workload.subscribers {
+        let reader = tokio::time::timeout(
+            Duration::from_secs(20),
+            subscribe(&server, workload.transport, n, seen.clone()),
+        )
+        .await
+        .map_err(|_| error("a subscriber did not open in time"))??;
+        readers.push(reader);
+    }
+    // Let the subscriptions settle (long polls are held), then measure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = server.rss()?;
+    let mut measured = Measured {
+        rss_per_connection_kb: rss_idle.saturating_sub(rss_before) as f64
+            / workload.subscribers.max(1) as f64
+            / 1024.0,
+        ..Measured::default()
+    };
+    if workload.rate > 0 {
+        let own_before = cpu_of("self")?;
+        let cpu_before = server.cpu()?;
+        let wall = Instant::now();
+        let published = publish(&server, workload.rate, workload.seconds).await?;
+        measured.expected = published * workload.subscribers as u64;
+        // Wait for stragglers, up to two seconds.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.load(Ordering::Relaxed) < measured.expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu = server.cpu()?.saturating_sub(cpu_before);
+        let own = cpu_of("self")?.saturating_sub(own_before);
+        measured.deliveries = seen.load(Ordering::Relaxed);
+        measured.cpu_per_delivery_us = cpu.as_secs_f64() * 1e6 / measured.deliveries.max(1) as f64;
+        measured.deliveries_per_cpu_second =
+            measured.deliveries as f64 / cpu.as_secs_f64().max(f64::MIN_POSITIVE);
+        measured.generator_cpu_share = own.as_secs_f64() / wall.elapsed().as_secs_f64();
+    }
+    // Stopping the server ends every subscriber, which hands back its histogram.
+    server.stop().await;
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    for reader in readers {
+        if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(5), reader).await {
+            let _ = merged.add(&h);
+        }
+    }
+    measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
+    measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
+    Ok(measured)
+}
+
+/// The workloads of the comparison; `scale` divides subscriber counts (for a quick look).
+pub(crate) fn workloads(seconds: u64, scale: usize) -> Vec<Workload> {
+    let w = |name: &str, transport, subscribers: usize, rate| Workload {
+        name: name.to_owned(),
+        transport,
+        subscribers: (subscribers / scale).max(1),
+        rate,
+        seconds,
+    };
+    vec![
+        w("SSE, 1,000 subscribers, 100 messages/s", Transport::Sse, 1000, 100),
+        w("WebSocket, 1,000 subscribers, 100 messages/s", Transport::Ws, 1000, 100),
+        w("SSE, 1,000 subscribers, 200 messages/s", Transport::Sse, 1000, 200),
+        w("WebSocket, 1,000 subscribers, 200 messages/s", Transport::Ws, 1000, 200),
+        w("WebSocket overload, 1,000 subscribers, 600 messages/s", Transport::Ws, 1000, 600),
+        w("long polling, 1,000 clients, 20 messages/s", Transport::Longpoll, 1000, 20),
+        w("idle SSE, 5,000 subscribers", Transport::Sse, 5000, 0),
+        w("idle WebSocket, 5,000 subscribers", Transport::Ws, 5000, 0),
+        w("idle long polling, 5,000 clients", Transport::Longpoll, 5000, 0),
+    ]
+}
+
+/// Runs every workload `rounds` times against both servers, interleaved (pushpull, Nchan,
+/// pushpull, Nchan, …), each server a fresh process on `core`, and prints the medians.
+pub(crate) async fn compare(
+    rounds: usize,
+    seconds: u64,
+    scale: usize,
+    core: usize,
+    only: Option<String>,
+) -> Result<(), Error> {
+    println!(
+        "| workload | measure | pushpull median (min–max) | Nchan median (min–max) | pushpull / Nchan |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    for workload in workloads(seconds, scale) {
+        if only.as_deref().is_some_and(|only| !workload.name.contains(only)) {
+            continue;
+        }
+        let mut results: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (i, peer) in [Peer::Pushpull, Peer::Nchan].into_iter().enumerate() {
+                eprintln!("bench peers: {} — {} — round {}", workload.name, peer.name(), round + 1);
+                let measured = run_once(peer, &workload, core).await?;
+                eprintln!("bench peers:   {measured:?}");
+                results[i].push(measured);
+            }
+        }
+        let rows: Vec<Row> = if workload.rate == 0 {
+            vec![("memory per connection", |m| m.rss_per_connection_kb, "KB")]
+        } else if workload.name.contains("overload") {
+            vec![
+                ("deliveries per CPU-second", |m| m.deliveries_per_cpu_second / 1000.0, "k/s"),
+                (
+                    "delivered / expected",
+                    |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0,
+                    "%",
+                ),
+                ("latency p99", |m| m.p99_ms, "ms"),
+            ]
+        } else {
+            vec![
+                ("server CPU per delivery", |m| m.cpu_per_delivery_us, "µs"),
+                ("latency p50", |m| m.p50_ms, "ms"),
+                ("latency p99", |m| m.p99_ms, "ms"),
+                (
+                    "delivered / expected",
+                    |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0,
+                    "%",
+                ),
+                ("load generator CPU (of one core)", |m| m.generator_cpu_share * 100.0, "%"),
+            ]
+        };
+        for (measure, get, unit) in rows {
+            let ours = summary(&results[0], get);
+            let theirs = summary(&results[1], get);
+            let ratio =
+                if theirs.0 > 0.0 { format!("{:.2}×", ours.0 / theirs.0) } else { "–".into() };
+            println!(
+                "| {} | {measure} | {:.2} {unit} ({:.2}–{:.2}) | {:.2} {unit} ({:.2}–{:.2}) | {ratio} |",
+                workload.name, ours.0, ours.1, ours.2, theirs.0, theirs.1, theirs.2
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A line of the table: what is measured, how to read it from a run, its unit.
+type Row = (&'static str, fn(&Measured) -> f64, &'static str);
+
+/// Median, min and max.
+fn summary(runs: &[Measured], get: fn(&Measured) -> f64) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = runs.iter().map(get).collect();
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (values[values.len() / 2], values[0], values[values.len() - 1])
+}
