@@ -21,7 +21,7 @@ pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
-    Capabilities, Delivery, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,
+    Capabilities, Delivery, Encodings, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,
     MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, RESERVED_EVENT_PREFIX,
     Receipt, millis_since_unix_epoch, time_from_millis,
 };

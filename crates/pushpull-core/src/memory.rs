@@ -339,7 +339,11 @@ impl TopicLog {
         limit: usize,
     ) -> Result<Page> {
         let state = self.state.read().expect("log lock");
-        let first = state.first_retained(retention, SystemTime::now());
+        // The clock is read only when messages expire by age.
+        let first = match retention.max_age {
+            None => state.first,
+            Some(_) => state.first_retained(retention, SystemTime::now()),
+        };
         let last = state.next - 1;
         let mut gap = None;
         let position = match cursor {

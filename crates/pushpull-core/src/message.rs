@@ -1,6 +1,8 @@
 //! What is published and what is delivered.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -126,6 +128,7 @@ impl Publication {
             event: self.event,
             content_type: self.content_type,
             payload: self.payload,
+            encodings: Encodings::default(),
         }
     }
 }
@@ -162,7 +165,66 @@ pub struct Message {
     pub content_type: Option<Arc<str>>,
     /// The payload.
     pub payload: Bytes,
+    /// Its wire encodings, each made once and shared by every clone: a message pushed to a
+    /// thousand subscribers is encoded once per format, not a thousand times.
+    pub encodings: Encodings,
 }
+
+/// The wire encodings of one [`Message`], made on first use and shared by all its clones (so
+/// by every subscriber reading it from a broker's log). Each transport's format has a slot.
+/// Not part of the message's value: two messages that differ only here are equal.
+#[derive(Clone, Default)]
+pub struct Encodings(Arc<[OnceLock<Box<dyn Any + Send + Sync>>; Encodings::SLOTS]>);
+
+impl Encodings {
+    /// How many formats can be cached per message.
+    pub const SLOTS: usize = 6;
+    /// The Server-Sent Events slot.
+    pub const SSE: usize = 0;
+    /// The WebSocket text frame slot.
+    pub const WEBSOCKET: usize = 1;
+    /// The chunked stream's NDJSON record slot.
+    pub const STREAM_NDJSON: usize = 2;
+    /// The chunked stream's binary record header slot.
+    pub const STREAM_BINARY: usize = 3;
+    /// Slots free for other transports.
+    pub const OTHER: [usize; 2] = [4, 5];
+
+    /// The encoding in `slot`, made by `encode` if this is its first use: any cheaply cloned
+    /// value (`Bytes`, a ready-made frame). A slot out of range, or holding a value of another
+    /// type, encodes every time.
+    pub fn get_or_encode<T>(&self, slot: usize, encode: impl FnOnce() -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let Some(cell) = self.0.get(slot) else { return encode() };
+        if let Some(stored) = cell.get() {
+            return match stored.downcast_ref::<T>() {
+                Some(value) => value.clone(),
+                None => encode(),
+            };
+        }
+        let value = encode();
+        // Another reader may have stored it meanwhile; either encoding is the same.
+        let _ = cell.set(Box::new(value.clone()));
+        value
+    }
+}
+
+impl fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let made = self.0.iter().filter(|cell| cell.get().is_some()).count();
+        write!(f, "Encodings({made} made)")
+    }
+}
+
+impl PartialEq for Encodings {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Encodings {}
 
 impl Message {
     /// The cursor that stands just after this message.
@@ -177,7 +239,7 @@ impl Message {
 
     /// The same message with an empty payload (its labels and position only).
     pub fn with_empty_payload(&self) -> Message {
-        Message { payload: Bytes::new(), ..self.clone() }
+        Message { payload: Bytes::new(), encodings: Encodings::default(), ..self.clone() }
     }
 
     /// The payload as text, if it is valid UTF-8.
@@ -391,5 +453,25 @@ mod tests {
         assert!(err.to_string().contains("0x0a"), "{err}");
         let err = Publication::new("x").event("").validate(10).unwrap_err();
         assert!(err.to_string().contains("empty"));
+    }
+
+    #[test]
+    fn an_encoding_is_made_once_and_shared_by_every_clone() {
+        let topic = Topic::new("t").unwrap();
+        let message = Publication::new("hello").into_message(topic, Epoch::from_u64(1), Offset(1));
+        let clone = message.clone();
+        let made = std::cell::Cell::new(0);
+        let encode = || {
+            made.set(made.get() + 1);
+            Bytes::from_static(b"encoded")
+        };
+        assert_eq!(message.encodings.get_or_encode(Encodings::SSE, encode), "encoded");
+        assert_eq!(clone.encodings.get_or_encode(Encodings::SSE, encode), "encoded");
+        assert_eq!(made.get(), 1, "the clone took the first encoding");
+        // Another type in the same slot is never confused with it: it is made each time.
+        assert_eq!(clone.encodings.get_or_encode(Encodings::SSE, || 7u32), 7);
+        // Equality ignores encodings.
+        let fresh = Message { encodings: Encodings::default(), ..message.clone() };
+        assert_eq!(message, fresh);
     }
 }

@@ -2,6 +2,7 @@
 //! streaming servers share.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use pushpull_core::{Delivery, Subscription};
+use tokio::time::{Instant, Sleep};
 
 use crate::{Body, Held, Shutdown};
 
@@ -44,6 +46,8 @@ pub fn push_response(
     let content_type = format.content_type;
     let state = Pushing {
         queue: VecDeque::from([format.first.clone()]),
+        heartbeat: Box::pin(tokio::time::sleep(format.heartbeat)),
+        last_write: Instant::now(),
         subscription,
         format,
         shutdown,
@@ -64,6 +68,10 @@ struct Pushing {
     shutdown: Shutdown,
     /// Chunks decided but not yet written.
     queue: VecDeque<Bytes>,
+    /// One timer for the stream's life, re-armed only when it fires: a delivery costs no timer.
+    heartbeat: Pin<Box<Sleep>>,
+    /// When the last chunk was handed over.
+    last_write: Instant,
     _open: Held,
 }
 
@@ -72,19 +80,32 @@ impl Pushing {
         if let Some(chunk) = self.queue.pop_front() {
             return Some((Frame::data(chunk), self));
         }
-        tokio::select! {
-            delivery = self.subscription.next() => match delivery? {
-                Ok(delivery) => self.queue.extend((self.format.encode)(&delivery)),
-                Err(error) => {
-                    tracing::warn!(%error, "push response ended by a broker error");
-                    return None;
+        loop {
+            tokio::select! {
+                delivery = self.subscription.next() => match delivery? {
+                    Ok(delivery) => {
+                        self.queue.extend((self.format.encode)(&delivery));
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "push response ended by a broker error");
+                        return None;
+                    }
+                },
+                () = self.heartbeat.as_mut() => {
+                    let due = self.last_write + self.format.heartbeat;
+                    if Instant::now() >= due {
+                        self.queue.push_back(self.format.heartbeat_chunk.clone());
+                        self.heartbeat.as_mut().reset(Instant::now() + self.format.heartbeat);
+                        break;
+                    }
+                    // Deliveries went out since it was armed: silent for less than a beat.
+                    self.heartbeat.as_mut().reset(due);
                 }
-            },
-            () = tokio::time::sleep(self.format.heartbeat) => {
-                self.queue.push_back(self.format.heartbeat_chunk.clone());
+                () = self.shutdown.wait() => return None,
             }
-            () = self.shutdown.wait() => return None,
         }
+        self.last_write = Instant::now();
         let chunk = self.queue.pop_front()?;
         Some((Frame::data(chunk), self))
     }

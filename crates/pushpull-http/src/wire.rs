@@ -117,6 +117,7 @@ impl MessageJson {
             event: self.event.map(Into::into),
             content_type: self.content_type.map(Into::into),
             payload,
+            encodings: Default::default(),
         })
     }
 }

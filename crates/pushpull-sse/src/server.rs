@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Method;
-use pushpull_core::{Broker, Cursor, Delivery, Error, ErrorKind};
+use pushpull_core::{Broker, Cursor, Delivery, Encodings, Error, ErrorKind};
 use pushpull_http::{
     Gauge, HandlerResult, HttpRequest, Params, PushFormat, Route, Router, Shutdown, push_response,
     query_params, request,
@@ -110,7 +110,10 @@ impl Streams {
             first: preamble(subscription.cursor(), self.config.retry),
             encode: Box::new(|delivery| {
                 vec![match delivery {
-                    Delivery::Message(message) => encode_message(message),
+                    // Encoded once per message, shared by every stream that pushes it.
+                    Delivery::Message(message) => {
+                        message.encodings.get_or_encode(Encodings::SSE, || encode_message(message))
+                    }
                     Delivery::Gap(gap) => encode_gap(gap),
                 }]
             }),

@@ -314,6 +314,7 @@ pub fn decode_event(topic: &Topic, event: Event) -> Result<Delivery, Error> {
         event: event_type,
         content_type: event.extension(CONTENT_TYPE_FIELD).map(Into::into),
         payload,
+        encodings: Default::default(),
     }))
 }
 

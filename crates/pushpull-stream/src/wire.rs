@@ -16,7 +16,7 @@
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Gap, Message};
+use pushpull_core::{Cursor, Delivery, Encodings, Error, ErrorKind, Gap, Message};
 use pushpull_http::wire::{GapJson, MessageJson};
 use serde::{Deserialize, Serialize};
 
@@ -106,20 +106,24 @@ pub fn encode_plain(record: &Record, framing: Framing) -> Bytes {
 
 fn encode_message(message: &Message, framing: Framing) -> Vec<Bytes> {
     match framing {
-        Framing::Ndjson => {
+        // Encoded once per message, shared by every stream that pushes it.
+        Framing::Ndjson => vec![message.encodings.get_or_encode(Encodings::STREAM_NDJSON, || {
             let mut line = serde_json::to_vec(&Record::Message(MessageJson::from_message(message)))
                 .expect("records encode");
             line.push(b'\n');
-            vec![Bytes::from(line)]
-        }
+            Bytes::from(line)
+        })],
         Framing::Binary => {
-            let header = serde_json::to_vec(&Record::Message(MessageJson::header_of(message)))
-                .expect("records encode");
-            let mut head = BytesMut::with_capacity(header.len() + 12);
-            head.put_u32(header.len() as u32);
-            head.put_slice(&header);
-            head.put_u64(message.payload.len() as u64);
-            let mut chunks = vec![head.freeze()];
+            let head = message.encodings.get_or_encode(Encodings::STREAM_BINARY, || {
+                let header = serde_json::to_vec(&Record::Message(MessageJson::header_of(message)))
+                    .expect("records encode");
+                let mut head = BytesMut::with_capacity(header.len() + 12);
+                head.put_u32(header.len() as u32);
+                head.put_slice(&header);
+                head.put_u64(message.payload.len() as u64);
+                head.freeze()
+            });
+            let mut chunks = vec![head];
             let payload = &message.payload;
             chunks.extend(
                 (0..payload.len())

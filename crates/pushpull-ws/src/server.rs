@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Broker, Cursor, Delivery, Error, SubscriptionSet, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, Encodings, Error, SubscriptionSet, Topic};
 use pushpull_http::{
     Gauge, Grant, HandlerResult, HttpRequest, Params, Right, Route, Router, Shutdown,
 };
@@ -130,7 +130,8 @@ impl Sockets {
                         .read_buffer_size(server.config.read_buffer)
                         .max_message_size(Some(server.config.max_message_size))
                         .max_frame_size(Some(server.config.max_message_size))
-                        .write_buffer_size(0)
+                        // Frames gather until a batch is flushed (one write for many).
+                        .write_buffer_size(WRITE_BATCH_BYTES)
                         .max_write_buffer_size(
                             server.config.write_buffer + server.config.max_message_size,
                         );
@@ -295,9 +296,7 @@ impl Session {
                     self.heard = Instant::now();
                     self.on_frame(&mut socket, message).await
                 }
-                Event::Delivery(key, delivery) => {
-                    self.on_delivery(&mut socket, key, delivery).await
-                }
+                Event::Delivery(key, delivery) => self.deliver(&mut socket, key, delivery).await,
                 Event::Tick if self.heard.elapsed() > config.idle_timeout => {
                     Err(Some(Ending::new(
                         close::IDLE_TIMEOUT,
@@ -470,21 +469,43 @@ impl Session {
         self.grant.as_ref().map_or(Ok(()), |grant| grant.check(right))
     }
 
-    async fn on_delivery(
+    /// Sends `delivery` and every other one ready right now (up to [`MAX_BATCH`]), then
+    /// flushes once: one write for a burst, under one deadline for the peer to take it.
+    async fn deliver(
         &mut self,
         socket: &mut Socket,
         key: Key,
         delivery: Option<Result<Delivery, Error>>,
     ) -> Result<(), Option<Ending>> {
-        let write_timeout = self.server.config.write_timeout;
+        let deadline = Instant::now() + self.server.config.write_timeout;
+        let mut next = Some((key, delivery));
+        let mut batch = 0;
+        while let Some((key, delivery)) = next.take() {
+            self.queue_delivery(socket, key, delivery, deadline).await?;
+            batch += 1;
+            if batch < MAX_BATCH && !self.subscriptions.is_empty() {
+                next = self.subscriptions.next().now_or_never();
+            }
+        }
+        within(deadline, socket.flush()).await
+    }
+
+    /// Queues the frames of one delivery (or of the subscription's end) without flushing.
+    async fn queue_delivery(
+        &mut self,
+        socket: &mut Socket,
+        key: Key,
+        delivery: Option<Result<Delivery, Error>>,
+        deadline: Instant,
+    ) -> Result<(), Option<Ending>> {
         let reason = match delivery {
             Some(Ok(delivery)) => {
-                let frame = wire::delivery_frame(&delivery, key.1.as_deref());
-                return send_frame(socket, frame, write_timeout).await;
+                let message = pushed(&delivery, key.1.as_deref());
+                return within(deadline, socket.feed(message)).await;
             }
             Some(Err(error)) => {
                 let reply = wire::error_reply(None, Some(&key.0), key.1.as_deref(), &error);
-                send_frame(socket, wire::reply_frame(&reply), write_timeout).await?;
+                within(deadline, socket.feed(ws_message(wire::reply_frame(&reply)))).await?;
                 error.message().to_owned()
             }
             None => "the broker ended it".to_owned(),
@@ -492,7 +513,46 @@ impl Session {
         self.subscriptions.remove(&key);
         let (topic, sub) = key;
         let ended = Reply::Unsubscribed { id: None, topic, sub, reason: Some(reason) };
-        send_frame(socket, wire::reply_frame(&ended), write_timeout).await
+        within(deadline, socket.feed(ws_message(wire::reply_frame(&ended)))).await
+    }
+}
+
+/// The most deliveries sent in one batch before a flush.
+const MAX_BATCH: usize = 64;
+/// Frames gather in the socket's buffer up to this many bytes before it writes on its own.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
+/// The message pushing `delivery` to the subscription named `sub`. The first subscription to
+/// a topic on a socket is unnamed, so its frames are the same for every subscriber: they are
+/// made once per message and shared.
+fn pushed(delivery: &Delivery, sub: Option<&str>) -> WsMessage {
+    match (delivery, sub) {
+        (Delivery::Message(message), None) => {
+            message.encodings.get_or_encode(Encodings::WEBSOCKET, || {
+                ws_message(wire::delivery_frame(delivery, None))
+            })
+        }
+        _ => ws_message(wire::delivery_frame(delivery, sub)),
+    }
+}
+
+fn ws_message(frame: Frame) -> WsMessage {
+    match frame {
+        Frame::Text(text) => WsMessage::Text(text.into()),
+        Frame::Binary(bytes) => WsMessage::Binary(bytes),
+    }
+}
+
+/// Runs a socket operation with `deadline` for the peer to make room; past it the peer is a
+/// slow consumer.
+async fn within<F>(deadline: Instant, operation: F) -> Result<(), Option<Ending>>
+where
+    F: std::future::Future<Output = Result<(), WsError>>,
+{
+    match tokio::time::timeout_at(deadline, operation).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(Ending::new(close::SLOW_CONSUMER, "the peer stopped reading"))),
     }
 }
 
@@ -505,11 +565,7 @@ async fn send_frame(
     frame: Frame,
     timeout: Duration,
 ) -> Result<(), Option<Ending>> {
-    let message = match frame {
-        Frame::Text(text) => WsMessage::Text(text.into()),
-        Frame::Binary(bytes) => WsMessage::Binary(bytes),
-    };
-    send(socket, message, timeout).await
+    send(socket, ws_message(frame), timeout).await
 }
 
 /// Sends one message, waiting at most `timeout` for the peer to take it.
@@ -518,23 +574,11 @@ async fn send(
     message: WsMessage,
     timeout: Duration,
 ) -> Result<(), Option<Ending>> {
-    match tokio::time::timeout(timeout, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(None),
-        Err(_) => {
-            Err(Some(Ending::new(close::SLOW_CONSUMER, format!("nothing read for {timeout:?}"))))
-        }
-    }
+    within(Instant::now() + timeout, socket.send(message)).await
 }
 
 async fn flush(socket: &mut Socket, timeout: Duration) -> Result<(), Option<Ending>> {
-    match tokio::time::timeout(timeout, socket.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(None),
-        Err(_) => {
-            Err(Some(Ending::new(close::SLOW_CONSUMER, format!("nothing read for {timeout:?}"))))
-        }
-    }
+    within(Instant::now() + timeout, socket.flush()).await
 }
 
 /// Completes the closing handshake within [`CLOSING_GRACE`]: sends our Close (`frame`, when the

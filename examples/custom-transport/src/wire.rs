@@ -169,6 +169,7 @@ impl WireMessage {
             event: self.event.map(Into::into),
             content_type: self.content_type.map(Into::into),
             payload: Bytes::from(payload),
+            encodings: Default::default(),
         })
     }
 }
