@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use pushpull::{Error, ErrorKind};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The servers compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,21 +269,81 @@ fn now_us() -> u64 {
 /// Every scheduled send time (`t=` followed by digits) in `bytes`, as latencies recorded now.
 fn record(bytes: &[u8], histogram: &mut Histogram<u64>, seen: &AtomicU64) {
     let now = now_us();
-    let mut at = 0;
-    while let Some(found) = bytes[at..].windows(2).position(|w| w == b"t=") {
-        let start = at + found + 2;
-        let end = bytes[start..]
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .map_or(bytes.len(), |e| start + e);
-        if let Some(sent) =
-            std::str::from_utf8(&bytes[start..end]).ok().and_then(|t| t.parse::<u64>().ok())
-        {
+    let mut count = 0;
+    for found in memchr::memmem::find_iter(bytes, b"t=") {
+        let digits = bytes[found + 2..].iter().take_while(|b| b.is_ascii_digit());
+        let sent = digits.fold(0u64, |n, b| n.wrapping_mul(10).wrapping_add(u64::from(b - b'0')));
+        if sent > 0 {
             let _ = histogram.record(now.saturating_sub(sent).max(1));
-            seen.fetch_add(1, Ordering::Relaxed);
+            count += 1;
         }
-        at = end;
     }
+    if count > 0 {
+        seen.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// WebSocket frames from a server (unmasked), read from a growing buffer.
+#[derive(Default)]
+struct Frames {
+    buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    start: usize,
+}
+
+impl Frames {
+    /// Reads more bytes; 0 at the end of the stream.
+    async fn fill(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<usize, Error> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let mut chunk = [0u8; 16 * 1024];
+        let read = reader.read(&mut chunk).await.map_err(|e| error(e.to_string()))?;
+        self.buf.extend_from_slice(&chunk[..read]);
+        Ok(read)
+    }
+
+    /// The next whole frame's opcode and where its payload is in `buf`, if it has arrived.
+    fn next(&mut self) -> Option<(u8, std::ops::Range<usize>)> {
+        let buf = &self.buf[self.start..];
+        if buf.len() < 2 {
+            return None;
+        }
+        let opcode = buf[0] & 0x0f;
+        let (len, at) = match buf[1] & 0x7f {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+            127 if buf.len() >= 10 => {
+                (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10)
+            }
+            126 | 127 => return None,
+            short => (usize::from(short), 2),
+        };
+        if buf.len() < at + len {
+            return None;
+        }
+        let payload = self.start + at..self.start + at + len;
+        self.start += at + len;
+        Some((opcode, payload))
+    }
+}
+
+/// A client frame (masked, as RFC 6455 requires of clients) of `opcode` carrying `payload`.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x17, 0xc3, 0x2e];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// Opens one subscriber and returns once it is subscribed; it then counts what arrives until
@@ -328,31 +386,78 @@ async fn subscribe(
             }))
         }
         Transport::Ws => {
+            // The handshake and frames by hand: server frames are unmasked and simple, and a
+            // general-purpose client costs the generator more CPU than the server under test.
             let stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
-            let url = match server.peer {
-                Peer::Pushpull => format!("ws://{addr}/v1/ws"),
-                Peer::Nchan => format!("ws://{addr}/sub/bench"),
+            let (mut reader, mut writer) = stream.into_split();
+            let path = match server.peer {
+                Peer::Pushpull => "/v1/ws",
+                Peer::Nchan => "/sub/bench",
             };
-            let (mut socket, _) = tokio_tungstenite::client_async(url, stream)
-                .await
-                .map_err(|e| error(format!("websocket: {e}")))?;
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            );
+            writer.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
+            let mut frames = Frames::default();
+            let head_end = loop {
+                if let Some(end) = memchr::memmem::find(&frames.buf, b"\r\n\r\n") {
+                    break end + 4;
+                }
+                if frames.fill(&mut reader).await? == 0 {
+                    return Err(error("the server closed during the WebSocket handshake"));
+                }
+            };
+            if !frames.buf.starts_with(b"HTTP/1.1 101") {
+                let head = String::from_utf8_lossy(&frames.buf[..head_end]).into_owned();
+                return Err(error(format!("the WebSocket upgrade was refused: {head}")));
+            }
+            frames.start = head_end;
             if server.peer == Peer::Pushpull {
-                let subscribe = r#"{"op":"subscribe","id":"s","topic":"bench"}"#;
-                socket.send(WsMessage::text(subscribe)).await.map_err(|e| error(e.to_string()))?;
+                let subscribe = br#"{"op":"subscribe","id":"s","topic":"bench"}"#;
+                writer
+                    .write_all(&client_frame(0x1, subscribe))
+                    .await
+                    .map_err(|e| error(e.to_string()))?;
                 // The answer says the subscription is in place.
-                match socket.next().await {
-                    Some(Ok(WsMessage::Text(text))) if text.contains("subscribed") => {}
-                    other => return Err(error(format!("no subscribed answer: {other:?}"))),
+                loop {
+                    match frames.next() {
+                        Some((0x1, payload))
+                            if memchr::memmem::find(
+                                &frames.buf[payload.clone()],
+                                b"subscribed",
+                            )
+                            .is_some() =>
+                        {
+                            break;
+                        }
+                        Some(_) => {}
+                        None if frames.fill(&mut reader).await? == 0 => {
+                            return Err(error("no subscribed answer"));
+                        }
+                        None => {}
+                    }
                 }
             }
             Ok(tokio::spawn(async move {
                 let mut h = histogram();
-                while let Some(Ok(message)) = socket.next().await {
-                    if let WsMessage::Text(text) = &message {
-                        record(text.as_bytes(), &mut h, &seen);
+                loop {
+                    while let Some((opcode, payload)) = frames.next() {
+                        match opcode {
+                            0x1 => record(&frames.buf[payload], &mut h, &seen),
+                            0x8 => return h,
+                            0x9 => {
+                                let pong = client_frame(0xA, &frames.buf[payload]);
+                                let _ = writer.write_all(&pong).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    match frames.fill(&mut reader).await {
+                        Ok(0) | Err(_) => return h,
+                        Ok(_) => {}
                     }
                 }
-                h
             }))
         }
         Transport::Longpoll => {

@@ -48,7 +48,7 @@ impl Default for ServerConfig {
             max_subscriptions: 100,
             max_message_size: 8 * 1024 * 1024,
             write_buffer: 256 * 1024,
-            read_buffer: 8 * 1024,
+            read_buffer: 1024,
             max_bad_frames: 16,
             max_limit: 1000,
             allowed_origins: Vec::new(),
