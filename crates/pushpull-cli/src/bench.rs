@@ -213,27 +213,13 @@ impl ServerProcess {
     /// Resident memory, in bytes, from /proc.
     fn rss(&self) -> Result<u64, Error> {
         let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| bench_error(format!("reading /proc/{pid}/status: {e} (Linux only)")))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| bench_error("no VmRSS line".into()))
+        crate::peers::rss_of(pid)
     }
 
     /// CPU time (user and system) used so far, from /proc.
     fn cpu(&self) -> Result<Duration, Error> {
         let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_err(|e| bench_error(format!("reading /proc/{pid}/stat: {e} (Linux only)")))?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-        // Linux reports these in clock ticks of 1/100 s on every common configuration.
-        Ok(Duration::from_millis(ticks * 10))
+        crate::peers::cpu_of(&pid.to_string())
     }
 
     /// Peak resident memory, in bytes, from /proc.

@@ -185,14 +185,7 @@ impl Server {
     }
 
     fn rss(&self) -> Result<u64, Error> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .map_err(|e| error(format!("reading /proc/{}/status: {e}", self.pid)))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| error("no VmRSS"))
+        rss_of(self.pid)
     }
 
     async fn stop(mut self) {
@@ -240,7 +233,20 @@ http {{
     )
 }
 
-fn cpu_of(pid: &str) -> Result<Duration, Error> {
+/// Resident memory of process `pid`, in bytes, from /proc.
+pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| error(format!("reading /proc/{pid}/status: {e} (Linux only)")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| error("no VmRSS line"))
+}
+
+/// CPU time (user and system) used so far by process `pid` (or `self`), from /proc.
+pub(crate) fn cpu_of(pid: &str) -> Result<Duration, Error> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| error(format!("reading /proc/{pid}/stat: {e}")))?;
     let fields: Vec<&str> =
