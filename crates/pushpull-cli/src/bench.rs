@@ -84,6 +84,13 @@ pub(crate) enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Webhook deliveries a second to a local sink against h2load's raw request rate to it
+    /// (h2load from Debian's nghttp2-client).
+    Webhooks {
+        /// Messages delivered (and requests h2load makes).
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -125,6 +132,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Soak { minutes, per_transport, redis } => {
             crate::soak::run(minutes, per_transport, redis).await
         }
+        Bench::Webhooks { messages } => webhooks(messages).await,
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
@@ -630,5 +638,99 @@ async fn fanout(
         ms(cpu),
         cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64
     );
+    Ok(())
+}
+
+/// Webhook deliveries a second to a local sink, against `h2load`'s raw request rate to the same
+/// sink in the same run (one connection, one request at a time: a webhook endpoint receives its
+/// messages in order, one at a time).
+async fn webhooks(messages: usize) -> Result<(), Error> {
+    use std::sync::atomic::AtomicUsize;
+    // The sink: answers every POST with 204 and counts them.
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let route = pushpull_http::Route::new(http::Method::POST, "/hook", move |request, _| {
+        let counter = counter.clone();
+        async move {
+            let _ = pushpull_http::request::body(request, 1 << 20, Duration::from_secs(10)).await?;
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut response = http::Response::new(pushpull_http::empty());
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+    });
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| bench_error(e.to_string()))?;
+    let sink = pushpull_http::spawn(
+        listener,
+        pushpull_http::Router::new().with([route]),
+        pushpull_http::ServeConfig::default(),
+    )
+    .map_err(|e| bench_error(e.to_string()))?;
+    let hook = format!("http://{}/hook", sink.local_addr());
+
+    // h2load, HTTP/1.1, one connection, one request at a time, a body like a delivery's.
+    let body = std::env::temp_dir().join(format!("pushpull-bench-body-{}", std::process::id()));
+    let sample = r#"{"type":"message","timestamp":"2026-11-26T00:00:00Z","data":{"topic":"bench","cursor":"0000000000000001-1","offset":1,"data":"{\"tick\":1,\"price\":100.01}"}}"#;
+    std::fs::write(&body, sample).map_err(|e| bench_error(e.to_string()))?;
+    let output = Command::new("h2load")
+        .args(["--h1", "-c", "1", "-m", "1", "-n", &messages.to_string()])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", "content-type: application/json", &hook])
+        .output()
+        .await
+        .map_err(|e| bench_error(format!("cannot run h2load (Debian's nghttp2-client): {e}")))?;
+    let _ = std::fs::remove_file(&body);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let raw = text
+        .lines()
+        .find_map(|line| line.split(", ").find_map(|part| part.strip_suffix(" req/s")))
+        .and_then(|rate| rate.trim().parse::<f64>().ok())
+        .ok_or_else(|| bench_error(format!("no req/s in h2load's output: {text}")))?;
+
+    // pushpull: the messages are published first, then an endpoint registered from the
+    // beginning receives them as fast as it delivers.
+    let server = ServerProcess::start_with(&[
+        ("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true".to_owned()),
+        // Every message stays in the log until it is delivered.
+        ("PUSHPULL_BROKER__RETENTION__MAX_MESSAGES", messages.max(1).to_string()),
+    ])
+    .await?;
+    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let topic = Topic::new("bench.webhooks")?;
+    for n in 0..messages {
+        let payload = format!("{{\"tick\":{n},\"price\":{:.2}}}", 100.0 + n as f64 / 100.0);
+        publisher.publish(&topic, Publication::new(payload)).await?;
+    }
+    received.store(0, Ordering::Relaxed);
+    let registration =
+        serde_json::json!({ "url": hook, "topics": [topic.as_str()], "after": "beginning" });
+    let started = Instant::now();
+    let mut stream =
+        TcpStream::connect(server.addr).await.map_err(|e| bench_error(e.to_string()))?;
+    let body = registration.to_string();
+    let request = format!(
+        "POST /v1/webhooks HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| bench_error(e.to_string()))?;
+    tokio::time::timeout(STEP, async {
+        while received.load(Ordering::Relaxed) < messages {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        let got = received.load(Ordering::Relaxed);
+        bench_error(format!("{got} of {messages} deliveries arrived in {STEP:?}"))
+    })?;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "| messages | h2load to the sink (req/s) | webhook deliveries to the sink (/s) | ratio |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!("| {messages} | {raw:.0} | {rate:.0} | {:.0} % |", rate / raw * 100.0);
     Ok(())
 }

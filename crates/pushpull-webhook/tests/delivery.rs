@@ -167,6 +167,23 @@ async fn https_endpoints_are_delivered_to_when_their_certificate_is_trusted() {
 }
 
 #[tokio::test]
+async fn deliveries_reuse_one_kept_alive_connection() {
+    let (server, broker) = start(fast(ServerConfig::default())).await;
+    let endpoint_server = fake(vec![200], Duration::ZERO).await;
+    register(server.local_addr(), format!("http://{}/hook", endpoint_server.addr), "latest").await;
+    for n in 0..20 {
+        publish(&broker, &format!("m{n}")).await;
+    }
+    until("all delivered", async || endpoint_server.got.lock().unwrap().len() == 20).await;
+    // One connection for twenty deliveries (each opened its own before).
+    assert_eq!(endpoint_server._server.stats().accepted_connections(), 1);
+    let got = endpoint_server.got.lock().unwrap().clone();
+    let order: Vec<&str> =
+        got.iter().map(|(_, body)| body["data"]["data"].as_str().unwrap()).collect();
+    assert_eq!(order, (0..20).map(|n| format!("m{n}")).collect::<Vec<_>>(), "in order");
+}
+
+#[tokio::test]
 async fn exhausted_messages_are_dead_and_skipped_or_paused() {
     let (server, broker) = start(fast(ServerConfig::default())).await;
     let failing = fake(vec![500, 500, 500, 200], Duration::ZERO).await;

@@ -32,7 +32,13 @@ pub(super) struct Worker {
     pub(super) endpoint: Arc<Endpoint>,
     pub(super) server: Hooks,
     pub(super) subscriptions: SubscriptionSet,
+    /// The kept-alive connection to the endpoint, when its last answer allowed one: every
+    /// attempt after the first reuses it instead of resolving, checking and connecting again.
+    pub(super) connection: Option<Connection>,
 }
+
+/// A connection to an endpoint's checked address.
+pub(super) type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Worker {
     pub(super) async fn run(mut self) {
@@ -74,11 +80,17 @@ impl Worker {
         let mut attempt = 0usize;
         loop {
             let delay = jitter(schedule[attempt]);
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = control.wait_for(|c| *c == Control::Stop) => return false,
+            // A zero delay sends at once: a timer, even of zero, waits for the timer wheel's
+            // next tick (a millisecond), which capped an endpoint at under 1,000 deliveries/s.
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = control.wait_for(|c| *c == Control::Stop) => return false,
+                }
+            } else if *control.borrow() == Control::Stop {
+                return false;
             }
-            match try_once(&self.endpoint, &self.server, &id, &body).await {
+            match try_once(&self.endpoint, &self.server, &mut self.connection, &id, &body).await {
                 Attempt::Delivered => {
                     {
                         let mut state = self.endpoint.state.lock().expect("state lock");
@@ -190,30 +202,68 @@ async fn save_status(hooks: &Hooks, endpoint: &Endpoint, status: Status) {
     }
 }
 
-/// One attempt, under the attempt timeout.
+/// One attempt, under the attempt timeout: over the kept-alive `connection` if there is one
+/// (and, if it turns out closed, at once over a new one: receivers de-duplicate by webhook-id),
+/// else over a new connection.
 pub(super) async fn try_once(
     endpoint: &Endpoint,
     server: &Hooks,
+    connection: &mut Option<Connection>,
     id: &str,
     body: &Bytes,
 ) -> Attempt {
     let timeout = server.config.attempt_timeout;
-    match tokio::time::timeout(timeout, send(endpoint, server, id, body)).await {
+    let attempt = async {
+        if let Some(mut kept) = connection.take() {
+            if kept.ready().await.is_ok() {
+                match post(&mut kept, endpoint, id, body).await {
+                    Posted::Answered(outcome, reusable) => {
+                        *connection = reusable.then_some(kept);
+                        return outcome;
+                    }
+                    Posted::Broken(reason) => {
+                        tracing::debug!(%reason, "a kept-alive webhook connection broke; reconnecting");
+                    }
+                }
+            }
+        }
+        let mut fresh = match connect(endpoint, server).await {
+            Ok(fresh) => fresh,
+            Err(outcome) => return outcome,
+        };
+        match post(&mut fresh, endpoint, id, body).await {
+            Posted::Answered(outcome, reusable) => {
+                *connection = reusable.then_some(fresh);
+                outcome
+            }
+            Posted::Broken(reason) => Attempt::Failed { reason, retry_after: None },
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
         Err(_) => {
+            *connection = None;
             Attempt::Failed { reason: format!("no answer within {timeout:?}"), retry_after: None }
         }
     }
 }
 
-/// Resolves, checks, connects and posts one signed delivery.
-pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &Bytes) -> Attempt {
+/// What one request on a connection came to.
+enum Posted {
+    /// An answer, and whether the connection may carry the next request.
+    Answered(Attempt, bool),
+    /// No answer: the connection failed.
+    Broken(String),
+}
+
+/// Resolves and checks the endpoint's address, and connects to the address that was checked.
+async fn connect(endpoint: &Endpoint, server: &Hooks) -> Result<Connection, Attempt> {
     let target = &endpoint.url;
     let failed = |reason: String| Attempt::Failed { reason, retry_after: None };
-    // Resolved and checked again at every attempt: a name may change what it points to.
+    // Resolved and checked again for every connection: a name may change what it points to.
     let addr = match server.policy().resolve(&target.host, target.port).await {
         Ok(addr) => addr,
-        Err(error) => return failed(error.message().to_owned()),
+        Err(error) => return Err(failed(error.message().to_owned())),
     };
     // To the address just checked, never resolved again; TLS checks the certificate against
     // the endpoint's host name.
@@ -221,14 +271,21 @@ pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &B
     let tls = target.https.then_some((&server.tls, ALPN));
     let stream = match pushpull_http::tls::ClientStream::connect(addr, &target.host, tls).await {
         Ok(stream) => stream,
-        Err(error) => return failed(format!("cannot connect to {addr}: {error}")),
+        Err(error) => return Err(failed(format!("cannot connect to {addr}: {error}"))),
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(error) => return failed(format!("HTTP handshake with {addr} failed: {error}")),
-        };
+    let (sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(error) => return Err(failed(format!("HTTP handshake with {addr} failed: {error}"))),
+    };
     tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Posts one signed delivery on `sender` and reads the answer.
+async fn post(sender: &mut Connection, endpoint: &Endpoint, id: &str, body: &Bytes) -> Posted {
+    let target = &endpoint.url;
     let timestamp = wire::unix_now();
     let signatures = {
         let secrets = endpoint.secrets.lock().expect("secrets lock");
@@ -249,25 +306,34 @@ pub(super) async fn send(endpoint: &Endpoint, server: &Hooks, id: &str, body: &B
         .body(Full::new(body.clone()));
     let request = match request {
         Ok(request) => request,
-        Err(error) => return failed(format!("cannot build the request: {error}")),
+        Err(error) => {
+            let reason = format!("cannot build the request: {error}");
+            return Posted::Answered(Attempt::Failed { reason, retry_after: None }, false);
+        }
     };
     let response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(error) => return failed(format!("request to {addr} failed: {error}")),
+        Err(error) => return Posted::Broken(format!("request to {} failed: {error}", target.text)),
     };
     let status = response.status();
     let retry_after = pushpull_http::retry_after(&response);
-    // Read (a bounded amount of) the answer so the connection ends cleanly.
-    let _ = tokio::time::timeout(
+    let closing = response
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    // Read (a bounded amount of) the answer: all of it, for the connection to carry the next.
+    let read = tokio::time::timeout(
         Duration::from_secs(1),
         http_body_util::Limited::new(response.into_body(), 64 * 1024).collect(),
     )
     .await;
-    match status.as_u16() {
+    let reusable = !closing && matches!(read, Ok(Ok(_)));
+    let outcome = match status.as_u16() {
         200..=299 => Attempt::Delivered,
         410 => Attempt::Gone,
         code => Attempt::Failed { reason: format!("the endpoint answered {code}"), retry_after },
-    }
+    };
+    Posted::Answered(outcome, reusable)
 }
 
 /// ±10 % jitter, so endpoints failing together do not retry together.

@@ -352,7 +352,10 @@ impl Hooks {
         tracing::info!(endpoint = %record.id, node = %self.node, "delivering");
         let hooks = self.clone();
         tokio::spawn(async move {
-            Worker { endpoint: endpoint.clone(), server: hooks.clone(), subscriptions }.run().await;
+            let server = hooks.clone();
+            Worker { endpoint: endpoint.clone(), server, subscriptions, connection: None }
+                .run()
+                .await;
             hooks.finished(&endpoint).await;
         });
     }
