@@ -196,7 +196,7 @@ impl AuthLayer {
             return Verdict::Pass(None);
         }
         let verifier = &self.verifier;
-        let grant = match token_of(headers, query, verifier) {
+        let (grant, anonymous) = match token_of(headers, query, verifier) {
             Err(refusal) => return Verdict::Answer(Stop::Refuse(refusal)),
             Ok(Some((_, Source::Cookie))) if matches!(need, Need::Publish(_)) => {
                 return Verdict::Answer(Stop::Refuse(Refusal::missing(
@@ -205,11 +205,11 @@ impl AuthLayer {
                 )));
             }
             Ok(Some((token, _))) => match verifier.verify(&token) {
-                Ok(grant) => grant,
+                Ok(grant) => (grant, false),
                 Err(refusal) => return Verdict::Answer(Stop::Refuse(refusal)),
             },
             Ok(None) => match verifier.anonymous() {
-                Some(anonymous) if need != Need::AnyToken => anonymous.clone(),
+                Some(anonymous) if need != Need::AnyToken => (anonymous.clone(), true),
                 Some(anonymous) => return Verdict::Pass(Some(anonymous.clone())),
                 None => {
                     return Verdict::Answer(Stop::Refuse(Refusal::missing(format!(
@@ -240,6 +240,12 @@ impl AuthLayer {
                     Need::Subscribe(topic) => Right::Subscribe(topic).to_string(),
                     _ => Right::Admin.to_string(),
                 };
+                if anonymous {
+                    // No token at all: the answer is "authenticate", not "forbidden".
+                    return Verdict::Answer(Stop::Refuse(Refusal::missing(format!(
+                        "{method} {path} needs a token granting {scope}"
+                    ))));
+                }
                 Verdict::Answer(Stop::Refuse(Refusal::from_error(&error, scope)))
             }
         }

@@ -67,3 +67,28 @@ async fn the_layer_guards_an_application_service_and_hands_on_the_grant() {
     let (status, _) = get(addr, "/v1/health", None).await;
     assert_eq!(status, 404, "passed through to the service, which has no such route");
 }
+
+#[tokio::test]
+async fn anonymous_rights_open_some_topics_to_requests_without_a_token() {
+    let route = Route::new(Method::GET, "/v1/topics/{topic}/summary", |_, _| async {
+        Ok(pushpull_http::json(StatusCode::OK, b"{}".to_vec()))
+    });
+    let config = AuthConfig {
+        keys: vec![KeyConfig::hs256(None, SECRET)],
+        anonymous: pushpull_auth::Rights {
+            subscribe: vec!["public:*".into()],
+            ..Default::default()
+        },
+        ..AuthConfig::default()
+    };
+    let service = AuthLayer::new(&config).unwrap().layer(Router::new().with([route]));
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let server = pushpull_http::spawn(listener, service, ServeConfig::default()).unwrap();
+    let addr = server.local_addr();
+    assert_eq!(get(addr, "/v1/topics/public:news/summary", None).await.0, 200);
+    let (status, reply) = get(addr, "/v1/topics/private/summary", None).await;
+    assert_eq!(status, 401, "without a token and without an anonymous right: {reply}");
+    assert!(reply.contains("www-authenticate: Bearer realm=\"pushpull\"\r\n"), "{reply}");
+    // A bad token is still refused, anonymous rights or not.
+    assert_eq!(get(addr, "/v1/topics/public:news/summary", Some("not.a.token")).await.0, 401);
+}
