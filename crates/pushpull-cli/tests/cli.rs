@@ -126,6 +126,22 @@ fn client_errors_are_clear_and_exit_with_2() {
 }
 
 #[test]
+fn serve_with_tls_prints_an_https_url() {
+    let ca = pushpull_chaos::TestCa::new().unwrap();
+    let config = ca.dir().join("tls.toml");
+    let text = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        ca.cert_file().display().to_string(),
+        ca.key_file().display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, url) = support::serve(&["--config", config.to_str().unwrap()], &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+}
+
+#[test]
 fn bad_config_files_name_the_key() {
     let dir = std::env::temp_dir().join(format!("pushpull-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

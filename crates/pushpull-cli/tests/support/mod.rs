@@ -32,7 +32,7 @@ pub fn serve(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let line = rx.recv_timeout(LIMIT).expect("serve printed its address");
     let url = line
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_owned();
     (child, url)
