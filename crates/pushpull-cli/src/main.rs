@@ -92,6 +92,11 @@ enum Command {
     /// Measure the transports side by side against a server on 127.0.0.1.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Print a completion script for a shell: `pushpull completions bash > /etc/bash_completion.d/pushpull`.
+    Completions {
+        /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
+        shell: clap_complete::Shell,
+    },
     /// Follow a topic; prints one message per line until Ctrl-C (or `--count`).
     Subscribe {
         /// The topic.
@@ -149,6 +154,11 @@ async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Bench(bench) => bench::run(bench).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "pushpull", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Publish { topic, data, event, content_type, connection } => {
             let topic = Topic::new(topic)?;
             let payload = match data.as_deref() {

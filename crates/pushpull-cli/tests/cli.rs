@@ -142,6 +142,26 @@ fn serve_with_tls_prints_an_https_url() {
 }
 
 #[test]
+fn completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_pushpull"))
+            .args(["completions", shell])
+            .output()
+            .expect("run pushpull");
+        assert!(output.status.success(), "{shell}: {}", text(&output.stderr));
+        let script = text(&output.stdout);
+        for command in ["serve", "publish", "fetch", "subscribe", "bench", "peers"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_pushpull"))
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run pushpull");
+    assert_eq!(refused.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
 fn bad_config_files_name_the_key() {
     let dir = std::env::temp_dir().join(format!("pushpull-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
