@@ -92,8 +92,10 @@ fn router_with_stats(
         pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
     })?;
     let health = health_route(broker, transports(config), gauges);
-    let mut router =
-        router.with(health).with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()));
+    let mut router = router
+        .with(health)
+        .with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()))
+        .with_access_log(config.http.access_log);
     if let Some(auth) = &config.auth {
         router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
     }

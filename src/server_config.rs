@@ -166,6 +166,9 @@ pub struct HttpConfig {
     /// The most connections open at once from one client address (IPv4, or an IPv6 /64);
     /// more are answered 429 and closed.
     pub max_connections_per_address: usize,
+    /// Log one line per request (target `pushpull::access`: method, path without the query,
+    /// status, time to the response head, peer address).
+    pub access_log: bool,
 }
 
 impl Default for HttpConfig {
@@ -178,6 +181,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             max_connections: serve.max_connections,
             max_connections_per_address: serve.max_connections_per_address,
+            access_log: false,
         }
     }
 }

@@ -36,7 +36,7 @@ pub use router::{
     BoxError, Guard, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
 };
 pub use serve::{
-    ConnectionHold, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,
+    ConnectionHold, PeerAddr, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,
     serve_until, spawn, spawn_with_stats,
 };
 pub use tls::TlsFiles;

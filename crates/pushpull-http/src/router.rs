@@ -117,6 +117,7 @@ pub struct Router {
     cors: Arc<Cors>,
     shutdown: Option<Shutdown>,
     guard: Option<Arc<dyn Guard>>,
+    access_log: bool,
 }
 
 /// Judges each request before a [`Router`] routes it: what an auth layer plugs in with
@@ -158,6 +159,13 @@ impl Router {
         self
     }
 
+    /// Logs one line per request at `info` on the target `pushpull::access`: method, path
+    /// (never the query, which may hold a token), status, time to the response head, peer.
+    pub fn with_access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
     /// Judges every request with `guard` before routing it (preflights aside).
     pub fn with_guard(mut self, guard: Arc<dyn Guard>) -> Self {
         self.guard = Some(guard);
@@ -170,7 +178,28 @@ impl Router {
     }
 
     /// Answers one request, with CORS headers when the router allows its origin.
-    pub async fn handle(&self, mut request: HttpRequest) -> Response<Body> {
+    pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
+        if !self.access_log {
+            return self.answer(request).await;
+        }
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let peer = crate::PeerAddr::of(&request);
+        let response = self.answer(request).await;
+        tracing::info!(
+            target: "pushpull::access",
+            %method,
+            path,
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+            "request"
+        );
+        response
+    }
+
+    async fn answer(&self, mut request: HttpRequest) -> Response<Body> {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let judged = match &self.guard {
             None => Ok(None),

@@ -138,6 +138,19 @@ struct WithShutdown<S> {
     signal: Shutdown,
     stats: Arc<ServerStats>,
     hold: Option<ConnectionHold>,
+    peer: Option<PeerAddr>,
+}
+
+/// The client address of the connection that carried a request, which the serve loop puts in
+/// each request's extensions (for access logs and per-client decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl PeerAddr {
+    /// The peer of `request`, if a pushpull server served it.
+    pub fn of<B>(request: &Request<B>) -> Option<SocketAddr> {
+        request.extensions().get::<PeerAddr>().map(|peer| peer.0)
+    }
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
@@ -153,6 +166,9 @@ where
         request.extensions_mut().insert(self.signal.clone());
         if let Some(hold) = &self.hold {
             request.extensions_mut().insert(hold.clone());
+        }
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
         }
         self.inner.call(request)
     }
@@ -298,8 +314,13 @@ pub async fn serve_until<S, B>(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let (shutting_down, signal) = watch::channel(false);
-    let service =
-        WithShutdown { inner: service, signal: Shutdown(signal), stats: stats.clone(), hold: None };
+    let service = WithShutdown {
+        inner: service,
+        signal: Shutdown(signal),
+        stats: stats.clone(),
+        hold: None,
+        peer: None,
+    };
     let addresses = Arc::new(AddressCounts::default());
     tokio::pin!(shutdown);
     loop {
@@ -339,6 +360,7 @@ pub async fn serve_until<S, B>(
         let stats = stats.clone();
         connections.spawn(async move {
             service.hold = Some(hold.clone());
+            service.peer = Some(PeerAddr(peer));
             let _open = (hold, from);
             let timeout = config.header_read_timeout;
             if config.tls.is_none() && !request_begins(&stream, timeout).await {

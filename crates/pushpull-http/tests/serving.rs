@@ -157,3 +157,50 @@ async fn at_the_connection_limit_new_clients_wait_until_one_closes() {
     let answer = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A writer into a shared buffer, for capturing log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_has_a_line_per_request_and_never_the_query() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runtime has one thread, so the server's tasks log into this subscriber.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let server =
+        pushpull_http::spawn(listener, hello().with_access_log(true), ServeConfig::default())
+            .unwrap();
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /hello?access_token=s3cr3t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log.lines().find(|l| l.contains("pushpull::access")).expect("an access line");
+    assert!(line.contains("method=GET") && line.contains("path=\"/hello\""), "{line}");
+    assert!(line.contains("status=200") && line.contains("peer=\"127.0.0.1:"), "{line}");
+    assert!(!log.contains("s3cr3t"), "a token in the query is never logged: {log}");
+}
