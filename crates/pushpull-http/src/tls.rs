@@ -67,8 +67,31 @@ impl TlsFiles {
 }
 
 /// The client configuration trusting the system's roots plus, if given, the certificate
-/// authorities in the PEM file `ca_file` (a private CA). No ALPN: callers set their own.
+/// authorities in the PEM file `ca_file` (a private CA). No ALPN: see [`with_alpn`]. Without a
+/// CA file the configuration is built once per process and shared.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<RustlsClientConfig>, Error> {
+    static DEFAULT: OnceLock<Arc<RustlsClientConfig>> = OnceLock::new();
+    match ca_file {
+        None => {
+            if let Some(config) = DEFAULT.get() {
+                return Ok(config.clone());
+            }
+            let config = build_client_config(None)?;
+            Ok(DEFAULT.get_or_init(|| config).clone())
+        }
+        Some(path) => build_client_config(Some(path)),
+    }
+}
+
+/// `config` offering `alpn` (such as `http/1.1`): made once where a client is set up, not per
+/// connection.
+pub fn with_alpn(config: &Arc<RustlsClientConfig>, alpn: &[&[u8]]) -> Arc<RustlsClientConfig> {
+    let mut with_alpn = (**config).clone();
+    with_alpn.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(with_alpn)
+}
+
+fn build_client_config(ca_file: Option<&Path>) -> Result<Arc<RustlsClientConfig>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(system_roots().iter().cloned());
     if let Some(path) = ca_file {
@@ -132,28 +155,21 @@ pub enum ClientStream {
 
 impl ClientStream {
     /// Connects to `addr` and, with `tls`, handshakes as a client of `host` (the name the
-    /// certificate must carry). `alpn` is offered as is.
+    /// certificate must carry), offering the configuration's ALPN (see [`with_alpn`]).
     pub async fn connect(
         addr: impl tokio::net::ToSocketAddrs,
         host: &str,
-        tls: Option<(&Arc<RustlsClientConfig>, &[&[u8]])>,
+        tls: Option<&Arc<RustlsClientConfig>>,
     ) -> io::Result<ClientStream> {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        let Some((config, alpn)) = tls else {
+        let Some(config) = tls else {
             return Ok(ClientStream::Plain(stream));
         };
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?
             .to_owned();
-        let config = if alpn.is_empty() {
-            config.clone()
-        } else {
-            let mut with_alpn = (**config).clone();
-            with_alpn.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Arc::new(with_alpn)
-        };
-        let connector = tokio_rustls::TlsConnector::from(config);
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         Ok(ClientStream::Tls(Box::new(connector.connect(name, stream).await?)))
     }
 }

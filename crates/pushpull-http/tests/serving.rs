@@ -40,7 +40,8 @@ async fn https_speaks_http2_to_clients_that_offer_it_and_http1_to_the_rest() {
 
     // ALPN h2: HTTP/2 on the one connection.
     const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
-    let stream = ClientStream::connect(addr, "localhost", Some((&roots, BOTH))).await.unwrap();
+    let roots = pushpull_http::tls::with_alpn(&roots, BOTH);
+    let stream = ClientStream::connect(addr, "localhost", Some(&roots)).await.unwrap();
     let ClientStream::Tls(tls) = &stream else { panic!("a TLS stream") };
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
@@ -86,11 +87,12 @@ async fn a_tls_client_that_handshakes_and_says_nothing_is_cut_off() {
     let ca = TestCa::new().unwrap();
     let config = ServeConfig { header_read_timeout: Duration::from_millis(500), ..tls(&ca) };
     let server = serve(config).await;
-    let roots = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
     const H2: &[&[u8]] = &[b"h2"];
+    let roots = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
+    let roots = pushpull_http::tls::with_alpn(&roots, H2);
     let started = tokio::time::Instant::now();
     let mut stream =
-        ClientStream::connect(server.local_addr(), "localhost", Some((&roots, H2))).await.unwrap();
+        ClientStream::connect(server.local_addr(), "localhost", Some(&roots)).await.unwrap();
     let mut buf = [0u8; 64];
     // The server's TLS session ticket may arrive first; then the connection ends.
     loop {

@@ -267,8 +267,7 @@ async fn connect(endpoint: &Endpoint, server: &Hooks) -> Result<Connection, Atte
     };
     // To the address just checked, never resolved again; TLS checks the certificate against
     // the endpoint's host name.
-    const ALPN: &[&[u8]] = &[b"http/1.1"];
-    let tls = target.https.then_some((&server.tls, ALPN));
+    let tls = target.https.then_some(&server.tls);
     let stream = match pushpull_http::tls::ClientStream::connect(addr, &target.host, tls).await {
         Ok(stream) => stream,
         Err(error) => return Err(failed(format!("cannot connect to {addr}: {error}"))),

@@ -63,7 +63,10 @@ impl WebhookServer {
         store: Arc<dyn EndpointStore>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let tls = pushpull_http::tls::client_config(config.ca_file.as_deref())?;
+        let tls = pushpull_http::tls::with_alpn(
+            &pushpull_http::tls::client_config(config.ca_file.as_deref())?,
+            &[b"http/1.1"],
+        );
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
         let hooks = Hooks {
             broker,
@@ -130,7 +133,7 @@ impl pushpull_http::TransportServer for WebhookServer {
 #[derive(Clone)]
 struct Hooks {
     broker: Arc<dyn Broker>,
-    /// How `https://` endpoints are reached.
+    /// How `https://` endpoints are reached (offering `http/1.1`).
     tls: Arc<pushpull_http::tls::RustlsClientConfig>,
     config: Arc<ServerConfig>,
     store: Arc<dyn EndpointStore>,

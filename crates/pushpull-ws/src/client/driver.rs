@@ -26,7 +26,7 @@ type Socket = WebSocketStream<ClientStream>;
 /// The task that owns the socket.
 pub(super) struct Driver {
     pub(super) url: String,
-    /// With `wss://`: the TLS settings.
+    /// With `wss://`: the TLS settings (offering `http/1.1`).
     pub(super) tls: Option<Arc<RustlsClientConfig>>,
     /// The token the server refused (it closed with [`close::TOKEN_EXPIRED`]); renewed before
     /// the next connection.
@@ -126,8 +126,7 @@ impl Driver {
         let host = request.uri().host().unwrap_or_default().to_owned();
         let port = request.uri().port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let config = WebSocketConfig::default().max_write_buffer_size(64 * 1024 * 1024);
-        const ALPN: &[&[u8]] = &[b"http/1.1"];
-        let tls = self.tls.as_ref().map(|tls| (tls, ALPN));
+        let tls = self.tls.as_ref();
         let connecting = async {
             let address = (host.trim_start_matches('[').trim_end_matches(']'), port);
             let stream = ClientStream::connect(address, &host, tls)

@@ -81,10 +81,11 @@ impl WsClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         let url = socket_url(&config.url)?;
         let tls = match url.starts_with("wss://") {
-            true => Some(
-                pushpull_http::tls::client_config(config.ca_file.as_deref())
+            true => Some(pushpull_http::tls::with_alpn(
+                &pushpull_http::tls::client_config(config.ca_file.as_deref())
                     .map_err(|e| e.with_transport(NAME))?,
-            ),
+                &[b"http/1.1"],
+            )),
             false => None,
         };
         let (commands, receiver) = mpsc::unbounded_channel();
