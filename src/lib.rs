@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod client_config;
+pub mod metrics;
 mod serve;
 mod server_config;
 

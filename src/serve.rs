@@ -33,6 +33,8 @@ fn router_with_stats(
     config: &ServerConfig,
     stats: Option<Arc<ServerStats>>,
 ) -> Result<Router, Error> {
+    // The recorder goes in before the servers are built: they look their counters up once.
+    let prometheus = if config.http.metrics { crate::metrics::prometheus() } else { None };
     let max_body = config.broker.max_payload;
     let publish = pushpull_http::publish_route(
         broker.clone(),
@@ -91,6 +93,10 @@ fn router_with_stats(
         let settings = config.transports.webhook.server.clone();
         pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
     })?;
+    let gauges = Arc::new(gauges);
+    if let Some(handle) = prometheus {
+        router = router.with([crate::metrics::route(handle, gauges.clone())]);
+    }
     let health = health_route(broker, transports(config), gauges);
     let mut router = router
         .with(health)
@@ -156,10 +162,9 @@ pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
 fn health_route(
     broker: Arc<dyn Broker>,
     transports: Vec<&'static str>,
-    gauges: Vec<(&'static str, Reading)>,
+    gauges: Arc<Vec<(&'static str, Reading)>>,
 ) -> [Route; 2] {
     let broker_name = broker.capabilities().name;
-    let gauges = Arc::new(gauges);
     let probe = broker.clone();
     let health = Route::new(Method::GET, "/v1/health", move |_, _| {
         let live: serde_json::Map<String, serde_json::Value> =

@@ -169,6 +169,8 @@ pub struct HttpConfig {
     /// Log one line per request (target `pushpull::access`: method, path without the query,
     /// status, time to the response head, peer address).
     pub access_log: bool,
+    /// Serve `GET /metrics` (Prometheus text format; with `[auth]`, for admin tokens only).
+    pub metrics: bool,
 }
 
 impl Default for HttpConfig {
@@ -182,6 +184,7 @@ impl Default for HttpConfig {
             max_connections: serve.max_connections,
             max_connections_per_address: serve.max_connections_per_address,
             access_log: false,
+            metrics: true,
         }
     }
 }

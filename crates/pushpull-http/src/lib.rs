@@ -5,6 +5,7 @@ mod cors;
 mod ends_at;
 mod gauge;
 mod grant;
+pub mod metrics;
 pub mod pages;
 mod publish;
 mod push;

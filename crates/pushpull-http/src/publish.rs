@@ -55,7 +55,8 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
             let content_type = header(header::CONTENT_TYPE, "Content-Type")?;
             let event = event_type(&query, &parts.headers)?;
             let publication = request::publication(payload, event.as_deref(), content_type, key);
-            let receipt = broker.publish(&topic, publication).await?;
+            let receipt =
+                crate::metrics::timed_publish("http", broker.publish(&topic, publication)).await?;
             Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
         }
     })

@@ -30,6 +30,8 @@ pub struct PushFormat {
     pub heartbeat_chunk: Bytes,
     /// How long the stream may stay silent.
     pub heartbeat: Duration,
+    /// Counts what the stream writes.
+    pub meter: crate::metrics::DeliveryMeter,
 }
 
 /// The streaming response for `subscription`, with `Cache-Control: no-cache` and
@@ -84,10 +86,14 @@ impl Pushing {
             tokio::select! {
                 delivery = self.subscription.next() => match delivery? {
                     Ok(delivery) => {
-                        self.queue.extend((self.format.encode)(&delivery));
+                        let chunks = (self.format.encode)(&delivery);
+                        self.format.meter.delivered(&delivery);
+                        self.format.meter.bytes(chunks.iter().map(Bytes::len).sum());
+                        self.queue.extend(chunks);
                         break;
                     }
                     Err(error) => {
+                        crate::metrics::broker_error("subscribe", &error);
                         tracing::warn!(%error, "push response ended by a broker error");
                         return None;
                     }

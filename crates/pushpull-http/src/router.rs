@@ -177,8 +177,15 @@ impl Router {
         &self.routes
     }
 
-    /// Answers one request, with CORS headers when the router allows its origin.
+    /// Answers one request, with CORS headers when the router allows its origin, within a
+    /// `request` span (at debug level) carrying the method, path, transport, topic and peer.
     pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
+        use tracing::Instrument;
+        let span = request_span(&request);
+        self.logged(request).instrument(span).await
+    }
+
+    async fn logged(&self, request: HttpRequest) -> Response<Body> {
         if !self.access_log {
             return self.answer(request).await;
         }
@@ -399,4 +406,39 @@ macro_rules! serve_with_router {
             }
         }
     };
+}
+
+/// The span of one request: what `tracing` events during it (and tasks it starts with
+/// `in_current_span`, such as a WebSocket session) carry.
+fn request_span(request: &HttpRequest) -> tracing::Span {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
+    let path = request.uri().path();
+    let (transport, topic) = transport_and_topic(request.method(), path, request.uri().query());
+    let peer = crate::PeerAddr::of(request).map(|p| p.to_string()).unwrap_or_default();
+    tracing::debug_span!("request", method = %request.method(), path, transport, topic, peer)
+}
+
+/// Which transport a request belongs to, judged by its path (`publish` and `api` for the
+/// shared routes), and the topic it names, if any.
+fn transport_and_topic<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+) -> (&'static str, &'a str) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "ws"] => ("ws", ""),
+        ["v1", "webhooks", ..] => ("webhook", ""),
+        ["v1", "topics", topic] if method == Method::POST => ("publish", topic),
+        ["v1", "topics", topic, "events"] => ("sse", topic),
+        ["v1", "topics", topic, "stream"] => ("stream", topic),
+        ["v1", "topics", topic, "messages"] => {
+            let waits = query
+                .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "wait"));
+            (if waits { "longpoll" } else { "poll" }, topic)
+        }
+        _ => ("api", ""),
+    }
 }

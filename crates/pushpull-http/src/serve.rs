@@ -358,41 +358,45 @@ pub async fn serve_until<S, B>(
         let from = addresses.enter(peer.ip());
         let over_limit = from.count() > config.max_connections_per_address.max(1);
         let stats = stats.clone();
-        connections.spawn(async move {
-            service.hold = Some(hold.clone());
-            service.peer = Some(PeerAddr(peer));
-            let _open = (hold, from);
-            let timeout = config.header_read_timeout;
-            if config.tls.is_none() && !request_begins(&stream, timeout).await {
-                return;
-            }
-            let io: Box<dyn Io> = match &config.tls {
-                None => Box::new(stream),
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => Box::new(FirstByteDeadline::new(tls, timeout)),
-                        Ok(Err(err)) => {
-                            tracing::debug!(%err, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
+        let span = tracing::debug_span!("connection", %peer);
+        connections.spawn(tracing::Instrument::instrument(
+            async move {
+                service.hold = Some(hold.clone());
+                service.peer = Some(PeerAddr(peer));
+                let _open = (hold, from);
+                let timeout = config.header_read_timeout;
+                if config.tls.is_none() && !request_begins(&stream, timeout).await {
+                    return;
                 }
-            };
-            if over_limit {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, "refusing a connection over the per-address limit");
-                refuse(io, config.max_connections_per_address).await;
-                return;
-            }
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
-            builder.http2().timer(TokioTimer::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(err = %err, "connection ended with an error");
-            }
-        });
+                let io: Box<dyn Io> = match &config.tls {
+                    None => Box::new(stream),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => Box::new(FirstByteDeadline::new(tls, timeout)),
+                            Ok(Err(err)) => {
+                                tracing::debug!(%err, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if over_limit {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "refusing a connection over the per-address limit");
+                    refuse(io, config.max_connections_per_address).await;
+                    return;
+                }
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
+                builder.http2().timer(TokioTimer::new());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                if let Err(err) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(err = %err, "connection ended with an error");
+                }
+            },
+            span,
+        ));
     }
     drop(listener);
     let _ = shutting_down.send(true);

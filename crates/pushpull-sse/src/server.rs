@@ -37,6 +37,7 @@ struct Streams {
     broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     open: Gauge,
+    meter: pushpull_http::metrics::DeliveryMeter,
 }
 
 impl std::fmt::Debug for Streams {
@@ -50,7 +51,8 @@ impl SseServer {
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
-        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
+        let meter = pushpull_http::metrics::DeliveryMeter::new(crate::NAME);
+        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new(), meter };
         let router = api.with(streams.routes());
         Ok(Self { streams, router })
     }
@@ -104,7 +106,11 @@ impl Streams {
     async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {
         let topic = request::topic(&params)?;
         let cursor = start_cursor(&req)?;
-        let subscription = self.broker.subscribe(&topic, cursor).await?;
+        let subscription = self
+            .broker
+            .subscribe(&topic, cursor)
+            .await
+            .inspect_err(|e| pushpull_http::metrics::broker_error("subscribe", e))?;
         let format = PushFormat {
             content_type: CONTENT_TYPE,
             first: preamble(subscription.cursor(), self.config.retry),
@@ -119,6 +125,7 @@ impl Streams {
             }),
             heartbeat_chunk: Bytes::from_static(HEARTBEAT),
             heartbeat: self.config.heartbeat,
+            meter: self.meter.clone(),
         };
         Ok(push_response(subscription, format, Shutdown::of(&req), self.open.hold()))
     }

@@ -37,6 +37,7 @@ struct Streams {
     broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
     open: Gauge,
+    meter: pushpull_http::metrics::DeliveryMeter,
 }
 
 impl std::fmt::Debug for Streams {
@@ -50,7 +51,8 @@ impl StreamServer {
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
         config.validate()?;
         let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
-        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new() };
+        let meter = pushpull_http::metrics::DeliveryMeter::new(crate::NAME);
+        let streams = Streams { broker, config: Arc::new(config), open: Gauge::new(), meter };
         let router = api.with(streams.routes());
         Ok(Self { streams, router })
     }
@@ -105,13 +107,18 @@ impl Streams {
         let cursor = request::cursor(&req, &query_params(&req), Cursor::Latest)?;
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let framing = Framing::from_accept(accept);
-        let subscription = self.broker.subscribe(&topic, cursor).await?;
+        let subscription = self
+            .broker
+            .subscribe(&topic, cursor)
+            .await
+            .inspect_err(|e| pushpull_http::metrics::broker_error("subscribe", e))?;
         let format = PushFormat {
             content_type: framing.content_type(),
             first: encode_plain(&Record::Start { cursor: subscription.cursor() }, framing),
             encode: Box::new(move |delivery| encode(delivery, framing)),
             heartbeat_chunk: encode_plain(&Record::Heartbeat, framing),
             heartbeat: self.config.heartbeat,
+            meter: self.meter.clone(),
         };
         Ok(push_response(subscription, format, Shutdown::of(&req), self.open.hold()))
     }

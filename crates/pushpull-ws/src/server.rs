@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::close;
 use crate::config::ServerConfig;
 use crate::wire::{self, Frame, Incoming, Reply, Request, SUBPROTOCOL};
+use pushpull_http::metrics::{self, DeliveryMeter};
+use tracing::Instrument;
 
 /// The route of the socket.
 pub const WS_PATH: &str = "/v1/ws";
@@ -45,7 +47,14 @@ impl WsServer {
         };
         let api = pushpull_http::api(broker.clone(), pages, None);
         let origins = Arc::new(pushpull_http::Cors::new(config.allowed_origins.iter().cloned()));
-        let sockets = Sockets { broker, config: Arc::new(config), origins, open: Gauge::new() };
+        let sockets = Sockets {
+            broker,
+            config: Arc::new(config),
+            origins,
+            open: Gauge::new(),
+            subscribed: Gauge::new(),
+            meter: DeliveryMeter::new(crate::NAME),
+        };
         let router = api.with(sockets.routes());
         Ok(Self { sockets, router })
     }
@@ -82,7 +91,11 @@ impl pushpull_http::TransportServer for WsServer {
 
     fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
         let open = self.sockets.open.clone();
-        vec![("ws_open_sockets", Box::new(move || open.get()))]
+        let subscribed = self.sockets.subscribed.clone();
+        vec![
+            ("ws_open_sockets", Box::new(move || open.get())),
+            ("ws_subscriptions", Box::new(move || subscribed.get())),
+        ]
     }
 }
 
@@ -95,6 +108,9 @@ struct Sockets {
     /// `config.allowed_origins`, ready to match.
     origins: Arc<pushpull_http::Cors>,
     open: Gauge,
+    /// Subscriptions on every socket.
+    subscribed: Gauge,
+    meter: DeliveryMeter,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -123,31 +139,35 @@ impl Sockets {
         let shutdown = Shutdown::of(&req);
         // What an auth layer granted, checked at every operation until it expires.
         let grant = pushpull_http::Grant::of(&req).cloned();
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let config = WebSocketConfig::default()
-                        .read_buffer_size(server.config.read_buffer)
-                        .max_message_size(Some(server.config.max_message_size))
-                        .max_frame_size(Some(server.config.max_message_size))
-                        // Frames gather until a batch is flushed (one write for many).
-                        .write_buffer_size(WRITE_BATCH_BYTES)
-                        .max_write_buffer_size(
-                            server.config.write_buffer + server.config.max_message_size,
-                        );
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    let _open = server.open.hold();
-                    let _connection = hold;
-                    Session::new(server.clone(), shutdown, grant).run(socket).await;
+        tokio::spawn(
+            async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let config = WebSocketConfig::default()
+                            .read_buffer_size(server.config.read_buffer)
+                            .max_message_size(Some(server.config.max_message_size))
+                            .max_frame_size(Some(server.config.max_message_size))
+                            // Frames gather until a batch is flushed (one write for many).
+                            .write_buffer_size(WRITE_BATCH_BYTES)
+                            .max_write_buffer_size(
+                                server.config.write_buffer + server.config.max_message_size,
+                            );
+                        let socket = WebSocketStream::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(config),
+                        )
+                        .await;
+                        let _open = server.open.hold();
+                        let _connection = hold;
+                        Session::new(server.clone(), shutdown, grant).run(socket).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
                 }
-                Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
             }
-        });
+            // The session logs within the upgrade request's span (transport, peer).
+            .in_current_span(),
+        );
         // Extensions (permessage-deflate, which browsers offer) are declined by not echoing them.
         let mut response = Response::new(pushpull_http::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -240,6 +260,8 @@ struct Session {
     grant: Option<Grant>,
     /// Keyed by topic and the subscription's name, if it has one.
     subscriptions: SubscriptionSet<Key>,
+    /// One unit of the server's subscription gauge per subscription.
+    counted: Vec<pushpull_http::Held>,
     bad_frames: u32,
     heard: Instant,
 }
@@ -262,6 +284,7 @@ impl Session {
             shutdown,
             grant,
             subscriptions: SubscriptionSet::new(),
+            counted: Vec::new(),
             bad_frames: 0,
             heard: Instant::now(),
         }
@@ -398,15 +421,21 @@ impl Session {
                         "at most {max} subscriptions per socket"
                     )));
                 }
-                let subscription = broker.subscribe(&key.0, cursor).await?;
+                let subscription = broker
+                    .subscribe(&key.0, cursor)
+                    .await
+                    .inspect_err(|e| metrics::broker_error("subscribe", e))?;
                 let cursor = subscription.cursor();
                 self.subscriptions.insert_as(key.clone(), subscription);
+                self.counted.push(self.server.subscribed.hold());
                 let (topic, sub) = key;
                 Ok(wire::reply_frame(&Reply::Subscribed { id, topic, sub, cursor }))
             }
             Request::Unsubscribe { id, topic, sub } => {
                 let key = (Topic::new(topic)?, sub);
-                if !self.subscriptions.remove(&key) {
+                if self.subscriptions.remove(&key) {
+                    self.counted.pop();
+                } else {
                     return Err(Error::bad_request(match &key.1 {
                         Some(sub) => format!("not subscribed to {} as {sub:?}", key.0),
                         None => format!("not subscribed to {}", key.0),
@@ -449,7 +478,9 @@ impl Session {
                     content_type.as_deref(),
                     key.as_deref(),
                 );
-                let receipt = broker.publish(&topic, publication).await?;
+                let receipt =
+                    metrics::timed_publish(crate::NAME, broker.publish(&topic, publication))
+                        .await?;
                 Ok(wire::reply_frame(&wire::published(&id, &receipt)))
             }
             Request::Fetch { id, topic, after, limit } => {
@@ -458,7 +489,10 @@ impl Session {
                 let cursor = parse_cursor(after.as_deref(), Cursor::Beginning)?;
                 let limit =
                     pushpull_http::request::page_limit(limit, 100, self.server.config.max_limit)?;
-                let page = broker.fetch(&topic, cursor, limit).await?;
+                let page = broker
+                    .fetch(&topic, cursor, limit)
+                    .await
+                    .inspect_err(|e| metrics::broker_error("fetch", e))?;
                 Ok(wire::page_frame(&id, &topic, &page))
             }
         }
@@ -501,16 +535,21 @@ impl Session {
         let reason = match delivery {
             Some(Ok(delivery)) => {
                 let message = pushed(&delivery, key.1.as_deref());
+                self.server.meter.delivered(&delivery);
+                self.server.meter.bytes(message.len());
                 return within(deadline, socket.feed(message)).await;
             }
             Some(Err(error)) => {
+                metrics::broker_error("subscribe", &error);
                 let reply = wire::error_reply(None, Some(&key.0), key.1.as_deref(), &error);
                 within(deadline, socket.feed(ws_message(wire::reply_frame(&reply)))).await?;
                 error.message().to_owned()
             }
             None => "the broker ended it".to_owned(),
         };
-        self.subscriptions.remove(&key);
+        if self.subscriptions.remove(&key) {
+            self.counted.pop();
+        }
         let (topic, sub) = key;
         let ended = Reply::Unsubscribed { id: None, topic, sub, reason: Some(reason) };
         within(deadline, socket.feed(ws_message(wire::reply_frame(&ended)))).await

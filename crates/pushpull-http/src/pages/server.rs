@@ -11,6 +11,7 @@ use pushpull_core::{Broker, Cursor, Error, Page, Topic};
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
 use crate::gauge::Gauge;
+use crate::metrics::{self, DeliveryMeter};
 use crate::request;
 use crate::response::{Body, json};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
@@ -40,20 +41,29 @@ pub struct Hold {
 /// dropped the moment its client hangs up. Without `hold`, `wait` is ignored and the answer
 /// has no `Pushpull-Wait-Ms`, which is how a long-polling client tells.
 pub fn page_route(broker: Arc<dyn Broker>, config: PageConfig, hold: Option<Hold>) -> Route {
-    let shared = Arc::new((broker, config, hold));
+    let meters =
+        Meters { poll: DeliveryMeter::new("poll"), longpoll: DeliveryMeter::new("longpoll") };
+    let shared = Arc::new((broker, config, hold, meters));
     Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
         async move {
-            let (broker, config, hold) = &*shared;
-            answer(&**broker, config, hold.as_ref(), req, params).await
+            let (broker, config, hold, meters) = &*shared;
+            answer(&**broker, config, hold.as_ref(), meters, req, params).await
         }
     })
+}
+
+/// The page route counts a request with a `wait` as long polling, any other as polling.
+struct Meters {
+    poll: DeliveryMeter,
+    longpoll: DeliveryMeter,
 }
 
 async fn answer(
     broker: &dyn Broker,
     config: &PageConfig,
     hold: Option<&Hold>,
+    meters: &Meters,
     req: HttpRequest,
     params: Params,
 ) -> HandlerResult {
@@ -62,14 +72,21 @@ async fn answer(
         Some(hold) => wait(&request, hold.max_wait)?,
         None => None,
     };
-    let page = broker.fetch(&request.topic, request.cursor, request.limit).await?;
-    let page = match (wait, hold) {
+    let page = broker
+        .fetch(&request.topic, request.cursor, request.limit)
+        .await
+        .inspect_err(|e| metrics::broker_error("fetch", e))?;
+    let (mut page, meter) = match (wait, hold) {
         (Some(wait), Some(hold)) if page.is_empty() && !wait.is_zero() => {
-            held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?
+            (held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?, &meters.longpoll)
         }
-        _ => page,
+        (Some(wait), Some(_)) if !wait.is_zero() => (page, &meters.longpoll),
+        _ => (page, &meters.poll),
     };
+    trim_to_bytes(&mut page, config.max_page_bytes);
+    meter.page(&page);
     let mut response = page_response(page, &request, config);
+    meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
     if let Some(wait) = wait {
         response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
     }
@@ -86,11 +103,20 @@ async fn held(
     mut shutdown: Shutdown,
 ) -> Result<Page, Error> {
     let _held = hold.held.hold();
-    let mut next = broker.subscribe(&request.topic, page.next).await?;
+    let mut next = broker
+        .subscribe(&request.topic, page.next)
+        .await
+        .inspect_err(|e| metrics::broker_error("subscribe", e))?;
     tokio::select! {
         first = next.next() => match first {
-            Some(Ok(_)) => broker.fetch(&request.topic, page.next, request.limit).await,
-            Some(Err(error)) => Err(error),
+            Some(Ok(_)) => broker
+                .fetch(&request.topic, page.next, request.limit)
+                .await
+                .inspect_err(|e| metrics::broker_error("fetch", e)),
+            Some(Err(error)) => {
+                metrics::broker_error("subscribe", &error);
+                Err(error)
+            }
             None => Ok(page),
         },
         () = tokio::time::sleep(wait) => Ok(page),

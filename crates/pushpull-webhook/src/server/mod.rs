@@ -75,6 +75,7 @@ impl WebhookServer {
             store,
             node: endpoint_id().replacen("ep_", "node_", 1).into(),
             running: Arc::default(),
+            meter: pushpull_http::metrics::DeliveryMeter::new(crate::NAME),
         };
         // The background sync lives as long as something serves the routes (the server, its
         // router, or its routes mounted elsewhere): they hold this token.
@@ -141,6 +142,7 @@ struct Hooks {
     node: Arc<str>,
     /// The endpoints this node delivers, by id.
     running: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+    meter: pushpull_http::metrics::DeliveryMeter,
 }
 
 /// How long a lease lasts without renewal: a dead node's endpoints are taken over after this.
