@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod client_config;
+pub mod demo;
 pub mod metrics;
 mod serve;
 mod server_config;
 
 pub use client_config::{AUTO, AUTO_ORDER, ClientConfig, Registry, TransportFactory, connect};
+pub use demo::Demo;
 pub use serve::{broker, router, serve, serve_config, serve_on, serve_with, transports};
 pub use server_config::{
     BrokerConfig, BrokerKind, ENV_PREFIX, HttpConfig, RetentionConfig, Section, ServerConfig,

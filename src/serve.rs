@@ -93,6 +93,9 @@ fn router_with_stats(
         let settings = config.transports.webhook.server.clone();
         pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
     })?;
+    if config.http.demo.enabled(config.listen) {
+        router = router.with(crate::demo::routes(broker.clone()));
+    }
     let gauges = Arc::new(gauges);
     if let Some(handle) = prometheus {
         router = router.with([crate::metrics::route(handle, gauges.clone())]);

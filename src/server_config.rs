@@ -171,6 +171,9 @@ pub struct HttpConfig {
     pub access_log: bool,
     /// Serve `GET /metrics` (Prometheus text format; with `[auth]`, for admin tokens only).
     pub metrics: bool,
+    /// Serve the demo page (`/demo`), the browser client (`/pushpull/pushpull.js`) and the
+    /// demo's ticker: `auto` (only when listening on a loopback address), `on` or `off`.
+    pub demo: crate::Demo,
 }
 
 impl Default for HttpConfig {
@@ -185,6 +188,7 @@ impl Default for HttpConfig {
             max_connections_per_address: serve.max_connections_per_address,
             access_log: false,
             metrics: true,
+            demo: crate::Demo::Auto,
         }
     }
 }

@@ -1,0 +1,159 @@
+// Types of pushpull's browser client (pushpull.js).
+
+/** A transport the browser client speaks. */
+export type TransportName = 'ws' | 'sse' | 'stream' | 'longpoll' | 'poll';
+
+/** `beginning`, `latest`, or the `EPOCH-OFFSET` cursor of a message, gap or receipt. */
+export type Cursor = 'beginning' | 'latest' | string;
+
+export const AUTO_ORDER: readonly TransportName[];
+export const TRANSPORTS: readonly TransportName[];
+
+export interface Message {
+  type: 'message';
+  topic: string;
+  cursor: string;
+  offset: number;
+  /** Milliseconds since the Unix epoch, when the message was stored. */
+  timestamp: number | undefined;
+  event?: string;
+  contentType?: string;
+  /** Text for UTF-8 payloads, bytes for anything else. */
+  data: string | Uint8Array;
+}
+
+export interface Gap {
+  type: 'gap';
+  topic: string;
+  reason: 'retention' | 'epoch_changed';
+  /** The first and last missed offsets of the current epoch, when any were. */
+  first?: number;
+  last?: number;
+  /** Where reading goes on from. */
+  cursor: string;
+  /** For `epoch_changed`: the epoch of the cursor read from. */
+  previousEpoch?: string;
+}
+
+export type Delivery = Message | Gap;
+
+export interface Page {
+  gap?: Gap;
+  messages: Message[];
+  next: string;
+}
+
+export interface Receipt {
+  topic: string;
+  cursor: string;
+  offset: number;
+  timestamp: number;
+}
+
+export interface PublishOptions {
+  event?: string;
+  contentType?: string;
+  /** An idempotency key; a fresh random one by default, so retries never store twice. */
+  key?: string;
+}
+
+export interface FetchOptions {
+  after?: Cursor;
+  limit?: number;
+}
+
+export interface SubscribeOptions {
+  /** Where to start: `latest` by default. */
+  after?: Cursor;
+}
+
+/** What a client has cost: HTTP requests (an upgrade is one), body bytes, messages. */
+export interface Stats {
+  requests: number;
+  bytesIn: number;
+  bytesOut: number;
+  messages: number;
+}
+
+export class PushpullError extends Error {
+  kind: string;
+  status?: number;
+  retryable: boolean;
+  retryAfter?: number;
+  transport?: string;
+}
+
+export class Subscription implements AsyncIterable<Delivery> {
+  readonly topic: string;
+  /** The cursor of the last delivery handed over, or where the subscription starts. */
+  readonly cursor: Cursor;
+  readonly transport: TransportName;
+  readonly closed: boolean;
+  readonly error?: PushpullError;
+  /** Resolves once the server has accepted the subscription; rejects if it never does. */
+  readonly opened: Promise<Subscription>;
+  on(event: 'message', listener: (message: Message) => void): () => void;
+  on(event: 'gap', listener: (gap: Gap) => void): () => void;
+  on(event: 'open', listener: (cursor: Cursor) => void): () => void;
+  on(event: 'reconnecting', listener: (error: PushpullError) => void): () => void;
+  on(event: 'error', listener: (error: PushpullError) => void): () => void;
+  on(event: 'close', listener: (error?: PushpullError) => void): () => void;
+  close(): void;
+  [Symbol.asyncIterator](): AsyncIterator<Delivery>;
+}
+
+export interface Client {
+  readonly transport: TransportName;
+  /** The transports `auto` passed over, and why. */
+  readonly passed: { transport: TransportName; error: PushpullError }[];
+  readonly stats: Stats;
+  publish(topic: string, data: string | Uint8Array | ArrayBuffer, options?: PublishOptions): Promise<Receipt>;
+  fetch(topic: string, options?: FetchOptions): Promise<Page>;
+  subscribe(topic: string, options?: SubscribeOptions): Subscription;
+  close(): void;
+}
+
+export interface ConnectOptions {
+  /** The server's base URL; the page's origin by default. */
+  url?: string;
+  /** A transport, or `auto` (the default). */
+  transport?: TransportName | 'auto';
+  /**
+   * The application's token hook, called before the first request and with `renew: true`
+   * after the server refused the token (401, or close code 4401). Return null for none.
+   */
+  token?: (request: { renew: boolean }) => string | null | Promise<string | null>;
+  /** How long `auto` waits for each transport's probe subscription, in ms (5000). */
+  probeTimeout?: number;
+  /** The first retry delay, in ms (250); doubled per failure up to `maxRetryDelay` (10000). */
+  retryDelay?: number;
+  maxRetryDelay?: number;
+  /** How long a request may go unanswered, in ms (30000). */
+  requestTimeout?: number;
+  /** How long a stream may stay silent before it is reopened, in ms (45000). */
+  idleTimeout?: number;
+  /** Long polling's `wait`, in seconds (25). */
+  longpollWait?: number;
+  /** Polling's interval, in ms; the server's `Pushpull-Poll-Interval-Ms` by default. */
+  pollInterval?: number;
+  /** The most messages per page (100). */
+  pageLimit?: number;
+  /** The order `auto` tries transports in (`AUTO_ORDER`). */
+  order?: TransportName[];
+}
+
+export function connect(options?: ConnectOptions): Promise<Client>;
+
+/** `{ epoch, offset }` of an `EPOCH-OFFSET` cursor; null for `beginning` and `latest`. */
+export function parseCursor(cursor: Cursor): { epoch: string; offset: number } | null;
+
+/** Whether `delivery` comes next after `position`, repeats, or skips ahead. */
+export function continuity(position: Cursor, delivery: Delivery): 'next' | 'repeat' | 'skip';
+
+export class SseDecoder {
+  feed(chunk: string): Iterable<Delivery | { start: string }>;
+}
+
+export class NdjsonDecoder {
+  feed(chunk: string): Iterable<Delivery | { start: string }>;
+}
