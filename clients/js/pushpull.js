@@ -124,13 +124,25 @@ function fromJson(json, payload) {
   };
 }
 
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** `bytes` as text when they are UTF-8, else undefined. */
+function asText(bytes) {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
 function pageFromJson(json, payloads) {
   let index = 0;
   const messages = (json.messages ?? []).map((m) => {
     if (m.size === undefined || !payloads) return fromJson(m);
-    const data = payloads.subarray(index, index + m.size);
+    // A binary page carries every payload as bytes: text goes back to text, as in a text page.
+    const bytes = payloads.subarray(index, index + m.size);
     index += m.size;
-    return fromJson(m, data);
+    return fromJson(m, asText(bytes) ?? bytes);
   });
   return { gap: json.gap ? fromJson(json.gap) : undefined, messages, next: json.next };
 }
@@ -267,9 +279,11 @@ class Http {
     for (let attempt = 0; ; attempt++) {
       const sent = { ...headers };
       if (token) sent.authorization = `Bearer ${token}`;
+      // The caller's signal ends the request and its body, however long the body lasts (an
+      // event stream's does); the timeout covers the wait for the response head only.
       const controller = new AbortController();
-      const onAbort = () => controller.abort();
-      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) controller.abort();
+      signal?.addEventListener('abort', () => controller.abort(), { once: true });
       const timer = timeout ? setTimeout(() => controller.abort(), timeout) : undefined;
       let response;
       this.stats.requests += 1;
@@ -288,7 +302,6 @@ class Http {
           { retryable: true, transport: this.transport, cause });
       } finally {
         clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
       }
       if (response.status === 401 && attempt === 0 && this.tokens.hook) {
         const renewed = await this.tokens.renew(token);
@@ -362,11 +375,27 @@ export class Subscription {
     this.isOpen = false;
   }
 
-  /** Calls `listener` for every `event`; returns a function that stops it. */
+  /**
+   * Calls `listener` for every `event`; returns a function that stops it. Deliveries that
+   * arrived before the first 'message' or 'gap' listener are handed to it (in order, just
+   * after this call), so none is missed however late the listener comes.
+   */
   on(event, listener) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(listener);
+    if ((event === 'message' || event === 'gap') && this.queue.length && !this.iterating && !this.flushing) {
+      this.flushing = true;
+      queueMicrotask(() => {
+        this.flushing = false;
+        if (this.iterating) return;
+        for (const delivery of this.queue.splice(0)) this.emit(delivery.type, delivery);
+      });
+    }
     return () => this.listeners.get(event)?.delete(listener);
+  }
+
+  listening(event) {
+    return (this.listeners.get(event)?.size ?? 0) > 0;
   }
 
   emit(event, value) {
@@ -403,8 +432,8 @@ export class Subscription {
     this.emit(delivery.type, delivery);
     const waiter = this.waiters.shift();
     if (waiter) waiter.resolve({ value: delivery, done: false });
-    else if (this.iterating || !(this.listeners.has('message') || this.listeners.has('gap'))) {
-      // Kept for a reader that iterates (or will): listeners alone need no queue.
+    else if (this.iterating || !(this.listening('message') || this.listening('gap'))) {
+      // Kept for a reader that iterates or listens later: listeners alone need no queue.
       this.queue.push(delivery);
     }
     return 'next';

@@ -60,7 +60,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 /// | `GET`/`HEAD /v1/topics/{topic}/…` (pages, events, streams) | `subscribe` on the topic |
 /// | `GET /v1/ws` | any valid token; each operation on the socket is checked by the server |
 /// | `/v1/webhooks…`, `/metrics` | `admin` |
-/// | `GET /v1/health`, `GET /v1/ready`, `OPTIONS` (CORS preflights) | nothing |
+/// | `GET /v1/health`, `GET /v1/ready`, `OPTIONS` (CORS preflights), the demo page and the browser client (`/demo`, `/pushpull/…`) | nothing |
 /// | anything else | any valid token |
 ///
 /// The token comes from `Authorization: Bearer …`, else the query parameter (`access_token`),
@@ -93,7 +93,8 @@ fn need(method: &Method, path: &str) -> Need {
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["v1", "health"] | ["v1", "ready"] => Need::Nothing,
+        // The demo page and the browser client are public files; what they do needs tokens.
+        ["v1", "health"] | ["v1", "ready"] | ["demo"] | ["pushpull", _] => Need::Nothing,
         ["v1", "ws"] => Need::AnyToken,
         ["v1", "webhooks", ..] | ["metrics"] => Need::Admin,
         ["v1", "topics", topic] if method == Method::POST => Need::Publish(decode(topic)),
@@ -418,6 +419,9 @@ mod tests {
         assert_eq!(need(&Method::DELETE, "/v1/webhooks/ep_1"), Need::Admin);
         assert_eq!(need(&Method::GET, "/metrics"), Need::Admin);
         assert_eq!(need(&Method::GET, "/v1/health"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/demo"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/pushpull/pushpull.js"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/metrics"), Need::Admin);
         assert_eq!(need(&Method::OPTIONS, "/v1/topics/t"), Need::Nothing);
         assert_eq!(need(&Method::PUT, "/v1/topics/t"), Need::AnyToken);
     }
