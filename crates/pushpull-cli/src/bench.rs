@@ -19,12 +19,15 @@ use tokio::process::{Child, Command};
 pub(crate) enum Bench {
     /// Server memory per idle SSE stream, WebSocket or held long-poll request.
     Idle {
-        /// `sse`, `ws` or `longpoll`.
-        #[arg(long, default_value = "sse")]
-        transport: String,
+        /// `sse`, `ws` or `longpoll`, or several separated by commas (each against a fresh
+        /// server).
+        #[arg(long, value_delimiter = ',', default_value = "sse")]
+        transport: Vec<String>,
         /// How many idle connections to open (each side needs a file descriptor).
         #[arg(long, default_value_t = 2000)]
         connections: usize,
+        #[command(flatten)]
+        report: Report,
     },
     /// Peak memory of the server and a streaming client moving one large payload.
     Large {
@@ -111,7 +114,20 @@ pub(crate) enum Bench {
         /// With `--redis`: publish on one server process and subscribe on another.
         #[arg(long, requires = "redis")]
         two_nodes: bool,
+        #[command(flatten)]
+        report: Report,
     },
+}
+
+/// How a bench reports, besides its Markdown table.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct Report {
+    /// Print the results as one JSON object instead of the table (for scripts).
+    #[arg(long)]
+    json: bool,
+    /// Also draw the results as an SVG plot to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -123,7 +139,9 @@ const STEP: Duration = Duration::from_secs(120);
 
 pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
-        Bench::Idle { transport, connections } => idle(&transport, connections).await,
+        Bench::Idle { transport, connections, report } => {
+            idle(&transport, connections, &report).await
+        }
         Bench::Large { size_mib } => large(size_mib).await,
         Bench::Fanout { subscribers, messages, redis, two_nodes } => {
             let redis = RedisBacking::start(redis)?;
@@ -136,9 +154,10 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
-        Bench::Compare { transports, messages, interval, burst, redis, two_nodes } => {
+        Bench::Compare { transports, messages, interval, burst, redis, two_nodes, report } => {
             let redis = RedisBacking::start(redis)?;
-            compare(&transports, messages, interval, burst, &redis, two_nodes).await
+            let shape = Shape { messages, interval, burst };
+            compare(&transports, shape, &redis, two_nodes, &report).await
         }
     }
 }
@@ -257,7 +276,46 @@ impl ServerProcess {
     }
 }
 
-async fn idle(transport: &str, connections: usize) -> Result<(), Error> {
+async fn idle(transports: &[String], connections: usize, report: &Report) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    for transport in transports {
+        rows.push(idle_one(transport, connections).await?);
+    }
+    if report.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bench": "idle", "connections": connections, "results": rows })
+        );
+    } else {
+        println!("| transport | idle connections | server RSS before | after | per connection |");
+        println!("|---|---:|---:|---:|---:|");
+        for row in &rows {
+            println!(
+                "| {} | {connections} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+                row.transport,
+                mib(row.rss_before),
+                mib(row.rss_after),
+                row.bytes_per_connection / 1024.0
+            );
+        }
+    }
+    if let Some(path) = &report.plot {
+        let bars: Vec<(String, f64)> =
+            rows.iter().map(|r| (r.transport.clone(), r.bytes_per_connection / 1024.0)).collect();
+        crate::plot::bars(path, "Server memory per idle connection", "KiB per connection", &bars)?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct IdleRow {
+    transport: String,
+    rss_before: u64,
+    rss_after: u64,
+    bytes_per_connection: f64,
+}
+
+async fn idle_one(transport: &str, connections: usize) -> Result<IdleRow, Error> {
     let (path, gauge) = match transport {
         "sse" => ("/v1/topics/bench.idle/events", "sse_open_streams"),
         "ws" => ("/v1/ws", "ws_open_sockets"),
@@ -275,7 +333,10 @@ async fn idle(transport: &str, connections: usize) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss()?;
     let started = Instant::now();
-    let held = open_idle(&server, path, connections).await?;
+    let progress =
+        progress_bar(connections as u64, &format!("{transport}: opening idle connections"));
+    let held = open_idle_with(&server, path, connections, Some(&progress)).await?;
+    progress.finish_and_clear();
     tokio::time::timeout(STEP, async {
         while server.live(gauge).await.unwrap_or(0) < connections as u64 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -288,17 +349,29 @@ async fn idle(transport: &str, connections: usize) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = server.rss()?;
     let per = after.saturating_sub(before) as f64 / connections as f64;
-    println!("| transport | idle connections | server RSS before | after | per connection |");
-    println!("|---|---:|---:|---:|---:|");
-    println!(
-        "| {transport} | {connections} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
-        mib(before),
-        mib(after),
-        per / 1024.0
-    );
-    eprintln!("opened in {:?}", started.elapsed());
+    eprintln!("{transport}: opened in {:?}", started.elapsed());
     drop(held);
-    Ok(())
+    Ok(IdleRow {
+        transport: transport.to_owned(),
+        rss_before: before,
+        rss_after: after,
+        bytes_per_connection: per,
+    })
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal (so logs stay clean).
+pub(crate) fn progress_bar(length: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(length),
+        indicatif::ProgressDrawTarget::stderr_with_hz(8),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} ({elapsed})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    bar
 }
 
 async fn open_idle(
@@ -306,8 +379,20 @@ async fn open_idle(
     path: &str,
     count: usize,
 ) -> Result<Vec<TcpStream>, Error> {
+    open_idle_with(server, path, count, None).await
+}
+
+async fn open_idle_with(
+    server: &ServerProcess,
+    path: &str,
+    count: usize,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Vec<TcpStream>, Error> {
     let mut streams = Vec::with_capacity(count);
     for _ in 0..count {
+        if let Some(progress) = progress {
+            progress.inc(1);
+        }
         let mut stream = TcpStream::connect(server.addr)
             .await
             .map_err(|e| bench_error(format!("connect: {e} (raise `ulimit -n`?)")))?;
@@ -324,32 +409,84 @@ async fn open_idle(
     Ok(streams)
 }
 
-async fn compare(
-    transports: &[String],
+/// The workload of `bench compare`.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
     messages: usize,
     interval: Duration,
     burst: usize,
+}
+
+async fn compare(
+    transports: &[String],
+    shape: Shape,
     redis: &RedisBacking,
     two_nodes: bool,
+    report: &Report,
 ) -> Result<(), Error> {
+    let Shape { messages, interval, burst } = shape;
     let (server, publishing_node) = redis.nodes(two_nodes).await?;
     let publish_to = publishing_node.as_ref().unwrap_or(&server);
-    println!(
-        "| transport | latency p50 | p90 | p99 | max | bytes to subscriber / message | requests / message | burst of {burst}: messages/s |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for transport in transports {
-        let row = measure(&server, publish_to, transport, messages, interval, burst).await?;
+    if !report.json {
         println!(
-            "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
-            ms(row.latencies[row.latencies.len() / 2]),
-            ms(row.latencies[row.latencies.len() * 9 / 10]),
-            ms(row.latencies[(row.latencies.len() * 99 / 100).min(row.latencies.len() - 1)]),
-            ms(*row.latencies.last().expect("measured")),
-            row.bytes_per_message,
-            row.requests_per_message,
-            row.burst_rate,
+            "| transport | latency p50 | p90 | p99 | max | bytes to subscriber / message | requests / message | burst of {burst}: messages/s |"
         );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    }
+    let mut rows = Vec::new();
+    for transport in transports {
+        let progress =
+            progress_bar((messages + burst) as u64, &format!("{transport}: latency, then burst"));
+        let row = measure(&server, publish_to, transport, shape, &progress).await?;
+        progress.finish_and_clear();
+        let at =
+            |q: usize| row.latencies[(row.latencies.len() * q / 100).min(row.latencies.len() - 1)];
+        if !report.json {
+            println!(
+                "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
+                ms(at(50)),
+                ms(at(90)),
+                ms(at(99)),
+                ms(*row.latencies.last().expect("measured")),
+                row.bytes_per_message,
+                row.requests_per_message,
+                row.burst_rate,
+            );
+        }
+        rows.push((transport.clone(), row));
+    }
+    if report.json {
+        let seconds = |d: Duration| d.as_secs_f64();
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(transport, row)| {
+                let at = |q: usize| {
+                    row.latencies[(row.latencies.len() * q / 100).min(row.latencies.len() - 1)]
+                };
+                serde_json::json!({
+                    "transport": transport,
+                    "latency_seconds": {
+                        "p50": seconds(at(50)), "p90": seconds(at(90)), "p99": seconds(at(99)),
+                        "max": seconds(*row.latencies.last().expect("measured")),
+                    },
+                    "bytes_per_message": row.bytes_per_message,
+                    "requests_per_message": row.requests_per_message,
+                    "burst_messages_per_second": row.burst_rate,
+                })
+            })
+            .collect();
+        let shape = serde_json::json!({
+            "messages": messages, "interval_seconds": interval.as_secs_f64(), "burst": burst,
+        });
+        println!(
+            "{}",
+            serde_json::json!({ "bench": "compare", "shape": shape, "results": results })
+        );
+    }
+    if let Some(path) = &report.plot {
+        let series: Vec<(String, Vec<Duration>)> =
+            rows.into_iter().map(|(transport, row)| (transport, row.latencies)).collect();
+        crate::plot::latency_distribution(path, &series)?;
     }
     Ok(())
 }
@@ -365,9 +502,8 @@ async fn measure(
     server: &ServerProcess,
     publish_to: &ServerProcess,
     transport: &str,
-    messages: usize,
-    interval: Duration,
-    burst: usize,
+    Shape { messages, interval, burst }: Shape,
+    progress: &indicatif::ProgressBar,
 ) -> Result<Row, Error> {
     let relay = CountingRelay::start(server.addr).await?;
     let subscriber =
@@ -400,6 +536,7 @@ async fn measure(
             let sent: u128 = message.text().and_then(|t| t.parse().ok()).unwrap_or_default();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
             latencies.push(Duration::from_nanos(now.saturating_sub(sent) as u64));
+            progress.inc(1);
         }
     }
     publishing.await.map_err(|e| bench_error(e.to_string()))??;
@@ -432,6 +569,7 @@ async fn measure(
             .ok_or_else(|| bench_error(format!("{transport}: the subscription ended")))??;
         if delivery.as_message().is_some() {
             received += 1;
+            progress.inc(1);
         }
     }
     let elapsed = started.elapsed();

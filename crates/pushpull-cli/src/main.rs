@@ -4,6 +4,7 @@
 mod bench;
 mod output;
 mod peers;
+mod plot;
 mod soak;
 
 use std::io::Read;
@@ -70,6 +71,9 @@ enum Command {
         /// The payload's media type.
         #[arg(long)]
         content_type: Option<String>,
+        /// Print the whole receipt as JSON (topic, cursor, offset, timestamp).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -160,7 +164,7 @@ async fn run(command: Command) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "pushpull", &mut std::io::stdout());
             Ok(())
         }
-        Command::Publish { topic, data, event, content_type, connection } => {
+        Command::Publish { topic, data, event, content_type, json, connection } => {
             let topic = Topic::new(topic)?;
             let payload = match data.as_deref() {
                 None | Some("-") => read_stdin()?,
@@ -175,7 +179,14 @@ async fn run(command: Command) -> Result<(), Error> {
             }
             let client = connect(&connection).await?;
             let receipt = client.publish(&topic, publication).await?;
-            println!("{}", receipt.cursor());
+            if json {
+                println!(
+                    "{}",
+                    String::from_utf8_lossy(&pushpull_http::wire::encode_receipt(&receipt))
+                );
+            } else {
+                println!("{}", receipt.cursor());
+            }
             Ok(())
         }
         Command::Fetch { topic, after, limit, format, connection } => {

@@ -72,8 +72,11 @@ fn publish_fetch_and_subscribe_over_poll() {
     let cursor = text(&published.stdout).trim().to_owned();
     assert!(cursor.ends_with("-1"), "publish prints the cursor: {cursor}");
 
-    let from_stdin = run(&["publish", "ticker", "-"], url, Some(b"two\nlines"));
+    let from_stdin = run(&["publish", "ticker", "-", "--json"], url, Some(b"two\nlines"));
     assert!(from_stdin.status.success());
+    let receipt: serde_json::Value = serde_json::from_slice(&from_stdin.stdout).expect("JSON");
+    assert_eq!((receipt["topic"].as_str(), receipt["offset"].as_u64()), (Some("ticker"), Some(2)));
+    assert!(receipt["cursor"].as_str().unwrap().ends_with("-2"), "{receipt}");
 
     let fetched = run(&["fetch", "ticker", "--transport", "poll"], url, None);
     assert!(fetched.status.success(), "{}", text(&fetched.stderr));
@@ -224,6 +227,46 @@ fn bench_runs_side_by_side_and_stops_by_itself() {
         .expect("run pushpull bench");
     assert!(idle.status.success(), "{}", text(&idle.stderr));
     assert!(text(&idle.stdout).contains("| sse | 20 |"), "{}", text(&idle.stdout));
+}
+
+#[test]
+fn bench_writes_json_for_scripts_and_svg_plots() {
+    let dir = std::env::temp_dir().join(format!("pushpull-plots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (latency, memory) = (dir.join("latency.svg"), dir.join("memory.svg"));
+    let compare = Command::new(BIN)
+        .args(["bench", "compare", "--messages", "5", "--interval", "5ms", "--burst", "20"])
+        .args(["--transports", "ws,sse", "--json", "--plot"])
+        .arg(&latency)
+        .output()
+        .expect("run pushpull bench");
+    assert!(compare.status.success(), "{}", text(&compare.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&compare.stdout).expect("JSON");
+    assert_eq!(json["bench"], "compare");
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.iter().map(|r| r["transport"].clone()).collect::<Vec<_>>(), ["ws", "sse"]);
+    for result in results {
+        let p50 = result["latency_seconds"]["p50"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 < 5.0, "{result}");
+        assert!(result["bytes_per_message"].as_f64().unwrap() > 10.0, "{result}");
+    }
+    let svg = std::fs::read_to_string(&latency).expect("the latency plot was written");
+    assert!(svg.starts_with("<svg") && svg.contains("Latency distribution"), "{svg}");
+    assert!(svg.contains("\nws\n") && svg.contains("\nsse\n"), "the legend names the transports");
+    assert!(svg.matches("<polyline").count() >= 2, "one line per transport");
+
+    let idle = Command::new(BIN)
+        .args(["bench", "idle", "--transport", "sse,ws", "--connections", "20", "--json", "--plot"])
+        .arg(&memory)
+        .output()
+        .expect("run pushpull bench");
+    assert!(idle.status.success(), "{}", text(&idle.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&idle.stdout).expect("JSON");
+    assert_eq!(json["results"][1]["transport"], "ws");
+    assert!(json["results"][0]["bytes_per_connection"].as_f64().is_some(), "{json}");
+    let svg = std::fs::read_to_string(&memory).expect("the memory plot was written");
+    assert!(svg.contains("memory per idle connection") && svg.contains("<rect"), "{svg}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
