@@ -102,3 +102,17 @@ async fn the_demo_page_shows_the_ticker_over_every_transport_and_takes_a_screens
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(png.len() > 20_000, "a page, not a blank: {} bytes", png.len());
 }
+
+/// The other half of the claim: over plain HTTP/1.1 the same page gets six streams, and the
+/// seventh (and the page's own publishing requests) wait for a free connection.
+#[tokio::test]
+async fn over_http1_chromium_opens_only_six_event_sources_per_host() {
+    let server = support::server(ServerConfig::default()).await;
+    let url = format!("http://127.0.0.1:{}", server.local_addr().port());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/many-eventsources.mjs");
+    let result = run_node(script, &[&url, "10", "3000"]).await;
+    assert_eq!(result["outcome"], "timeout", "{result}");
+    assert_eq!(result["opened"], 6, "{result}");
+    let protocols = result["protocols"].as_array().unwrap();
+    assert!(protocols.contains(&serde_json::json!("http/1.1")), "{result}");
+}

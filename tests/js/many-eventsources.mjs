@@ -3,11 +3,12 @@
 // Over HTTP/1.1 a browser holds at most six connections per host, so the seventh stream
 // never opens; over HTTP/2 (ALPN h2) they share one connection.
 //
-//   node many-eventsources.mjs https://localhost:PORT COUNT
+//   node many-eventsources.mjs https://localhost:PORT COUNT [TIMEOUT_MS]
 import { chromium } from 'playwright-core';
 
-const [base, countText] = process.argv.slice(2);
+const [base, countText, timeoutText] = process.argv.slice(2);
 const count = Number(countText);
+const timeout = Number(timeoutText ?? 15000);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: ['--no-sandbox'],
@@ -17,12 +18,12 @@ try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   const page = await context.newPage();
   await page.goto(`${base}/v1/health`);
-  const result = await page.evaluate(async (count) => {
+  const result = await page.evaluate(async ([count, timeout]) => {
     const sources = [];
     const received = new Array(count).fill(null);
     let opened = 0;
     const outcome = await new Promise((resolve) => {
-      const timer = setTimeout(() => resolve('timeout'), 15000);
+      const timer = setTimeout(() => resolve('timeout'), timeout);
       for (let i = 0; i < count; i++) {
         const source = new EventSource(`/v1/topics/browser-${i}/events`);
         sources.push(source);
@@ -48,7 +49,7 @@ try {
       .concat(performance.getEntriesByType('navigation'))
       .map((entry) => entry.nextHopProtocol))];
     return { outcome, opened, received, protocols };
-  }, count);
+  }, [count, timeout]);
   console.log(JSON.stringify(result));
 } finally {
   await browser.close();

@@ -94,6 +94,18 @@ pub(crate) enum Bench {
         #[arg(long, default_value_t = 20_000)]
         messages: usize,
     },
+    /// What following a topic nobody publishes to costs each transport's client, per hour:
+    /// requests, and bytes both ways (heartbeats, pings, polls), through a counting relay.
+    Quiet {
+        /// The transports, followed side by side.
+        #[arg(long, value_delimiter = ',', default_value = "poll,longpoll,sse,ws,stream")]
+        transports: Vec<String>,
+        /// How long to follow (the numbers are scaled to an hour).
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        #[command(flatten)]
+        report: Report,
+    },
     /// Latency, bytes and requests per message, and burst throughput, for each transport.
     Compare {
         /// The transports to compare, in order.
@@ -154,6 +166,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
+        Bench::Quiet { transports, seconds, report } => quiet(&transports, seconds, &report).await,
         Bench::Compare { transports, messages, interval, burst, redis, two_nodes, report } => {
             let redis = RedisBacking::start(redis)?;
             let shape = Shape { messages, interval, burst };
@@ -409,6 +422,89 @@ async fn open_idle_with(
     Ok(streams)
 }
 
+async fn quiet(transports: &[String], seconds: u64, report: &Report) -> Result<(), Error> {
+    // Each transport against a server of its own, side by side: its request count is then
+    // the transport's alone.
+    let mut followers = Vec::new();
+    for transport in transports {
+        let server = ServerProcess::start().await?;
+        let relay = CountingRelay::start(server.addr).await?;
+        let url = format!("http://{}", relay.addr);
+        let client = pushpull::connect(&ClientConfig::new(transport, url)).await?;
+        let topic = Topic::new(format!("bench.quiet.{transport}"))?;
+        let mut subscription = client.subscribe(&topic, Cursor::Latest).await?;
+        // A subscription works as it is read (a polling client polls when asked for more).
+        let reading = tokio::spawn(async move { while subscription.next().await.is_some() {} });
+        followers.push((transport.clone(), server, relay, client, AbortOnDrop(reading)));
+    }
+    // Counted from here: the subscriptions are open; what follows is the cost of staying so.
+    let mut start = Vec::new();
+    for (_, server, relay, ..) in &followers {
+        let bytes = (relay.up.load(Ordering::Relaxed), relay.down.load(Ordering::Relaxed));
+        start.push((server.live("requests").await?, bytes));
+    }
+    let progress = progress_bar(seconds, "following idle topics");
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let per_hour = 3600.0 / seconds as f64;
+    let mut rows = Vec::new();
+    for ((transport, server, relay, ..), (requests, (up, down))) in followers.iter().zip(start) {
+        // The health request that reads the count is counted too: not the client's.
+        let requests = server.live("requests").await?.saturating_sub(requests + 1);
+        let up = relay.up.load(Ordering::Relaxed) - up;
+        let down = relay.down.load(Ordering::Relaxed) - down;
+        rows.push(serde_json::json!({
+            "transport": transport,
+            "requests_per_hour": requests as f64 * per_hour,
+            "bytes_up_per_hour": up as f64 * per_hour,
+            "bytes_down_per_hour": down as f64 * per_hour,
+        }));
+    }
+    drop(followers);
+    let number = |row: &serde_json::Value, key: &str| row[key].as_f64().unwrap_or_default();
+    if report.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bench": "quiet", "seconds": seconds, "results": rows })
+        );
+    } else {
+        println!("| transport | requests / hour | bytes up / hour | bytes down / hour |");
+        println!("|---|---:|---:|---:|");
+        for row in &rows {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} |",
+                row["transport"].as_str().unwrap_or_default(),
+                number(row, "requests_per_hour"),
+                number(row, "bytes_up_per_hour"),
+                number(row, "bytes_down_per_hour"),
+            );
+        }
+    }
+    if let Some(path) = &report.plot {
+        let bars: Vec<(String, f64)> = rows
+            .iter()
+            .map(|row| {
+                let total = number(row, "bytes_up_per_hour") + number(row, "bytes_down_per_hour");
+                (row["transport"].as_str().unwrap_or_default().to_owned(), total / 1024.0)
+            })
+            .collect();
+        crate::plot::bars(path, "Following an idle topic for an hour", "KiB on the wire", &bars)?;
+    }
+    Ok(())
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The workload of `bench compare`.
 #[derive(Debug, Clone, Copy)]
 struct Shape {
@@ -587,8 +683,30 @@ async fn measure(
 /// A loopback TCP relay that counts the bytes flowing back to the client.
 struct CountingRelay {
     addr: SocketAddr,
+    /// Bytes from the server to the client.
     down: Arc<AtomicU64>,
+    /// Bytes from the client to the server.
+    up: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, counting the bytes in `counter`, until either side closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
 }
 
 impl CountingRelay {
@@ -596,37 +714,26 @@ impl CountingRelay {
         let listener =
             TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| bench_error(e.to_string()))?;
         let addr = listener.local_addr().map_err(|e| bench_error(e.to_string()))?;
-        let down = Arc::new(AtomicU64::new(0));
-        let counter = down.clone();
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counters = (down.clone(), up.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (down, up) = (counters.0.clone(), counters.1.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else { return };
                     // Without these, Nagle's algorithm and delayed ACKs add ~40 ms stalls that
                     // belong to the relay, not to the transport measured.
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let up = tokio::io::copy(&mut client_read, &mut server_write);
-                    let down = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match server_read.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            counter.fetch_add(n as u64, Ordering::Relaxed);
-                            if client_write.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::select! { _ = up => {}, () = down => {} }
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        () = pump(client_read, server_write, up) => {},
+                        () = pump(server_read, client_write, down) => {},
+                    }
                 });
             }
         });
-        Ok(Self { addr, down, task })
+        Ok(Self { addr, down, up, task })
     }
 }
 

@@ -308,3 +308,23 @@ fn a_client_config_file_is_used_unless_a_flag_says_otherwise() {
     assert_eq!(text(&fetched.stdout), "from the file\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_quiet_shows_polling_pays_requests_on_an_idle_topic_and_push_does_not() {
+    let quiet = Command::new(BIN)
+        .args(["bench", "quiet", "--transports", "poll,sse", "--seconds", "3", "--json"])
+        .output()
+        .expect("run pushpull bench");
+    assert!(quiet.status.success(), "{}", text(&quiet.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&quiet.stdout).expect("JSON");
+    let (poll, sse) = (&json["results"][0], &json["results"][1]);
+    assert_eq!(
+        (poll["transport"].as_str(), sse["transport"].as_str()),
+        (Some("poll"), Some("sse"))
+    );
+    // The server hints one poll a second: about three in three seconds, 3,600 an hour.
+    let polls = poll["requests_per_hour"].as_f64().unwrap();
+    assert!((1200.0..=6000.0).contains(&polls), "{json}");
+    assert!(poll["bytes_up_per_hour"].as_f64().unwrap() > 0.0, "{json}");
+    assert_eq!(sse["requests_per_hour"].as_f64(), Some(0.0), "{json}");
+}
