@@ -34,6 +34,9 @@ pub(crate) enum Bench {
         /// The payload's size in MiB.
         #[arg(long, default_value_t = 100)]
         size_mib: usize,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Server CPU per delivered message when many SSE streams follow one topic.
     Fanout {
@@ -50,6 +53,9 @@ pub(crate) enum Bench {
         /// CPU is measured).
         #[arg(long, requires = "redis")]
         two_nodes: bool,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Subscribers over every transport, webhooks included, follow several topics through a
     /// fault-injecting proxy (kills, refusals, delays, 503s) while publishers write; fails if
@@ -93,6 +99,9 @@ pub(crate) enum Bench {
         /// Messages delivered (and requests h2load makes).
         #[arg(long, default_value_t = 20_000)]
         messages: usize,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// What following a topic nobody publishes to costs each transport's client, per hour:
     /// requests, and bytes both ways (heartbeats, pings, polls), through a counting relay.
@@ -154,15 +163,15 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Idle { transport, connections, report } => {
             idle(&transport, connections, &report).await
         }
-        Bench::Large { size_mib } => large(size_mib).await,
-        Bench::Fanout { subscribers, messages, redis, two_nodes } => {
+        Bench::Large { size_mib, json } => large(size_mib, json).await,
+        Bench::Fanout { subscribers, messages, redis, two_nodes, json } => {
             let redis = RedisBacking::start(redis)?;
-            fanout(subscribers, messages, &redis, two_nodes).await
+            fanout(subscribers, messages, &redis, two_nodes, json).await
         }
         Bench::Soak { minutes, per_transport, redis } => {
             crate::soak::run(minutes, per_transport, redis).await
         }
-        Bench::Webhooks { messages } => webhooks(messages).await,
+        Bench::Webhooks { messages, json } => webhooks(messages, json).await,
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
@@ -756,7 +765,7 @@ fn bench_error(message: String) -> Error {
 }
 
 /// Peak memory of a server and a streaming client moving one large payload.
-pub(crate) async fn large(size_mib: usize) -> Result<(), Error> {
+pub(crate) async fn large(size_mib: usize, json: bool) -> Result<(), Error> {
     let size = size_mib * 1024 * 1024;
     let server = ServerProcess::start_with(&[
         ("PUSHPULL_BROKER__MAX_PAYLOAD", (size + 1024).to_string()),
@@ -791,16 +800,27 @@ pub(crate) async fn large(size_mib: usize) -> Result<(), Error> {
     // received. Whatever is above that is transport overhead.
     let server_over = server_peak.saturating_sub(server_before + size as u64);
     let client_over = client_peak.saturating_sub(client_before + 2 * size as u64);
-    println!(
-        "| payload | publish + stream time | server peak RSS over the payload | client peak RSS over its two copies |"
-    );
-    println!("|---:|---:|---:|---:|");
-    println!(
-        "| {size_mib} MiB | {} | {:.1} MiB | {:.1} MiB |",
-        ms(elapsed),
-        mib(server_over),
-        mib(client_over)
-    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "large", "payload_bytes": size, "seconds": elapsed.as_secs_f64(),
+                "server_peak_over_payload_bytes": server_over,
+                "client_peak_over_two_copies_bytes": client_over,
+            })
+        );
+    } else {
+        println!(
+            "| payload | publish + stream time | server peak RSS over the payload | client peak RSS over its two copies |"
+        );
+        println!("|---:|---:|---:|---:|");
+        println!(
+            "| {size_mib} MiB | {} | {:.1} MiB | {:.1} MiB |",
+            ms(elapsed),
+            mib(server_over),
+            mib(client_over)
+        );
+    }
     drop(payload);
     Ok(())
 }
@@ -827,6 +847,7 @@ async fn fanout(
     messages: usize,
     redis: &RedisBacking,
     two_nodes: bool,
+    json: bool,
 ) -> Result<(), Error> {
     let (server, publishing_node) = redis.nodes(two_nodes).await?;
     let publish_to = publishing_node.as_ref().unwrap_or(&server);
@@ -875,21 +896,35 @@ async fn fanout(
     }
     let elapsed = started.elapsed();
     let cpu = server.cpu()?.saturating_sub(cpu_before);
-    println!("| subscribers | messages | deliveries | wall time | server CPU | CPU per delivery |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {subscribers} | {messages} | {delivered} | {} | {} | {:.2} µs |",
-        ms(elapsed),
-        ms(cpu),
-        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64
-    );
+    let per_delivery = cpu.as_secs_f64() / delivered.max(1) as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "fanout", "subscribers": subscribers, "messages": messages,
+                "deliveries": delivered, "seconds": elapsed.as_secs_f64(),
+                "server_cpu_seconds": cpu.as_secs_f64(), "cpu_seconds_per_delivery": per_delivery,
+            })
+        );
+    } else {
+        println!(
+            "| subscribers | messages | deliveries | wall time | server CPU | CPU per delivery |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {subscribers} | {messages} | {delivered} | {} | {} | {:.2} µs |",
+            ms(elapsed),
+            ms(cpu),
+            per_delivery * 1e6
+        );
+    }
     Ok(())
 }
 
 /// Webhook deliveries a second to a local sink, against `h2load`'s raw request rate to the same
 /// sink in the same run (one connection, one request at a time: a webhook endpoint receives its
 /// messages in order, one at a time).
-async fn webhooks(messages: usize) -> Result<(), Error> {
+async fn webhooks(messages: usize, json: bool) -> Result<(), Error> {
     use std::sync::atomic::AtomicUsize;
     // The sink: answers every POST with 204 and counts them.
     let received = Arc::new(AtomicUsize::new(0));
@@ -972,10 +1007,20 @@ async fn webhooks(messages: usize) -> Result<(), Error> {
         bench_error(format!("{got} of {messages} deliveries arrived in {STEP:?}"))
     })?;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "| messages | h2load to the sink (req/s) | webhook deliveries to the sink (/s) | ratio |"
-    );
-    println!("|---:|---:|---:|---:|");
-    println!("| {messages} | {raw:.0} | {rate:.0} | {:.0} % |", rate / raw * 100.0);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "webhooks", "messages": messages, "h2load_requests_per_second": raw,
+                "deliveries_per_second": rate,
+            })
+        );
+    } else {
+        println!(
+            "| messages | h2load to the sink (req/s) | webhook deliveries to the sink (/s) | ratio |"
+        );
+        println!("|---:|---:|---:|---:|");
+        println!("| {messages} | {raw:.0} | {rate:.0} | {:.0} % |", rate / raw * 100.0);
+    }
     Ok(())
 }

@@ -178,7 +178,19 @@ async fn run(command: Command) -> Result<(), Error> {
                 publication = publication.content_type(content_type);
             }
             let client = connect(&connection).await?;
-            let receipt = client.publish(&topic, publication).await?;
+            let size = publication.payload().len();
+            // A large payload takes a while to send: say so (on a terminal only).
+            let progress = (size >= LARGE_PAYLOAD).then(|| {
+                let spinner = indicatif::ProgressBar::new_spinner();
+                spinner.set_message(format!("publishing {:.1} MiB", size as f64 / 1048576.0));
+                spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                spinner
+            });
+            let receipt = client.publish(&topic, publication).await;
+            if let Some(progress) = progress {
+                progress.finish_and_clear();
+            }
+            let receipt = receipt?;
             if json {
                 println!(
                     "{}",
@@ -296,10 +308,40 @@ async fn connect(connection: &Connection) -> Result<Arc<dyn Client>, Error> {
     pushpull::connect(&config).await
 }
 
+/// Payloads from this size up get a progress line while they are read and sent.
+const LARGE_PAYLOAD: usize = 8 * 1024 * 1024;
+
+/// Reads the payload from standard input, with a byte count on stderr as it grows past
+/// [`LARGE_PAYLOAD`] (indicatif draws nothing when stderr is not a terminal).
 fn read_stdin() -> Result<bytes::Bytes, Error> {
     let mut buffer = Vec::new();
-    std::io::stdin().read_to_end(&mut buffer).map_err(|e| {
-        Error::new(ErrorKind::BadRequest, format!("cannot read standard input: {e}"))
-    })?;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut stdin = std::io::stdin().lock();
+    let mut progress: Option<indicatif::ProgressBar> = None;
+    loop {
+        let read = stdin.read(&mut chunk).map_err(|e| {
+            Error::new(ErrorKind::BadRequest, format!("cannot read standard input: {e}"))
+        })?;
+        if read == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if buffer.len() >= LARGE_PAYLOAD {
+            let bar = progress.get_or_insert_with(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "reading the payload: {bytes} ({binary_bytes_per_sec})",
+                    )
+                    .expect("a valid template"),
+                );
+                bar
+            });
+            bar.set_position(buffer.len() as u64);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
     Ok(buffer.into())
 }

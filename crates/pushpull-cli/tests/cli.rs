@@ -264,6 +264,13 @@ fn bench_writes_json_for_scripts_and_svg_plots() {
     let json: serde_json::Value = serde_json::from_slice(&idle.stdout).expect("JSON");
     assert_eq!(json["results"][1]["transport"], "ws");
     assert!(json["results"][0]["bytes_per_connection"].as_f64().is_some(), "{json}");
+    let fanout = Command::new(BIN)
+        .args(["bench", "fanout", "--subscribers", "10", "--messages", "5", "--json"])
+        .output()
+        .expect("run pushpull bench");
+    assert!(fanout.status.success(), "{}", text(&fanout.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&fanout.stdout).expect("JSON");
+    assert_eq!(json["deliveries"], 50, "{json}");
     let svg = std::fs::read_to_string(&memory).expect("the memory plot was written");
     assert!(svg.contains("memory per idle connection") && svg.contains("<rect"), "{svg}");
     std::fs::remove_dir_all(&dir).unwrap();
