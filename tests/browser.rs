@@ -18,27 +18,7 @@ async fn chromium_opens_more_than_six_event_sources_on_one_page_over_tls() {
     let url = format!("https://localhost:{}", server.local_addr().port());
     let count = 10;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/many-eventsources.mjs");
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg(script)
-            .arg(&url)
-            .arg(count.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the browser finished in time")
-    .expect("node runs (scripts/test installs it, chromium and playwright-core)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the browser script failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    let result = run_node(script, &[&url, &count.to_string()]).await;
     assert_eq!(result["outcome"], "done", "every stream got its message: {result}");
     assert_eq!(result["opened"], count, "{result}");
     for (i, data) in result["received"].as_array().unwrap().iter().enumerate() {

@@ -483,16 +483,29 @@ export class Subscription {
   }
 }
 
-/** Reads one long response (SSE or NDJSON) with fetch, reopening it from the cursor. */
-class StreamReader {
-  constructor(http, subscription, { path, accept, decoder }) {
+/** What reads a subscription over HTTP: its requests end when the subscription closes. */
+class Follower {
+  constructor(http, subscription) {
     this.http = http;
     this.sub = subscription;
+    this.controller = new AbortController();
+    subscription.onClose.push(() => this.controller.abort());
+  }
+
+  /** The error `caught` stands for: a PushpullError as it is, anything else a network failure. */
+  failure(caught) {
+    return caught instanceof PushpullError ? caught
+      : new PushpullError('connect', String(caught?.message ?? caught), { retryable: true, transport: this.sub.transport, cause: caught });
+  }
+}
+
+/** Reads one long response (SSE or NDJSON) with fetch, reopening it from the cursor. */
+class StreamReader extends Follower {
+  constructor(http, subscription, { path, accept, decoder }) {
+    super(http, subscription);
     this.path = path;
     this.accept = accept;
     this.makeDecoder = decoder;
-    this.controller = new AbortController();
-    subscription.onClose.push(() => this.controller.abort());
     this.run();
   }
 
@@ -523,8 +536,7 @@ class StreamReader {
         if (outcome.skipped) reopenAfter = 0;
       } catch (caught) {
         if (sub.closed) return;
-        error = caught instanceof PushpullError ? caught
-          : new PushpullError('connect', String(caught?.message ?? caught), { retryable: true, transport: sub.transport, cause: caught });
+        error = this.failure(caught);
         if (!error.retryable) return sub.fail(error);
         sub.emit('reconnecting', error);
       }
@@ -658,13 +670,10 @@ export class NdjsonDecoder {
 }
 
 /** Asks for pages in a loop: with `wait` (long polling) or on an interval (polling). */
-class PageReader {
+class PageReader extends Follower {
   constructor(http, subscription, { wait }) {
-    this.http = http;
-    this.sub = subscription;
+    super(http, subscription);
     this.wait = wait;
-    this.controller = new AbortController();
-    subscription.onClose.push(() => this.controller.abort());
     this.run();
   }
 
@@ -716,8 +725,7 @@ class PageReader {
         }
       } catch (caught) {
         if (sub.closed) return;
-        error = caught instanceof PushpullError ? caught
-          : new PushpullError('connect', String(caught?.message ?? caught), { retryable: true, transport: sub.transport });
+        error = this.failure(caught);
         if (!error.retryable) return sub.fail(error);
         sub.emit('reconnecting', error);
         pause = backoff(attempt++, options, error.retryAfter);
