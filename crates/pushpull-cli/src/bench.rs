@@ -544,8 +544,7 @@ async fn compare(
             progress_bar((messages + burst) as u64, &format!("{transport}: latency, then burst"));
         let row = measure(&server, publish_to, transport, shape, &progress).await?;
         progress.finish_and_clear();
-        let at =
-            |q: usize| row.latencies[(row.latencies.len() * q / 100).min(row.latencies.len() - 1)];
+        let at = |q| row.percentile(q);
         if !report.json {
             println!(
                 "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
@@ -565,9 +564,7 @@ async fn compare(
         let results: Vec<serde_json::Value> = rows
             .iter()
             .map(|(transport, row)| {
-                let at = |q: usize| {
-                    row.latencies[(row.latencies.len() * q / 100).min(row.latencies.len() - 1)]
-                };
+                let at = |q| row.percentile(q);
                 serde_json::json!({
                     "transport": transport,
                     "latency_seconds": {
@@ -597,10 +594,18 @@ async fn compare(
 }
 
 struct Row {
+    /// Sorted.
     latencies: Vec<Duration>,
     bytes_per_message: f64,
     requests_per_message: f64,
     burst_rate: f64,
+}
+
+impl Row {
+    /// The latency at percentile `q` (0 to 100).
+    fn percentile(&self, q: usize) -> Duration {
+        self.latencies[(self.latencies.len() * q / 100).min(self.latencies.len() - 1)]
+    }
 }
 
 async fn measure(

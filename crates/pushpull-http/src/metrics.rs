@@ -64,9 +64,6 @@ pub fn describe() {
     describe_counter!(WEBHOOK_DEAD, "Webhook messages that used up their attempts");
 }
 
-/// The histograms, for a recorder that needs their bucket bounds.
-pub const HISTOGRAMS: [&str; 2] = [PUBLISH_DURATION, FANOUT_LAG];
-
 /// Counts one transport's deliveries. Made once per stream, socket or route, so a delivery
 /// costs two atomic adds and a histogram sample.
 #[derive(Clone)]
@@ -122,6 +119,40 @@ impl DeliveryMeter {
     /// `bytes` more bytes were written (a page's body, say).
     pub fn bytes(&self, bytes: usize) {
         self.bytes.increment(bytes as u64);
+    }
+}
+
+/// Counts a webhook server's attempts, failures and given-up messages, looked up once.
+#[derive(Clone)]
+pub struct WebhookMeter {
+    /// `pushpull_webhook_attempts_total`.
+    pub attempts: Counter,
+    /// `pushpull_webhook_failures_total`.
+    pub failures: Counter,
+    /// `pushpull_webhook_dead_total`.
+    pub dead: Counter,
+}
+
+impl WebhookMeter {
+    /// The counters, from the recorder installed now.
+    pub fn new() -> Self {
+        Self {
+            attempts: counter!(WEBHOOK_ATTEMPTS),
+            failures: counter!(WEBHOOK_FAILURES),
+            dead: counter!(WEBHOOK_DEAD),
+        }
+    }
+}
+
+impl Default for WebhookMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for WebhookMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookMeter").finish_non_exhaustive()
     }
 }
 

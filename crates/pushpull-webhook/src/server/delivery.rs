@@ -8,7 +8,6 @@ use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use pushpull_core::{Delivery, SubscriptionSet, Topic};
-use pushpull_http::metrics as pm;
 use tokio::sync::watch;
 
 use super::Hooks;
@@ -93,7 +92,7 @@ impl Worker {
             }
             let outcome =
                 try_once(&self.endpoint, &self.server, &mut self.connection, &id, &body).await;
-            metrics::counter!(pm::WEBHOOK_ATTEMPTS).increment(1);
+            self.server.attempts.attempts.increment(1);
             match outcome {
                 Attempt::Delivered => {
                     self.server.meter.delivered(delivery);
@@ -120,12 +119,12 @@ impl Worker {
                     return false;
                 }
                 Attempt::Failed { reason, retry_after } => {
-                    metrics::counter!(pm::WEBHOOK_FAILURES).increment(1);
+                    self.server.attempts.failures.increment(1);
                     self.note_failure(reason.clone());
                     save_progress(&self.server, &self.endpoint).await;
                     attempt += 1;
                     if attempt >= schedule.len() {
-                        metrics::counter!(pm::WEBHOOK_DEAD).increment(1);
+                        self.server.attempts.dead.increment(1);
                         return self
                             .give_up(topic, delivery, &id, attempt as u32, reason, control)
                             .await;

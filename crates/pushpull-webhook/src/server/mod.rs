@@ -76,6 +76,7 @@ impl WebhookServer {
             node: endpoint_id().replacen("ep_", "node_", 1).into(),
             running: Arc::default(),
             meter: pushpull_http::metrics::DeliveryMeter::new(crate::NAME),
+            attempts: pushpull_http::metrics::WebhookMeter::new(),
         };
         // The background sync lives as long as something serves the routes (the server, its
         // router, or its routes mounted elsewhere): they hold this token.
@@ -143,6 +144,7 @@ struct Hooks {
     /// The endpoints this node delivers, by id.
     running: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
     meter: pushpull_http::metrics::DeliveryMeter,
+    attempts: pushpull_http::metrics::WebhookMeter,
 }
 
 /// How long a lease lasts without renewal: a dead node's endpoints are taken over after this.
