@@ -262,5 +262,6 @@ pub fn serve_config(config: &ServerConfig) -> Result<ServeConfig, Error> {
         tls,
         max_connections: config.http.max_connections,
         max_connections_per_address: config.http.max_connections_per_address,
+        max_header_bytes: config.http.max_header_bytes,
     })
 }

@@ -161,11 +161,17 @@ pub struct HttpConfig {
     /// Browser origins allowed to call the API from their pages (CORS), such as
     /// `["https://app.example.com"]`, or `["*"]` for any; empty (the default) allows none.
     pub cors_origins: Vec<String>,
-    /// The most connections open at once; at the limit, new ones wait to be accepted.
+    /// The most connections open at once (each HTTP/2 stream counts as one more); at the
+    /// limit, new ones wait to be accepted. Lowered, with a warning, to what the process's
+    /// open-file limit can hold.
     pub max_connections: usize,
-    /// The most connections open at once from one client address (IPv4, or an IPv6 /64);
-    /// more are answered 429 and closed.
+    /// The most connections open at once from one client address (IPv4, or an IPv6 /64),
+    /// upgraded WebSockets and HTTP/2 streams included; more are answered 429 and closed
+    /// within a second.
     pub max_connections_per_address: usize,
+    /// The largest request head (request line and headers) accepted, in bytes; a larger one
+    /// is answered 431. At least 8 KiB.
+    pub max_header_bytes: usize,
     /// Log one line per request (target `pushpull::access`: method, path without the query,
     /// status, time to the response head, peer address).
     pub access_log: bool,
@@ -186,6 +192,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             max_connections: serve.max_connections,
             max_connections_per_address: serve.max_connections_per_address,
+            max_header_bytes: serve.max_header_bytes,
             access_log: false,
             metrics: true,
             demo: crate::Demo::Auto,
@@ -210,8 +217,9 @@ pub struct TransportsConfig {
     /// `[transports.sse]`: Server-Sent Events.
     #[cfg(feature = "sse")]
     pub sse: Section<pushpull_sse::ServerConfig>,
-    /// `[transports.ws]`: WebSocket. `max_message_size` is raised to at least the broker's
-    /// `max_payload` plus 64 KiB, so any payload the broker takes fits in a frame.
+    /// `[transports.ws]`: WebSocket. Unless set lower, `max_message_size` follows the broker's
+    /// `max_payload` (4/3 of it, for base64, plus 64 KiB): what one socket can make the server
+    /// buffer is bounded by the payload limit.
     #[cfg(feature = "ws")]
     pub ws: Section<pushpull_ws::ServerConfig>,
     /// `[transports.stream]`: chunked HTTP streaming.
@@ -336,15 +344,17 @@ impl ServerConfig {
         if self.http.header_read_timeout.is_zero() {
             return Err(config_error("http.header_read_timeout: must be more than zero".into()));
         }
+        if self.http.max_header_bytes < 8 * 1024 {
+            return Err(config_error("http.max_header_bytes: must be at least 8192".into()));
+        }
         Ok(())
     }
 
-    /// The WebSocket server's settings, its frames large enough for any payload the broker
-    /// takes.
+    /// The WebSocket server's settings (its message limit follows the broker's `max_payload`,
+    /// which the server reads from the broker).
     #[cfg(feature = "ws")]
     pub fn ws_config(&self) -> pushpull_ws::ServerConfig {
         let mut ws = self.transports.ws.server.clone();
-        ws.max_message_size = ws.max_message_size.max(self.broker.max_payload + 64 * 1024);
         // The origins allowed to call the API from their pages may open sockets too.
         ws.allowed_origins.extend(self.http.cors_origins.iter().cloned());
         ws

@@ -486,10 +486,15 @@ impl Subscribe for MemoryBroker {
             Some(log) => log.read(epoch, &retention, cursor, 0)?,
             None => self.empty_page(topic, cursor)?,
         };
-        let position = match start.gap {
-            Some(_) => cursor,
-            None => start.next,
+        // A gap at the start (retention, or a cursor of another epoch) is the first delivery,
+        // at once: the reader learns that history was lost even if nothing new is published.
+        // The subscription's own cursor stays where it started until the gap is delivered, so
+        // a resume before that gets the gap again.
+        let (position, ready) = match start.gap {
+            Some(gap) => (start.next, VecDeque::from([Delivery::Gap(gap)])),
+            None => (start.next, VecDeque::new()),
         };
+        let resume_from = if ready.is_empty() { position } else { cursor };
         let reader = Reader {
             broker: self.clone(),
             topic: topic.clone(),
@@ -499,11 +504,11 @@ impl Subscribe for MemoryBroker {
             tail: tail.subscribe(),
             waiting: Some(tail),
             position,
-            ready: VecDeque::new(),
+            ready,
             failed: false,
         };
         let stream = futures::stream::unfold(reader, Reader::next);
-        Ok(Subscription::new(topic.clone(), position, stream))
+        Ok(Subscription::new(topic.clone(), resume_from, stream))
     }
 }
 

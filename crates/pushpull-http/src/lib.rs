@@ -37,8 +37,8 @@ pub use router::{
     BoxError, Guard, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,
 };
 pub use serve::{
-    ConnectionHold, PeerAddr, RunningServer, ServeConfig, ServerStats, Shutdown, ShutdownTrigger,
-    serve_until, spawn, spawn_with_stats,
+    ConnectionHold, PeerAddr, REFUSAL_DEADLINE, RunningServer, ServeConfig, ServerStats, Shutdown,
+    ShutdownTrigger, fit_open_file_limit, serve_until, spawn, spawn_with_stats,
 };
 pub use tls::TlsFiles;
 pub use transport::{Reading, TransportServer};

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -41,9 +42,20 @@ pub struct ServeConfig {
     /// closes (new clients wait in the listen backlog), so it never runs out of descriptors.
     pub max_connections: usize,
     /// The most connections open at once from one client address (an IPv4 address, or an
-    /// IPv6 /64). More are answered `429 Too Many Requests` and closed.
+    /// IPv6 /64). More are answered `429 Too Many Requests` and closed within
+    /// [`REFUSAL_DEADLINE`], whether they send a request or nothing. Every HTTP/2 stream counts
+    /// as one more connection of its address (and of `max_connections`), and an upgraded
+    /// WebSocket stays counted until it closes.
     pub max_connections_per_address: usize,
+    /// The largest request head (request line and headers) buffered, in bytes: a larger one is
+    /// answered `431`. It bounds what a client that sends its head slowly makes the server
+    /// hold until `header_read_timeout`. At least 8 KiB (HTTP/1's floor).
+    pub max_header_bytes: usize,
 }
+
+/// How long a connection over its address's limit is kept: long enough to read a request and
+/// answer it `429`, never longer, whether the client sends anything or not.
+pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -53,6 +65,7 @@ impl Default for ServeConfig {
             tls: None,
             max_connections: 20_000,
             max_connections_per_address: 1_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -65,6 +78,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("tls", &self.tls.is_some())
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_address", &self.max_connections_per_address)
+            .field("max_header_bytes", &self.max_header_bytes)
             .finish()
     }
 }
@@ -117,11 +131,19 @@ impl Shutdown {
     }
 }
 
-/// Counts its connection as open while any clone of it lives: the serve loop holds one while
-/// hyper serves the connection and puts one in each request's extensions, so a handler that
-/// takes the connection over (a WebSocket upgrade) keeps it counted for as long as it uses it.
+/// Counts its connection as open while any clone of it lives, in the server's total and in its
+/// client address's count: the serve loop holds one while hyper serves the connection and puts
+/// one in each request's extensions, so a handler that takes the connection over (a WebSocket
+/// upgrade) keeps it counted against both limits for as long as it uses it.
 #[derive(Debug, Clone)]
-pub struct ConnectionHold(#[allow(dead_code)] Arc<OpenGuard>);
+pub struct ConnectionHold(#[allow(dead_code)] Arc<Held>);
+
+/// What a [`ConnectionHold`] keeps counted.
+#[derive(Debug)]
+struct Held {
+    _open: OpenGuard,
+    _address: AddressGuard,
+}
 
 impl ConnectionHold {
     /// The hold of the connection that carried `request`, if a pushpull server served it.
@@ -130,8 +152,8 @@ impl ConnectionHold {
     }
 }
 
-/// Puts the server's [`Shutdown`] (and the connection's [`ConnectionHold`]) into each
-/// request's extensions.
+/// Puts the server's [`Shutdown`] (and the connection's [`ConnectionHold`] and peer) into each
+/// request's extensions, and counts each HTTP/2 stream against the limits.
 #[derive(Clone)]
 struct WithShutdown<S> {
     inner: S,
@@ -139,6 +161,16 @@ struct WithShutdown<S> {
     stats: Arc<ServerStats>,
     hold: Option<ConnectionHold>,
     peer: Option<PeerAddr>,
+    streams: Option<StreamLimits>,
+}
+
+/// What an HTTP/2 stream is counted against: its address's count and the server's total.
+#[derive(Clone)]
+struct StreamLimits {
+    addresses: Arc<AddressCounts>,
+    key: IpAddr,
+    per_address: usize,
+    total: usize,
 }
 
 /// The client address of the connection that carried a request, which the serve loop puts in
@@ -157,12 +189,24 @@ impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
 {
-    type Response = Response<B>;
+    type Response = Response<CountedBody<B>>;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Counted<S::Future>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let stream = match (&self.streams, request.version()) {
+            (Some(limits), http::Version::HTTP_2) => match limits.admit(&self.stats) {
+                Ok(guard) => Some(guard),
+                Err(Refusal::Address) => {
+                    return Counted::Refused { response: Some(refusal(limits.per_address)) };
+                }
+                Err(Refusal::Total) => {
+                    return Counted::Refused { response: Some(busy(limits.total)) };
+                }
+            },
+            _ => None,
+        };
         request.extensions_mut().insert(self.signal.clone());
         if let Some(hold) = &self.hold {
             request.extensions_mut().insert(hold.clone());
@@ -170,8 +214,156 @@ where
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
         }
-        self.inner.call(request)
+        Counted::Served { future: self.inner.call(request), stream }
     }
+}
+
+impl StreamLimits {
+    /// Counts one more HTTP/2 stream, or answers why it may not open.
+    fn admit(&self, stats: &Arc<ServerStats>) -> Result<StreamGuard, Refusal> {
+        let address = self.addresses.enter(self.key);
+        if address.count() > self.per_address {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Address);
+        }
+        let guard = StreamGuard::new(stats.clone(), address);
+        if stats.in_use() > self.total {
+            return Err(Refusal::Total);
+        }
+        Ok(guard)
+    }
+}
+
+/// Why a stream may not open.
+enum Refusal {
+    /// Its address is at its limit.
+    Address,
+    /// The server is at `max_connections`.
+    Total,
+}
+
+/// One HTTP/2 stream counted in the server's total and its address's count, until dropped
+/// with the stream's response body.
+struct StreamGuard {
+    stats: Arc<ServerStats>,
+    _address: AddressGuard,
+}
+
+impl StreamGuard {
+    fn new(stats: Arc<ServerStats>, address: AddressGuard) -> Self {
+        stats.streams.fetch_add(1, Ordering::Relaxed);
+        Self { stats, _address: address }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.stats.streams.fetch_sub(1, Ordering::Relaxed);
+        self.stats.closed.notify_one();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of a counted request: the service's, or a refusal.
+    #[project = CountedProj]
+    enum Counted<F> {
+        Served { #[pin] future: F, stream: Option<StreamGuard> },
+        Refused { response: Option<Response<Full<Bytes>>> },
+    }
+}
+
+impl<F, B> Future for Counted<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<CountedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CountedProj::Served { future, stream } => {
+                let Ok(response) = std::task::ready!(future.poll(cx));
+                let guard = stream.take();
+                Poll::Ready(Ok(response.map(|body| CountedBody::Served { body, _guard: guard })))
+            }
+            CountedProj::Refused { response } => {
+                let response = response.take().expect("a refused stream is answered once");
+                Poll::Ready(Ok(response.map(|body| CountedBody::Refused { body })))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its HTTP/2 stream counted until it ends, or a refusal's.
+    #[project = CountedBodyProj]
+    enum CountedBody<B> {
+        Served { #[pin] body: B, _guard: Option<StreamGuard> },
+        Refused { body: Full<Bytes> },
+    }
+}
+
+impl<B> http_body::Body for CountedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            CountedBodyProj::Served { body, .. } => body.poll_frame(cx),
+            CountedBodyProj::Refused { body } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CountedBody::Served { body, .. } => body.is_end_stream(),
+            CountedBody::Refused { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            CountedBody::Served { body, .. } => body.size_hint(),
+            CountedBody::Refused { body } => body.size_hint(),
+        }
+    }
+}
+
+/// `429` for a connection or stream over its address's limit.
+fn refusal(limit: usize) -> Response<Full<Bytes>> {
+    let body = format!(
+        "{{\"error\":{{\"kind\":\"rate_limited\",\"message\":\"this address has \
+         {limit} connections and HTTP/2 streams open, the most allowed; close some and retry\"}}}}"
+    );
+    error_response(http::StatusCode::TOO_MANY_REQUESTS, body)
+}
+
+/// `503` for a stream beyond the server's total.
+fn busy(limit: usize) -> Response<Full<Bytes>> {
+    let body = format!(
+        "{{\"error\":{{\"kind\":\"unavailable\",\"message\":\"the server has {limit} \
+         connections and HTTP/2 streams open, the most it serves; retry later\"}}}}"
+    );
+    error_response(http::StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+fn error_response(status: http::StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::RETRY_AFTER, "1")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
 }
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (h2c).
@@ -181,6 +373,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Default)]
 pub struct ServerStats {
     open: AtomicUsize,
+    streams: AtomicUsize,
     accepted: AtomicUsize,
     requests: AtomicUsize,
     refused: AtomicUsize,
@@ -194,6 +387,16 @@ impl ServerStats {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// HTTP/2 streams open now (each counts against the limits as a connection does).
+    pub fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// What counts against `max_connections`: open connections and HTTP/2 streams.
+    fn in_use(&self) -> usize {
+        self.open_connections() + self.open_streams()
+    }
+
     /// Connections accepted since the start.
     pub fn accepted_connections(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -204,7 +407,8 @@ impl ServerStats {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Connections refused since the start for going over the per-address limit.
+    /// Connections and HTTP/2 streams refused since the start for going over the per-address
+    /// limit.
     pub fn refused_connections(&self) -> usize {
         self.refused.load(Ordering::Relaxed)
     }
@@ -320,15 +524,19 @@ pub async fn serve_until<S, B>(
         stats: stats.clone(),
         hold: None,
         peer: None,
+        streams: None,
     };
     let addresses = Arc::new(AddressCounts::default());
+    let max_connections = fit_open_file_limit(config.max_connections.max(1));
+    let per_address = config.max_connections_per_address.max(1);
+    let mut accept_errors = ErrorThrottle::default();
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
         // At the limit, accept nothing until a connection closes: the backlog holds the rest.
-        while stats.open_connections() >= config.max_connections.max(1) {
+        while stats.in_use() >= max_connections {
             let closed = stats.closed.notified();
-            if stats.open_connections() < config.max_connections.max(1) {
+            if stats.in_use() < max_connections {
                 break;
             }
             tokio::select! {
@@ -342,28 +550,55 @@ pub async fn serve_until<S, B>(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: say so (not once per attempt), and
+                    // wait for a connection to close or a moment to pass instead of spinning.
+                    accept_errors.record(&err, stats.open_connections());
+                    let closed = stats.closed.notified();
+                    tokio::select! {
+                        () = closed => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let key = address_key(peer.ip());
+        let from = addresses.enter(key);
+        let open = OpenGuard::new(stats.clone());
+        if from.count() > per_address {
+            // A refused connection is not one of its address's open connections, and it is
+            // gone within the refusal deadline whatever it sends.
+            drop(from);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            let Some(refusing) = addresses.refuse(key) else {
+                // Already answering many of this address's connections: close this one at
+                // once, so a client reconnecting in a loop holds no more.
+                continue;
+            };
+            let tls = config.tls.clone();
+            connections.spawn(async move {
+                let _held = (open, refusing);
+                tracing::debug!(%peer, "refusing a connection over the per-address limit");
+                let _ =
+                    tokio::time::timeout(REFUSAL_DEADLINE, refuse(stream, tls, per_address)).await;
+            });
+            continue;
+        }
         let watcher = graceful.watcher();
         let mut service = service.clone();
         let config = config.clone();
-        let hold = ConnectionHold(Arc::new(OpenGuard::new(stats.clone())));
-        let from = addresses.enter(peer.ip());
-        let over_limit = from.count() > config.max_connections_per_address.max(1);
-        let stats = stats.clone();
+        let hold = ConnectionHold(Arc::new(Held { _open: open, _address: from }));
         let span = tracing::debug_span!("connection", %peer);
+        let streams =
+            StreamLimits { addresses: addresses.clone(), key, per_address, total: max_connections };
         connections.spawn(tracing::Instrument::instrument(
             async move {
                 service.hold = Some(hold.clone());
                 service.peer = Some(PeerAddr(peer));
-                let _open = (hold, from);
+                service.streams = Some(streams);
+                let _open = hold;
                 let timeout = config.header_read_timeout;
                 if config.tls.is_none() && !request_begins(&stream, timeout).await {
                     return;
@@ -381,15 +616,15 @@ pub async fn serve_until<S, B>(
                         }
                     }
                 };
-                if over_limit {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "refusing a connection over the per-address limit");
-                    refuse(io, config.max_connections_per_address).await;
-                    return;
-                }
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
-                builder.http2().timer(TokioTimer::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES));
+                builder.http2().timer(TokioTimer::new()).max_header_list_size(
+                    u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+                );
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 if let Err(err) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(err = %err, "connection ended with an error");
@@ -413,56 +648,164 @@ pub async fn serve_until<S, B>(
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// Answers every request of a connection over the per-address limit with 429, within one
-/// second, and closes it.
-async fn refuse(io: Box<dyn Io>, limit: usize) {
-    let body = format!(
-        "{{\"error\":{{\"kind\":\"rate_limited\",\"message\":\"this address has \
-         {limit} connections open, the most allowed; close some and retry\"}}}}"
-    );
-    let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
-        let body = body.clone();
-        async move {
-            let response = Response::builder()
-                .status(http::StatusCode::TOO_MANY_REQUESTS)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::RETRY_AFTER, "1")
-                .header(http::header::CONNECTION, "close")
-                .body(http_body_util::Full::new(Bytes::from(body)))
-                .expect("a valid response");
-            Ok::<_, Infallible>(response)
+/// HTTP/1's floor for `max_header_bytes`.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// How many connections of one address are answered `429` at once; more are closed unanswered.
+const MAX_REFUSING_PER_ADDRESS: usize = 16;
+
+/// Answers every request of a connection over the per-address limit with 429 and closes it.
+/// The caller bounds it by [`REFUSAL_DEADLINE`].
+async fn refuse(stream: TcpStream, tls: Option<TlsAcceptor>, limit: usize) {
+    let io: Box<dyn Io> = match tls {
+        None => {
+            if !request_begins(&stream, REFUSAL_DEADLINE).await {
+                return;
+            }
+            Box::new(stream)
         }
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => Box::new(tls),
+            Err(_) => return,
+        },
+    };
+    let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
+        let mut response = refusal(limit);
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        async move { Ok::<_, Infallible>(response) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(false);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+    builder.http1().keep_alive(false).max_buf_size(MIN_HEADER_BYTES);
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
-/// Open connections per client address (IPv4, or the /64 of an IPv6 address).
+/// Logs accept errors (out of file descriptors, say) at most once a second, with how many
+/// were left unlogged since.
 #[derive(Default)]
-struct AddressCounts(Mutex<HashMap<IpAddr, usize>>);
+struct ErrorThrottle {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
 
-impl AddressCounts {
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> AddressGuard {
-        let key = match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    IpAddr::V6(prefix.into())
-                }
-            },
-            v4 => v4,
+impl ErrorThrottle {
+    fn record(&mut self, err: &io::Error, open: usize) {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
+            self.unlogged += 1;
+            return;
+        }
+        let hint = if err.raw_os_error() == Some(EMFILE) {
+            "; the process is out of file descriptors: raise its open-file limit \
+             (LimitNOFILE=, ulimit -n) or lower http.max_connections"
+        } else {
+            ""
         };
-        let mut counts = self.0.lock().expect("address counts lock");
-        let count = counts.entry(key).or_default();
-        *count += 1;
-        AddressGuard { counts: self.clone(), key, count: *count }
+        tracing::warn!(%err, open, more = self.unlogged, "accept failed{hint}");
+        self.last = Some(now);
+        self.unlogged = 0;
     }
 }
 
-/// One connection counted against its address, until dropped.
+/// File descriptors kept beside the connections' for the rest of the process: the listener,
+/// broker and webhook connections, files.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// The most connections this process can hold given its open-file limit: `max_connections`
+/// when the limit allows it (raising the soft limit up to the hard one if needed), or fewer,
+/// with a warning that says what to set, so the server never runs into `EMFILE` before its own
+/// limit.
+pub fn fit_open_file_limit(max_connections: usize) -> usize {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let wanted = max_connections as u64 + SPARE_DESCRIPTORS;
+        let limit = getrlimit(Resource::Nofile);
+        let soft = limit.current.unwrap_or(u64::MAX);
+        if soft >= wanted {
+            return max_connections;
+        }
+        let hard = limit.maximum.unwrap_or(u64::MAX);
+        let raised = wanted.min(hard);
+        let raise = rustix::process::Rlimit { current: Some(raised), maximum: limit.maximum };
+        let soft = if setrlimit(Resource::Nofile, raise).is_ok() { raised } else { soft };
+        if soft >= wanted {
+            return max_connections;
+        }
+        let fits = usize::try_from(soft.saturating_sub(SPARE_DESCRIPTORS)).unwrap_or(usize::MAX);
+        let fits = fits.max(1);
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft,
+            serving = fits,
+            "http.max_connections needs {wanted} open files but the process may hold {soft}: \
+             serving at most {fits} connections; raise the limit (LimitNOFILE= in the service \
+             unit, ulimit -n) or lower http.max_connections"
+        );
+        fits
+    }
+    #[cfg(not(unix))]
+    max_connections
+}
+
+/// `EMFILE`: the process's open-file limit is reached.
+const EMFILE: i32 = 24;
+
+/// The key a client address is counted under: an IPv4 address (IPv4-mapped IPv6 included), or
+/// the /64 of an IPv6 address.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// Per client address: open connections and HTTP/2 streams, and connections being refused.
+#[derive(Debug, Default)]
+struct AddressCounts(Mutex<HashMap<IpAddr, Counts>>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    open: usize,
+    refusing: usize,
+}
+
+impl AddressCounts {
+    fn enter(self: &Arc<Self>, key: IpAddr) -> AddressGuard {
+        let mut counts = self.0.lock().expect("address counts lock");
+        let entry = counts.entry(key).or_default();
+        entry.open += 1;
+        AddressGuard { counts: self.clone(), key, count: entry.open }
+    }
+
+    /// Counts one more connection being refused, unless the address already has the most.
+    fn refuse(self: &Arc<Self>, key: IpAddr) -> Option<RefusalGuard> {
+        let mut counts = self.0.lock().expect("address counts lock");
+        let entry = counts.entry(key).or_default();
+        if entry.refusing >= MAX_REFUSING_PER_ADDRESS {
+            return None;
+        }
+        entry.refusing += 1;
+        Some(RefusalGuard { counts: self.clone(), key })
+    }
+
+    fn leave(&self, key: IpAddr, change: impl FnOnce(&mut Counts)) {
+        let mut counts = self.0.lock().expect("address counts lock");
+        if let Some(entry) = counts.get_mut(&key) {
+            change(entry);
+            if entry.open == 0 && entry.refusing == 0 {
+                counts.remove(&key);
+            }
+        }
+    }
+}
+
+/// One connection (or HTTP/2 stream) counted against its address, until dropped.
+#[derive(Debug)]
 struct AddressGuard {
     counts: Arc<AddressCounts>,
     key: IpAddr,
@@ -470,7 +813,7 @@ struct AddressGuard {
 }
 
 impl AddressGuard {
-    /// The address's open connections when this one was accepted, this one included.
+    /// The address's open connections and streams when this one entered, itself included.
     fn count(&self) -> usize {
         self.count
     }
@@ -478,13 +821,19 @@ impl AddressGuard {
 
 impl Drop for AddressGuard {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().expect("address counts lock");
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
+        self.counts.leave(self.key, |entry| entry.open -= 1);
+    }
+}
+
+/// One connection of an address being refused, until dropped.
+struct RefusalGuard {
+    counts: Arc<AddressCounts>,
+    key: IpAddr,
+}
+
+impl Drop for RefusalGuard {
+    fn drop(&mut self) {
+        self.counts.leave(self.key, |entry| entry.refusing -= 1);
     }
 }
 

@@ -206,3 +206,143 @@ async fn the_access_log_has_a_line_per_request_and_never_the_query() {
     assert!(line.contains("status=200") && line.contains("peer=\"127.0.0.1:"), "{line}");
     assert!(!log.contains("s3cr3t"), "a token in the query is never logged: {log}");
 }
+
+/// A route whose response never ends: what an event stream holds.
+fn holding() -> Router {
+    hello().with([Route::new(Method::GET, "/hold", |_, _| async {
+        let body = http_body_util::StreamBody::new(futures::stream::pending::<
+            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+        >());
+        let mut response = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+        *response.status_mut() = StatusCode::OK;
+        Ok(response)
+    })])
+}
+
+/// A connection from `source` (another loopback address stands for another client).
+async fn connect_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// One request from `source` on a connection of its own: the status line of the answer.
+async fn request_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> String {
+    let mut stream = connect_from(source, addr).await;
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_owned()
+}
+
+const OTHER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+#[tokio::test]
+async fn silent_connections_over_the_address_limit_are_closed_within_a_second() {
+    // The head timeout is long: only the refusal deadline can close the extra connections.
+    let config = ServeConfig {
+        max_connections: 60,
+        max_connections_per_address: 20,
+        header_read_timeout: Duration::from_secs(60),
+        ..ServeConfig::default()
+    };
+    let server = serve(config).await;
+    let addr = server.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(LOOPBACK, addr).await);
+    }
+    // Twice the limit again, sending nothing: each is closed by the server, soon.
+    let started = std::time::Instant::now();
+    let mut extra = Vec::new();
+    for _ in 0..40 {
+        extra.push(connect_from(LOOPBACK, addr).await);
+    }
+    for mut stream in extra {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(LIMIT, stream.read(&mut buf)).await.expect("closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // Generous for a loaded machine, and far below the 60 s head timeout.
+    assert!(started.elapsed() < Duration::from_secs(10), "closed after {:?}", started.elapsed());
+    assert!(server.stats().refused_connections() >= 40);
+    // Another address is served throughout, the silent ones still open.
+    assert_eq!(request_from(OTHER, addr).await, "HTTP/1.1 200 OK");
+    assert_eq!(server.stats().open_connections(), 20);
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_request_head_larger_than_the_limit_is_refused_before_it_is_whole() {
+    let server = serve(ServeConfig::default()).await;
+    let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    stream.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Headers of 1 KiB each, slowly, never ending the head: the server answers 431 and closes
+    // before a 390 KiB head could be buffered.
+    let header = format!("X-Filler: {}\r\n", "f".repeat(1024));
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    while sent < 390 * 1024 {
+        if stream.write_all(header.as_bytes()).await.is_err() {
+            break;
+        }
+        sent += header.len();
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(5), stream.read(&mut buf)).await
+        {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(LIMIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(sent <= 64 * 1024, "the server took {sent} bytes of head");
+}
+
+#[tokio::test]
+async fn http2_streams_count_against_the_address_limit() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let config = ServeConfig { max_connections_per_address: 10, ..ServeConfig::default() };
+    let server = pushpull_http::spawn(listener, holding(), config).unwrap();
+    let addr = server.local_addr();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(TcpStream::connect(addr).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let open = |path: &'static str| {
+        let mut sender = sender.clone();
+        async move {
+            let request = http::Request::get(format!("http://{addr}{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.send_request(request).await.unwrap()
+        }
+    };
+    // The connection is one, and each held stream one more: nine fit.
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        let response = tokio::time::timeout(LIMIT, open("/hold")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    assert_eq!(server.stats().open_streams(), 9);
+    let response = tokio::time::timeout(LIMIT, open("/hold")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("rate_limited"));
+    // Another address is served meanwhile; and a stream that ends makes room.
+    assert_eq!(request_from(OTHER, addr).await, "HTTP/1.1 200 OK");
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + LIMIT;
+    while server.stats().open_streams() > 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = tokio::time::timeout(LIMIT, open("/hello")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -302,20 +302,24 @@ impl Subscribe for RedisBroker {
         // Resolve the cursor now: `latest` means what exists when subscribe returns, and a bad
         // cursor fails here rather than in the stream.
         let start = self.read(topic, cursor, 0).await?;
-        let position = if start.gap.is_some() { cursor } else { start.next };
+        // A gap at the start is the first delivery, at once (see the memory broker); the
+        // subscription's cursor stays at the start until it is delivered.
+        let position = start.next;
+        let resume_from = if start.gap.is_some() { cursor } else { position };
+        let ready: VecDeque<Delivery> = start.gap.map(Delivery::Gap).into_iter().collect();
         let reader = Reader {
             broker: self.clone(),
             topic: topic.clone(),
             window: self.inner.windows.of(topic),
             position,
             wake,
-            ready: VecDeque::new(),
+            ready,
             failures: 0,
             failed: false,
         };
         Ok(Subscription::new(
             topic.clone(),
-            position,
+            resume_from,
             futures::stream::unfold(reader, Reader::next),
         ))
     }

@@ -52,18 +52,21 @@ impl SseClient {
             Cursor::After(..) => format!("/v1/topics/{topic}/events"),
             other => format!("/v1/topics/{topic}/events?after={other}"),
         };
-        let mut request = self
-            .http
-            .request(Method::GET, &path)
-            .header(header::ACCEPT, CONTENT_TYPE)
-            .header(header::CACHE_CONTROL, "no-cache");
-        if let Cursor::After(..) = cursor {
-            request = request.header("last-event-id", cursor.to_string());
-        }
-        let request = request.body(Full::new(Bytes::new())).map_err(|e| {
-            self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-        })?;
-        let response = self.http.send(request, self.config.request_timeout).await?;
+        let request = || {
+            let mut request = self
+                .http
+                .request(Method::GET, &path)
+                .header(header::ACCEPT, CONTENT_TYPE)
+                .header(header::CACHE_CONTROL, "no-cache");
+            if let Cursor::After(..) = cursor {
+                request = request.header("last-event-id", cursor.to_string());
+            }
+            request.body(Full::new(Bytes::new())).map_err(|e| {
+                self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+            })
+        };
+        // Safe to repeat: a pooled connection that died with the network is retried at once.
+        let response = self.http.send_idempotent(request, self.config.request_timeout).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NO_CONTENT => {

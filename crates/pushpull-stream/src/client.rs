@@ -51,15 +51,18 @@ impl StreamClient {
 
     async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
         let framing = self.framing();
-        let request = self
-            .http
-            .request(Method::GET, &format!("/v1/topics/{topic}/stream?after={cursor}"))
-            .header(header::ACCEPT, framing.content_type())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| {
-                self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-            })?;
-        let response = self.http.send(request, self.config.request_timeout).await?;
+        let path = format!("/v1/topics/{topic}/stream?after={cursor}");
+        let request = || {
+            self.http
+                .request(Method::GET, &path)
+                .header(header::ACCEPT, framing.content_type())
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| {
+                    self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+                })
+        };
+        // Safe to repeat: a pooled connection that died with the network is retried at once.
+        let response = self.http.send_idempotent(request, self.config.request_timeout).await?;
         if response.status() != StatusCode::OK {
             // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
             return Err(self.http.error_for(response).await);

@@ -438,6 +438,32 @@ pub async fn gap_on_epoch_change(harness: &dyn Harness) {
     assert_eq!(next_message(&mut sub).await.payload, "m2");
 }
 
+/// S1, F5: a subscription from an earlier incarnation's cursor starts with its gap, even when
+/// nothing new is published: a reader learns at once that history was reset.
+pub async fn stale_epoch_gap_on_a_quiet_topic(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("stale-quiet");
+    let receipts = publish_range(&*client, &topic, 1..=3).await;
+    let old = receipts[2].cursor();
+    if let Err(why) = fixture.restart().await {
+        return skipped("stale_epoch_gap_on_a_quiet_topic", why);
+    }
+    let mut sub = subscribe(&*client, &topic, old).await;
+    // Nothing is published after the restart: the gap must come by itself.
+    let gap = next_gap(&mut sub).await;
+    assert_eq!(gap.reason, GapReason::EpochChanged { previous: receipts[0].epoch });
+    assert_eq!(gap.missed, None, "the new log is empty: nothing of it was missed");
+    let epoch = gap.cursor.epoch().expect("the gap's cursor names the new epoch");
+    assert_ne!(epoch, receipts[0].epoch);
+    assert_eq!(gap.cursor, Cursor::After(epoch, Offset(0)));
+    // And the subscription goes on in the new log, from its first message.
+    let fresh = publish_range(&*client, &topic, 1..=1).await;
+    assert_eq!(fresh[0].epoch, epoch);
+    let message = next_message(&mut sub).await;
+    assert_eq!((message.epoch, message.offset), (epoch, Offset(1)));
+}
+
 /// S1, S2, F5: a live subscription carried across a server restart reports the epoch change.
 pub async fn live_subscription_across_restart(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;

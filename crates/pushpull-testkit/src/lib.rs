@@ -52,6 +52,7 @@ macro_rules! conformance {
                 resume_after_connection_killed,
                 gap_on_retention_loss,
                 gap_on_epoch_change,
+                stale_epoch_gap_on_a_quiet_topic,
                 live_subscription_across_restart,
                 binary_payloads,
                 large_payload,

@@ -21,8 +21,13 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// The most subscriptions one socket may hold.
     pub max_subscriptions: usize,
-    /// The largest frame or message accepted from a client, in bytes (more closes with 1009).
-    pub max_message_size: usize,
+    /// The largest frame or message accepted from a client, in bytes: a frame that declares
+    /// more, or a message whose fragments add up to more, closes the socket with 1009 before
+    /// the rest is read. Unset (the default), it follows the broker's payload limit:
+    /// [`message_limit_for`] of its `max_payload`, so a socket can make the server hold no more
+    /// than the largest message it could accept. Set, it can only lower that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<usize>,
     /// Bytes of unsent frames buffered per socket before writing waits for the peer.
     pub write_buffer: usize,
     /// The read buffer allocated per socket. Requests are small, so a small buffer keeps idle
@@ -46,7 +51,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(45),
             write_timeout: Duration::from_secs(30),
             max_subscriptions: 100,
-            max_message_size: 8 * 1024 * 1024,
+            max_message_size: None,
             write_buffer: 256 * 1024,
             read_buffer: 1024,
             max_bad_frames: 16,
@@ -76,11 +81,28 @@ impl ServerConfig {
                 "max_subscriptions, max_limit and max_bad_frames must be at least 1",
             );
         }
-        if self.max_message_size < 1024 {
+        if self.max_message_size.is_some_and(|size| size < 1024) {
             return bad("max_message_size", "must be at least 1024");
         }
         Ok(())
     }
+
+    /// The largest message a socket may send, for a broker taking payloads of up to
+    /// `max_payload` bytes (`None`: the broker does not say).
+    pub fn message_limit(&self, max_payload: Option<usize>) -> usize {
+        let follows = message_limit_for(max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD));
+        self.max_message_size.map_or(follows, |set| set.min(follows))
+    }
+}
+
+/// The payload limit assumed when the broker states none.
+const DEFAULT_MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+/// The largest request that can carry a payload of `max_payload` bytes: in base64 (a browser's
+/// `data_base64`, 4/3 of it), plus 64 KiB for the request's other fields. A text payload whose
+/// JSON escaping makes it larger is sent in a binary frame (the Rust client does so itself).
+pub fn message_limit_for(max_payload: usize) -> usize {
+    max_payload.div_ceil(3).saturating_mul(4).saturating_add(64 * 1024)
 }
 
 /// Settings of the WebSocket [`Client`](crate::WsClient).

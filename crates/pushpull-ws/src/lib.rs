@@ -7,7 +7,7 @@ mod server;
 pub mod wire;
 
 pub use client::WsClient;
-pub use config::{ClientConfig, ServerConfig};
+pub use config::{ClientConfig, ServerConfig, message_limit_for};
 pub use server::{WS_PATH, WsServer};
 
 /// The transport's name, in configuration and errors.

@@ -47,8 +47,10 @@ impl WsServer {
         };
         let api = pushpull_http::api(broker.clone(), pages, None);
         let origins = Arc::new(pushpull_http::Cors::new(config.allowed_origins.iter().cloned()));
+        let message_limit = config.message_limit(broker.capabilities().max_payload);
         let sockets = Sockets {
             broker,
+            message_limit,
             config: Arc::new(config),
             origins,
             open: Gauge::new(),
@@ -105,6 +107,9 @@ impl pushpull_http::TransportServer for WsServer {
 struct Sockets {
     broker: Arc<dyn Broker>,
     config: Arc<ServerConfig>,
+    /// The largest message a socket may send: `config`'s, bounded by the broker's payload
+    /// limit.
+    message_limit: usize,
     /// `config.allowed_origins`, ready to match.
     origins: Arc<pushpull_http::Cors>,
     open: Gauge,
@@ -145,12 +150,12 @@ impl Sockets {
                     Ok(upgraded) => {
                         let config = WebSocketConfig::default()
                             .read_buffer_size(server.config.read_buffer)
-                            .max_message_size(Some(server.config.max_message_size))
-                            .max_frame_size(Some(server.config.max_message_size))
+                            .max_message_size(Some(server.message_limit))
+                            .max_frame_size(Some(server.message_limit))
                             // Frames gather until a batch is flushed (one write for many).
                             .write_buffer_size(WRITE_BATCH_BYTES)
                             .max_write_buffer_size(
-                                server.config.write_buffer + server.config.max_message_size,
+                                server.config.write_buffer + server.message_limit,
                             );
                         let socket = WebSocketStream::from_raw_socket(
                             TokioIo::new(upgraded),

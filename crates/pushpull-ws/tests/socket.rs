@@ -257,7 +257,7 @@ async fn bad_requests_get_error_frames_and_the_socket_stays_open() {
 #[tokio::test]
 async fn protocol_violations_close_with_the_rfc_6455_code() {
     let config =
-        ServerConfig { max_message_size: 4096, max_bad_frames: 3, ..ServerConfig::default() };
+        ServerConfig { max_message_size: Some(4096), max_bad_frames: 3, ..ServerConfig::default() };
     let setup = start(config).await;
     let addr = setup.running.local_addr();
 
@@ -452,4 +452,52 @@ async fn a_slow_reader_falls_behind_into_a_gap() {
         }
     }
     assert!(gaps > 0, "the slow reader was told what it missed");
+}
+
+#[tokio::test]
+async fn a_message_over_the_payload_limit_closes_with_1009_before_it_is_read_whole() {
+    // With payloads of at most 1 KiB, no request can be larger than the base64 of one plus
+    // 64 KiB: a 200 KB frame is refused from its header.
+    let broker =
+        MemoryBroker::with_config(MemoryConfig { max_payload: 1024, ..MemoryConfig::default() })
+            .unwrap();
+    let setup = start_with(broker, ServerConfig::default()).await;
+    let limit = pushpull_ws::message_limit_for(1024);
+    assert!(limit < 72_000, "the limit follows the payload limit: {limit}");
+    let mut raw = upgrade(setup.running.local_addr()).await;
+    // A masked text frame declaring 200,000 bytes, of which only the first 1 KiB is sent.
+    let declared: u64 = 200_000;
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&declared.to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    raw.write_all(&head).await.unwrap();
+    raw.write_all(&[b'x' ^ 1; 1024]).await.unwrap();
+    assert_eq!(raw_close_code(&mut raw).await, Some(close::TOO_BIG));
+
+    // A message in fragments is bounded the same way: the close comes before the last one.
+    let mut raw = upgrade(setup.running.local_addr()).await;
+    let fragment = vec![b'y'; 16 * 1024];
+    let mut sent = 0;
+    let code = loop {
+        let first = sent == 0;
+        let mut frame = vec![if first { 0x01 } else { 0x00 }, 0x80 | 126];
+        frame.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the bytes as they are
+        frame.extend_from_slice(&fragment);
+        if raw.write_all(&frame).await.is_err() {
+            break raw_close_code(&mut raw).await;
+        }
+        sent += fragment.len();
+        assert!(sent <= 2 * limit, "{sent} bytes taken without a close");
+        let mut peek = [0u8; 1];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(20), raw.peek(&mut peek)).await
+        {
+            if n > 0 {
+                break raw_close_code(&mut raw).await;
+            }
+        }
+    };
+    assert_eq!(code, Some(close::TOO_BIG));
+    assert!(sent <= limit + fragment.len(), "closed only after {sent} bytes");
 }
