@@ -265,7 +265,7 @@ async fn an_expiring_token_is_renewed_and_the_reader_misses_nothing() {
     let topic = Topic::new("ticks").unwrap();
     let publisher = token(&["ticks"], &[], false, 120);
     let publisher = client("poll", &url, &ca, BearerToken::fixed(publisher)).await;
-    for transport in ["sse", "ws", "stream"] {
+    for transport in ["sse", "ws", "stream", "longpoll"] {
         let source = Arc::new(ShortLived { asked: AtomicUsize::new(0) });
         let reader = client(transport, &url, &ca, BearerToken::from_source(source.clone())).await;
         let mut subscription = reader.subscribe(&topic, Cursor::Latest).await.unwrap();
@@ -329,4 +329,31 @@ async fn a_subscription_flood_does_not_lock_publishers_out() {
         let topic = Topic::new(format!("real-{n}")).unwrap();
         publisher.publish(&topic, Publication::new("still served")).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_held_long_poll_is_answered_401_when_its_token_expires() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |config| {
+        config.transports.longpoll.server.max_wait = Duration::from_secs(120);
+    })
+    .await;
+    // Valid for two seconds; the poll asks to be held for two minutes on a quiet topic.
+    let short = token(&[], &["quiet"], false, 2);
+    let started = std::time::Instant::now();
+    let (status, headers, body) = request(
+        &url,
+        &ca,
+        http::Method::GET,
+        "/v1/topics/quiet/messages?after=latest&wait=120",
+        &[("authorization", format!("Bearer {short}"))],
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["kind"], "unauthorized");
+    assert!(body["error"]["message"].as_str().unwrap().contains("expired"), "{body}");
+    let challenge = headers.get("www-authenticate").unwrap().to_str().unwrap();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    // Answered at the expiry (LIMIT bounds it), not when the two minutes are up.
+    assert!(started.elapsed() < LIMIT, "held for {:?}", started.elapsed());
 }

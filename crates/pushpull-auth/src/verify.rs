@@ -19,8 +19,9 @@ pub struct Verifier {
     keys: Vec<Key>,
     anonymous: Option<Grant>,
     rate: Option<(f64, u32)>,
-    /// Each token's (subject's) publish allowance, shared by all its requests.
-    rates: Mutex<HashMap<String, Arc<RateLimit>>>,
+    /// Each token's (subject's) publish allowance, shared by all its requests; in shards by
+    /// subject, so concurrent requests of different subjects rarely wait on one lock.
+    rates: Box<[Mutex<HashMap<String, Arc<RateLimit>>>]>,
     inserted: AtomicUsize,
     pub(crate) cookie: Option<String>,
     pub(crate) query_param: Option<String>,
@@ -84,7 +85,7 @@ impl Verifier {
             keys,
             anonymous,
             rate,
-            rates: Mutex::default(),
+            rates: (0..RATE_SHARDS).map(|_| Mutex::default()).collect(),
             inserted: AtomicUsize::new(0),
             cookie: nonempty(&config.cookie),
             query_param: nonempty(&config.query_param),
@@ -131,7 +132,15 @@ impl Verifier {
     }
 
     fn allowance(&self, who: String, rate: f64, burst: u32) -> Arc<RateLimit> {
-        let mut rates = self.rates.lock().expect("rates lock");
+        let shard = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+                std::sync::OnceLock::new();
+            let mut hasher = SEED.get_or_init(Default::default).build_hasher();
+            who.hash(&mut hasher);
+            (hasher.finish() % RATE_SHARDS as u64) as usize
+        };
+        let mut rates = self.rates[shard].lock().expect("rates lock");
         if let Some(existing) = rates.get(&who) {
             return existing.clone();
         }
@@ -142,6 +151,9 @@ impl Verifier {
         rates.entry(who).or_insert_with(|| Arc::new(RateLimit::new(rate, burst))).clone()
     }
 }
+
+/// Shards of the publish-allowance map.
+const RATE_SHARDS: usize = 32;
 
 /// The grant of `rights`.
 fn grant(

@@ -218,12 +218,26 @@ impl Router {
             Ok(Some(grant)) => {
                 let deadline = grant.deadline();
                 request.extensions_mut().insert(grant);
-                let response = self.route(request).await;
                 match deadline {
-                    None => response,
-                    Some(deadline) => response.map(|body| {
-                        crate::ends_at::EndsAt::new(body, Some(deadline)).boxed_unsync()
-                    }),
+                    None => self.route(request).await,
+                    Some(deadline) => {
+                        // A read held past the token's expiry (a long poll) is answered 401
+                        // then, as an event stream is ended then: the client renews its token
+                        // and asks again. Writes are left to finish, so none is cut half done.
+                        let read = request.method() == Method::GET;
+                        let routed = self.route(request);
+                        let response = if read {
+                            match tokio::time::timeout_at(deadline.into(), routed).await {
+                                Ok(response) => response,
+                                Err(_) => expired_while_held(),
+                            }
+                        } else {
+                            routed.await
+                        };
+                        response.map(|body| {
+                            crate::ends_at::EndsAt::new(body, Some(deadline)).boxed_unsync()
+                        })
+                    }
                 }
             }
         };
@@ -441,4 +455,21 @@ fn transport_and_topic<'a>(
         }
         _ => ("api", ""),
     }
+}
+
+/// `401` for a read whose token expired while it was held, as RFC 6750 answers an expired
+/// token.
+fn expired_while_held() -> Response<Body> {
+    let error = pushpull_core::Error::new(
+        pushpull_core::ErrorKind::Unauthorized,
+        "the token expired while the request was held",
+    );
+    let mut response = crate::response::error_response(&error);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(
+            "Bearer error=\"invalid_token\", error_description=\"the token expired\"",
+        ),
+    );
+    response
 }

@@ -246,3 +246,47 @@ async fn a_resubscribe_refused_for_a_while_is_tried_again_not_ended() {
     }
     let _socket = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_subscribe_nobody_answers_is_taken_back_when_it_times_out() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // A server that reads every request and answers none.
+    let (frames, mut heard) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = accept(stream).await;
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                let _ = frames.send(serde_json::from_str(&text).unwrap());
+            }
+        }
+    });
+    let config = pushpull_ws::ClientConfig {
+        request_timeout: Duration::from_millis(200),
+        ..pushpull_ws::ClientConfig::new(url)
+    };
+    let client = pushpull_ws::WsClient::new(config).unwrap();
+    let topic = Topic::new("t").unwrap();
+    let error = client.subscribe(&topic, Cursor::Beginning).await.err().expect("no answer");
+    assert!(error.is_timeout(), "{error:?}");
+    // Every attempt was taken back before the next: none was left behind in the client, so
+    // each went out as the topic's first (unnamed) subscription, and the server was told.
+    let mut subscribes = 0;
+    loop {
+        let frame = tokio::time::timeout(LIMIT, heard.recv()).await.unwrap().unwrap();
+        match frame["op"].as_str().unwrap() {
+            "subscribe" => {
+                assert!(frame.get("sub").is_none(), "an attempt was left behind: {frame}");
+                subscribes += 1;
+            }
+            "unsubscribe" => {
+                assert_eq!(frame["topic"], "t");
+                if subscribes == 4 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {frame}"),
+        }
+    }
+}

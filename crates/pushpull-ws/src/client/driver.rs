@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Requests awaiting an answer past which those whose callers gave up are dropped.
+const PRUNE_PENDING_AT: usize = 64;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -280,6 +283,10 @@ impl Driver {
     async fn command(&mut self, socket: &mut Socket, command: Command) -> Step {
         match command {
             Command::Request { id, frame, reply } => {
+                // Requests whose caller gave up waiting (timed out) are not kept.
+                if self.pending.len() >= PRUNE_PENDING_AT {
+                    self.pending.retain(|_, waiter| !waiter.is_closed());
+                }
                 self.pending.insert(id, reply);
                 if send(socket, frame).await.is_err() {
                     return Step::Reconnect;

@@ -213,6 +213,11 @@ impl Subscribe for WsClient {
                     Err(_) => Err(Error::new(ErrorKind::Timeout, "no answer to subscribe")
                         .with_transport(NAME)),
                 };
+            if result.is_err() {
+                // The driver may still hold this attempt (a subscribe nobody answered): take
+                // it back, so neither the driver nor the server keeps it.
+                let _ = self.shared.commands.send(Command::Unsubscribe { local });
+            }
             match result {
                 Ok(start) => {
                     let stream = Deliveries {
