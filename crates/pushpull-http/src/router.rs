@@ -227,7 +227,7 @@ impl Router {
                         let read = request.method() == Method::GET;
                         let routed = self.route(request);
                         let response = if read {
-                            match tokio::time::timeout_at(deadline.into(), routed).await {
+                            match tokio::time::timeout_at(deadline, routed).await {
                                 Ok(response) => response,
                                 Err(_) => expired_while_held(),
                             }
