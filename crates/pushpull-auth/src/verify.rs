@@ -21,7 +21,7 @@ pub struct Verifier {
     rate: Option<(f64, u32)>,
     /// Each token's (subject's) publish allowance, shared by all its requests; in shards by
     /// subject, so concurrent requests of different subjects rarely wait on one lock.
-    rates: Box<[Mutex<HashMap<String, Arc<RateLimit>>>]>,
+    rates: Box<[Mutex<Allowances>]>,
     inserted: AtomicUsize,
     pub(crate) cookie: Option<String>,
     pub(crate) query_param: Option<String>,
@@ -133,12 +133,10 @@ impl Verifier {
 
     fn allowance(&self, who: String, rate: f64, burst: u32) -> Arc<RateLimit> {
         let shard = {
-            use std::hash::{BuildHasher, Hash, Hasher};
+            use std::hash::BuildHasher;
             static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
                 std::sync::OnceLock::new();
-            let mut hasher = SEED.get_or_init(Default::default).build_hasher();
-            who.hash(&mut hasher);
-            (hasher.finish() % RATE_SHARDS as u64) as usize
+            (SEED.get_or_init(Default::default).hash_one(&who) % RATE_SHARDS as u64) as usize
         };
         let mut rates = self.rates[shard].lock().expect("rates lock");
         if let Some(existing) = rates.get(&who) {
@@ -151,6 +149,9 @@ impl Verifier {
         rates.entry(who).or_insert_with(|| Arc::new(RateLimit::new(rate, burst))).clone()
     }
 }
+
+/// One shard of the publish allowances, by subject.
+type Allowances = HashMap<String, Arc<RateLimit>>;
 
 /// Shards of the publish-allowance map.
 const RATE_SHARDS: usize = 32;
