@@ -73,6 +73,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 fn describe_gauges() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!("pushpull_http_connections", "Connections open now");
+    describe_gauge!("pushpull_http_streams", "HTTP/2 streams open now");
+    describe_gauge!("pushpull_runtime_tasks", "Tasks alive on the server's runtime");
     describe_counter!("pushpull_http_connections_accepted_total", "Connections accepted");
     describe_counter!("pushpull_http_requests_total", "HTTP requests read");
     describe_gauge!(
@@ -86,6 +88,8 @@ fn describe_gauges() {
 fn gauge_of(reading: &str) -> Vec<(&'static str, Option<&'static str>)> {
     match reading {
         "open_connections" => vec![("pushpull_http_connections", None)],
+        "open_streams" => vec![("pushpull_http_streams", None)],
+        "runtime_tasks" => vec![("pushpull_runtime_tasks", None)],
         "longpoll_held_requests" => vec![
             ("pushpull_connections", Some("longpoll")),
             ("pushpull_subscriptions", Some("longpoll")),

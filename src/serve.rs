@@ -44,10 +44,16 @@ fn router_with_stats(
     // Live counts for the health route: (name, gauge).
     let mut gauges: Vec<(&'static str, Reading)> = Vec::new();
     if let Some(stats) = stats {
-        let (open, accepted) = (stats.clone(), stats.clone());
+        let (open, accepted, streams) = (stats.clone(), stats.clone(), stats.clone());
         gauges.push(("open_connections", Box::new(move || open.open_connections())));
+        gauges.push(("open_streams", Box::new(move || streams.open_streams())));
         gauges.push(("accepted_connections", Box::new(move || accepted.accepted_connections())));
         gauges.push(("requests", Box::new(move || stats.requests())));
+        // Tasks alive on the server's runtime: what a leak of sessions would grow.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let metrics = runtime.metrics();
+            gauges.push(("runtime_tasks", Box::new(move || metrics.num_alive_tasks())));
+        }
     }
     // The page route is how every HTTP client fetches, so it is served whatever transports are
     // enabled; long polling's is the same route, holding requests that ask with `?wait=`.

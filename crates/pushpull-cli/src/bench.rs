@@ -72,6 +72,31 @@ pub(crate) enum Bench {
         #[arg(long)]
         redis: bool,
     },
+    /// Clients connect, subscribe, read and leave (cleanly, or with their connection cut) at a
+    /// steady rate on every transport while messages are published, against a server process
+    /// of the bench's own; fails unless its memory, open files and tasks come back to the
+    /// baseline taken after a warm-up and no client missed a message.
+    Churn {
+        /// How long to churn, in minutes (fractions allowed).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Sessions started a second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// How long each session reads, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        session_seconds: f64,
+        /// Before churning, open this many idle event streams at once and close them: what a
+        /// spike leaves behind shows in the memory that follows (0: no spike).
+        #[arg(long, default_value_t = 8000)]
+        spike: usize,
+        /// Store the logs in Redis (a redis-server of the bench's own).
+        #[arg(long)]
+        redis: bool,
+        /// Print the results as JSON instead of the tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// The same workloads against pushpull and Nchan (nginx's module, from Debian's
     /// libnginx-mod-nchan), interleaved, each server a fresh process pinned to one core: server
     /// CPU per delivery, latency, loss, memory per connection. `scripts/bench-peers` installs
@@ -172,6 +197,11 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::soak::run(minutes, per_transport, redis).await
         }
         Bench::Webhooks { messages, json } => webhooks(messages, json).await,
+        Bench::Churn { minutes, rate, session_seconds, spike, redis, json } => {
+            let session = Duration::from_secs_f64(session_seconds.clamp(0.2, 600.0));
+            let churn = crate::churn::Churn { minutes, rate, session, spike, redis, json };
+            crate::churn::run(churn).await
+        }
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
@@ -186,16 +216,16 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
 
 /// Where the bench's servers keep their logs: their own memory, or a redis-server of the
 /// bench's own (stopped when the bench ends).
-struct RedisBacking(Option<pushpull_chaos::RedisServer>);
+pub(crate) struct RedisBacking(Option<pushpull_chaos::RedisServer>);
 
 impl RedisBacking {
-    fn start(redis: bool) -> Result<Self, Error> {
+    pub(crate) fn start(redis: bool) -> Result<Self, Error> {
         Ok(Self(if redis { Some(pushpull_chaos::RedisServer::start()?) } else { None }))
     }
 
     /// The server process a bench measures and, with `two_nodes`, another on the same Redis
     /// that messages are published on.
-    async fn nodes(
+    pub(crate) async fn nodes(
         &self,
         two_nodes: bool,
     ) -> Result<(ServerProcess, Option<ServerProcess>), Error> {
@@ -220,7 +250,7 @@ impl RedisBacking {
 }
 
 /// A `pushpull serve` child process on an ephemeral loopback port.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     addr: SocketAddr,
 }
@@ -255,12 +285,12 @@ impl ServerProcess {
         Ok(Self { child, addr })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Resident memory, in bytes, from /proc.
-    fn rss(&self) -> Result<u64, Error> {
+    pub(crate) fn rss(&self) -> Result<u64, Error> {
         let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
         crate::peers::rss_of(pid)
     }
@@ -277,7 +307,15 @@ impl ServerProcess {
         peak_of(&pid.to_string())
     }
 
-    async fn health(&self) -> Result<serde_json::Value, Error> {
+    /// Open file descriptors, from /proc.
+    pub(crate) fn fds(&self) -> Result<u64, Error> {
+        let pid = self.child.id().ok_or_else(|| bench_error("the server exited".into()))?;
+        let entries = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map_err(|e| bench_error(format!("reading /proc/{pid}/fd: {e} (Linux only)")))?;
+        Ok(entries.count() as u64)
+    }
+
+    pub(crate) async fn health(&self) -> Result<serde_json::Value, Error> {
         let mut stream =
             TcpStream::connect(self.addr).await.map_err(|e| bench_error(e.to_string()))?;
         let request =
@@ -293,7 +331,7 @@ impl ServerProcess {
         serde_json::from_slice(body).map_err(|e| bench_error(format!("health JSON: {e}")))
     }
 
-    async fn live(&self, gauge: &str) -> Result<u64, Error> {
+    pub(crate) async fn live(&self, gauge: &str) -> Result<u64, Error> {
         Ok(self.health().await?["live"][gauge].as_u64().unwrap_or(0))
     }
 }
@@ -396,7 +434,7 @@ pub(crate) fn progress_bar(length: u64, message: &str) -> indicatif::ProgressBar
     bar
 }
 
-async fn open_idle(
+pub(crate) async fn open_idle(
     server: &ServerProcess,
     path: &str,
     count: usize,
@@ -761,11 +799,11 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn bench_error(message: String) -> Error {
+pub(crate) fn bench_error(message: String) -> Error {
     Error::new(ErrorKind::Backend, format!("bench: {message}"))
 }
 

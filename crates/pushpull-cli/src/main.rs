@@ -2,6 +2,7 @@
 //! subscribe from the command line.
 
 mod bench;
+mod churn;
 mod output;
 mod peers;
 mod plot;

@@ -11,7 +11,8 @@ use pushpull_chaos::soak::{SoakConfig, soak};
 /// The transports soaked, webhooks included.
 const TRANSPORTS: [&str; 6] = ["sse", "stream", "longpoll", "poll", "ws", "webhook"];
 
-fn client(transport: &str, url: &str) -> Result<ClientConfig, Error> {
+/// A client of `transport` at `url` that backs off briefly (and polls often): what a soak needs.
+pub(crate) fn client(transport: &str, url: &str) -> Result<ClientConfig, Error> {
     let extra = match transport {
         "poll" => "poll_interval = \"100ms\"\nbackoff = { initial = \"20ms\", max = \"1s\" }",
         "webhook" => "check_interval = \"1s\"",

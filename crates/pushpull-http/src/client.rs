@@ -15,6 +15,7 @@ use pushpull_core::{BearerToken, Error, ErrorKind, Publication, Receipt, Topic};
 
 use crate::publish::{EVENT_HEADER, IDEMPOTENCY_KEY_HEADER};
 use crate::response::error_from_response;
+use crate::watched::{Outcome, WatchingConnector, answered_or_ended};
 use crate::wire;
 
 /// Settings of an [`HttpClient`].
@@ -52,7 +53,7 @@ impl Default for HttpClientConfig {
 /// and sends the request again, once.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: LegacyClient<WatchingConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>,
     base: String,
     transport: &'static str,
     config: HttpClientConfig,
@@ -93,7 +94,7 @@ impl HttpClient {
             .wrap_connector(connector);
         let inner = LegacyClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
-            .build(connector);
+            .build(WatchingConnector(connector));
         Ok(Self { inner, base, transport, config })
     }
 
@@ -155,7 +156,18 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<Response<Incoming>, Error> {
         let what = format!("{} {}", request.method(), request.uri());
-        match tokio::time::timeout(timeout, self.inner.request(request)).await {
+        let answer = answered_or_ended(request, |request| self.inner.request(request));
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Outcome::Answered(answer)) => Ok(answer),
+            Ok(Outcome::Ended) => {
+                return Err(self.error(
+                    ErrorKind::Connect,
+                    format!("{what}: the connection closed before the server answered"),
+                ));
+            }
+            Err(elapsed) => Err(elapsed),
+        };
+        match answer {
             Err(_) => {
                 Err(self
                     .error(ErrorKind::Timeout, format!("{what}: no response within {timeout:?}")))

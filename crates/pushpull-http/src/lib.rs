@@ -16,6 +16,7 @@ mod router;
 mod serve;
 pub mod tls;
 mod transport;
+mod watched;
 pub mod wire;
 
 pub use client::{HttpClient, HttpClientConfig, retry_after};
