@@ -238,7 +238,7 @@ impl RedisBacking {
     }
 
     /// The environment that points a `pushpull serve` at it.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         match &self.0 {
             None => Vec::new(),
             Some(server) => vec![
@@ -260,7 +260,7 @@ impl ServerProcess {
         Self::start_with(&[]).await
     }
 
-    async fn start_with(env: &[(&str, String)]) -> Result<Self, Error> {
+    pub(crate) async fn start_with(env: &[(&str, String)]) -> Result<Self, Error> {
         let exe = std::env::current_exe().map_err(|e| bench_error(format!("own path: {e}")))?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -1,6 +1,13 @@
 //! The `pushpull` command: serve a broker over every transport, and publish, fetch and
 //! subscribe from the command line.
 
+/// jemalloc gives the memory of closed connections back to the system (its dirty pages decay
+/// within seconds); glibc's allocator keeps each arena's high-water mark for good, so a spike
+/// of connections left the server at its peak forever. Measured by `pushpull bench churn`
+/// (docs/benchmarks.md, "Memory after a spike").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod bench;
 mod churn;
 mod output;
