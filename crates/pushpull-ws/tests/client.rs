@@ -268,7 +268,9 @@ async fn a_subscribe_nobody_answers_is_taken_back_when_it_times_out() {
     };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let topic = Topic::new("t").unwrap();
-    let error = client.subscribe(&topic, Cursor::Beginning).await.err().expect("no answer");
+    let Err(error) = client.subscribe(&topic, Cursor::Beginning).await else {
+        panic!("a subscribe nobody answers cannot succeed");
+    };
     assert!(error.is_timeout(), "{error:?}");
     // Every attempt was taken back before the next: none was left behind in the client, so
     // each went out as the topic's first (unnamed) subscription, and the server was told.
