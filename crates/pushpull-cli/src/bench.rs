@@ -90,6 +90,13 @@ pub(crate) enum Bench {
         /// spike leaves behind shows in the memory that follows (0: no spike).
         #[arg(long, default_value_t = 8000)]
         spike: usize,
+        /// Seconds of churn before the baseline is taken.
+        #[arg(long, default_value_t = 20)]
+        warmup: u64,
+        /// Seconds of quiet after the churn before the last reading (what the allocator gives
+        /// back with time).
+        #[arg(long, default_value_t = 60)]
+        quiet: u64,
         /// Store the logs in Redis (a redis-server of the bench's own).
         #[arg(long)]
         redis: bool,
@@ -197,9 +204,11 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::soak::run(minutes, per_transport, redis).await
         }
         Bench::Webhooks { messages, json } => webhooks(messages, json).await,
-        Bench::Churn { minutes, rate, session_seconds, spike, redis, json } => {
+        Bench::Churn { minutes, rate, session_seconds, spike, warmup, quiet, redis, json } => {
             let session = Duration::from_secs_f64(session_seconds.clamp(0.2, 600.0));
-            let churn = crate::churn::Churn { minutes, rate, session, spike, redis, json };
+            let (warmup, quiet) = (Duration::from_secs(warmup), Duration::from_secs(quiet));
+            let churn =
+                crate::churn::Churn { minutes, rate, session, spike, warmup, quiet, redis, json };
             crate::churn::run(churn).await
         }
         Bench::Peers { rounds, seconds, scale, core, only } => {

@@ -19,6 +19,8 @@ use crate::bench::{RedisBacking, ServerProcess, bench_error, mib, open_idle};
 const TRANSPORTS: [&str; 5] = ["sse", "ws", "stream", "longpoll", "poll"];
 /// Topics the sessions spread over.
 const TOPICS: usize = 8;
+/// Messages each topic retains: at 40 a second over 8 topics, full within the warm-up.
+const RETAINED: usize = 100;
 /// How far the tolerance on memory goes: a quarter of the baseline, and at least 8 MiB.
 const RSS_SLACK: f64 = 0.25;
 const RSS_SLACK_MIN: u64 = 8 * 1024 * 1024;
@@ -29,6 +31,8 @@ pub(crate) struct Churn {
     pub(crate) rate: f64,
     pub(crate) session: Duration,
     pub(crate) spike: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) quiet: Duration,
     pub(crate) redis: bool,
     pub(crate) json: bool,
 }
@@ -64,6 +68,9 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
     // The spike comes from one address: let it hold more than the default share.
     let mut env = redis.env();
     env.push(("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000".to_owned()));
+    // Logs short enough to be full before the baseline: what the broker retains then stays the
+    // same, and growth after it is what sessions left behind.
+    env.push(("PUSHPULL_BROKER__RETENTION__MAX_MESSAGES", RETAINED.to_string()));
     let server = ServerProcess::start_with(&env).await?;
     let url = server.url();
     let publisher = pushpull::connect(&ClientConfig::new("poll", &url)).await?;
@@ -76,9 +83,9 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = tokio::spawn(publish(publisher.clone(), topics.clone(), stop.clone()));
 
-    eprintln!("churn: warming up for 20 s ...");
+    eprintln!("churn: warming up for {:?} ...", churn.warmup);
     let warm = Arc::new(Tally::default());
-    sessions(&url, &topics, &churn, Duration::from_secs(20), &warm).await?;
+    sessions(&url, &topics, &churn, churn.warmup, &warm).await?;
     let baseline = settle(&server).await?;
     eprintln!(
         "churn: baseline {:.1} MiB, {} fds, {} tasks; churning for {} min at {}/s ...",
@@ -152,8 +159,8 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
     let (churned, ()) = tokio::join!(sessions(&url, &topics, &churn, duration, &tally), watching);
     churned?;
     let end = settle(&server).await?;
-    // What the allocator gives back with time: read again after a quiet minute.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // What the allocator gives back with time: read again after a quiet while.
+    tokio::time::sleep(churn.quiet).await;
     let later = reading(&server).await?;
     stop.store(true, Ordering::Relaxed);
     let _ = publishing.await;
@@ -171,7 +178,7 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
         let result = serde_json::json!({
             "bench": "churn", "broker": broker, "minutes": churn.minutes, "rate": churn.rate,
             "session_seconds": churn.session.as_secs_f64(),
-            "baseline": baseline, "peak": peak, "settled": end, "after_a_minute": later,
+            "baseline": baseline, "peak": peak, "settled": end, "after_quiet": later,
             "spike": churn.spike, "spike_top": spiked.map(|s| s.0), "after_spike": spiked.map(|s| s.1),
             "sessions": tally.sessions.load(Ordering::Relaxed),
             "cut": tally.cut.load(Ordering::Relaxed),
@@ -184,7 +191,8 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
         println!("{result}");
     } else {
         println!(
-            "churn on the {broker} broker: {} min, {}/s, sessions of {:?}",
+            "churn on the {broker} broker: {} min, {}/s, sessions of {:?}, {RETAINED} messages \
+             retained per topic",
             churn.minutes, churn.rate, churn.session
         );
         if let Some((top, after)) = spiked {
@@ -196,7 +204,8 @@ pub(crate) async fn run(churn: Churn) -> Result<(), Error> {
             );
         }
         println!(
-            "\n| server | baseline | peak | settled | a minute later |\n|---|---:|---:|---:|---:|"
+            "\n| server | baseline | peak | settled | {:?} later |\n|---|---:|---:|---:|---:|",
+            churn.quiet
         );
         println!(
             "| RSS | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",

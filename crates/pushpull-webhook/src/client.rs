@@ -103,13 +103,17 @@ impl WebhookClient {
             secret: Some(secret.to_string()),
         };
         let body = Bytes::from(serde_json::to_vec(&create).expect("encodes"));
-        let request = self
-            .http
-            .request(Method::POST, "/v1/webhooks")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| self.http.error(ErrorKind::BadRequest, e.to_string()))?;
-        let response = self.http.send(request, self.config.request_timeout).await?;
+        let request = || {
+            self.http
+                .request(Method::POST, "/v1/webhooks")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| self.http.error(ErrorKind::BadRequest, e.to_string()))
+        };
+        // Safe to repeat after a connection failure: if the first one was stored after all, its
+        // endpoint delivers to the same receiver path, which drops the duplicates, and answers
+        // 410 once this subscription is gone, which ends that endpoint.
+        let response = self.http.send_idempotent(request, self.config.request_timeout).await?;
         if response.status() != StatusCode::CREATED {
             return Err(self.http.error_for(response).await);
         }
