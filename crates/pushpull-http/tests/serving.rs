@@ -133,6 +133,8 @@ async fn one_address_gets_its_share_of_connections_and_429_beyond_it() {
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(answer.contains("rate_limited") && answer.to_lowercase().contains("retry-after"));
     assert_eq!(server.stats().refused_connections(), 1);
+    // Another address is served meanwhile.
+    assert_eq!(request_from(OTHER, server.local_addr()).await, "HTTP/1.1 200 OK");
     // Closing one makes room again.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
