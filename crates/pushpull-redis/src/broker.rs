@@ -74,13 +74,14 @@ impl RedisBroker {
         let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
         let waker = wake::shared();
         wake::listen(client, format!("{}wake", config.key_prefix), Arc::downgrade(&waker));
+        let windows = crate::cache::Windows::new(config.retention.max_messages);
         let inner = Inner {
             config,
             connection,
             publish: scripts::publish(),
             read: scripts::read(),
             waker,
-            windows: crate::cache::Windows::default(),
+            windows,
         };
         Ok(Self { inner: Arc::new(inner) })
     }

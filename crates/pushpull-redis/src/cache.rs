@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex, Weak};
 
 use pushpull_core::{Cursor, Epoch, Message, Offset, Page, Topic};
 
-/// The most recent messages a node keeps per followed topic.
+/// The most recent messages a node keeps per followed topic (fewer when the topic retains
+/// fewer: a node never holds more of a topic than Redis does).
 pub(crate) const WINDOW: usize = 4096;
 
 /// One topic's window.
-#[derive(Default)]
 pub(crate) struct Window {
+    /// The most messages it keeps.
+    capacity: usize,
     pub(crate) epoch: Option<Epoch>,
     /// Consecutive messages, oldest first.
     pub(crate) messages: VecDeque<Message>,
@@ -25,7 +27,18 @@ pub(crate) struct Window {
     pub(crate) last: u64,
 }
 
+impl Default for Window {
+    fn default() -> Self {
+        Self::with_capacity(WINDOW)
+    }
+}
+
 impl Window {
+    /// An empty window keeping at most `capacity` messages (and at least one).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), epoch: None, messages: VecDeque::new(), last: 0 }
+    }
+
     /// The messages after `cursor`, if the window covers it: `None` sends the reader to Redis.
     pub(crate) fn after(&self, cursor: Cursor, limit: usize) -> Option<Page> {
         let Cursor::After(epoch, Offset(at)) = cursor else { return None };
@@ -60,7 +73,7 @@ impl Window {
                 self.messages.push_back(message.clone());
             }
         }
-        while self.messages.len() > WINDOW {
+        while self.messages.len() > self.capacity {
             self.messages.pop_front();
         }
     }
@@ -68,12 +81,18 @@ impl Window {
 
 /// The windows of the topics this node's subscribers follow; a window goes with its last
 /// subscriber.
-#[derive(Default)]
 pub(crate) struct Windows {
     topics: Mutex<HashMap<Topic, Weak<tokio::sync::Mutex<Window>>>>,
+    /// Each window's capacity: [`WINDOW`], or what a topic retains if that is fewer.
+    capacity: usize,
 }
 
 impl Windows {
+    /// Windows of at most `retained` messages (a topic's retention), and [`WINDOW`] at most.
+    pub(crate) fn new(retained: usize) -> Self {
+        Self { topics: Mutex::default(), capacity: retained.min(WINDOW) }
+    }
+
     pub(crate) fn of(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<Window>> {
         let mut topics = self.topics.lock().expect("windows lock");
         if let Some(window) = topics.get(topic).and_then(Weak::upgrade) {
@@ -83,7 +102,7 @@ impl Windows {
         if topics.len().is_power_of_two() {
             topics.retain(|_, window| window.strong_count() > 0);
         }
-        let window = Arc::new(tokio::sync::Mutex::new(Window::default()));
+        let window = Arc::new(tokio::sync::Mutex::new(Window::with_capacity(self.capacity)));
         topics.insert(topic.clone(), Arc::downgrade(&window));
         window
     }
@@ -130,5 +149,16 @@ mod tests {
         window.extend(Cursor::After(epoch, Offset(0)), &page(epoch, 1..=(WINDOW as u64 + 10)));
         assert_eq!(window.messages.len(), WINDOW);
         assert!(window.after(Cursor::After(epoch, Offset(5)), 1).is_none(), "fell out: Redis");
+    }
+
+    #[test]
+    fn holds_no_more_than_the_topic_retains() {
+        let epoch = Epoch::from_u64(5);
+        let windows = Windows::new(100);
+        let window = windows.of(&Topic::new("t").unwrap());
+        let mut window = window.try_lock().unwrap();
+        window.extend(Cursor::After(epoch, Offset(0)), &page(epoch, 1..=1000));
+        assert_eq!(window.messages.len(), 100);
+        assert_eq!(window.messages.front().unwrap().offset, Offset(901));
     }
 }
