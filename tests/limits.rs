@@ -68,7 +68,7 @@ async fn websockets_past_the_per_address_limit_are_refused_and_others_are_served
     assert_eq!(status, 101);
     let mut plain = connect_from(OTHER, addr).await;
     plain.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert_eq!(status_of(&mut plain).await, 200);
+    assert_eq!(status(&mut plain).await, 200);
     // Closing sockets gives their address its share back.
     sockets.truncate(limit - 10);
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -81,8 +81,4 @@ async fn websockets_past_the_per_address_limit_are_refused_and_others_are_served
         assert!(tokio::time::Instant::now() < deadline, "no room after closing ten sockets");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-}
-
-async fn status_of(stream: &mut TcpStream) -> u16 {
-    status(stream).await
 }
