@@ -55,17 +55,17 @@ async fn websockets_past_the_per_address_limit_are_refused_and_others_are_served
     let addr = server.local_addr();
     let mut sockets = Vec::new();
     for n in 0..limit {
-        let (socket, status) = upgrade(CLIENT, addr).await;
-        assert_eq!(status, 101, "socket {n} of {limit}");
+        let (socket, code) = upgrade(CLIENT, addr).await;
+        assert_eq!(code, 101, "socket {n} of {limit}");
         sockets.push(socket);
     }
     // The sockets stay counted after their upgrade: the next one is refused.
-    let (_, status) = upgrade(CLIENT, addr).await;
-    assert_eq!(status, 429, "socket {} of an address allowed {limit}", limit + 1);
+    let (_, code) = upgrade(CLIENT, addr).await;
+    assert_eq!(code, 429, "socket {} of an address allowed {limit}", limit + 1);
     assert_eq!(server.stats().refused_connections(), 1);
     // Another address is served, with a WebSocket as well as a plain request.
-    let (_other, status) = upgrade(OTHER, addr).await;
-    assert_eq!(status, 101);
+    let (_other, code) = upgrade(OTHER, addr).await;
+    assert_eq!(code, 101);
     let mut plain = connect_from(OTHER, addr).await;
     plain.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(status(&mut plain).await, 200);
@@ -73,8 +73,8 @@ async fn websockets_past_the_per_address_limit_are_refused_and_others_are_served
     sockets.truncate(limit - 10);
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        let (socket, status) = upgrade(CLIENT, addr).await;
-        if status == 101 {
+        let (socket, code) = upgrade(CLIENT, addr).await;
+        if code == 101 {
             sockets.push(socket);
             break;
         }
