@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use pushpull_http::{Reading, Route};
+use pushpull_http::{Measure, Route};
+
+use crate::serve::{Export, Live};
 
 /// The path of the metrics route.
 pub const METRICS_PATH: &str = "/metrics";
@@ -84,56 +86,24 @@ fn describe_gauges() {
     describe_gauge!("pushpull_subscriptions", "Subscriptions served now, by transport");
 }
 
-/// What one live count of the health route is, as a Prometheus gauge: its name and labels.
-fn gauge_of(reading: &str) -> Vec<(&'static str, Option<&'static str>)> {
-    match reading {
-        "open_connections" => vec![("pushpull_http_connections", None)],
-        "open_streams" => vec![("pushpull_http_streams", None)],
-        "runtime_tasks" => vec![("pushpull_runtime_tasks", None)],
-        "longpoll_held_requests" => vec![
-            ("pushpull_connections", Some("longpoll")),
-            ("pushpull_subscriptions", Some("longpoll")),
-        ],
-        "sse_open_streams" => {
-            vec![("pushpull_connections", Some("sse")), ("pushpull_subscriptions", Some("sse"))]
-        }
-        "stream_open_streams" => vec![
-            ("pushpull_connections", Some("stream")),
-            ("pushpull_subscriptions", Some("stream")),
-        ],
-        "ws_open_sockets" => vec![("pushpull_connections", Some("ws"))],
-        "ws_subscriptions" => vec![("pushpull_subscriptions", Some("ws"))],
-        _ => Vec::new(),
-    }
-}
-
-/// What one live count is as a Prometheus counter (a running total kept by the server).
-fn counter_of(reading: &str) -> Option<&'static str> {
-    match reading {
-        "accepted_connections" => Some("pushpull_http_connections_accepted_total"),
-        "requests" => Some("pushpull_http_requests_total"),
-        _ => None,
-    }
-}
-
 /// `GET /metrics` rendering `handle`, after setting the gauges from `readings`.
-pub(crate) fn route(
-    handle: PrometheusHandle,
-    readings: Arc<Vec<(&'static str, Reading)>>,
-) -> Route {
+pub(crate) fn route(handle: PrometheusHandle, live: Arc<Live>) -> Route {
     Route::new(Method::GET, METRICS_PATH, move |_, _| {
-        for (name, read) in readings.iter() {
-            let value = read();
-            for (gauge, transport) in gauge_of(name) {
-                match transport {
-                    Some(transport) => {
-                        metrics::gauge!(gauge, "transport" => transport).set(value as f64)
+        for count in &live.counts {
+            let value = (count.read)();
+            match count.export {
+                Export::Gauge(gauge) => metrics::gauge!(gauge).set(value as f64),
+                Export::Counter(counter) => metrics::counter!(counter).absolute(value as u64),
+                Export::Transport(transport, measures) => {
+                    for measure in measures {
+                        let gauge = match measure {
+                            Measure::Connections => "pushpull_connections",
+                            Measure::Subscriptions => "pushpull_subscriptions",
+                            _ => continue,
+                        };
+                        metrics::gauge!(gauge, "transport" => transport).set(value as f64);
                     }
-                    None => metrics::gauge!(gauge).set(value as f64),
                 }
-            }
-            if let Some(counter) = counter_of(name) {
-                metrics::counter!(counter).absolute(value as u64);
             }
         }
         let text = handle.render();

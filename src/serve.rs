@@ -5,10 +5,12 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use pushpull_core::{Broker, Error, ErrorKind, MemoryBroker};
 use pushpull_http::{
-    PublishLimits, Reading, Route, Router, RunningServer, ServeConfig, ServerStats, TransportServer,
+    Context, LiveCount, Measure, OwnListener, PublishLimits, Reading, Route, Router, RunningServer,
+    ServeConfig, ServerStats,
 };
 use tokio::net::TcpListener;
 
+use crate::Registry;
 use crate::server_config::{BrokerKind, ServerConfig};
 
 /// The broker a config asks for. Call it within a tokio runtime (the Redis broker starts its
@@ -21,149 +23,253 @@ pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Broker>, Error> {
     }
 }
 
-/// The router serving `broker` over every transport `config` enables, plus publishing and
-/// `GET /v1/health`.
+/// The router serving `broker` over every transport `config` enables (as
+/// [`Registry::with_defaults`] has them), plus publishing, health and readiness: what an
+/// application mounts in a server of its own (axum's `Router::nest_service`, say).
+///
+/// It starts no thread and installs nothing process-wide: pushpull's metrics are recorded into
+/// whatever recorder the host installed, and `/metrics` is not served; the demo page is served
+/// only when `http.demo` is `on`. [`serve`] is the whole server, as `pushpull serve` runs it.
 pub fn router(broker: Arc<dyn Broker>, config: &ServerConfig) -> Result<Router, Error> {
-    router_with_stats(broker, config, None)
+    Registry::with_defaults().router(broker, config)
 }
 
-/// [`router`], with a health route that also reports `stats` (requests and connections).
-fn router_with_stats(
-    broker: Arc<dyn Broker>,
-    config: &ServerConfig,
-    stats: Option<Arc<ServerStats>>,
-) -> Result<Router, Error> {
-    // The recorder goes in before the servers are built: they look their counters up once.
-    let prometheus = if config.http.metrics { crate::metrics::prometheus() } else { None };
-    let max_body = config.broker.max_payload;
-    let publish = pushpull_http::publish_route(
-        broker.clone(),
-        PublishLimits { max_body, body_timeout: config.http.body_timeout },
-    );
-    let mut router = Router::new().with([publish]);
-    // Live counts for the health route: (name, gauge).
-    let mut gauges: Vec<(&'static str, Reading)> = Vec::new();
-    if let Some(stats) = stats {
+/// What a server adds to the routes of its transports; a host embedding the router turns
+/// these on itself.
+#[derive(Default)]
+pub(crate) struct Extras {
+    /// Counts of the server's connections and requests, for the health route.
+    pub(crate) stats: Option<Arc<ServerStats>>,
+    /// The Prometheus recorder to render on `/metrics`.
+    pub(crate) prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Serve the demo page and its ticker.
+    pub(crate) demo: bool,
+}
+
+/// What a registry builds for a config: the router, and the listeners transports own.
+pub(crate) struct Built {
+    pub(crate) router: Router,
+    pub(crate) listeners: Vec<(&'static str, Box<dyn OwnListener>)>,
+}
+
+impl Registry {
+    /// The router serving `broker` over every transport of this registry that `config`
+    /// enables; see [`router`](crate::router). A transport that runs its own listener cannot be
+    /// served by a router alone: use [`serve_with`](Self::serve_with).
+    pub fn router(&self, broker: Arc<dyn Broker>, config: &ServerConfig) -> Result<Router, Error> {
+        let demo = config.http.demo == crate::Demo::On;
+        let built = self.build(broker, config, Extras { demo, ..Extras::default() })?;
+        if let Some((name, _)) = built.listeners.first() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "transports.{name}: runs a listener of its own, which a router cannot serve; \
+                     serve it with Registry::serve_with, or set enabled = false"
+                ),
+            ));
+        }
+        Ok(built.router)
+    }
+
+    pub(crate) fn build(
+        &self,
+        broker: Arc<dyn Broker>,
+        config: &ServerConfig,
+        extras: Extras,
+    ) -> Result<Built, Error> {
+        config.validate_with(self)?;
+        let in_transports =
+            |e: Error| Error::new(ErrorKind::Config, format!("transports.{}", e.message()));
+        let mut context = Context::new(broker.clone())
+            .with_allowed_origins(config.http.cors_origins.iter().cloned());
+        crate::shared_state(&mut context, config)?;
+        // The page route is the shared API; the transport that configures it (short polling)
+        // gives its settings whether or not it is listed as served.
+        for server in &self.servers {
+            let settings = config.transports.settings(server.name());
+            if let Some(pages) = server.pages(&settings).map_err(in_transports)? {
+                context = context.with_pages(pages, server.name());
+            }
+        }
+        let publish = pushpull_http::publish_route(
+            broker.clone(),
+            PublishLimits {
+                max_body: config.broker.max_payload,
+                body_timeout: config.http.body_timeout,
+            },
+        );
+        let mut router = Router::new().with([publish, pushpull_http::page_route(&context, None)]);
+        let mut live = Live::default();
+        if let Some(stats) = extras.stats {
+            live.server(stats);
+        }
+        let mut served = Vec::new();
+        let mut listeners = Vec::new();
+        for server in &self.servers {
+            let name = server.name();
+            if !config.transports.is_enabled(name) {
+                continue;
+            }
+            let mount =
+                server.mount(&context, &config.transports.settings(name)).map_err(in_transports)?;
+            router = router.with(mount.routes.into_iter().map(|route| route.for_transport(name)));
+            live.transport(name, mount.live);
+            if let Some(listener) = mount.listener {
+                listeners.push((name, listener));
+            }
+            served.push(name);
+        }
+        if extras.demo {
+            router = router.with(crate::demo::routes(broker.clone()));
+        }
+        let live = Arc::new(live);
+        if let Some(handle) = extras.prometheus {
+            router = router.with([crate::metrics::route(handle, live.clone())]);
+        }
+        let listening: Vec<(&'static str, std::net::SocketAddr)> =
+            listeners.iter().map(|(name, listener)| (*name, listener.local_addr())).collect();
+        let health = health_route(broker, served, listening, live);
+        let mut router = router
+            .with(health)
+            .with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()))
+            .with_access_log(config.http.access_log);
+        if let Some(auth) = &config.auth {
+            router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
+        }
+        Ok(Built { router, listeners })
+    }
+
+    /// The transports this registry serves for `config`, in the order they mount.
+    pub fn served(&self, config: &ServerConfig) -> Vec<&'static str> {
+        self.server_names().into_iter().filter(|name| config.transports.is_enabled(name)).collect()
+    }
+
+    /// Binds `config.listen` and serves this registry's transports in the background; see
+    /// [`serve`](crate::serve).
+    pub async fn serve(&self, config: &ServerConfig) -> Result<RunningServer, Error> {
+        warn_if_open(config);
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
+                .with_source(e)
+        })?;
+        self.serve_with(listener, crate::broker(config)?, config)
+    }
+
+    /// Serves `broker` over this registry's transports on `listener`, with the transports' own
+    /// listeners beside it; see [`serve_with`](crate::serve_with).
+    pub fn serve_with(
+        &self,
+        listener: TcpListener,
+        broker: Arc<dyn Broker>,
+        config: &ServerConfig,
+    ) -> Result<RunningServer, Error> {
+        let stats = Arc::new(ServerStats::default());
+        // The recorder goes in before the servers are built: they look their counters up once.
+        let prometheus = if config.http.metrics { crate::metrics::prometheus() } else { None };
+        let listen = listener.local_addr().unwrap_or(config.listen);
+        let extras = Extras {
+            stats: Some(stats.clone()),
+            prometheus,
+            demo: config.http.demo.enabled(listen),
+        };
+        let built = self.build(broker, config, extras)?;
+        let mut running =
+            pushpull_http::spawn_with_stats(listener, built.router, serve_config(config)?, stats)
+                .map_err(|e| {
+                Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e)
+            })?;
+        for (name, own) in built.listeners {
+            tracing::info!(transport = name, addr = %own.local_addr(), "transport listening");
+            running.run_beside(name, own);
+        }
+        Ok(running)
+    }
+}
+
+/// The live counts a server reports: on the health route, and as Prometheus gauges.
+#[derive(Default)]
+pub(crate) struct Live {
+    pub(crate) counts: Vec<LiveReading>,
+}
+
+/// One live count: its name on the health route, and what it is in Prometheus.
+pub(crate) struct LiveReading {
+    pub(crate) name: String,
+    pub(crate) export: Export,
+    pub(crate) read: Reading,
+}
+
+/// How a live count is exported as a Prometheus metric.
+pub(crate) enum Export {
+    /// A gauge of its own.
+    Gauge(&'static str),
+    /// A running total kept by the server.
+    Counter(&'static str),
+    /// A transport's count: `pushpull_connections` and/or `pushpull_subscriptions`, labelled.
+    Transport(&'static str, &'static [Measure]),
+}
+
+impl Live {
+    fn server(&mut self, stats: Arc<ServerStats>) {
         let (open, accepted, streams) = (stats.clone(), stats.clone(), stats.clone());
-        gauges.push(("open_connections", Box::new(move || open.open_connections())));
-        gauges.push(("open_streams", Box::new(move || streams.open_streams())));
-        gauges.push(("accepted_connections", Box::new(move || accepted.accepted_connections())));
-        gauges.push(("requests", Box::new(move || stats.requests())));
+        self.push("open_connections", Export::Gauge("pushpull_http_connections"), move || {
+            open.open_connections()
+        });
+        self.push("open_streams", Export::Gauge("pushpull_http_streams"), move || {
+            streams.open_streams()
+        });
+        self.push(
+            "accepted_connections",
+            Export::Counter("pushpull_http_connections_accepted_total"),
+            move || accepted.accepted_connections(),
+        );
+        self.push("requests", Export::Counter("pushpull_http_requests_total"), move || {
+            stats.requests()
+        });
         // Tasks alive on the server's runtime: what a leak of sessions would grow.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let metrics = runtime.metrics();
-            gauges.push(("runtime_tasks", Box::new(move || metrics.num_alive_tasks())));
+            self.push("runtime_tasks", Export::Gauge("pushpull_runtime_tasks"), move || {
+                metrics.num_alive_tasks()
+            });
         }
     }
-    // The page route is how every HTTP client fetches, so it is served whatever transports are
-    // enabled; long polling's is the same route, holding requests that ask with `?wait=`.
-    let pages = config.transports.poll.server.clone();
-    #[cfg(feature = "longpoll")]
-    let page_served = config.transports.longpoll.enabled;
-    #[cfg(not(feature = "longpoll"))]
-    let page_served = false;
-    #[cfg(feature = "longpoll")]
-    if page_served {
-        let section = config.transports.longpoll.server.clone();
-        let server =
-            pushpull_longpoll::LongpollServer::with_pages(broker.clone(), section, pages.clone())?;
-        router = router.with(server.routes());
-        gauges.push(("longpoll_held_requests", Box::new(move || server.held_requests())));
+
+    fn transport(&mut self, transport: &'static str, counts: Vec<LiveCount>) {
+        for count in counts {
+            self.counts.push(LiveReading {
+                name: format!("{transport}_{}", count.name),
+                export: Export::Transport(transport, count.measures),
+                read: count.read,
+            });
+        }
     }
-    if !page_served {
-        router = router.with([pushpull_http::page_route(broker.clone(), pages, None)]);
+
+    fn push(
+        &mut self,
+        name: &str,
+        export: Export,
+        read: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        self.counts.push(LiveReading { name: name.to_owned(), export, read: Box::new(read) });
     }
-    // Every other transport: its own routes beside the shared API. One line each.
-    #[cfg(feature = "sse")]
-    mount(&mut router, &mut gauges, config.transports.sse.enabled, || {
-        pushpull_sse::SseServer::new(broker.clone(), config.transports.sse.server.clone())
-    })?;
-    #[cfg(feature = "ws")]
-    mount(&mut router, &mut gauges, config.transports.ws.enabled, || {
-        pushpull_ws::WsServer::new(broker.clone(), config.ws_config())
-    })?;
-    #[cfg(feature = "stream")]
-    mount(&mut router, &mut gauges, config.transports.stream.enabled, || {
-        pushpull_stream::StreamServer::new(broker.clone(), config.transports.stream.server.clone())
-    })?;
-    #[cfg(feature = "webhook")]
-    mount(&mut router, &mut gauges, config.transports.webhook.enabled, || {
-        // Endpoints live beside the logs: with Redis, every node shares them.
-        let store: Arc<dyn pushpull_webhook::EndpointStore> = match config.broker.kind {
-            BrokerKind::Memory => Arc::new(pushpull_webhook::MemoryEndpointStore::new()),
-            #[cfg(feature = "redis")]
-            BrokerKind::Redis => {
-                Arc::new(pushpull_redis::RedisEndpointStore::open(&config.redis_config())?)
-            }
-        };
-        let settings = config.transports.webhook.server.clone();
-        pushpull_webhook::WebhookServer::with_store(broker.clone(), settings, store)
-    })?;
-    if config.http.demo.enabled(config.listen) {
-        router = router.with(crate::demo::routes(broker.clone()));
-    }
-    let gauges = Arc::new(gauges);
-    if let Some(handle) = prometheus {
-        router = router.with([crate::metrics::route(handle, gauges.clone())]);
-    }
-    let health = health_route(broker, transports(config), gauges);
-    let mut router = router
-        .with(health)
-        .with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()))
-        .with_access_log(config.http.access_log);
-    if let Some(auth) = &config.auth {
-        router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
-    }
-    Ok(router)
 }
 
-/// Adds the routes and gauges of the server `make` builds, when its section is `enabled`; a bad
-/// setting names its key under `transports.`.
-#[allow(dead_code)] // unused in a build without HTTP transports
-fn mount<T: TransportServer>(
-    router: &mut Router,
-    gauges: &mut Vec<(&'static str, Reading)>,
-    enabled: bool,
-    make: impl FnOnce() -> Result<T, Error>,
-) -> Result<(), Error> {
-    if !enabled {
-        return Ok(());
+/// Serving beyond loopback without `[auth]` logs a warning.
+fn warn_if_open(config: &ServerConfig) {
+    if !config.listen.ip().is_loopback() && config.auth.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving beyond loopback without [auth]: anyone who reaches this address can read \
+             and publish every topic and register, list and delete webhooks; set [auth] (and \
+             [tls]) or listen on 127.0.0.1 behind a proxy that authenticates"
+        );
     }
-    let server =
-        make().map_err(|e| Error::new(ErrorKind::Config, format!("transports.{}", e.message())))?;
-    *router = std::mem::take(router).with(server.routes());
-    gauges.extend(server.gauges());
-    Ok(())
 }
 
 /// The transports a config serves, in this build.
 pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
-    let mut served = Vec::new();
-    let transports = &config.transports;
-    if cfg!(feature = "poll") && transports.poll.enabled {
-        served.push("poll");
-    }
-    #[cfg(feature = "longpoll")]
-    if transports.longpoll.enabled {
-        served.push("longpoll");
-    }
-    #[cfg(feature = "sse")]
-    if transports.sse.enabled {
-        served.push("sse");
-    }
-    #[cfg(feature = "ws")]
-    if transports.ws.enabled {
-        served.push("ws");
-    }
-    #[cfg(feature = "stream")]
-    if transports.stream.enabled {
-        served.push("stream");
-    }
-    #[cfg(feature = "webhook")]
-    if transports.webhook.enabled {
-        served.push("webhook");
-    }
-    served
+    Registry::with_defaults().served(config)
 }
 
 /// `GET /v1/health`: the broker, the transports served, and live counts of held requests and
@@ -171,13 +277,19 @@ pub fn transports(config: &ServerConfig) -> Vec<&'static str> {
 fn health_route(
     broker: Arc<dyn Broker>,
     transports: Vec<&'static str>,
-    gauges: Arc<Vec<(&'static str, Reading)>>,
+    listening: Vec<(&'static str, std::net::SocketAddr)>,
+    live: Arc<Live>,
 ) -> [Route; 2] {
     let broker_name = broker.capabilities().name;
     let probe = broker.clone();
+    let listeners: serde_json::Map<String, serde_json::Value> = listening
+        .iter()
+        .map(|(name, addr)| ((*name).to_owned(), addr.to_string().into()))
+        .collect();
     let health = Route::new(Method::GET, "/v1/health", move |_, _| {
         let live: serde_json::Map<String, serde_json::Value> =
-            gauges.iter().map(|(name, gauge)| ((*name).to_owned(), gauge().into())).collect();
+            live.counts.iter().map(|count| (count.name.clone(), (count.read)().into())).collect();
+        let listeners = listeners.clone();
         let transports = transports.clone();
         let broker = probe.clone();
         async move {
@@ -188,6 +300,7 @@ fn health_route(
                 "broker": broker_name,
                 "transports": transports,
                 "live": live,
+                "listeners": listeners,
                 "version": env!("CARGO_PKG_VERSION"),
             });
             Ok(pushpull_http::json(StatusCode::OK, serde_json::to_vec(&body).expect("encodes")))
@@ -222,24 +335,15 @@ async fn ready(broker: &dyn Broker) -> Result<(), Error> {
     }
 }
 
-/// Binds `config.listen` and serves in the background; see [`RunningServer::shutdown`].
+/// Binds `config.listen` and serves the transports of [`Registry::with_defaults`] in the
+/// background, as `pushpull serve` does: with `http.metrics`, pushpull's Prometheus recorder
+/// is installed for the process (unless the application installed one) and served on
+/// `/metrics`; the demo as `http.demo` says. See [`RunningServer::shutdown`].
 ///
 /// Serving beyond loopback without `[auth]` logs a warning: anyone who reaches the address
 /// may then read and publish every topic and manage the webhooks.
 pub async fn serve(config: &ServerConfig) -> Result<RunningServer, Error> {
-    if !config.listen.ip().is_loopback() && config.auth.is_none() {
-        tracing::warn!(
-            listen = %config.listen,
-            "serving beyond loopback without [auth]: anyone who reaches this address can read \
-             and publish every topic and register, list and delete webhooks; set [auth] (and \
-             [tls]) or listen on 127.0.0.1 behind a proxy that authenticates"
-        );
-    }
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
-            .with_source(e)
-    })?;
-    serve_on(listener, config)
+    Registry::with_defaults().serve(config).await
 }
 
 /// Serves on an already bound listener (port 0 in tests, say).
@@ -253,10 +357,7 @@ pub fn serve_with(
     broker: Arc<dyn Broker>,
     config: &ServerConfig,
 ) -> Result<RunningServer, Error> {
-    let stats = Arc::new(ServerStats::default());
-    let router = router_with_stats(broker, config, Some(stats.clone()))?;
-    pushpull_http::spawn_with_stats(listener, router, serve_config(config)?, stats)
-        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot serve: {e}")).with_source(e))
+    Registry::with_defaults().serve_with(listener, broker, config)
 }
 
 /// The connection settings a config asks for (reading the TLS certificate and key, if any).

@@ -4,7 +4,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use pushpull_core::{Error, ErrorKind, MemoryConfig, Retention};
+use pushpull_http::TransportServer;
+
+use crate::Registry;
 use serde::{Deserialize, Serialize};
 
 /// Everything `pushpull serve` reads. Every section and key is optional; unknown keys are errors.
@@ -200,34 +205,67 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[transports.*]`: each transport's section holds `enabled` and the settings its own crate
-/// defines (the crate's `ServerConfig`, embedded as it is, so every key it has can be set here
-/// and is documented there). A transport is served when its crate's feature is on and `enabled`
-/// is not false.
+/// `[transports.NAME]`: a section per transport, holding `enabled` and the settings the
+/// transport's server registered with (its crate's `ServerConfig`, embedded as it is, so every
+/// key it has can be set here and is documented there). A registered transport is served
+/// unless its section says `enabled = false`; a section no registered transport has is an
+/// error that names the known ones.
+///
+/// Settings are kept as written and read into the transport's typed settings by the
+/// [`Registry`](crate::Registry) that serves them; [`configure`](Self::configure) edits them
+/// typed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransportsConfig {
-    /// `[transports.poll]`: the page route (`GET /v1/topics/{topic}/messages`), which short
-    /// polling is and every HTTP client fetches from: its settings apply whatever transports
-    /// are enabled.
-    pub poll: Section<pushpull_http::PageConfig>,
-    /// `[transports.longpoll]`: the page route holding requests that ask with `?wait=`.
-    #[cfg(feature = "longpoll")]
-    pub longpoll: Section<pushpull_longpoll::ServerConfig>,
-    /// `[transports.sse]`: Server-Sent Events.
-    #[cfg(feature = "sse")]
-    pub sse: Section<pushpull_sse::ServerConfig>,
-    /// `[transports.ws]`: WebSocket. Unless set lower, `max_message_size` follows the broker's
-    /// `max_payload` (4/3 of it, for base64, plus 64 KiB): what one socket can make the server
-    /// buffer is bounded by the payload limit.
-    #[cfg(feature = "ws")]
-    pub ws: Section<pushpull_ws::ServerConfig>,
-    /// `[transports.stream]`: chunked HTTP streaming.
-    #[cfg(feature = "stream")]
-    pub stream: Section<pushpull_stream::ServerConfig>,
-    /// `[transports.webhook]`: webhooks.
-    #[cfg(feature = "webhook")]
-    pub webhook: Section<pushpull_webhook::ServerConfig>,
+#[serde(transparent)]
+pub struct TransportsConfig(BTreeMap<String, Section<toml::Table>>);
+
+impl TransportsConfig {
+    /// Whether the transport `name` is served (when registered): unless its section says
+    /// `enabled = false`.
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.0.get(name).is_none_or(|section| section.enabled)
+    }
+
+    /// Serves the transport `name`, or not.
+    pub fn set_enabled(&mut self, name: &str, enabled: bool) -> &mut Self {
+        self.0.entry(name.to_owned()).or_default().enabled = enabled;
+        self
+    }
+
+    /// Sets one key of the transport `name`'s settings (checked when the config is).
+    pub fn set(&mut self, name: &str, key: &str, value: impl Into<toml::Value>) -> &mut Self {
+        self.0.entry(name.to_owned()).or_default().server.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The settings written for the transport `name` (empty for the defaults).
+    pub fn settings(&self, name: &str) -> toml::Table {
+        self.0.get(name).map(|section| section.server.clone()).unwrap_or_default()
+    }
+
+    /// The names of the sections written.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// The settings of the transport served by `S`, typed.
+    pub fn config<S: TransportServer>(&self) -> Result<S::Config, Error> {
+        from_table(self.settings(S::NAME))
+            .map_err(|why| config_error(format!("transports.{}.{why}", S::NAME)))
+    }
+
+    /// Edits the settings of the transport served by `S`, typed:
+    /// `config.transports.configure::<pushpull::sse::SseServer>(|sse| sse.retry = …)`.
+    pub fn configure<S: TransportServer>(
+        &mut self,
+        edit: impl FnOnce(&mut S::Config),
+    ) -> Result<&mut Self, Error> {
+        let mut config = self.config::<S>()?;
+        edit(&mut config);
+        let table = toml::Table::try_from(&config)
+            .map_err(|e| config_error(format!("transports.{}: cannot be written: {e}", S::NAME)))?;
+        self.0.entry(S::NAME.to_owned()).or_default().server = table;
+        Ok(self)
+    }
 }
 
 /// One transport's section: `enabled`, and the transport crate's own server settings beside it.
@@ -277,18 +315,34 @@ impl<T: Default> Default for Section<T> {
 pub const ENV_PREFIX: &str = "PUSHPULL_";
 
 impl ServerConfig {
-    /// Parses TOML text, then checks the values. Errors name the key.
+    /// Parses TOML text, then checks the values against the transports of
+    /// [`Registry::with_defaults`]. Errors name the key.
     pub fn from_toml(text: &str) -> Result<Self, Error> {
+        Self::from_toml_with(text, &Registry::with_defaults())
+    }
+
+    /// Parses TOML text, then checks the values against the transports of `registry`.
+    pub fn from_toml_with(text: &str, registry: &Registry) -> Result<Self, Error> {
         let table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| config_error(e.to_string()))?;
-        Self::from_table(table)
+        Self::from_table(table, registry)
     }
 
     /// Reads a TOML file (or nothing, for the defaults), then applies `PUSHPULL_*` variables
-    /// from `env`, then checks the values.
+    /// from `env`, then checks the values against the transports of
+    /// [`Registry::with_defaults`].
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        Self::load_with(path, env, &Registry::with_defaults())
+    }
+
+    /// [`load`](Self::load), checking against the transports of `registry`.
+    pub fn load_with(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        registry: &Registry,
     ) -> Result<Self, Error> {
         let mut table = match path {
             None => toml::Table::new(),
@@ -312,35 +366,46 @@ impl ServerConfig {
             }
             set_env_key(&mut table, &name, key, &value)?;
         }
-        Self::from_table(table)
+        Self::from_table(table, registry)
     }
 
-    fn from_table(table: toml::Table) -> Result<Self, Error> {
+    fn from_table(table: toml::Table, registry: &Registry) -> Result<Self, Error> {
         let config: Self = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| config_error(e.to_string().trim().to_owned()))?;
-        config.validate()?;
+        config.validate_with(registry)?;
         Ok(config)
     }
 
-    /// Checks that the values make sense together; the error names the key.
+    /// Checks that the values make sense together, against the transports of
+    /// [`Registry::with_defaults`]; the error names the key.
     pub fn validate(&self) -> Result<(), Error> {
-        let in_transports = |e: Error| config_error(format!("transports.{}", e.message()));
+        self.validate_with(&Registry::with_defaults())
+    }
+
+    /// Checks that the values make sense together, against the transports of `registry`: a
+    /// section of a transport it does not have names the ones it has (or the cargo feature
+    /// that brings a built-in one in).
+    pub fn validate_with(&self, registry: &Registry) -> Result<(), Error> {
         self.memory_config()
             .validate()
             .map_err(|e| config_error(format!("broker: {}", e.message())))?;
-        self.transports.poll.server.validate("transports.poll")?;
-        #[cfg(feature = "longpoll")]
-        self.transports.longpoll.server.validate().map_err(in_transports)?;
-        #[cfg(feature = "sse")]
-        self.transports.sse.server.validate().map_err(in_transports)?;
-        #[cfg(feature = "ws")]
-        self.ws_config().validate().map_err(in_transports)?;
-        #[cfg(feature = "stream")]
-        self.transports.stream.server.validate().map_err(in_transports)?;
-        #[cfg(feature = "webhook")]
-        self.transports.webhook.server.validate().map_err(in_transports)?;
-        let _ = in_transports;
+        for name in self.transports.names() {
+            if registry.servers.iter().any(|f| f.name() == name) {
+                continue;
+            }
+            let why = if crate::BUILT_IN.contains(&name) {
+                format!("not in this build; enable the cargo feature {name:?} of pushpull")
+            } else {
+                format!("no transport of that name; known: {}", registry.server_names().join(", "))
+            };
+            return Err(config_error(format!("transports.{name}: {why}")));
+        }
+        for server in &registry.servers {
+            server
+                .check(&self.transports.settings(server.name()))
+                .map_err(|e| config_error(format!("transports.{}", e.message())))?;
+        }
         if self.http.header_read_timeout.is_zero() {
             return Err(config_error("http.header_read_timeout: must be more than zero".into()));
         }
@@ -348,16 +413,6 @@ impl ServerConfig {
             return Err(config_error("http.max_header_bytes: must be at least 8192".into()));
         }
         Ok(())
-    }
-
-    /// The WebSocket server's settings (its message limit follows the broker's `max_payload`,
-    /// which the server reads from the broker).
-    #[cfg(feature = "ws")]
-    pub fn ws_config(&self) -> pushpull_ws::ServerConfig {
-        let mut ws = self.transports.ws.server.clone();
-        // The origins allowed to call the API from their pages may open sockets too.
-        ws.allowed_origins.extend(self.http.cors_origins.iter().cloned());
-        ws
     }
 
     /// The Redis broker's settings.
@@ -429,116 +484,4 @@ pub(crate) fn from_table<T: serde::de::DeserializeOwned>(table: toml::Table) -> 
 
 fn config_error(message: String) -> Error {
     Error::new(ErrorKind::Config, message)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_serve_on_loopback() {
-        let config = ServerConfig::from_toml("").unwrap();
-        assert_eq!(config.listen.ip().to_string(), "127.0.0.1");
-        assert!(config.transports.poll.enabled);
-    }
-
-    #[test]
-    fn reads_every_section() {
-        let config = ServerConfig::from_toml(
-            r#"
-            listen = "127.0.0.1:9000"
-            [broker]
-            max_payload = 1024
-            [broker.retention]
-            max_messages = 5
-            max_age = "90s"
-            [http]
-            header_read_timeout = "5s"
-            [transports.poll]
-            poll_interval = "250ms"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.broker.retention.max_age, Some(Duration::from_secs(90)));
-        assert_eq!(config.transports.poll.server.poll_interval, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        #[allow(unused_mut)] // extended only when transport features are on
-        let mut cases = vec![
-            ("lisen = \"127.0.0.1:1\"", "lisen"),
-            ("[broker]\nmax_paylod = 1", "max_paylod"),
-            ("[transports.poll]\npoll_interval = 5", "poll_interval"),
-            ("[transports.poll]\npoll_interval = \"soon\"", "soon"),
-            ("[transports.smoke]\nenabled = true", "smoke"),
-            ("listen = \"localhost\"", "listen"),
-            ("[broker]\nkind = \"postgres\"", "postgres"),
-            ("[broker.retention]\nmax_messages = 0", "max_messages"),
-            ("[transports.poll]\nmax_limit = 0", "transports.poll.max_limit"),
-            ("[broker]\nmax_payload = 100000000", "max_bytes"),
-            ("listen = ", "line 1"),
-        ];
-        #[cfg(feature = "webhook")]
-        cases.extend([
-            ("[transports.webhook]\nallow_loopbak = true", "allow_loopbak"),
-            ("[transports.webhook]\nschedule = [\"soon\"]", "soon"),
-        ]);
-        #[cfg(feature = "ws")]
-        cases.extend([
-            ("[transports.ws]\nping_intervall = \"1s\"", "ping_intervall"),
-            ("[transports.ws]\nread_buffer = \"big\"", "read_buffer"),
-        ]);
-        #[cfg(feature = "sse")]
-        cases.push(("[transports.sse]\nheartbeat = \"0s\"", "transports.sse.heartbeat"));
-        #[cfg(feature = "longpoll")]
-        cases.push(("[transports.longpoll]\nmax_wait = \"0s\"", "transports.longpoll.max_wait"));
-        #[cfg(feature = "stream")]
-        cases.push(("[transports.stream]\nenabled = \"yes\"", "enabled"));
-        for (text, expected) in cases {
-            let err = ServerConfig::from_toml(text).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Config);
-            assert!(err.message().contains(expected), "{text:?} gave: {err}");
-        }
-    }
-
-    #[cfg(all(feature = "ws", feature = "sse"))]
-    #[test]
-    fn every_key_a_transport_crate_has_can_be_set() {
-        let config = ServerConfig::from_toml(
-            r#"
-            [transports.ws]
-            read_buffer = 4096
-            max_bad_frames = 3
-            [transports.sse]
-            enabled = false
-            retry = "2s"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(config.transports.ws.server.read_buffer, 4096);
-        assert_eq!(config.transports.ws.server.max_bad_frames, 3);
-        assert!(config.transports.ws.enabled);
-        assert!(!config.transports.sse.enabled);
-        assert_eq!(config.transports.sse.server.retry, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let env = [
-            ("PUSHPULL_LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
-            ("PUSHPULL_BROKER__RETENTION__MAX_MESSAGES".to_owned(), "7".to_owned()),
-            ("PUSHPULL_TRANSPORTS__POLL__POLL_INTERVAL".to_owned(), "2s".to_owned()),
-            ("PUSHPULL_URL".to_owned(), "http://elsewhere".to_owned()),
-            ("HOME".to_owned(), "/".to_owned()),
-        ];
-        let config = ServerConfig::load(None, env).unwrap();
-        assert_eq!(config.listen.port(), 9100);
-        assert_eq!(config.broker.retention.max_messages, 7);
-        assert_eq!(config.transports.poll.server.poll_interval, Duration::from_secs(2));
-        let err =
-            ServerConfig::load(None, [("PUSHPULL_LISTN".to_owned(), "x".to_owned())]).unwrap_err();
-        assert!(err.message().contains("listn"), "{err}");
-    }
 }

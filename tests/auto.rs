@@ -48,13 +48,7 @@ async fn auto_falls_through_transports_the_server_does_not_serve() {
     for (disabled, expected) in cases {
         let mut config = ServerConfig::default();
         for transport in disabled {
-            match *transport {
-                "ws" => config.transports.ws.enabled = false,
-                "sse" => config.transports.sse.enabled = false,
-                "stream" => config.transports.stream.enabled = false,
-                "longpoll" => config.transports.longpoll.enabled = false,
-                _ => unreachable!(),
-            }
+            config.transports.set_enabled(transport, false);
         }
         let server = server(config).await;
         let client = pushpull::connect(&auto(&format!("http://{}", server.local_addr())))
@@ -69,12 +63,12 @@ async fn fetch_works_whatever_transports_are_enabled() {
     for only in ["sse", "stream", "ws"] {
         let mut config = ServerConfig::default();
         let transports = &mut config.transports;
-        transports.poll.enabled = false;
-        transports.longpoll.enabled = false;
-        transports.sse.enabled = only == "sse";
-        transports.stream.enabled = only == "stream";
-        transports.ws.enabled = only == "ws";
-        transports.webhook.enabled = false;
+        transports.set_enabled("poll", false);
+        transports.set_enabled("longpoll", false);
+        transports.set_enabled("sse", only == "sse");
+        transports.set_enabled("stream", only == "stream");
+        transports.set_enabled("ws", only == "ws");
+        transports.set_enabled("webhook", false);
         let server = server(config).await;
         let url = format!("http://{}", server.local_addr());
         let client = pushpull::connect(&ClientConfig::new(only, url)).await.unwrap();
@@ -85,7 +79,7 @@ async fn fetch_works_whatever_transports_are_enabled() {
 #[tokio::test]
 async fn long_polling_a_server_that_cannot_hold_says_so() {
     let mut config = ServerConfig::default();
-    config.transports.longpoll.enabled = false;
+    config.transports.set_enabled("longpoll", false);
     let server = server(config).await;
     let url = format!("http://{}", server.local_addr());
     let client = pushpull::connect(&ClientConfig::new("longpoll", url)).await.unwrap();

@@ -83,7 +83,7 @@ async fn the_browser_client_works_over_every_transport() {
     let short = support::server(short).await;
     // C: refuses WebSocket upgrades.
     let mut no_ws = ServerConfig::default();
-    no_ws.transports.ws.enabled = false;
+    no_ws.transports.set_enabled("ws", false);
     let no_ws = support::server(no_ws).await;
     // D: needs tokens.
     let auth = AuthConfig {
@@ -92,7 +92,10 @@ async fn the_browser_client_works_over_every_transport() {
         ..AuthConfig::default()
     };
     let mut secured = ServerConfig { auth: Some(auth), ..ServerConfig::default() };
-    secured.transports.longpoll.server.max_wait = Duration::from_secs(5);
+    secured
+        .transports
+        .configure::<pushpull::longpoll::LongpollServer>(|c| c.max_wait = Duration::from_secs(5))
+        .unwrap();
     let secured = support::server(secured).await;
     let url = |server: &pushpull::RunningServer| format!("http://{}", server.local_addr());
 

@@ -31,7 +31,10 @@ async fn node_eventsource_resumes_with_last_event_id() {
         "the npm packages are missing: run ./scripts/test, which installs them"
     );
     let mut config = ServerConfig::default();
-    config.transports.sse.server.retry = Duration::from_millis(100);
+    config
+        .transports
+        .configure::<pushpull::sse::SseServer>(|c| c.retry = Duration::from_millis(100))
+        .unwrap();
     let broker = pushpull::broker(&config).unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();

@@ -109,7 +109,10 @@ async fn a_redis_that_lost_its_data_gives_readers_an_epoch_changed_gap() {
 async fn a_slow_redis_delays_but_loses_nothing() {
     let redis = std::sync::Arc::new(RedisServer::start().unwrap());
     let mut config = config(&redis);
-    config.transports.sse.server.heartbeat = Duration::from_millis(500);
+    config
+        .transports
+        .configure::<pushpull::sse::SseServer>(|c| c.heartbeat = Duration::from_millis(500))
+        .unwrap();
     let server = support::server(config).await;
     let url = format!("http://{}", server.local_addr());
     let client = pushpull::connect(&ClientConfig::new("sse", &url)).await.unwrap();

@@ -56,8 +56,14 @@ async fn secured(ca: &TestCa, tweak: impl FnOnce(&mut ServerConfig)) -> (Running
         ..AuthConfig::default()
     };
     let mut config = ServerConfig { tls: Some(tls), auth: Some(auth), ..ServerConfig::default() };
-    config.transports.webhook.server.allow_loopback = true;
-    config.transports.longpoll.server.max_wait = Duration::from_secs(5);
+    config
+        .transports
+        .configure::<pushpull::webhook::WebhookServer>(|c| c.allow_loopback = true)
+        .unwrap();
+    config
+        .transports
+        .configure::<pushpull::longpoll::LongpollServer>(|c| c.max_wait = Duration::from_secs(5))
+        .unwrap();
     tweak(&mut config);
     let server = support::server(config).await;
     let url = format!("https://localhost:{}", server.local_addr().port());
@@ -335,7 +341,12 @@ async fn a_subscription_flood_does_not_lock_publishers_out() {
 async fn a_held_long_poll_is_answered_401_when_its_token_expires() {
     let ca = TestCa::new().unwrap();
     let (_server, url) = secured(&ca, |config| {
-        config.transports.longpoll.server.max_wait = Duration::from_secs(120);
+        config
+            .transports
+            .configure::<pushpull::longpoll::LongpollServer>(|c| {
+                c.max_wait = Duration::from_secs(120)
+            })
+            .unwrap();
     })
     .await;
     // Valid for two seconds; the poll asks to be held for two minutes on a quiet topic.

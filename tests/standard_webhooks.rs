@@ -20,7 +20,10 @@ async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> serde_json::Value {
 #[tokio::test]
 async fn the_reference_library_verifies_our_deliveries() {
     let mut config = ServerConfig::default();
-    config.transports.webhook.server.allow_loopback = true;
+    config
+        .transports
+        .configure::<pushpull::webhook::WebhookServer>(|c| c.allow_loopback = true)
+        .unwrap();
     let broker = pushpull::broker(&config).unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();

@@ -32,13 +32,15 @@ pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Resu
     }
     let io = |e: std::io::Error| Error::new(ErrorKind::Connect, format!("soak: {e}"));
     let mut config = ServerConfig::default();
-    config.transports.webhook.server.allow_loopback = true;
-    config.transports.webhook.server.schedule = vec![
-        Duration::ZERO,
-        Duration::from_millis(50),
-        Duration::from_millis(200),
-        Duration::from_secs(1),
-    ];
+    config.transports.configure::<pushpull::webhook::WebhookServer>(|webhook| {
+        webhook.allow_loopback = true;
+        webhook.schedule = vec![
+            Duration::ZERO,
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        ];
+    })?;
     let redis_server = match redis {
         false => None,
         true => {

@@ -21,9 +21,9 @@ pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
-    Capabilities, Delivery, Encodings, Gap, GapReason, MAX_CONTENT_TYPE_LEN, MAX_EVENT_LEN,
-    MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication, RESERVED_EVENT_PREFIX,
-    Receipt, millis_since_unix_epoch, time_from_millis,
+    Capabilities, Delivery, EncodingKey, Encodings, Gap, GapReason, MAX_CONTENT_TYPE_LEN,
+    MAX_EVENT_LEN, MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication,
+    RESERVED_EVENT_PREFIX, Receipt, millis_since_unix_epoch, time_from_millis,
 };
 pub use set::SubscriptionSet;
 pub use topic::{MAX_TOPIC_LEN, Topic};

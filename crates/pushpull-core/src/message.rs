@@ -171,33 +171,60 @@ pub struct Message {
 }
 
 /// The wire encodings of one [`Message`], made on first use and shared by all its clones (so
-/// by every subscriber reading it from a broker's log). Each transport's format has a slot.
+/// by every subscriber reading it from a broker's log). Each format that caches its encoding
+/// declares its own [`EncodingKey`]; core knows no format by name.
 /// Not part of the message's value: two messages that differ only here are equal.
 #[derive(Clone, Default)]
 pub struct Encodings(Arc<[OnceLock<Box<dyn Any + Send + Sync>>; Encodings::SLOTS]>);
 
+/// Names one wire format's place in every message's [`Encodings`]. Declare one per format, as a
+/// `static`, in the crate that owns the format:
+///
+/// ```
+/// use pushpull_core::{EncodingKey, Message};
+///
+/// static MY_FORMAT: EncodingKey = EncodingKey::new();
+///
+/// fn encoded(message: &Message) -> bytes::Bytes {
+///     message.encodings.get_or_encode(&MY_FORMAT, || bytes::Bytes::from(message.payload.to_vec()))
+/// }
+/// ```
+///
+/// Keys take slots in the order they are first used; past [`Encodings::SLOTS`] formats, a
+/// format is encoded every time (correct, only slower).
+#[derive(Debug)]
+pub struct EncodingKey(OnceLock<usize>);
+
+impl EncodingKey {
+    /// A key, given its slot on first use.
+    pub const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    fn slot(&self) -> usize {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        *self.0.get_or_init(|| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for EncodingKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Encodings {
     /// How many formats can be cached per message.
-    pub const SLOTS: usize = 6;
-    /// The Server-Sent Events slot.
-    pub const SSE: usize = 0;
-    /// The WebSocket text frame slot.
-    pub const WEBSOCKET: usize = 1;
-    /// The chunked stream's NDJSON record slot.
-    pub const STREAM_NDJSON: usize = 2;
-    /// The chunked stream's binary record header slot.
-    pub const STREAM_BINARY: usize = 3;
-    /// Slots free for other transports.
-    pub const OTHER: [usize; 2] = [4, 5];
+    pub const SLOTS: usize = 8;
 
-    /// The encoding in `slot`, made by `encode` if this is its first use: any cheaply cloned
-    /// value (`Bytes`, a ready-made frame). A slot out of range, or holding a value of another
-    /// type, encodes every time.
-    pub fn get_or_encode<T>(&self, slot: usize, encode: impl FnOnce() -> T) -> T
+    /// The encoding `key` names, made by `encode` if this is its first use: any cheaply cloned
+    /// value (`Bytes`, a ready-made frame). A key past the slots, or a slot holding a value of
+    /// another type, encodes every time.
+    pub fn get_or_encode<T>(&self, key: &EncodingKey, encode: impl FnOnce() -> T) -> T
     where
         T: Any + Clone + Send + Sync,
     {
-        let Some(cell) = self.0.get(slot) else { return encode() };
+        let Some(cell) = self.0.get(key.slot()) else { return encode() };
         if let Some(stored) = cell.get() {
             return match stored.downcast_ref::<T>() {
                 Some(value) => value.clone(),
@@ -465,11 +492,12 @@ mod tests {
             made.set(made.get() + 1);
             Bytes::from_static(b"encoded")
         };
-        assert_eq!(message.encodings.get_or_encode(Encodings::SSE, encode), "encoded");
-        assert_eq!(clone.encodings.get_or_encode(Encodings::SSE, encode), "encoded");
+        static FORMAT: EncodingKey = EncodingKey::new();
+        assert_eq!(message.encodings.get_or_encode(&FORMAT, encode), "encoded");
+        assert_eq!(clone.encodings.get_or_encode(&FORMAT, encode), "encoded");
         assert_eq!(made.get(), 1, "the clone took the first encoding");
         // Another type in the same slot is never confused with it: it is made each time.
-        assert_eq!(clone.encodings.get_or_encode(Encodings::SSE, || 7u32), 7);
+        assert_eq!(clone.encodings.get_or_encode(&FORMAT, || 7u32), 7);
         // Equality ignores encodings.
         let fresh = Message { encodings: Encodings::default(), ..message.clone() };
         assert_eq!(message, fresh);

@@ -199,6 +199,9 @@ forward!(Arc, Box);
 pub trait Connect {
     /// The transport's name in configuration (`transport = "…"`, and its settings section).
     const NAME: &'static str;
+    /// Whether an automatic choice of transport may try it: true for a client that subscribes
+    /// by reaching the server, false for one the server must reach (a webhook receiver).
+    const PROBES: bool = true;
     /// The transport's client settings, all optional (`#[serde(default)]`) but `url`.
     type Config: serde::de::DeserializeOwned;
     /// A client configured by `config`.

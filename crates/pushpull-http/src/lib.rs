@@ -26,9 +26,9 @@ pub use gauge::{Gauge, Held};
 pub use grant::{Grant, RateLimit, Right, TopicPattern};
 pub use pages::{Hold, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, page_route};
 pub use publish::{
-    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, TOPIC_PATH, api, publish_route,
+    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
 };
-pub use push::{Encode, PushFormat, push_response};
+pub use push::{Encode, PushFormat, PushServer, PushTransport, push_response};
 pub use reopen::{Decoded, Reopen, reopening};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
@@ -42,7 +42,7 @@ pub use serve::{
     ShutdownTrigger, fit_open_file_limit, serve_until, spawn, spawn_with_stats,
 };
 pub use tls::TlsFiles;
-pub use transport::{Reading, TransportServer};
+pub use transport::{Context, LiveCount, Measure, Mount, OwnListener, Reading, TransportServer};
 
 #[doc(hidden)]
 pub mod __private {

@@ -11,9 +11,8 @@
 //! | `pushpull_fanout_lag_seconds` | histogram | `transport` |
 //! | `pushpull_gaps_total` | counter | `transport`, `reason` (`retention`, `epoch_changed`) |
 //! | `pushpull_broker_errors_total` | counter | `operation` (`publish`, `fetch`, `subscribe`) |
-//! | `pushpull_webhook_attempts_total` | counter | — |
-//! | `pushpull_webhook_failures_total` | counter | — |
-//! | `pushpull_webhook_dead_total` | counter | — |
+//!
+//! A transport may count more of its own (webhooks count attempts in `pushpull-webhook`).
 //!
 //! The gauges (open connections and subscriptions by transport) are read from the servers' live
 //! counts when the metrics are rendered; see `pushpull::metrics`.
@@ -37,12 +36,6 @@ pub const FANOUT_LAG: &str = "pushpull_fanout_lag_seconds";
 pub const GAPS: &str = "pushpull_gaps_total";
 /// `pushpull_broker_errors_total`.
 pub const BROKER_ERRORS: &str = "pushpull_broker_errors_total";
-/// `pushpull_webhook_attempts_total`.
-pub const WEBHOOK_ATTEMPTS: &str = "pushpull_webhook_attempts_total";
-/// `pushpull_webhook_failures_total`.
-pub const WEBHOOK_FAILURES: &str = "pushpull_webhook_failures_total";
-/// `pushpull_webhook_dead_total`.
-pub const WEBHOOK_DEAD: &str = "pushpull_webhook_dead_total";
 
 /// Gives every metric its help text (`# HELP` in Prometheus's format). Call it once, after
 /// installing a recorder.
@@ -59,9 +52,6 @@ pub fn describe() {
     );
     describe_counter!(GAPS, "Gaps told to readers, by transport and reason");
     describe_counter!(BROKER_ERRORS, "Broker failures, by operation");
-    describe_counter!(WEBHOOK_ATTEMPTS, "Webhook delivery attempts");
-    describe_counter!(WEBHOOK_FAILURES, "Webhook delivery attempts that failed");
-    describe_counter!(WEBHOOK_DEAD, "Webhook messages that used up their attempts");
 }
 
 /// Counts one transport's deliveries. Made once per stream, socket or route, so a delivery
@@ -119,40 +109,6 @@ impl DeliveryMeter {
     /// `bytes` more bytes were written (a page's body, say).
     pub fn bytes(&self, bytes: usize) {
         self.bytes.increment(bytes as u64);
-    }
-}
-
-/// Counts a webhook server's attempts, failures and given-up messages, looked up once.
-#[derive(Clone)]
-pub struct WebhookMeter {
-    /// `pushpull_webhook_attempts_total`.
-    pub attempts: Counter,
-    /// `pushpull_webhook_failures_total`.
-    pub failures: Counter,
-    /// `pushpull_webhook_dead_total`.
-    pub dead: Counter,
-}
-
-impl WebhookMeter {
-    /// The counters, from the recorder installed now.
-    pub fn new() -> Self {
-        Self {
-            attempts: counter!(WEBHOOK_ATTEMPTS),
-            failures: counter!(WEBHOOK_FAILURES),
-            dead: counter!(WEBHOOK_DEAD),
-        }
-    }
-}
-
-impl Default for WebhookMeter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::fmt::Debug for WebhookMeter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookMeter").finish_non_exhaustive()
     }
 }
 

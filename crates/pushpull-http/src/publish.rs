@@ -16,6 +16,10 @@ pub const EVENT_HEADER: &str = "pushpull-event";
 /// The request header that makes a publish safe to retry (see `Publication::idempotency_key`).
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// How the shared HTTP API labels what it counts (`transport="http"`): publishes, and pages
+/// when no transport gave the page route its settings.
+pub const SHARED_API: &str = "http";
+
 /// The route path of a topic.
 pub const TOPIC_PATH: &str = "/v1/topics/{topic}";
 
@@ -56,7 +60,8 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
             let event = event_type(&query, &parts.headers)?;
             let publication = request::publication(payload, event.as_deref(), content_type, key);
             let receipt =
-                crate::metrics::timed_publish("http", broker.publish(&topic, publication)).await?;
+                crate::metrics::timed_publish(SHARED_API, broker.publish(&topic, publication))
+                    .await?;
             Ok(json(StatusCode::CREATED, wire::encode_receipt(&receipt)))
         }
     })
@@ -64,17 +69,13 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
 
 /// The HTTP API every transport's server serves beside its own routes: publishing (its body
 /// limit the broker's `max_payload`, 4 MiB when the broker does not say) and the page route
-/// (holding requests with `hold`: long polling), so any client can publish and fetch whatever
-/// transports are enabled.
-pub fn api(
-    broker: Arc<dyn Broker>,
-    pages: crate::PageConfig,
-    hold: Option<crate::Hold>,
-) -> crate::Router {
+/// of `context` (holding requests with `hold`: long polling), so any client can publish and
+/// fetch whatever transports are enabled.
+pub fn api(context: &crate::Context, hold: Option<crate::Hold>) -> crate::Router {
+    let broker = context.broker.clone();
     let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
     let limits = PublishLimits { max_body, body_timeout: Duration::from_secs(30) };
-    crate::Router::new()
-        .with([publish_route(broker.clone(), limits), crate::page_route(broker, pages, hold)])
+    crate::Router::new().with([publish_route(broker, limits), crate::page_route(context, hold)])
 }
 
 fn event_type(

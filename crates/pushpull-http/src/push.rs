@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use http::Method;
 use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use pushpull_core::{Delivery, Subscription};
+use pushpull_core::{Broker, Cursor, Delivery, Error, Subscription};
+use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
-use crate::{Body, Held, Shutdown};
+use crate::metrics::DeliveryMeter;
+use crate::router::{HandlerResult, HttpRequest, Params, Route, Router};
+use crate::transport::{Context, LiveCount, Measure, Mount, TransportServer};
+use crate::{Body, Gauge, Held, PageConfig, Shutdown};
 
 /// Turns a delivery into the chunks that write it.
 pub type Encode = Box<dyn Fn(&Delivery) -> Vec<Bytes> + Send>;
@@ -30,18 +35,18 @@ pub struct PushFormat {
     pub heartbeat_chunk: Bytes,
     /// How long the stream may stay silent.
     pub heartbeat: Duration,
-    /// Counts what the stream writes.
-    pub meter: crate::metrics::DeliveryMeter,
 }
 
 /// The streaming response for `subscription`, with `Cache-Control: no-cache` and
 /// `X-Accel-Buffering: no`, never compressed. hyper polls the body only when it can write, and
 /// each poll reads the next delivery, so a reader that stops reading stops the log reading too:
 /// its cost is a bounded buffer, and retention turns the backlog into a gap. The response ends
-/// on `shutdown` or a broker error; `open` is held for as long as it lives.
+/// on `shutdown` or a broker error; `open` is held for as long as it lives, and `meter` counts
+/// what it writes.
 pub fn push_response(
     subscription: Subscription,
     format: PushFormat,
+    meter: DeliveryMeter,
     shutdown: Shutdown,
     open: Held,
 ) -> Response<Body> {
@@ -52,6 +57,7 @@ pub fn push_response(
         last_write: Instant::now(),
         subscription,
         format,
+        meter,
         shutdown,
         _open: open,
     };
@@ -67,6 +73,7 @@ pub fn push_response(
 struct Pushing {
     subscription: Subscription,
     format: PushFormat,
+    meter: DeliveryMeter,
     shutdown: Shutdown,
     /// Chunks decided but not yet written.
     queue: VecDeque<Bytes>,
@@ -87,8 +94,8 @@ impl Pushing {
                 delivery = self.subscription.next() => match delivery? {
                     Ok(delivery) => {
                         let chunks = (self.format.encode)(&delivery);
-                        self.format.meter.delivered(&delivery);
-                        self.format.meter.bytes(chunks.iter().map(Bytes::len).sum());
+                        self.meter.delivered(&delivery);
+                        self.meter.bytes(chunks.iter().map(Bytes::len).sum());
                         self.queue.extend(chunks);
                         break;
                     }
@@ -114,5 +121,168 @@ impl Pushing {
         self.last_write = Instant::now();
         let chunk = self.queue.pop_front()?;
         Some((Frame::data(chunk), self))
+    }
+}
+
+/// A one-way push transport over one long response (Server-Sent Events, chunked streaming):
+/// its route, where a request starts and how its response writes. [`PushServer`] does the rest.
+pub trait PushTransport: Send + Sync + 'static {
+    /// The transport's name, in configuration, metrics and spans.
+    const NAME: &'static str;
+    /// The route of a topic's push response, such as `/v1/topics/{topic}/events`.
+    const PATH: &'static str;
+    /// The transport's server settings, all optional (`#[serde(default)]`), unknown keys
+    /// refused.
+    type Config: Default
+        + Clone
+        + std::fmt::Debug
+        + PartialEq
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync;
+
+    /// Checks the settings; an error names the key as `NAME.key`.
+    fn check(config: &Self::Config) -> Result<(), Error>;
+
+    /// Where the request asks its stream to start.
+    fn start(request: &HttpRequest) -> Result<Cursor, Error>;
+
+    /// How the response to `request` writes, for a subscription that starts at `start`.
+    fn format(config: &Self::Config, request: &HttpRequest, start: Cursor) -> PushFormat;
+}
+
+/// The server of a [`PushTransport`] over a broker: a cheap-`Clone` tower (and hyper) service
+/// serving publishing, pages and the transport's push route; its [`routes`](Self::routes) mount
+/// the push route beside other transports'.
+///
+/// A push response reads the broker's shared log by cursor and writes only as fast as the
+/// client reads, so a client that stops reading costs a bounded buffer and, once retention
+/// passes it, gets a gap instead of unbounded memory.
+pub struct PushServer<P: PushTransport> {
+    streams: Streams<P>,
+    router: Router,
+}
+
+impl<P: PushTransport> Clone for PushServer<P> {
+    fn clone(&self) -> Self {
+        Self { streams: self.streams.clone(), router: self.router.clone() }
+    }
+}
+
+impl<P: PushTransport> std::fmt::Debug for PushServer<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushServer")
+            .field("transport", &P::NAME)
+            .field("config", &self.streams.config)
+            .field("open", &self.streams.open)
+            .finish()
+    }
+}
+
+/// What the push route needs; the routes hold this, not the [`PushServer`] (whose router holds
+/// the routes).
+struct Streams<P: PushTransport> {
+    broker: Arc<dyn Broker>,
+    config: Arc<P::Config>,
+    open: Gauge,
+    meter: DeliveryMeter,
+}
+
+impl<P: PushTransport> Clone for Streams<P> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            config: self.config.clone(),
+            open: self.open.clone(),
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+impl<P: PushTransport> PushServer<P> {
+    /// A server over `broker`.
+    pub fn new(broker: Arc<dyn Broker>, config: P::Config) -> Result<Self, Error> {
+        Self::within(&Context::new(broker).with_pages(PageConfig::default(), P::NAME), config)
+    }
+
+    fn within(context: &Context, config: P::Config) -> Result<Self, Error> {
+        P::check(&config)?;
+        let streams = Streams::<P> {
+            broker: context.broker.clone(),
+            config: Arc::new(config),
+            open: Gauge::new(),
+            meter: DeliveryMeter::new(P::NAME),
+        };
+        let router = crate::api(context, None).with(streams.routes());
+        Ok(Self { streams, router })
+    }
+
+    /// Push responses open right now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.open.get()
+    }
+
+    /// The push route, to mount beside other transports'.
+    pub fn routes(&self) -> Vec<Route> {
+        self.streams.routes()
+    }
+
+    /// The router it serves: publishing, the page route (for clients' `fetch`) and the push
+    /// route.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+}
+
+crate::serve_with_router!(impl[P: PushTransport] PushServer<P>);
+
+impl<P: PushTransport> TransportServer for PushServer<P> {
+    const NAME: &'static str = P::NAME;
+    type Config = P::Config;
+
+    fn check(config: &P::Config) -> Result<(), Error> {
+        P::check(config)
+    }
+
+    fn build(context: &Context, config: P::Config) -> Result<Self, Error> {
+        Self::within(context, config)
+    }
+
+    fn mount(&self) -> Mount {
+        let open = self.streams.open.clone();
+        Mount::routes(self.routes()).with_live(LiveCount::new(
+            "open_streams",
+            &[Measure::Connections, Measure::Subscriptions],
+            move || open.get(),
+        ))
+    }
+}
+
+impl<P: PushTransport> Streams<P> {
+    fn routes(&self) -> Vec<Route> {
+        let streams = self.clone();
+        vec![Route::new(Method::GET, P::PATH, move |req: HttpRequest, params: Params| {
+            let streams = streams.clone();
+            async move { streams.stream(req, params).await }
+        })]
+    }
+
+    async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {
+        let topic = crate::request::topic(&params)?;
+        let cursor = P::start(&req)?;
+        let subscription = self
+            .broker
+            .subscribe(&topic, cursor)
+            .await
+            .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
+        let format = P::format(&self.config, &req, subscription.cursor());
+        Ok(push_response(
+            subscription,
+            format,
+            self.meter.clone(),
+            Shutdown::of(&req),
+            self.open.hold(),
+        ))
     }
 }

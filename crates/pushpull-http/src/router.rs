@@ -48,6 +48,7 @@ pub struct Route {
     pattern: &'static str,
     segments: Vec<Segment>,
     handler: Handler,
+    transport: Option<&'static str>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -72,7 +73,30 @@ impl Route {
             })
             .collect();
         let handler: Handler = Arc::new(move |req, params| Box::pin(handler(req, params)));
-        Self { method, pattern, segments, handler }
+        Self { method, pattern, segments, handler, transport: None }
+    }
+
+    /// Belonging to `transport`: the request span of a request it answers names it (a route
+    /// of no transport is named `api`). A server composing transports labels each route with
+    /// the name it registered the transport under.
+    pub fn for_transport(mut self, transport: &'static str) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The transport it belongs to, if any.
+    pub fn transport(&self) -> Option<&'static str> {
+        self.transport
+    }
+
+    /// Its method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Its path pattern.
+    pub fn pattern(&self) -> &'static str {
+        self.pattern
     }
 
     fn matches(&self, path: &[&str]) -> Option<Params> {
@@ -139,9 +163,16 @@ impl Router {
         Self::default()
     }
 
-    /// Adds routes.
+    /// Adds routes. A route with the method and pattern of one already there replaces it, in
+    /// its place.
     pub fn with(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
-        Arc::make_mut(&mut self.routes).extend(routes);
+        let mine = Arc::make_mut(&mut self.routes);
+        for route in routes {
+            match mine.iter_mut().find(|r| r.method == route.method && r.pattern == route.pattern) {
+                Some(replaced) => *replaced = route,
+                None => mine.push(route),
+            }
+        }
         self
     }
 
@@ -181,7 +212,7 @@ impl Router {
     /// `request` span (at debug level) carrying the method, path, transport, topic and peer.
     pub async fn handle(&self, request: HttpRequest) -> Response<Body> {
         use tracing::Instrument;
-        let span = request_span(&request);
+        let span = self.request_span(&request);
         self.logged(request).instrument(span).await
     }
 
@@ -379,8 +410,8 @@ pub fn query_params(request: &HttpRequest) -> HashMap<String, String> {
 /// `Server` becomes a service that mounts anywhere a [`Router`] does.
 #[macro_export]
 macro_rules! serve_with_router {
-    ($server:ty) => {
-        impl<B> $crate::__private::tower_service::Service<$crate::__private::http::Request<B>>
+    (impl[$($generics:tt)*] $server:ty) => {
+        impl<B, $($generics)*> $crate::__private::tower_service::Service<$crate::__private::http::Request<B>>
             for $server
         where
             B: $crate::__private::http_body::Body<Data = $crate::__private::Bytes> + Send + 'static,
@@ -405,7 +436,7 @@ macro_rules! serve_with_router {
             }
         }
 
-        impl<B> $crate::__private::hyper::service::Service<$crate::__private::http::Request<B>>
+        impl<B, $($generics)*> $crate::__private::hyper::service::Service<$crate::__private::http::Request<B>>
             for $server
         where
             B: $crate::__private::http_body::Body<Data = $crate::__private::Bytes> + Send + 'static,
@@ -420,40 +451,37 @@ macro_rules! serve_with_router {
             }
         }
     };
+    ($server:ty) => {
+        $crate::serve_with_router!(impl[] $server);
+    };
 }
 
-/// The span of one request: what `tracing` events during it (and tasks it starts with
-/// `in_current_span`, such as a WebSocket session) carry.
-fn request_span(request: &HttpRequest) -> tracing::Span {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return tracing::Span::none();
-    }
-    let path = request.uri().path();
-    let (transport, topic) = transport_and_topic(request.method(), path, request.uri().query());
-    let peer = crate::PeerAddr::of(request).map(|p| p.to_string()).unwrap_or_default();
-    tracing::debug_span!("request", method = %request.method(), path, transport, topic, peer)
-}
-
-/// Which transport a request belongs to, judged by its path (`publish` and `api` for the
-/// shared routes), and the topic it names, if any.
-fn transport_and_topic<'a>(
-    method: &Method,
-    path: &'a str,
-    query: Option<&str>,
-) -> (&'static str, &'a str) {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "ws"] => ("ws", ""),
-        ["v1", "webhooks", ..] => ("webhook", ""),
-        ["v1", "topics", topic] if method == Method::POST => ("publish", topic),
-        ["v1", "topics", topic, "events"] => ("sse", topic),
-        ["v1", "topics", topic, "stream"] => ("stream", topic),
-        ["v1", "topics", topic, "messages"] => {
-            let waits = query
-                .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "wait"));
-            (if waits { "longpoll" } else { "poll" }, topic)
+impl Router {
+    /// The span of one request: what `tracing` events during it (and tasks it starts with
+    /// `in_current_span`, such as a WebSocket session) carry. Its transport is the one the
+    /// route it goes to belongs to (`api` for the shared routes).
+    fn request_span(&self, request: &HttpRequest) -> tracing::Span {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return tracing::Span::none();
         }
-        _ => ("api", ""),
+        let path = request.uri().path();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let matched = self.routes.iter().find_map(|route| {
+            let same_method = route.method == request.method()
+                || (request.method() == Method::HEAD && route.method == Method::GET);
+            if !same_method {
+                return None;
+            }
+            route.matches(&parts).map(|params| (route.transport, params))
+        });
+        let (transport, topic) = match &matched {
+            Some((transport, params)) => {
+                (transport.unwrap_or("api"), params.get("topic").unwrap_or_default())
+            }
+            None => ("api", ""),
+        };
+        let peer = crate::PeerAddr::of(request).map(|p| p.to_string()).unwrap_or_default();
+        tracing::debug_span!("request", method = %request.method(), path, transport, topic, peer)
     }
 }
 

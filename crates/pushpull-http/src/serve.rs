@@ -422,6 +422,17 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     stats: Arc<ServerStats>,
+    /// Listeners transports own, run beside the HTTP one.
+    beside: Vec<Beside>,
+}
+
+/// A transport's own listener, running beside the server's.
+#[derive(Debug)]
+struct Beside {
+    name: &'static str,
+    addr: SocketAddr,
+    stop: ShutdownTrigger,
+    task: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -435,13 +446,34 @@ impl RunningServer {
         &self.stats
     }
 
-    /// Stops accepting, lets requests in flight finish (up to the grace period), then returns.
+    /// Runs `listener`, which the transport `name` owns, beside the server until it shuts
+    /// down.
+    pub fn run_beside(&mut self, name: &'static str, listener: Box<dyn crate::OwnListener>) {
+        let addr = listener.local_addr();
+        let (stop, shutdown) = Shutdown::new();
+        let task = tokio::spawn(listener.run(shutdown));
+        self.beside.push(Beside { name, addr, stop, task });
+    }
+
+    /// The address of the listener the transport `name` owns, if it runs one.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.beside.iter().find(|b| b.name == name).map(|b| b.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the grace period), then returns;
+    /// transports' own listeners stop too.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        for beside in &self.beside {
+            beside.stop.shutdown();
+        }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        for beside in std::mem::take(&mut self.beside) {
+            let _ = beside.task.await;
         }
     }
 }
@@ -450,6 +482,9 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+        for beside in &self.beside {
+            beside.task.abort();
         }
     }
 }
@@ -495,7 +530,7 @@ where
     let task = tokio::spawn(serve_until(listener, service, config, stats.clone(), async {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { addr, stop: Some(stop), task: Some(task), stats })
+    Ok(RunningServer { addr, stop: Some(stop), task: Some(task), stats, beside: Vec::new() })
 }
 
 /// Serves `service` on `listener` until `shutdown` completes, then shuts down gracefully.

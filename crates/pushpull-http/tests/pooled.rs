@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use pushpull_chaos::ChaosProxy;
 use pushpull_core::{Broker, MemoryBroker, Publication, Topic};
-use pushpull_http::{HttpClient, HttpClientConfig, PageConfig};
+use pushpull_http::{HttpClient, HttpClientConfig};
 use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_right_after_every_connection_is_cut_is_answered() {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let router = pushpull_http::api(broker, PageConfig::default(), None);
+    let router = pushpull_http::api(&pushpull_http::Context::new(broker), None);
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull_http::spawn(listener, router, Default::default()).unwrap();
     // The hang this guards against is a race of a few microseconds: many rounds give it room.

@@ -43,6 +43,7 @@ async fn events_in_a_request_carry_its_transport_topic_and_peer() {
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
 
+    // The span names the transport the route was mounted for.
     let router = Router::new().with([Route::new(
         Method::GET,
         "/v1/topics/{topic}/messages",
@@ -50,7 +51,8 @@ async fn events_in_a_request_carry_its_transport_topic_and_peer() {
             tracing::info!("handling the page");
             Ok(pushpull_http::json(StatusCode::OK, b"{}".to_vec()))
         },
-    )]);
+    )
+    .for_transport("longpoll")]);
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull_http::spawn(listener, router, Default::default()).unwrap();
     let mut socket = TcpStream::connect(server.local_addr()).await.unwrap();

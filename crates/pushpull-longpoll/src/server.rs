@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use pushpull_core::{Broker, Error};
-use pushpull_http::{Gauge, Hold, PageConfig, Route, Router};
+use pushpull_http::metrics::DeliveryMeter;
+use pushpull_http::{
+    Context, Gauge, Hold, LiveCount, Measure, Mount, PageConfig, Route, Router, TransportServer,
+};
 
 use crate::config::ServerConfig;
 
@@ -35,12 +38,18 @@ impl LongpollServer {
         config: ServerConfig,
         pages: PageConfig,
     ) -> Result<Self, Error> {
-        config.validate()?;
         pages.validate(crate::NAME)?;
+        Self::within(&Context::new(broker).with_pages(pages, crate::NAME), config)
+    }
+
+    /// A server within `context`, holding its page route's requests.
+    fn within(context: &Context, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
         let held = Gauge::new();
-        let hold = Hold { max_wait: config.max_wait, held: held.clone() };
-        let route = pushpull_http::page_route(broker.clone(), pages.clone(), Some(hold.clone()));
-        let router = pushpull_http::api(broker, pages, Some(hold));
+        let meter = DeliveryMeter::new(crate::NAME);
+        let hold = Hold { max_wait: config.max_wait, held: held.clone(), meter };
+        let route = pushpull_http::page_route(context, Some(hold.clone()));
+        let router = pushpull_http::api(context, Some(hold));
         Ok(Self { route, router, held })
     }
 
@@ -61,3 +70,26 @@ impl LongpollServer {
 }
 
 pushpull_http::serve_with_router!(LongpollServer);
+
+impl TransportServer for LongpollServer {
+    const NAME: &'static str = crate::NAME;
+    type Config = ServerConfig;
+
+    fn check(config: &ServerConfig) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn build(context: &Context, config: ServerConfig) -> Result<Self, Error> {
+        Self::within(context, config)
+    }
+
+    /// The holding page route, in place of the plain one.
+    fn mount(&self) -> Mount {
+        let held = self.held.clone();
+        Mount::routes(self.routes()).with_live(LiveCount::new(
+            "held_requests",
+            &[Measure::Connections, Measure::Subscriptions],
+            move || held.get(),
+        ))
+    }
+}

@@ -7,7 +7,7 @@ pub mod wire;
 
 pub use client::SseClient;
 pub use config::{ClientConfig, ServerConfig};
-pub use server::{EVENTS_PATH, SseServer};
+pub use server::{EVENTS_PATH, Sse, SseServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "sse";

@@ -7,7 +7,7 @@ pub mod wire;
 
 pub use client::StreamClient;
 pub use config::{ClientConfig, FramingChoice, ServerConfig};
-pub use server::{STREAM_PATH, StreamServer};
+pub use server::{STREAM_PATH, Stream, StreamServer};
 
 /// The transport's name, in configuration and errors.
 pub const NAME: &str = "stream";

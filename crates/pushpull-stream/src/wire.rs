@@ -16,7 +16,7 @@
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pushpull_core::{Cursor, Delivery, Encodings, Error, ErrorKind, Gap, Message};
+use pushpull_core::{Cursor, Delivery, EncodingKey, Error, ErrorKind, Gap, Message};
 use pushpull_http::wire::{GapJson, MessageJson};
 use serde::{Deserialize, Serialize};
 
@@ -104,17 +104,22 @@ pub fn encode_plain(record: &Record, framing: Framing) -> Bytes {
     }
 }
 
+/// A message's NDJSON record, made once and shared by every stream pushing it.
+static NDJSON_RECORD: EncodingKey = EncodingKey::new();
+/// A message's binary record head (the payload follows it as is).
+static BINARY_HEAD: EncodingKey = EncodingKey::new();
+
 fn encode_message(message: &Message, framing: Framing) -> Vec<Bytes> {
     match framing {
         // Encoded once per message, shared by every stream that pushes it.
-        Framing::Ndjson => vec![message.encodings.get_or_encode(Encodings::STREAM_NDJSON, || {
+        Framing::Ndjson => vec![message.encodings.get_or_encode(&NDJSON_RECORD, || {
             let mut line = serde_json::to_vec(&Record::Message(MessageJson::from_message(message)))
                 .expect("records encode");
             line.push(b'\n');
             Bytes::from(line)
         })],
         Framing::Binary => {
-            let head = message.encodings.get_or_encode(Encodings::STREAM_BINARY, || {
+            let head = message.encodings.get_or_encode(&BINARY_HEAD, || {
                 let header = serde_json::to_vec(&Record::Message(MessageJson::header_of(message)))
                     .expect("records encode");
                 let mut head = BytesMut::with_capacity(header.len() + 12);

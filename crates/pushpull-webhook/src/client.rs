@@ -406,6 +406,7 @@ impl pushpull_core::Client for WebhookClient {
 
 impl pushpull_core::Connect for WebhookClient {
     const NAME: &'static str = crate::NAME;
+    const PROBES: bool = false;
     type Config = ClientConfig;
 
     fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {

@@ -10,7 +10,7 @@ pub use client::WebhookClient;
 pub use config::{ClientConfig, OnExhausted, ServerConfig};
 pub use server::{
     CreateEndpoint, DeadMessage, EndpointRecord, EndpointStore, EndpointView, MemoryEndpointStore,
-    Progress, WEBHOOKS_PATH, WebhookServer,
+    Progress, WEBHOOK_ATTEMPTS, WEBHOOK_DEAD, WEBHOOK_FAILURES, WEBHOOKS_PATH, WebhookServer,
 };
 
 /// The transport's name, in configuration and errors.

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Broker, Cursor, Delivery, Encodings, Error, SubscriptionSet, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, EncodingKey, Error, SubscriptionSet, Topic};
 use pushpull_http::{
-    Gauge, Grant, HandlerResult, HttpRequest, Params, Right, Route, Router, Shutdown,
+    Context, Gauge, Grant, HandlerResult, HttpRequest, LiveCount, Measure, Mount, Params, Right,
+    Route, Router, Shutdown,
 };
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -40,12 +41,20 @@ pub struct WsServer {
 impl WsServer {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        config.validate()?;
         let pages = pushpull_http::PageConfig {
             max_limit: config.max_limit,
             ..pushpull_http::PageConfig::default()
         };
-        let api = pushpull_http::api(broker.clone(), pages, None);
+        Self::within(&Context::new(broker).with_pages(pages, crate::NAME), config)
+    }
+
+    /// A server within `context`: its page route, and the origins it trusts besides its own
+    /// `allowed_origins`.
+    fn within(context: &Context, mut config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let broker = context.broker.clone();
+        config.allowed_origins.extend(context.allowed_origins.iter().cloned());
+        let api = pushpull_http::api(context, None);
         let origins = Arc::new(pushpull_http::Cors::new(config.allowed_origins.iter().cloned()));
         let message_limit = config.message_limit(broker.capabilities().max_payload);
         let sockets = Sockets {
@@ -83,21 +92,22 @@ impl pushpull_http::TransportServer for WsServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        WsServer::new(broker, config)
+    fn check(config: &ServerConfig) -> Result<(), Error> {
+        config.validate()
     }
 
-    fn routes(&self) -> Vec<Route> {
-        WsServer::routes(self)
+    fn build(context: &Context, config: ServerConfig) -> Result<Self, Error> {
+        Self::within(context, config)
     }
 
-    fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
+    fn mount(&self) -> Mount {
         let open = self.sockets.open.clone();
         let subscribed = self.sockets.subscribed.clone();
-        vec![
-            ("ws_open_sockets", Box::new(move || open.get())),
-            ("ws_subscriptions", Box::new(move || subscribed.get())),
-        ]
+        Mount::routes(self.routes())
+            .with_live(LiveCount::new("open_sockets", &[Measure::Connections], move || open.get()))
+            .with_live(LiveCount::new("subscriptions", &[Measure::Subscriptions], move || {
+                subscribed.get()
+            }))
     }
 }
 
@@ -570,12 +580,11 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 /// a topic on a socket is unnamed, so its frames are the same for every subscriber: they are
 /// made once per message and shared.
 fn pushed(delivery: &Delivery, sub: Option<&str>) -> WsMessage {
+    static UNNAMED_FRAME: EncodingKey = EncodingKey::new();
     match (delivery, sub) {
-        (Delivery::Message(message), None) => {
-            message.encodings.get_or_encode(Encodings::WEBSOCKET, || {
-                ws_message(wire::delivery_frame(delivery, None))
-            })
-        }
+        (Delivery::Message(message), None) => message
+            .encodings
+            .get_or_encode(&UNNAMED_FRAME, || ws_message(wire::delivery_frame(delivery, None))),
         _ => ws_message(wire::delivery_frame(delivery, sub)),
     }
 }

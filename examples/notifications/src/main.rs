@@ -32,7 +32,10 @@ async fn shop() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = ServerConfig::default();
     // The notifier runs on this machine: let webhooks call loopback addresses (off by default,
     // so that a registered URL cannot reach services behind the server).
-    config.transports.webhook.server.allow_loopback = true;
+    config
+        .transports
+        .configure::<pushpull::webhook::WebhookServer>(|c| c.allow_loopback = true)
+        .unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let server = pushpull::serve_on(listener, &config)?;
     let url = format!("http://{}", server.local_addr());

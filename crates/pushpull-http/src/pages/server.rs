@@ -16,6 +16,7 @@ use crate::request;
 use crate::response::{Body, json};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
 use crate::serve::Shutdown;
+use crate::transport::Context;
 
 /// The route of a topic's messages.
 pub const MESSAGES_PATH: &str = "/v1/topics/{topic}/messages";
@@ -28,6 +29,8 @@ pub struct Hold {
     pub max_wait: Duration,
     /// Counts the requests held right now.
     pub held: Gauge,
+    /// Counts the pages answered to requests that asked to wait.
+    pub meter: DeliveryMeter,
 }
 
 /// `GET /v1/topics/{topic}/messages?after=CURSOR&limit=N`: a JSON page, with a strong `ETag`,
@@ -40,30 +43,26 @@ pub struct Hold {
 /// once). A held request is a future parked on the topic's wake-up: no thread, no buffer, and
 /// dropped the moment its client hangs up. Without `hold`, `wait` is ignored and the answer
 /// has no `Pushpull-Wait-Ms`, which is how a long-polling client tells.
-pub fn page_route(broker: Arc<dyn Broker>, config: PageConfig, hold: Option<Hold>) -> Route {
-    let meters =
-        Meters { poll: DeliveryMeter::new("poll"), longpoll: DeliveryMeter::new("longpoll") };
-    let shared = Arc::new((broker, config, hold, meters));
+///
+/// The broker, the settings and the meter of pages answered at once come from `context`; a
+/// request that asked to wait is counted by the hold's meter.
+pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
+    let shared =
+        Arc::new((context.broker.clone(), context.pages.clone(), hold, context.page_meter.clone()));
     Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
         async move {
-            let (broker, config, hold, meters) = &*shared;
-            answer(&**broker, config, hold.as_ref(), meters, req, params).await
+            let (broker, config, hold, meter) = &*shared;
+            answer(&**broker, config, hold.as_ref(), meter, req, params).await
         }
     })
-}
-
-/// The page route counts a request with a `wait` as long polling, any other as polling.
-struct Meters {
-    poll: DeliveryMeter,
-    longpoll: DeliveryMeter,
 }
 
 async fn answer(
     broker: &dyn Broker,
     config: &PageConfig,
     hold: Option<&Hold>,
-    meters: &Meters,
+    plain_meter: &DeliveryMeter,
     req: HttpRequest,
     params: Params,
 ) -> HandlerResult {
@@ -78,10 +77,10 @@ async fn answer(
         .inspect_err(|e| metrics::broker_error("fetch", e))?;
     let (mut page, meter) = match (wait, hold) {
         (Some(wait), Some(hold)) if page.is_empty() && !wait.is_zero() => {
-            (held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?, &meters.longpoll)
+            (held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?, &hold.meter)
         }
-        (Some(wait), Some(_)) if !wait.is_zero() => (page, &meters.longpoll),
-        _ => (page, &meters.poll),
+        (Some(wait), Some(hold)) if !wait.is_zero() => (page, &hold.meter),
+        _ => (page, plain_meter),
     };
     trim_to_bytes(&mut page, config.max_page_bytes);
     meter.page(&page);

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use pushpull_core::{Broker, Cursor, Error, ErrorKind, SubscriptionSet, Topic};
-use pushpull_http::{HandlerResult, HttpRequest, Params, Route, Router, json, request};
+use pushpull_http::{
+    Context, HandlerResult, HttpRequest, LiveCount, Mount, PageConfig, Params, Route, Router, json,
+    request,
+};
 
 use crate::config::ServerConfig;
 use crate::targets::TargetPolicy;
@@ -15,12 +18,15 @@ use crate::wire::Secret;
 mod api;
 mod delivery;
 mod endpoints;
+mod meter;
 mod store;
 mod target;
 
 pub use api::{CreateEndpoint, DeadMessage, EndpointView};
 use delivery::Worker;
 use endpoints::{Control, Endpoint, Status, endpoint_id, view};
+use meter::WebhookMeter;
+pub use meter::{WEBHOOK_ATTEMPTS, WEBHOOK_DEAD, WEBHOOK_FAILURES};
 pub use store::{EndpointRecord, EndpointStore, MemoryEndpointStore, Progress};
 use target::Target;
 
@@ -62,12 +68,22 @@ impl WebhookServer {
         config: ServerConfig,
         store: Arc<dyn EndpointStore>,
     ) -> Result<Self, Error> {
+        let context = Context::new(broker).with_pages(PageConfig::default(), crate::NAME);
+        Self::within(&context, config, store)
+    }
+
+    fn within(
+        context: &Context,
+        config: ServerConfig,
+        store: Arc<dyn EndpointStore>,
+    ) -> Result<Self, Error> {
         config.validate()?;
+        let broker = context.broker.clone();
         let tls = pushpull_http::tls::with_alpn(
             &pushpull_http::tls::client_config(config.ca_file.as_deref())?,
             &[b"http/1.1"],
         );
-        let api = pushpull_http::api(broker.clone(), pushpull_http::PageConfig::default(), None);
+        let api = pushpull_http::api(context, None);
         let hooks = Hooks {
             broker,
             tls,
@@ -76,7 +92,7 @@ impl WebhookServer {
             node: endpoint_id().replacen("ep_", "node_", 1).into(),
             running: Arc::default(),
             meter: pushpull_http::metrics::DeliveryMeter::new(crate::NAME),
-            attempts: pushpull_http::metrics::WebhookMeter::new(),
+            attempts: WebhookMeter::new(),
         };
         // The background sync lives as long as something serves the routes (the server, its
         // router, or its routes mounted elsewhere): they hold this token.
@@ -113,20 +129,28 @@ impl pushpull_http::TransportServer for WebhookServer {
     const NAME: &'static str = crate::NAME;
     type Config = ServerConfig;
 
-    fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        WebhookServer::new(broker, config)
+    fn check(config: &ServerConfig) -> Result<(), Error> {
+        config.validate()
     }
 
-    fn routes(&self) -> Vec<Route> {
-        WebhookServer::routes(self)
+    /// Its endpoints live in the `Arc<dyn EndpointStore>` of the context's extensions (one
+    /// the broker's nodes share), else in this process.
+    fn build(context: &Context, config: ServerConfig) -> Result<Self, Error> {
+        let store = context
+            .extensions
+            .get::<Arc<dyn EndpointStore>>()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryEndpointStore::new()));
+        Self::within(context, config, store)
     }
 
-    fn gauges(&self) -> Vec<(&'static str, pushpull_http::Reading)> {
+    fn mount(&self) -> Mount {
         let running = self.hooks.running.clone();
-        vec![(
-            "webhook_endpoints_delivering",
-            Box::new(move || running.lock().expect("running lock").len()),
-        )]
+        Mount::routes(self.routes()).with_live(LiveCount::new(
+            "endpoints_delivering",
+            &[],
+            move || running.lock().expect("running lock").len(),
+        ))
     }
 }
 
@@ -144,7 +168,7 @@ struct Hooks {
     /// The endpoints this node delivers, by id.
     running: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
     meter: pushpull_http::metrics::DeliveryMeter,
-    attempts: pushpull_http::metrics::WebhookMeter,
+    attempts: WebhookMeter,
 }
 
 /// How long a lease lasts without renewal: a dead node's endpoints are taken over after this.
