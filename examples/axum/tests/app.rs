@@ -20,6 +20,18 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     answer
 }
 
+/// A raw `POST` with no body; the answer's head and body as text.
+async fn post(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(LIMIT, stream.read_to_string(&mut answer)).await.unwrap().unwrap();
+    answer
+}
+
 async fn next_payload(sub: &mut pushpull::Subscription) -> String {
     match tokio::time::timeout(LIMIT, sub.next()).await {
         Ok(Some(Ok(Delivery::Message(m)))) => String::from_utf8(m.payload.to_vec()).unwrap(),
@@ -64,6 +76,13 @@ async fn pushpull_is_served_through_the_application_and_shuts_down_with_it() {
     }
     let page = sse.fetch(&topic, Cursor::Beginning, 10).await.unwrap();
     assert_eq!(page.messages.len(), 2);
+
+    // The application's own handler publishes through the broker it shares with pushpull.
+    let order = Topic::new("orders.42").unwrap();
+    let mut shipping = sse.subscribe(&order, Cursor::Latest).await.unwrap();
+    let shipped = post(addr, "/api/orders/42/ship").await;
+    assert!(shipped.starts_with("HTTP/1.1 200"), "{shipped}");
+    assert_eq!(next_payload(&mut shipping).await, "shipped");
 
     // The application shuts down while a stream and a socket are open: they end, and the
     // shutdown completes instead of waiting for them forever.

@@ -54,7 +54,7 @@ impl Drop for LineServer {
     }
 }
 
-async fn connection(stream: TcpStream, broker: Arc<dyn Client>) {
+pub(crate) async fn connection(stream: TcpStream, broker: Arc<dyn Client>) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let limit = max_line(&*broker);
