@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 /// checked when a client is made: a key the transport does not know, or a section no registered
 /// transport has, is an error that names it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// A transport name, or `auto` to take the best one the server and network allow.
     pub transport: String,

@@ -5,7 +5,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pushpull_core::{Client, Connect, Cursor, Error, ErrorKind, Topic};
+use pushpull_core::{
+    Broker, Client, Connect, Cursor, Error, ErrorKind, OpenBroker, SharedState, Topic,
+};
 use pushpull_http::{Context, Mount, PageConfig, TransportServer};
 
 use crate::ClientConfig;
@@ -41,6 +43,7 @@ pub trait TransportFactory: Send + Sync {
 pub struct Registry {
     factories: Vec<Arc<dyn TransportFactory>>,
     pub(crate) servers: Vec<Arc<dyn ServerFactory>>,
+    brokers: Vec<Arc<dyn BrokerFactory>>,
 }
 
 impl Registry {
@@ -82,6 +85,53 @@ impl Registry {
         self.servers.retain(|f| f.name() != S::NAME);
         self.servers.push(Arc::new(ServerOf::<S>(PhantomData)));
         self
+    }
+
+    /// Adds a broker, under [`B::NAME`](OpenBroker::NAME): `[broker] kind = "NAME"` opens it,
+    /// with the other keys of `[broker]` as its settings. Replaces one of the same name.
+    pub fn register_broker<B: OpenBroker>(&mut self) -> &mut Self {
+        self.brokers.retain(|f| f.name() != B::NAME);
+        self.brokers.push(Arc::new(BrokerOf::<B>(PhantomData)));
+        self
+    }
+
+    /// The names of the registered brokers.
+    pub fn broker_names(&self) -> Vec<&'static str> {
+        self.brokers.iter().map(|f| f.name()).collect()
+    }
+
+    /// The broker `config` asks for, opened. Call it within a tokio runtime (a broker may start
+    /// background tasks: Redis's wake-up listener).
+    pub fn broker(&self, config: &crate::ServerConfig) -> Result<Arc<dyn Broker>, Error> {
+        let factory = self.broker_factory(&config.broker)?;
+        factory.open(config.broker.settings()).map_err(in_broker)
+    }
+
+    /// Where the broker `config` asks for keeps state every node sees, if anywhere.
+    pub(crate) fn shared_state(
+        &self,
+        config: &crate::ServerConfig,
+    ) -> Result<Option<Arc<dyn SharedState>>, Error> {
+        let factory = self.broker_factory(&config.broker)?;
+        factory.shared_state(config.broker.settings()).map_err(in_broker)
+    }
+
+    /// Checks `[broker]`: its kind registered, its settings those of that broker.
+    pub(crate) fn check_broker(&self, broker: &crate::BrokerConfig) -> Result<(), Error> {
+        self.broker_factory(broker)?.check(broker.settings()).map_err(in_broker)
+    }
+
+    fn broker_factory(&self, broker: &crate::BrokerConfig) -> Result<&dyn BrokerFactory, Error> {
+        if let Some(factory) = self.brokers.iter().find(|f| f.name() == broker.kind) {
+            return Ok(&**factory);
+        }
+        let kind = &broker.kind;
+        let why = if crate::BUILT_IN_BROKERS.contains(&kind.as_str()) {
+            format!("{kind:?} is not in this build; enable the cargo feature {kind:?} of pushpull")
+        } else {
+            format!("unknown broker {kind:?}; known: {}", self.broker_names().join(", "))
+        };
+        Err(Error::new(ErrorKind::Config, format!("broker.kind: {why}")))
     }
 
     /// The names of the registered servers, in the order they mount.
@@ -226,5 +276,51 @@ impl<S: TransportServer> ServerFactory for ServerOf<S> {
 
     fn mount(&self, context: &Context, section: &toml::Table) -> Result<Mount, Error> {
         Ok(S::build(context, Self::config(section)?)?.mount())
+    }
+}
+
+/// A broker as the registry holds it: `[broker]`'s keys read into its typed settings. Errors
+/// name the key within `[broker]`.
+trait BrokerFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn check(&self, settings: &toml::Table) -> Result<(), Error>;
+    fn open(&self, settings: &toml::Table) -> Result<Arc<dyn Broker>, Error>;
+    fn shared_state(&self, settings: &toml::Table) -> Result<Option<Arc<dyn SharedState>>, Error>;
+}
+
+struct BrokerOf<B>(PhantomData<fn() -> B>);
+
+impl<B: OpenBroker> BrokerOf<B> {
+    fn config(settings: &toml::Table) -> Result<B::Config, Error> {
+        crate::server_config::from_table(settings.clone())
+            .map_err(|why| Error::new(ErrorKind::Config, why))
+    }
+}
+
+impl<B: OpenBroker> BrokerFactory for BrokerOf<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn check(&self, settings: &toml::Table) -> Result<(), Error> {
+        B::check(&Self::config(settings)?)
+    }
+
+    fn open(&self, settings: &toml::Table) -> Result<Arc<dyn Broker>, Error> {
+        B::open(Self::config(settings)?)
+    }
+
+    fn shared_state(&self, settings: &toml::Table) -> Result<Option<Arc<dyn SharedState>>, Error> {
+        B::shared_state(&Self::config(settings)?)
+    }
+}
+
+/// A broker's error about its settings, naming the key within `[broker]`; other errors (a
+/// broker that cannot start) as they are.
+fn in_broker(error: Error) -> Error {
+    if error.kind() == ErrorKind::Config {
+        Error::new(ErrorKind::Config, format!("broker.{}", error.message()))
+    } else {
+        error
     }
 }

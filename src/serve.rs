@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use pushpull_core::{Broker, Error, ErrorKind, MemoryBroker};
+use pushpull_core::{Broker, Error, ErrorKind};
 use pushpull_http::{
     Context, LiveCount, Measure, OwnListener, PublishLimits, Reading, Route, Router, RunningServer,
     ServeConfig, ServerStats,
@@ -11,16 +11,12 @@ use pushpull_http::{
 use tokio::net::TcpListener;
 
 use crate::Registry;
-use crate::server_config::{BrokerKind, ServerConfig};
+use crate::server_config::ServerConfig;
 
-/// The broker a config asks for. Call it within a tokio runtime (the Redis broker starts its
-/// wake-up listener).
+/// The broker a config asks for, as [`Registry::with_defaults`] has them. Call it within a
+/// tokio runtime (the Redis broker starts its wake-up listener).
 pub fn broker(config: &ServerConfig) -> Result<Arc<dyn Broker>, Error> {
-    match config.broker.kind {
-        BrokerKind::Memory => Ok(Arc::new(MemoryBroker::with_config(config.memory_config())?)),
-        #[cfg(feature = "redis")]
-        BrokerKind::Redis => Ok(Arc::new(pushpull_redis::RedisBroker::new(config.redis_config())?)),
-    }
+    Registry::with_defaults().broker(config)
 }
 
 /// The router serving `broker` over every transport `config` enables (as
@@ -82,7 +78,10 @@ impl Registry {
             |e: Error| Error::new(ErrorKind::Config, format!("transports.{}", e.message()));
         let mut context = Context::new(broker.clone())
             .with_allowed_origins(config.http.cors_origins.iter().cloned());
-        crate::shared_state(&mut context, config)?;
+        // State the broker keeps where every node sees it (webhook endpoints).
+        if let Some(shared) = self.shared_state(config)? {
+            context.extensions.insert(shared);
+        }
         // The page route is the shared API; the transport that configures it (short polling)
         // gives its settings whether or not it is listed as served.
         for server in &self.servers {
@@ -94,7 +93,7 @@ impl Registry {
         let publish = pushpull_http::publish_route(
             broker.clone(),
             PublishLimits {
-                max_body: config.broker.max_payload,
+                max_body: broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024),
                 body_timeout: config.http.body_timeout,
             },
         );
@@ -152,7 +151,7 @@ impl Registry {
             Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
                 .with_source(e)
         })?;
-        self.serve_with(listener, crate::broker(config)?, config)
+        self.serve_with(listener, self.broker(config)?, config)
     }
 
     /// Serves `broker` over this registry's transports on `listener`, with the transports' own
@@ -363,12 +362,14 @@ pub fn serve_with(
 /// The connection settings a config asks for (reading the TLS certificate and key, if any).
 pub fn serve_config(config: &ServerConfig) -> Result<ServeConfig, Error> {
     let tls = config.tls.as_ref().map(|files| files.acceptor()).transpose()?;
-    Ok(ServeConfig {
-        header_read_timeout: config.http.header_read_timeout,
-        shutdown_grace: config.http.shutdown_grace,
-        tls,
-        max_connections: config.http.max_connections,
-        max_connections_per_address: config.http.max_connections_per_address,
-        max_header_bytes: config.http.max_header_bytes,
+    Ok({
+        let mut built = ServeConfig::default();
+        built.header_read_timeout = config.http.header_read_timeout;
+        built.shutdown_grace = config.http.shutdown_grace;
+        built.tls = tls;
+        built.max_connections = config.http.max_connections;
+        built.max_connections_per_address = config.http.max_connections_per_address;
+        built.max_header_bytes = config.http.max_header_bytes;
+        built
     })
 }

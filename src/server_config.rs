@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use pushpull_core::{Error, ErrorKind, MemoryConfig, Retention};
+use pushpull_core::{Error, ErrorKind, OpenBroker};
 use pushpull_http::TransportServer;
 
 use crate::Registry;
@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The address to listen on.
     pub listen: SocketAddr,
@@ -64,94 +65,105 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[broker]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[broker]`: `kind` names a registered broker (`memory`, the embedded default; `redis`,
+/// several server processes on one log; or one an application registers), and the other keys
+/// are that broker's own settings (its `Config`, embedded as it is: `MemoryConfig`,
+/// `RedisConfig`), checked by the [`Registry`] that opens it.
+///
+/// ```toml
+/// [broker]
+/// kind = "redis"
+/// url = "redis://127.0.0.1:6379"
+/// response_timeout = "2s"
+/// [broker.retention]
+/// max_messages = 1000
+/// ```
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
-    /// `memory` (the embedded broker, the default) or `redis` (several server processes on one
-    /// Redis serve one log).
-    pub kind: BrokerKind,
-    /// With `redis`: the server, `redis://HOST:PORT/DB`, `rediss://…` (TLS) or
-    /// `redis+unix:///PATH`.
-    pub url: String,
-    /// With `redis`: prepended to every key and channel, so deployments can share a Redis.
-    pub key_prefix: String,
-    /// With `redis` and a `rediss://` URL: a PEM file of the certificate authority to trust
-    /// instead of the system's roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<std::path::PathBuf>,
-    /// The largest payload accepted, in bytes.
-    pub max_payload: usize,
-    /// The most topics held at once (a topic exists from its first publish; subscribing
-    /// takes none).
-    pub max_topics: usize,
-    /// With `memory`: when the topic table is full, topics without a publish, a fetch or a
-    /// reader for this long are released (their messages too; a reader coming back gets a
-    /// gap) to make room.
-    #[serde(with = "pushpull_core::duration_text")]
-    pub idle_topic_timeout: Duration,
-    /// What each topic keeps.
-    pub retention: RetentionConfig,
-}
-
-/// Which broker holds the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// The in-process [`MemoryBroker`](pushpull_core::MemoryBroker).
-    #[default]
-    Memory,
-    /// [`RedisBroker`](pushpull_redis::RedisBroker): the log in Redis Streams.
-    #[cfg(feature = "redis")]
-    Redis,
+    /// The broker's name.
+    pub kind: String,
+    /// Its settings, as written.
+    settings: toml::Table,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        let memory = MemoryConfig::default();
-        Self {
-            kind: BrokerKind::Memory,
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "pushpull:".into(),
-            ca_file: None,
-            max_payload: memory.max_payload,
-            max_topics: memory.max_topics,
-            idle_topic_timeout: memory.idle_topic_timeout,
-            retention: RetentionConfig::default(),
-        }
+        Self::new(pushpull_core::MEMORY_BROKER)
     }
 }
 
-/// `[broker.retention]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// The most messages kept per topic.
-    pub max_messages: usize,
-    /// The most payload bytes kept per topic.
-    pub max_bytes: usize,
-    /// The oldest a message may get, such as `"1h"`; absent keeps messages regardless of age.
-    #[serde(
-        with = "pushpull_core::duration_text::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_age: Option<Duration>,
+impl BrokerConfig {
+    /// The broker `kind`, with its default settings.
+    pub fn new(kind: impl Into<String>) -> Self {
+        Self { kind: kind.into(), settings: toml::Table::new() }
+    }
+
+    /// The broker `B` with `config`.
+    pub fn of<B: OpenBroker>(config: &B::Config) -> Result<Self, Error> {
+        let settings = toml::Table::try_from(config)
+            .map_err(|e| config_error(format!("broker: cannot be written: {e}")))?;
+        Ok(Self { kind: B::NAME.to_owned(), settings })
+    }
+
+    /// Sets one of the broker's settings (checked when the config is).
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.settings.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The settings as written (empty for the defaults).
+    pub fn settings(&self) -> &toml::Table {
+        &self.settings
+    }
+
+    /// The settings of broker `B`, typed (its defaults where not written).
+    pub fn config<B: OpenBroker>(&self) -> Result<B::Config, Error> {
+        from_table(self.settings.clone()).map_err(|why| config_error(format!("broker.{why}")))
+    }
+
+    /// Edits the settings of broker `B`, typed, and makes it the broker:
+    /// `config.broker.configure::<MemoryBroker>(|memory| memory.max_payload = 1024)`.
+    pub fn configure<B: OpenBroker>(
+        &mut self,
+        edit: impl FnOnce(&mut B::Config),
+    ) -> Result<&mut Self, Error> {
+        let mut config =
+            if self.kind == B::NAME { self.config::<B>()? } else { B::Config::default() };
+        edit(&mut config);
+        *self = Self::of::<B>(&config)?;
+        Ok(self)
+    }
 }
 
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        let retention = Retention::default();
-        Self {
-            max_messages: retention.max_messages,
-            max_bytes: retention.max_bytes,
-            max_age: retention.max_age,
-        }
+impl Serialize for BrokerConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut table = self.settings.clone();
+        table.insert("kind".into(), toml::Value::String(self.kind.clone()));
+        table.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut settings = toml::Table::deserialize(deserializer)?;
+        let kind = match settings.remove("kind") {
+            None => pushpull_core::MEMORY_BROKER.to_owned(),
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "kind: expected a broker's name, got {other}"
+                )));
+            }
+        };
+        Ok(Self { kind, settings })
     }
 }
 
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HttpConfig {
     /// How long a client may take to send a request head (and how long an idle connection
     /// lives).
@@ -387,9 +399,7 @@ impl ServerConfig {
     /// section of a transport it does not have names the ones it has (or the cargo feature
     /// that brings a built-in one in).
     pub fn validate_with(&self, registry: &Registry) -> Result<(), Error> {
-        self.memory_config()
-            .validate()
-            .map_err(|e| config_error(format!("broker: {}", e.message())))?;
+        registry.check_broker(&self.broker)?;
         for name in self.transports.names() {
             if registry.servers.iter().any(|f| f.name() == name) {
                 continue;
@@ -413,36 +423,6 @@ impl ServerConfig {
             return Err(config_error("http.max_header_bytes: must be at least 8192".into()));
         }
         Ok(())
-    }
-
-    /// The Redis broker's settings.
-    #[cfg(feature = "redis")]
-    pub fn redis_config(&self) -> pushpull_redis::RedisConfig {
-        let memory = self.memory_config();
-        pushpull_redis::RedisConfig {
-            url: self.broker.url.clone(),
-            key_prefix: self.broker.key_prefix.clone(),
-            ca_file: self.broker.ca_file.clone(),
-            retention: memory.retention,
-            max_payload: memory.max_payload,
-            max_page: memory.max_page,
-            ..pushpull_redis::RedisConfig::default()
-        }
-    }
-
-    /// The memory broker's limits.
-    pub fn memory_config(&self) -> MemoryConfig {
-        MemoryConfig {
-            retention: Retention {
-                max_messages: self.broker.retention.max_messages,
-                max_bytes: self.broker.retention.max_bytes,
-                max_age: self.broker.retention.max_age,
-            },
-            max_payload: self.broker.max_payload,
-            max_topics: self.broker.max_topics,
-            idle_topic_timeout: self.broker.idle_topic_timeout,
-            ..MemoryConfig::default()
-        }
     }
 }
 

@@ -12,8 +12,12 @@ use pushpull_chaos::TestCa;
 #[tokio::test]
 async fn chromium_opens_more_than_six_event_sources_on_one_page_over_tls() {
     let ca = TestCa::new().unwrap();
-    let tls = pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
-    let config = ServerConfig { tls: Some(tls), ..ServerConfig::default() };
+    let tls = pushpull_http::TlsFiles::new(ca.cert_file(), ca.key_file());
+    let config = {
+        let mut built = ServerConfig::default();
+        built.tls = Some(tls);
+        built
+    };
     let server = support::server(config).await;
     let url = format!("https://localhost:{}", server.local_addr().port());
     let count = 10;

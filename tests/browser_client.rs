@@ -86,12 +86,17 @@ async fn the_browser_client_works_over_every_transport() {
     no_ws.transports.set_enabled("ws", false);
     let no_ws = support::server(no_ws).await;
     // D: needs tokens.
-    let auth = AuthConfig {
-        keys: vec![KeyConfig::hs256(Some("k1"), SECRET)],
-        leeway: Duration::ZERO,
-        ..AuthConfig::default()
+    let auth = {
+        let mut built = AuthConfig::default();
+        built.keys = vec![KeyConfig::hs256(Some("k1"), SECRET)];
+        built.leeway = Duration::ZERO;
+        built
     };
-    let mut secured = ServerConfig { auth: Some(auth), ..ServerConfig::default() };
+    let mut secured = {
+        let mut built = ServerConfig::default();
+        built.auth = Some(auth);
+        built
+    };
     secured
         .transports
         .configure::<pushpull::longpoll::LongpollServer>(|c| c.max_wait = Duration::from_secs(5))

@@ -24,21 +24,40 @@ fn documented() -> String {
 
 #[test]
 fn every_server_key_is_documented() {
-    let mut config = pushpull::ServerConfig {
-        tls: Some(pushpull_http::TlsFiles { cert_file: "c".into(), key_file: "k".into() }),
-        auth: Some(pushpull_auth::AuthConfig {
-            keys: vec![pushpull_auth::KeyConfig::hs256(Some("k"), "s")],
-            issuer: Some("i".into()),
-            audience: Some("a".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
+    let mut config = {
+        let mut built = pushpull::ServerConfig::default();
+        built.tls = Some(pushpull_http::TlsFiles::new("c", "k"));
+        built.auth = Some({
+            let mut built = pushpull_auth::AuthConfig::default();
+            built.keys = vec![pushpull_auth::KeyConfig::hs256(Some("k"), "s")];
+            built.issuer = Some("i".into());
+            built.audience = Some("a".into());
+            built
+        });
+        built
     };
-    config.broker.ca_file = Some("ca".into());
-    config.broker.retention.max_age = Some(std::time::Duration::from_secs(1));
-    let value = toml::Value::try_from(&config).expect("the config serializes");
+    // Every registered transport's section, written out with its defaults.
+    let transports = &mut config.transports;
+    transports.configure::<pushpull::poll::PollServer>(|_| {}).unwrap();
+    transports.configure::<pushpull::longpoll::LongpollServer>(|_| {}).unwrap();
+    transports.configure::<pushpull::sse::SseServer>(|_| {}).unwrap();
+    transports.configure::<pushpull::ws::WsServer>(|_| {}).unwrap();
+    transports.configure::<pushpull::stream::StreamServer>(|_| {}).unwrap();
+    transports.configure::<pushpull::webhook::WebhookServer>(|_| {}).unwrap();
     let mut found = BTreeSet::new();
-    keys("", &value, &mut found);
+    // Each broker's keys: the memory broker's, then Redis's.
+    config
+        .broker
+        .configure::<pushpull::MemoryBroker>(|memory| {
+            memory.retention.max_age = Some(std::time::Duration::from_secs(1))
+        })
+        .unwrap();
+    keys("", &toml::Value::try_from(&config).expect("the config serializes"), &mut found);
+    config
+        .broker
+        .configure::<pushpull::redis::RedisBroker>(|redis| redis.ca_file = Some("ca".into()))
+        .unwrap();
+    keys("", &toml::Value::try_from(&config).expect("the config serializes"), &mut found);
     let doc = documented();
     let missing: Vec<_> = found.iter().filter(|key| !doc.contains(&format!("`{key}`"))).collect();
     assert!(missing.is_empty(), "docs/configuration.md does not name: {missing:?}");

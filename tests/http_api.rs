@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 fn small_config() -> ServerConfig {
     let mut config = ServerConfig::default();
-    config.broker.max_payload = 1024;
+    config.broker.configure::<pushpull::MemoryBroker>(|memory| memory.max_payload = 1024).unwrap();
     config.http.header_read_timeout = Duration::from_millis(500);
     config
 }
@@ -257,8 +257,13 @@ async fn bodies_larger_than_the_drain_cap_but_allowed_are_stored_whole() {
     // bodies under the limit, and stored them cut short.
     use pushpull::{Cursor, Fetch, Topic};
     let mut config = ServerConfig::default();
-    config.broker.max_payload = 20 * 1024 * 1024;
-    config.broker.retention.max_bytes = 64 * 1024 * 1024;
+    config
+        .broker
+        .configure::<pushpull::MemoryBroker>(|memory| {
+            memory.max_payload = 20 * 1024 * 1024;
+            memory.retention.max_bytes = 64 * 1024 * 1024;
+        })
+        .unwrap();
     let broker = pushpull::broker(&config).unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
@@ -359,7 +364,7 @@ async fn a_body_too_slow_is_the_clients_408_and_a_declared_oversize_body_a_413_a
     let mut config = ServerConfig::default();
     config.http.body_timeout = Duration::from_secs(600);
     let patient = server(config).await;
-    let too_large = ServerConfig::default().broker.max_payload + 1;
+    let too_large = pushpull::MemoryConfig::default().max_payload + 1;
     let reply = tokio::time::timeout(LIMIT, async {
         let mut stream = TcpStream::connect(patient.local_addr()).await.unwrap();
         let head = format!(

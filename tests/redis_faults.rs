@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pushpull::{
-    BrokerKind, ClientConfig, Cursor, Delivery, GapReason, Publication, ServerConfig, Topic,
+    BrokerConfig, ClientConfig, Cursor, Delivery, GapReason, Publication, ServerConfig, Topic,
 };
 use pushpull_testkit::redis::RedisServer;
 use support::{LIMIT, get, post};
 
 fn config(redis: &RedisServer) -> ServerConfig {
     let mut config = ServerConfig::default();
-    config.broker.kind = BrokerKind::Redis;
-    config.broker.url = redis.url();
+    config.broker = BrokerConfig::new("redis").set("url", redis.url());
     config
 }
 

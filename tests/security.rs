@@ -49,13 +49,19 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A server on every transport over TLS, with auth on.
 async fn secured(ca: &TestCa, tweak: impl FnOnce(&mut ServerConfig)) -> (RunningServer, String) {
-    let tls = pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
-    let auth = AuthConfig {
-        keys: vec![KeyConfig::hs256(Some("k1"), SECRET)],
-        leeway: Duration::ZERO,
-        ..AuthConfig::default()
+    let tls = pushpull_http::TlsFiles::new(ca.cert_file(), ca.key_file());
+    let auth = {
+        let mut built = AuthConfig::default();
+        built.keys = vec![KeyConfig::hs256(Some("k1"), SECRET)];
+        built.leeway = Duration::ZERO;
+        built
     };
-    let mut config = ServerConfig { tls: Some(tls), auth: Some(auth), ..ServerConfig::default() };
+    let mut config = {
+        let mut built = ServerConfig::default();
+        built.tls = Some(tls);
+        built.auth = Some(auth);
+        built
+    };
     config
         .transports
         .configure::<pushpull::webhook::WebhookServer>(|c| c.allow_loopback = true)
@@ -125,7 +131,11 @@ async fn request(
     path: &str,
     headers: &[(&str, String)],
 ) -> (http::StatusCode, http::HeaderMap, serde_json::Value) {
-    let config = HttpClientConfig { ca_file: Some(ca.ca_file()), ..HttpClientConfig::default() };
+    let config = {
+        let mut built = HttpClientConfig::default();
+        built.ca_file = Some(ca.ca_file());
+        built
+    };
     let client = HttpClient::new(url, "test", config).unwrap();
     let mut builder = client.request(method, path);
     for (name, value) in headers {
@@ -322,7 +332,8 @@ async fn each_token_has_a_publish_allowance_over_every_transport() {
 #[tokio::test]
 async fn a_subscription_flood_does_not_lock_publishers_out() {
     let ca = TestCa::new().unwrap();
-    let (_server, url) = secured(&ca, |config| config.broker.max_topics = 5).await;
+    let (_server, url) =
+        secured(&ca, |config| config.broker = config.broker.clone().set("max_topics", 5)).await;
     let anything = token(&["*"], &["*"], false, 60);
     let flooder = client("sse", &url, &ca, BearerToken::fixed(anything.clone())).await;
     let mut flood = Vec::new();

@@ -32,7 +32,10 @@ fn reads_every_section() {
     )
     .unwrap();
     assert_eq!(config.listen.port(), 9000);
-    assert_eq!(config.broker.retention.max_age, Some(Duration::from_secs(90)));
+    assert_eq!(
+        config.broker.config::<pushpull::MemoryBroker>().unwrap().retention.max_age,
+        Some(Duration::from_secs(90))
+    );
     assert_eq!(
         config.transports.config::<PollServer>().unwrap().poll_interval,
         Duration::from_millis(250)
@@ -103,7 +106,7 @@ fn environment_overrides_the_file() {
     ];
     let config = ServerConfig::load(None, env).unwrap();
     assert_eq!(config.listen.port(), 9100);
-    assert_eq!(config.broker.retention.max_messages, 7);
+    assert_eq!(config.broker.config::<pushpull::MemoryBroker>().unwrap().retention.max_messages, 7);
     assert_eq!(
         config.transports.config::<PollServer>().unwrap().poll_interval,
         Duration::from_secs(2)

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AuthConfig {
     /// The keys a token may be signed with. A token naming a `kid` is checked with that key
     /// only; one without is checked with the keys without a `kid` of its algorithm.
@@ -90,6 +91,7 @@ pub struct Rights {
 /// One key tokens may be signed with.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct KeyConfig {
     /// The key id tokens name in their header (`kid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

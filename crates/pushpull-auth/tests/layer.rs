@@ -48,7 +48,11 @@ async fn the_layer_guards_an_application_service_and_hands_on_the_grant() {
                 format!("{{\"topic\":\"{}\",\"for\":\"{who}\"}}", params.get("topic").unwrap());
             Ok(pushpull_http::json(StatusCode::OK, body.into_bytes()))
         });
-    let config = AuthConfig { keys: vec![KeyConfig::hs256(None, SECRET)], ..AuthConfig::default() };
+    let config = {
+        let mut built = AuthConfig::default();
+        built.keys = vec![KeyConfig::hs256(None, SECRET)];
+        built
+    };
     let service = AuthLayer::new(&config).unwrap().layer(Router::new().with([route]));
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull_http::spawn(listener, service, ServeConfig::default()).unwrap();
@@ -73,13 +77,12 @@ async fn anonymous_rights_open_some_topics_to_requests_without_a_token() {
     let route = Route::new(Method::GET, "/v1/topics/{topic}/summary", |_, _| async {
         Ok(pushpull_http::json(StatusCode::OK, b"{}".to_vec()))
     });
-    let config = AuthConfig {
-        keys: vec![KeyConfig::hs256(None, SECRET)],
-        anonymous: pushpull_auth::Rights {
-            subscribe: vec!["public:*".into()],
-            ..Default::default()
-        },
-        ..AuthConfig::default()
+    let config = {
+        let mut built = AuthConfig::default();
+        built.keys = vec![KeyConfig::hs256(None, SECRET)];
+        built.anonymous =
+            pushpull_auth::Rights { subscribe: vec!["public:*".into()], ..Default::default() };
+        built
     };
     let service = AuthLayer::new(&config).unwrap().layer(Router::new().with([route]));
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();

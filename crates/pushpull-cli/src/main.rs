@@ -256,7 +256,7 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> R
     let transports = pushpull::transports(&config);
     // Printed on stdout so scripts (and tests) can find the port when listening on port 0.
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let broker = format!("{:?}", config.broker.kind).to_lowercase();
+    let broker = &config.broker.kind;
     println!(
         "pushpull listening on {scheme}://{} (broker: {broker}, transports: {})",
         server.local_addr(),

@@ -45,8 +45,7 @@ pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Resu
         false => None,
         true => {
             let server = pushpull_chaos::RedisServer::start_with(true)?;
-            config.broker.kind = pushpull::BrokerKind::Redis;
-            config.broker.url = server.url();
+            config.broker = pushpull::BrokerConfig::new("redis").set("url", server.url());
             Some(Arc::new(std::sync::Mutex::new(server)))
         }
     };

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// of `min(max, initial * 2^n)`, so clients dropped together do not return together.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The delay before the first retry.
     #[serde(with = "crate::duration_text")]
@@ -22,6 +23,11 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Delays from `initial`, doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max }
+    }
+
     /// The delay before retry number `attempt` (0 for the first).
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max);

@@ -9,6 +9,7 @@ mod ext;
 mod follow;
 mod memory;
 mod message;
+mod open;
 mod set;
 mod topic;
 mod traits;
@@ -25,6 +26,7 @@ pub use message::{
     MAX_EVENT_LEN, MAX_IDEMPOTENCY_KEY_LEN, Message, OffsetRange, Page, Publication,
     RESERVED_EVENT_PREFIX, Receipt, millis_since_unix_epoch, time_from_millis,
 };
+pub use open::{OpenBroker, SharedState};
 pub use set::SubscriptionSet;
 pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use traits::{Broker, Client, Connect, Fetch, Publish, Subscribe, Subscription};

@@ -23,6 +23,7 @@ pub const NAME: &str = "memory";
 /// a reader that was behind it gets a [`Gap`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Retention {
     /// The most messages kept per topic.
     pub max_messages: usize,
@@ -43,8 +44,11 @@ impl Default for Retention {
     }
 }
 
-/// Limits of a [`MemoryBroker`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits of a [`MemoryBroker`]: in a server's configuration, the keys of `[broker]` beside
+/// `kind = "memory"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MemoryConfig {
     /// What each topic keeps.
     pub retention: Retention,
@@ -57,6 +61,7 @@ pub struct MemoryConfig {
     /// How long a topic must go without a publish, a fetch or a reader before it may be
     /// released when the table is full. Its messages go with it; its numbering does not: a
     /// reader that comes back gets a [`Gap`] for exactly what was released.
+    #[serde(with = "crate::duration_text")]
     pub idle_topic_timeout: Duration,
     /// The most messages one fetch returns, whatever limit it asks for.
     pub max_page: usize,

@@ -11,8 +11,13 @@ use pushpull_core::{
 
 fn broker(retention: Retention) -> MemoryBroker {
     let max_payload = retention.max_bytes.min(MemoryConfig::default().max_payload);
-    MemoryBroker::with_config(MemoryConfig { retention, max_payload, ..MemoryConfig::default() })
-        .unwrap()
+    MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.retention = retention;
+        built.max_payload = max_payload;
+        built
+    })
+    .unwrap()
 }
 
 async fn publish(broker: &MemoryBroker, topic: &Topic, payload: &'static str) -> Cursor {
@@ -42,7 +47,11 @@ fn range(first: u64, last: u64) -> Option<OffsetRange> {
 
 #[tokio::test]
 async fn the_oldest_messages_go_when_the_bytes_run_over() {
-    let broker = broker(Retention { max_bytes: 10, ..Retention::default() });
+    let broker = broker({
+        let mut built = Retention::default();
+        built.max_bytes = 10;
+        built
+    });
     let topic = Topic::new("bytes").unwrap();
     let before = broker.fetch(&topic, Cursor::Latest, 1).await.unwrap().next;
     let mut sub = broker.subscribe(&topic, before).await.unwrap();
@@ -64,8 +73,11 @@ async fn the_oldest_messages_go_when_the_bytes_run_over() {
 
 #[tokio::test]
 async fn messages_older_than_the_age_limit_go() {
-    let broker =
-        broker(Retention { max_age: Some(Duration::from_millis(100)), ..Retention::default() });
+    let broker = broker({
+        let mut built = Retention::default();
+        built.max_age = Some(Duration::from_millis(100));
+        built
+    });
     let topic = Topic::new("age").unwrap();
     let before = broker.fetch(&topic, Cursor::Latest, 1).await.unwrap().next;
     publish(&broker, &topic, "old").await;

@@ -12,9 +12,12 @@ async fn publish(broker: &MemoryBroker, topic: &Topic, payload: &'static str) {
 
 #[tokio::test]
 async fn subscribing_takes_no_topic_slot_and_still_sees_the_first_publish() {
-    let broker =
-        MemoryBroker::with_config(MemoryConfig { max_topics: 2, ..MemoryConfig::default() })
-            .unwrap();
+    let broker = MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.max_topics = 2;
+        built
+    })
+    .unwrap();
     // A flood of subscriptions to names nobody publishes to...
     let mut flood = Vec::new();
     for n in 0..50 {
@@ -46,10 +49,11 @@ async fn subscribing_takes_no_topic_slot_and_still_sees_the_first_publish() {
 #[tokio::test]
 async fn a_full_table_releases_idle_unread_topics_and_a_returning_reader_gets_an_exact_gap() {
     use pushpull_core::{Delivery, Fetch, GapReason, Offset};
-    let config = MemoryConfig {
-        max_topics: 2,
-        idle_topic_timeout: Duration::from_millis(200),
-        ..MemoryConfig::default()
+    let config = {
+        let mut built = MemoryConfig::default();
+        built.max_topics = 2;
+        built.idle_topic_timeout = Duration::from_millis(200);
+        built
     };
     let broker = MemoryBroker::with_config(config).unwrap();
     let (idle, read, fresh) =

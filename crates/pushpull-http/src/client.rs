@@ -20,6 +20,7 @@ use crate::wire;
 
 /// Settings of an [`HttpClient`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HttpClientConfig {
     /// How long to wait for a TCP connection.
     pub connect_timeout: Duration,

@@ -27,6 +27,7 @@ use crate::tls::TlsAcceptor;
 
 /// How connections are served.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// How long a client may take to send a request's head, counted from the moment the
     /// server waits for one (so it also closes idle keep-alive connections). A client that

@@ -29,6 +29,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// `[tls]` of a server: where its certificate and key are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TlsFiles {
     /// A PEM file with the certificate chain, the server's own certificate first.
     pub cert_file: PathBuf,
@@ -37,6 +38,11 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The certificate chain in `cert_file` and its private key in `key_file`.
+    pub fn new(cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        Self { cert_file: cert_file.into(), key_file: key_file.into() }
+    }
+
     /// The rustls configuration these files make: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`
     /// (so browsers speak HTTP/2 and are not held to six connections per host; WebSocket
     /// upgrades come over `http/1.1` connections).

@@ -27,8 +27,12 @@ async fn serve(config: ServeConfig) -> RunningServer {
 }
 
 fn tls(ca: &TestCa) -> ServeConfig {
-    let files = TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
-    ServeConfig { tls: Some(files.acceptor().unwrap()), ..ServeConfig::default() }
+    let files = TlsFiles::new(ca.cert_file(), ca.key_file());
+    {
+        let mut built = ServeConfig::default();
+        built.tls = Some(files.acceptor().unwrap());
+        built
+    }
 }
 
 #[tokio::test]
@@ -59,9 +63,10 @@ async fn https_speaks_http2_to_clients_that_offer_it_and_http1_to_the_rest() {
     assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "{\"hello\":true}");
 
     // The HTTP client: https with the CA file, HTTP/1.1.
-    let config = pushpull_http::HttpClientConfig {
-        ca_file: Some(ca.ca_file()),
-        ..pushpull_http::HttpClientConfig::default()
+    let config = {
+        let mut built = pushpull_http::HttpClientConfig::default();
+        built.ca_file = Some(ca.ca_file());
+        built
     };
     let client =
         pushpull_http::HttpClient::new(&format!("https://localhost:{}", addr.port()), "t", config)
@@ -85,7 +90,11 @@ async fn https_speaks_http2_to_clients_that_offer_it_and_http1_to_the_rest() {
 #[tokio::test]
 async fn a_tls_client_that_handshakes_and_says_nothing_is_cut_off() {
     let ca = TestCa::new().unwrap();
-    let config = ServeConfig { header_read_timeout: Duration::from_millis(500), ..tls(&ca) };
+    let config = {
+        let mut built = tls(&ca);
+        built.header_read_timeout = Duration::from_millis(500);
+        built
+    };
     let server = serve(config).await;
     const H2: &[&[u8]] = &[b"h2"];
     let roots = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
@@ -121,7 +130,11 @@ async fn keep_alive(addr: std::net::SocketAddr) -> (TcpStream, String) {
 
 #[tokio::test]
 async fn one_address_gets_its_share_of_connections_and_429_beyond_it() {
-    let config = ServeConfig { max_connections_per_address: 3, ..ServeConfig::default() };
+    let config = {
+        let mut built = ServeConfig::default();
+        built.max_connections_per_address = 3;
+        built
+    };
     let server = serve(config).await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -144,7 +157,11 @@ async fn one_address_gets_its_share_of_connections_and_429_beyond_it() {
 
 #[tokio::test]
 async fn at_the_connection_limit_new_clients_wait_until_one_closes() {
-    let config = ServeConfig { max_connections: 2, ..ServeConfig::default() };
+    let config = {
+        let mut built = ServeConfig::default();
+        built.max_connections = 2;
+        built
+    };
     let server = Arc::new(serve(config).await);
     let (first, _) = keep_alive(server.local_addr()).await;
     let (_second, _) = keep_alive(server.local_addr()).await;
@@ -243,11 +260,12 @@ const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCA
 #[tokio::test]
 async fn silent_connections_over_the_address_limit_are_closed_within_a_second() {
     // The head timeout is long: only the refusal deadline can close the extra connections.
-    let config = ServeConfig {
-        max_connections: 60,
-        max_connections_per_address: 20,
-        header_read_timeout: Duration::from_secs(60),
-        ..ServeConfig::default()
+    let config = {
+        let mut built = ServeConfig::default();
+        built.max_connections = 60;
+        built.max_connections_per_address = 20;
+        built.header_read_timeout = Duration::from_secs(60);
+        built
     };
     let server = serve(config).await;
     let addr = server.local_addr();
@@ -307,7 +325,11 @@ async fn a_request_head_larger_than_the_limit_is_refused_before_it_is_whole() {
 #[tokio::test]
 async fn http2_streams_count_against_the_address_limit() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let config = ServeConfig { max_connections_per_address: 10, ..ServeConfig::default() };
+    let config = {
+        let mut built = ServeConfig::default();
+        built.max_connections_per_address = 10;
+        built
+    };
     let server = pushpull_http::spawn(listener, holding(), config).unwrap();
     let addr = server.local_addr();
     let (sender, connection) = hyper::client::conn::http2::handshake(

@@ -22,14 +22,15 @@ pub struct LongpollClient {
 impl LongpollClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let poll = pushpull_poll::ClientConfig {
-            url: config.url,
-            ca_file: config.ca_file,
-            token: config.token,
-            page_limit: config.page_limit,
-            request_timeout: config.request_timeout,
-            backoff: config.backoff,
-            ..pushpull_poll::ClientConfig::default()
+        let poll = {
+            let mut built = pushpull_poll::ClientConfig::default();
+            built.url = config.url;
+            built.ca_file = config.ca_file;
+            built.token = config.token;
+            built.page_limit = config.page_limit;
+            built.request_timeout = config.request_timeout;
+            built.backoff = config.backoff;
+            built
         };
         Ok(Self { inner: pushpull_poll::PollClient::holding(poll, config.wait, NAME)? })
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the long-polling [`Server`](crate::LongpollServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The longest a request may be held; a longer `wait` is cut to this. The default stays
     /// below the 60 s idle timeout of common proxies and load balancers.
@@ -34,6 +35,7 @@ impl ServerConfig {
 /// Settings of the long-polling [`Client`](crate::LongpollClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,

@@ -13,9 +13,10 @@ fn harness() -> HttpHarness {
                 .router()
         },
         |url| {
-            let config = pushpull_longpoll::ClientConfig {
-                wait: Duration::from_secs(10),
-                ..pushpull_longpoll::ClientConfig::new(url)
+            let config = {
+                let mut built = pushpull_longpoll::ClientConfig::new(url);
+                built.wait = Duration::from_secs(10);
+                built
             };
             Ok(Arc::new(pushpull_longpoll::LongpollClient::new(config)?))
         },

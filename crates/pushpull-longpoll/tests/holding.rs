@@ -91,7 +91,11 @@ async fn one_publish_answers_every_held_request_on_the_topic() {
 
 #[tokio::test]
 async fn a_wait_that_passes_answers_an_empty_page_with_the_same_cursor() {
-    let config = ServerConfig { max_wait: Duration::from_millis(200) };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.max_wait = Duration::from_millis(200);
+        built
+    };
     let (_server, running, broker) = start(config).await;
     let addr = running.local_addr();
     let receipt = broker.publish(&Topic::new("t").unwrap(), Publication::new("old")).await.unwrap();

@@ -75,11 +75,12 @@ impl PollClient {
             )
             .with_transport(name));
         }
-        let http_config = HttpClientConfig {
-            request_timeout: config.request_timeout,
-            ca_file: config.ca_file.clone(),
-            token: config.token.clone(),
-            ..HttpClientConfig::default()
+        let http_config = {
+            let mut built = HttpClientConfig::default();
+            built.request_timeout = config.request_timeout;
+            built.ca_file = config.ca_file.clone();
+            built.token = config.token.clone();
+            built
         };
         let http = HttpClient::new(&config.url, name, http_config)?;
         Ok(Self { http, config, hold, name })

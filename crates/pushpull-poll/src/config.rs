@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the polling [`Client`](crate::PollClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,

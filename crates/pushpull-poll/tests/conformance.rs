@@ -8,9 +8,10 @@ use pushpull_testkit::http::HttpHarness;
 fn harness() -> HttpHarness {
     HttpHarness::new(
         |broker| {
-            let config = pushpull_poll::ServerConfig {
-                poll_interval: Duration::from_millis(50),
-                ..Default::default()
+            let config = {
+                let mut built = pushpull_poll::ServerConfig::default();
+                built.poll_interval = Duration::from_millis(50);
+                built
             };
             pushpull_poll::PollServer::new(broker, config).expect("valid config").router().clone()
         },

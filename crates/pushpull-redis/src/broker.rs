@@ -91,10 +91,9 @@ impl RedisBroker {
         &self.inner.config
     }
 
-    /// Webhook endpoints stored beside the logs, shared by every node on this Redis.
-    #[cfg(feature = "webhook")]
-    pub fn endpoint_store(&self) -> crate::RedisEndpointStore {
-        crate::RedisEndpointStore::new(self.inner.connection.clone(), &self.inner.config.key_prefix)
+    /// State stored beside the logs (webhook endpoints), shared by every node on this Redis.
+    pub fn shared_state(&self) -> crate::RedisSharedState {
+        crate::RedisSharedState::new(self.inner.connection.clone(), &self.inner.config.key_prefix)
     }
 
     /// How many subscriptions this node is serving right now.
@@ -371,8 +370,7 @@ impl Reader {
 
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
         let check = self.broker.inner.config.check_interval;
-        let backoff =
-            Backoff { initial: Duration::from_millis(50), max: check.max(Duration::from_secs(2)) };
+        let backoff = Backoff::new(Duration::from_millis(50), check.max(Duration::from_secs(2)));
         loop {
             if let Some(delivery) = self.ready.pop_front() {
                 return Some((Ok(delivery), self));
@@ -411,5 +409,24 @@ impl Reader {
 impl Client for RedisBroker {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true).with_max_payload(self.inner.config.max_payload)
+    }
+}
+
+impl pushpull_core::OpenBroker for RedisBroker {
+    const NAME: &'static str = crate::NAME;
+    type Config = RedisConfig;
+
+    fn check(config: &RedisConfig) -> Result<(), Error> {
+        config.validate()
+    }
+
+    fn open(config: RedisConfig) -> Result<Arc<dyn pushpull_core::Broker>, Error> {
+        Ok(Arc::new(RedisBroker::new(config)?))
+    }
+
+    fn shared_state(
+        config: &RedisConfig,
+    ) -> Result<Option<Arc<dyn pushpull_core::SharedState>>, Error> {
+        Ok(Some(Arc::new(crate::RedisSharedState::open(config)?)))
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of a [`RedisBroker`](crate::RedisBroker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// The server: `redis://HOST:PORT/DB`, `rediss://…` for TLS, or `redis+unix:///PATH`.
     pub url: String,
@@ -53,7 +54,7 @@ impl RedisConfig {
     /// set.
     pub(crate) fn client(&self) -> Result<redis::Client, Error> {
         let bad_url = |e: redis::RedisError| {
-            Error::new(ErrorKind::Config, format!("redis.url {:?}: {e}", self.url))
+            Error::new(ErrorKind::Config, format!("url {:?}: {e}", self.url))
         };
         if !self.url.starts_with("rediss://") {
             return redis::Client::open(self.url.as_str()).map_err(bad_url);
@@ -63,7 +64,7 @@ impl RedisConfig {
         let root_cert = match &self.ca_file {
             None => None,
             Some(path) => Some(std::fs::read(path).map_err(|e| {
-                Error::new(ErrorKind::Config, format!("redis.ca_file {}: {e}", path.display()))
+                Error::new(ErrorKind::Config, format!("ca_file {}: {e}", path.display()))
             })?),
         };
         let certificates = redis::TlsCertificates { client_tls: None, root_cert };
@@ -77,9 +78,8 @@ impl RedisConfig {
 
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |key: &str, why: &str| {
-            Err(Error::new(ErrorKind::Config, format!("redis.{key}: {why}")))
-        };
+        let bad =
+            |key: &str, why: &str| Err(Error::new(ErrorKind::Config, format!("{key}: {why}")));
         if self.retention.max_messages == 0 {
             return bad("retention.max_messages", "must be at least 1");
         }

@@ -3,15 +3,13 @@
 mod broker;
 mod cache;
 mod config;
-#[cfg(feature = "webhook")]
-mod endpoints;
 mod scripts;
+mod shared;
 mod wake;
 
 pub use broker::RedisBroker;
 pub use config::RedisConfig;
-#[cfg(feature = "webhook")]
-pub use endpoints::RedisEndpointStore;
+pub use shared::RedisSharedState;
 
 /// The name the Redis broker gives in errors and capabilities.
 pub const NAME: &str = "redis";

@@ -61,7 +61,7 @@ impl Waker {
 /// Listens on `channel` for as long as `waker` lives, reconnecting with backoff.
 pub(crate) fn listen(client: redis::Client, channel: String, waker: Weak<Waker>) {
     tokio::spawn(async move {
-        let backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2) };
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut failures = 0;
         loop {
             if waker.strong_count() == 0 {

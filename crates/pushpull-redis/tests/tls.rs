@@ -12,7 +12,11 @@ use pushpull_testkit::redis::RedisServer;
 async fn the_broker_works_over_tls_with_a_private_ca() {
     let server = RedisServer::start_tls().unwrap();
     let url = server.tls_url().unwrap();
-    let config = RedisConfig { ca_file: Some(server.ca_file()), ..RedisConfig::new(&url) };
+    let config = {
+        let mut built = RedisConfig::new(&url);
+        built.ca_file = Some(server.ca_file());
+        built
+    };
     let broker = RedisBroker::new(config).unwrap();
     let topic = Topic::new("over-tls").unwrap();
     let mut sub = broker.subscribe(&topic, Cursor::Beginning).await.unwrap();
@@ -23,9 +27,10 @@ async fn the_broker_works_over_tls_with_a_private_ca() {
     assert_eq!(delivery.unwrap().unwrap().as_message().unwrap().payload, "secret");
 
     // Without the CA, the server's certificate cannot be verified: nothing is sent to it.
-    let untrusted = RedisBroker::new(RedisConfig {
-        response_timeout: Duration::from_millis(500),
-        ..RedisConfig::new(&url)
+    let untrusted = RedisBroker::new({
+        let mut built = RedisConfig::new(&url);
+        built.response_timeout = Duration::from_millis(500);
+        built
     })
     .unwrap();
     let refused = untrusted.publish(&topic, Publication::new("no")).await;

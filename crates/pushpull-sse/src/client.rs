@@ -36,11 +36,12 @@ pub struct SseClient {
 impl SseClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let http_config = HttpClientConfig {
-            request_timeout: config.request_timeout,
-            ca_file: config.ca_file.clone(),
-            token: config.token.clone(),
-            ..HttpClientConfig::default()
+        let http_config = {
+            let mut built = HttpClientConfig::default();
+            built.request_timeout = config.request_timeout;
+            built.ca_file = config.ca_file.clone();
+            built.token = config.token.clone();
+            built
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
         Ok(Self { http, config })

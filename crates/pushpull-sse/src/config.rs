@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the SSE [`Server`](crate::SseServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// How often an idle stream gets a comment, so proxies keep it and dead peers are found.
     #[serde(with = "pushpull_core::duration_text")]
@@ -36,6 +37,7 @@ impl ServerConfig {
 /// Settings of the SSE [`Client`](crate::SseClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,

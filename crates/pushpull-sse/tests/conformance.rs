@@ -8,9 +8,10 @@ use pushpull_testkit::http::HttpHarness;
 fn harness() -> HttpHarness {
     HttpHarness::new(
         |broker| {
-            let config = pushpull_sse::ServerConfig {
-                retry: Duration::from_millis(50),
-                ..Default::default()
+            let config = {
+                let mut built = pushpull_sse::ServerConfig::default();
+                built.retry = Duration::from_millis(50);
+                built
             };
             pushpull_sse::SseServer::new(broker, config).expect("config").router()
         },

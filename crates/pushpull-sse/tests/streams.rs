@@ -159,7 +159,11 @@ async fn bad_cursors_are_400_and_other_epochs_are_gaps() {
 
 #[tokio::test]
 async fn idle_streams_get_heartbeats() {
-    let config = ServerConfig { heartbeat: Duration::from_millis(50), ..ServerConfig::default() };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.heartbeat = Duration::from_millis(50);
+        built
+    };
     let setup = start(MemoryBroker::new(), config).await;
     let response = get(setup.running.local_addr(), "/v1/topics/quiet/events", &[]).await;
     let mut body = response.into_body();
@@ -176,9 +180,17 @@ async fn idle_streams_get_heartbeats() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_falls_into_a_gap_instead_of_growing_memory() {
-    let retention = Retention { max_messages: 100, ..Retention::default() };
-    let broker =
-        MemoryBroker::with_config(MemoryConfig { retention, ..MemoryConfig::default() }).unwrap();
+    let retention = {
+        let mut built = Retention::default();
+        built.max_messages = 100;
+        built
+    };
+    let broker = MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.retention = retention;
+        built
+    })
+    .unwrap();
     let setup = start(broker, ServerConfig::default()).await;
     let addr = setup.running.local_addr();
 
@@ -227,7 +239,11 @@ async fn a_reader_that_stops_reading_falls_into_a_gap_instead_of_growing_memory(
 
 #[tokio::test]
 async fn vanished_clients_free_their_streams() {
-    let config = ServerConfig { heartbeat: Duration::from_millis(50), ..ServerConfig::default() };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.heartbeat = Duration::from_millis(50);
+        built
+    };
     let setup = start(MemoryBroker::new(), config).await;
     let addr = setup.running.local_addr();
     let mut clients = Vec::new();

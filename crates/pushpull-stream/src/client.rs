@@ -31,12 +31,13 @@ pub struct StreamClient {
 impl StreamClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let http_config = HttpClientConfig {
-            request_timeout: config.request_timeout,
-            ca_file: config.ca_file.clone(),
-            token: config.token.clone(),
-            max_response_bytes: config.max_payload.saturating_mul(2),
-            ..HttpClientConfig::default()
+        let http_config = {
+            let mut built = HttpClientConfig::default();
+            built.request_timeout = config.request_timeout;
+            built.ca_file = config.ca_file.clone();
+            built.token = config.token.clone();
+            built.max_response_bytes = config.max_payload.saturating_mul(2);
+            built
         };
         let http = HttpClient::new(&config.url, NAME, http_config)?;
         Ok(Self { http, config })

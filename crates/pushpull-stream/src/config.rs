@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the streaming [`Server`](crate::StreamServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// How often an idle stream gets a heartbeat record.
     #[serde(with = "pushpull_core::duration_text")]
@@ -44,6 +45,7 @@ pub enum FramingChoice {
 /// Settings of the streaming [`Client`](crate::StreamClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070`.
     pub url: String,

@@ -12,7 +12,11 @@ fn harness(framing: FramingChoice) -> HttpHarness {
             pushpull_stream::StreamServer::new(broker, Default::default()).expect("config").router()
         },
         move |url| {
-            let config = ClientConfig { framing, ..ClientConfig::new(url) };
+            let config = {
+                let mut built = ClientConfig::new(url);
+                built.framing = framing;
+                built
+            };
             Ok(Arc::new(pushpull_stream::StreamClient::new(config)?))
         },
     )

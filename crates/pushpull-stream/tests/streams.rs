@@ -55,7 +55,11 @@ async fn head_and_start(
 
 #[tokio::test]
 async fn the_accept_header_picks_the_framing_and_idle_streams_get_heartbeats() {
-    let config = ServerConfig { heartbeat: Duration::from_millis(20) };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.heartbeat = Duration::from_millis(20);
+        built
+    };
     let (_, running, _) = start(MemoryBroker::new(), config).await;
     let addr = running.local_addr();
 
@@ -118,16 +122,22 @@ async fn curl_reads_records_as_they_are_published() {
 #[tokio::test]
 async fn a_100_mib_payload_streams_through_the_binary_framing() {
     const SIZE: usize = 100 * 1024 * 1024;
-    let config = MemoryConfig {
-        max_payload: SIZE + 1024,
-        retention: Retention { max_bytes: 2 * SIZE + 4096, ..Retention::default() },
-        ..MemoryConfig::default()
+    let config = {
+        let mut built = MemoryConfig::default();
+        built.max_payload = SIZE + 1024;
+        built.retention = {
+            let mut built = Retention::default();
+            built.max_bytes = 2 * SIZE + 4096;
+            built
+        };
+        built
     };
     let (_, running, broker) =
         start(MemoryBroker::with_config(config).unwrap(), ServerConfig::default()).await;
-    let client = pushpull_stream::StreamClient::new(ClientConfig {
-        framing: FramingChoice::Binary,
-        ..ClientConfig::new(format!("http://{}", running.local_addr()))
+    let client = pushpull_stream::StreamClient::new({
+        let mut built = ClientConfig::new(format!("http://{}", running.local_addr()));
+        built.framing = FramingChoice::Binary;
+        built
     })
     .unwrap();
     let topic = Topic::new("large").unwrap();
@@ -145,9 +155,14 @@ async fn a_100_mib_payload_streams_through_the_binary_framing() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_falls_into_a_gap_instead_of_growing_memory() {
-    let config = MemoryConfig {
-        retention: Retention { max_messages: 100, ..Retention::default() },
-        ..MemoryConfig::default()
+    let config = {
+        let mut built = MemoryConfig::default();
+        built.retention = {
+            let mut built = Retention::default();
+            built.max_messages = 100;
+            built
+        };
+        built
     };
     let (server, running, broker) =
         start(MemoryBroker::with_config(config).unwrap(), ServerConfig::default()).await;

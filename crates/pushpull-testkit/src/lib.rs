@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod brokers;
 pub mod cases;
 mod harness;
 #[cfg(feature = "http")]
@@ -8,6 +9,7 @@ mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+pub use brokers::{BrokerHarness, BrokerStore, MemoryBrokers, OpenedBroker, SubscriptionCount};
 pub use harness::{Fixture, Harness, Limits, Skip};
 pub use memory::{MemoryHarness, memory_config};
 pub use pushpull_chaos::{Canned, ChaosProxy};

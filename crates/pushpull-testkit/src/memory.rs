@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use pushpull_core::{
     Capabilities, Client, Cursor, Error, Fetch, MemoryBroker, MemoryConfig, Page, Publication,
-    Publish, Receipt, Retention, Subscribe, Subscription, Topic,
+    Publish, Receipt, Subscribe, Subscription, Topic,
 };
 
 use crate::harness::{Fixture, Harness, Limits, Skip};
@@ -16,16 +16,12 @@ pub struct MemoryHarness;
 
 /// The broker config that honours `limits`, for harnesses that serve a memory broker.
 pub fn memory_config(limits: &Limits) -> MemoryConfig {
-    let defaults = MemoryConfig::default();
-    MemoryConfig {
-        retention: Retention {
-            max_messages: limits.retention_messages,
-            max_bytes: defaults.retention.max_bytes.max(limits.max_payload * 4),
-            max_age: None,
-        },
-        max_payload: limits.max_payload,
-        ..defaults
-    }
+    let mut config = MemoryConfig::default();
+    config.retention.max_messages = limits.retention_messages;
+    config.retention.max_bytes = config.retention.max_bytes.max(limits.max_payload * 4);
+    config.retention.max_age = None;
+    config.max_payload = limits.max_payload;
+    config
 }
 
 #[async_trait]

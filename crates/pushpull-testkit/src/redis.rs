@@ -16,10 +16,11 @@ pub struct RedisHarness;
 /// A broker config that honours `limits`.
 pub fn redis_config(url: String, limits: &Limits) -> RedisConfig {
     let memory = crate::memory_config(limits);
-    RedisConfig {
-        retention: memory.retention,
-        max_payload: memory.max_payload,
-        ..RedisConfig::new(url)
+    {
+        let mut built = RedisConfig::new(url);
+        built.retention = memory.retention;
+        built.max_payload = memory.max_payload;
+        built
     }
 }
 
@@ -62,5 +63,35 @@ impl Fixture for RedisFixture {
 
     async fn server_subscriptions(&self) -> Result<usize, Skip> {
         Ok(self.broker.subscriber_count())
+    }
+}
+
+/// Redis brokers for a transport's harness: each fixture starts a redis-server of its own, and
+/// a restart empties it (as a Redis restarted without persistence would).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisBrokers;
+
+#[async_trait]
+impl crate::BrokerHarness for RedisBrokers {
+    async fn store(&self) -> Result<Box<dyn crate::BrokerStore>, Error> {
+        Ok(Box::new(RedisStore(RedisServer::start()?)))
+    }
+}
+
+struct RedisStore(RedisServer);
+
+#[async_trait]
+impl crate::BrokerStore for RedisStore {
+    fn open(&self, limits: &Limits) -> Result<crate::OpenedBroker, Error> {
+        let broker = RedisBroker::new(redis_config(self.0.url(), limits))?;
+        let counted = broker.clone();
+        Ok(crate::OpenedBroker {
+            broker: Arc::new(broker),
+            subscriptions: Some(Box::new(move || counted.subscriber_count())),
+        })
+    }
+
+    async fn restart(&self) -> Result<(), Error> {
+        self.0.command(&["FLUSHALL"]).await.map(|_| ())
     }
 }

@@ -20,6 +20,7 @@ pub enum OnExhausted {
 /// Settings of the webhook [`Server`](crate::WebhookServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The delay before each attempt of a message: the first is usually zero. The default is
     /// close to the common production schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
@@ -99,6 +100,7 @@ impl ServerConfig {
 /// Settings of the webhook [`Client`](crate::WebhookClient) and its receiver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, for publishing, fetching and registering endpoints.
     pub url: String,

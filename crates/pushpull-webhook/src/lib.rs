@@ -10,7 +10,8 @@ pub use client::WebhookClient;
 pub use config::{ClientConfig, OnExhausted, ServerConfig};
 pub use server::{
     CreateEndpoint, DeadMessage, EndpointRecord, EndpointStore, EndpointView, MemoryEndpointStore,
-    Progress, WEBHOOK_ATTEMPTS, WEBHOOK_DEAD, WEBHOOK_FAILURES, WEBHOOKS_PATH, WebhookServer,
+    Progress, SharedEndpointStore, WEBHOOK_ATTEMPTS, WEBHOOK_DEAD, WEBHOOK_FAILURES, WEBHOOKS_PATH,
+    WebhookServer,
 };
 
 /// The transport's name, in configuration and errors.

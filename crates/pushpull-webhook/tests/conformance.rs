@@ -9,21 +9,20 @@ use pushpull_testkit::http::HttpHarness;
 fn harness() -> HttpHarness {
     HttpHarness::new(
         |broker| {
-            let config = pushpull_webhook::ServerConfig {
-                allow_loopback: true,
-                schedule: vec![
-                    Duration::ZERO,
-                    Duration::from_millis(20),
-                    Duration::from_millis(100),
-                ],
-                ..Default::default()
+            let config = {
+                let mut built = pushpull_webhook::ServerConfig::default();
+                built.allow_loopback = true;
+                built.schedule =
+                    vec![Duration::ZERO, Duration::from_millis(20), Duration::from_millis(100)];
+                built
             };
             pushpull_webhook::WebhookServer::new(broker, config).expect("config").router()
         },
         |url| {
-            let config = pushpull_webhook::ClientConfig {
-                check_interval: Duration::from_millis(100),
-                ..pushpull_webhook::ClientConfig::new(url)
+            let config = {
+                let mut built = pushpull_webhook::ClientConfig::new(url);
+                built.check_interval = Duration::from_millis(100);
+                built
             };
             Ok(Arc::new(pushpull_webhook::WebhookClient::new(config)?))
         },

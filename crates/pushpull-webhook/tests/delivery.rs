@@ -18,11 +18,12 @@ use tokio::net::{TcpListener, TcpStream};
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn fast(config: ServerConfig) -> ServerConfig {
-    ServerConfig {
-        allow_loopback: true,
-        schedule: vec![Duration::ZERO, Duration::from_millis(20), Duration::from_millis(40)],
-        attempt_timeout: Duration::from_millis(500),
-        ..config
+    {
+        let mut built = config;
+        built.allow_loopback = true;
+        built.schedule = vec![Duration::ZERO, Duration::from_millis(20), Duration::from_millis(40)];
+        built.attempt_timeout = Duration::from_millis(500);
+        built
     }
 }
 
@@ -140,8 +141,12 @@ async fn failures_are_retried_until_delivered_once_with_a_stable_id() {
 #[tokio::test]
 async fn https_endpoints_are_delivered_to_when_their_certificate_is_trusted() {
     let ca = pushpull_chaos::TestCa::new().unwrap();
-    let files = pushpull_http::TlsFiles { cert_file: ca.cert_file(), key_file: ca.key_file() };
-    let serve = ServeConfig { tls: Some(files.acceptor().unwrap()), ..ServeConfig::default() };
+    let files = pushpull_http::TlsFiles::new(ca.cert_file(), ca.key_file());
+    let serve = {
+        let mut built = ServeConfig::default();
+        built.tls = Some(files.acceptor().unwrap());
+        built
+    };
     let endpoint_server = fake_serving(vec![200], Duration::ZERO, serve).await;
     let url = format!("https://localhost:{}/hook", endpoint_server.addr.port());
 
@@ -158,7 +163,11 @@ async fn https_endpoints_are_delivered_to_when_their_certificate_is_trusted() {
     assert!(endpoint_server.got.lock().unwrap().is_empty());
 
     // One that trusts it (ca_file) delivers over TLS.
-    let trusting = ServerConfig { ca_file: Some(ca.ca_file()), ..ServerConfig::default() };
+    let trusting = {
+        let mut built = ServerConfig::default();
+        built.ca_file = Some(ca.ca_file());
+        built
+    };
     let (server, broker) = start(fast(trusting)).await;
     register(server.local_addr(), url, "latest").await;
     publish(&broker, "over tls").await;
@@ -202,9 +211,12 @@ async fn exhausted_messages_are_dead_and_skipped_or_paused() {
     assert!(view["dead"][0]["reason"].as_str().unwrap().contains("500"));
     assert_eq!(failing.got.lock().unwrap().last().unwrap().1["data"]["data"], "next");
 
-    let (server, broker) =
-        start(fast(ServerConfig { on_exhausted: OnExhausted::Pause, ..ServerConfig::default() }))
-            .await;
+    let (server, broker) = start(fast({
+        let mut built = ServerConfig::default();
+        built.on_exhausted = OnExhausted::Pause;
+        built
+    }))
+    .await;
     let failing = fake(vec![500, 500, 500, 200], Duration::ZERO).await;
     let endpoint =
         register(server.local_addr(), format!("http://{}/hook", failing.addr), "latest").await;
@@ -392,10 +404,12 @@ async fn a_delivery_retried_after_a_lost_ack_reaches_the_application_once() {
     // The receiver listens on a fixed loopback port so the proxy can sit in front of it.
     let receiver_addr = TcpListener::bind(("127.0.0.1", 0)).await.unwrap().local_addr().unwrap();
     let proxy = ack_losing_proxy(receiver_addr).await;
-    let config = pushpull_webhook::ClientConfig {
-        listen: receiver_addr,
-        public_url: Some(format!("http://{proxy}")),
-        ..pushpull_webhook::ClientConfig::new(format!("http://{}", server.local_addr()))
+    let config = {
+        let mut built =
+            pushpull_webhook::ClientConfig::new(format!("http://{}", server.local_addr()));
+        built.listen = receiver_addr;
+        built.public_url = Some(format!("http://{proxy}"));
+        built
     };
     let client = pushpull_webhook::WebhookClient::new(config).unwrap();
     let topic = Topic::new("t").unwrap();

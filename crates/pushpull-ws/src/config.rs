@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of the WebSocket [`Server`](crate::WsServer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// How often the server pings each socket.
     #[serde(with = "pushpull_core::duration_text")]
@@ -108,6 +109,7 @@ pub fn message_limit_for(max_payload: usize) -> usize {
 /// Settings of the WebSocket [`Client`](crate::WsClient).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The server's base URL, such as `http://127.0.0.1:7070` (or `ws://…`); the socket is
     /// opened at `/v1/ws` below it.

@@ -41,9 +41,10 @@ pub struct WsServer {
 impl WsServer {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        let pages = pushpull_http::PageConfig {
-            max_limit: config.max_limit,
-            ..pushpull_http::PageConfig::default()
+        let pages = {
+            let mut built = pushpull_http::PageConfig::default();
+            built.max_limit = config.max_limit;
+            built
         };
         Self::within(&Context::new(broker).with_pages(pages, crate::NAME), config)
     }

@@ -59,10 +59,11 @@ async fn a_silent_server_is_left_and_the_subscription_resumes_elsewhere() {
         again
     });
 
-    let config = pushpull_ws::ClientConfig {
-        ping_interval: Duration::from_millis(50),
-        idle_timeout: Duration::from_millis(300),
-        ..pushpull_ws::ClientConfig::new(url)
+    let config = {
+        let mut built = pushpull_ws::ClientConfig::new(url);
+        built.ping_interval = Duration::from_millis(50);
+        built.idle_timeout = Duration::from_millis(300);
+        built
     };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let subscription =
@@ -89,9 +90,10 @@ async fn a_subscription_nobody_reads_does_not_stall_the_socket() {
     .unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
-    let config = pushpull_ws::ClientConfig {
-        subscription_buffer: 4,
-        ..pushpull_ws::ClientConfig::new(format!("http://{}", running.local_addr()))
+    let config = {
+        let mut built = pushpull_ws::ClientConfig::new(format!("http://{}", running.local_addr()));
+        built.subscription_buffer = 4;
+        built
     };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let slow = Topic::new("slow").unwrap();
@@ -178,8 +180,11 @@ async fn frames_of_an_earlier_subscription_never_skip_messages() {
         socket
     });
 
-    let config =
-        pushpull_ws::ClientConfig { subscription_buffer: 2, ..pushpull_ws::ClientConfig::new(url) };
+    let config = {
+        let mut built = pushpull_ws::ClientConfig::new(url);
+        built.subscription_buffer = 2;
+        built
+    };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let mut subscription =
         client.subscribe(&Topic::new("t").unwrap(), Cursor::Beginning).await.unwrap();
@@ -230,12 +235,11 @@ async fn a_resubscribe_refused_for_a_while_is_tried_again_not_ended() {
         second
     });
 
-    let config = pushpull_ws::ClientConfig {
-        backoff: pushpull_core::Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(50),
-        },
-        ..pushpull_ws::ClientConfig::new(url)
+    let config = {
+        let mut built = pushpull_ws::ClientConfig::new(url);
+        built.backoff =
+            pushpull_core::Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+        built
     };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let mut subscription =
@@ -262,9 +266,10 @@ async fn a_subscribe_nobody_answers_is_taken_back_when_it_times_out() {
             }
         }
     });
-    let config = pushpull_ws::ClientConfig {
-        request_timeout: Duration::from_millis(200),
-        ..pushpull_ws::ClientConfig::new(url)
+    let config = {
+        let mut built = pushpull_ws::ClientConfig::new(url);
+        built.request_timeout = Duration::from_millis(200);
+        built
     };
     let client = pushpull_ws::WsClient::new(config).unwrap();
     let topic = Topic::new("t").unwrap();

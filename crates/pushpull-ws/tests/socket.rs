@@ -178,7 +178,11 @@ async fn one_socket_subscribes_publishes_and_fetches() {
 
 #[tokio::test]
 async fn bad_requests_get_error_frames_and_the_socket_stays_open() {
-    let config = ServerConfig { max_subscriptions: 2, ..ServerConfig::default() };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.max_subscriptions = 2;
+        built
+    };
     let setup = start(config).await;
     let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
     let cases = [
@@ -256,8 +260,12 @@ async fn bad_requests_get_error_frames_and_the_socket_stays_open() {
 
 #[tokio::test]
 async fn protocol_violations_close_with_the_rfc_6455_code() {
-    let config =
-        ServerConfig { max_message_size: Some(4096), max_bad_frames: 3, ..ServerConfig::default() };
+    let config = {
+        let mut built = ServerConfig::default();
+        built.max_message_size = Some(4096);
+        built.max_bad_frames = 3;
+        built
+    };
     let setup = start(config).await;
     let addr = setup.running.local_addr();
 
@@ -348,10 +356,11 @@ async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
 
 #[tokio::test]
 async fn silent_peers_are_pinged_then_closed_with_4000() {
-    let config = ServerConfig {
-        ping_interval: Duration::from_millis(50),
-        idle_timeout: Duration::from_millis(200),
-        ..ServerConfig::default()
+    let config = {
+        let mut built = ServerConfig::default();
+        built.ping_interval = Duration::from_millis(50);
+        built.idle_timeout = Duration::from_millis(200);
+        built
     };
     let setup = start(config).await;
     // Completes the handshake, then never answers a ping.
@@ -363,13 +372,22 @@ async fn silent_peers_are_pinged_then_closed_with_4000() {
 
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_and_costs_bounded_memory() {
-    let retention = Retention { max_messages: 100, ..Retention::default() };
-    let broker =
-        MemoryBroker::with_config(MemoryConfig { retention, ..MemoryConfig::default() }).unwrap();
-    let config = ServerConfig {
-        write_timeout: Duration::from_millis(300),
-        write_buffer: 64 * 1024,
-        ..ServerConfig::default()
+    let retention = {
+        let mut built = Retention::default();
+        built.max_messages = 100;
+        built
+    };
+    let broker = MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.retention = retention;
+        built
+    })
+    .unwrap();
+    let config = {
+        let mut built = ServerConfig::default();
+        built.write_timeout = Duration::from_millis(300);
+        built.write_buffer = 64 * 1024;
+        built
     };
     let setup = start_with(broker, config).await;
     let mut raw = upgrade(setup.running.local_addr()).await;
@@ -423,9 +441,17 @@ async fn shutdown_closes_sockets_with_1001() {
 
 #[tokio::test]
 async fn a_slow_reader_falls_behind_into_a_gap() {
-    let retention = Retention { max_messages: 100, ..Retention::default() };
-    let broker =
-        MemoryBroker::with_config(MemoryConfig { retention, ..MemoryConfig::default() }).unwrap();
+    let retention = {
+        let mut built = Retention::default();
+        built.max_messages = 100;
+        built
+    };
+    let broker = MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.retention = retention;
+        built
+    })
+    .unwrap();
     let setup = start_with(broker, ServerConfig::default()).await;
     let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
     send(&mut socket, json!({"op":"subscribe","id":"s","topic":"firehose"})).await;
@@ -458,9 +484,12 @@ async fn a_slow_reader_falls_behind_into_a_gap() {
 async fn a_message_over_the_payload_limit_closes_with_1009_before_it_is_read_whole() {
     // With payloads of at most 1 KiB, no request can be larger than the base64 of one plus
     // 64 KiB: a 200 KB frame is refused from its header.
-    let broker =
-        MemoryBroker::with_config(MemoryConfig { max_payload: 1024, ..MemoryConfig::default() })
-            .unwrap();
+    let broker = MemoryBroker::with_config({
+        let mut built = MemoryConfig::default();
+        built.max_payload = 1024;
+        built
+    })
+    .unwrap();
     let setup = start_with(broker, ServerConfig::default()).await;
     let limit = pushpull_ws::message_limit_for(1024);
     assert!(limit < 72_000, "the limit follows the payload limit: {limit}");

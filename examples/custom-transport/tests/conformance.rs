@@ -35,10 +35,7 @@ impl Harness for LineHarness {
             .map_err(|e| Error::new(ErrorKind::Connect, e.to_string()))?;
         let config = LineConfig {
             url: format!("tcp://{}", proxy.addr()),
-            backoff: Backoff {
-                initial: Duration::from_millis(20),
-                max: Duration::from_millis(500),
-            },
+            backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(500)),
             ..LineConfig::default()
         };
         let client = Arc::new(LineClient::new(config)?);

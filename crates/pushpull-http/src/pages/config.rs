@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// polling is nothing but this route).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PageConfig {
     /// The interval the server asks clients to poll at (the `Pushpull-Poll-Interval-Ms` hint).
     #[serde(with = "pushpull_core::duration_text")]

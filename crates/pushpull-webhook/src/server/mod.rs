@@ -27,7 +27,9 @@ use delivery::Worker;
 use endpoints::{Control, Endpoint, Status, endpoint_id, view};
 use meter::WebhookMeter;
 pub use meter::{WEBHOOK_ATTEMPTS, WEBHOOK_DEAD, WEBHOOK_FAILURES};
-pub use store::{EndpointRecord, EndpointStore, MemoryEndpointStore, Progress};
+pub use store::{
+    EndpointRecord, EndpointStore, MemoryEndpointStore, Progress, SharedEndpointStore,
+};
 use target::Target;
 
 /// The registration API's root.
@@ -133,14 +135,14 @@ impl pushpull_http::TransportServer for WebhookServer {
         config.validate()
     }
 
-    /// Its endpoints live in the `Arc<dyn EndpointStore>` of the context's extensions (one
-    /// the broker's nodes share), else in this process.
+    /// Its endpoints live in the broker's shared state when the context has one (an
+    /// `Arc<dyn SharedState>` in its extensions, which every node sees), else in this process.
     fn build(context: &Context, config: ServerConfig) -> Result<Self, Error> {
-        let store = context
-            .extensions
-            .get::<Arc<dyn EndpointStore>>()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryEndpointStore::new()));
+        let store: Arc<dyn EndpointStore> =
+            match context.extensions.get::<Arc<dyn pushpull_core::SharedState>>() {
+                Some(state) => Arc::new(SharedEndpointStore::new(state.clone())),
+                None => Arc::new(MemoryEndpointStore::new()),
+            };
         Self::within(context, config, store)
     }
 

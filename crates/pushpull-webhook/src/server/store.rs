@@ -1,13 +1,13 @@
 //! Where endpoint registrations and their delivery progress live: in this process (the default),
-//! or somewhere every node of a deployment shares (the Redis broker's store), so registrations
+//! or in the broker's shared state, which every node of a deployment sees (Redis's), so registrations
 //! survive restarts and exactly one node at a time delivers each endpoint, under a lease.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pushpull_core::{Cursor, Error};
+use pushpull_core::{Cursor, Error, SharedState};
 use serde::{Deserialize, Serialize};
 
 use super::api::DeadMessage;
@@ -152,5 +152,125 @@ impl EndpointStore for MemoryEndpointStore {
             leases.remove(id);
         }
         Ok(())
+    }
+}
+
+/// Endpoints in a broker's [`SharedState`] (the Redis broker's, say): every node sees them and
+/// they outlive the process. A record's parts are fields of their own, each written by its
+/// own writer.
+#[derive(Clone)]
+pub struct SharedEndpointStore {
+    state: Arc<dyn SharedState>,
+}
+
+impl std::fmt::Debug for SharedEndpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedEndpointStore").finish_non_exhaustive()
+    }
+}
+
+/// The collection endpoints are kept in.
+const COLLECTION: &str = "webhook";
+
+/// The part of a record nobody changes after registration.
+#[derive(Serialize, Deserialize)]
+struct Fixed {
+    id: String,
+    url: String,
+    topics: Vec<String>,
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> Error {
+    Error::new(
+        pushpull_core::ErrorKind::Backend,
+        format!("a stored webhook endpoint's {what} is unreadable: {error}"),
+    )
+    .with_transport(crate::NAME)
+}
+
+impl SharedEndpointStore {
+    /// Endpoints kept in `state`.
+    pub fn new(state: Arc<dyn SharedState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl EndpointStore for SharedEndpointStore {
+    async fn insert(&self, record: &EndpointRecord) -> Result<(), Error> {
+        let fixed =
+            Fixed { id: record.id.clone(), url: record.url.clone(), topics: record.topics.clone() };
+        let fields = [
+            ("record", serde_json::to_string(&fixed).expect("encodes")),
+            ("secrets", serde_json::to_string(&record.secrets).expect("encodes")),
+            ("status", record.status.clone()),
+            ("progress", serde_json::to_string(&record.progress).expect("encodes")),
+        ];
+        self.state.insert(COLLECTION, &record.id, &fields).await
+    }
+
+    async fn all(&self) -> Result<Vec<EndpointRecord>, Error> {
+        let ids = self.state.ids(COLLECTION).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            // One removed meanwhile is passed over.
+            records.extend(self.get(&id).await?);
+        }
+        Ok(records)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EndpointRecord>, Error> {
+        let fields = self.state.fields(COLLECTION, id).await?;
+        let (Some(fixed), Some(secrets), Some(status), Some(progress)) = (
+            fields.get("record"),
+            fields.get("secrets"),
+            fields.get("status"),
+            fields.get("progress"),
+        ) else {
+            return Ok(None);
+        };
+        let fixed: Fixed = serde_json::from_str(fixed).map_err(|e| corrupt("record", e))?;
+        let secrets: Vec<String> =
+            serde_json::from_str(secrets).map_err(|e| corrupt("secrets", e))?;
+        let progress: Progress =
+            serde_json::from_str(progress).map_err(|e| corrupt("progress", e))?;
+        Ok(Some(EndpointRecord {
+            id: fixed.id,
+            url: fixed.url,
+            topics: fixed.topics,
+            secrets,
+            status: status.clone(),
+            progress,
+        }))
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, Error> {
+        self.state.remove(COLLECTION, id).await
+    }
+
+    async fn set_secrets(&self, id: &str, secrets: &[String]) -> Result<(), Error> {
+        let secrets = serde_json::to_string(secrets).expect("encodes");
+        self.state.set_field(COLLECTION, id, "secrets", secrets).await
+    }
+
+    async fn set_status(&self, id: &str, status: &str) -> Result<(), Error> {
+        self.state.set_field(COLLECTION, id, "status", status.to_owned()).await
+    }
+
+    async fn set_progress(&self, id: &str, progress: &Progress) -> Result<(), Error> {
+        let progress = serde_json::to_string(progress).expect("encodes");
+        self.state.set_field(COLLECTION, id, "progress", progress).await
+    }
+
+    async fn lease(&self, id: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        self.state.lease(COLLECTION, id, holder, ttl).await
+    }
+
+    async fn holder(&self, id: &str) -> Result<Option<String>, Error> {
+        self.state.holder(COLLECTION, id).await
+    }
+
+    async fn release(&self, id: &str, holder: &str) -> Result<(), Error> {
+        self.state.release(COLLECTION, id, holder).await
     }
 }

@@ -1,0 +1,185 @@
+//! State shared by every node on one Redis, beside the logs: records every node sees and that
+//! survive restarts, each worked on by one node at a time under a lease.
+//!
+//! Keys, for a collection `C`: a set of ids (`PREFIX Cs`), a hash per record (`PREFIX C:ID`,
+//! each field written by its own writer), and a lease per record (`PREFIX C:ID:lease`, the
+//! holder's name, expiring).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pushpull_core::{Error, ErrorKind, SharedState};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::NAME;
+
+/// [`SharedState`] on the broker's Redis: what [`RedisBroker`](crate::RedisBroker) gives the
+/// transports (webhook endpoints every node sees).
+#[derive(Clone)]
+pub struct RedisSharedState {
+    connection: ConnectionManager,
+    prefix: String,
+    lease: redis::Script,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for RedisSharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSharedState").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+fn backend(error: redis::RedisError) -> Error {
+    Error::new(ErrorKind::Backend, format!("redis: {error}"))
+        .with_transport(NAME)
+        .with_source(error)
+}
+
+impl RedisSharedState {
+    /// The state on the Redis `config` names, on a connection of its own (connected lazily).
+    pub fn open(config: &crate::RedisConfig) -> Result<Self, Error> {
+        let client = config.client()?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.response_timeout));
+        let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
+        Ok(Self::new(connection, &config.key_prefix))
+    }
+
+    pub(crate) fn new(connection: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            connection,
+            prefix: prefix.to_owned(),
+            // Take the lease if free, renew it if ours; 1 when we hold it afterwards.
+            lease: redis::Script::new(
+                r"
+                local holder = redis.call('GET', KEYS[1])
+                if not holder then
+                  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                  return 1
+                elseif holder == ARGV[1] then
+                  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                  return 1
+                end
+                return 0",
+            ),
+            release: redis::Script::new(
+                r"
+                if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                return 0",
+            ),
+        }
+    }
+
+    fn ids_key(&self, collection: &str) -> String {
+        format!("{}{collection}s", self.prefix)
+    }
+
+    fn hash(&self, collection: &str, id: &str) -> String {
+        format!("{}{collection}:{id}", self.prefix)
+    }
+
+    fn lease_key(&self, collection: &str, id: &str) -> String {
+        format!("{}{collection}:{id}:lease", self.prefix)
+    }
+}
+
+#[async_trait]
+impl SharedState for RedisSharedState {
+    async fn insert(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: &[(&str, String)],
+    ) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(self.hash(collection, id), fields)
+            .sadd(self.ids_key(collection), id)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(backend)
+    }
+
+    async fn ids(&self, collection: &str) -> Result<Vec<String>, Error> {
+        let mut connection = self.connection.clone();
+        connection.smembers(self.ids_key(collection)).await.map_err(backend)
+    }
+
+    async fn fields(&self, collection: &str, id: &str) -> Result<HashMap<String, String>, Error> {
+        let mut connection = self.connection.clone();
+        connection.hgetall(self.hash(collection, id)).await.map_err(backend)
+    }
+
+    async fn set_field(
+        &self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        value: String,
+    ) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        // Only a record that still exists is updated (a late write must not revive it).
+        let exists: bool =
+            connection.sismember(self.ids_key(collection), id).await.map_err(backend)?;
+        if exists {
+            let () =
+                connection.hset(self.hash(collection, id), field, value).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, collection: &str, id: &str) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let (removed,): (u64,) = redis::pipe()
+            .atomic()
+            .srem(self.ids_key(collection), id)
+            .del(self.hash(collection, id))
+            .ignore()
+            .del(self.lease_key(collection, id))
+            .ignore()
+            .query_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(removed > 0)
+    }
+
+    async fn lease(
+        &self,
+        collection: &str,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let held: i64 = self
+            .lease
+            .key(self.lease_key(collection, id))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(held == 1)
+    }
+
+    async fn holder(&self, collection: &str, id: &str) -> Result<Option<String>, Error> {
+        let mut connection = self.connection.clone();
+        connection.get(self.lease_key(collection, id)).await.map_err(backend)
+    }
+
+    async fn release(&self, collection: &str, id: &str, holder: &str) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .release
+            .key(self.lease_key(collection, id))
+            .arg(holder)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
