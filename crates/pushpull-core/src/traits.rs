@@ -218,3 +218,30 @@ pub trait Connect {
         ))
     }
 }
+
+/// Implements [`Connect`] for a client made by `new(config) -> Result<Self>` whose settings
+/// keep the bearer token it sends in a `token` field: what every built-in transport's client
+/// is. `probes = false` marks a client `auto` may not pick (one the server must reach).
+///
+/// ```ignore
+/// pushpull_core::connect_by_new!(SseClient, ClientConfig, crate::NAME);
+/// ```
+#[macro_export]
+macro_rules! connect_by_new {
+    ($client:ty, $config:ty, $name:expr $(, probes = $probes:expr)?) => {
+        impl $crate::Connect for $client {
+            const NAME: &'static str = $name;
+            $(const PROBES: bool = $probes;)?
+            type Config = $config;
+
+            fn connect(config: $config) -> $crate::Result<std::sync::Arc<dyn $crate::Client>> {
+                Ok(std::sync::Arc::new(<$client>::new(config)?))
+            }
+
+            fn set_token(config: &mut $config, token: $crate::BearerToken) -> $crate::Result<()> {
+                config.token = token;
+                Ok(())
+            }
+        }
+    };
+}

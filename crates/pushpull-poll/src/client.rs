@@ -243,19 +243,4 @@ impl Poller {
     }
 }
 
-impl pushpull_core::Connect for PollClient {
-    const NAME: &'static str = crate::NAME;
-    type Config = ClientConfig;
-
-    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(PollClient::new(config)?))
-    }
-
-    fn set_token(
-        config: &mut ClientConfig,
-        token: pushpull_core::BearerToken,
-    ) -> Result<(), Error> {
-        config.token = token;
-        Ok(())
-    }
-}
+pushpull_core::connect_by_new!(PollClient, ClientConfig, crate::NAME);

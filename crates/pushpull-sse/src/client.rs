@@ -162,19 +162,4 @@ impl pushpull_core::Client for SseClient {
     }
 }
 
-impl pushpull_core::Connect for SseClient {
-    const NAME: &'static str = crate::NAME;
-    type Config = ClientConfig;
-
-    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(SseClient::new(config)?))
-    }
-
-    fn set_token(
-        config: &mut ClientConfig,
-        token: pushpull_core::BearerToken,
-    ) -> Result<(), Error> {
-        config.token = token;
-        Ok(())
-    }
-}
+pushpull_core::connect_by_new!(SseClient, ClientConfig, crate::NAME);

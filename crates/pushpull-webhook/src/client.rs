@@ -405,20 +405,4 @@ impl pushpull_core::Client for WebhookClient {
     }
 }
 
-impl pushpull_core::Connect for WebhookClient {
-    const NAME: &'static str = crate::NAME;
-    const PROBES: bool = false;
-    type Config = ClientConfig;
-
-    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(WebhookClient::new(config)?))
-    }
-
-    fn set_token(
-        config: &mut ClientConfig,
-        token: pushpull_core::BearerToken,
-    ) -> Result<(), Error> {
-        config.token = token;
-        Ok(())
-    }
-}
+pushpull_core::connect_by_new!(WebhookClient, ClientConfig, crate::NAME, probes = false);

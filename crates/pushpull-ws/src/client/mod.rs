@@ -293,19 +293,4 @@ fn socket_url(base: &str) -> Result<String, Error> {
     Ok(format!("{scheme}://{rest}/v1/ws"))
 }
 
-impl pushpull_core::Connect for WsClient {
-    const NAME: &'static str = crate::NAME;
-    type Config = ClientConfig;
-
-    fn connect(config: ClientConfig) -> Result<std::sync::Arc<dyn pushpull_core::Client>, Error> {
-        Ok(std::sync::Arc::new(WsClient::new(config)?))
-    }
-
-    fn set_token(
-        config: &mut ClientConfig,
-        token: pushpull_core::BearerToken,
-    ) -> Result<(), Error> {
-        config.token = token;
-        Ok(())
-    }
-}
+pushpull_core::connect_by_new!(WsClient, ClientConfig, crate::NAME);
