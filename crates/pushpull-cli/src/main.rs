@@ -8,12 +8,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-mod bench;
-mod churn;
 mod output;
-mod peers;
-mod plot;
-mod soak;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -101,9 +96,14 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
-    /// Measure the transports side by side against a server on 127.0.0.1.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    /// Measure the transports side by side against a server on 127.0.0.1 (runs the
+    /// `pushpull-bench` binary installed beside this one: `pushpull bench --help`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// What `pushpull-bench` takes: `idle`, `compare`, `fanout`, `churn`, `soak`, `peers` …
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print a completion script for a shell: `pushpull completions bash > /etc/bash_completion.d/pushpull`.
     Completions {
         /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Bench(bench) => bench::run(bench).await,
+        Command::Bench { args } => bench(&args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "pushpull", &mut std::io::stdout());
@@ -352,4 +352,26 @@ fn read_stdin() -> Result<bytes::Bytes, Error> {
         bar.finish_and_clear();
     }
     Ok(buffer.into())
+}
+
+/// Runs the benchmark lab, `pushpull-bench`, from beside this binary, with `args`.
+async fn bench(args: &[String]) -> Result<(), Error> {
+    let own = std::env::current_exe()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot find this binary: {e}")))?;
+    let lab = own.with_file_name(format!("pushpull-bench{}", std::env::consts::EXE_SUFFIX));
+    let status = tokio::process::Command::new(&lab).args(args).status().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "pushpull bench runs {}, which cannot be started ({e}); it is installed with \
+                 pushpull (cargo install pushpull-cli)",
+                lab.display()
+            ),
+        )
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    // Its own message is on stderr already; pass its exit code on.
+    std::process::exit(status.code().unwrap_or(1));
 }

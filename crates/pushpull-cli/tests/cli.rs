@@ -153,7 +153,7 @@ fn completions_cover_every_command() {
             .expect("run pushpull");
         assert!(output.status.success(), "{shell}: {}", text(&output.stderr));
         let script = text(&output.stdout);
-        for command in ["serve", "publish", "fetch", "subscribe", "bench", "peers"] {
+        for command in ["serve", "publish", "fetch", "subscribe", "bench"] {
             assert!(script.contains(command), "{shell} completes {command}");
         }
     }

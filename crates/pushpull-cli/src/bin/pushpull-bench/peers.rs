@@ -103,7 +103,7 @@ impl Server {
         let core = core.to_string();
         match peer {
             Peer::Pushpull => {
-                let exe = std::env::current_exe().map_err(|e| error(e.to_string()))?;
+                let exe = crate::bench::server_exe()?;
                 let child = Command::new("taskset")
                     .args(["-c", &core])
                     .arg(exe)

@@ -190,6 +190,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// No single step of a bench may take longer than this.
 const STEP: Duration = Duration::from_secs(120);
 
+/// The `pushpull` binary the benchmarks serve with: the one installed beside this one.
+pub(crate) fn server_exe() -> Result<std::path::PathBuf, Error> {
+    let own = std::env::current_exe().map_err(|e| bench_error(format!("own path: {e}")))?;
+    let server = own.with_file_name(format!("pushpull{}", std::env::consts::EXE_SUFFIX));
+    if !server.exists() {
+        return Err(bench_error(format!(
+            "{} is not there: the benchmarks serve with the pushpull binary installed beside \
+             pushpull-bench",
+            server.display()
+        )));
+    }
+    Ok(server)
+}
+
 pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
     match bench {
         Bench::Idle { transport, connections, report } => {
@@ -270,7 +284,7 @@ impl ServerProcess {
     }
 
     pub(crate) async fn start_with(env: &[(&str, String)]) -> Result<Self, Error> {
-        let exe = std::env::current_exe().map_err(|e| bench_error(format!("own path: {e}")))?;
+        let exe = server_exe()?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
