@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pages;
 mod publish;
 mod push;
+mod push_client;
 mod reopen;
 pub mod request;
 mod response;
@@ -29,6 +30,7 @@ pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
 };
 pub use push::{Encode, PushFormat, PushServer, PushTransport, push_response};
+pub use push_client::{PushClient, PushReader};
 pub use reopen::{Decoded, Reopen, reopening};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,

@@ -7,11 +7,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use pushpull_core::{
-    Backoff, Capabilities, Cursor, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
-    Subscribe, Subscription, Topic,
-};
-use pushpull_http::{Decoded, HttpClient, HttpClientConfig};
+use pushpull_core::{Backoff, BearerToken, Cursor, Error, ErrorKind, Topic};
+use pushpull_http::{Decoded, HttpClient, HttpClientConfig, PushClient, PushReader};
 
 use crate::NAME;
 use crate::config::ClientConfig;
@@ -27,35 +24,46 @@ use crate::wire::{CONTENT_TYPE, Parser, decode_event};
 /// are retried the same way. It stops, with a typed error, only on what a retry cannot change:
 /// `204 No Content` (the server asks it to stop), a status such as 400, 401, 403, 404 or 410,
 /// or a content type other than `text/event-stream`.
+pub type SseClient = PushClient<SseReader>;
+
+/// The reading half of [`SseClient`]: how it opens an event stream and parses it.
 #[derive(Clone, Debug)]
-pub struct SseClient {
-    http: HttpClient,
+pub struct SseReader {
     config: ClientConfig,
 }
 
-impl SseClient {
-    /// A client for the server at `config.url`.
-    pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let http_config = {
-            let mut built = HttpClientConfig::default();
-            built.request_timeout = config.request_timeout;
-            built.ca_file = config.ca_file.clone();
-            built.token = config.token.clone();
-            built
-        };
-        let http = HttpClient::new(&config.url, NAME, http_config)?;
-        Ok(Self { http, config })
+#[async_trait]
+impl PushReader for SseReader {
+    const NAME: &'static str = NAME;
+    type Config = ClientConfig;
+    type Decoder = Parser;
+
+    fn from_config(config: ClientConfig) -> Result<(Self, String, HttpClientConfig), Error> {
+        let mut http = HttpClientConfig::default();
+        http.request_timeout = config.request_timeout;
+        http.ca_file = config.ca_file.clone();
+        http.token = config.token.clone();
+        let url = config.url.clone();
+        Ok((Self { config }, url, http))
+    }
+
+    fn token(config: &mut ClientConfig) -> &mut BearerToken {
+        &mut config.token
     }
 
     /// Opens the event stream of `topic` at `cursor` and checks the response.
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+    async fn open(
+        &self,
+        http: &HttpClient,
+        topic: &Topic,
+        cursor: Cursor,
+    ) -> Result<Incoming, Error> {
         let path = match cursor {
             Cursor::After(..) => format!("/v1/topics/{topic}/events"),
             other => format!("/v1/topics/{topic}/events?after={other}"),
         };
         let request = || {
-            let mut request = self
-                .http
+            let mut request = http
                 .request(Method::GET, &path)
                 .header(header::ACCEPT, CONTENT_TYPE)
                 .header(header::CACHE_CONTROL, "no-cache");
@@ -63,16 +71,15 @@ impl SseClient {
                 request = request.header("last-event-id", cursor.to_string());
             }
             request.body(Full::new(Bytes::new())).map_err(|e| {
-                self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+                http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
             })
         };
         // Safe to repeat: a pooled connection that died with the network is retried at once.
-        let response = self.http.send_idempotent(request, self.config.request_timeout).await?;
+        let response = http.send_idempotent(request, self.config.request_timeout).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NO_CONTENT => {
-                return Err(self
-                    .http
+                return Err(http
                     .error(
                         ErrorKind::Closed,
                         "the server answered 204 No Content: it asks clients to stop",
@@ -80,7 +87,7 @@ impl SseClient {
                     .with_retryable(false));
             }
             // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
-            _ => return Err(self.http.error_for(response).await),
+            _ => return Err(http.error_for(response).await),
         }
         let content_type = response
             .headers()
@@ -88,8 +95,7 @@ impl SseClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !content_type.trim_start().starts_with(CONTENT_TYPE) {
-            return Err(self
-                .http
+            return Err(http
                 .error(
                     ErrorKind::Protocol,
                     format!("expected {CONTENT_TYPE}, got content type {content_type:?}"),
@@ -97,38 +103,6 @@ impl SseClient {
                 .with_retryable(false));
         }
         Ok(response.into_body())
-    }
-}
-
-#[async_trait]
-impl Publish for SseClient {
-    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
-        self.http.publish(topic, publication).await
-    }
-}
-
-#[async_trait]
-impl Fetch for SseClient {
-    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
-    }
-}
-
-#[async_trait]
-impl Subscribe for SseClient {
-    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
-        pushpull_http::reopening(self.clone(), topic.clone(), cursor)
-            .await
-            .map_err(|e| e.with_transport(NAME))
-    }
-}
-
-#[async_trait]
-impl pushpull_http::Reopen for SseClient {
-    type Decoder = Parser;
-
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
-        SseClient::open(self, topic, cursor).await
     }
 
     fn decoder(&self) -> Parser {
@@ -155,11 +129,3 @@ impl pushpull_http::Reopen for SseClient {
         &self.config.backoff
     }
 }
-
-impl pushpull_core::Client for SseClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::full(NAME).with_push(true)
-    }
-}
-
-pushpull_core::connect_by_new!(SseClient, ClientConfig, crate::NAME);

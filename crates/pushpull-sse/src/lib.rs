@@ -5,7 +5,7 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::SseClient;
+pub use client::{SseClient, SseReader};
 pub use config::{ClientConfig, ServerConfig};
 pub use server::{EVENTS_PATH, Sse, SseServer};
 

@@ -1,15 +1,14 @@
 //! The client half: a record reader that reconnects from its last cursor.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use pushpull_core::{
-    Backoff, Capabilities, Cursor, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
-    Subscribe, Subscription, Topic,
-};
-use pushpull_http::{Decoded, HttpClient, HttpClientConfig};
+use pushpull_core::{Backoff, BearerToken, Cursor, Error, ErrorKind, Topic};
+use pushpull_http::{Decoded, HttpClient, HttpClientConfig, PushClient, PushReader};
 
 use crate::NAME;
 use crate::config::{ClientConfig, FramingChoice};
@@ -22,51 +21,64 @@ use crate::wire::{Decoder, Framing, Record, delivery};
 /// the last record it read, with backoff, dropping anything already delivered. Retryable
 /// answers (5xx but 501 and 505, 429 with its `Retry-After`, 408) are retried the same way; any
 /// other non-200 answer or a wrong content type stops it with a typed error.
+pub type StreamClient = PushClient<StreamReader>;
+
+/// The reading half of [`StreamClient`]: how it opens a stream and decodes its records.
 #[derive(Clone, Debug)]
-pub struct StreamClient {
-    http: HttpClient,
+pub struct StreamReader {
     config: ClientConfig,
 }
 
-impl StreamClient {
-    /// A client for the server at `config.url`.
-    pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let http_config = {
-            let mut built = HttpClientConfig::default();
-            built.request_timeout = config.request_timeout;
-            built.ca_file = config.ca_file.clone();
-            built.token = config.token.clone();
-            built.max_response_bytes = config.max_payload.saturating_mul(2);
-            built
-        };
-        let http = HttpClient::new(&config.url, NAME, http_config)?;
-        Ok(Self { http, config })
-    }
-
+impl StreamReader {
     fn framing(&self) -> Framing {
         match self.config.framing {
             FramingChoice::Binary => Framing::Binary,
             FramingChoice::Ndjson => Framing::Ndjson,
         }
     }
+}
 
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+#[async_trait]
+impl PushReader for StreamReader {
+    const NAME: &'static str = NAME;
+    type Config = ClientConfig;
+    type Decoder = Decoder;
+
+    fn from_config(config: ClientConfig) -> Result<(Self, String, HttpClientConfig), Error> {
+        let mut http = HttpClientConfig::default();
+        http.request_timeout = config.request_timeout;
+        http.ca_file = config.ca_file.clone();
+        http.token = config.token.clone();
+        http.max_response_bytes = config.max_payload.saturating_mul(2);
+        let url = config.url.clone();
+        Ok((Self { config }, url, http))
+    }
+
+    fn token(config: &mut ClientConfig) -> &mut BearerToken {
+        &mut config.token
+    }
+
+    async fn open(
+        &self,
+        http: &HttpClient,
+        topic: &Topic,
+        cursor: Cursor,
+    ) -> Result<Incoming, Error> {
         let framing = self.framing();
         let path = format!("/v1/topics/{topic}/stream?after={cursor}");
         let request = || {
-            self.http
-                .request(Method::GET, &path)
+            http.request(Method::GET, &path)
                 .header(header::ACCEPT, framing.content_type())
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| {
-                    self.http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+                    http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
                 })
         };
         // Safe to repeat: a pooled connection that died with the network is retried at once.
-        let response = self.http.send_idempotent(request, self.config.request_timeout).await?;
+        let response = http.send_idempotent(request, self.config.request_timeout).await?;
         if response.status() != StatusCode::OK {
             // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
-            return Err(self.http.error_for(response).await);
+            return Err(http.error_for(response).await);
         }
         let content_type = response
             .headers()
@@ -74,8 +86,7 @@ impl StreamClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !content_type.starts_with(framing.content_type()) {
-            return Err(self
-                .http
+            return Err(http
                 .error(
                     ErrorKind::Protocol,
                     format!(
@@ -86,38 +97,6 @@ impl StreamClient {
                 .with_retryable(false));
         }
         Ok(response.into_body())
-    }
-}
-
-#[async_trait]
-impl Publish for StreamClient {
-    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
-        self.http.publish(topic, publication).await
-    }
-}
-
-#[async_trait]
-impl Fetch for StreamClient {
-    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
-        pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
-    }
-}
-
-#[async_trait]
-impl Subscribe for StreamClient {
-    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
-        pushpull_http::reopening(self.clone(), topic.clone(), cursor)
-            .await
-            .map_err(|e| e.with_transport(NAME))
-    }
-}
-
-#[async_trait]
-impl pushpull_http::Reopen for StreamClient {
-    type Decoder = Decoder;
-
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
-        StreamClient::open(self, topic, cursor).await
     }
 
     fn decoder(&self) -> Decoder {
@@ -137,7 +116,7 @@ impl pushpull_http::Reopen for StreamClient {
         Ok(decoded)
     }
 
-    fn idle_timeout(&self) -> std::time::Duration {
+    fn idle_timeout(&self) -> Duration {
         self.config.idle_timeout
     }
 
@@ -145,11 +124,3 @@ impl pushpull_http::Reopen for StreamClient {
         &self.config.backoff
     }
 }
-
-impl pushpull_core::Client for StreamClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::full(NAME).with_push(true)
-    }
-}
-
-pushpull_core::connect_by_new!(StreamClient, ClientConfig, crate::NAME);

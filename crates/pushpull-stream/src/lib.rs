@@ -5,7 +5,7 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::StreamClient;
+pub use client::{StreamClient, StreamReader};
 pub use config::{ClientConfig, FramingChoice, ServerConfig};
 pub use server::{STREAM_PATH, Stream, StreamServer};
 

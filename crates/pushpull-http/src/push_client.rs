@@ -1,0 +1,155 @@
+//! One client body for the one-way push transports (Server-Sent Events, chunked streaming):
+//! publish and fetch over the shared HTTP API, subscriptions read from one long response and
+//! reopened from their cursor. A transport says only how it opens and decodes its response.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::body::Incoming;
+use pushpull_core::{
+    Backoff, BearerToken, Capabilities, Client, Connect, Cursor, Error, Fetch, Page, Publication,
+    Publish, Receipt, Subscribe, Subscription, Topic,
+};
+use serde::de::DeserializeOwned;
+
+use crate::client::{HttpClient, HttpClientConfig};
+use crate::reopen::{Decoded, Reopen};
+
+/// The reading half of a one-way push transport's client: how it opens a topic's response and
+/// decodes it. [`PushClient`] does the rest.
+#[async_trait]
+pub trait PushReader: Clone + Debug + Send + Sync + 'static {
+    /// The transport's name, in configuration and errors.
+    const NAME: &'static str;
+    /// The transport's client settings, all optional (`#[serde(default)]`) but `url`.
+    type Config: DeserializeOwned + Send + 'static;
+    /// Decodes one response's bytes, chunk by chunk.
+    type Decoder: Send + 'static;
+
+    /// The reader, the server's base URL and the HTTP client's settings, from the transport's
+    /// settings.
+    fn from_config(config: Self::Config) -> Result<(Self, String, HttpClientConfig), Error>;
+
+    /// Where the settings keep the bearer token sent to the server.
+    fn token(config: &mut Self::Config) -> &mut BearerToken;
+
+    /// Opens the response of `topic` at `cursor` with `http`. A non-retryable error ends the
+    /// subscription.
+    async fn open(
+        &self,
+        http: &HttpClient,
+        topic: &Topic,
+        cursor: Cursor,
+    ) -> Result<Incoming, Error>;
+
+    /// A decoder for a fresh response.
+    fn decoder(&self) -> Self::Decoder;
+
+    /// Decodes a chunk; an error ends the subscription.
+    fn decode(
+        &self,
+        decoder: &mut Self::Decoder,
+        topic: &Topic,
+        chunk: &[u8],
+    ) -> Result<Decoded, Error>;
+
+    /// A response silent this long is taken for dead and reopened.
+    fn idle_timeout(&self) -> Duration;
+
+    /// Delays between reopening attempts that fail in a row.
+    fn backoff(&self) -> &Backoff;
+}
+
+/// The client of a one-way push transport whose reading half is `R`. Cheap to clone; clones
+/// share connections. `publish` and `fetch` use plain requests (the shared HTTP API); a
+/// subscription reads the transport's response and reopens it from its cursor
+/// ([`reopening`](crate::reopening)), so nothing is lost or repeated.
+#[derive(Clone, Debug)]
+pub struct PushClient<R> {
+    http: HttpClient,
+    reader: R,
+}
+
+impl<R: PushReader> PushClient<R> {
+    /// A client for the server the settings name.
+    pub fn new(config: R::Config) -> Result<Self, Error> {
+        let (reader, url, http_config) = R::from_config(config)?;
+        let http = HttpClient::new(&url, R::NAME, http_config)?;
+        Ok(Self { http, reader })
+    }
+}
+
+#[async_trait]
+impl<R: PushReader> Publish for PushClient<R> {
+    async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
+        self.http.publish(topic, publication).await
+    }
+}
+
+#[async_trait]
+impl<R: PushReader> Fetch for PushClient<R> {
+    async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
+        crate::fetch_page(&self.http, topic, cursor, limit).await
+    }
+}
+
+#[async_trait]
+impl<R: PushReader> Subscribe for PushClient<R> {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        crate::reopening(self.clone(), topic.clone(), cursor)
+            .await
+            .map_err(|e| e.with_transport(R::NAME))
+    }
+}
+
+impl<R: PushReader> Client for PushClient<R> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full(R::NAME).with_push(true)
+    }
+}
+
+#[async_trait]
+impl<R: PushReader> Reopen for PushClient<R> {
+    type Decoder = R::Decoder;
+
+    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+        self.reader.open(&self.http, topic, cursor).await
+    }
+
+    fn decoder(&self) -> R::Decoder {
+        self.reader.decoder()
+    }
+
+    fn decode(
+        &self,
+        decoder: &mut R::Decoder,
+        topic: &Topic,
+        chunk: &[u8],
+    ) -> Result<Decoded, Error> {
+        self.reader.decode(decoder, topic, chunk)
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.reader.idle_timeout()
+    }
+
+    fn backoff(&self) -> &Backoff {
+        self.reader.backoff()
+    }
+}
+
+impl<R: PushReader> Connect for PushClient<R> {
+    const NAME: &'static str = R::NAME;
+    type Config = R::Config;
+
+    fn connect(config: R::Config) -> Result<Arc<dyn Client>, Error> {
+        Ok(Arc::new(Self::new(config)?))
+    }
+
+    fn set_token(config: &mut R::Config, token: BearerToken) -> Result<(), Error> {
+        *R::token(config) = token;
+        Ok(())
+    }
+}
