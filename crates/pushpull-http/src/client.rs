@@ -34,6 +34,18 @@ pub struct HttpClientConfig {
     pub token: BearerToken,
 }
 
+impl HttpClientConfig {
+    /// The settings every transport's client has (how long a request may take, the CA to
+    /// trust, the token to send), the rest as by default.
+    pub fn endpoint(
+        request_timeout: Duration,
+        ca_file: Option<PathBuf>,
+        token: BearerToken,
+    ) -> Self {
+        Self { request_timeout, ca_file, token, ..Self::default() }
+    }
+}
+
 impl Default for HttpClientConfig {
     fn default() -> Self {
         Self {

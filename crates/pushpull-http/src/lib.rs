@@ -31,7 +31,7 @@ pub use publish::{
 };
 pub use push::{Encode, PushFormat, PushServer, PushTransport, push_response};
 pub use push_client::{PushClient, PushReader};
-pub use reopen::{Decoded, Reopen, reopening};
+pub use reopen::{Decoded, reopening};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
     status_is_retryable,

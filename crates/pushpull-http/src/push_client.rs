@@ -15,7 +15,7 @@ use pushpull_core::{
 use serde::de::DeserializeOwned;
 
 use crate::client::{HttpClient, HttpClientConfig};
-use crate::reopen::{Decoded, Reopen};
+use crate::reopen::Decoded;
 
 /// The reading half of a one-way push transport's client: how it opens a topic's response and
 /// decodes it. [`PushClient`] does the rest.
@@ -110,19 +110,17 @@ impl<R: PushReader> Client for PushClient<R> {
     }
 }
 
-#[async_trait]
-impl<R: PushReader> Reopen for PushClient<R> {
-    type Decoder = R::Decoder;
-
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
+/// What the reopening reader drives.
+impl<R: PushReader> PushClient<R> {
+    pub(crate) async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
         self.reader.open(&self.http, topic, cursor).await
     }
 
-    fn decoder(&self) -> R::Decoder {
+    pub(crate) fn decoder(&self) -> R::Decoder {
         self.reader.decoder()
     }
 
-    fn decode(
+    pub(crate) fn decode(
         &self,
         decoder: &mut R::Decoder,
         topic: &Topic,
@@ -131,11 +129,11 @@ impl<R: PushReader> Reopen for PushClient<R> {
         self.reader.decode(decoder, topic, chunk)
     }
 
-    fn idle_timeout(&self) -> Duration {
+    pub(crate) fn idle_timeout(&self) -> Duration {
         self.reader.idle_timeout()
     }
 
-    fn backoff(&self) -> &Backoff {
+    pub(crate) fn backoff(&self) -> &Backoff {
         self.reader.backoff()
     }
 }

@@ -1,14 +1,14 @@
 //! A subscription read from one long HTTP response, reopened from its cursor when it ends:
-//! what the SSE and chunked-streaming clients share.
+//! what the SSE and chunked-streaming clients share (through [`PushClient`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use crate::push_client::{PushClient, PushReader};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Backoff, Continuity, Cursor, Delivery, Error, ErrorKind, Position, Subscription, Topic,
+    Continuity, Cursor, Delivery, Error, ErrorKind, Position, Subscription, Topic,
 };
 
 /// What one chunk of a response held.
@@ -22,33 +22,6 @@ pub struct Decoded {
     pub retry: Option<Duration>,
 }
 
-/// A streaming transport's client side, as [`reopening`] drives it.
-#[async_trait]
-pub trait Reopen: Clone + Send + Sync + 'static {
-    /// Decodes one response's bytes, chunk by chunk.
-    type Decoder: Send + 'static;
-
-    /// Opens the stream of `topic` at `cursor`. A non-retryable error ends the subscription.
-    async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error>;
-
-    /// A decoder for a fresh response.
-    fn decoder(&self) -> Self::Decoder;
-
-    /// Decodes a chunk; an error ends the subscription.
-    fn decode(
-        &self,
-        decoder: &mut Self::Decoder,
-        topic: &Topic,
-        chunk: &[u8],
-    ) -> Result<Decoded, Error>;
-
-    /// A response silent this long is taken for dead and reopened.
-    fn idle_timeout(&self) -> Duration;
-
-    /// Delays between reopening attempts that fail in a row.
-    fn backoff(&self) -> &Backoff;
-}
-
 /// Opens `source`'s stream of `topic` at `start` and returns the subscription once the stream
 /// has shown its first record (its starting position, or a delivery): so a stream that a proxy
 /// buffers, and that would show nothing until it ends, fails here with a time-out after the
@@ -60,8 +33,8 @@ pub trait Reopen: Clone + Send + Sync + 'static {
 /// backoff (longer when an answer's `Retry-After` asks for it). A delivery that repeats one
 /// already handed over is dropped; one that skips ahead makes it reopen from its cursor. Only
 /// an error that a retry cannot change ends it.
-pub async fn reopening<R: Reopen>(
-    source: R,
+pub async fn reopening<R: PushReader>(
+    source: PushClient<R>,
     topic: Topic,
     start: Cursor,
 ) -> Result<Subscription, Error> {
@@ -116,8 +89,8 @@ pub async fn reopening<R: Reopen>(
     Ok(Subscription::new(topic, cursor, futures::stream::unfold(reader, Reader::next)))
 }
 
-struct Reader<R: Reopen> {
-    source: R,
+struct Reader<R: PushReader> {
+    source: PushClient<R>,
     topic: Topic,
     /// After the last delivery handed over: where a reopened stream starts.
     position: Position,
@@ -133,7 +106,7 @@ struct Reader<R: Reopen> {
     started: bool,
 }
 
-impl<R: Reopen> Reader<R> {
+impl<R: PushReader> Reader<R> {
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
         loop {
             if let Some(delivery) = self.ready.pop_front() {

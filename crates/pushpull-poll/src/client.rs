@@ -75,13 +75,11 @@ impl PollClient {
             )
             .with_transport(name));
         }
-        let http_config = {
-            let mut built = HttpClientConfig::default();
-            built.request_timeout = config.request_timeout;
-            built.ca_file = config.ca_file.clone();
-            built.token = config.token.clone();
-            built
-        };
+        let http_config = HttpClientConfig::endpoint(
+            config.request_timeout,
+            config.ca_file.clone(),
+            config.token.clone(),
+        );
         let http = HttpClient::new(&config.url, name, http_config)?;
         Ok(Self { http, config, hold, name })
     }

@@ -39,10 +39,11 @@ impl PushReader for SseReader {
     type Decoder = Parser;
 
     fn from_config(config: ClientConfig) -> Result<(Self, String, HttpClientConfig), Error> {
-        let mut http = HttpClientConfig::default();
-        http.request_timeout = config.request_timeout;
-        http.ca_file = config.ca_file.clone();
-        http.token = config.token.clone();
+        let http = HttpClientConfig::endpoint(
+            config.request_timeout,
+            config.ca_file.clone(),
+            config.token.clone(),
+        );
         let url = config.url.clone();
         Ok((Self { config }, url, http))
     }

@@ -45,10 +45,11 @@ impl PushReader for StreamReader {
     type Decoder = Decoder;
 
     fn from_config(config: ClientConfig) -> Result<(Self, String, HttpClientConfig), Error> {
-        let mut http = HttpClientConfig::default();
-        http.request_timeout = config.request_timeout;
-        http.ca_file = config.ca_file.clone();
-        http.token = config.token.clone();
+        let mut http = HttpClientConfig::endpoint(
+            config.request_timeout,
+            config.ca_file.clone(),
+            config.token.clone(),
+        );
         http.max_response_bytes = config.max_payload.saturating_mul(2);
         let url = config.url.clone();
         Ok((Self { config }, url, http))

@@ -73,13 +73,11 @@ impl WebhookClient {
     /// A client for the server at `config.url`, with its receiver listening on `config.listen`.
     /// Call it within a tokio runtime: the receiver starts serving at once.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let http_config = {
-            let mut built = HttpClientConfig::default();
-            built.request_timeout = config.request_timeout;
-            built.ca_file = config.ca_file.clone();
-            built.token = config.token.clone();
-            built
-        };
+        let http_config = HttpClientConfig::endpoint(
+            config.request_timeout,
+            config.ca_file.clone(),
+            config.token.clone(),
+        );
         let http = HttpClient::new(&config.url, NAME, http_config)?;
         let receiver = Arc::new(Receiver::start(&config)?);
         Ok(Self { http, receiver, config })
