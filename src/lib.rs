@@ -2,6 +2,7 @@
 
 mod client_config;
 pub mod demo;
+mod live;
 pub mod metrics;
 mod registry;
 mod serve;

@@ -20,7 +20,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pushpull_http::{Measure, Route};
 
-use crate::serve::{Export, Live};
+use crate::live::{Export, Live};
 
 /// The path of the metrics route.
 pub const METRICS_PATH: &str = "/metrics";

@@ -30,8 +30,8 @@ pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
 };
 pub use push::{Encode, PushFormat, PushServer, PushTransport, push_response};
-pub use push_client::{PushClient, PushReader};
-pub use reopen::{Decoded, reopening};
+pub use push_client::{Decoded, PushClient, PushReader};
+pub use reopen::reopening;
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
     status_is_retryable,

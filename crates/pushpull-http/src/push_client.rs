@@ -9,13 +9,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Backoff, BearerToken, Capabilities, Client, Connect, Cursor, Error, Fetch, Page, Publication,
-    Publish, Receipt, Subscribe, Subscription, Topic,
+    Backoff, BearerToken, Capabilities, Client, Connect, Cursor, Delivery, Error, Fetch, Page,
+    Publication, Publish, Receipt, Subscribe, Subscription, Topic,
 };
 use serde::de::DeserializeOwned;
 
 use crate::client::{HttpClient, HttpClientConfig};
-use crate::reopen::Decoded;
+
+/// What one chunk of a response held.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Deliveries completed by the chunk, in order.
+    pub deliveries: Vec<Delivery>,
+    /// Where the stream said it stands (a start record, an SSE id), before the deliveries.
+    pub position: Option<Cursor>,
+    /// How long the server asked clients to wait before reconnecting.
+    pub retry: Option<Duration>,
+}
 
 /// The reading half of a one-way push transport's client: how it opens a topic's response and
 /// decodes it. [`PushClient`] does the rest.

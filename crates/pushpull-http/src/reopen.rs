@@ -11,17 +11,6 @@ use pushpull_core::{
     Continuity, Cursor, Delivery, Error, ErrorKind, Position, Subscription, Topic,
 };
 
-/// What one chunk of a response held.
-#[derive(Debug, Default)]
-pub struct Decoded {
-    /// Deliveries completed by the chunk, in order.
-    pub deliveries: Vec<Delivery>,
-    /// Where the stream said it stands (a start record, an SSE id), before the deliveries.
-    pub position: Option<Cursor>,
-    /// How long the server asked clients to wait before reconnecting.
-    pub retry: Option<Duration>,
-}
-
 /// Opens `source`'s stream of `topic` at `start` and returns the subscription once the stream
 /// has shown its first record (its starting position, or a delivery): so a stream that a proxy
 /// buffers, and that would show nothing until it ends, fails here with a time-out after the
