@@ -134,6 +134,18 @@ impl Registry {
         Err(Error::new(ErrorKind::Config, format!("broker.kind: {why}")))
     }
 
+    /// Every registered server's settings at their defaults, as a `[transports.NAME]` section
+    /// holds them (what a `config check` prints, and what the documentation must name).
+    pub fn server_defaults(&self) -> Vec<(&'static str, toml::Table)> {
+        self.servers.iter().map(|f| (f.name(), f.defaults())).collect()
+    }
+
+    /// Every registered broker's settings at their defaults, as `[broker]` holds them beside
+    /// `kind`.
+    pub fn broker_defaults(&self) -> Vec<(&'static str, toml::Table)> {
+        self.brokers.iter().map(|f| (f.name(), f.defaults())).collect()
+    }
+
     /// The names of the registered servers, in the order they mount.
     pub fn server_names(&self) -> Vec<&'static str> {
         self.servers.iter().map(|f| f.name()).collect()
@@ -250,6 +262,8 @@ pub(crate) trait ServerFactory: Send + Sync {
     fn pages(&self, section: &toml::Table) -> Result<Option<PageConfig>, Error>;
     /// Builds it within `context` and says what it mounts.
     fn mount(&self, context: &Context, section: &toml::Table) -> Result<Mount, Error>;
+    /// Its default settings, written out.
+    fn defaults(&self) -> toml::Table;
 }
 
 struct ServerOf<S>(PhantomData<fn() -> S>);
@@ -277,12 +291,17 @@ impl<S: TransportServer> ServerFactory for ServerOf<S> {
     fn mount(&self, context: &Context, section: &toml::Table) -> Result<Mount, Error> {
         Ok(S::build(context, Self::config(section)?)?.mount())
     }
+
+    fn defaults(&self) -> toml::Table {
+        toml::Table::try_from(S::Config::default()).unwrap_or_default()
+    }
 }
 
 /// A broker as the registry holds it: `[broker]`'s keys read into its typed settings. Errors
 /// name the key within `[broker]`.
 trait BrokerFactory: Send + Sync {
     fn name(&self) -> &'static str;
+    fn defaults(&self) -> toml::Table;
     fn check(&self, settings: &toml::Table) -> Result<(), Error>;
     fn open(&self, settings: &toml::Table) -> Result<Arc<dyn Broker>, Error>;
     fn shared_state(&self, settings: &toml::Table) -> Result<Option<Arc<dyn SharedState>>, Error>;
@@ -300,6 +319,10 @@ impl<B: OpenBroker> BrokerOf<B> {
 impl<B: OpenBroker> BrokerFactory for BrokerOf<B> {
     fn name(&self) -> &'static str {
         B::NAME
+    }
+
+    fn defaults(&self) -> toml::Table {
+        toml::Table::try_from(B::Config::default()).unwrap_or_default()
     }
 
     fn check(&self, settings: &toml::Table) -> Result<(), Error> {

@@ -24,40 +24,30 @@ fn documented() -> String {
 
 #[test]
 fn every_server_key_is_documented() {
-    let mut config = {
-        let mut built = pushpull::ServerConfig::default();
-        built.tls = Some(pushpull_http::TlsFiles::new("c", "k"));
-        built.auth = Some({
-            let mut built = pushpull_auth::AuthConfig::default();
-            built.keys = vec![pushpull_auth::KeyConfig::hs256(Some("k"), "s")];
-            built.issuer = Some("i".into());
-            built.audience = Some("a".into());
-            built
-        });
-        built
-    };
-    // Every registered transport's section, written out with its defaults.
-    let transports = &mut config.transports;
-    transports.configure::<pushpull::poll::PollServer>(|_| {}).unwrap();
-    transports.configure::<pushpull::longpoll::LongpollServer>(|_| {}).unwrap();
-    transports.configure::<pushpull::sse::SseServer>(|_| {}).unwrap();
-    transports.configure::<pushpull::ws::WsServer>(|_| {}).unwrap();
-    transports.configure::<pushpull::stream::StreamServer>(|_| {}).unwrap();
-    transports.configure::<pushpull::webhook::WebhookServer>(|_| {}).unwrap();
+    let mut auth = pushpull_auth::AuthConfig::default();
+    auth.keys = vec![pushpull_auth::KeyConfig::hs256(Some("k"), "s")];
+    auth.issuer = Some("i".into());
+    auth.audience = Some("a".into());
+    let mut config = pushpull::ServerConfig::default();
+    config.tls = Some(pushpull_http::TlsFiles::new("c", "k"));
+    config.auth = Some(auth);
     let mut found = BTreeSet::new();
-    // Each broker's keys: the memory broker's, then Redis's.
-    config
-        .broker
-        .configure::<pushpull::MemoryBroker>(|memory| {
-            memory.retention.max_age = Some(std::time::Duration::from_secs(1))
-        })
-        .unwrap();
     keys("", &toml::Value::try_from(&config).expect("the config serializes"), &mut found);
-    config
-        .broker
-        .configure::<pushpull::redis::RedisBroker>(|redis| redis.ca_file = Some("ca".into()))
-        .unwrap();
-    keys("", &toml::Value::try_from(&config).expect("the config serializes"), &mut found);
+    // Every registered transport's section and every registered broker's keys, at their
+    // defaults: a transport or broker added to the build is checked here without a line more.
+    let registry = pushpull::Registry::with_defaults();
+    for (name, mut defaults) in registry.server_defaults() {
+        defaults.insert("enabled".into(), toml::Value::Boolean(true));
+        keys(&format!("transports.{name}"), &toml::Value::Table(defaults), &mut found);
+    }
+    for (name, mut defaults) in registry.broker_defaults() {
+        defaults.insert("kind".into(), toml::Value::String(name.into()));
+        keys("broker", &toml::Value::Table(defaults), &mut found);
+    }
+    // Keys absent at their defaults (optional ones).
+    for key in ["broker.ca_file", "broker.retention.max_age"] {
+        found.insert(key.to_owned());
+    }
     let doc = documented();
     let missing: Vec<_> = found.iter().filter(|key| !doc.contains(&format!("`{key}`"))).collect();
     assert!(missing.is_empty(), "docs/configuration.md does not name: {missing:?}");
