@@ -81,3 +81,21 @@ fn every_client_key_is_documented() {
     }
     assert!(missing.is_empty(), "docs/configuration.md does not name: {missing:?}");
 }
+
+/// The TOML blocks of the pages that show a server's configuration, each read as one.
+#[test]
+fn every_server_config_example_reads() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut read = 0;
+    for page in ["README.md", "docs/deploying.md", "docs/security.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{page}")).expect(page);
+        for block in text.split("```toml\n").skip(1) {
+            let block = block.split("```").next().expect("a closed block");
+            if let Err(error) = pushpull::ServerConfig::from_toml(block) {
+                panic!("{page}: an example does not read: {error}\n{block}");
+            }
+            read += 1;
+        }
+    }
+    assert!(read >= 4, "found {read} examples");
+}
