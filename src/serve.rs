@@ -293,14 +293,12 @@ pub fn serve_with(
 /// The connection settings a config asks for (reading the TLS certificate and key, if any).
 pub fn serve_config(config: &ServerConfig) -> Result<ServeConfig, Error> {
     let tls = config.tls.as_ref().map(|files| files.acceptor()).transpose()?;
-    Ok({
-        let mut built = ServeConfig::default();
-        built.header_read_timeout = config.http.header_read_timeout;
-        built.shutdown_grace = config.http.shutdown_grace;
-        built.tls = tls;
-        built.max_connections = config.http.max_connections;
-        built.max_connections_per_address = config.http.max_connections_per_address;
-        built.max_header_bytes = config.http.max_header_bytes;
-        built
-    })
+    let mut serve = ServeConfig::default();
+    serve.header_read_timeout = config.http.header_read_timeout;
+    serve.shutdown_grace = config.http.shutdown_grace;
+    serve.tls = tls;
+    serve.max_connections = config.http.max_connections;
+    serve.max_connections_per_address = config.http.max_connections_per_address;
+    serve.max_header_bytes = config.http.max_header_bytes;
+    Ok(serve)
 }

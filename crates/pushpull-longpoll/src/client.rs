@@ -22,16 +22,13 @@ pub struct LongpollClient {
 impl LongpollClient {
     /// A client for the server at `config.url`.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let poll = {
-            let mut built = pushpull_poll::ClientConfig::default();
-            built.url = config.url;
-            built.ca_file = config.ca_file;
-            built.token = config.token;
-            built.page_limit = config.page_limit;
-            built.request_timeout = config.request_timeout;
-            built.backoff = config.backoff;
-            built
-        };
+        let mut poll = pushpull_poll::ClientConfig::default();
+        poll.url = config.url;
+        poll.ca_file = config.ca_file;
+        poll.token = config.token;
+        poll.page_limit = config.page_limit;
+        poll.request_timeout = config.request_timeout;
+        poll.backoff = config.backoff;
         Ok(Self { inner: pushpull_poll::PollClient::holding(poll, config.wait, NAME)? })
     }
 }

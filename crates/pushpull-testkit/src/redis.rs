@@ -16,12 +16,10 @@ pub struct RedisHarness;
 /// A broker config that honours `limits`.
 pub fn redis_config(url: String, limits: &Limits) -> RedisConfig {
     let memory = crate::memory_config(limits);
-    {
-        let mut built = RedisConfig::new(url);
-        built.retention = memory.retention;
-        built.max_payload = memory.max_payload;
-        built
-    }
+    let mut config = RedisConfig::new(url);
+    config.retention = memory.retention;
+    config.max_payload = memory.max_payload;
+    config
 }
 
 #[async_trait]

@@ -41,11 +41,8 @@ pub struct WsServer {
 impl WsServer {
     /// A server over `broker`.
     pub fn new(broker: Arc<dyn Broker>, config: ServerConfig) -> Result<Self, Error> {
-        let pages = {
-            let mut built = pushpull_http::PageConfig::default();
-            built.max_limit = config.max_limit;
-            built
-        };
+        let mut pages = pushpull_http::PageConfig::default();
+        pages.max_limit = config.max_limit;
         Self::within(&Context::new(broker).with_pages(pages, crate::NAME), config)
     }
 
