@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use pushpull_core::{Broker, Error, ErrorKind};
-use pushpull_http::{
-    Context, OwnListener, PublishLimits, Route, Router, RunningServer, ServeConfig, ServerStats,
-};
+use pushpull_http::{Context, OwnListener, Route, Router, RunningServer, ServeConfig, ServerStats};
 use tokio::net::TcpListener;
 
 use crate::Registry;
@@ -77,7 +75,8 @@ impl Registry {
         let in_transports =
             |e: Error| Error::new(ErrorKind::Config, format!("transports.{}", e.message()));
         let mut context = Context::new(broker.clone())
-            .with_allowed_origins(config.http.cors_origins.iter().cloned());
+            .with_allowed_origins(config.http.cors_origins.iter().cloned())
+            .with_body_timeout(config.http.body_timeout);
         // State the broker keeps where every node sees it (webhook endpoints).
         if let Some(shared) = self.shared_state(config)? {
             context.extensions.insert(shared);
@@ -90,14 +89,7 @@ impl Registry {
                 context = context.with_pages(pages, server.name());
             }
         }
-        let publish = pushpull_http::publish_route(
-            broker.clone(),
-            PublishLimits {
-                max_body: broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024),
-                body_timeout: config.http.body_timeout,
-            },
-        );
-        let mut router = Router::new().with([publish, pushpull_http::page_route(&context, None)]);
+        let mut router = pushpull_http::api(&context, None);
         let mut live = Live::default();
         if let Some(stats) = extras.stats {
             live.server(stats);

@@ -68,13 +68,13 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
 }
 
 /// The HTTP API every transport's server serves beside its own routes: publishing (its body
-/// limit the broker's `max_payload`, 4 MiB when the broker does not say) and the page route
-/// of `context` (holding requests with `hold`: long polling), so any client can publish and
-/// fetch whatever transports are enabled.
+/// limit the broker's `max_payload`, 4 MiB when the broker does not say; its body timeout the
+/// context's) and the page route of `context` (holding requests with `hold`: long polling), so
+/// any client can publish and fetch whatever transports are enabled.
 pub fn api(context: &crate::Context, hold: Option<crate::Hold>) -> crate::Router {
     let broker = context.broker.clone();
     let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
-    let limits = PublishLimits { max_body, body_timeout: Duration::from_secs(30) };
+    let limits = PublishLimits { max_body, body_timeout: context.body_timeout };
     crate::Router::new().with([publish_route(broker, limits), crate::page_route(context, hold)])
 }
 

@@ -4,13 +4,13 @@
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pushpull_core::{Broker, Error};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::metrics::DeliveryMeter;
 use crate::pages::PageConfig;
 use crate::router::Route;
 use crate::serve::Shutdown;
@@ -71,9 +71,11 @@ pub struct Context {
     /// The page route's settings: a transport serving pages itself (long polling) serves them
     /// with these.
     pub pages: PageConfig,
-    /// Counts pages answered at once (short polls); labelled with the transport that gave the
-    /// page settings, else `http`.
-    pub page_meter: DeliveryMeter,
+    /// The transport that pages answered at once (short polls) are counted under: the one that
+    /// gave the page settings, else `http`.
+    pub page_transport: &'static str,
+    /// How long a client may take to send a request body (a publish).
+    pub body_timeout: Duration,
     /// Browser origins allowed to call the server from their pages (CORS); a transport that
     /// checks `Origin` itself (WebSocket upgrades) allows these too.
     pub allowed_origins: Vec<String>,
@@ -88,7 +90,8 @@ impl Context {
         Self {
             broker,
             pages: PageConfig::default(),
-            page_meter: DeliveryMeter::new(crate::publish::SHARED_API),
+            page_transport: crate::publish::SHARED_API,
+            body_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
             extensions: http::Extensions::new(),
         }
@@ -97,7 +100,13 @@ impl Context {
     /// With `pages` as the page route's settings, its short polls counted under `transport`.
     pub fn with_pages(mut self, pages: PageConfig, transport: &'static str) -> Self {
         self.pages = pages;
-        self.page_meter = DeliveryMeter::new(transport);
+        self.page_transport = transport;
+        self
+    }
+
+    /// Giving clients `timeout` to send a request body.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -112,6 +121,8 @@ impl Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("pages", &self.pages)
+            .field("page_transport", &self.page_transport)
+            .field("body_timeout", &self.body_timeout)
             .field("allowed_origins", &self.allowed_origins)
             .finish_non_exhaustive()
     }

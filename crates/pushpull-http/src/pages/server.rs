@@ -47,8 +47,12 @@ pub struct Hold {
 /// The broker, the settings and the meter of pages answered at once come from `context`; a
 /// request that asked to wait is counted by the hold's meter.
 pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
-    let shared =
-        Arc::new((context.broker.clone(), context.pages.clone(), hold, context.page_meter.clone()));
+    let shared = Arc::new((
+        context.broker.clone(),
+        context.pages.clone(),
+        hold,
+        DeliveryMeter::new(context.page_transport),
+    ));
     Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
         async move {
