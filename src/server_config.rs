@@ -324,7 +324,43 @@ impl<T: Default> Default for Section<T> {
 
 /// The prefix of environment variables that set configuration keys: `PUSHPULL_LISTEN`,
 /// `PUSHPULL_BROKER__RETENTION__MAX_MESSAGES` (`__` between levels).
+///
+/// Only a variable that goes on with one of the [`ENV_SECTIONS`] is a setting; the others that
+/// share the prefix (the client's `PUSHPULL_URL`, `PUSHPULL_TOKEN`, `PUSHPULL_TRANSPORT`,
+/// `PUSHPULL_CA_FILE`, the logging `PUSHPULL_LOG`, a script's own `PUSHPULL_BIN`) are not read.
 pub const ENV_PREFIX: &str = "PUSHPULL_";
+
+/// The top-level keys of [`ServerConfig`], the only names a setting's variable may go on with
+/// after [`ENV_PREFIX`]: `PUSHPULL_LISTEN`, `PUSHPULL_BROKER__…`, `PUSHPULL_HTTP__…`,
+/// `PUSHPULL_TLS__…`, `PUSHPULL_AUTH__…`, `PUSHPULL_TRANSPORTS__…`.
+pub const ENV_SECTIONS: &[&str] = &["listen", "broker", "http", "tls", "auth", "transports"];
+
+/// Which of `env` are settings: each as (variable, its key path in lower case), in order. A
+/// variable that names a level (`__`) under a key that is not one of the [`ENV_SECTIONS`] is an
+/// error, since it can only be a misspelt setting; others are not the server's and are left out.
+pub fn env_settings(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, Vec<String>, String)>, Error> {
+    let mut settings = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let path: Vec<String> = key.split("__").map(|part| part.to_ascii_lowercase()).collect();
+        if ENV_SECTIONS.contains(&path[0].as_str()) {
+            settings.push((name, path, value));
+        } else if path.len() > 1 {
+            return Err(config_error(format!(
+                "{name}: {} is not a section of the server's config; settings are {}",
+                path[0],
+                ENV_SECTIONS
+                    .iter()
+                    .map(|s| format!("{ENV_PREFIX}{}", s.to_ascii_uppercase()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(settings)
+}
 
 impl ServerConfig {
     /// Parses TOML text, then checks the values against the transports of
@@ -371,12 +407,8 @@ impl ServerConfig {
                 })?
             }
         };
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
-            if key.is_empty() || key == "URL" || key == "LOG" {
-                continue; // client-side and logging variables share the prefix
-            }
-            set_env_key(&mut table, &name, key, &value)?;
+        for (name, path, value) in env_settings(env)? {
+            set_env_key(&mut table, &name, &path, &value)?;
         }
         Self::from_table(table, registry)
     }
@@ -426,8 +458,12 @@ impl ServerConfig {
     }
 }
 
-fn set_env_key(table: &mut toml::Table, name: &str, key: &str, value: &str) -> Result<(), Error> {
-    let path: Vec<String> = key.split("__").map(|part| part.to_ascii_lowercase()).collect();
+fn set_env_key(
+    table: &mut toml::Table,
+    name: &str,
+    path: &[String],
+    value: &str,
+) -> Result<(), Error> {
     let (last, parents) = path.split_last().expect("split yields at least one part");
     let mut current = table;
     for part in parents {

@@ -111,7 +111,60 @@ fn environment_overrides_the_file() {
         config.transports.config::<PollServer>().unwrap().poll_interval,
         Duration::from_secs(2)
     );
+    // A misspelt section with a level under it is an error that names the sections.
     let err =
-        ServerConfig::load(None, [("PUSHPULL_LISTN".to_owned(), "x".to_owned())]).unwrap_err();
-    assert!(err.message().contains("listn"), "{err}");
+        ServerConfig::load(None, [("PUSHPULL_HTTPS__MAX_CONNECTIONS".to_owned(), "5".to_owned())])
+            .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("PUSHPULL_HTTPS__MAX_CONNECTIONS"), "{err}");
+    assert!(err.message().contains("PUSHPULL_BROKER"), "{err}");
+    // A misspelt key inside a section is an error that names it.
+    let err = ServerConfig::load(None, [("PUSHPULL_HTTP__MAX_CONECTIONS".to_owned(), "5".into())])
+        .unwrap_err();
+    assert!(err.message().contains("max_conections"), "{err}");
+}
+
+/// The client's variables, and any a script sets for itself, share the prefix but are not the
+/// server's settings: each of them used to stop the server with "unknown field".
+#[test]
+fn variables_that_are_not_settings_are_not_read() {
+    let env = [
+        ("PUSHPULL_TOKEN", "eyJ.x.y"),
+        ("PUSHPULL_TRANSPORT", "sse"),
+        ("PUSHPULL_CA_FILE", "/nowhere/ca.pem"),
+        ("PUSHPULL_CONFIG", "/nowhere/client.toml"),
+        ("PUSHPULL_URL", "http://elsewhere"),
+        ("PUSHPULL_LOG", "debug"),
+        ("PUSHPULL_LOG_FORMAT", "json"),
+        ("PUSHPULL_BIN", "/usr/bin/pushpull"),
+        ("PUSHPULL_", "x"),
+        ("PUSHPULL_LISTEN", "127.0.0.1:9101"),
+    ];
+    let config = ServerConfig::load(None, env.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap();
+    assert_eq!(config.listen.port(), 9101);
+    assert_eq!(config.http, ServerConfig::default().http);
+}
+
+/// `ENV_SECTIONS` lists every top-level key of the server's config, so that none can be set by
+/// the file but not by a variable.
+#[test]
+fn every_section_can_come_from_the_environment() {
+    let config = ServerConfig::from_toml(
+        r#"
+        [tls]
+        cert_file = "cert.pem"
+        key_file = "key.pem"
+        [[auth.keys]]
+        algorithm = "HS256"
+        secret_file = "secret"
+        "#,
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let table = toml::Table::try_from(&config).unwrap();
+    let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    let mut sections = pushpull::ENV_SECTIONS.to_vec();
+    keys.sort();
+    sections.sort();
+    assert_eq!(keys, sections);
 }

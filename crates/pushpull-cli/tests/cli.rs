@@ -335,3 +335,21 @@ fn bench_quiet_shows_polling_pays_requests_on_an_idle_topic_and_push_does_not() 
     assert!(poll["bytes_up_per_hour"].as_f64().unwrap() > 0.0, "{json}");
     assert_eq!(sse["requests_per_hour"].as_f64(), Some(0.0), "{json}");
 }
+
+/// The README's own `PUSHPULL_TOKEN=… pushpull subscribe` leaves the variable in a shell; the
+/// server used to take it, and every other `PUSHPULL_*` a client or script sets, for a config
+/// key and refuse to start ("unknown field `token`").
+#[test]
+fn the_clients_variables_do_not_stop_the_server() {
+    let env = [
+        ("PUSHPULL_TOKEN", "x"),
+        ("PUSHPULL_TRANSPORT", "sse"),
+        ("PUSHPULL_CA_FILE", "/nowhere/ca.pem"),
+        ("PUSHPULL_CONFIG", "/nowhere/client.toml"),
+        ("PUSHPULL_BIN", BIN),
+    ];
+    let (child, url) = support::serve(&[], &env);
+    let server = Served { child, url };
+    let published = run(&["publish", "t", "started", "--transport", "poll"], &server.url, None);
+    assert!(published.status.success(), "{}", text(&published.stderr));
+}
