@@ -48,11 +48,12 @@ export class PushpullError extends Error {
 /** `{ epoch, offset }` of a cursor `EPOCH-OFFSET`, or null for `beginning`/`latest`. */
 export function parseCursor(cursor) {
   if (typeof cursor !== 'string') return null;
-  const dash = cursor.lastIndexOf('-');
-  if (dash <= 0) return null;
-  const offset = Number(cursor.slice(dash + 1));
-  if (!Number.isSafeInteger(offset) || offset < 0) return null;
-  return { epoch: cursor.slice(0, dash), offset };
+  // As the server reads them: an epoch without a dash, a dash, decimal digits.
+  const parts = /^([^-]+)-(\d+)$/.exec(cursor);
+  if (!parts) return null;
+  const offset = Number(parts[2]);
+  if (!Number.isSafeInteger(offset)) return null;
+  return { epoch: parts[1], offset };
 }
 
 /**
