@@ -15,8 +15,8 @@ pub use demo::Demo;
 pub use registry::{AUTO, AUTO_ORDER, Registry, TransportFactory};
 pub use serve::{broker, router, serve, serve_config, serve_on, serve_with, transports};
 pub use server_config::{
-    BrokerConfig, ENV_PREFIX, ENV_SECTIONS, HttpConfig, Section, ServerConfig, TransportsConfig,
-    env_settings,
+    BrokerConfig, ENV_PREFIX, ENV_SECTIONS, HttpConfig, LogFormat, Section, ServerConfig,
+    TransportsConfig, env_settings,
 };
 
 pub use pushpull_core::*;

@@ -50,6 +50,21 @@ pub struct ServerConfig {
     pub auth: Option<pushpull_auth::AuthConfig>,
     /// The transports served, each with its settings.
     pub transports: TransportsConfig,
+    /// How the `pushpull` command writes its log: `text` (for a terminal or journald) or `json`
+    /// (one object a line, for a log pipeline). An application that embeds the server logs
+    /// its own way and ignores it.
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: how the `pushpull` command writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line: time, level, target, message and fields.
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +76,7 @@ impl Default for ServerConfig {
             tls: None,
             auth: None,
             transports: TransportsConfig::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -332,8 +348,9 @@ pub const ENV_PREFIX: &str = "PUSHPULL_";
 
 /// The top-level keys of [`ServerConfig`], the only names a setting's variable may go on with
 /// after [`ENV_PREFIX`]: `PUSHPULL_LISTEN`, `PUSHPULL_BROKER__…`, `PUSHPULL_HTTP__…`,
-/// `PUSHPULL_TLS__…`, `PUSHPULL_AUTH__…`, `PUSHPULL_TRANSPORTS__…`.
-pub const ENV_SECTIONS: &[&str] = &["listen", "broker", "http", "tls", "auth", "transports"];
+/// `PUSHPULL_TLS__…`, `PUSHPULL_AUTH__…`, `PUSHPULL_TRANSPORTS__…`, `PUSHPULL_LOG_FORMAT`.
+pub const ENV_SECTIONS: &[&str] =
+    &["listen", "broker", "http", "tls", "auth", "transports", "log_format"];
 
 /// Which of `env` are settings: each as (variable, its key path in lower case), in order. A
 /// variable that names a level (`__`) under a key that is not one of the [`ENV_SECTIONS`] is an
@@ -392,6 +409,52 @@ impl ServerConfig {
         env: impl IntoIterator<Item = (String, String)>,
         registry: &Registry,
     ) -> Result<Self, Error> {
+        Self::from_table(Self::layers(path, env)?, registry)
+    }
+
+    /// As [`load_with`](Self::load_with), but on failure every error there is, not only the
+    /// first: each section (and each transport's) is checked on its own, then all together.
+    pub fn check_with(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        registry: &Registry,
+    ) -> Result<Self, Vec<Error>> {
+        let table = Self::layers(path, env).map_err(|e| vec![e])?;
+        let first = match Self::from_table(table.clone(), registry) {
+            Ok(config) => return Ok(config),
+            Err(first) => first,
+        };
+        let mut errors: Vec<Error> = Vec::new();
+        let mut check = |alone: toml::Table| {
+            if let Err(error) = Self::from_table(alone, registry) {
+                if !errors.iter().any(|e| e.message() == error.message()) {
+                    errors.push(error);
+                }
+            }
+        };
+        for (key, value) in &table {
+            match (key.as_str(), value.as_table()) {
+                ("transports", Some(transports)) => {
+                    for (name, section) in transports {
+                        let mut one = toml::Table::new();
+                        one.insert(name.clone(), section.clone());
+                        check(toml::Table::from_iter([("transports".into(), one.into())]));
+                    }
+                }
+                _ => check(toml::Table::from_iter([(key.clone(), value.clone())])),
+            }
+        }
+        if errors.is_empty() {
+            errors.push(first);
+        }
+        Err(errors)
+    }
+
+    /// The file's table with the environment's settings laid over it.
+    fn layers(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<toml::Table, Error> {
         let mut table = match path {
             None => toml::Table::new(),
             Some(path) => {
@@ -410,7 +473,7 @@ impl ServerConfig {
         for (name, path, value) in env_settings(env)? {
             set_env_key(&mut table, &name, &path, &value)?;
         }
-        Self::from_table(table, registry)
+        Ok(table)
     }
 
     fn from_table(table: toml::Table, registry: &Registry) -> Result<Self, Error> {

@@ -135,7 +135,6 @@ fn variables_that_are_not_settings_are_not_read() {
         ("PUSHPULL_CONFIG", "/nowhere/client.toml"),
         ("PUSHPULL_URL", "http://elsewhere"),
         ("PUSHPULL_LOG", "debug"),
-        ("PUSHPULL_LOG_FORMAT", "json"),
         ("PUSHPULL_BIN", "/usr/bin/pushpull"),
         ("PUSHPULL_", "x"),
         ("PUSHPULL_LISTEN", "127.0.0.1:9101"),

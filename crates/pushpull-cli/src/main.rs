@@ -8,6 +8,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod operator;
 mod output;
 
 use std::io::Read;
@@ -25,8 +26,18 @@ use crate::output::Format;
 #[derive(Parser)]
 #[command(name = "pushpull", version, about, propagate_version = true)]
 struct Cli {
+    /// How to write the log on stderr: `text` or `json` (one object a line) [default: the
+    /// server config's `log_format`, else text]. `PUSHPULL_LOG` filters it (`debug`, …).
+    #[arg(long, global = true, value_name = "FORMAT", env = "PUSHPULL_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How a client command reaches the server.
@@ -104,6 +115,48 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check or show a server config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Mint a token for development, signed with a key of the server's `[auth]`: prints it.
+    Token {
+        /// For HS256/384/512: the file of the shared secret (as `[auth]`'s `secret_file`).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+        /// For the other algorithms: a PEM file with the private key.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// The signing algorithm, as the key's `algorithm` in `[auth]`.
+        #[arg(long, default_value = "HS256")]
+        algorithm: String,
+        /// The key id (`kid`) the server's key has, if it has one.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Whom the token is for (`sub`).
+        #[arg(long, default_value = "developer")]
+        sub: String,
+        /// A topic pattern it may read (`orders:*`, `news`, `*`); repeat for more.
+        #[arg(long, value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// A topic pattern it may publish to; repeat for more.
+        #[arg(long, value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// It may manage the server (the webhook API, metrics) and use every topic.
+        #[arg(long)]
+        admin: bool,
+        /// How long it stays valid: `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The issuer (`iss`) the server's `[auth] issuer` asks for.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The audience (`aud`) the server's `[auth] audience` asks for.
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    /// Print the man page (roff): `pushpull man > pushpull.1`.
+    #[command(hide = true)]
+    Man,
     /// Print a completion script for a shell: `pushpull completions bash > /etc/bash_completion.d/pushpull`.
     Completions {
         /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
@@ -128,17 +181,46 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a server config file (and the `PUSHPULL_*` settings over it): prints `ok`, or every
+    /// error with its key and exits with 2.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Print the configuration `serve` would run with, one key a line, each with where its
+    /// value came from (the file, a `PUSHPULL_*` variable, or the default); secrets masked.
+    Show {
+        /// A TOML config file; without one, the defaults and the environment.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match (cli.log_format, &cli.command) {
+        (Some(format), _) => format,
+        // The server's own config may ask for JSON; a broken one is reported by `serve` itself.
+        (None, Command::Serve { config, .. }) => {
+            match ServerConfig::load(config.as_deref(), std::env::vars()).map(|c| c.log_format) {
+                Ok(pushpull::LogFormat::Json) => LogFormat::Json,
+                _ => LogFormat::Text,
+            }
+        }
+        (None, _) => LogFormat::Text,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PUSHPULL_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logger.json().with_current_span(true).init(),
+        LogFormat::Text => {
+            logger.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -167,6 +249,43 @@ async fn run(command: Command) -> Result<(), Error> {
     match command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Bench { args } => bench(&args).await,
+        Command::Config(ConfigCommand::Check { file }) => operator::check(&file),
+        Command::Config(ConfigCommand::Show { config }) => operator::show(config.as_deref()),
+        Command::Token {
+            secret_file,
+            key_file,
+            algorithm,
+            kid,
+            sub,
+            subscribe,
+            publish,
+            admin,
+            ttl,
+            issuer,
+            audience,
+        } => {
+            let token = operator::token(operator::TokenRequest {
+                secret_file,
+                key_file,
+                algorithm,
+                kid,
+                sub,
+                subscribe,
+                publish,
+                admin,
+                ttl,
+                issuer,
+                audience,
+            })?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| {
+                Error::new(ErrorKind::Closed, format!("cannot write the man page: {e}"))
+            })
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "pushpull", &mut std::io::stdout());
