@@ -426,10 +426,10 @@ impl ServerConfig {
         };
         let mut errors: Vec<Error> = Vec::new();
         let mut check = |alone: toml::Table| {
-            if let Err(error) = Self::from_table(alone, registry) {
-                if !errors.iter().any(|e| e.message() == error.message()) {
-                    errors.push(error);
-                }
+            if let Err(error) = Self::from_table(alone, registry)
+                && !errors.iter().any(|e| e.message() == error.message())
+            {
+                errors.push(error);
             }
         };
         for (key, value) in &table {

@@ -90,10 +90,10 @@ impl BearerToken {
         let Some(source) = &shared.source else { return Ok(None) };
         {
             let current = shared.current.lock().expect("token lock");
-            if let Some(current) = current.as_deref() {
-                if current != rejected {
-                    return Ok(Some(current.to_owned()));
-                }
+            if let Some(current) = current.as_deref()
+                && current != rejected
+            {
+                return Ok(Some(current.to_owned()));
             }
         }
         let token = source.token(Some(rejected)).await?;

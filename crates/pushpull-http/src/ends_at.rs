@@ -35,23 +35,24 @@ impl<B: Body<Data = Bytes>> Body for EndsAt<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        if let Some(sleep) = this.sleep.as_mut() {
+        if let Some(sleep) = this.sleep.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!("the response's deadline passed; ending it");
+            this.inner = None;
+            return Poll::Ready(None);
+        }
+        let polled = inner.as_mut().poll_frame(cx);
+        if polled.is_pending()
+            && this.sleep.is_none()
+            && let Some(deadline) = this.deadline.filter(|_| inner.size_hint().exact().is_none())
+        {
+            let mut sleep = Box::pin(tokio::time::sleep_until(deadline));
             if sleep.as_mut().poll(cx).is_ready() {
-                tracing::debug!("the response's deadline passed; ending it");
                 this.inner = None;
                 return Poll::Ready(None);
             }
-        }
-        let polled = inner.as_mut().poll_frame(cx);
-        if polled.is_pending() && this.sleep.is_none() {
-            if let Some(deadline) = this.deadline.filter(|_| inner.size_hint().exact().is_none()) {
-                let mut sleep = Box::pin(tokio::time::sleep_until(deadline));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    this.inner = None;
-                    return Poll::Ready(None);
-                }
-                this.sleep = Some(sleep);
-            }
+            this.sleep = Some(sleep);
         }
         polled
     }

@@ -347,10 +347,10 @@ impl Router {
         B::Error: Into<BoxError>,
     {
         let mut request = request.map(|body| body.map_err(Into::into).boxed_unsync());
-        if let Some(shutdown) = &self.shutdown {
-            if request.extensions().get::<Shutdown>().is_none() {
-                request.extensions_mut().insert(shutdown.clone());
-            }
+        if let Some(shutdown) = &self.shutdown
+            && request.extensions().get::<Shutdown>().is_none()
+        {
+            request.extensions_mut().insert(shutdown.clone());
         }
         request
     }

@@ -897,13 +897,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<T> {
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
             Poll::Pending => {
-                if let Some(deadline) = self.deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "no request arrived in time",
-                        )));
-                    }
+                if let Some(deadline) = self.deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request arrived in time",
+                    )));
                 }
             }
             _ => {}

@@ -132,17 +132,17 @@ impl Subscribe for PollClient {
         // whether the server can hold requests at all.
         let probe = self.hold.map(|_| Duration::ZERO);
         let first = self.poll(topic, cursor, limit, None, probe).await?;
-        if let PageAnswer::Page { held: false, .. } = first {
-            if self.hold.is_some() {
-                return Err(self.http.error(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "{} does not hold requests: long polling is not enabled there (short \
+        if let PageAnswer::Page { held: false, .. } = first
+            && self.hold.is_some()
+        {
+            return Err(self.http.error(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} does not hold requests: long polling is not enabled there (short \
                          polling is)",
-                        self.http.url("")
-                    ),
-                ));
-            }
+                    self.http.url("")
+                ),
+            ));
         }
         let PageAnswer::Page { page, etag, hint, .. } = first else {
             return Err(self

@@ -225,10 +225,10 @@ async fn receive(
         Ok(delivery) => delivery,
         Err(error) => return answer(StatusCode::BAD_REQUEST, "bad_request", error.message()),
     };
-    if let Delivery::Message(message) = &delivery {
-        if message.topic != inbox.topic {
-            return answer(StatusCode::BAD_REQUEST, "bad_request", "a message of another topic");
-        }
+    if let Delivery::Message(message) = &delivery
+        && message.topic != inbox.topic
+    {
+        return answer(StatusCode::BAD_REQUEST, "bad_request", "a message of another topic");
     }
     match inbox.position.check(&delivery) {
         Continuity::Next => {}

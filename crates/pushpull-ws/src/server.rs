@@ -637,10 +637,10 @@ async fn flush(socket: &mut Socket, timeout: Duration) -> Result<(), Option<Endi
 /// peer that stopped reading or never answers is dropped when the grace runs out.
 async fn finish_closing(socket: &mut Socket, frame: Option<CloseFrame>) {
     let closing = async {
-        if let Some(frame) = frame {
-            if socket.close(Some(frame)).await.is_err() {
-                return;
-            }
+        if let Some(frame) = frame
+            && socket.close(Some(frame)).await.is_err()
+        {
+            return;
         }
         // Frames that were in flight are read and dropped; tungstenite answers a Close, and
         // ends the stream once both Close frames have crossed.

@@ -355,10 +355,9 @@ fn request(value: serde_json::Value) -> Result<Request, BadRequest> {
     }
     if let Request::Subscribe { sub: Some(sub), .. } | Request::Unsubscribe { sub: Some(sub), .. } =
         &request
+        && (sub.is_empty() || sub.len() > MAX_ID_LEN)
     {
-        if sub.is_empty() || sub.len() > MAX_ID_LEN {
-            return Err(bad(format!("sub must be 1 to {MAX_ID_LEN} bytes")));
-        }
+        return Err(bad(format!("sub must be 1 to {MAX_ID_LEN} bytes")));
     }
     Ok(request)
 }

@@ -521,10 +521,9 @@ async fn a_message_over_the_payload_limit_closes_with_1009_before_it_is_read_who
         let mut peek = [0u8; 1];
         if let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_millis(20), raw.peek(&mut peek)).await
+            && n > 0
         {
-            if n > 0 {
-                break raw_close_code(&mut raw).await;
-            }
+            break raw_close_code(&mut raw).await;
         }
     };
     assert_eq!(code, Some(close::TOO_BIG));

@@ -221,16 +221,16 @@ pub(super) async fn try_once(
 ) -> Attempt {
     let timeout = server.config.attempt_timeout;
     let attempt = async {
-        if let Some(mut kept) = connection.take() {
-            if kept.ready().await.is_ok() {
-                match post(&mut kept, endpoint, id, body).await {
-                    Posted::Answered(outcome, reusable) => {
-                        *connection = reusable.then_some(kept);
-                        return outcome;
-                    }
-                    Posted::Broken(reason) => {
-                        tracing::debug!(%reason, "a kept-alive webhook connection broke; reconnecting");
-                    }
+        if let Some(mut kept) = connection.take()
+            && kept.ready().await.is_ok()
+        {
+            match post(&mut kept, endpoint, id, body).await {
+                Posted::Answered(outcome, reusable) => {
+                    *connection = reusable.then_some(kept);
+                    return outcome;
+                }
+                Posted::Broken(reason) => {
+                    tracing::debug!(%reason, "a kept-alive webhook connection broke; reconnecting");
                 }
             }
         }

@@ -88,10 +88,10 @@ impl Driver {
 
     async fn connect(&mut self) -> Result<Socket, Error> {
         let mut token = self.config.token.get().await?;
-        if let (Some(rejected), Some(current)) = (self.rejected.take(), &token) {
-            if &rejected == current {
-                token = self.config.token.renew(&rejected).await?;
-            }
+        if let (Some(rejected), Some(current)) = (self.rejected.take(), &token)
+            && &rejected == current
+        {
+            token = self.config.token.renew(&rejected).await?;
         }
         match self.handshake(token.as_deref()).await {
             Err((error, Some(401))) if self.config.token.renews() && token.is_some() => {
@@ -377,18 +377,17 @@ impl Driver {
                 }
             }
             Reply::Subscribed { id, topic, sub, cursor } => {
-                if let Some(follow) = self.subscriptions.get_mut(&(topic, sub)) {
-                    if follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id) {
-                        if let Some((_, reply)) = follow.waiting.take() {
-                            follow.not_before = None;
-                            follow.refusals = 0;
-                            if !matches!(follow.position.cursor(), Cursor::After(..)) {
-                                follow.position.reset(cursor);
-                            }
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Ok(cursor));
-                            }
-                        }
+                if let Some(follow) = self.subscriptions.get_mut(&(topic, sub))
+                    && follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id)
+                    && let Some((_, reply)) = follow.waiting.take()
+                {
+                    follow.not_before = None;
+                    follow.refusals = 0;
+                    if !matches!(follow.position.cursor(), Cursor::After(..)) {
+                        follow.position.reset(cursor);
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(cursor));
                     }
                 }
             }

@@ -348,12 +348,12 @@ async fn session(
     let halfway = tokio::time::Instant::now() + length / 2;
     let mut was_cut = false;
     loop {
-        if let (Some(proxy), false) = (&proxy, was_cut) {
-            if tokio::time::Instant::now() >= halfway {
-                proxy.sever();
-                was_cut = true;
-                tally.cut.fetch_add(1, Ordering::Relaxed);
-            }
+        if let (Some(proxy), false) = (&proxy, was_cut)
+            && tokio::time::Instant::now() >= halfway
+        {
+            proxy.sever();
+            was_cut = true;
+            tally.cut.fetch_add(1, Ordering::Relaxed);
         }
         let until = if proxy.is_some() && !was_cut { halfway } else { ends };
         let delivery = match tokio::time::timeout_at(until, subscription.next()).await {
@@ -366,14 +366,14 @@ async fn session(
         match delivery {
             Delivery::Message(message) => {
                 tally.deliveries.fetch_add(1, Ordering::Relaxed);
-                if let Some(previous) = last {
-                    if message.offset.0 != previous + 1 {
-                        tally.losses.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "churn: {transport} on {topic}: offset {} after {previous}",
-                            message.offset.0
-                        );
-                    }
+                if let Some(previous) = last
+                    && message.offset.0 != previous + 1
+                {
+                    tally.losses.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "churn: {transport} on {topic}: offset {} after {previous}",
+                        message.offset.0
+                    );
                 }
                 last = Some(message.offset.0);
             }
