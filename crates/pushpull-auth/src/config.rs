@@ -56,6 +56,66 @@ pub struct AuthConfig {
     /// Rights of requests that carry no token: `subscribe = ["public:*"]` makes those topics
     /// readable by anyone. Empty (the default): every request needs a token.
     pub anonymous: Rights,
+    /// Key sets (JWKS) of identity providers, fetched over HTTPS and kept fresh: tokens they
+    /// sign are checked with their keys, beside [`keys`](Self::keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jwks: Vec<JwksConfig>,
+}
+
+/// `[[auth.jwks]]`: an identity provider's JSON Web Key Set (Keycloak, Auth0, any OIDC
+/// issuer's `jwks_uri`).
+///
+/// The set is fetched at start and every `refresh`; a token naming a `kid` none of the keys has
+/// fetches it again at once (at most every `min_refresh`), so a new key is taken up as soon as
+/// the provider signs with it. A fetch that fails keeps the keys already fetched: the server
+/// goes on checking tokens while the provider is down. Only signing keys of the algorithms
+/// pushpull checks (RSA, EC P-256/P-384, Ed25519) are used; shared secrets (`oct`) never are.
+///
+/// ```toml
+/// [[auth.jwks]]
+/// url = "https://idp.example.com/realms/main/protocol/openid-connect/certs"
+/// refresh = "5m"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwksConfig {
+    /// Where the set is: `https://…`; plain `http://` only to a loopback address (a sidecar).
+    pub url: String,
+    /// How often the set is fetched again.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub refresh: Duration,
+    /// The soonest a token with an unknown `kid` fetches the set again.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub min_refresh: Duration,
+    /// How long one fetch may take, connection included.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub timeout: Duration,
+    /// The largest set accepted, in bytes.
+    pub max_bytes: usize,
+    /// A PEM file of certificate authorities trusted for the provider, besides the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl JwksConfig {
+    /// The set at `url`, with the default timings and limits.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            refresh: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            max_bytes: 256 * 1024,
+            ca_file: None,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -71,6 +131,7 @@ impl Default for AuthConfig {
             publish_rate: 100.0,
             publish_burst: 200,
             anonymous: Rights::default(),
+            jwks: Vec::new(),
         }
     }
 }

@@ -185,6 +185,12 @@ enum Stop {
 }
 
 impl AuthLayer {
+    /// Whether `request`'s token names a key a key set may have by now.
+    fn wants_fresh_keys<B>(&self, request: &Request<B>) -> bool {
+        pushpull_http::Guard::prepare(self, request.method(), request.uri(), request.headers())
+            .is_some()
+    }
+
     fn verdict(
         &self,
         method: &Method,
@@ -277,9 +283,13 @@ pub type AuthFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<AuthBody
 
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Auth<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
     type Response = Response<AuthBody<ResBody>>;
@@ -290,7 +300,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let verdict = self.layer.verdict(
             request.method(),
             request.headers(),
@@ -299,11 +309,46 @@ where
         );
         let grant = match verdict {
             Verdict::Pass(grant) => grant,
+            Verdict::Answer(stop) if self.layer.wants_fresh_keys(&request) => {
+                // A key set may have the token's new key: fetch it, then decide again.
+                let mut this = self.clone();
+                drop(stop);
+                return Box::pin(async move {
+                    this.layer.verifier.refresh_keys().await;
+                    let verdict = this.layer.verdict(
+                        request.method(),
+                        request.headers(),
+                        request.uri().path(),
+                        request.uri().query(),
+                    );
+                    match verdict {
+                        Verdict::Pass(grant) => this.pass(request, grant).await,
+                        Verdict::Answer(stop) => Ok(this.layer.answer(stop, request.headers())),
+                    }
+                });
+            }
             Verdict::Answer(stop) => {
                 let response = self.layer.answer(stop, request.headers());
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
+        self.pass(request, grant)
+    }
+}
+
+impl<S> Auth<S> {
+    /// Hands `request` with its `grant` to the inner service.
+    fn pass<ReqBody, ResBody>(
+        &mut self,
+        mut request: Request<ReqBody>,
+        grant: Option<Grant>,
+    ) -> AuthFuture<ResBody, S::Error>
+    where
+        S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: Send + 'static,
+    {
         let deadline = grant.as_ref().and_then(Grant::deadline);
         if let Some(grant) = grant {
             request.extensions_mut().insert(grant);
@@ -318,9 +363,13 @@ where
 
 impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for Auth<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
     type Response = Response<AuthBody<ResBody>>;
@@ -403,6 +452,19 @@ impl pushpull_http::Guard for AuthLayer {
                 Err(Box::new(response.map(http_body_util::BodyExt::boxed_unsync)))
             }
         }
+    }
+
+    fn prepare(
+        &self,
+        _method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        let fresh = match token_of(headers, uri.query(), &self.verifier) {
+            Ok(Some((token, _))) => self.verifier.wants_fresh_keys(&token),
+            _ => false,
+        };
+        fresh.then(|| Box::pin(self.verifier.refresh_keys()) as Pin<Box<_>>)
     }
 }
 

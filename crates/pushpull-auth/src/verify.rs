@@ -12,11 +12,14 @@ use pushpull_http::{Grant, RateLimit, TopicPattern};
 use serde::Deserialize;
 
 use crate::config::{AuthConfig, KeyConfig, Rights};
+use crate::jwks::JwksSource;
 use crate::refusal::Refusal;
 
 /// Checks tokens against the configured keys. Cheap to share (`Arc`).
 pub struct Verifier {
     keys: Vec<Key>,
+    /// The identity providers' key sets.
+    jwks: Vec<Arc<JwksSource>>,
     anonymous: Option<Grant>,
     rate: Option<(f64, u32)>,
     /// Each token's (subject's) publish allowance, shared by all its requests; in shards by
@@ -34,11 +37,11 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-struct Key {
-    kid: Option<String>,
-    algorithm: Algorithm,
-    key: DecodingKey,
-    validation: Validation,
+pub(crate) struct Key {
+    pub(crate) kid: Option<String>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: DecodingKey,
+    pub(crate) validation: Validation,
 }
 
 /// The claims pushpull reads: `sub`, `exp` and its own `pushpull` claim (the registered
@@ -56,8 +59,10 @@ struct Claims {
 impl Verifier {
     /// A verifier of `config`; errors name the bad key.
     pub fn new(config: &AuthConfig) -> Result<Self, Error> {
-        if config.keys.is_empty() {
-            return Err(config_error("auth.keys: at least one key is needed".into()));
+        if config.keys.is_empty() && config.jwks.is_empty() {
+            return Err(config_error(
+                "auth: at least one key is needed ([[auth.keys]] or [[auth.jwks]])".into(),
+            ));
         }
         let keys = config
             .keys
@@ -65,6 +70,17 @@ impl Verifier {
             .enumerate()
             .map(|(i, key)| load_key(i, key, config))
             .collect::<Result<Vec<_>, _>>()?;
+        let jwks = config
+            .jwks
+            .iter()
+            .enumerate()
+            .map(|(i, jwks)| {
+                JwksSource::new(&format!("auth.jwks[{i}]"), jwks, config).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for source in &jwks {
+            JwksSource::spawn_refresher(source);
+        }
         let anonymous = &config.anonymous;
         let anonymous =
             if anonymous.publish.is_empty() && anonymous.subscribe.is_empty() && !anonymous.admin {
@@ -83,6 +99,7 @@ impl Verifier {
         let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
         Ok(Self {
             keys,
+            jwks,
             anonymous,
             rate,
             rates: (0..RATE_SHARDS).map(|_| Mutex::default()).collect(),
@@ -101,9 +118,11 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Grant, Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Refusal::invalid_token(format!("the token cannot be read: {e}")))?;
+        let fetched: Vec<Arc<Vec<Key>>> = self.jwks.iter().map(|source| source.keys()).collect();
+        let all = self.keys.iter().chain(fetched.iter().flat_map(|set| set.iter()));
         let candidates: Vec<&Key> = match &header.kid {
-            Some(kid) => self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
-            None => self.keys.iter().filter(|k| k.kid.is_none()).collect(),
+            Some(kid) => all.filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+            None => all.filter(|k| k.kid.is_none()).collect(),
         };
         if candidates.is_empty() {
             let why = match &header.kid {
@@ -129,6 +148,25 @@ impl Verifier {
         let rate = self.rate.map(|(rate, burst)| self.allowance(who, rate, burst));
         grant(&claims.pushpull, claims.sub, expires, rate)
             .map_err(|e| Refusal::invalid_token(format!("the pushpull claim: {}", e.message())))
+    }
+
+    /// Whether `token` names a `kid` that no key has while a key set may be fetched again for
+    /// it: the provider may have started signing with a new key.
+    pub(crate) fn wants_fresh_keys(&self, token: &str) -> bool {
+        if self.jwks.is_empty() {
+            return false;
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
+        let Some(kid) = header.kid else { return false };
+        let known = |key: &Key| key.kid.as_deref() == Some(kid.as_str());
+        !self.keys.iter().any(known)
+            && !self.jwks.iter().any(|source| source.keys().iter().any(known))
+            && self.jwks.iter().any(|source| source.may_refresh())
+    }
+
+    /// Fetches every key set again (each at most every `min_refresh`).
+    pub(crate) async fn refresh_keys(&self) {
+        futures::future::join_all(self.jwks.iter().map(|source| source.refresh(true))).await;
     }
 
     fn allowance(&self, who: String, rate: f64, burst: u32) -> Arc<RateLimit> {
@@ -243,6 +281,11 @@ fn load_key(index: usize, config: &KeyConfig, auth: &AuthConfig) -> Result<Key, 
             .map_err(pem_error)?
         }
     };
+    Ok(Key { kid: config.kid.clone(), algorithm, key, validation: validation(algorithm, auth) })
+}
+
+/// How tokens signed with `algorithm` are checked: expiry, not-before, issuer, audience.
+pub(crate) fn validation(algorithm: Algorithm, auth: &AuthConfig) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.leeway = auth.leeway.as_secs();
     validation.validate_nbf = true;
@@ -259,7 +302,7 @@ fn load_key(index: usize, config: &KeyConfig, auth: &AuthConfig) -> Result<Key, 
         Some(audience) => validation.set_audience(&[audience]),
         None => validation.validate_aud = false,
     }
-    Ok(Key { kid: config.kid.clone(), algorithm, key, validation })
+    validation
 }
 
 /// One line saying why a token was refused, never the token itself.

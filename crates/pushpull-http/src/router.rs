@@ -155,6 +155,18 @@ pub trait Guard: Send + Sync + 'static {
         uri: &http::Uri,
         headers: &http::HeaderMap,
     ) -> Result<Option<crate::Grant>, Box<Response<Body>>>;
+
+    /// Work to finish before [`judge`](Self::judge) can decide on this request, if any: the
+    /// auth layer fetches an identity provider's keys again for a token signed with a key it
+    /// has not seen. `None` (the default, and the common case) judges at once.
+    fn prepare(
+        &self,
+        _method: &Method,
+        _uri: &http::Uri,
+        _headers: &http::HeaderMap,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        None
+    }
 }
 
 impl Router {
@@ -241,7 +253,14 @@ impl Router {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let judged = match &self.guard {
             None => Ok(None),
-            Some(guard) => guard.judge(request.method(), request.uri(), request.headers()),
+            Some(guard) => {
+                if let Some(ready) =
+                    guard.prepare(request.method(), request.uri(), request.headers())
+                {
+                    ready.await;
+                }
+                guard.judge(request.method(), request.uri(), request.headers())
+            }
         };
         let mut response = match judged {
             Err(refusal) => *refusal,
