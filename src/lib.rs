@@ -5,6 +5,7 @@
 mod client_config;
 pub mod demo;
 mod live;
+#[cfg(feature = "prometheus")]
 pub mod metrics;
 mod registry;
 mod serve;

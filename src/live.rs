@@ -13,11 +13,13 @@ pub(crate) struct Live {
 /// One live count: its name on the health route, and what it is in Prometheus.
 pub(crate) struct LiveReading {
     pub(crate) name: String,
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) export: Export,
     pub(crate) read: Reading,
 }
 
 /// How a live count is exported as a Prometheus metric.
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) enum Export {
     /// A gauge of its own.
     Gauge(&'static str),

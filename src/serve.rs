@@ -35,8 +35,10 @@ pub(crate) struct Extras {
     /// Counts of the server's connections and requests, for the health route.
     pub(crate) stats: Option<Arc<ServerStats>>,
     /// The Prometheus recorder to render on `/metrics`.
+    #[cfg(feature = "prometheus")]
     pub(crate) prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Serve the demo page and its ticker.
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     pub(crate) demo: bool,
 }
 
@@ -110,20 +112,24 @@ impl Registry {
             }
             served.push(name);
         }
+        #[cfg(feature = "demo")]
         if extras.demo {
             router = router.with(crate::demo::routes(broker.clone()));
         }
         let live = Arc::new(live);
+        #[cfg(feature = "prometheus")]
         if let Some(handle) = extras.prometheus {
             router = router.with([crate::metrics::route(handle, live.clone())]);
         }
         let listening: Vec<(&'static str, std::net::SocketAddr)> =
             listeners.iter().map(|(name, listener)| (*name, listener.local_addr())).collect();
         let health = health_route(broker, served, listening, live);
+        #[cfg_attr(not(feature = "auth"), allow(unused_mut))]
         let mut router = router
             .with(health)
             .with_cors(pushpull_http::Cors::new(config.http.cors_origins.clone()))
             .with_access_log(config.http.access_log);
+        #[cfg(feature = "auth")]
         if let Some(auth) = &config.auth {
             router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
         }
@@ -156,10 +162,12 @@ impl Registry {
     ) -> Result<RunningServer, Error> {
         let stats = Arc::new(ServerStats::default());
         // The recorder goes in before the servers are built: they look their counters up once.
+        #[cfg(feature = "prometheus")]
         let prometheus = if config.http.metrics { crate::metrics::prometheus() } else { None };
         let listen = listener.local_addr().unwrap_or(config.listen);
         let extras = Extras {
             stats: Some(stats.clone()),
+            #[cfg(feature = "prometheus")]
             prometheus,
             demo: config.http.demo.enabled(listen),
         };
@@ -179,7 +187,11 @@ impl Registry {
 
 /// Serving beyond loopback without `[auth]` logs a warning.
 fn warn_if_open(config: &ServerConfig) {
-    if !config.listen.ip().is_loopback() && config.auth.is_none() {
+    #[cfg(feature = "auth")]
+    let open = config.auth.is_none();
+    #[cfg(not(feature = "auth"))]
+    let open = true;
+    if !config.listen.ip().is_loopback() && open {
         tracing::warn!(
             listen = %config.listen,
             "serving beyond loopback without [auth]: anyone who reaches this address can read \

@@ -46,6 +46,7 @@ pub struct ServerConfig {
     pub tls: Option<pushpull_http::TlsFiles>,
     /// `[auth]`: every request needs a token granting what it does (see `pushpull_auth`);
     /// absent, anyone who reaches the server may do anything.
+    #[cfg(feature = "auth")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<pushpull_auth::AuthConfig>,
     /// The transports served, each with its settings.
@@ -74,6 +75,7 @@ impl Default for ServerConfig {
             broker: BrokerConfig::default(),
             http: HttpConfig::default(),
             tls: None,
+            #[cfg(feature = "auth")]
             auth: None,
             transports: TransportsConfig::default(),
             log_format: LogFormat::Text,
@@ -477,6 +479,12 @@ impl ServerConfig {
     }
 
     fn from_table(table: toml::Table, registry: &Registry) -> Result<Self, Error> {
+        #[cfg(not(feature = "auth"))]
+        if table.contains_key("auth") {
+            return Err(config_error(
+                "auth: not in this build; enable the cargo feature \"auth\" of pushpull".into(),
+            ));
+        }
         let config: Self = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| config_error(e.to_string().trim().to_owned()))?;
@@ -495,6 +503,13 @@ impl ServerConfig {
     /// that brings a built-in one in).
     pub fn validate_with(&self, registry: &Registry) -> Result<(), Error> {
         registry.check_broker(&self.broker)?;
+        if !cfg!(feature = "demo") && self.http.demo == crate::Demo::On {
+            return Err(config_error(
+                "http.demo: the demo is not in this build; enable the cargo feature \"demo\" of \
+                 pushpull"
+                    .into(),
+            ));
+        }
         for name in self.transports.names() {
             if registry.servers.iter().any(|f| f.name() == name) {
                 continue;
