@@ -26,7 +26,7 @@ fn token(subscribe_and_publish: &str, exp: u64) -> String {
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("k1".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 

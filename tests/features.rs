@@ -15,8 +15,8 @@ fn auth_is_read_or_named() {
         let error = result.unwrap_err();
         assert!(error.message().contains("cargo feature \"auth\""), "{error}");
         // From the environment too.
-        let error = ServerConfig::load(None, [("PUSHPULL_AUTH__ISSUER".into(), "x".into())])
-            .unwrap_err();
+        let error =
+            ServerConfig::load(None, [("PUSHPULL_AUTH__ISSUER".into(), "x".into())]).unwrap_err();
         assert!(error.message().contains("cargo feature \"auth\""), "{error}");
     }
 }

@@ -248,7 +248,7 @@ async fn shared_secrets_and_encryption_keys_in_a_set_are_never_used() {
     let hs = jsonwebtoken::encode(
         &header,
         &json!({ "exp": exp, "pushpull": { "subscribe": ["news"] } }),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
+        &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
     )
     .unwrap();
     assert_eq!(read(addr, &hs).await.status, 401);

@@ -40,7 +40,7 @@ fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: u64) -> String 
     jsonwebtoken::encode(
         &header,
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
     )
     .unwrap()
 }
@@ -168,14 +168,15 @@ async fn refusals_follow_rfc_6750() {
         let claims = serde_json::json!({ "exp": now() - 60, "pushpull": { "subscribe": ["*"] } });
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("k1".into());
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
     let forged = {
         let claims = serde_json::json!({ "exp": now() + 60, "pushpull": { "admin": true } });
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("k1".into());
-        let key = jsonwebtoken::EncodingKey::from_secret(b"another secret, thirty-two bytes long");
+        let key = jsonwebtoken::EncodingKey::from_secret(b"another secret, thirty-two bytes long")
+            .unwrap();
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
     for (bad, why) in

@@ -224,6 +224,7 @@ fn key_of(jwk: &Jwk, auth: &AuthConfig) -> Result<Key, &'static str> {
             _ => return Err("a curve pushpull does not check"),
         },
         (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
+        (None, _) => return Err("a key type pushpull does not check"),
     };
     if matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
         return Err("a shared secret is never taken from a URL");

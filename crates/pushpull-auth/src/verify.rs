@@ -258,6 +258,7 @@ fn load_key(index: usize, config: &KeyConfig, auth: &AuthConfig) -> Result<Key, 
                 )));
             }
             DecodingKey::from_secret(&secret)
+                .map_err(|e| config_error(format!("{name}: the secret cannot be used: {e}")))?
         }
         _ => {
             let Some(path) = &config.public_key_file else {

@@ -138,6 +138,7 @@ pub(crate) fn token(request: TokenRequest) -> Result<String, Error> {
                 return Err(bad(format!("{}: the secret is empty", path.display())));
             }
             EncodingKey::from_secret(&secret)
+                .map_err(|e| bad(format!("{}: the secret cannot be used: {e}", path.display())))?
         }
         (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, _, _) => {
             return Err(bad(format!("{algorithm:?} signs with --secret-file (and no --key-file)")));

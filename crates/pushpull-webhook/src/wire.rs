@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Topic};
 use pushpull_http::wire::{GapJson, MessageJson};
 use serde::{Deserialize, Serialize};
