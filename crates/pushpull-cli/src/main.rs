@@ -119,41 +119,7 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Mint a token for development, signed with a key of the server's `[auth]`: prints it.
-    Token {
-        /// For HS256/384/512: the file of the shared secret (as `[auth]`'s `secret_file`).
-        #[arg(long, value_name = "FILE")]
-        secret_file: Option<PathBuf>,
-        /// For the other algorithms: a PEM file with the private key.
-        #[arg(long, value_name = "FILE")]
-        key_file: Option<PathBuf>,
-        /// The signing algorithm, as the key's `algorithm` in `[auth]`.
-        #[arg(long, default_value = "HS256")]
-        algorithm: String,
-        /// The key id (`kid`) the server's key has, if it has one.
-        #[arg(long)]
-        kid: Option<String>,
-        /// Whom the token is for (`sub`).
-        #[arg(long, default_value = "developer")]
-        sub: String,
-        /// A topic pattern it may read (`orders:*`, `news`, `*`); repeat for more.
-        #[arg(long, value_name = "PATTERN")]
-        subscribe: Vec<String>,
-        /// A topic pattern it may publish to; repeat for more.
-        #[arg(long, value_name = "PATTERN")]
-        publish: Vec<String>,
-        /// It may manage the server (the webhook API, metrics) and use every topic.
-        #[arg(long)]
-        admin: bool,
-        /// How long it stays valid: `30m`, `1h`, `7d`.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        ttl: std::time::Duration,
-        /// The issuer (`iss`) the server's `[auth] issuer` asks for.
-        #[arg(long)]
-        issuer: Option<String>,
-        /// The audience (`aud`) the server's `[auth] audience` asks for.
-        #[arg(long)]
-        audience: Option<String>,
-    },
+    Token(operator::TokenRequest),
     /// Print the man page (roff): `pushpull man > pushpull.1`.
     #[command(hide = true)]
     Man,
@@ -251,33 +217,8 @@ async fn run(command: Command) -> Result<(), Error> {
         Command::Bench { args } => bench(&args).await,
         Command::Config(ConfigCommand::Check { file }) => operator::check(&file),
         Command::Config(ConfigCommand::Show { config }) => operator::show(config.as_deref()),
-        Command::Token {
-            secret_file,
-            key_file,
-            algorithm,
-            kid,
-            sub,
-            subscribe,
-            publish,
-            admin,
-            ttl,
-            issuer,
-            audience,
-        } => {
-            let token = operator::token(operator::TokenRequest {
-                secret_file,
-                key_file,
-                algorithm,
-                kid,
-                sub,
-                subscribe,
-                publish,
-                admin,
-                ttl,
-                issuer,
-                audience,
-            })?;
-            println!("{token}");
+        Command::Token(request) => {
+            println!("{}", operator::token(request)?);
             Ok(())
         }
         Command::Man => {

@@ -99,17 +99,40 @@ fn mask_url_password(text: &str) -> String {
 }
 
 /// What `pushpull token` signs.
+#[derive(clap::Args)]
 pub(crate) struct TokenRequest {
+    /// For HS256/384/512: the file of the shared secret (as `[auth]`'s `secret_file`).
+    #[arg(long, value_name = "FILE")]
     pub(crate) secret_file: Option<PathBuf>,
+    /// For the other algorithms: a PEM file with the private key.
+    #[arg(long, value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
+    /// The signing algorithm, as the key's `algorithm` in `[auth]`.
+    #[arg(long, default_value = "HS256")]
     pub(crate) algorithm: String,
+    /// The key id (`kid`) the server's key has, if it has one.
+    #[arg(long)]
     pub(crate) kid: Option<String>,
+    /// Whom the token is for (`sub`).
+    #[arg(long, default_value = "developer")]
     pub(crate) sub: String,
+    /// A topic pattern it may read (`orders:*`, `news`, `*`); repeat for more.
+    #[arg(long, value_name = "PATTERN")]
     pub(crate) subscribe: Vec<String>,
+    /// A topic pattern it may publish to; repeat for more.
+    #[arg(long, value_name = "PATTERN")]
     pub(crate) publish: Vec<String>,
+    /// It may manage the server (the webhook API, metrics) and use every topic.
+    #[arg(long)]
     pub(crate) admin: bool,
+    /// How long it stays valid: `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(crate) ttl: Duration,
+    /// The issuer (`iss`) the server's `[auth] issuer` asks for.
+    #[arg(long)]
     pub(crate) issuer: Option<String>,
+    /// The audience (`aud`) the server's `[auth] audience` asks for.
+    #[arg(long)]
     pub(crate) audience: Option<String>,
 }
 
