@@ -157,8 +157,12 @@ pub(crate) fn token(request: TokenRequest) -> Result<String, Error> {
             while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 secret.pop();
             }
-            if secret.is_empty() {
-                return Err(bad(format!("{}: the secret is empty", path.display())));
+            if secret.len() < 32 {
+                return Err(bad(format!(
+                    "{}: the secret has {} bytes; [auth] refuses secrets under 32 bytes",
+                    path.display(),
+                    secret.len()
+                )));
             }
             EncodingKey::from_secret(&secret)
                 .map_err(|e| bad(format!("{}: the secret cannot be used: {e}", path.display())))?

@@ -167,7 +167,9 @@ fn a_minted_token_is_accepted_for_what_it_grants_only() {
 
     // Mistakes are named.
     let nope = dir.0.join("nope");
-    let cases: [(&[&str], &str); 4] = [
+    let short = dir.file("short-secret", "too short\n");
+    let cases: [(&[&str], &str); 5] = [
+        (&["token", "--secret-file", path(&short)], "under 32 bytes"),
         (&["token", "--algorithm", "HS999"], "--algorithm HS999"),
         (&["token"], "--secret-file"),
         (&["token", "--algorithm", "RS256", "--secret-file", path(&secret)], "--key-file"),
