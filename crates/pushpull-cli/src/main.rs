@@ -313,6 +313,7 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> R
         config.listen = listen;
     }
     let server = pushpull::serve(&config).await?;
+    let stop = shutdown_signal();
     let transports = pushpull::transports(&config);
     // Printed on stdout so scripts (and tests) can find the port when listening on port 0.
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -322,31 +323,40 @@ async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> R
         server.local_addr(),
         transports.join(", ")
     );
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down; waiting for requests in flight");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves at Ctrl-C or SIGTERM. The handlers are installed when this is called, not when it
+/// is first awaited: a signal that comes as soon as the server has said where it listens
+/// drains the server instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = match signal(SignalKind::terminate()) {
-            Ok(terminate) => terminate,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn connect(connection: &Connection) -> Result<Arc<dyn Client>, Error> {
