@@ -185,10 +185,12 @@ enum Stop {
 }
 
 impl AuthLayer {
-    /// Whether `request`'s token names a key a key set may have by now.
-    fn wants_fresh_keys<B>(&self, request: &Request<B>) -> bool {
-        pushpull_http::Guard::prepare(self, request.method(), request.uri(), request.headers())
-            .is_some()
+    /// Whether the token of a refused request names a key a key set may have by now.
+    fn wants_fresh_keys(&self, uri: &http::Uri, headers: &HeaderMap) -> bool {
+        match token_of(headers, uri.query(), &self.verifier) {
+            Ok(Some((token, _))) => self.verifier.wants_fresh_keys(&token),
+            _ => false,
+        }
     }
 
     fn verdict(
@@ -309,7 +311,9 @@ where
         );
         let grant = match verdict {
             Verdict::Pass(grant) => grant,
-            Verdict::Answer(stop) if self.layer.wants_fresh_keys(&request) => {
+            Verdict::Answer(stop)
+                if self.layer.wants_fresh_keys(request.uri(), request.headers()) =>
+            {
                 // A key set may have the token's new key: fetch it, then decide again.
                 let mut this = self.clone();
                 drop(stop);
@@ -454,17 +458,14 @@ impl pushpull_http::Guard for AuthLayer {
         }
     }
 
-    fn prepare(
+    fn reconsider(
         &self,
         _method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
-        let fresh = match token_of(headers, uri.query(), &self.verifier) {
-            Ok(Some((token, _))) => self.verifier.wants_fresh_keys(&token),
-            _ => false,
-        };
-        fresh.then(|| Box::pin(self.verifier.refresh_keys()) as Pin<Box<_>>)
+        self.wants_fresh_keys(uri, headers)
+            .then(|| Box::pin(self.verifier.refresh_keys()) as Pin<Box<_>>)
     }
 }
 

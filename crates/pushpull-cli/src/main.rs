@@ -166,14 +166,18 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = match (cli.log_format, &cli.command) {
+    // `serve` reads its config before the log starts, since the config may ask for JSON; a
+    // broken one is reported by `serve` itself.
+    let server_config = match &cli.command {
+        Command::Serve { config, .. } => {
+            Some(ServerConfig::load(config.as_deref(), std::env::vars()))
+        }
+        _ => None,
+    };
+    let format = match (cli.log_format, &server_config) {
         (Some(format), _) => format,
-        // The server's own config may ask for JSON; a broken one is reported by `serve` itself.
-        (None, Command::Serve { config, .. }) => {
-            match ServerConfig::load(config.as_deref(), std::env::vars()).map(|c| c.log_format) {
-                Ok(pushpull::LogFormat::Json) => LogFormat::Json,
-                _ => LogFormat::Text,
-            }
+        (None, Some(Ok(config))) if config.log_format == pushpull::LogFormat::Json => {
+            LogFormat::Json
         }
         (None, _) => LogFormat::Text,
     };
@@ -195,7 +199,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, server_config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
@@ -211,9 +215,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), Error> {
+/// Runs `command`; `server_config` is what `serve` reads, read already.
+async fn run(
+    command: Command,
+    server_config: Option<Result<ServerConfig, Error>>,
+) -> Result<(), Error> {
     match command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Serve { listen, .. } => {
+            let config = server_config.expect("main reads the config of serve");
+            serve(config?, listen).await
+        }
         Command::Bench { args } => bench(&args).await,
         Command::Config(ConfigCommand::Check { file }) => operator::check(&file),
         Command::Config(ConfigCommand::Show { config }) => operator::show(config.as_deref()),
@@ -307,8 +318,10 @@ async fn run(command: Command) -> Result<(), Error> {
     }
 }
 
-async fn serve(path: Option<PathBuf>, listen: Option<std::net::SocketAddr>) -> Result<(), Error> {
-    let mut config = ServerConfig::load(path.as_deref(), std::env::vars())?;
+async fn serve(
+    mut config: ServerConfig,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), Error> {
     if let Some(listen) = listen {
         config.listen = listen;
     }

@@ -156,10 +156,10 @@ pub trait Guard: Send + Sync + 'static {
         headers: &http::HeaderMap,
     ) -> Result<Option<crate::Grant>, Box<Response<Body>>>;
 
-    /// Work to finish before [`judge`](Self::judge) can decide on this request, if any: the
-    /// auth layer fetches an identity provider's keys again for a token signed with a key it
-    /// has not seen. `None` (the default, and the common case) judges at once.
-    fn prepare(
+    /// Asked when [`judge`](Self::judge) refused a request: work after which judging it again
+    /// may pass it, if any. The auth layer fetches an identity provider's keys again for a
+    /// token signed with a key it has not seen. `None` (the default): the refusal stands.
+    fn reconsider(
         &self,
         _method: &Method,
         _uri: &http::Uri,
@@ -254,12 +254,17 @@ impl Router {
         let judged = match &self.guard {
             None => Ok(None),
             Some(guard) => {
-                if let Some(ready) =
-                    guard.prepare(request.method(), request.uri(), request.headers())
-                {
-                    ready.await;
+                let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+                match guard.judge(method, uri, headers) {
+                    Err(refusal) => match guard.reconsider(method, uri, headers) {
+                        Some(ready) => {
+                            ready.await;
+                            guard.judge(method, uri, headers)
+                        }
+                        None => Err(refusal),
+                    },
+                    passed => passed,
                 }
-                guard.judge(request.method(), request.uri(), request.headers())
             }
         };
         let mut response = match judged {
