@@ -3,8 +3,12 @@
 /** A transport the browser client speaks. */
 export type TransportName = 'ws' | 'sse' | 'stream' | 'longpoll' | 'poll';
 
-/** `beginning`, `latest`, or the `EPOCH-OFFSET` cursor of a message, gap or receipt. */
-export type Cursor = 'beginning' | 'latest' | string;
+/**
+ * `beginning`, `latest`, `last:N` (the last N messages, then follow), `since:TIME` (milliseconds
+ * since the Unix epoch or an RFC 3339 date-time), or the `EPOCH-OFFSET` cursor of a message,
+ * gap or receipt.
+ */
+export type Cursor = 'beginning' | 'latest' | `last:${number}` | `since:${string}` | string;
 
 export const AUTO_ORDER: readonly TransportName[];
 export const TRANSPORTS: readonly TransportName[];

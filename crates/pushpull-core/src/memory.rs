@@ -166,6 +166,10 @@ struct LogState {
     /// The offset the next message gets.
     next: u64,
     bytes: usize,
+    /// When the newest message retention dropped was published: a `since:` reader that
+    /// reaches back to it gets a gap. `None` when nothing was dropped (and for a log that
+    /// numbers on after being released, whose older messages went with it).
+    dropped_at: Option<SystemTime>,
 }
 
 impl Default for MemoryBroker {
@@ -307,6 +311,7 @@ impl TopicLog {
             first: next,
             next,
             bytes: 0,
+            dropped_at: (next > 1).then_some(SystemTime::now()),
         };
         let tail = tail.unwrap_or_else(|| Arc::new(watch::Sender::new(next - 1)));
         Self { topic, touched: AtomicU64::new(0), state: RwLock::new(state), tail }
@@ -350,10 +355,11 @@ impl TopicLog {
             Some(_) => state.first_retained(retention, SystemTime::now()),
         };
         let last = state.next - 1;
+        let cursor = state.resolve(epoch, cursor);
         let mut gap = None;
         let position = match cursor {
             Cursor::Beginning => first - 1,
-            Cursor::Latest => last,
+            Cursor::Latest | Cursor::Last(_) | Cursor::Since(_) => last,
             Cursor::After(e, Offset(offset)) if e == epoch => {
                 if offset > last {
                     return Err(Error::new(
@@ -399,6 +405,29 @@ impl TopicLog {
 }
 
 impl LogState {
+    /// Resolves the history starts `last:N` and `since:TIME` to a position in this log, which
+    /// reading then treats like any other: one behind what retention kept gives a gap.
+    fn resolve(&self, epoch: Epoch, cursor: Cursor) -> Cursor {
+        let last = self.next - 1;
+        match cursor {
+            Cursor::Last(count) => Cursor::After(epoch, Offset(last.saturating_sub(count))),
+            Cursor::Since(millis) => {
+                let time = crate::message::time_from_millis(millis);
+                // Messages are stored in the order they were accepted, so by time.
+                let before = self.entries.partition_point(|m| m.timestamp < time);
+                // Those expired by age but not yet dropped are still here to say exactly where
+                // TIME falls among them (a gap follows if it is before `first`); of those
+                // dropped, only the newest one's time is kept, so all of them may be missed
+                // when it is at or after TIME.
+                if before == 0 && self.dropped_at.is_some_and(|at| at >= time) {
+                    return Cursor::After(epoch, Offset(0));
+                }
+                Cursor::After(epoch, Offset(self.first - 1 + before as u64))
+            }
+            other => other,
+        }
+    }
+
     /// The receipt of the retained message published with `key`, if any.
     fn receipt_for(&self, key: &str, epoch: Epoch) -> Option<Receipt> {
         let offset = *self.keys.get(key)?;
@@ -434,6 +463,7 @@ impl LogState {
                 break;
             }
             self.bytes -= oldest.payload.len();
+            self.dropped_at = Some(oldest.timestamp);
             self.entries.pop_front();
             self.first += 1;
         }
@@ -499,7 +529,10 @@ impl Subscribe for MemoryBroker {
             Some(gap) => (start.next, VecDeque::from([Delivery::Gap(gap)])),
             None => (start.next, VecDeque::new()),
         };
-        let resume_from = if ready.is_empty() { position } else { cursor };
+        let resume_from = match ready.front() {
+            Some(Delivery::Gap(gap)) => gap.resumes_from(cursor),
+            _ => position,
+        };
         let reader = Reader {
             broker: self.clone(),
             topic: topic.clone(),

@@ -367,6 +367,22 @@ pub struct Gap {
     pub cursor: Cursor,
 }
 
+impl Gap {
+    /// Where a reader that started from `asked` stood before this gap: `asked` itself when it
+    /// was a position, else (a starting point such as `last:N` that the broker resolved) the
+    /// position just before the first missed offset. Resuming from it gives the same gap
+    /// again, where resuming from `last:N` would resolve anew and skip what came meanwhile.
+    pub fn resumes_from(&self, asked: Cursor) -> Cursor {
+        match (asked, self.reason, self.missed, self.cursor) {
+            (Cursor::After(..), ..) => asked,
+            (_, GapReason::Retention, Some(missed), Cursor::After(epoch, _)) => {
+                Cursor::After(epoch, Offset(missed.first.0 - 1))
+            }
+            _ => asked,
+        }
+    }
+}
+
 /// One item of a subscription: a message, or a gap that says what was missed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {

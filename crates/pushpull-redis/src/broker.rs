@@ -145,6 +145,8 @@ impl RedisBroker {
             Cursor::Beginning => ("b", String::new(), 0),
             Cursor::Latest => ("l", String::new(), 0),
             Cursor::After(epoch, Offset(offset)) => ("a", epoch.to_string(), offset),
+            Cursor::Last(count) => ("n", String::new(), count),
+            Cursor::Since(millis) => ("s", String::new(), millis),
         };
         let mut invocation = self.inner.read.prepare_invoke();
         for key in self.keys(topic) {
@@ -160,10 +162,11 @@ impl RedisBroker {
             .arg(limit);
         let answer: Value = self.invoke(&invocation).await?;
         let Value::Array(parts) = answer else { return Err(protocol("a read is an array")) };
-        let [epoch, last, first, position, gap, entries] =
-            <[Value; 6]>::try_from(parts).map_err(|_| protocol("a read has six parts"))?;
+        let [epoch, last, first, position, gap, entries, from] =
+            <[Value; 7]>::try_from(parts).map_err(|_| protocol("a read has seven parts"))?;
         let epoch: Epoch = text(&epoch)?.parse().map_err(|_| protocol("an epoch"))?;
-        let (last, first, position) = (int(&last)?, int(&first)?, int(&position)?);
+        let (last, first, position, from) =
+            (int(&last)?, int(&first)?, int(&position)?, int(&from)?);
         let gap = match text(&gap)?.as_str() {
             "" => None,
             "ahead" => {
@@ -178,7 +181,7 @@ impl RedisBroker {
             "retention" => Some(Gap {
                 topic: topic.clone(),
                 reason: GapReason::Retention,
-                missed: Some(OffsetRange { first: Offset(offset + 1), last: Offset(first - 1) }),
+                missed: Some(OffsetRange { first: Offset(from + 1), last: Offset(first - 1) }),
                 cursor: Cursor::After(epoch, Offset(position)),
             }),
             "epoch" => Some(Gap {
@@ -305,7 +308,7 @@ impl Subscribe for RedisBroker {
         // A gap at the start is the first delivery, at once (see the memory broker); the
         // subscription's cursor stays at the start until it is delivered.
         let position = start.next;
-        let resume_from = if start.gap.is_some() { cursor } else { position };
+        let resume_from = start.gap.as_ref().map_or(position, |gap| gap.resumes_from(cursor));
         let ready: VecDeque<Delivery> = start.gap.map(Delivery::Gap).into_iter().collect();
         let reader = Reader {
             broker: self.clone(),

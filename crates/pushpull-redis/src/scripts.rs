@@ -65,6 +65,7 @@ while count > 1 do
   local over = count > max_messages or bytes > max_bytes or (max_age > 0 and now - t > max_age)
   if not over then break end
   redis.call('XDEL', log, oldest[1])
+  redis.call('HSET', meta, 'dropped_t', t)
   count = count - 1
   bytes = redis.call('HINCRBY', meta, 'bytes', -#field(oldest, 'p'))
   local k = field(oldest, 'k')
@@ -75,9 +76,15 @@ return {epoch, offset, now}
 "#;
 
 /// KEYS: meta, log, keys. ARGV: 1 epoch candidate, 2 now (ms), 3 max age (ms, 0: none),
-/// 4 mode (`b` beginning, `l` latest, `a` after a cursor), 5 the cursor's epoch, 6 its offset,
-/// 7 limit. Returns {epoch, last, first retained, position, gap, entries}: gap is '' (none),
-/// 'retention', 'epoch' or 'ahead' (the cursor is ahead of the log).
+/// 4 mode (`b` beginning, `l` latest, `a` after a cursor, `n` the last N, `s` since a time),
+/// 5 the cursor's epoch, 6 its offset (N for `n`, the time in ms for `s`), 7 limit.
+/// Returns {epoch, last, first retained, position, gap, entries, from}: gap is '' (none),
+/// 'retention', 'epoch' or 'ahead' (the cursor is ahead of the log); `from` is where the
+/// cursor stood (resolved for `n` and `s`), so a retention gap misses `from + 1 ..= first - 1`.
+///
+/// `since` finds the first retained entry at or after the time by bisection over offsets;
+/// when none is retained that old and the newest dropped entry (`dropped_t`) is at or after
+/// the time, every dropped offset may be missed: `from` is 0.
 const READ: &str = r#"
 local meta, log, keys = KEYS[1], KEYS[2], KEYS[3]
 local epoch = incarnation(meta, log, keys, ARGV[1])
@@ -98,15 +105,42 @@ for _ = 1, 100 do
   from = '(' .. batch[#batch][1]
 end
 local mode = ARGV[4]
-local position, gap = 0, ''
+local position, gap, from = 0, '', 0
+local function after(at)
+  from = at
+  if at > last then return false end
+  if at + 1 < first then gap = 'retention'; position = first - 1 else position = at end
+  return true
+end
+local function time_of(offset)
+  local entry = redis.call('XRANGE', log, offset .. '-0', offset .. '-0')
+  if #entry == 0 then return nil end
+  return tonumber(field(entry[1], 't'))
+end
 if mode == 'b' then
   position = first - 1
 elseif mode == 'l' then
   position = last
+elseif mode == 'n' then
+  after(math.max(last - tonumber(ARGV[6]), 0))
+elseif mode == 's' then
+  local since = tonumber(ARGV[6])
+  -- The oldest entry still stored (expired by age or not) bounds the search.
+  local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  local low = last + 1
+  if #oldest > 0 then low = offset_of(oldest[1][1]) end
+  local lo, hi = low, last + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local t = time_of(mid)
+    if t == nil or t < since then lo = mid + 1 else hi = mid end
+  end
+  local at = lo - 1
+  local dropped = tonumber(redis.call('HGET', meta, 'dropped_t') or '-1')
+  if lo == low and low > 1 and dropped >= since then at = 0 end
+  after(at)
 elseif ARGV[5] == epoch then
-  local at = tonumber(ARGV[6])
-  if at > last then return {epoch, last, first, at, 'ahead', {}} end
-  if at + 1 < first then gap = 'retention'; position = first - 1 else position = at end
+  if not after(tonumber(ARGV[6])) then return {epoch, last, first, from, 'ahead', {}, from} end
 else
   gap = 'epoch'; position = first - 1
 end
@@ -115,7 +149,7 @@ local limit = tonumber(ARGV[7])
 if limit > 0 and position < last then
   entries = redis.call('XRANGE', log, (position + 1) .. '-0', '+', 'COUNT', limit)
 end
-return {epoch, last, first, position, gap, entries}
+return {epoch, last, first, position, gap, entries, from}
 "#;
 
 /// The publish script.

@@ -406,6 +406,105 @@ pub async fn gap_on_retention_loss(harness: &dyn Harness) {
     assert_eq!(page.messages.first().map(|m| m.offset), Some(Offset(8)));
 }
 
+/// F3, S1: `last:N` starts at the last `N` messages (all of them when there are fewer), and
+/// `last:1` is the current value; then the subscription follows. Where `N` reaches past what is
+/// retained, a gap names exactly what of the last `N` is gone.
+pub async fn history_last_n(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("last-n");
+    publish_range(&*client, &topic, 1..=10).await;
+
+    let page = within("fetch", client.fetch(&topic, Cursor::Last(3), 100)).await.expect("fetch");
+    assert!(page.gap.is_none(), "unexpected gap {:?}", page.gap);
+    assert_eq!(offsets(&page.messages), vec![8, 9, 10]);
+    let page = within("fetch", client.fetch(&topic, Cursor::Last(50), 100)).await.expect("fetch");
+    assert!(page.gap.is_none(), "fewer than N messages is no gap: {:?}", page.gap);
+    assert_eq!(offsets(&page.messages), (1..=10).collect::<Vec<_>>());
+    let page = within("fetch", client.fetch(&topic, Cursor::Last(0), 100)).await.expect("fetch");
+    assert!(page.messages.is_empty() && page.gap.is_none(), "last:0 is latest: {page:?}");
+    assert_eq!(page.next.offset(), Some(Offset(10)));
+
+    let mut current = subscribe(&*client, &topic, Cursor::Last(1)).await;
+    let mut three = subscribe(&*client, &topic, Cursor::Last(3)).await;
+    assert_eq!(next_message(&mut current).await.payload, "m10");
+    for n in 8..=10u64 {
+        assert_eq!(next_message(&mut three).await.offset, Offset(n));
+    }
+    publish_range(&*client, &topic, 11..=11).await;
+    assert_eq!(next_message(&mut current).await.payload, "m11");
+    assert_eq!(next_message(&mut three).await.payload, "m11");
+
+    let fixture = start(harness, Limits { retention_messages: 5, ..Limits::default() }).await;
+    let client = fixture.client();
+    let receipts = publish_range(&*client, &topic, 1..=12).await; // keeps 8..=12
+    let epoch = receipts[0].epoch;
+    let expected = Gap {
+        topic: topic.clone(),
+        reason: GapReason::Retention,
+        missed: Some(OffsetRange { first: Offset(6), last: Offset(7) }),
+        cursor: Cursor::After(epoch, Offset(7)),
+    };
+    let page = within("fetch", client.fetch(&topic, Cursor::Last(7), 100)).await.expect("fetch");
+    assert_eq!(page.gap.as_ref(), Some(&expected));
+    assert_eq!(offsets(&page.messages), (8..=12).collect::<Vec<_>>());
+    let mut sub = subscribe(&*client, &topic, Cursor::Last(7)).await;
+    assert_eq!(next_gap(&mut sub).await, expected);
+    for n in 8..=12u64 {
+        assert_eq!(next_message(&mut sub).await.offset, Offset(n));
+    }
+}
+
+/// F3, S1: `since:TIME` starts at the first message published at or after `TIME`, then the
+/// subscription follows; a time after every message waits for the next one. Where messages
+/// that may be at or after `TIME` were dropped by retention, a gap says so.
+pub async fn history_since(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topic = topic("since");
+    publish_range(&*client, &topic, 1..=3).await;
+    // Timestamps have millisecond precision: let a few pass so that message 4 is later.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let later = publish_range(&*client, &topic, 4..=6).await;
+    let since = Cursor::since(later[0].timestamp);
+
+    let page = within("fetch", client.fetch(&topic, since, 100)).await.expect("fetch");
+    assert!(page.gap.is_none(), "unexpected gap {:?}", page.gap);
+    assert_eq!(offsets(&page.messages), vec![4, 5, 6]);
+    let page = within("fetch", client.fetch(&topic, Cursor::Since(0), 100)).await.expect("fetch");
+    assert!(page.gap.is_none(), "nothing was dropped: {:?}", page.gap);
+    assert_eq!(offsets(&page.messages), (1..=6).collect::<Vec<_>>());
+
+    let mut sub = subscribe(&*client, &topic, since).await;
+    for n in 4..=6u64 {
+        assert_eq!(next_message(&mut sub).await.offset, Offset(n));
+    }
+    let future = Cursor::since(later[2].timestamp + Duration::from_secs(3600));
+    let page = within("fetch", client.fetch(&topic, future, 100)).await.expect("fetch");
+    assert!(page.messages.is_empty() && page.gap.is_none(), "nothing is that new: {page:?}");
+    let mut waiting = subscribe(&*client, &topic, future).await;
+    publish_range(&*client, &topic, 7..=7).await;
+    assert_eq!(next_message(&mut sub).await.payload, "m7");
+    assert_eq!(next_message(&mut waiting).await.payload, "m7");
+
+    let fixture = start(harness, Limits { retention_messages: 5, ..Limits::default() }).await;
+    let client = fixture.client();
+    let receipts = publish_range(&*client, &topic, 1..=12).await; // keeps 8..=12
+    let epoch = receipts[0].epoch;
+    let page = within("fetch", client.fetch(&topic, Cursor::Since(0), 100)).await.expect("fetch");
+    let expected = Gap {
+        topic: topic.clone(),
+        reason: GapReason::Retention,
+        missed: Some(OffsetRange { first: Offset(1), last: Offset(7) }),
+        cursor: Cursor::After(epoch, Offset(7)),
+    };
+    assert_eq!(page.gap.as_ref(), Some(&expected));
+    assert_eq!(offsets(&page.messages), (8..=12).collect::<Vec<_>>());
+    let mut sub = subscribe(&*client, &topic, Cursor::Since(0)).await;
+    assert_eq!(next_gap(&mut sub).await, expected);
+    assert_eq!(next_message(&mut sub).await.offset, Offset(8));
+}
+
 /// F5: a cursor from an earlier incarnation of the log gives a gap, never a silent restart.
 pub async fn gap_on_epoch_change(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;

@@ -55,6 +55,8 @@ macro_rules! conformance {
                 dropped_subscription_releases_server_state,
                 resume_after_connection_killed,
                 gap_on_retention_loss,
+                history_last_n,
+                history_since,
                 gap_on_epoch_change,
                 stale_epoch_gap_on_a_quiet_topic,
                 live_subscription_across_restart,
