@@ -7,6 +7,7 @@ pub mod duration_text;
 mod error;
 mod ext;
 mod follow;
+mod many;
 mod memory;
 mod message;
 mod open;
@@ -20,6 +21,9 @@ pub use cursor::{Cursor, Epoch, MAX_CURSOR_LEN, Offset};
 pub use error::{Error, ErrorKind, Result};
 pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
+pub use many::{
+    CursorSet, Directory, FollowRequest, MAX_CURSOR_SET_LEN, MultiSubscription, Selector, follow,
+};
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{
     Capabilities, Delivery, EncodingKey, Encodings, Gap, GapReason, MAX_CONTENT_TYPE_LEN,

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::cursor::{Cursor, Epoch, Offset};
 use crate::error::{Error, ErrorKind, Result};
+use crate::many::Directory;
 use crate::message::{
     Capabilities, Delivery, Gap, GapReason, Message, OffsetRange, Page, Publication, Receipt,
 };
@@ -144,6 +145,8 @@ struct Shared {
     /// slot (a flood of subscriptions to made-up names cannot lock publishers out); the first
     /// publish adopts the wake-up, so those subscribers see its message.
     waiting: Mutex<HashMap<Topic, Weak<watch::Sender<u64>>>>,
+    /// Each topic as it gets a log (its first publish): what prefix subscriptions listen to.
+    created: broadcast::Sender<Topic>,
 }
 
 struct TopicLog {
@@ -194,6 +197,7 @@ impl MemoryBroker {
             topics: RwLock::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            created: broadcast::Sender::new(1024),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -285,6 +289,9 @@ impl MemoryBroker {
         let log = Arc::new(TopicLog::with_tail(topic.clone(), tail, next.unwrap_or(1)));
         log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
+        drop(topics);
+        // Nobody listening is not an error.
+        let _ = self.shared.created.send(topic.clone());
         Ok(log)
     }
 
@@ -547,6 +554,22 @@ impl Subscribe for MemoryBroker {
         };
         let stream = futures::stream::unfold(reader, Reader::next);
         Ok(Subscription::new(topic.clone(), resume_from, stream))
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+#[async_trait]
+impl Directory for MemoryBroker {
+    async fn topics(&self, prefix: &str) -> Result<Vec<Topic>> {
+        let topics = self.shared.topics.read().expect("topics lock");
+        Ok(topics.keys().filter(|t| t.as_str().starts_with(prefix)).cloned().collect())
+    }
+
+    fn published(&self) -> broadcast::Receiver<Topic> {
+        self.shared.created.subscribe()
     }
 }
 

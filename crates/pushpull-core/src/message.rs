@@ -393,6 +393,14 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// The topic it belongs to.
+    pub fn topic(&self) -> &Topic {
+        match self {
+            Delivery::Message(m) => &m.topic,
+            Delivery::Gap(g) => &g.topic,
+        }
+    }
+
     /// The cursor just after this delivery.
     pub fn cursor(&self) -> Cursor {
         match self {

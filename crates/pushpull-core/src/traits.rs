@@ -73,6 +73,13 @@ pub trait Fetch: Send + Sync {
 pub trait Subscribe: Send + Sync {
     /// Subscribes to `topic` from `cursor`.
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription>;
+
+    /// What it knows of its topics, when it can list them and tell when one is published to:
+    /// what subscriptions by prefix ([`follow`](crate::follow)) need. `None` (the default)
+    /// when it cannot.
+    fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
+        None
+    }
 }
 
 /// Publish, Fetch and Subscribe together: what `connect` returns and brokers are.
@@ -178,6 +185,10 @@ macro_rules! forward {
         impl<T: Subscribe + ?Sized> Subscribe for $wrapper<T> {
             async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
                 (**self).subscribe(topic, cursor).await
+            }
+
+            fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
+                (**self).directory()
             }
         }
 
