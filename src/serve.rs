@@ -78,7 +78,8 @@ impl Registry {
             |e: Error| Error::new(ErrorKind::Config, format!("transports.{}", e.message()));
         let mut context = Context::new(broker.clone())
             .with_allowed_origins(config.http.cors_origins.iter().cloned())
-            .with_body_timeout(config.http.body_timeout);
+            .with_body_timeout(config.http.body_timeout)
+            .with_max_topics(config.http.max_topics_per_connection);
         // State the broker keeps where every node sees it (webhook endpoints).
         if let Some(shared) = self.shared_state(config)? {
             context.extensions.insert(shared);

@@ -207,6 +207,10 @@ pub struct HttpConfig {
     /// The largest request head (request line and headers) accepted, in bytes; a larger one
     /// is answered 431. At least 8 KiB.
     pub max_header_bytes: usize,
+    /// The most topics one connection may follow (`/v1/events`, `/v1/stream` and
+    /// `/v1/messages` with several topics or prefixes); more is answered with an error that
+    /// says so.
+    pub max_topics_per_connection: usize,
     /// Log one line per request (target `pushpull::access`: method, path without the query,
     /// status, time to the response head, peer address).
     pub access_log: bool,
@@ -228,6 +232,7 @@ impl Default for HttpConfig {
             max_connections: serve.max_connections,
             max_connections_per_address: serve.max_connections_per_address,
             max_header_bytes: serve.max_header_bytes,
+            max_topics_per_connection: pushpull_http::DEFAULT_MAX_TOPICS,
             access_log: false,
             metrics: true,
             demo: crate::Demo::Auto,
@@ -528,6 +533,9 @@ impl ServerConfig {
         }
         if self.http.header_read_timeout.is_zero() {
             return Err(config_error("http.header_read_timeout: must be more than zero".into()));
+        }
+        if self.http.max_topics_per_connection == 0 {
+            return Err(config_error("http.max_topics_per_connection: must be at least 1".into()));
         }
         if self.http.max_header_bytes < 8 * 1024 {
             return Err(config_error("http.max_header_bytes: must be at least 8192".into()));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::Request;
-use pushpull_core::{Error, ErrorKind, Topic};
+use pushpull_core::{Error, ErrorKind, Selector, Topic};
 use tokio::time::Instant;
 
 /// A topic pattern: `*` (every topic), a prefix ending in `*` (`orders:*`), or an exact name.
@@ -148,6 +148,33 @@ impl Grant {
             rate.take()?;
         }
         Ok(())
+    }
+
+    /// [`check`](Self::check) for reading what `selector` selects: a topic needs the right to
+    /// read it; a prefix needs one right that covers every topic it may select (`*`, or a
+    /// prefix pattern the selector's prefix starts with).
+    pub fn check_selector(&self, selector: &Selector) -> Result<(), Error> {
+        let prefix = match selector {
+            Selector::Topic(topic) => return self.check(Right::Subscribe(topic.as_str())),
+            Selector::Prefix(prefix) => prefix,
+        };
+        if self.is_expired() {
+            return Err(Error::new(ErrorKind::Unauthorized, "the token has expired"));
+        }
+        let covers = |pattern: &TopicPattern| match pattern {
+            TopicPattern::Any => true,
+            TopicPattern::Prefix(p) => prefix.starts_with(p.as_str()),
+            TopicPattern::Exact(_) => false,
+        };
+        if self.admin || self.subscribe.iter().any(covers) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Forbidden,
+            format!(
+                "the token does not grant subscribe:{selector} (a right covering the whole prefix)"
+            ),
+        ))
     }
 
     /// Whether the rights have ended.

@@ -29,7 +29,7 @@ pub use pages::{Hold, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, page_ro
 pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
 };
-pub use push::{Encode, PushFormat, PushServer, PushTransport, push_response};
+pub use push::{Encode, Feed, PushFormat, PushServer, PushTransport, Start, push_response};
 pub use push_client::{Decoded, PushClient, PushReader};
 pub use reopen::reopening;
 pub use response::{
@@ -44,7 +44,9 @@ pub use serve::{
     ShutdownTrigger, fit_open_file_limit, serve_until, spawn, spawn_with_stats,
 };
 pub use tls::TlsFiles;
-pub use transport::{Context, LiveCount, Measure, Mount, OwnListener, Reading, TransportServer};
+pub use transport::{
+    Context, DEFAULT_MAX_TOPICS, LiveCount, Measure, Mount, OwnListener, Reading, TransportServer,
+};
 
 #[doc(hidden)]
 pub mod __private {

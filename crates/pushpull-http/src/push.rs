@@ -11,7 +11,9 @@ use http::Method;
 use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use pushpull_core::{Broker, Cursor, Delivery, Error, Subscription};
+use pushpull_core::{
+    Broker, Client, Cursor, Delivery, Error, MultiSubscription, Selector, Subscription,
+};
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
@@ -20,8 +22,19 @@ use crate::router::{HandlerResult, HttpRequest, Params, Route, Router};
 use crate::transport::{Context, LiveCount, Measure, Mount, TransportServer};
 use crate::{Body, Gauge, Held, PageConfig, Shutdown};
 
-/// Turns a delivery into the chunks that write it.
-pub type Encode = Box<dyn Fn(&Delivery) -> Vec<Bytes> + Send>;
+/// Turns a delivery into the chunks that write it. On a connection that follows many topics
+/// the second argument is the resume token after it (the [`CursorSet`]'s text), `None`
+/// otherwise.
+pub type Encode = Box<dyn Fn(&Delivery, Option<&str>) -> Vec<Bytes> + Send>;
+
+/// Where a push response starts, for its first chunk.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// One topic's stream, from this position.
+    One(Cursor),
+    /// Many topics' stream, from this cursor set (its text).
+    Many(&'a str),
+}
 
 /// How a push response writes: its media type, first chunk, deliveries and heartbeat.
 pub struct PushFormat {
@@ -44,7 +57,7 @@ pub struct PushFormat {
 /// on `shutdown` or a broker error; `open` is held for as long as it lives, and `meter` counts
 /// what it writes.
 pub fn push_response(
-    subscription: Subscription,
+    subscription: impl Into<Feed>,
     format: PushFormat,
     meter: DeliveryMeter,
     shutdown: Shutdown,
@@ -55,7 +68,7 @@ pub fn push_response(
         queue: VecDeque::from([format.first.clone()]),
         heartbeat: Box::pin(tokio::time::sleep(format.heartbeat)),
         last_write: Instant::now(),
-        subscription,
+        feed: subscription.into(),
         format,
         meter,
         shutdown,
@@ -70,8 +83,39 @@ pub fn push_response(
     response
 }
 
+/// What a push response reads: one topic's subscription, or many topics' with the selectors
+/// their resume token is written relative to.
+pub enum Feed {
+    /// One topic.
+    One(Subscription),
+    /// Many topics.
+    Many(MultiSubscription, Vec<Selector>),
+}
+
+impl From<Subscription> for Feed {
+    fn from(subscription: Subscription) -> Self {
+        Feed::One(subscription)
+    }
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<pushpull_core::Result<Delivery>> {
+        match self {
+            Feed::One(subscription) => subscription.next().await,
+            Feed::Many(subscription, _) => subscription.next().await,
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        match self {
+            Feed::One(_) => None,
+            Feed::Many(subscription, keys) => Some(subscription.cursors().encode(keys)),
+        }
+    }
+}
+
 struct Pushing {
-    subscription: Subscription,
+    feed: Feed,
     format: PushFormat,
     meter: DeliveryMeter,
     shutdown: Shutdown,
@@ -91,9 +135,10 @@ impl Pushing {
         }
         loop {
             tokio::select! {
-                delivery = self.subscription.next() => match delivery? {
+                delivery = self.feed.next() => match delivery? {
                     Ok(delivery) => {
-                        let chunks = (self.format.encode)(&delivery);
+                        let token = self.feed.token();
+                        let chunks = (self.format.encode)(&delivery, token.as_deref());
                         self.meter.delivered(&delivery);
                         self.meter.bytes(chunks.iter().map(Bytes::len).sum());
                         self.queue.extend(chunks);
@@ -131,6 +176,9 @@ pub trait PushTransport: Send + Sync + 'static {
     const NAME: &'static str;
     /// The route of a topic's push response, such as `/v1/topics/{topic}/events`.
     const PATH: &'static str;
+    /// The route of a push response that follows many topics (`?topic=` repeated, prefixes
+    /// and server-decided topics too), such as `/v1/events`.
+    const MANY_PATH: &'static str;
     /// The transport's server settings, all optional (`#[serde(default)]`), unknown keys
     /// refused.
     type Config: Default
@@ -148,8 +196,15 @@ pub trait PushTransport: Send + Sync + 'static {
     /// Where the request asks its stream to start.
     fn start(request: &HttpRequest) -> Result<Cursor, Error>;
 
+    /// Where a request to follow many topics asks to start, as text: a cursor set that
+    /// resumes them, or one start for them all. The default reads `after`, then the
+    /// `Pushpull-Cursor` header.
+    fn resume(request: &HttpRequest) -> Result<Option<String>, Error> {
+        crate::request::resume_text(request)
+    }
+
     /// How the response to `request` writes, for a subscription that starts at `start`.
-    fn format(config: &Self::Config, request: &HttpRequest, start: Cursor) -> PushFormat;
+    fn format(config: &Self::Config, request: &HttpRequest, start: Start<'_>) -> PushFormat;
 }
 
 /// The server of a [`PushTransport`] over a broker: a cheap-`Clone` tower (and hyper) service
@@ -184,6 +239,7 @@ impl<P: PushTransport> std::fmt::Debug for PushServer<P> {
 /// the routes).
 struct Streams<P: PushTransport> {
     broker: Arc<dyn Broker>,
+    max_topics: usize,
     config: Arc<P::Config>,
     open: Gauge,
     meter: DeliveryMeter,
@@ -193,6 +249,7 @@ impl<P: PushTransport> Clone for Streams<P> {
     fn clone(&self) -> Self {
         Self {
             broker: self.broker.clone(),
+            max_topics: self.max_topics,
             config: self.config.clone(),
             open: self.open.clone(),
             meter: self.meter.clone(),
@@ -210,6 +267,7 @@ impl<P: PushTransport> PushServer<P> {
         P::check(&config)?;
         let streams = Streams::<P> {
             broker: context.broker.clone(),
+            max_topics: context.max_topics,
             config: Arc::new(config),
             open: Gauge::new(),
             meter: DeliveryMeter::new(P::NAME),
@@ -261,11 +319,41 @@ impl<P: PushTransport> TransportServer for PushServer<P> {
 
 impl<P: PushTransport> Streams<P> {
     fn routes(&self) -> Vec<Route> {
-        let streams = self.clone();
-        vec![Route::new(Method::GET, P::PATH, move |req: HttpRequest, params: Params| {
-            let streams = streams.clone();
-            async move { streams.stream(req, params).await }
-        })]
+        let (one, many) = (self.clone(), self.clone());
+        vec![
+            Route::new(Method::GET, P::PATH, move |req: HttpRequest, params: Params| {
+                let streams = one.clone();
+                async move { streams.stream(req, params).await }
+            }),
+            Route::new(Method::GET, P::MANY_PATH, move |req: HttpRequest, _: Params| {
+                let streams = many.clone();
+                async move { streams.stream_many(req).await }
+            }),
+        ]
+    }
+
+    async fn stream_many(&self, req: HttpRequest) -> HandlerResult {
+        let resume = P::resume(&req)?;
+        let follow = crate::request::follow_request(
+            &req,
+            resume.as_deref(),
+            Cursor::Latest,
+            self.max_topics,
+        )?;
+        let keys = follow.keys();
+        let broker: Arc<dyn Client> = self.broker.clone();
+        let subscription = pushpull_core::follow(broker, follow)
+            .await
+            .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
+        let token = subscription.cursors().encode(&keys);
+        let format = P::format(&self.config, &req, Start::Many(&token));
+        Ok(push_response(
+            Feed::Many(subscription, keys),
+            format,
+            self.meter.clone(),
+            Shutdown::of(&req),
+            self.open.hold(),
+        ))
     }
 
     async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {
@@ -276,7 +364,7 @@ impl<P: PushTransport> Streams<P> {
             .subscribe(&topic, cursor)
             .await
             .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
-        let format = P::format(&self.config, &req, subscription.cursor());
+        let format = P::format(&self.config, &req, Start::One(subscription.cursor()));
         Ok(push_response(
             subscription,
             format,

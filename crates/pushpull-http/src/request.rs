@@ -6,9 +6,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header;
 use http_body_util::BodyExt;
-use pushpull_core::{Cursor, Error, ErrorKind, Publication, Topic};
+use pushpull_core::{
+    Cursor, CursorSet, Error, ErrorKind, FollowRequest, Publication, Selector, Topic,
+};
 
-use crate::router::{HttpRequest, Params};
+use crate::grant::{Grant, TopicPattern};
+use crate::router::{HttpRequest, Params, query_params};
 
 /// The header that carries a cursor when the query does not.
 pub const CURSOR_HEADER: &str = "pushpull-cursor";
@@ -155,5 +158,94 @@ async fn read_body(
             format!("the body did not arrive within {timeout:?}"),
         )),
         Ok(result) => Ok((parts, result?)),
+    }
+}
+
+/// The most `topic` parameters one request may name, whatever the limit on topics followed.
+const MAX_SELECTORS: usize = 1024;
+
+/// What a request to follow many topics on one connection asks (`GET /v1/events`,
+/// `/v1/stream`, `/v1/messages`): the `topic` parameters, each `NAME`, `PREFIX*`, or either
+/// with its own start after `@` (`ticker@last:5`); where they start (`resume`: a cursor set,
+/// `@…`, resumes them all; anything else is the start of every topic without its own,
+/// `default` when absent); at most `max_topics` topics.
+///
+/// A request that names no topic follows what its token may read (the `subscribe` claim's
+/// names and prefixes), as a server-decided subscription; without a token that is a 400.
+/// Each selector needs the right to read it: a prefix, a right that covers the whole prefix.
+pub fn follow_request(
+    request: &HttpRequest,
+    resume: Option<&str>,
+    default: Cursor,
+    max_topics: usize,
+) -> Result<FollowRequest, Error> {
+    let query = request.uri().query().unwrap_or_default();
+    let mut selectors = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key != "topic" {
+            continue;
+        }
+        if selectors.len() == MAX_SELECTORS {
+            return Err(Error::bad_request(format!(
+                "at most {MAX_SELECTORS} topic parameters in one request"
+            )));
+        }
+        let (name, start) = match value.split_once('@') {
+            Some((name, start)) => (name, Some(start.parse::<Cursor>()?)),
+            None => (&*value, None),
+        };
+        selectors.push((name.parse::<Selector>()?, start));
+    }
+    let grant = Grant::of(request);
+    if selectors.is_empty() {
+        let Some(grant) = grant else {
+            return Err(Error::bad_request(
+                "name at least one topic: ?topic=NAME or ?topic=PREFIX* (repeatable)",
+            ));
+        };
+        // Server-decided: what the token may read.
+        for pattern in &grant.subscribe {
+            let selector = match pattern {
+                TopicPattern::Any => Selector::Prefix("".into()),
+                TopicPattern::Prefix(prefix) => format!("{prefix}*").parse()?,
+                TopicPattern::Exact(name) => Selector::Topic(Topic::new(name)?),
+            };
+            selectors.push((selector, None));
+        }
+        if selectors.is_empty() {
+            return Err(Error::new(ErrorKind::Forbidden, "the token grants no topic to read"));
+        }
+    }
+    if let Some(grant) = grant {
+        for (selector, _) in &selectors {
+            grant.check_selector(selector)?;
+        }
+    }
+    let keys: Vec<Selector> = selectors.iter().map(|(s, _)| s.clone()).collect();
+    let (resume, default) = match resume {
+        Some(text) if CursorSet::is_set(text) => {
+            (Some(CursorSet::parse(text, &keys)?), Cursor::Latest)
+        }
+        Some(text) => (None, text.parse::<Cursor>()?),
+        None => (None, default),
+    };
+    Ok(FollowRequest {
+        selectors: selectors.into_iter().map(|(s, start)| (s, start.unwrap_or(default))).collect(),
+        resume,
+        max_topics,
+    })
+}
+
+/// Where a request to follow many topics says to start: `after`, else the `Pushpull-Cursor`
+/// header; `None` when neither is there.
+pub fn resume_text(request: &HttpRequest) -> Result<Option<String>, Error> {
+    if let Some(text) = query_params(request).remove("after") {
+        return Ok(Some(text));
+    }
+    match request.headers().get(CURSOR_HEADER) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|v| Some(v.to_owned())).map_err(|_| {
+            Error::new(ErrorKind::InvalidCursor, "the Pushpull-Cursor header is not ASCII")
+        }),
     }
 }

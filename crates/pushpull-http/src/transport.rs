@@ -61,6 +61,9 @@ impl Debug for LiveCount {
     }
 }
 
+/// The most topics one connection follows unless configured otherwise.
+pub const DEFAULT_MAX_TOPICS: usize = 100;
+
 /// What a server shares with every transport it serves: the broker, the shared page route's
 /// settings and the browser origins it trusts.
 #[derive(Clone)]
@@ -76,6 +79,8 @@ pub struct Context {
     pub page_transport: &'static str,
     /// How long a client may take to send a request body (a publish).
     pub body_timeout: Duration,
+    /// The most topics one connection may follow (many topics on one stream, prefixes).
+    pub max_topics: usize,
     /// Browser origins allowed to call the server from their pages (CORS); a transport that
     /// checks `Origin` itself (WebSocket upgrades) allows these too.
     pub allowed_origins: Vec<String>,
@@ -92,6 +97,7 @@ impl Context {
             pages: PageConfig::default(),
             page_transport: crate::publish::SHARED_API,
             body_timeout: Duration::from_secs(30),
+            max_topics: DEFAULT_MAX_TOPICS,
             allowed_origins: Vec::new(),
             extensions: http::Extensions::new(),
         }
@@ -101,6 +107,12 @@ impl Context {
     pub fn with_pages(mut self, pages: PageConfig, transport: &'static str) -> Self {
         self.pages = pages;
         self.page_transport = transport;
+        self
+    }
+
+    /// Letting one connection follow at most `max` topics.
+    pub fn with_max_topics(mut self, max: usize) -> Self {
+        self.max_topics = max;
         self
     }
 

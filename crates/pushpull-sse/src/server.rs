@@ -2,13 +2,18 @@
 
 use bytes::Bytes;
 use pushpull_core::{Cursor, Delivery, EncodingKey, Error, ErrorKind};
-use pushpull_http::{HttpRequest, PushFormat, PushServer, PushTransport, query_params, request};
+use pushpull_http::{
+    HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
+};
 
 use crate::config::ServerConfig;
-use crate::wire::{CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble};
+use crate::wire::{CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble, with_token};
 
 /// The route of a topic's event stream.
 pub const EVENTS_PATH: &str = "/v1/topics/{topic}/events";
+/// The route of an event stream of many topics: `?topic=` repeated (names, `PREFIX*`), or
+/// none for what the token may read.
+pub const MANY_EVENTS_PATH: &str = "/v1/events";
 
 /// The SSE server over a broker: a cheap-`Clone` tower (and hyper) service serving publishing,
 /// pages and event streams; its [`routes`](PushServer::routes) mount event streams beside other
@@ -30,6 +35,7 @@ static EVENT: EncodingKey = EncodingKey::new();
 impl PushTransport for Sse {
     const NAME: &'static str = crate::NAME;
     const PATH: &'static str = EVENTS_PATH;
+    const MANY_PATH: &'static str = MANY_EVENTS_PATH;
     type Config = ServerConfig;
 
     fn check(config: &ServerConfig) -> Result<(), Error> {
@@ -40,17 +46,33 @@ impl PushTransport for Sse {
         start_cursor(request)
     }
 
-    fn format(config: &ServerConfig, _: &HttpRequest, start: Cursor) -> PushFormat {
+    fn resume(request: &HttpRequest) -> Result<Option<String>, Error> {
+        match last_event_id(request)? {
+            Some(id) => Ok(Some(id.to_owned())),
+            None => request::resume_text(request),
+        }
+    }
+
+    fn format(config: &ServerConfig, _: &HttpRequest, start: Start<'_>) -> PushFormat {
+        let first = match start {
+            Start::One(cursor) => preamble(&cursor.to_string(), config.retry),
+            Start::Many(token) => preamble(token, config.retry),
+        };
         PushFormat {
             content_type: CONTENT_TYPE,
-            first: preamble(start, config.retry),
-            encode: Box::new(|delivery| {
-                vec![match delivery {
+            first,
+            encode: Box::new(|delivery, token| {
+                let event = match delivery {
                     Delivery::Message(message) => {
                         message.encodings.get_or_encode(&EVENT, || encode_message(message))
                     }
                     Delivery::Gap(gap) => encode_gap(gap),
-                }]
+                };
+                match token {
+                    None => vec![event],
+                    // Many topics: the event names its topic, and its id is the cursor set.
+                    Some(token) => with_token(event, delivery.topic(), token),
+                }
             }),
             heartbeat_chunk: Bytes::from_static(HEARTBEAT),
             heartbeat: config.heartbeat,
@@ -61,15 +83,19 @@ impl PushTransport for Sse {
 /// `Last-Event-ID` first (it is newer: EventSource repeats the original URL when it
 /// reconnects), then `?after=`, then `latest`.
 fn start_cursor(req: &HttpRequest) -> Result<Cursor, Error> {
-    if let Some(id) = req.headers().get("last-event-id") {
-        let id = id.to_str().map_err(|_| {
-            Error::new(ErrorKind::InvalidCursor, "the Last-Event-ID header is not ASCII")
-        })?;
-        if !id.is_empty() {
-            return id.parse().map_err(|e: Error| {
-                Error::new(ErrorKind::InvalidCursor, format!("Last-Event-ID: {}", e.message()))
-            });
-        }
+    if let Some(id) = last_event_id(req)? {
+        return id.parse().map_err(|e: Error| {
+            Error::new(ErrorKind::InvalidCursor, format!("Last-Event-ID: {}", e.message()))
+        });
     }
     request::cursor(req, &query_params(req), Cursor::Latest)
+}
+
+/// The `Last-Event-ID` header, when present and not empty.
+fn last_event_id(req: &HttpRequest) -> Result<Option<&str>, Error> {
+    let Some(id) = req.headers().get("last-event-id") else { return Ok(None) };
+    let id = id.to_str().map_err(|_| {
+        Error::new(ErrorKind::InvalidCursor, "the Last-Event-ID header is not ASCII")
+    })?;
+    Ok((!id.is_empty()).then_some(id))
 }

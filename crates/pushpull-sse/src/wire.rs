@@ -48,8 +48,27 @@ const ENCODING_FIELD: &str = "encoding";
 
 /// The first bytes of a stream: the reconnection time, and the starting position as an id, so
 /// a client that drops before the first message still resumes from where it started.
-pub fn preamble(start: Cursor, retry: Duration) -> Bytes {
+pub fn preamble(start: &str, retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\nid: {start}\n\n", retry.as_millis()))
+}
+
+/// The field that names a delivery's topic on a stream of many topics (EventSource ignores
+/// it; pushpull's clients read it).
+pub const TOPIC_FIELD: &str = "topic";
+
+/// One topic's `event` (a message's or a gap's, as [`encode_message`] and [`encode_gap`] make
+/// it, `id:` first) for a stream of many topics: its `id:` line replaced by the cursor set
+/// `token`, and a `topic:` field. The rest of the event is the shared encoding itself, not a
+/// copy.
+pub fn with_token(event: Bytes, topic: &pushpull_core::Topic, token: &str) -> Vec<Bytes> {
+    let rest = match event.iter().position(|&b| b == b'\n') {
+        Some(end) if event.starts_with(b"id:") => event.slice(end + 1..),
+        _ => event,
+    };
+    let mut head = BytesMut::with_capacity(token.len() + topic.as_str().len() + 16);
+    field(&mut head, "id", token);
+    field(&mut head, TOPIC_FIELD, topic.as_str());
+    vec![head.freeze(), rest]
 }
 
 /// The event of one message.
@@ -475,7 +494,8 @@ mod tests {
     #[test]
     fn the_preamble_sets_the_id_without_an_event() {
         let cursor = Cursor::After(Epoch::random(), Offset(0));
-        let (events, parser) = parse_in_pieces(&preamble(cursor, Duration::from_millis(1500)), &[]);
+        let (events, parser) =
+            parse_in_pieces(&preamble(&cursor.to_string(), Duration::from_millis(1500)), &[]);
         assert!(events.is_empty());
         assert_eq!(parser.last_event_id(), cursor.to_string());
         assert_eq!(parser.retry(), Some(Duration::from_millis(1500)));

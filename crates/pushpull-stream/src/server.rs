@@ -2,13 +2,18 @@
 
 use http::header;
 use pushpull_core::{Cursor, Error};
-use pushpull_http::{HttpRequest, PushFormat, PushServer, PushTransport, query_params, request};
+use pushpull_http::{
+    HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
+};
 
 use crate::config::ServerConfig;
 use crate::wire::{Framing, Record, encode, encode_plain};
 
 /// The route of a topic's stream.
 pub const STREAM_PATH: &str = "/v1/topics/{topic}/stream";
+/// The route of a stream of many topics: `?topic=` repeated (names, `PREFIX*`), or none for
+/// what the token may read.
+pub const MANY_STREAM_PATH: &str = "/v1/stream";
 
 /// The streaming server over a broker: a cheap-`Clone` tower (and hyper) service serving
 /// publishing, pages and streams; its [`routes`](PushServer::routes) mount streams beside other
@@ -28,6 +33,7 @@ pub struct Stream;
 impl PushTransport for Stream {
     const NAME: &'static str = crate::NAME;
     const PATH: &'static str = STREAM_PATH;
+    const MANY_PATH: &'static str = MANY_STREAM_PATH;
     type Config = ServerConfig;
 
     fn check(config: &ServerConfig) -> Result<(), Error> {
@@ -38,13 +44,19 @@ impl PushTransport for Stream {
         request::cursor(request, &query_params(request), Cursor::Latest)
     }
 
-    fn format(config: &ServerConfig, request: &HttpRequest, start: Cursor) -> PushFormat {
+    fn format(config: &ServerConfig, request: &HttpRequest, start: Start<'_>) -> PushFormat {
         let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let framing = Framing::from_accept(accept);
         PushFormat {
             content_type: framing.content_type(),
-            first: encode_plain(&Record::Start { cursor: start }, framing),
-            encode: Box::new(move |delivery| encode(delivery, framing)),
+            first: match start {
+                Start::One(cursor) => encode_plain(&Record::Start { cursor }, framing),
+                Start::Many(token) => {
+                    encode_plain(&Record::Cursors { cursors: token.to_owned() }, framing)
+                }
+            },
+            // Many topics: each record names its topic and cursor; a reader keeps the set.
+            encode: Box::new(move |delivery, _| encode(delivery, framing)),
             heartbeat_chunk: encode_plain(&Record::Heartbeat, framing),
             heartbeat: config.heartbeat,
         }

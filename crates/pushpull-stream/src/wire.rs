@@ -39,6 +39,12 @@ pub enum Record {
         /// The starting position, `latest` and `beginning` resolved.
         cursor: Cursor,
     },
+    /// The first record of a stream of many topics: the cursor set it starts at. A reader
+    /// resumes with it, each topic's entry moved to the cursor of that topic's last record.
+    Cursors {
+        /// The cursor set's text (`@…`).
+        cursors: String,
+    },
     /// A message.
     Message(MessageJson),
     /// Messages missed.
@@ -256,7 +262,7 @@ pub fn delivery(record: Record, payload: Option<Bytes>) -> Result<Option<Deliver
             Ok(Some(Delivery::Message(message)))
         }
         Record::Gap(json) => Ok(Some(Delivery::Gap(json.into_gap()?))),
-        Record::Start { .. } | Record::Heartbeat => Ok(None),
+        Record::Start { .. } | Record::Cursors { .. } | Record::Heartbeat => Ok(None),
     }
 }
 
