@@ -25,7 +25,10 @@ pub use cors::Cors;
 pub use ends_at::EndsAt;
 pub use gauge::{Gauge, Held};
 pub use grant::{Grant, RateLimit, Right, TopicPattern};
-pub use pages::{Hold, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, page_route};
+pub use pages::{
+    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, many_page_route,
+    page_route,
+};
 pub use publish::{
     EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
 };

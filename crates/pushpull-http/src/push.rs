@@ -23,7 +23,7 @@ use crate::transport::{Context, LiveCount, Measure, Mount, TransportServer};
 use crate::{Body, Gauge, Held, PageConfig, Shutdown};
 
 /// Turns a delivery into the chunks that write it. On a connection that follows many topics
-/// the second argument is the resume token after it (the [`CursorSet`]'s text), `None`
+/// the second argument is the resume token after it (the [`CursorSet`](pushpull_core::CursorSet)'s text), `None`
 /// otherwise.
 pub type Encode = Box<dyn Fn(&Delivery, Option<&str>) -> Vec<Bytes> + Send>;
 

@@ -20,7 +20,7 @@ use crate::config::ServerConfig;
 /// wake-up signal: no thread, no buffer, and dropped the moment its client hangs up.
 #[derive(Clone, Debug)]
 pub struct LongpollServer {
-    route: Route,
+    routes: Vec<Route>,
     router: Router,
     held: Gauge,
 }
@@ -48,9 +48,12 @@ impl LongpollServer {
         let held = Gauge::new();
         let meter = DeliveryMeter::new(crate::NAME);
         let hold = Hold { max_wait: config.max_wait, held: held.clone(), meter };
-        let route = pushpull_http::page_route(context, Some(hold.clone()));
+        let routes = vec![
+            pushpull_http::page_route(context, Some(hold.clone())),
+            pushpull_http::many_page_route(context, Some(hold.clone())),
+        ];
         let router = pushpull_http::api(context, Some(hold));
-        Ok(Self { route, router, held })
+        Ok(Self { routes, router, held })
     }
 
     /// Requests held right now.
@@ -60,7 +63,7 @@ impl LongpollServer {
 
     /// The holding page route (it also answers plain polls), to mount in place of the plain one.
     pub fn routes(&self) -> Vec<Route> {
-        vec![self.route.clone()]
+        self.routes.clone()
     }
 
     /// The router it serves: publishing and the holding page route.

@@ -9,4 +9,7 @@ pub mod wire;
 
 pub use client::{PageAnswer, fetch_page, request_page};
 pub use config::PageConfig;
-pub use server::{Hold, MESSAGES_PATH, PageRequest, page_response, page_route};
+pub use server::{
+    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, PageRequest, many_page_route, page_response,
+    page_route,
+};

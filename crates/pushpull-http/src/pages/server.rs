@@ -20,6 +20,9 @@ use crate::transport::Context;
 
 /// The route of a topic's messages.
 pub const MESSAGES_PATH: &str = "/v1/topics/{topic}/messages";
+/// The route of many topics' messages: `?topic=` repeated (names, `PREFIX*`), or none for
+/// what the token may read.
+pub const MANY_MESSAGES_PATH: &str = "/v1/messages";
 
 /// Long polling's part of the page route: how long a request may be held, and the count of
 /// requests held now.
@@ -72,7 +75,7 @@ async fn answer(
 ) -> HandlerResult {
     let request = PageRequest::parse(&req, &params, config)?;
     let wait = match hold {
-        Some(hold) => wait(&request, hold.max_wait)?,
+        Some(hold) => wait(&request.query, hold.max_wait)?,
         None => None,
     };
     let page = broker
@@ -128,8 +131,8 @@ async fn held(
 }
 
 /// The `wait` query parameter: decimal seconds, cut to `max`; `None` when absent.
-fn wait(request: &PageRequest, max: Duration) -> Result<Option<Duration>, Error> {
-    let Some(text) = request.query.get("wait") else { return Ok(None) };
+fn wait(query: &HashMap<String, String>, max: Duration) -> Result<Option<Duration>, Error> {
+    let Some(text) = query.get("wait") else { return Ok(None) };
     let seconds: f64 =
         text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
             Error::bad_request(format!("wait {text:?} is not a number of seconds"))
@@ -204,5 +207,160 @@ fn trim_to_bytes(page: &mut Page, max_bytes: usize) {
     if keep < page.messages.len() {
         page.messages.truncate(keep);
         page.next = page.messages[keep - 1].cursor();
+    }
+}
+
+/// `GET /v1/messages?topic=A&topic=B&topic=PREFIX*&after=SET&limit=N[&wait=SECONDS]`: a page of
+/// many topics (see [`follow_request`](crate::request::follow_request) for the topics and
+/// starts), `{"gaps":[…],"messages":[…],"next":"@…"}`: each topic's gap and messages in its
+/// order (the topics interleaved), and `next`, the cursor set to ask from next time. With
+/// `hold` and `wait`, an empty page is held until one of the topics gets a message (a topic a
+/// prefix selects, created meanwhile, included) or the wait passes.
+pub fn many_page_route(context: &Context, hold: Option<Hold>) -> Route {
+    let shared = Arc::new((
+        context.broker.clone(),
+        context.pages.clone(),
+        hold,
+        DeliveryMeter::new(context.page_transport),
+        context.max_topics,
+    ));
+    Route::new(Method::GET, MANY_MESSAGES_PATH, move |req: HttpRequest, _: Params| {
+        let shared = shared.clone();
+        async move {
+            let (broker, config, hold, meter, max_topics) = &*shared;
+            answer_many(broker.clone(), config, hold.as_ref(), meter, *max_topics, req).await
+        }
+    })
+}
+
+async fn answer_many(
+    broker: Arc<dyn Broker>,
+    config: &PageConfig,
+    hold: Option<&Hold>,
+    plain_meter: &DeliveryMeter,
+    max_topics: usize,
+    req: HttpRequest,
+) -> HandlerResult {
+    let query = query_params(&req);
+    let limit = request::limit(&query, config.default_limit, config.max_limit)?;
+    let resume = request::resume_text(&req)?;
+    let follow = request::follow_request(&req, resume.as_deref(), Cursor::Beginning, max_topics)?;
+    let wait = match hold {
+        Some(hold) => wait(&query, hold.max_wait)?,
+        None => None,
+    };
+    let keys = follow.keys();
+    // Following resolves every topic's start (and finds a prefix's topics); the page is then
+    // read by fetching, so it holds what is there now on any broker.
+    let client: Arc<dyn pushpull_core::Client> = broker.clone();
+    let mut following = pushpull_core::follow(client, follow)
+        .await
+        .inspect_err(|e| metrics::broker_error("subscribe", e))?;
+    let mut cursors = following.cursors().clone();
+    let mut page = ManyPage::default();
+    page.fill(&*broker, &mut cursors, limit, config.max_page_bytes).await?;
+    let mut meter = plain_meter;
+    if let (Some(wait), Some(hold)) = (wait, hold) {
+        if !wait.is_zero() {
+            meter = &hold.meter;
+        }
+        if page.is_empty() && !wait.is_zero() {
+            let _held = hold.held.hold();
+            let mut shutdown = Shutdown::of(&req);
+            let first = tokio::select! {
+                first = following.next() => first,
+                () = tokio::time::sleep(wait) => None,
+                () = shutdown.wait() => None,
+            };
+            match first {
+                Some(Ok(delivery)) => {
+                    // A topic new since the page was read comes in with its first delivery.
+                    if cursors.get(delivery.topic()).is_none() {
+                        page.push(&delivery);
+                        cursors.advance(&delivery);
+                    }
+                    page.fill(&*broker, &mut cursors, limit, config.max_page_bytes).await?;
+                }
+                Some(Err(error)) => {
+                    metrics::broker_error("subscribe", &error);
+                    return Err(error);
+                }
+                None => {}
+            }
+        }
+    }
+    for message in &page.messages {
+        meter.delivered(&pushpull_core::Delivery::Message(message.clone()));
+    }
+    let body = serde_json::json!({
+        "gaps": page.gaps.iter().map(crate::wire::GapJson::from_gap).collect::<Vec<_>>(),
+        "messages": page.messages.iter().map(crate::wire::MessageJson::from_message).collect::<Vec<_>>(),
+        "next": cursors.encode(&keys),
+    });
+    let bytes = serde_json::to_vec(&body).expect("a page encodes");
+    meter.bytes(bytes.len());
+    let mut response = json(StatusCode::OK, bytes);
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers
+        .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
+    if let Some(wait) = wait {
+        headers.insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+    }
+    Ok(response)
+}
+
+/// A page of many topics.
+#[derive(Default)]
+struct ManyPage {
+    gaps: Vec<pushpull_core::Gap>,
+    messages: Vec<pushpull_core::Message>,
+    bytes: usize,
+}
+
+impl ManyPage {
+    fn is_empty(&self) -> bool {
+        self.gaps.is_empty() && self.messages.is_empty()
+    }
+
+    fn push(&mut self, delivery: &pushpull_core::Delivery) {
+        match delivery {
+            pushpull_core::Delivery::Message(message) => {
+                self.bytes += message.payload.len();
+                self.messages.push(message.clone());
+            }
+            pushpull_core::Delivery::Gap(gap) => self.gaps.push(gap.clone()),
+        }
+    }
+
+    /// Reads each topic from its cursor, a fair share of `limit` each (at least one), until
+    /// `limit` messages or `max_bytes` of payload; moves the cursors past what it read.
+    async fn fill(
+        &mut self,
+        broker: &dyn Broker,
+        cursors: &mut pushpull_core::CursorSet,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(), Error> {
+        let topics: Vec<(Topic, Cursor)> = cursors.iter().map(|(t, c)| (t.clone(), c)).collect();
+        let share = (limit / topics.len().max(1)).max(1);
+        for (topic, cursor) in topics {
+            let room = limit.saturating_sub(self.messages.len());
+            if room == 0 || (self.bytes >= max_bytes && !self.messages.is_empty()) {
+                break;
+            }
+            let page = broker
+                .fetch(&topic, cursor, share.min(room))
+                .await
+                .inspect_err(|e| metrics::broker_error("fetch", e))?;
+            for delivery in page.into_deliveries() {
+                if self.bytes >= max_bytes && !self.messages.is_empty() {
+                    break;
+                }
+                self.push(&delivery);
+                cursors.advance(&delivery);
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,68 @@
+//! Many topics on one request over real sockets: the long poll's page of many topics and its
+//! cursor set, a prefix's topic created while a request is held, and the bound on topics.
+
+mod support;
+
+use pushpull::ServerConfig;
+use support::{get, post, server};
+
+fn offsets_of(page: &serde_json::Value) -> Vec<(String, u64)> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["topic"].as_str().unwrap().to_owned(), m["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_page_of_many_topics_resumes_from_its_cursor_set() {
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    for topic in ["ticker", "orders:eu", "ticker", "other"] {
+        assert_eq!(post(addr, &format!("/v1/topics/{topic}"), "", b"x").await.status, 201);
+    }
+    let page = get(addr, "/v1/messages?topic=ticker&topic=orders:*").await;
+    assert_eq!(page.status, 200);
+    let json = page.json();
+    let mut got = offsets_of(&json);
+    got.sort();
+    let want = [("orders:eu", 1), ("ticker", 1), ("ticker", 2)];
+    assert_eq!(got, want.map(|(t, o)| (t.to_owned(), o)));
+    let next = json["next"].as_str().unwrap().to_owned();
+    assert!(next.starts_with('@'), "{next}");
+
+    // From the set: nothing new; then a topic the prefix selects is created while held.
+    let again = get(addr, &format!("/v1/messages?topic=ticker&topic=orders:*&after={next}")).await;
+    assert!(offsets_of(&again.json()).is_empty());
+    let held = tokio::spawn(async move {
+        let path = format!("/v1/messages?topic=ticker&topic=orders:*&after={next}&wait=20");
+        get(addr, &path).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(post(addr, "/v1/topics/orders:us", "", b"new").await.status, 201);
+    let held = held.await.unwrap();
+    assert_eq!(held.header("pushpull-wait-ms"), Some("20000"));
+    let json = held.json();
+    assert_eq!(offsets_of(&json), vec![("orders:us".to_owned(), 1)]);
+    assert!(json["next"].as_str().unwrap().contains(",1*us~1"), "{json}");
+}
+
+#[tokio::test]
+async fn more_topics_than_the_bound_is_an_error_that_says_it() {
+    let mut config = ServerConfig::default();
+    config.http.max_topics_per_connection = 2;
+    let server = server(config).await;
+    let addr = server.local_addr();
+    for path in ["/v1/messages", "/v1/events", "/v1/stream"] {
+        let reply = get(addr, &format!("{path}?topic=a&topic=b&topic=c")).await;
+        assert_eq!(reply.status, 400, "{path}");
+        let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("3 topics") && message.contains("limit of 2"), "{message}");
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 400, "{path}: no topic and no token");
+        assert!(reply.json()["error"]["message"].as_str().unwrap().contains("?topic="));
+        let reply = get(addr, &format!("{path}?topic=a&after=@0000000000000001,5~1")).await;
+        assert_eq!((reply.status, reply.error_kind().as_str()), (400, "invalid_cursor"));
+    }
+}
