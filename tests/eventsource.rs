@@ -23,13 +23,8 @@ async fn next_of(lines: &mut ClientLines, kind: &str) -> serde_json::Value {
     .await
 }
 
-#[tokio::test]
-async fn node_eventsource_resumes_with_last_event_id() {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/eventsource").exists(),
-        "the npm packages are missing: run ./scripts/test, which installs them"
-    );
+/// A server whose SSE retry is short, its broker, and a chaos proxy in front of it.
+async fn start() -> (std::sync::Arc<dyn pushpull::Broker>, pushpull::RunningServer, ChaosProxy) {
     let mut config = ServerConfig::default();
     config
         .transports
@@ -39,20 +34,38 @@ async fn node_eventsource_resumes_with_last_event_id() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
     let proxy = ChaosProxy::start(server.local_addr()).await.unwrap();
-    let topic = Topic::new("prices").unwrap();
+    (broker, server, proxy)
+}
 
-    // No `after=`: the stream starts at `latest`; only Last-Event-ID can bring back what is
-    // published while the client is away.
-    let url = format!("http://{}/v1/topics/prices/events", proxy.addr());
+/// The npm `eventsource` package following `url` until it has seen `count` events, and the
+/// lines it prints.
+fn eventsource(url: &str, count: usize) -> (tokio::process::Child, ClientLines) {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/eventsource").exists(),
+        "the npm packages are missing: run ./scripts/test, which installs them"
+    );
     let mut node = Command::new("node")
         .arg(js.join("eventsource-client.mjs"))
-        .args([&url, "6"])
+        .args([url, &count.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("node is installed");
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    (node, lines)
+}
+
+#[tokio::test]
+async fn node_eventsource_resumes_with_last_event_id() {
+    let (broker, _server, proxy) = start().await;
+    let topic = Topic::new("prices").unwrap();
+
+    // No `after=`: the stream starts at `latest`; only Last-Event-ID can bring back what is
+    // published while the client is away.
+    let url = format!("http://{}/v1/topics/prices/events", proxy.addr());
+    let (mut node, mut lines) = eventsource(&url, 6);
 
     next_of(&mut lines, "open").await;
     let mut cursors = Vec::new();
@@ -97,33 +110,12 @@ async fn node_eventsource_resumes_with_last_event_id() {
 #[tokio::test]
 async fn node_eventsource_resumes_twenty_topics_on_one_stream() {
     const TOPICS: usize = 20;
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/eventsource").exists(),
-        "the npm packages are missing: run ./scripts/test, which installs them"
-    );
-    let mut config = ServerConfig::default();
-    config
-        .transports
-        .configure::<pushpull::sse::SseServer>(|c| c.retry = Duration::from_millis(100))
-        .unwrap();
-    let broker = pushpull::broker(&config).unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let server = pushpull::serve_with(listener, broker.clone(), &config).unwrap();
-    let proxy = ChaosProxy::start(server.local_addr()).await.unwrap();
+    let (broker, _server, proxy) = start().await;
     let topics: Vec<Topic> =
         (0..TOPICS).map(|n| Topic::new(format!("room.{n}")).unwrap()).collect();
     let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
     let url = format!("http://{}/v1/events?{}", proxy.addr(), query.join("&"));
-    let mut node = Command::new("node")
-        .arg(js.join("eventsource-client.mjs"))
-        .args([&url, &(TOPICS * 6).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed");
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let (mut node, mut lines) = eventsource(&url, TOPICS * 6);
     next_of(&mut lines, "open").await;
 
     let publish_round = async |round: std::ops::RangeInclusive<usize>| {
