@@ -324,6 +324,15 @@ pub struct MultiSubscription {
 }
 
 impl MultiSubscription {
+    /// Wraps a stream of many topics' deliveries that starts at `cursors` (what a client that
+    /// multiplexes returns from [`Subscribe::subscribe_many`](crate::Subscribe)).
+    pub fn new(
+        cursors: CursorSet,
+        stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
+    ) -> Self {
+        Self { cursors, inner: Box::pin(stream) }
+    }
+
     /// Where each topic stands after the last delivery yielded.
     pub fn cursors(&self) -> &CursorSet {
         &self.cursors
@@ -356,10 +365,15 @@ fn too_many(count: usize, max: usize) -> Error {
     .with_retryable(false)
 }
 
-/// Follows every topic `request` selects on `broker`, as one stream. Exact topics need
-/// nothing of the broker but [`Subscribe`](crate::Subscribe); prefixes need its
-/// [`Directory`].
+/// Follows every topic `request` selects on `broker` (a broker or a client), as one stream: on
+/// one connection when the client can ([`Subscribe::subscribe_many`](crate::Subscribe)),
+/// else by merging one subscription per topic. Exact topics need nothing more than
+/// [`Subscribe`](crate::Subscribe); prefixes need a [`Directory`] (or a client that follows
+/// them itself).
 pub async fn follow(broker: Arc<dyn Client>, request: FollowRequest) -> Result<MultiSubscription> {
+    if let Some(multiplexed) = broker.subscribe_many(&request).await? {
+        return Ok(multiplexed);
+    }
     let prefixes: Vec<Arc<str>> =
         request.selectors.iter().filter_map(|(s, _)| s.prefix().map(Arc::from)).collect();
     let directory = match prefixes.is_empty() {

@@ -80,6 +80,17 @@ pub trait Subscribe: Send + Sync {
     fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
         None
     }
+
+    /// Follows many topics on one connection, when this client can: what
+    /// [`follow`](crate::follow) asks first. `None` (the default) when it cannot, and `follow`
+    /// merges one subscription per topic instead.
+    async fn subscribe_many(
+        &self,
+        request: &crate::many::FollowRequest,
+    ) -> Result<Option<crate::many::MultiSubscription>> {
+        let _ = request;
+        Ok(None)
+    }
 }
 
 /// Publish, Fetch and Subscribe together: what `connect` returns and brokers are.
@@ -189,6 +200,13 @@ macro_rules! forward {
 
             fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
                 (**self).directory()
+            }
+
+            async fn subscribe_many(
+                &self,
+                request: &crate::many::FollowRequest,
+            ) -> Result<Option<crate::many::MultiSubscription>> {
+                (**self).subscribe_many(request).await
             }
         }
 

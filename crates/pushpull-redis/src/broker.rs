@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pushpull_core::{
-    Backoff, Capabilities, Client, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Gap,
-    GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Subscribe,
+    Backoff, Capabilities, Client, Cursor, Delivery, Directory, Epoch, Error, ErrorKind, Fetch,
+    Gap, GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Subscribe,
     Subscription, Topic, millis_since_unix_epoch, time_from_millis,
 };
 use redis::Value;
@@ -300,6 +300,10 @@ const WINDOW_READ: usize = 256;
 
 #[async_trait]
 impl Subscribe for RedisBroker {
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
+    }
+
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let wake = self.inner.waker.watch(topic);
         // Resolve the cursor now: `latest` means what exists when subscribe returns, and a bad
@@ -325,6 +329,56 @@ impl Subscribe for RedisBroker {
             resume_from,
             futures::stream::unfold(reader, Reader::next),
         ))
+    }
+}
+
+#[async_trait]
+impl Directory for RedisBroker {
+    /// Every topic with a log under this key prefix, by `SCAN` over the topics' metadata keys.
+    async fn topics(&self, prefix: &str) -> Result<Vec<Topic>, Error> {
+        let key_prefix = &self.inner.config.key_prefix;
+        let escaped: String = key_prefix
+            .chars()
+            .flat_map(|c| {
+                let special = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                special.then_some('\\').into_iter().chain([c])
+            })
+            .collect();
+        // Topic names and prefixes hold no glob characters.
+        let pattern = format!("{escaped}{{{prefix}*}}:meta");
+        let mut connection = self.inner.connection.clone();
+        let mut cursor = 0u64;
+        let mut topics = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(backend)?;
+            for key in keys {
+                let name = key
+                    .strip_prefix(key_prefix.as_str())
+                    .and_then(|k| k.strip_prefix('{'))
+                    .and_then(|k| k.strip_suffix("}:meta"));
+                if let Some(topic) = name.and_then(|n| Topic::new(n).ok()) {
+                    if !topics.contains(&topic) {
+                        topics.push(topic);
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(topics);
+            }
+            cursor = next;
+        }
+    }
+
+    fn published(&self) -> tokio::sync::broadcast::Receiver<Topic> {
+        self.inner.waker.published()
     }
 }
 

@@ -9,15 +9,28 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pushpull_core::{Backoff, Topic};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// This node's readers' wake-up signals, by topic.
-#[derive(Default)]
 pub(crate) struct Waker {
     topics: Mutex<HashMap<Topic, watch::Sender<u64>>>,
+    /// Every topic woken, for subscriptions by prefix (which pick the topics they select that
+    /// they do not follow yet); sent to only while someone listens.
+    published: broadcast::Sender<Topic>,
+}
+
+impl Default for Waker {
+    fn default() -> Self {
+        Self { topics: Mutex::default(), published: broadcast::Sender::new(1024) }
+    }
 }
 
 impl Waker {
+    /// Topics as wake-ups name them.
+    pub(crate) fn published(&self) -> broadcast::Receiver<Topic> {
+        self.published.subscribe()
+    }
+
     /// A receiver woken when `topic` gets a message (the value is the offset announced).
     pub(crate) fn watch(&self, topic: &Topic) -> watch::Receiver<u64> {
         let mut topics = self.topics.lock().expect("waker lock");
@@ -47,6 +60,9 @@ impl Waker {
         let (Ok(topic), Ok(offset)) = (Topic::new(topic), offset.parse::<u64>()) else { return };
         if let Some(sender) = self.topics.lock().expect("waker lock").get(&topic) {
             sender.send_replace(offset);
+        }
+        if self.published.receiver_count() > 0 {
+            let _ = self.published.send(topic);
         }
     }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use pushpull_core::{
-    Client, Cursor, Delivery, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset,
-    OffsetRange, Publication, Receipt, Subscription, Topic,
+    Client, Cursor, CursorSet, Delivery, Epoch, Error, ErrorKind, FollowRequest, Gap, GapReason,
+    Message, MultiSubscription, Offset, OffsetRange, Publication, Receipt, Selector, Subscription,
+    Topic, follow,
 };
 
 use crate::harness::{Fixture, Harness, Limits, Skip};
@@ -503,6 +504,103 @@ pub async fn history_since(harness: &dyn Harness) {
     let mut sub = subscribe(&*client, &topic, Cursor::Since(0)).await;
     assert_eq!(next_gap(&mut sub).await, expected);
     assert_eq!(next_message(&mut sub).await.offset, Offset(8));
+}
+
+fn follow_request(selectors: &[(&Topic, Cursor)], resume: Option<CursorSet>) -> FollowRequest {
+    FollowRequest {
+        selectors: selectors.iter().map(|(t, c)| (Selector::Topic((*t).clone()), *c)).collect(),
+        resume,
+        max_topics: 100,
+    }
+}
+
+async fn next_of_many(sub: &mut MultiSubscription) -> Message {
+    match within("the next delivery of many topics", sub.next()).await {
+        Some(Ok(Delivery::Message(m))) => m,
+        Some(Ok(Delivery::Gap(g))) => panic!("expected a message, got {g:?}"),
+        Some(Err(e)) => panic!("following many topics failed: {e:?}"),
+        None => panic!("following many topics ended"),
+    }
+}
+
+/// S1, S2 for many topics: one stream follows several topics, each in its order, and its
+/// cursor set resumes every one of them with nothing lost or repeated.
+pub async fn many_topics_resume_from_one_cursor_set(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topics: Vec<Topic> = ["a", "b", "c"].iter().map(|n| topic(&format!("many.{n}"))).collect();
+    publish(&*client, &topics[0], "before").await;
+    let selectors: Vec<(&Topic, Cursor)> = topics.iter().map(|t| (t, Cursor::Latest)).collect();
+    let mut sub = within("follow", follow(client.clone(), follow_request(&selectors, None)))
+        .await
+        .unwrap_or_else(|e| panic!("follow failed: {e:?}"));
+    for n in 1..=2 {
+        for t in &topics {
+            publish(&*client, t, format!("{t}/{n}")).await;
+        }
+    }
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..6 {
+        let m = next_of_many(&mut sub).await;
+        seen.entry(m.topic.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(&m.payload).into());
+    }
+    for t in &topics {
+        assert_eq!(seen[t.as_str()], vec![format!("{t}/1"), format!("{t}/2")], "{t} in order");
+    }
+    let resume = sub.cursors().clone();
+    assert_eq!(resume.len(), 3);
+    drop(sub);
+
+    // Away: more on two of them; then resume from the set.
+    publish(&*client, &topics[0], format!("{}/3", topics[0])).await;
+    publish(&*client, &topics[2], format!("{}/3", topics[2])).await;
+    let mut sub =
+        within("follow", follow(client.clone(), follow_request(&selectors, Some(resume))))
+            .await
+            .unwrap_or_else(|e| panic!("resuming failed: {e:?}"));
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        got.push(String::from_utf8_lossy(&next_of_many(&mut sub).await.payload).into());
+    }
+    got.sort();
+    assert_eq!(got, vec![format!("{}/3", topics[0]), format!("{}/3", topics[2])]);
+    publish(&*client, &topics[1], "after").await;
+    assert_eq!(next_of_many(&mut sub).await.payload, "after", "nothing repeated before it");
+}
+
+/// A prefix follows the topics it selects that exist, and those first published while it is
+/// open, from their first message. Skipped where the client cannot list topics.
+pub async fn prefix_follows_new_topics(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let existing = topic("prefix.x");
+    publish(&*client, &existing, "x1").await;
+    publish(&*client, &topic("prefixed-not"), "no").await;
+    let prefix: Selector = "conformance.prefix.*".parse().expect("a prefix");
+    let request = FollowRequest {
+        selectors: vec![(prefix, Cursor::Beginning)],
+        resume: None,
+        max_topics: 10,
+    };
+    let mut sub = match within("follow", follow(client.clone(), request)).await {
+        Ok(sub) => sub,
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            return skipped("prefix_follows_new_topics", Skip(e.to_string()));
+        }
+        Err(e) => panic!("follow by prefix failed: {e:?}"),
+    };
+    let m = next_of_many(&mut sub).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), (existing.as_str(), &b"x1"[..]));
+    let fresh = topic("prefix.y");
+    publish(&*client, &fresh, "y1").await;
+    publish(&*client, &fresh, "y2").await;
+    for payload in ["y1", "y2"] {
+        let m = next_of_many(&mut sub).await;
+        assert_eq!((m.topic.as_str(), &m.payload[..]), (fresh.as_str(), payload.as_bytes()));
+    }
+    assert_eq!(sub.cursors().len(), 2);
 }
 
 /// F5: a cursor from an earlier incarnation of the log gives a gap, never a silent restart.

@@ -57,6 +57,8 @@ macro_rules! conformance {
                 gap_on_retention_loss,
                 history_last_n,
                 history_since,
+                many_topics_resume_from_one_cursor_set,
+                prefix_follows_new_topics,
                 gap_on_epoch_change,
                 stale_epoch_gap_on_a_quiet_topic,
                 live_subscription_across_restart,
