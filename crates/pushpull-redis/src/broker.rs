@@ -364,10 +364,10 @@ impl Directory for RedisBroker {
                     .strip_prefix(key_prefix.as_str())
                     .and_then(|k| k.strip_prefix('{'))
                     .and_then(|k| k.strip_suffix("}:meta"));
-                if let Some(topic) = name.and_then(|n| Topic::new(n).ok()) {
-                    if !topics.contains(&topic) {
-                        topics.push(topic);
-                    }
+                if let Some(topic) = name.and_then(|n| Topic::new(n).ok())
+                    && !topics.contains(&topic)
+                {
+                    topics.push(topic);
                 }
             }
             if next == 0 {
