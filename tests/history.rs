@@ -132,3 +132,40 @@ async fn curl_reads_last_n_and_since_on_every_http_read() {
     assert_eq!(reply.status, 400);
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("whole number"));
 }
+
+#[tokio::test]
+async fn curl_pages_back_newest_first() {
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    let base = format!("http://{addr}/v1/topics/back");
+    for n in 1..=5 {
+        assert_eq!(post(addr, "/v1/topics/back", "", format!("m{n}").as_bytes()).await.status, 201);
+    }
+    let mut url = format!("{base}/messages?order=desc&limit=2");
+    let mut pages = Vec::new();
+    loop {
+        let body = curl_lines(&url, 1).await.join("\n");
+        let page: serde_json::Value = serde_json::from_str(&body).expect("a JSON page");
+        let offsets: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        if offsets.is_empty() {
+            assert!(page["next"].as_str().unwrap().ends_with("-0"), "{page}");
+            break;
+        }
+        pages.push(offsets);
+        url =
+            format!("{base}/messages?order=desc&limit=2&before={}", page["next"].as_str().unwrap());
+    }
+    assert_eq!(pages, vec![vec![5, 4], vec![3, 2], vec![1]]);
+
+    let reply = get(addr, "/v1/topics/back/messages?order=desc&after=beginning").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("before="));
+    let reply = get(addr, "/v1/topics/back/messages?order=sideways").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("desc"));
+}

@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 
-use crate::cursor::Cursor;
-use crate::error::Result;
-use crate::message::Delivery;
+use crate::cursor::{Cursor, Offset};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Delivery, Gap, GapReason, OffsetRange, Page};
 use crate::topic::Topic;
 use crate::traits::Fetch;
 
@@ -52,3 +52,88 @@ pub trait FetchExt: Fetch {
 }
 
 impl<T: Fetch + ?Sized> FetchExt for T {}
+
+/// [`Fetch::fetch_newest_first`] from forward pages: finds the end, reads the `limit`
+/// messages before `before` forward (in as many pages as the fetcher gives), and turns them
+/// round.
+pub(crate) async fn newest_first<F: Fetch + ?Sized>(
+    fetcher: &F,
+    topic: &Topic,
+    before: Cursor,
+    limit: usize,
+) -> Result<Page> {
+    if limit == 0 {
+        return Err(Error::bad_request("limit must be at least 1"));
+    }
+    let end = fetcher.fetch(topic, Cursor::Latest, 1).await?.next;
+    let Cursor::After(epoch, Offset(last)) = end else {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("a page's next is {end}, not a position"),
+        ));
+    };
+    let mut gap = None;
+    let top = match before {
+        Cursor::After(e, Offset(at)) if e == epoch => {
+            if at > last {
+                return Err(Error::new(
+                    ErrorKind::InvalidCursor,
+                    format!(
+                        "cursor {before} is ahead of topic {topic}, whose last offset is {last}"
+                    ),
+                ));
+            }
+            at
+        }
+        Cursor::After(previous, _) => {
+            gap = Some(Gap {
+                topic: topic.clone(),
+                reason: GapReason::EpochChanged { previous },
+                missed: None,
+                cursor: end,
+            });
+            last
+        }
+        Cursor::Beginning => 0,
+        Cursor::Latest | Cursor::Last(_) | Cursor::Since(_) => last,
+    };
+    let start = top.saturating_sub(limit as u64);
+    let mut messages = Vec::new();
+    let mut cursor = Cursor::After(epoch, Offset(start));
+    let mut first_retained = None;
+    while top > 0 {
+        let page = fetcher.fetch(topic, cursor, limit).await?;
+        match &page.gap {
+            Some(g) if g.reason == GapReason::Retention => {
+                first_retained = g.missed.map(|m| m.last.0 + 1);
+            }
+            Some(g) => {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!("the log of {topic} changed while it was read ({:?})", g.reason),
+                )
+                .with_retryable(true));
+            }
+            None => {}
+        }
+        let reached = page.messages.last().is_none_or(|m| m.offset.0 >= top);
+        messages.extend(page.messages.into_iter().filter(|m| m.offset.0 <= top));
+        if reached {
+            break;
+        }
+        cursor = page.next;
+    }
+    messages.reverse();
+    let mut next = Cursor::After(epoch, Offset(start));
+    if let Some(first) = first_retained {
+        // Past the oldest retained: everything older is gone, and reading back ends here.
+        next = Cursor::After(epoch, Offset(0));
+        gap = Some(Gap {
+            topic: topic.clone(),
+            reason: GapReason::Retention,
+            missed: Some(OffsetRange { first: Offset(1), last: Offset((first - 1).min(top)) }),
+            cursor: next,
+        });
+    }
+    Ok(Page { gap, messages, next })
+}

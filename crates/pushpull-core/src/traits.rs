@@ -55,6 +55,27 @@ pub trait Publish: Send + Sync {
 pub trait Fetch: Send + Sync {
     /// Fetches up to `limit` messages of `topic` after `cursor`.
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page>;
+
+    /// Fetches up to `limit` messages of `topic` before the position `before`, **newest
+    /// first**: a page for a UI that shows the latest and pages back into history.
+    ///
+    /// `before` is a position (`EPOCH-OFFSET`: the messages up to and including that offset),
+    /// or `latest` (and `last:N`, `since:TIME`: the newest message); `beginning` has nothing
+    /// before it. The page's `next` is where the next page back starts, `After(epoch, 0)` once
+    /// the oldest message was given. Where the page reaches past what is retained it carries a
+    /// gap naming every older offset that is gone (then `next` is `After(epoch, 0)`); a
+    /// position of another epoch gives a gap, then the newest messages of the current log.
+    ///
+    /// The default reads forward pages and turns them round, so every implementation has it;
+    /// one that can do it in one request overrides it.
+    async fn fetch_newest_first(
+        &self,
+        topic: &Topic,
+        before: Cursor,
+        limit: usize,
+    ) -> Result<Page> {
+        crate::ext::newest_first(self, topic, before, limit).await
+    }
 }
 
 /// Follows a topic: push, a stream of deliveries.
@@ -189,6 +210,15 @@ macro_rules! forward {
         impl<T: Fetch + ?Sized> Fetch for $wrapper<T> {
             async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page> {
                 (**self).fetch(topic, cursor, limit).await
+            }
+
+            async fn fetch_newest_first(
+                &self,
+                topic: &Topic,
+                before: Cursor,
+                limit: usize,
+            ) -> Result<Page> {
+                (**self).fetch_newest_first(topic, before, limit).await
             }
         }
 

@@ -603,6 +603,61 @@ pub async fn prefix_follows_new_topics(harness: &dyn Harness) {
     assert_eq!(sub.cursors().len(), 2);
 }
 
+/// Newest first: pages back from `latest`, each `limit` long, with `next` going back, until
+/// the oldest; where retention passed, the page that reaches it names what is gone.
+pub async fn fetch_newest_first(harness: &dyn Harness) {
+    let fixture = start(harness, Limits { retention_messages: 8, ..Limits::default() }).await;
+    let client = fixture.client();
+    let topic = topic("newest-first");
+    let page = within("fetch", client.fetch_newest_first(&topic, Cursor::Latest, 3))
+        .await
+        .expect("an empty topic");
+    assert!(page.is_empty(), "nothing yet: {page:?}");
+    let receipts = publish_range(&*client, &topic, 1..=7).await;
+    let epoch = receipts[0].epoch;
+    let mut cursor = Cursor::Latest;
+    let mut pages = Vec::new();
+    loop {
+        let page = within("fetch", client.fetch_newest_first(&topic, cursor, 3))
+            .await
+            .unwrap_or_else(|e| panic!("newest first from {cursor} failed: {e:?}"));
+        assert!(page.gap.is_none(), "all retained: {:?}", page.gap);
+        if page.messages.is_empty() {
+            assert_eq!(page.next, Cursor::After(epoch, Offset(0)));
+            break;
+        }
+        pages.push(offsets(&page.messages));
+        cursor = page.next;
+    }
+    assert_eq!(pages, vec![vec![7, 6, 5], vec![4, 3, 2], vec![1]]);
+
+    // From a message's cursor: it and those before it.
+    let page = within("fetch", client.fetch_newest_first(&topic, receipts[4].cursor(), 2))
+        .await
+        .expect("fetch");
+    assert_eq!(offsets(&page.messages), vec![5, 4]);
+    assert_eq!(page.next, Cursor::After(epoch, Offset(3)));
+
+    publish_range(&*client, &topic, 8..=12).await; // keeps 5..=12
+    let page =
+        within("fetch", client.fetch_newest_first(&topic, Cursor::Latest, 6)).await.expect("fetch");
+    assert_eq!(offsets(&page.messages), vec![12, 11, 10, 9, 8, 7]);
+    let page =
+        within("fetch", client.fetch_newest_first(&topic, page.next, 6)).await.expect("fetch");
+    assert_eq!(offsets(&page.messages), vec![6, 5]);
+    let expected = Gap {
+        topic: topic.clone(),
+        reason: GapReason::Retention,
+        missed: Some(OffsetRange { first: Offset(1), last: Offset(4) }),
+        cursor: Cursor::After(epoch, Offset(0)),
+    };
+    assert_eq!(page.gap, Some(expected));
+    assert_eq!(page.next, Cursor::After(epoch, Offset(0)));
+    let ahead = Cursor::After(epoch, Offset(99));
+    let error = within("fetch", client.fetch_newest_first(&topic, ahead, 6)).await;
+    expect_kind(error, ErrorKind::InvalidCursor, "a cursor ahead of the log");
+}
+
 /// F5: a cursor from an earlier incarnation of the log gives a gap, never a silent restart.
 pub async fn gap_on_epoch_change(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;

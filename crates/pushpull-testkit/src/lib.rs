@@ -57,6 +57,7 @@ macro_rules! conformance {
                 gap_on_retention_loss,
                 history_last_n,
                 history_since,
+                fetch_newest_first,
                 many_topics_resume_from_one_cursor_set,
                 prefix_follows_new_topics,
                 gap_on_epoch_change,

@@ -74,6 +74,9 @@ async fn answer(
     params: Params,
 ) -> HandlerResult {
     let request = PageRequest::parse(&req, &params, config)?;
+    if let Some(order) = request.query.get("order") {
+        return newest_first(broker, config, plain_meter, &request, order).await;
+    }
     let wait = match hold {
         Some(hold) => wait(&request.query, hold.max_wait)?,
         None => None,
@@ -96,6 +99,63 @@ async fn answer(
     if let Some(wait) = wait {
         response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
     }
+    Ok(response)
+}
+
+/// `order=desc`: a page newest first, back from `before` (default `latest`).
+async fn newest_first(
+    broker: &dyn Broker,
+    config: &PageConfig,
+    meter: &DeliveryMeter,
+    request: &PageRequest,
+    order: &str,
+) -> HandlerResult {
+    match order {
+        "desc" => {}
+        "asc" => {
+            return Err(Error::bad_request(
+                "order=asc is the default: leave it out (and page forward with after=)",
+            )
+            .into());
+        }
+        other => {
+            return Err(Error::bad_request(format!("order {other:?}: expected \"desc\"")).into());
+        }
+    }
+    for refused in ["after", "wait"] {
+        if request.query.contains_key(refused) {
+            return Err(Error::bad_request(format!(
+                "{refused}= does not go with order=desc, which pages back from before="
+            ))
+            .into());
+        }
+    }
+    let before = match request.query.get("before") {
+        Some(text) => text.parse()?,
+        None => Cursor::Latest,
+    };
+    let mut page = broker
+        .fetch_newest_first(&request.topic, before, request.limit)
+        .await
+        .inspect_err(|e| metrics::broker_error("fetch", e))?;
+    // Past `max_page_bytes`, the page ends early; it goes on back from the last one kept (a
+    // retention gap, at the old end, comes with the page that reaches it).
+    let mut total = 0usize;
+    if let Some(over) = page.messages.iter().position(|m| {
+        total += m.payload.len();
+        total > config.max_page_bytes
+    }) {
+        let keep = over.max(1);
+        if keep < page.messages.len() {
+            page.messages.truncate(keep);
+            let oldest = &page.messages[keep - 1];
+            page.next = Cursor::After(oldest.epoch, pushpull_core::Offset(oldest.offset.0 - 1));
+            page.gap = page.gap.filter(|g| g.reason != pushpull_core::GapReason::Retention);
+        }
+    }
+    meter.page(&page);
+    let response = page_response(page, request, config);
+    meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
     Ok(response)
 }
 
