@@ -101,27 +101,29 @@ pub(crate) async fn newest_first<F: Fetch + ?Sized>(
     let mut messages = Vec::new();
     let mut cursor = Cursor::After(epoch, Offset(start));
     let mut first_retained = None;
-    while top > 0 {
-        let page = fetcher.fetch(topic, cursor, limit).await?;
-        match &page.gap {
-            Some(g) if g.reason == GapReason::Retention => {
-                first_retained = g.missed.map(|m| m.last.0 + 1);
+    if top > 0 {
+        loop {
+            let page = fetcher.fetch(topic, cursor, limit).await?;
+            match &page.gap {
+                Some(g) if g.reason == GapReason::Retention => {
+                    first_retained = g.missed.map(|m| m.last.0 + 1);
+                }
+                Some(g) => {
+                    return Err(Error::new(
+                        ErrorKind::Backend,
+                        format!("the log of {topic} changed while it was read ({:?})", g.reason),
+                    )
+                    .with_retryable(true));
+                }
+                None => {}
             }
-            Some(g) => {
-                return Err(Error::new(
-                    ErrorKind::Backend,
-                    format!("the log of {topic} changed while it was read ({:?})", g.reason),
-                )
-                .with_retryable(true));
+            let reached = page.messages.last().is_none_or(|m| m.offset.0 >= top);
+            messages.extend(page.messages.into_iter().filter(|m| m.offset.0 <= top));
+            if reached {
+                break;
             }
-            None => {}
+            cursor = page.next;
         }
-        let reached = page.messages.last().is_none_or(|m| m.offset.0 >= top);
-        messages.extend(page.messages.into_iter().filter(|m| m.offset.0 <= top));
-        if reached {
-            break;
-        }
-        cursor = page.next;
     }
     messages.reverse();
     let mut next = Cursor::After(epoch, Offset(start));
