@@ -115,19 +115,17 @@ async fn newest_first(
         "asc" => {
             return Err(Error::bad_request(
                 "order=asc is the default: leave it out (and page forward with after=)",
-            )
-            .into());
+            ));
         }
         other => {
-            return Err(Error::bad_request(format!("order {other:?}: expected \"desc\"")).into());
+            return Err(Error::bad_request(format!("order {other:?}: expected \"desc\"")));
         }
     }
     for refused in ["after", "wait"] {
         if request.query.contains_key(refused) {
             return Err(Error::bad_request(format!(
                 "{refused}= does not go with order=desc, which pages back from before="
-            ))
-            .into());
+            )));
         }
     }
     let before = match request.query.get("before") {
