@@ -380,3 +380,46 @@ async fn a_held_long_poll_is_answered_401_when_its_token_expires() {
     // Answered at the expiry (LIMIT bounds it), not when the two minutes are up.
     assert!(started.elapsed() < LIMIT, "held for {:?}", started.elapsed());
 }
+
+/// A batch needs the right for each publication (a refusal is that one's answer), a prefix
+/// needs a right covering it whole, and a stream of many topics with no topic follows what the
+/// token may read.
+#[tokio::test]
+async fn batches_prefixes_and_server_decided_topics_follow_the_token() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let rights = token(&["orders:*"], &["orders:eu*", "ticker"], false, 60);
+    let sse = client("sse", &url, &ca, BearerToken::fixed(rights.clone())).await;
+    let answers = sse
+        .publish_many(vec![
+            (Topic::new("orders:eu").unwrap(), Publication::new("1")),
+            (Topic::new("secret").unwrap(), Publication::new("2")),
+            (Topic::new("orders:us").unwrap(), Publication::new("3")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0].as_ref().unwrap().offset.0, 1);
+    let refused = answers[1].as_ref().unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Forbidden, "{refused}");
+    assert!(refused.to_string().contains("publish:secret"), "{refused}");
+    assert_eq!(answers[2].as_ref().unwrap().offset.0, 1, "the refusal stopped nothing");
+
+    let bearer = [("authorization", format!("Bearer {rights}"))];
+    // `orders:eu*` covers `orders:eu:north*`, not `orders:*`.
+    let wide = "/v1/messages?topic=orders:*";
+    let (status, _, body) = request(&url, &ca, http::Method::GET, wide, &bearer).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("subscribe:orders:*"), "{body}");
+    let narrow = "/v1/messages?topic=orders:eu:north*&after=beginning";
+    let (status, _, _) = request(&url, &ca, http::Method::GET, narrow, &bearer).await;
+    assert_eq!(status, 200);
+    // No topic: what the token may read, `orders:eu*` and `ticker`.
+    let (status, _, body) =
+        request(&url, &ca, http::Method::GET, "/v1/messages?after=beginning", &bearer).await;
+    assert_eq!(status, 200, "{body}");
+    let topics: Vec<&str> =
+        body["messages"].as_array().unwrap().iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    assert_eq!(topics, vec!["orders:eu"], "{body}");
+    let (status, _, _) = request(&url, &ca, http::Method::GET, "/v1/messages", &[]).await;
+    assert_eq!(status, 401, "no token, no topics");
+}

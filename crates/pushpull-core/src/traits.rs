@@ -33,6 +33,24 @@ use crate::topic::Topic;
 pub trait Publish: Send + Sync {
     /// Appends `publication` to `topic`'s log.
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt>;
+
+    /// Publishes many publications, to one topic or many, in order: each answered with its
+    /// receipt or its error, in the order given, one failing without stopping the others.
+    /// Publications to one topic are stored in the order given; idempotency keys hold for each
+    /// (P5). The outer error is for a batch that could not be sent at all.
+    ///
+    /// The default publishes one by one; a client that can send them in one request overrides
+    /// it.
+    async fn publish_many(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> Result<Vec<Result<Receipt>>> {
+        let mut answers = Vec::with_capacity(publications.len());
+        for (topic, publication) in publications {
+            answers.push(self.publish(&topic, publication).await);
+        }
+        Ok(answers)
+    }
 }
 
 /// Reads a page of messages: pull, one request, answered at once.
@@ -203,6 +221,13 @@ macro_rules! forward {
         impl<T: Publish + ?Sized> Publish for $wrapper<T> {
             async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
                 (**self).publish(topic, publication).await
+            }
+
+            async fn publish_many(
+                &self,
+                publications: Vec<(Topic, Publication)>,
+            ) -> Result<Vec<Result<Receipt>>> {
+                (**self).publish_many(publications).await
             }
         }
 

@@ -306,6 +306,64 @@ impl HttpClient {
         let body = self.read_body(response, timeout).await?;
         wire::decode_receipt(&body).map_err(|e| e.with_transport(self.transport))
     }
+
+    /// Publishes a batch in one request (`POST /v1/publish`), in chunks of at most
+    /// [`MAX_BATCH`](crate::MAX_BATCH): each publication's receipt or error, in order. Each
+    /// gets an idempotency key when it has none, so the request is retried safely.
+    pub async fn publish_many(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        let mut answers = Vec::with_capacity(publications.len());
+        let mut items = Vec::with_capacity(publications.len());
+        for (topic, mut publication) in publications {
+            if publication.key().is_none() {
+                publication = publication.idempotency_key(random_key());
+            }
+            items.push(wire::PublicationJson::from_publication(&topic, &publication));
+        }
+        for chunk in items.chunks(crate::MAX_BATCH) {
+            let body = serde_json::to_vec(&wire::BatchJson { publications: chunk.to_vec() })
+                .map_err(|e| self.error(ErrorKind::BadRequest, format!("cannot encode: {e}")))?;
+            let body = Bytes::from(body);
+            let make = || {
+                self.request(Method::POST, crate::BATCH_PATH)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| {
+                        self.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+                    })
+            };
+            let timeout = self.config.request_timeout;
+            let response = self.send_idempotent(make, timeout).await?;
+            if response.status() != StatusCode::OK {
+                return Err(self.error_for(response).await);
+            }
+            let body = self.read_body(response, timeout).await?;
+            let answer: wire::BatchAnswerJson = serde_json::from_slice(&body).map_err(|e| {
+                self.error(ErrorKind::Protocol, format!("a batch answer that is not JSON: {e}"))
+            })?;
+            if answer.results.len() != chunk.len() {
+                return Err(self.error(
+                    ErrorKind::Protocol,
+                    format!("{} answers to {} publications", answer.results.len(), chunk.len()),
+                ));
+            }
+            for result in answer.results {
+                answers.push(match result {
+                    wire::BatchResultJson::Receipt(json) => {
+                        wire::decode_receipt(&serde_json::to_vec(&json).expect("encodes"))
+                    }
+                    wire::BatchResultJson::Error(body) => {
+                        let kind =
+                            ErrorKind::from_wire(&body.error.kind).unwrap_or(ErrorKind::Backend);
+                        Err(self.error(kind, body.error.message))
+                    }
+                });
+            }
+        }
+        Ok(answers)
+    }
 }
 
 /// A copy of `request`, to send again.

@@ -30,7 +30,8 @@ pub use pages::{
     page_route,
 };
 pub use publish::{
-    EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, PublishLimits, SHARED_API, TOPIC_PATH, api, publish_route,
+    BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,
+    TOPIC_PATH, api, batch_route, publish_route,
 };
 pub use push::{Encode, Feed, PushFormat, PushServer, PushTransport, Start, push_response};
 pub use push_client::{Decoded, PushClient, PushReader};

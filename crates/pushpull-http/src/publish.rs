@@ -23,6 +23,12 @@ pub const SHARED_API: &str = "http";
 /// The route path of a topic.
 pub const TOPIC_PATH: &str = "/v1/topics/{topic}";
 
+/// The route path of a batch of publications.
+pub const BATCH_PATH: &str = "/v1/publish";
+
+/// The most publications one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
 /// Limits of the publish route.
 #[derive(Debug, Clone)]
 pub struct PublishLimits {
@@ -67,6 +73,58 @@ pub fn publish_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
     })
 }
 
+/// The route `POST /v1/publish`: `{"publications":[{"topic":…,"data"|"data_base64":…,"event":…,
+/// "content_type":…,"idempotency_key":…},…]}`, at most [`MAX_BATCH`], the body at most
+/// [`MAX_BATCH`] times the largest payload (and never over 64 MiB). Answers 200 with
+/// `{"results":[…]}`: each publication's receipt or error body, in order, published one after
+/// another so that those to one topic keep their order. With `[auth]`, each needs the right to
+/// publish to its topic (a refusal is that publication's error) and takes one from the
+/// token's allowance.
+pub fn batch_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
+    Route::new(Method::POST, BATCH_PATH, move |request: HttpRequest, _: Params| {
+        let broker = broker.clone();
+        let max_body = limits.max_body.saturating_mul(MAX_BATCH).min(64 * 1024 * 1024);
+        let timeout = limits.body_timeout;
+        async move {
+            let (parts, body) = request::body(request, max_body, timeout).await?;
+            let batch: wire::BatchJson = serde_json::from_slice(&body)
+                .map_err(|e| Error::bad_request(format!("the batch is not valid JSON: {e}")))?;
+            if batch.publications.len() > MAX_BATCH {
+                return Err(Error::bad_request(format!(
+                    "a batch holds at most {MAX_BATCH} publications, this one {}",
+                    batch.publications.len()
+                ))
+                .into());
+            }
+            let grant = parts.extensions.get::<crate::Grant>();
+            let mut results = Vec::with_capacity(batch.publications.len());
+            for item in batch.publications {
+                let outcome = async {
+                    let (topic, publication) = item.into_publication()?;
+                    if let Some(grant) = grant {
+                        grant.check_publish(&topic)?;
+                    }
+                    crate::metrics::timed_publish(SHARED_API, broker.publish(&topic, publication))
+                        .await
+                }
+                .await;
+                results.push(match outcome {
+                    Ok(receipt) => wire::BatchResultJson::Receipt(wire::ReceiptJson::of(&receipt)),
+                    Err(error) => wire::BatchResultJson::Error(wire::ErrorBody {
+                        error: wire::ErrorDetail {
+                            kind: error.kind().as_str().to_owned(),
+                            message: error.message().to_owned(),
+                        },
+                    }),
+                });
+            }
+            let body = serde_json::to_vec(&wire::BatchAnswerJson { results })
+                .expect("an answer always encodes");
+            Ok(json(StatusCode::OK, body))
+        }
+    })
+}
+
 /// The HTTP API every transport's server serves beside its own routes: publishing (its body
 /// limit the broker's `max_payload`, 4 MiB when the broker does not say; its body timeout the
 /// context's) and the page route of `context` (holding requests with `hold`: long polling), so
@@ -76,6 +134,7 @@ pub fn api(context: &crate::Context, hold: Option<crate::Hold>) -> crate::Router
     let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
     let limits = PublishLimits { max_body, body_timeout: context.body_timeout };
     crate::Router::new().with([
+        batch_route(broker.clone(), limits.clone()),
         publish_route(broker, limits),
         crate::page_route(context, hold.clone()),
         crate::many_page_route(context, hold),

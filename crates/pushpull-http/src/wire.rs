@@ -8,8 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use pushpull_core::{
-    Cursor, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset, OffsetRange, Page, Receipt,
-    Topic, millis_since_unix_epoch, time_from_millis,
+    Cursor, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset, OffsetRange, Page,
+    Publication, Receipt, Topic, millis_since_unix_epoch, time_from_millis,
 };
 use serde::{Deserialize, Serialize};
 
@@ -235,15 +235,21 @@ pub struct ReceiptJson {
     pub timestamp: u64,
 }
 
+impl ReceiptJson {
+    /// The JSON of `receipt`.
+    pub fn of(receipt: &Receipt) -> Self {
+        Self {
+            topic: receipt.topic.clone(),
+            cursor: receipt.cursor(),
+            offset: receipt.offset.0,
+            timestamp: millis_since_unix_epoch(receipt.timestamp),
+        }
+    }
+}
+
 /// Encodes a receipt.
 pub fn encode_receipt(receipt: &Receipt) -> Vec<u8> {
-    let json = ReceiptJson {
-        topic: receipt.topic.clone(),
-        cursor: receipt.cursor(),
-        offset: receipt.offset.0,
-        timestamp: millis_since_unix_epoch(receipt.timestamp),
-    };
-    serde_json::to_vec(&json).expect("a receipt always encodes")
+    serde_json::to_vec(&ReceiptJson::of(receipt)).expect("a receipt always encodes")
 }
 
 /// Decodes a receipt.
@@ -343,4 +349,92 @@ mod tests {
             assert_eq!(decode_page(body).unwrap_err().kind(), ErrorKind::Protocol);
         }
     }
+}
+
+/// One publication of a batch (`POST /v1/publish`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicationJson {
+    /// The topic.
+    pub topic: String,
+    /// The payload as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The payload in base64 (standard alphabet, padded), for bytes that are not text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// The event type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The payload's media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl PublicationJson {
+    /// The JSON of `publication` to `topic`: UTF-8 payloads as `data`, others as `data_base64`.
+    pub fn from_publication(topic: &Topic, publication: &Publication) -> Self {
+        let payload = publication.payload();
+        let text = std::str::from_utf8(payload).ok().map(str::to_owned);
+        Self {
+            topic: topic.to_string(),
+            data_base64: text.is_none().then(|| BASE64.encode(payload)),
+            data: text,
+            event: publication.event_type().map(str::to_owned),
+            content_type: publication.media_type().map(str::to_owned),
+            idempotency_key: publication.key().map(str::to_owned),
+        }
+    }
+
+    /// The topic and the publication, or what is wrong with them.
+    pub fn into_publication(self) -> Result<(Topic, Publication), Error> {
+        let topic = Topic::new(&self.topic)?;
+        let payload = match (self.data, self.data_base64) {
+            (Some(text), None) => bytes::Bytes::from(text),
+            (None, Some(encoded)) => bytes::Bytes::from(
+                BASE64
+                    .decode(encoded)
+                    .map_err(|e| Error::bad_request(format!("data_base64 is not base64: {e}")))?,
+            ),
+            (None, None) => bytes::Bytes::new(),
+            (Some(_), Some(_)) => {
+                return Err(Error::bad_request("give data or data_base64, not both"));
+            }
+        };
+        let publication = crate::request::publication(
+            payload,
+            self.event.as_deref(),
+            self.content_type.as_deref(),
+            self.idempotency_key.as_deref(),
+        );
+        Ok((topic, publication))
+    }
+}
+
+/// A batch of publications: `{"publications":[…]}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchJson {
+    /// The publications, in order.
+    pub publications: Vec<PublicationJson>,
+}
+
+/// The answer to one publication of a batch: its receipt, or its error.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchResultJson {
+    /// Stored.
+    Receipt(ReceiptJson),
+    /// Not stored, and why.
+    Error(ErrorBody),
+}
+
+/// The answer to a batch: `{"results":[…]}`, one per publication, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchAnswerJson {
+    /// The results.
+    pub results: Vec<BatchResultJson>,
 }

@@ -38,6 +38,13 @@ impl Publish for LongpollClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.inner.publish(topic, publication).await
     }
+
+    async fn publish_many(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        self.inner.publish_many(publications).await
+    }
 }
 
 #[async_trait]

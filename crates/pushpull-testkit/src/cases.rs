@@ -658,6 +658,44 @@ pub async fn fetch_newest_first(harness: &dyn Harness) {
     expect_kind(error, ErrorKind::InvalidCursor, "a cursor ahead of the log");
 }
 
+/// P1–P5 for a batch: each publication is answered in order with its receipt or its error,
+/// one failing without stopping the rest; order per topic is kept, and an idempotency key
+/// repeated (in the batch or after it) answers the first receipt.
+pub async fn batch_publish(harness: &dyn Harness) {
+    let fixture = start(harness, Limits { max_payload: 1024, ..Limits::default() }).await;
+    let client = fixture.client();
+    let (a, b) = (topic("batch.a"), topic("batch.b"));
+    let batch = vec![
+        (a.clone(), Publication::new("a1")),
+        (b.clone(), Publication::new("b1").event("kind")),
+        (a.clone(), Publication::new(vec![0u8; 2048])),
+        (a.clone(), Publication::new("a2").idempotency_key("k-1")),
+        (b.clone(), Publication::new(vec![0xffu8, 0x00])),
+        (a.clone(), Publication::new("a2 again").idempotency_key("k-1")),
+    ];
+    let answers = within("publish_many", client.publish_many(batch))
+        .await
+        .unwrap_or_else(|e| panic!("publish_many failed: {e:?}"));
+    assert_eq!(answers.len(), 6, "one answer per publication");
+    let offset = |n: usize| answers[n].as_ref().map(|r| (r.topic.to_string(), r.offset.0)).ok();
+    assert_eq!(offset(0), Some((a.to_string(), 1)));
+    assert_eq!(offset(1), Some((b.to_string(), 1)));
+    let too_large = answers[2].as_ref().expect_err("over the payload limit");
+    assert_eq!(too_large.kind(), ErrorKind::TooLarge, "{too_large}");
+    assert_eq!(offset(3), Some((a.to_string(), 2)));
+    assert_eq!(offset(4), Some((b.to_string(), 2)));
+    assert_eq!(offset(5), Some((a.to_string(), 2)), "the key's first receipt");
+
+    let (messages, _) = fetch_all(&*client, &a, Cursor::Beginning, 10).await;
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"a1"[..], &b"a2"[..]]);
+    let (messages, _) = fetch_all(&*client, &b, Cursor::Beginning, 10).await;
+    assert_eq!(messages[0].event.as_deref(), Some("kind"));
+    assert_eq!(&messages[1].payload[..], &[0xff, 0x00]);
+    let empty = within("publish_many", client.publish_many(Vec::new())).await;
+    assert!(empty.expect("an empty batch").is_empty());
+}
+
 /// F5: a cursor from an earlier incarnation of the log gives a gap, never a silent restart.
 pub async fn gap_on_epoch_change(harness: &dyn Harness) {
     let fixture = start(harness, Limits::default()).await;

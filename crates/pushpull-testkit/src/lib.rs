@@ -70,6 +70,7 @@ macro_rules! conformance {
                 invalid_cursor_rejected,
                 oversize_payload_rejected,
                 idempotent_publish,
+                batch_publish,
                 invalid_labels_rejected,
             );
         }

@@ -290,6 +290,13 @@ impl Publish for WebhookClient {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt, Error> {
         self.http.publish(topic, publication).await
     }
+
+    async fn publish_many(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        self.http.publish_many(publications).await
+    }
 }
 
 #[async_trait]
