@@ -93,8 +93,7 @@ pub fn batch_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
                 return Err(Error::bad_request(format!(
                     "a batch holds at most {MAX_BATCH} publications, this one {}",
                     batch.publications.len()
-                ))
-                .into());
+                )));
             }
             let grant = parts.extensions.get::<crate::Grant>();
             let mut results = Vec::with_capacity(batch.publications.len());
