@@ -66,3 +66,34 @@ async fn more_topics_than_the_bound_is_an_error_that_says_it() {
         assert_eq!((reply.status, reply.error_kind().as_str()), (400, "invalid_cursor"));
     }
 }
+
+#[tokio::test]
+async fn a_page_smaller_than_its_topics_still_resumes_every_topic_exactly() {
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    for topic in ["t1", "t2", "t3"] {
+        assert_eq!(post(addr, &format!("/v1/topics/{topic}"), "", b"old").await.status, 201);
+    }
+    // One message a page, three topics from `latest`: the set must hold every topic's
+    // position, not `latest` again for those the page did not reach.
+    let query = "topic=t1&topic=t2&topic=t3&limit=1";
+    let first = get(addr, &format!("/v1/messages?{query}&after=latest")).await.json();
+    assert!(offsets_of(&first).is_empty());
+    for topic in ["t1", "t2", "t3"] {
+        assert_eq!(post(addr, &format!("/v1/topics/{topic}"), "", b"new").await.status, 201);
+    }
+    let mut next = first["next"].as_str().unwrap().to_owned();
+    let mut got = Vec::new();
+    loop {
+        let page = get(addr, &format!("/v1/messages?{query}&after={next}")).await.json();
+        let offsets = offsets_of(&page);
+        if offsets.is_empty() {
+            break;
+        }
+        got.extend(offsets);
+        next = page["next"].as_str().unwrap().to_owned();
+    }
+    got.sort();
+    let want: Vec<(String, u64)> = ["t1", "t2", "t3"].iter().map(|t| (t.to_string(), 2)).collect();
+    assert_eq!(got, want, "each new message once, none of the old");
+}

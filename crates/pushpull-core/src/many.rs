@@ -314,6 +314,70 @@ impl FollowRequest {
     pub fn keys(&self) -> Vec<Selector> {
         self.selectors.iter().map(|(s, _)| s.clone()).collect()
     }
+
+    /// The topics it follows on `broker` now, each with where it starts (from the resumed set,
+    /// else its selector's start; a prefix's topic new since the set, from its first message),
+    /// at most `max_topics` of them: what [`follow`] subscribes to, for a reader that fetches
+    /// instead (a page of many topics).
+    pub async fn starts(&self, broker: &dyn Client) -> Result<Vec<(Topic, Cursor)>> {
+        let directory = self.directory(broker)?;
+        self.plan(directory.as_deref()).await
+    }
+
+    /// The broker's directory when a selector is a prefix; an error when it has none.
+    fn directory(&self, broker: &dyn Client) -> Result<Option<Arc<dyn Directory>>> {
+        if self.selectors.iter().all(|(s, _)| s.prefix().is_none()) {
+            return Ok(None);
+        }
+        let directory = broker.directory().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "prefix subscriptions need a broker that lists its topics, and {} does not",
+                    broker.capabilities().name
+                ),
+            )
+            .with_retryable(false)
+        })?;
+        Ok(Some(directory))
+    }
+
+    async fn plan(&self, directory: Option<&dyn Directory>) -> Result<Vec<(Topic, Cursor)>> {
+        let mut starts: Vec<(Topic, Cursor)> = Vec::new();
+        let add = |topic: Topic, start: Cursor, starts: &mut Vec<(Topic, Cursor)>| {
+            if !starts.iter().any(|(t, _)| *t == topic) {
+                starts.push((topic, start));
+            }
+        };
+        let resumed = |topic: &Topic, fallback: Cursor| {
+            self.resume.as_ref().and_then(|set| set.get(topic)).unwrap_or(fallback)
+        };
+        for (selector, start) in &self.selectors {
+            match selector {
+                Selector::Topic(topic) => add(topic.clone(), resumed(topic, *start), &mut starts),
+                Selector::Prefix(prefix) => {
+                    let directory = directory.expect("a directory for prefixes");
+                    // A topic new since the connection the set comes from starts at its first.
+                    let new = if self.resume.is_some() { Cursor::Beginning } else { *start };
+                    for topic in directory.topics(prefix).await? {
+                        let start = resumed(&topic, new);
+                        add(topic, start, &mut starts);
+                    }
+                    if let Some(set) = &self.resume {
+                        for (topic, cursor) in set.iter() {
+                            if selector.matches(topic) {
+                                add(topic.clone(), cursor, &mut starts);
+                            }
+                        }
+                    }
+                }
+            }
+            if starts.len() > self.max_topics {
+                return Err(too_many(starts.len(), self.max_topics));
+            }
+        }
+        Ok(starts)
+    }
 }
 
 /// Many topics' deliveries as one stream, each topic's in its order, with the [`CursorSet`]
@@ -376,54 +440,10 @@ pub async fn follow(broker: Arc<dyn Client>, request: FollowRequest) -> Result<M
     }
     let prefixes: Vec<Arc<str>> =
         request.selectors.iter().filter_map(|(s, _)| s.prefix().map(Arc::from)).collect();
-    let directory = match prefixes.is_empty() {
-        true => None,
-        false => Some(broker.directory().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "prefix subscriptions need a broker that lists its topics, and {} does not",
-                    broker.capabilities().name
-                ),
-            )
-            .with_retryable(false)
-        })?),
-    };
+    let directory = request.directory(&*broker)?;
     // Watch before listing, so a topic first published in between is not missed.
     let published = directory.as_ref().map(|d| d.published());
-    let mut starts: Vec<(Topic, Cursor)> = Vec::new();
-    let add = |topic: Topic, start: Cursor, starts: &mut Vec<(Topic, Cursor)>| {
-        if !starts.iter().any(|(t, _)| *t == topic) {
-            starts.push((topic, start));
-        }
-    };
-    let resumed = |topic: &Topic, fallback: Cursor| {
-        request.resume.as_ref().and_then(|set| set.get(topic)).unwrap_or(fallback)
-    };
-    for (selector, start) in &request.selectors {
-        match selector {
-            Selector::Topic(topic) => add(topic.clone(), resumed(topic, *start), &mut starts),
-            Selector::Prefix(prefix) => {
-                let directory = directory.as_ref().expect("a directory for prefixes");
-                // A topic new since the connection the set comes from starts at its first.
-                let new = if request.resume.is_some() { Cursor::Beginning } else { *start };
-                for topic in directory.topics(prefix).await? {
-                    let start = resumed(&topic, new);
-                    add(topic, start, &mut starts);
-                }
-                if let Some(set) = &request.resume {
-                    for (topic, cursor) in set.iter() {
-                        if selector.matches(topic) {
-                            add(topic.clone(), cursor, &mut starts);
-                        }
-                    }
-                }
-            }
-        }
-        if starts.len() > request.max_topics {
-            return Err(too_many(starts.len(), request.max_topics));
-        }
-    }
+    let starts = request.plan(directory.as_deref()).await?;
     let mut subscriptions = SubscriptionSet::new();
     let mut cursors = CursorSet::new();
     for (topic, start) in starts {

@@ -22,8 +22,9 @@ use crate::router::{HandlerResult, HttpRequest, Params, Route, Router};
 use crate::transport::{Context, LiveCount, Measure, Mount, TransportServer};
 use crate::{Body, Gauge, Held, PageConfig, Shutdown};
 
-/// Turns a delivery into the chunks that write it. On a connection that follows many topics
-/// the second argument is the resume token after it (the [`CursorSet`](pushpull_core::CursorSet)'s text), `None`
+/// Turns a delivery into the chunks that write it. On a connection that follows many topics,
+/// for a format that [`writes_token`](PushFormat::writes_token), the second argument is the
+/// resume token after it (the [`CursorSet`](pushpull_core::CursorSet)'s text); `None`
 /// otherwise.
 pub type Encode = Box<dyn Fn(&Delivery, Option<&str>) -> Vec<Bytes> + Send>;
 
@@ -48,6 +49,9 @@ pub struct PushFormat {
     pub heartbeat_chunk: Bytes,
     /// How long the stream may stay silent.
     pub heartbeat: Duration,
+    /// Whether [`encode`](Self::encode) writes the resume token of a stream of many topics
+    /// (SSE's `id:`): only then is the cursor set written out after each delivery.
+    pub writes_token: bool,
 }
 
 /// The streaming response for `subscription`, with `Cache-Control: no-cache` and
@@ -137,7 +141,8 @@ impl Pushing {
             tokio::select! {
                 delivery = self.feed.next() => match delivery? {
                     Ok(delivery) => {
-                        let token = self.feed.token();
+                        let token =
+                            if self.format.writes_token { self.feed.token() } else { None };
                         let chunks = (self.format.encode)(&delivery, token.as_deref());
                         self.meter.delivered(&delivery);
                         self.meter.bytes(chunks.iter().map(Bytes::len).sum());

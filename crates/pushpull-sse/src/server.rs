@@ -76,6 +76,7 @@ impl PushTransport for Sse {
             }),
             heartbeat_chunk: Bytes::from_static(HEARTBEAT),
             heartbeat: config.heartbeat,
+            writes_token: true,
         }
     }
 }

@@ -55,10 +55,11 @@ impl PushTransport for Stream {
                     encode_plain(&Record::Cursors { cursors: token.to_owned() }, framing)
                 }
             },
-            // Many topics: each record names its topic and cursor; a reader keeps the set.
             encode: Box::new(move |delivery, _| encode(delivery, framing)),
             heartbeat_chunk: encode_plain(&Record::Heartbeat, framing),
             heartbeat: config.heartbeat,
+            // Records name their topic and cursor; the reader keeps the set.
+            writes_token: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use pushpull_core::{Broker, Cursor, Error, Page, Topic};
+use pushpull_core::{Broker, Cursor, Error, FollowRequest, Page, Topic};
 
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
@@ -308,13 +308,14 @@ async fn answer_many(
         None => None,
     };
     let keys = follow.keys();
-    // Following resolves every topic's start (and finds a prefix's topics); the page is then
-    // read by fetching, so it holds what is there now on any broker.
-    let client: Arc<dyn pushpull_core::Client> = broker.clone();
-    let mut following = pushpull_core::follow(client, follow)
-        .await
-        .inspect_err(|e| metrics::broker_error("subscribe", e))?;
-    let mut cursors = following.cursors().clone();
+    // The page is read by fetching each topic from its start, on any broker; only a page that
+    // has to wait subscribes.
+    let starts =
+        follow.starts(&*broker).await.inspect_err(|e| metrics::broker_error("fetch", e))?;
+    let mut cursors = pushpull_core::CursorSet::new();
+    for (topic, start) in starts {
+        cursors.set(topic, start);
+    }
     let mut page = ManyPage::default();
     page.fill(&*broker, &mut cursors, limit, config.max_page_bytes).await?;
     let mut meter = plain_meter;
@@ -325,6 +326,12 @@ async fn answer_many(
         if page.is_empty() && !wait.is_zero() {
             let _held = hold.held.hold();
             let mut shutdown = Shutdown::of(&req);
+            // From where the page left every topic (a prefix's topic new since, from its first).
+            let client: Arc<dyn pushpull_core::Client> = broker.clone();
+            let from_here = FollowRequest { resume: Some(cursors.clone()), ..follow };
+            let mut following = pushpull_core::follow(client, from_here)
+                .await
+                .inspect_err(|e| metrics::broker_error("subscribe", e))?;
             let first = tokio::select! {
                 first = following.next() => first,
                 () = tokio::time::sleep(wait) => None,
@@ -392,7 +399,9 @@ impl ManyPage {
     }
 
     /// Reads each topic from its cursor, a fair share of `limit` each (at least one), until
-    /// `limit` messages or `max_bytes` of payload; moves the cursors past what it read.
+    /// `limit` messages or `max_bytes` of payload; moves the cursors past what it read, and
+    /// resolves every start (`latest`, `last:N`, …) to a position, read or not, so that the
+    /// set it leaves resumes exactly.
     async fn fill(
         &mut self,
         broker: &dyn Broker,
@@ -404,13 +413,28 @@ impl ManyPage {
         let share = (limit / topics.len().max(1)).max(1);
         for (topic, cursor) in topics {
             let room = limit.saturating_sub(self.messages.len());
-            if room == 0 || (self.bytes >= max_bytes && !self.messages.is_empty()) {
-                break;
+            let full = room == 0 || (self.bytes >= max_bytes && !self.messages.is_empty());
+            if full && cursor.is_position() {
+                continue;
             }
             let page = broker
-                .fetch(&topic, cursor, share.min(room))
+                .fetch(&topic, cursor, share.min(room).max(1))
                 .await
                 .inspect_err(|e| metrics::broker_error("fetch", e))?;
+            // Where the topic stands before this page: its start resolved.
+            let before = match (&page.gap, page.messages.first()) {
+                (Some(gap), _) => gap.resumes_from(cursor),
+                (None, Some(first)) => {
+                    Cursor::After(first.epoch, pushpull_core::Offset(first.offset.0 - 1))
+                }
+                (None, None) => page.next,
+            };
+            if !cursor.is_position() {
+                cursors.set(topic.clone(), before);
+            }
+            if full {
+                continue;
+            }
             for delivery in page.into_deliveries() {
                 if self.bytes >= max_bytes && !self.messages.is_empty() {
                     break;
