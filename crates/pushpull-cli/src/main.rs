@@ -95,7 +95,8 @@ enum Command {
     Fetch {
         /// The topic.
         topic: String,
-        /// Where to start: a cursor, `beginning` or `latest`.
+        /// Where to start: a cursor, `beginning`, `latest`, `last:N` (the last N messages) or
+        /// `since:TIME` (epoch milliseconds or RFC 3339).
         #[arg(long, default_value = "beginning")]
         after: String,
         /// The most messages to fetch.
@@ -132,8 +133,9 @@ enum Command {
     Subscribe {
         /// The topic.
         topic: String,
-        /// Where to start: a cursor, `beginning` (the oldest retained message) or `latest`
-        /// (only what is published from now on).
+        /// Where to start: a cursor, `beginning` (the oldest retained message), `latest` (only
+        /// what is published from now on), `last:N` (the last N messages, then follow) or
+        /// `since:TIME` (epoch milliseconds or RFC 3339, then follow).
         #[arg(long, default_value = "beginning")]
         after: String,
         /// Stop after this many messages.
