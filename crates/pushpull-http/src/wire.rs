@@ -42,13 +42,18 @@ pub struct MessageJson {
     pub size: Option<usize>,
 }
 
+/// A payload as JSON carries it: `data` when it is UTF-8 text, else `data_base64`.
+fn text_or_base64(payload: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(BASE64.encode(payload))),
+    }
+}
+
 impl MessageJson {
     /// The JSON form of `message`.
     pub fn from_message(message: &Message) -> Self {
-        let (data, data_base64) = match std::str::from_utf8(&message.payload) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(BASE64.encode(&message.payload))),
-        };
+        let (data, data_base64) = text_or_base64(&message.payload);
         Self {
             topic: message.topic.clone(),
             cursor: message.cursor(),
@@ -377,12 +382,11 @@ pub struct PublicationJson {
 impl PublicationJson {
     /// The JSON of `publication` to `topic`: UTF-8 payloads as `data`, others as `data_base64`.
     pub fn from_publication(topic: &Topic, publication: &Publication) -> Self {
-        let payload = publication.payload();
-        let text = std::str::from_utf8(payload).ok().map(str::to_owned);
+        let (data, data_base64) = text_or_base64(publication.payload());
         Self {
             topic: topic.to_string(),
-            data_base64: text.is_none().then(|| BASE64.encode(payload)),
-            data: text,
+            data,
+            data_base64,
             event: publication.event_type().map(str::to_owned),
             content_type: publication.media_type().map(str::to_owned),
             idempotency_key: publication.key().map(str::to_owned),
