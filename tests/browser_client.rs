@@ -116,6 +116,7 @@ async fn the_browser_client_works_over_every_transport() {
         plan.push(on("twoSubscriptions", &via_proxy, json!({})));
         plan.push(on("large", &via_proxy, json!({})));
         plan.push(on("resume", &via_proxy, json!({})));
+        plan.push(on("manyTopics", &via_proxy, json!({})));
         plan.push(on("gap", &url(&short), json!({})));
         let topic = format!("js.secured.{transport}");
         let tokens = json!({
@@ -126,6 +127,9 @@ async fn the_browser_client_works_over_every_transport() {
         plan.push(on("token", &url(&secured), tokens));
     }
     plan.push(json!({ "name": "auto", "case": "auto", "args": { "url": url(&no_ws) } }));
+    plan.push(json!({
+        "name": "eventSourceMany", "case": "eventSourceMany", "args": { "url": via_proxy },
+    }));
 
     let results = run(&json!(plan), &proxy).await;
     assert_eq!(results.len(), plan.len());
@@ -176,6 +180,22 @@ async fn the_browser_client_works_over_every_transport() {
             assert_eq!(resume["reconnected"], true, "{transport} noticed the cut: {resume}");
         }
 
+        let many = value(&format!("manyTopics over {transport}"));
+        let topics = many["topics"].as_array().unwrap();
+        assert_eq!(topics.len(), 20);
+        for (n, topic) in topics.iter().enumerate() {
+            let want: Vec<u64> = if n < 19 { (1..=5).collect() } else { (1..=4).collect() };
+            assert_eq!(many["offsets"][n], json!(want), "{transport}: {topic}: {many}");
+            let data: Vec<String> =
+                (1..=4).map(|k| format!("{}/{k}", topic.as_str().unwrap())).collect();
+            assert_eq!(many["data"][n], json!(data), "{transport}: {topic}");
+        }
+        assert_eq!(many["joined"], "early", "{transport}: a topic joined from its start");
+        assert_eq!(many["extra"], json!([]), "{transport}: nothing twice: {many}");
+        if matches!(transport, "ws" | "sse" | "stream") {
+            assert_eq!(many["reconnected"], true, "{transport} noticed the cut: {many}");
+        }
+
         let gap = value(&format!("gap over {transport}"));
         let expected_gap = json!({
             "type": "gap", "reason": "retention", "first": 3, "last": 7,
@@ -201,6 +221,16 @@ async fn the_browser_client_works_over_every_transport() {
         assert_eq!(token["refusal"]["kind"], "forbidden", "{transport}: {token}");
         assert_eq!(token["refusal"]["retryable"], false, "{transport}");
     }
+
+    let stock = value("eventSourceMany");
+    assert_eq!(stock["total"], 80, "a stock EventSource got each event once: {stock}");
+    for (n, topic) in stock["topics"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<String> =
+            (1..=4).map(|k| format!("{}/{k}", topic.as_str().unwrap())).collect();
+        assert_eq!(stock["perTopic"][n], json!(want), "{topic}: in order, none lost: {stock}");
+    }
+    assert!(stock["errors"].as_u64().unwrap() >= 1, "the cut was seen: {stock}");
+    assert!(stock["lastId"].as_str().unwrap().starts_with('@'), "the id is a cursor set: {stock}");
 
     let auto = value("auto");
     assert_eq!(auto["transport"], "sse", "{auto}");

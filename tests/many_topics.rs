@@ -97,3 +97,54 @@ async fn a_page_smaller_than_its_topics_still_resumes_every_topic_exactly() {
     let want: Vec<(String, u64)> = ["t1", "t2", "t3"].iter().map(|t| (t.to_string(), 2)).collect();
     assert_eq!(got, want, "each new message once, none of the old");
 }
+
+/// Each transport's Rust client follows twenty topics on one connection (`follow` uses the
+/// transport's route for many topics, or the WebSocket's subscriptions on one socket): the
+/// server holds one connection while every topic delivers, each in its order.
+#[tokio::test]
+async fn each_client_follows_twenty_topics_on_one_connection() {
+    use futures::StreamExt;
+    use pushpull::{Cursor, Delivery, FollowRequest, Selector, follow};
+    for transport in ["sse", "stream", "longpoll", "poll", "ws"] {
+        let server = server(ServerConfig::default()).await;
+        let addr = server.local_addr();
+        let config = pushpull::ClientConfig::new(transport, format!("http://{addr}"));
+        let client = pushpull::connect(&config).await.expect("connect");
+        let topics: Vec<String> = (0..20).map(|n| format!("{transport}.t{n}")).collect();
+        let request = FollowRequest {
+            selectors: topics
+                .iter()
+                .map(|t| (t.parse::<Selector>().unwrap(), Cursor::Latest))
+                .collect(),
+            resume: None,
+            max_topics: 100,
+        };
+        let mut following = follow(client, request).await.expect("follow");
+        assert_eq!(server.stats().open_connections(), 1, "{transport}: one connection");
+        for round in 1..=2 {
+            for topic in &topics {
+                let body = format!("{round}");
+                assert_eq!(
+                    post(addr, &format!("/v1/topics/{topic}"), "", body.as_bytes()).await.status,
+                    201
+                );
+            }
+        }
+        let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for _ in 0..40 {
+            let delivery = tokio::time::timeout(support::LIMIT, following.next())
+                .await
+                .expect("in time")
+                .expect("open")
+                .expect("a delivery");
+            let Delivery::Message(m) = delivery else { panic!("{transport}: a gap {delivery:?}") };
+            seen.entry(m.topic.to_string())
+                .or_default()
+                .push(String::from_utf8_lossy(&m.payload).into());
+        }
+        for topic in &topics {
+            assert_eq!(seen[topic], ["1", "2"], "{transport}: {topic}");
+        }
+        assert_eq!(following.cursors().len(), 20, "{transport}");
+    }
+}

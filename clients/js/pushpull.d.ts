@@ -67,7 +67,11 @@ export interface FetchOptions {
 }
 
 export interface SubscribeOptions {
-  /** Where to start: `latest` by default. */
+  /**
+   * Where to start: `latest` by default; `beginning`, a cursor, `last:N` (the last N retained
+   * messages), `since:TIME` (RFC 3339 or epoch milliseconds); for a prefix subscription, also
+   * the cursor set (`@…`) of an earlier one's `cursor`, to resume it.
+   */
   after?: Cursor;
 }
 
@@ -113,6 +117,13 @@ export interface Client {
   readonly stats: Stats;
   publish(topic: string, data: string | Uint8Array | ArrayBuffer, options?: PublishOptions): Promise<Receipt>;
   fetch(topic: string, options?: FetchOptions): Promise<Page>;
+  /**
+   * Follows `topic`, or every topic with a prefix (`orders:*`, those created later included;
+   * deliveries name their topic, and the subscription's `cursor` is a cursor set). Over sse,
+   * stream, longpoll and poll every subscription of the client shares one connection (but a
+   * second one to the same topic, and each prefix subscription, which take their own); adding
+   * or removing one reopens it with the cursor set of all, losing and repeating nothing.
+   */
   subscribe(topic: string, options?: SubscribeOptions): Subscription;
   close(): void;
 }
@@ -142,6 +153,10 @@ export interface ConnectOptions {
   pollInterval?: number;
   /** The most messages per page (100). */
   pageLimit?: number;
+  /** Whether an HTTP transport carries every subscription on one connection (true). */
+  multiplex?: boolean;
+  /** The most topics one connection carries (100, the server's default bound); more open another. */
+  maxTopicsPerConnection?: number;
   /** The order `auto` tries transports in (`AUTO_ORDER`). */
   order?: TransportName[];
 }
@@ -150,6 +165,15 @@ export function connect(options?: ConnectOptions): Promise<Client>;
 
 /** `{ epoch, offset }` of an `EPOCH-OFFSET` cursor; null for `beginning` and `latest`. */
 export function parseCursor(cursor: Cursor): { epoch: string; offset: number } | null;
+
+/** Whether `text` is a cursor set (`@…`). */
+export function isCursorSet(text: unknown): boolean;
+
+/** The positions (topic → cursor) of a cursor set written relative to the selectors `keys`. */
+export function parseCursorSet(text: string, keys: string[]): Map<string, Cursor>;
+
+/** The cursor set text of `positions` relative to the selectors `keys`. */
+export function encodeCursorSet(positions: Map<string, Cursor>, keys: string[]): string;
 
 /** Whether `delivery` comes next after `position`, repeats, or skips ahead. */
 export function continuity(position: Cursor, delivery: Delivery): 'next' | 'repeat' | 'skip';

@@ -76,6 +76,59 @@ export function continuity(position, delivery) {
   return delivery.previousEpoch === at.epoch ? 'next' : 'skip';
 }
 
+/** Whether `text` is a cursor set (`@…`): the resume token of a connection of many topics. */
+export function isCursorSet(text) {
+  return typeof text === 'string' && text.startsWith('@');
+}
+
+/**
+ * The positions (topic → cursor) of a cursor set `@EPOCH,KEY~POS,…`, written relative to the
+ * connection's selectors `keys` (topic names and `PREFIX*`): KEY is a selector's index, or for
+ * a topic a prefix found, the index, `*` and the rest of the name; POS is an offset in EPOCH,
+ * or a whole cursor.
+ */
+export function parseCursorSet(text, keys) {
+  if (!isCursorSet(text)) throw new PushpullError('invalid_cursor', `a cursor set starts with '@', got ${JSON.stringify(text)}`);
+  const [epoch, ...entries] = text.slice(1).split(',');
+  const positions = new Map();
+  for (const entry of entries) {
+    const tilde = entry.indexOf('~');
+    const key = entry.slice(0, tilde);
+    const pos = entry.slice(tilde + 1);
+    const star = key.indexOf('*');
+    const selector = keys[Number(star < 0 ? key : key.slice(0, star))];
+    if (tilde < 0 || selector === undefined) {
+      throw new PushpullError('invalid_cursor', `the cursor set entry ${JSON.stringify(entry)} names no selector`);
+    }
+    const topic = star < 0 ? selector : selector.slice(0, -1) + key.slice(star + 1);
+    positions.set(topic, /^\d+$/.test(pos) ? `${epoch}-${pos}` : pos);
+  }
+  return positions;
+}
+
+/** The text of `positions` (topic → cursor) relative to the selectors `keys`. */
+export function encodeCursorSet(positions, keys) {
+  const counts = new Map();
+  for (const cursor of positions.values()) {
+    const at = parseCursor(cursor);
+    if (at) counts.set(at.epoch, (counts.get(at.epoch) ?? 0) + 1);
+  }
+  let common = '';
+  for (const [epoch, count] of counts) if (count > (counts.get(common) ?? 0)) common = epoch;
+  let out = `@${common}`;
+  for (const [topic, cursor] of positions) {
+    let key = keys.indexOf(topic);
+    if (key < 0) {
+      const index = keys.findIndex((k) => k.endsWith('*') && topic.startsWith(k.slice(0, -1)));
+      if (index < 0) continue;
+      key = `${index}*${topic.slice(keys[index].length - 1)}`;
+    }
+    const at = parseCursor(cursor);
+    out += `,${key}~${at && at.epoch === common ? at.offset : cursor}`;
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wire forms
 
@@ -216,6 +269,8 @@ const DEFAULTS = {
   pollInterval: undefined, // the server's Pushpull-Poll-Interval-Ms, else 1000
   pageLimit: 100,
   token: undefined,
+  multiplex: true, // every subscription of an HTTP client on one connection
+  maxTopicsPerConnection: 100, // the server's http.max_topics_per_connection
 };
 
 /** Asks the application's token hook, and keeps the answer until the server refuses it. */
@@ -426,9 +481,9 @@ export class Subscription {
   /** Hands `delivery` over if it comes next; 'skip' tells the transport to read again. */
   offer(delivery) {
     if (this.closed) return 'repeat';
-    const relation = continuity(this.cursor, delivery);
+    const relation = continuity(this.positionOf(delivery.topic), delivery);
     if (relation !== 'next') return relation;
-    this.cursor = delivery.cursor;
+    this.moved(delivery);
     if (delivery.type === 'message') this.stats.messages += 1;
     this.emit(delivery.type, delivery);
     const waiter = this.waiters.shift();
@@ -438,6 +493,16 @@ export class Subscription {
       this.queue.push(delivery);
     }
     return 'next';
+  }
+
+  /** Where the subscription stands on `topic`. */
+  positionOf() {
+    return this.cursor;
+  }
+
+  /** Records that `delivery` was handed over. */
+  moved(delivery) {
+    this.cursor = delivery.cursor;
   }
 
   /** Ends the subscription with `error` (a final one: retrying cannot help). */
@@ -481,6 +546,38 @@ export class Subscription {
         return Promise.resolve({ value: undefined, done: true });
       },
     };
+  }
+}
+
+/**
+ * A subscription to every topic with a prefix (`orders:*`), those created while it is open
+ * included. Deliveries name their topic; its `cursor` is the cursor set of every topic it has
+ * seen, to resume it with (`subscribe('orders:*', { after: sub.cursor })`).
+ */
+class PrefixSubscription extends Subscription {
+  constructor(selector, after, transport, stats) {
+    super(selector, after, transport, stats);
+    this.positions = isCursorSet(after) ? parseCursorSet(after, [selector]) : new Map();
+  }
+
+  positionOf(topic) {
+    return this.positions.get(topic);
+  }
+
+  moved(delivery) {
+    this.positions.set(delivery.topic, delivery.cursor);
+    this.cursor = encodeCursorSet(this.positions, [this.topic]);
+  }
+
+  /** Takes the set a server announced for topics it has no position for. */
+  started(set) {
+    if (isCursorSet(set)) {
+      for (const [topic, cursor] of parseCursorSet(set, [this.topic])) {
+        if (!parseCursor(this.positions.get(topic))) this.positions.set(topic, cursor);
+      }
+      this.cursor = encodeCursorSet(this.positions, [this.topic]);
+    }
+    super.started(undefined);
   }
 }
 
@@ -639,7 +736,8 @@ export class SseDecoder {
     const at = parseCursor(event.id);
     return {
       type: 'message',
-      topic: undefined,
+      // Named on a stream of many topics, whose id is the cursor set after the message.
+      topic: event.fields.topic,
       cursor: event.id,
       offset: at?.offset,
       timestamp: event.fields.timestamp !== undefined ? Number(event.fields.timestamp) : undefined,
@@ -665,6 +763,7 @@ export class NdjsonDecoder {
       if (!line.trim()) continue;
       const record = JSON.parse(line);
       if (record.type === 'start') yield { start: record.cursor };
+      else if (record.type === 'cursors') yield { start: record.cursors };
       else if (record.type === 'message' || record.type === 'gap') yield fromJson(record);
     }
   }
@@ -736,6 +835,207 @@ class PageReader extends Follower {
   }
 }
 
+/**
+ * Many subscriptions of one client on one connection: the transport's route for many topics
+ * (`/v1/events`, `/v1/stream`, `/v1/messages`), resumed with the cursor set of every member.
+ * Adding or removing a subscription reopens the connection with the new set (subscriptions
+ * made in one turn of the event loop share one reopening); members go on from their positions,
+ * so nothing is lost or repeated.
+ */
+class Mux {
+  constructor(http, kind) {
+    this.http = http;
+    this.kind = kind; // 'events' | 'stream' | 'longpoll' | 'poll'
+    this.members = new Map(); // selector → subscription
+    this.fresh = new Set(); // members not yet on an opened connection
+    this.running = false;
+    this.scheduled = false;
+    this.changed = false;
+    this.request = undefined;
+  }
+
+  add(sub) {
+    const key = sub.topic;
+    this.members.set(key, sub);
+    this.fresh.add(sub);
+    sub.onClose.push(() => {
+      if (this.members.get(key) !== sub) return;
+      this.members.delete(key);
+      this.fresh.delete(sub);
+      this.restart();
+    });
+    this.restart();
+  }
+
+  /** Reopens with the members as they are, once this turn of the event loop is over. */
+  restart() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      this.changed = true;
+      this.request?.abort();
+      if (!this.running && this.members.size) this.run();
+    });
+  }
+
+  /** The query naming every member, from its position or its start. */
+  query(keys) {
+    const params = new URLSearchParams();
+    const positions = new Map();
+    let resumed = false;
+    for (const key of keys) {
+      const sub = this.members.get(key);
+      if (isCursorSet(sub.cursor)) {
+        for (const [topic, cursor] of parseCursorSet(sub.cursor, [key])) positions.set(topic, cursor);
+        resumed = true;
+        params.append('topic', key);
+      } else if (parseCursor(sub.cursor)) {
+        positions.set(key, sub.cursor);
+        resumed = true;
+        params.append('topic', key);
+      } else {
+        params.append('topic', `${key}@${sub.cursor}`);
+      }
+    }
+    if (resumed) params.set('after', encodeCursorSet(positions, keys));
+    return params;
+  }
+
+  async run() {
+    this.running = true;
+    const options = this.http.options;
+    let attempt = 0;
+    while (this.members.size) {
+      this.changed = false;
+      const controller = new AbortController();
+      this.request = controller;
+      const keys = [...this.members.keys()];
+      let pause = 0;
+      try {
+        pause = await this.once(keys, controller.signal);
+        attempt = 0;
+      } catch (caught) {
+        if (this.changed || !this.members.size) continue;
+        const error = caught instanceof PushpullError ? caught
+          : new PushpullError('connect', String(caught?.message ?? caught), { retryable: true, transport: this.http.transport, cause: caught });
+        if (!error.retryable) {
+          // Refused for what was just added (a topic the token does not grant, say): those
+          // end, the rest go on. Refused for everything: all end.
+          const ending = this.fresh.size && this.fresh.size < this.members.size ? [...this.fresh] : [...this.members.values()];
+          for (const sub of ending) sub.fail(error);
+          continue;
+        }
+        for (const sub of this.members.values()) sub.emit('reconnecting', error);
+        pause = backoff(attempt++, options, error.retryAfter);
+      }
+      if (pause && !this.changed) await sleep(pause, controller.signal);
+    }
+    this.running = false;
+  }
+
+  /** The members of `keys` are on an opened connection: the set announced places them. */
+  started(keys, announced) {
+    const set = announced ? parseCursorSet(announced, keys) : new Map();
+    for (const key of keys) {
+      const sub = this.members.get(key);
+      if (!sub) continue;
+      this.fresh.delete(sub);
+      sub.started(sub instanceof PrefixSubscription ? announced : set.get(key));
+    }
+  }
+
+  /** Hands a delivery to its member; 'skip' asks for a reopening. */
+  offer(keys, delivery) {
+    const sub = this.members.get(delivery.topic)
+      ?? (keys.length === 1 && keys[0].endsWith('*') ? this.members.get(keys[0]) : undefined);
+    return sub ? sub.offer(delivery) : 'repeat';
+  }
+
+  /** One request: a stream read until it ends, or one page. Returns the pause before the next. */
+  async once(keys, signal) {
+    const options = this.http.options;
+    const query = this.query(keys);
+    const paged = this.kind === 'longpoll' || this.kind === 'poll';
+    let timeout = options.requestTimeout;
+    if (paged) {
+      query.set('limit', String(options.pageLimit));
+      if (this.kind === 'longpoll') {
+        // Members new to the connection are answered at once (it opens them); then held.
+        const wait = this.fresh.size ? 0 : options.longpollWait;
+        query.set('wait', String(wait));
+        timeout += wait * 1000;
+      }
+    }
+    const path = { events: '/v1/events', stream: '/v1/stream' }[this.kind] ?? '/v1/messages';
+    const accept = { events: 'text/event-stream', stream: 'application/x-ndjson' }[this.kind] ?? 'application/json';
+    const response = await this.http.send('GET', `${path}?${query}`, { headers: { accept }, signal, timeout });
+    if (response.status === 204) {
+      throw new PushpullError('closed', 'the server asked clients to stop (204)', { status: 204, transport: this.http.transport });
+    }
+    if (!response.ok) throw await errorOf(response, this.http.transport);
+    const type = response.headers.get('content-type') ?? '';
+    if (!type.startsWith(accept)) {
+      throw new PushpullError('protocol', `expected ${accept}, got ${type || 'no content type'}`,
+        { status: response.status, transport: this.http.transport });
+    }
+    if (paged) {
+      if (this.kind === 'longpoll' && response.headers.get('pushpull-wait-ms') === null) {
+        throw new PushpullError('unsupported', 'long polling is not enabled there', { transport: this.http.transport });
+      }
+      const json = await this.http.json(response);
+      let delivered = 0;
+      for (const delivery of [...(json.gaps ?? []), ...json.messages].map((d) => fromJson(d))) {
+        if (this.offer(keys, delivery) === 'skip') return 0;
+        delivered += 1;
+      }
+      this.started(keys, json.next);
+      const interval = Number(response.headers.get('pushpull-poll-interval-ms'));
+      return delivered === 0 && this.kind === 'poll' ? options.pollInterval ?? (interval || 1000) : 0;
+    }
+    return this.read(keys, response, signal);
+  }
+
+  /** Reads a stream until it ends, a delivery skips ahead, or it goes silent too long. */
+  async read(keys, response, signal) {
+    const reader = response.body.getReader();
+    const text = new TextDecoder();
+    const decoder = this.kind === 'events' ? new SseDecoder() : new NdjsonDecoder();
+    let idle;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => reader.cancel('idle'), this.http.options.idleTimeout);
+    };
+    signal.addEventListener('abort', () => reader.cancel('closed').catch(() => {}), { once: true });
+    arm();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || signal.aborted) return decoder.retry ?? 0;
+        this.http.stats.bytesIn += value.byteLength;
+        arm();
+        for (const record of decoder.feed(text.decode(value, { stream: true }))) {
+          if (record.start !== undefined) {
+            this.started(keys, record.start);
+            continue;
+          }
+          if (record.type === 'message' && isCursorSet(record.cursor)) {
+            // An SSE id is the set after the message: the message's cursor is its topic's.
+            record.cursor = parseCursorSet(record.cursor, keys).get(record.topic);
+            record.offset = parseCursor(record.cursor)?.offset;
+          }
+          if (this.offer(keys, record) === 'skip') {
+            reader.cancel('skip').catch(() => {});
+            return 0;
+          }
+        }
+      }
+    } finally {
+      clearTimeout(idle);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 
@@ -746,6 +1046,7 @@ class HttpTransportClient {
     this.http = new Http(base, options, tokens, name, this.stats);
     this.options = options;
     this.subscriptions = new Set();
+    this.muxes = [];
   }
 
   publish(topic, data, options) {
@@ -757,9 +1058,24 @@ class HttpTransportClient {
   }
 
   subscribe(topic, { after = 'latest' } = {}) {
-    const sub = new Subscription(topic, after, this.transport, this.stats);
+    const prefix = topic.endsWith('*');
+    const sub = prefix ? new PrefixSubscription(topic, after, this.transport, this.stats)
+      : new Subscription(topic, after, this.transport, this.stats);
     this.subscriptions.add(sub);
     sub.onClose.push(() => this.subscriptions.delete(sub));
+    const kind = this.transport === 'sse' ? 'events' : this.transport;
+    if (prefix) {
+      // Its own connection, resumed by its own cursor set.
+      new Mux(this.http, kind).add(sub);
+      return sub;
+    }
+    if (this.options.multiplex !== false) {
+      // Every subscription on one connection, but a second one to a topic (at its own position).
+      let mux = this.muxes.find((m) => !m.members.has(topic) && m.members.size < this.options.maxTopicsPerConnection);
+      if (!mux) this.muxes.push(mux = new Mux(this.http, kind));
+      mux.add(sub);
+      return sub;
+    }
     switch (this.transport) {
       case 'sse':
         new StreamReader(this.http, sub, { path: 'events', accept: 'text/event-stream', decoder: () => new SseDecoder() });

@@ -170,6 +170,85 @@ window.cases = {
     };
   },
 
+  /**
+   * Twenty topics on one client (over HTTP/1.1, where a page gets six connections to a host):
+   * all deliver; the connection is severed mid-stream and every topic resumes, nothing lost or
+   * repeated. Then one more subscription joins and one leaves, on the live connection.
+   */
+  async manyTopics(args) {
+    const c = await client(args);
+    const topics = Array.from({ length: 20 }, (_, n) => topic(`many${n}`));
+    const subs = topics.map((t) => c.subscribe(t, { after: 'beginning' }));
+    await within(Promise.all(subs.map((s) => s.opened)), 'twenty subscriptions to open');
+    const reconnects = [];
+    subs[0].on('reconnecting', (e) => reconnects.push(e.kind));
+    const publishAll = (n) => Promise.all(topics.map((t) => c.publish(t, `${t}/${n}`)));
+    await publishAll(1);
+    await publishAll(2);
+    const first = await Promise.all(subs.map((s) => collect(s, 2)));
+    await window.sever();
+    await publishAll(3);
+    await publishAll(4);
+    const second = await Promise.all(subs.map((s) => collect(s, 2)));
+    // A topic added and one removed on the live connection: the others go on unharmed.
+    const late = topic('late');
+    await c.publish(late, 'early');
+    const joined = c.subscribe(late, { after: 'beginning' });
+    subs[19].close();
+    await publishAll(5);
+    const third = await Promise.all(subs.slice(0, 19).map((s) => collect(s, 1)));
+    const [joinedGot] = await collect(joined, 1);
+    const extras = await Promise.all(subs.slice(0, 19).map((s) => extra(s, 300)));
+    joined.close();
+    subs.forEach((s) => s.close());
+    c.close();
+    return {
+      offsets: topics.map((t, n) => [...first[n], ...second[n], ...(third[n] ?? [])].map((d) => d.offset)),
+      data: topics.map((t, n) => [...first[n], ...second[n]].map((d) => d.data)),
+      topics,
+      joined: joinedGot.data,
+      extra: extras.flat(),
+      reconnected: reconnects.length > 0,
+    };
+  },
+
+  /**
+   * A stock EventSource on one URL naming twenty topics: all deliver; the connection is
+   * severed and EventSource reconnects by itself, sending the cursor set it was last given as
+   * Last-Event-ID, and every topic resumes, nothing lost or repeated.
+   */
+  async eventSourceMany(args) {
+    const c = await client({ ...args, transport: 'sse' });
+    const topics = Array.from({ length: 20 }, (_, n) => topic(`es${n}`));
+    const query = topics.map((t) => `topic=${encodeURIComponent(t)}`).join('&');
+    const source = new EventSource(`${args.url}/v1/events?${query}&after=beginning`);
+    const got = [];
+    let errors = 0;
+    let wanted = 0;
+    let reached;
+    source.onmessage = (event) => {
+      got.push({ data: event.data, id: event.lastEventId });
+      if (got.length === wanted) reached();
+    };
+    source.onerror = () => { errors += 1; };
+    const until = (count) => within(new Promise((resolve) => {
+      wanted = count;
+      reached = resolve;
+      if (got.length >= count) resolve();
+    }), `${count} events`);
+    await within(new Promise((resolve) => { source.onopen = resolve; }), 'the event source to open');
+    for (const n of [1, 2]) await Promise.all(topics.map((t) => c.publish(t, `${t}/${n}`)));
+    await until(40);
+    await window.sever();
+    for (const n of [3, 4]) await Promise.all(topics.map((t) => c.publish(t, `${t}/${n}`)));
+    await until(80);
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    source.close();
+    c.close();
+    const perTopic = topics.map((t) => got.filter((e) => e.data.startsWith(`${t}/`)).map((e) => e.data));
+    return { topics, perTopic, total: got.length, errors, lastId: got.at(-1)?.id };
+  },
+
   /** `auto` against a server that refuses WebSocket upgrades: the next transport, and why. */
   async auto(args) {
     const c = await within(connect({ transport: 'auto', url: args.url, probeTimeout: 5000 }), 'auto');

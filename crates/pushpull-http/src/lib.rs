@@ -5,6 +5,7 @@ mod cors;
 mod ends_at;
 mod gauge;
 mod grant;
+mod many_client;
 pub mod metrics;
 pub mod pages;
 mod publish;
@@ -25,17 +26,18 @@ pub use cors::Cors;
 pub use ends_at::EndsAt;
 pub use gauge::{Gauge, Held};
 pub use grant::{Grant, RateLimit, Right, TopicPattern};
+pub use many_client::ManyQuery;
 pub use pages::{
-    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, PageAnswer, PageConfig, fetch_page, many_page_route,
-    page_route,
+    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig, fetch_page,
+    many_page_route, page_route, request_many_page,
 };
 pub use publish::{
     BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,
     TOPIC_PATH, api, batch_route, publish_route,
 };
 pub use push::{Encode, Feed, PushFormat, PushServer, PushTransport, Start, push_response};
-pub use push_client::{Decoded, PushClient, PushReader};
-pub use reopen::reopening;
+pub use push_client::{Decoded, Opening, PushClient, PushReader, Scope, Target};
+pub use reopen::{reopening, reopening_many};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
     status_is_retryable,

@@ -7,14 +7,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Backoff, BearerToken, Capabilities, Client, Connect, Cursor, Delivery, Error, Fetch, Page,
-    Publication, Publish, Receipt, Subscribe, Subscription, Topic,
+    Backoff, BearerToken, Capabilities, Client, Connect, Cursor, CursorSet, Delivery, Error,
+    ErrorKind, Fetch, FollowRequest, MultiSubscription, Page, Publication, Publish, Receipt,
+    Selector, Subscribe, Subscription, Topic,
 };
 use serde::de::DeserializeOwned;
 
 use crate::client::{HttpClient, HttpClientConfig};
+
+/// What a push response is opened for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// One topic, from a cursor.
+    One(&'a Topic, Cursor),
+    /// Many topics: the query (`topic=…&after=…`, encoded) for the transport's route of many
+    /// topics, as [`ManyQuery::query`](crate::ManyQuery::query) writes it.
+    Many(&'a str),
+}
+
+/// What a response being decoded follows.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// One topic.
+    One(&'a Topic),
+    /// Many topics: deliveries name their topics, and cursor sets are written relative to
+    /// these selectors.
+    Many(&'a [Selector]),
+}
+
+/// The request that opens a push response.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    /// The path and query, such as `/v1/topics/ticker/events`.
+    pub path: String,
+    /// Headers to send (`Accept`, `Last-Event-ID`, …).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
 
 /// What one chunk of a response held.
 #[derive(Debug, Default)]
@@ -23,6 +56,9 @@ pub struct Decoded {
     pub deliveries: Vec<Delivery>,
     /// Where the stream said it stands (a start record, an SSE id), before the deliveries.
     pub position: Option<Cursor>,
+    /// On a stream of many topics, the cursor set it announced last (its first record, an SSE
+    /// id).
+    pub cursors: Option<CursorSet>,
     /// How long the server asked clients to wait before reconnecting.
     pub retry: Option<Duration>,
 }
@@ -45,14 +81,11 @@ pub trait PushReader: Clone + Debug + Send + Sync + 'static {
     /// Where the settings keep the bearer token sent to the server.
     fn token(config: &mut Self::Config) -> &mut BearerToken;
 
-    /// Opens the response of `topic` at `cursor` with `http`. A non-retryable error ends the
-    /// subscription.
-    async fn open(
-        &self,
-        http: &HttpClient,
-        topic: &Topic,
-        cursor: Cursor,
-    ) -> Result<Incoming, Error>;
+    /// The `GET` request that opens the response for `target`.
+    fn opening(&self, target: Target<'_>) -> Opening;
+
+    /// The media type the response must have; another ends the subscription.
+    fn content_type(&self) -> &'static str;
 
     /// A decoder for a fresh response.
     fn decoder(&self) -> Self::Decoder;
@@ -61,7 +94,7 @@ pub trait PushReader: Clone + Debug + Send + Sync + 'static {
     fn decode(
         &self,
         decoder: &mut Self::Decoder,
-        topic: &Topic,
+        scope: Scope<'_>,
         chunk: &[u8],
     ) -> Result<Decoded, Error>;
 
@@ -75,7 +108,9 @@ pub trait PushReader: Clone + Debug + Send + Sync + 'static {
 /// The client of a one-way push transport whose reading half is `R`. Cheap to clone; clones
 /// share connections. `publish` and `fetch` use plain requests (the shared HTTP API); a
 /// subscription reads the transport's response and reopens it from its cursor
-/// ([`reopening`](crate::reopening)), so nothing is lost or repeated.
+/// ([`reopening`](crate::reopening)), so nothing is lost or repeated. Many topics, prefixes
+/// included, follow on one response ([`Subscribe::subscribe_many`], what
+/// [`follow`](pushpull_core::follow) uses), resumed with one cursor set.
 #[derive(Clone, Debug)]
 pub struct PushClient<R> {
     http: HttpClient,
@@ -119,6 +154,16 @@ impl<R: PushReader> Subscribe for PushClient<R> {
             .await
             .map_err(|e| e.with_transport(R::NAME))
     }
+
+    async fn subscribe_many(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<Option<MultiSubscription>, Error> {
+        crate::reopen::reopening_many(self.clone(), request)
+            .await
+            .map(Some)
+            .map_err(|e| e.with_transport(R::NAME))
+    }
 }
 
 impl<R: PushReader> Client for PushClient<R> {
@@ -129,8 +174,50 @@ impl<R: PushReader> Client for PushClient<R> {
 
 /// What the reopening reader drives.
 impl<R: PushReader> PushClient<R> {
-    pub(crate) async fn open(&self, topic: &Topic, cursor: Cursor) -> Result<Incoming, Error> {
-        self.reader.open(&self.http, topic, cursor).await
+    /// Opens the response for `target` and checks its status and media type. A retryable
+    /// error (a refused connection, 5xx, 429, 408) is for the caller to retry; the rest end the
+    /// subscription.
+    pub(crate) async fn open(&self, target: Target<'_>) -> Result<Incoming, Error> {
+        let http = &self.http;
+        let opening = self.reader.opening(target);
+        let request = || {
+            let mut request = http.request(Method::GET, &opening.path);
+            for (name, value) in &opening.headers {
+                request = request.header(name, value);
+            }
+            request.body(Full::new(Bytes::new())).map_err(|e| {
+                http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
+            })
+        };
+        // Safe to repeat: a pooled connection that died with the network is retried at once.
+        let response = http.send_idempotent(request, http.config().request_timeout).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NO_CONTENT => {
+                return Err(http
+                    .error(
+                        ErrorKind::Closed,
+                        "the server answered 204 No Content: it asks clients to stop",
+                    )
+                    .with_retryable(false));
+            }
+            _ => return Err(http.error_for(response).await),
+        }
+        let expected = self.reader.content_type();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.trim_start().starts_with(expected) {
+            return Err(http
+                .error(
+                    ErrorKind::Protocol,
+                    format!("expected {expected}, got content type {content_type:?}"),
+                )
+                .with_retryable(false));
+        }
+        Ok(response.into_body())
     }
 
     pub(crate) fn decoder(&self) -> R::Decoder {
@@ -140,10 +227,10 @@ impl<R: PushReader> PushClient<R> {
     pub(crate) fn decode(
         &self,
         decoder: &mut R::Decoder,
-        topic: &Topic,
+        scope: Scope<'_>,
         chunk: &[u8],
     ) -> Result<Decoded, Error> {
-        self.reader.decode(decoder, topic, chunk)
+        self.reader.decode(decoder, scope, chunk)
     }
 
     pub(crate) fn idle_timeout(&self) -> Duration {

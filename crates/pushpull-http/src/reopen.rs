@@ -1,14 +1,18 @@
 //! A subscription read from one long HTTP response, reopened from its cursor when it ends:
-//! what the SSE and chunked-streaming clients share (through [`PushClient`]).
+//! what the SSE and chunked-streaming clients share (through [`PushClient`]), for one topic or
+//! for many on one response.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::Duration;
 
-use crate::push_client::{PushClient, PushReader};
+use crate::many_client::ManyQuery;
+use crate::push_client::{PushClient, PushReader, Scope, Target};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pushpull_core::{
-    Continuity, Cursor, Delivery, Error, ErrorKind, Position, Subscription, Topic,
+    Continuity, Cursor, Delivery, Error, ErrorKind, FollowRequest, MultiSubscription, Position,
+    Subscription, Topic,
 };
 
 /// Opens `source`'s stream of `topic` at `start` and returns the subscription once the stream
@@ -27,62 +31,64 @@ pub async fn reopening<R: PushReader>(
     topic: Topic,
     start: Cursor,
 ) -> Result<Subscription, Error> {
-    let body = source.open(&topic, start).await?;
-    let mut reader = Reader {
-        decoder: source.decoder(),
-        source,
-        topic: topic.clone(),
-        position: Position::new(start),
-        body: Some(body),
-        retry: None,
-        asked: None,
-        ready: VecDeque::new(),
-        failures: 0,
-        finished: false,
-        started: false,
-    };
-    let idle = reader.source.idle_timeout();
-    while !reader.started && reader.ready.is_empty() {
-        let body = reader.body.as_mut().expect("open until it breaks");
-        match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                let Ok(chunk) = frame.into_data() else { continue };
-                reader.take(&chunk)?;
-                if reader.body.is_none() {
-                    break; // it skipped ahead: the reader reopens it
-                }
-            }
-            Ok(Some(Err(error))) => {
-                return Err(Error::new(
-                    ErrorKind::Connect,
-                    format!("the stream of {topic} broke before its first record: {error}"),
-                ));
-            }
-            Ok(None) => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("the stream of {topic} ended before its first record"),
-                ));
-            }
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the stream of {topic} showed nothing for {idle:?}: is a proxy buffering it?"
-                    ),
-                ));
-            }
+    let track = Track::One { topic: topic.clone(), position: Position::new(start) };
+    let reader = Reader::start(source, track).await?;
+    let Track::One { position, .. } = &reader.track else { unreachable!("one topic") };
+    let cursor = position.cursor();
+    Ok(Subscription::new(topic, cursor, futures::stream::unfold(reader, Reader::next)))
+}
+
+/// Like [`reopening`], for every topic `request` follows on one response of the transport's
+/// route for many topics: reopened with the cursor set of what it handed over, each topic
+/// checked for repeats and skips on its own.
+pub async fn reopening_many<R: PushReader>(
+    source: PushClient<R>,
+    request: &FollowRequest,
+) -> Result<MultiSubscription, Error> {
+    let reader = Reader::start(source, Track::Many(ManyQuery::new(request))).await?;
+    let Track::Many(query) = &reader.track else { unreachable!("many topics") };
+    let cursors = query.positions().clone();
+    Ok(MultiSubscription::new(cursors, futures::stream::unfold(reader, Reader::next)))
+}
+
+/// What a reader follows, and where it stands.
+enum Track {
+    One {
+        topic: Topic,
+        /// After the last delivery handed over: where a reopened stream starts.
+        position: Position,
+    },
+    Many(ManyQuery),
+}
+
+impl Track {
+    fn check(&self, delivery: &Delivery) -> Continuity {
+        match self {
+            Track::One { position, .. } => position.check(delivery),
+            Track::Many(query) => query.check(delivery),
         }
     }
-    let cursor = reader.position.cursor();
-    Ok(Subscription::new(topic, cursor, futures::stream::unfold(reader, Reader::next)))
+
+    fn advance(&mut self, delivery: &Delivery) {
+        match self {
+            Track::One { position, .. } => position.advance(delivery),
+            Track::Many(query) => query.advance(delivery),
+        }
+    }
+}
+
+impl fmt::Display for Track {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Track::One { topic, .. } => write!(f, "{topic}"),
+            Track::Many(query) => write!(f, "{query}"),
+        }
+    }
 }
 
 struct Reader<R: PushReader> {
     source: PushClient<R>,
-    topic: Topic,
-    /// After the last delivery handed over: where a reopened stream starts.
-    position: Position,
+    track: Track,
     body: Option<Incoming>,
     decoder: R::Decoder,
     retry: Option<Duration>,
@@ -96,6 +102,59 @@ struct Reader<R: PushReader> {
 }
 
 impl<R: PushReader> Reader<R> {
+    /// Opens the response and reads until its first record.
+    async fn start(source: PushClient<R>, track: Track) -> Result<Self, Error> {
+        let body = open(&source, &track).await?;
+        let mut reader = Reader {
+            decoder: source.decoder(),
+            source,
+            track,
+            body: Some(body),
+            retry: None,
+            asked: None,
+            ready: VecDeque::new(),
+            failures: 0,
+            finished: false,
+            started: false,
+        };
+        let idle = reader.source.idle_timeout();
+        while !reader.started && reader.ready.is_empty() {
+            let body = reader.body.as_mut().expect("open until it breaks");
+            let what = &reader.track;
+            match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else { continue };
+                    reader.take(&chunk)?;
+                    if reader.body.is_none() {
+                        break; // it skipped ahead: the reader reopens it
+                    }
+                }
+                Ok(Some(Err(error))) => {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!("the stream of {what} broke before its first record: {error}"),
+                    ));
+                }
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("the stream of {what} ended before its first record"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the stream of {what} showed nothing for {idle:?}: is a proxy \
+                             buffering it?"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(reader)
+    }
+
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
         loop {
             if let Some(delivery) = self.ready.pop_front() {
@@ -122,7 +181,7 @@ impl<R: PushReader> Reader<R> {
                     }
                 }
                 Ok(Some(Err(_)) | None) | Err(_) => {
-                    tracing::debug!(topic = %self.topic, "stream ended, broke or went silent; reopening");
+                    tracing::debug!(stream = %self.track, "stream ended, broke or went silent; reopening");
                     self.body = None;
                 }
             }
@@ -130,28 +189,35 @@ impl<R: PushReader> Reader<R> {
     }
 
     fn take(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        let decoded = self.source.decode(&mut self.decoder, &self.topic, chunk)?;
-        self.started |= decoded.position.is_some() || !decoded.deliveries.is_empty();
-        if let Some(position @ Cursor::After(..)) = decoded.position {
-            // Where the stream starts: it resolves `beginning` or `latest`.
-            if !matches!(self.position.cursor(), Cursor::After(..)) {
-                self.position.reset(position);
-            }
+        let scope = match &self.track {
+            Track::One { topic, .. } => Scope::One(topic),
+            Track::Many(query) => Scope::Many(query.keys()),
+        };
+        let decoded = self.source.decode(&mut self.decoder, scope, chunk)?;
+        self.started |= decoded.position.is_some()
+            || decoded.cursors.is_some()
+            || !decoded.deliveries.is_empty();
+        // Where the stream starts: it resolves `beginning` or `latest`.
+        if let (Track::One { position, .. }, Some(start @ Cursor::After(..))) =
+            (&mut self.track, decoded.position)
+            && !position.cursor().is_position()
+        {
+            position.reset(start);
         }
         if decoded.retry.is_some() {
             self.retry = decoded.retry;
         }
         for delivery in decoded.deliveries {
-            match self.position.check(&delivery) {
+            match self.track.check(&delivery) {
                 Continuity::Next => {
-                    self.position.advance(&delivery);
+                    self.track.advance(&delivery);
                     self.ready.push_back(delivery);
                 }
                 Continuity::Repeat => {}
                 Continuity::Skip => {
                     tracing::warn!(
-                        topic = %self.topic,
-                        cursor = %self.position.cursor(),
+                        stream = %self.track,
+                        topic = %delivery.topic(),
                         got = %delivery.cursor(),
                         "a delivery skipped ahead of the subscription; reopening from its cursor"
                     );
@@ -160,10 +226,15 @@ impl<R: PushReader> Reader<R> {
                 }
             }
         }
+        // The set a stream of many topics announced, after the chunk's deliveries (an SSE
+        // id is the set after its event): it places the topics that have no position yet.
+        if let (Track::Many(query), Some(cursors)) = (&mut self.track, &decoded.cursors) {
+            query.announce(cursors);
+        }
         Ok(())
     }
 
-    /// Waits, then opens the stream again from `resume`. Only final errors come back.
+    /// Waits, then opens the stream again from where it stands. Only final errors come back.
     async fn reopen(&mut self) -> Result<(), Error> {
         loop {
             let backoff = self.source.backoff().delay(self.failures);
@@ -173,7 +244,7 @@ impl<R: PushReader> Reader<R> {
             };
             let delay = self.asked.take().map_or(delay, |asked| asked.max(delay));
             tokio::time::sleep(delay).await;
-            match self.source.open(&self.topic, self.position.cursor()).await {
+            match open(&self.source, &self.track).await {
                 Ok(body) => {
                     self.body = Some(body);
                     self.decoder = self.source.decoder();
@@ -182,10 +253,17 @@ impl<R: PushReader> Reader<R> {
                 Err(error) if error.is_retryable() => {
                     self.failures = self.failures.saturating_add(1);
                     self.asked = error.retry_after();
-                    tracing::debug!(topic = %self.topic, %error, "reopening failed; backing off");
+                    tracing::debug!(stream = %self.track, %error, "reopening failed; backing off");
                 }
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+async fn open<R: PushReader>(source: &PushClient<R>, track: &Track) -> Result<Incoming, Error> {
+    match track {
+        Track::One { topic, position } => source.open(Target::One(topic, position.cursor())).await,
+        Track::Many(query) => source.open(Target::Many(&query.query())).await,
     }
 }

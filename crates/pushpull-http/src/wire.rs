@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use pushpull_core::{
-    Cursor, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset, OffsetRange, Page,
+    Cursor, Delivery, Epoch, Error, ErrorKind, Gap, GapReason, Message, Offset, OffsetRange, Page,
     Publication, Receipt, Topic, millis_since_unix_epoch, time_from_millis,
 };
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,28 @@ pub fn decode_page(body: &[u8]) -> Result<Page, Error> {
             .collect::<Result<_, _>>()?,
         next: json.next,
     })
+}
+
+/// A page of many topics' JSON (`{"gaps":[…],"messages":[…],"next":"@…"}`): its deliveries,
+/// each topic's gap before its messages, and `next`.
+pub fn decode_many_page(body: &[u8]) -> Result<(Vec<Delivery>, String), Error> {
+    #[derive(Deserialize)]
+    struct ManyPageJson {
+        #[serde(default)]
+        gaps: Vec<GapJson>,
+        messages: Vec<MessageJson>,
+        next: String,
+    }
+    let json: ManyPageJson =
+        serde_json::from_slice(body).map_err(|e| protocol(format!("bad page JSON: {e}")))?;
+    let mut deliveries = Vec::with_capacity(json.gaps.len() + json.messages.len());
+    for gap in json.gaps {
+        deliveries.push(Delivery::Gap(gap.into_gap()?));
+    }
+    for message in json.messages {
+        deliveries.push(Delivery::Message(message.into_message()?));
+    }
+    Ok((deliveries, json.next))
 }
 
 /// A publish receipt as JSON.

@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use pushpull_core::{
-    Capabilities, Cursor, Error, Fetch, Page, Publication, Publish, Receipt, Subscribe,
-    Subscription, Topic,
+    Capabilities, Cursor, Error, Fetch, FollowRequest, MultiSubscription, Page, Publication,
+    Publish, Receipt, Subscribe, Subscription, Topic,
 };
 
 use crate::NAME;
@@ -58,6 +58,13 @@ impl Fetch for LongpollClient {
 impl Subscribe for LongpollClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         self.inner.subscribe(topic, cursor).await
+    }
+
+    async fn subscribe_many(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<Option<MultiSubscription>, Error> {
+        self.inner.subscribe_many(request).await
     }
 }
 

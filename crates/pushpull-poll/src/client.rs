@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use futures::stream;
 use http::HeaderValue;
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Publication, Publish, Receipt,
-    Subscribe, Subscription, Topic,
+    Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, FollowRequest, MultiSubscription,
+    Offset, Page, Publication, Publish, Receipt, Subscribe, Subscription, Topic,
 };
 use pushpull_http::pages::request_page;
-use pushpull_http::{HttpClient, HttpClientConfig, PageAnswer, fetch_page};
+use pushpull_http::{
+    HttpClient, HttpClientConfig, ManyQuery, PageAnswer, fetch_page, request_many_page,
+};
 
 use crate::NAME;
 use crate::config::ClientConfig;
@@ -89,17 +91,6 @@ impl PollClient {
         &self.config
     }
 
-    async fn poll(
-        &self,
-        topic: &Topic,
-        cursor: Cursor,
-        limit: usize,
-        etag: Option<&HeaderValue>,
-        wait: Option<Duration>,
-    ) -> Result<PageAnswer, Error> {
-        request_page(&self.http, topic, cursor, limit, etag, wait).await
-    }
-
     fn interval(&self, hint: Option<Duration>) -> Duration {
         match hint {
             Some(hint) if self.config.honour_server_hint => hint,
@@ -132,46 +123,43 @@ impl Fetch for PollClient {
 #[async_trait]
 impl Subscribe for PollClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
-        // The first poll happens now: it resolves `Latest` and `Beginning` to a position, and
-        // a bad topic or cursor fails here rather than in the stream.
-        let limit = self.config.page_limit;
-        // A long-polling client asks with `wait=0`: answered at once, and the answer says
-        // whether the server can hold requests at all.
-        let probe = self.hold.map(|_| Duration::ZERO);
-        let first = self.poll(topic, cursor, limit, None, probe).await?;
-        if let PageAnswer::Page { held: false, .. } = first
-            && self.hold.is_some()
-        {
-            return Err(self.http.error(
-                ErrorKind::Unsupported,
-                format!(
-                    "{} does not hold requests: long polling is not enabled there (short \
-                         polling is)",
-                    self.http.url("")
-                ),
-            ));
-        }
-        let PageAnswer::Page { page, etag, hint, .. } = first else {
-            return Err(self
-                .http
-                .error(ErrorKind::Protocol, "304 to a request without If-None-Match"));
-        };
-        let mut poller = Poller {
-            client: self.clone(),
-            topic: topic.clone(),
-            cursor: page.next,
-            etag,
-            interval: self.interval(hint),
-            ready: VecDeque::new(),
-            wait_before_next: false,
-            failures: 0,
-            finished: false,
-        };
-        poller.accept(page, limit);
-        // A long-polling subscription holds its next request on the server: no pause first.
-        poller.wait_before_next &= self.hold.is_none();
-        let start = poller.cursor;
+        let what = Polled::One { topic: topic.clone(), cursor, etag: None };
+        let poller = Poller::start(self.clone(), what).await?;
+        let Polled::One { cursor: start, .. } = &poller.what else { unreachable!("one topic") };
+        let start = *start;
         Ok(Subscription::new(topic.clone(), start, stream::unfold(poller, Poller::next)))
+    }
+
+    /// Polls every topic of `request` with one request (`GET /v1/messages?topic=…`), resumed
+    /// by the cursor set each page ends at.
+    async fn subscribe_many(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<Option<MultiSubscription>, Error> {
+        let asked = ManyQuery::new(request);
+        let poller = Poller::start(self.clone(), Polled::Many(asked.clone())).await?;
+        let Polled::Many(query) = &poller.what else { unreachable!("many topics") };
+        // Where each topic stood before the first page, whose deliveries are yet to be handed
+        // over: its position, else just before its first delivery.
+        let mut cursors = query.positions().clone();
+        let mut seen = std::collections::HashSet::new();
+        for delivery in &poller.ready {
+            let topic = delivery.topic();
+            if !seen.insert(topic.clone()) {
+                continue;
+            }
+            let before = match (asked.positions().get(topic), delivery) {
+                (Some(asked @ Cursor::After(..)), _) => Some(asked),
+                (_, Delivery::Message(m)) => Some(Cursor::After(m.epoch, Offset(m.offset.0 - 1))),
+                (_, Delivery::Gap(gap)) => {
+                    Some(gap.resumes_from(Cursor::Latest)).filter(Cursor::is_position)
+                }
+            };
+            if let Some(before) = before {
+                cursors.set(topic.clone(), before);
+            }
+        }
+        Ok(Some(MultiSubscription::new(cursors, stream::unfold(poller, Poller::next))))
     }
 }
 
@@ -181,13 +169,36 @@ impl pushpull_core::Client for PollClient {
     }
 }
 
+/// What a poller polls: one topic's page route, or the page route of many topics.
+enum Polled {
+    One {
+        topic: Topic,
+        /// Where the next poll starts: after the last delivery handed to `ready`.
+        cursor: Cursor,
+        etag: Option<HeaderValue>,
+    },
+    Many(ManyQuery),
+}
+
+impl std::fmt::Display for Polled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Polled::One { topic, .. } => write!(f, "{topic}"),
+            Polled::Many(query) => write!(f, "{query}"),
+        }
+    }
+}
+
+/// What one poll brought.
+enum Answer {
+    Page { deliveries: Vec<Delivery>, full: bool, hint: Option<Duration>, held: bool },
+    NotModified { hint: Option<Duration>, held: bool },
+}
+
 /// One subscription's polling loop.
 struct Poller {
     client: PollClient,
-    topic: Topic,
-    /// Where the next poll starts: after the last delivery handed to `ready`.
-    cursor: Cursor,
-    etag: Option<HeaderValue>,
+    what: Polled,
     interval: Duration,
     ready: VecDeque<Delivery>,
     wait_before_next: bool,
@@ -196,11 +207,93 @@ struct Poller {
 }
 
 impl Poller {
-    fn accept(&mut self, page: Page, limit: usize) {
-        // A full page means more is likely waiting: poll again at once.
-        self.wait_before_next = page.messages.len() < limit;
-        self.cursor = page.next;
-        self.ready.extend(page.into_deliveries());
+    /// Polls once, now: it resolves `latest`, `beginning` and the other starts to a position,
+    /// and a bad topic or cursor fails here rather than in the stream.
+    async fn start(client: PollClient, what: Polled) -> Result<Self, Error> {
+        // A long-polling client asks with `wait=0`: answered at once, and the answer says
+        // whether the server can hold requests at all.
+        let probe = client.hold.map(|_| Duration::ZERO);
+        let mut poller = Poller {
+            client,
+            what,
+            interval: Duration::ZERO,
+            ready: VecDeque::new(),
+            wait_before_next: false,
+            failures: 0,
+            finished: false,
+        };
+        let (deliveries, full, hint) = match poller.poll(probe).await? {
+            Answer::Page { held: false, .. } | Answer::NotModified { held: false, .. }
+                if poller.client.hold.is_some() =>
+            {
+                return Err(poller.client.http.error(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} does not hold requests: long polling is not enabled there (short \
+                         polling is)",
+                        poller.client.http.url("")
+                    ),
+                ));
+            }
+            Answer::Page { deliveries, full, hint, .. } => (deliveries, full, hint),
+            Answer::NotModified { .. } => {
+                return Err(poller
+                    .client
+                    .http
+                    .error(ErrorKind::Protocol, "304 to a request without If-None-Match"));
+            }
+        };
+        poller.interval = poller.client.interval(hint);
+        poller.ready.extend(deliveries);
+        // A full page means more is likely waiting: poll again at once. A long-polling
+        // subscription holds its next request on the server: no pause first either.
+        poller.wait_before_next = !full && poller.client.hold.is_none();
+        Ok(poller)
+    }
+
+    /// One poll from where it stands, which moves it past what the answer holds.
+    async fn poll(&mut self, wait: Option<Duration>) -> Result<Answer, Error> {
+        let limit = self.client.config.page_limit;
+        match &mut self.what {
+            Polled::One { topic, cursor, etag } => {
+                let answer =
+                    request_page(&self.client.http, topic, *cursor, limit, etag.as_ref(), wait)
+                        .await?;
+                Ok(match answer {
+                    PageAnswer::Page { page, etag: tag, hint, held } => {
+                        *etag = tag;
+                        *cursor = page.next;
+                        let full = page.messages.len() >= limit;
+                        Answer::Page {
+                            deliveries: page.into_deliveries().collect(),
+                            full,
+                            hint,
+                            held,
+                        }
+                    }
+                    PageAnswer::NotModified { hint, held } => Answer::NotModified { hint, held },
+                })
+            }
+            Polled::Many(query) => {
+                let answer =
+                    request_many_page(&self.client.http, &query.query(), limit, wait).await?;
+                let next = query.parse(&answer.next).map_err(|e| {
+                    self.client.http.error(
+                        ErrorKind::Protocol,
+                        format!("the page's next cursor set: {}", e.message()),
+                    )
+                })?;
+                query.replace(next);
+                let messages =
+                    answer.deliveries.iter().filter(|d| matches!(d, Delivery::Message(_))).count();
+                Ok(Answer::Page {
+                    deliveries: answer.deliveries,
+                    full: messages >= limit,
+                    hint: answer.hint,
+                    held: answer.held,
+                })
+            }
+        }
     }
 
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
@@ -214,19 +307,17 @@ impl Poller {
             if self.wait_before_next {
                 tokio::time::sleep(self.interval).await;
             }
-            let limit = self.client.config.page_limit;
             let hold = self.client.hold;
-            match self.client.poll(&self.topic, self.cursor, limit, self.etag.as_ref(), hold).await
-            {
-                Ok(PageAnswer::Page { page, etag, hint, held }) => {
+            match self.poll(hold).await {
+                Ok(Answer::Page { deliveries, full, hint, held }) => {
                     self.failures = 0;
-                    self.etag = etag;
                     self.interval = self.client.interval(hint);
-                    self.accept(page, limit);
-                    // A held request already waited on the server: ask again at once.
-                    self.wait_before_next &= !(hold.is_some() && held);
+                    self.ready.extend(deliveries);
+                    // A full page means more is likely waiting; a held request already
+                    // waited on the server: ask again at once.
+                    self.wait_before_next = !(full || (hold.is_some() && held));
                 }
-                Ok(PageAnswer::NotModified { hint, held }) => {
+                Ok(Answer::NotModified { hint, held }) => {
                     self.failures = 0;
                     self.interval = self.client.interval(hint);
                     self.wait_before_next = !(hold.is_some() && held);
@@ -239,7 +330,7 @@ impl Poller {
                     let backoff = self.client.config.backoff.delay(self.failures);
                     let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
                     self.failures = self.failures.saturating_add(1);
-                    tracing::debug!(topic = %self.topic, %error, ?delay, "poll failed; retrying");
+                    tracing::debug!(polled = %self.what, %error, ?delay, "poll failed; retrying");
                     tokio::time::sleep(delay).await;
                     self.wait_before_next = false;
                 }

@@ -3,16 +3,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::{Method, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use pushpull_core::{Backoff, BearerToken, Cursor, Error, ErrorKind, Topic};
-use pushpull_http::{Decoded, HttpClient, HttpClientConfig, PushClient, PushReader};
+use http::{HeaderName, HeaderValue, header};
+use pushpull_core::{Backoff, BearerToken, Cursor, CursorSet, Error};
+use pushpull_http::{Decoded, HttpClientConfig, Opening, PushClient, PushReader, Scope, Target};
 
 use crate::NAME;
 use crate::config::ClientConfig;
-use crate::wire::{CONTENT_TYPE, Parser, decode_event};
+use crate::wire::{CONTENT_TYPE, Parser, decode_event, decode_many};
 
 /// A client of an SSE server. Cheap to clone; clones share connections.
 ///
@@ -24,6 +21,10 @@ use crate::wire::{CONTENT_TYPE, Parser, decode_event};
 /// are retried the same way. It stops, with a typed error, only on what a retry cannot change:
 /// `204 No Content` (the server asks it to stop), a status such as 400, 401, 403, 404 or 410,
 /// or a content type other than `text/event-stream`.
+///
+/// Many topics, prefixes included, follow on one stream (`GET /v1/events`, through
+/// [`follow`](pushpull_core::follow)): each event's `topic:` field names its topic and its
+/// `id:` is the cursor set that resumes them all.
 pub type SseClient = PushClient<SseReader>;
 
 /// The reading half of [`SseClient`]: how it opens an event stream and parses it.
@@ -52,74 +53,64 @@ impl PushReader for SseReader {
         &mut config.token
     }
 
-    /// Opens the event stream of `topic` at `cursor` and checks the response.
-    async fn open(
-        &self,
-        http: &HttpClient,
-        topic: &Topic,
-        cursor: Cursor,
-    ) -> Result<Incoming, Error> {
-        let path = match cursor {
-            Cursor::After(..) => format!("/v1/topics/{topic}/events"),
-            other => format!("/v1/topics/{topic}/events?after={other}"),
-        };
-        let request = || {
-            let mut request = http
-                .request(Method::GET, &path)
-                .header(header::ACCEPT, CONTENT_TYPE)
-                .header(header::CACHE_CONTROL, "no-cache");
-            if let Cursor::After(..) = cursor {
-                request = request.header("last-event-id", cursor.to_string());
+    fn opening(&self, target: Target<'_>) -> Opening {
+        let mut headers = vec![
+            (header::ACCEPT, HeaderValue::from_static(CONTENT_TYPE)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ];
+        let path = match target {
+            Target::One(topic, cursor @ Cursor::After(..)) => {
+                let id = HeaderValue::from_str(&cursor.to_string()).expect("a cursor is ASCII");
+                headers.push((HeaderName::from_static("last-event-id"), id));
+                format!("/v1/topics/{topic}/events")
             }
-            request.body(Full::new(Bytes::new())).map_err(|e| {
-                http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-            })
+            Target::One(topic, start) => format!("/v1/topics/{topic}/events?after={start}"),
+            Target::Many(query) => format!("/v1/events?{query}"),
         };
-        // Safe to repeat: a pooled connection that died with the network is retried at once.
-        let response = http.send_idempotent(request, self.config.request_timeout).await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NO_CONTENT => {
-                return Err(http
-                    .error(
-                        ErrorKind::Closed,
-                        "the server answered 204 No Content: it asks clients to stop",
-                    )
-                    .with_retryable(false));
-            }
-            // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
-            _ => return Err(http.error_for(response).await),
-        }
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !content_type.trim_start().starts_with(CONTENT_TYPE) {
-            return Err(http
-                .error(
-                    ErrorKind::Protocol,
-                    format!("expected {CONTENT_TYPE}, got content type {content_type:?}"),
-                )
-                .with_retryable(false));
-        }
-        Ok(response.into_body())
+        Opening { path, headers }
+    }
+
+    fn content_type(&self) -> &'static str {
+        CONTENT_TYPE
     }
 
     fn decoder(&self) -> Parser {
         Parser::new()
     }
 
-    fn decode(&self, parser: &mut Parser, topic: &Topic, chunk: &[u8]) -> Result<Decoded, Error> {
-        let deliveries = parser
-            .feed(chunk)
-            .map_err(|e| e.with_transport(NAME))?
-            .into_iter()
-            .map(|event| decode_event(topic, event).map_err(|e| e.with_transport(NAME)))
-            .collect::<Result<_, _>>()?;
-        // The last id the stream set: a message's, a gap's, or the preamble's starting position.
-        let position = parser.last_event_id().parse().ok();
-        Ok(Decoded { deliveries, position, retry: parser.retry() })
+    fn decode(
+        &self,
+        parser: &mut Parser,
+        scope: Scope<'_>,
+        chunk: &[u8],
+    ) -> Result<Decoded, Error> {
+        let events = parser.feed(chunk).map_err(|e| e.with_transport(NAME))?;
+        let mut decoded = Decoded { retry: parser.retry(), ..Decoded::default() };
+        match scope {
+            Scope::One(topic) => {
+                for event in events {
+                    decoded
+                        .deliveries
+                        .push(decode_event(topic, event).map_err(|e| e.with_transport(NAME))?);
+                }
+                // The last id the stream set: a message's, a gap's, or the preamble's position.
+                decoded.position = parser.last_event_id().parse().ok();
+            }
+            Scope::Many(keys) => {
+                for event in events {
+                    decoded
+                        .deliveries
+                        .push(decode_many(keys, event).map_err(|e| e.with_transport(NAME))?);
+                }
+                // The set the stream announced last: the preamble's, or the last event's.
+                let id = parser.last_event_id();
+                if CursorSet::is_set(id) {
+                    let set = CursorSet::parse(id, keys).map_err(|e| e.with_transport(NAME))?;
+                    decoded.cursors = Some(set);
+                }
+            }
+        }
+        Ok(decoded)
     }
 
     fn idle_timeout(&self) -> Duration {

@@ -296,6 +296,26 @@ impl Parser {
     }
 }
 
+/// The delivery an event of a stream of many topics carries: its topic from the `topic:`
+/// field, and a message's cursor from the cursor set in its `id:` (relative to `keys`).
+pub fn decode_many(keys: &[pushpull_core::Selector], mut event: Event) -> Result<Delivery, Error> {
+    let protocol = |why: String| Error::new(ErrorKind::Protocol, why);
+    let topic: Topic = event
+        .extension(TOPIC_FIELD)
+        .ok_or_else(|| protocol("an event of a stream of many topics has no topic field".into()))?
+        .parse()
+        .map_err(|e: Error| protocol(format!("the topic field: {}", e.message())))?;
+    if event.event_type != GAP_EVENT {
+        let set = pushpull_core::CursorSet::parse(&event.last_event_id, keys)
+            .map_err(|e| protocol(format!("event id: {}", e.message())))?;
+        let cursor = set.get(&topic).ok_or_else(|| {
+            protocol(format!("the event's id has no position for its topic {topic}"))
+        })?;
+        event.last_event_id = cursor.to_string();
+    }
+    decode_event(&topic, event)
+}
+
 /// The delivery an event of `topic` carries.
 pub fn decode_event(topic: &Topic, event: Event) -> Result<Delivery, Error> {
     let protocol = |why: String| Error::new(ErrorKind::Protocol, why);

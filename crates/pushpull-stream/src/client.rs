@@ -3,12 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::{Method, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use pushpull_core::{Backoff, BearerToken, Cursor, Error, ErrorKind, Topic};
-use pushpull_http::{Decoded, HttpClient, HttpClientConfig, PushClient, PushReader};
+use http::{HeaderValue, header};
+use pushpull_core::{Backoff, BearerToken, CursorSet, Error};
+use pushpull_http::{Decoded, HttpClientConfig, Opening, PushClient, PushReader, Scope, Target};
 
 use crate::NAME;
 use crate::config::{ClientConfig, FramingChoice};
@@ -21,6 +18,10 @@ use crate::wire::{Decoder, Framing, Record, delivery};
 /// the last record it read, with backoff, dropping anything already delivered. Retryable
 /// answers (5xx but 501 and 505, 429 with its `Retry-After`, 408) are retried the same way; any
 /// other non-200 answer or a wrong content type stops it with a typed error.
+///
+/// Many topics, prefixes included, follow on one stream (`GET /v1/stream`, through
+/// [`follow`](pushpull_core::follow)): it starts with a `cursors` record, and each record
+/// names its topic and cursor.
 pub type StreamClient = PushClient<StreamReader>;
 
 /// The reading half of [`StreamClient`]: how it opens a stream and decodes its records.
@@ -59,56 +60,39 @@ impl PushReader for StreamReader {
         &mut config.token
     }
 
-    async fn open(
-        &self,
-        http: &HttpClient,
-        topic: &Topic,
-        cursor: Cursor,
-    ) -> Result<Incoming, Error> {
-        let framing = self.framing();
-        let path = format!("/v1/topics/{topic}/stream?after={cursor}");
-        let request = || {
-            http.request(Method::GET, &path)
-                .header(header::ACCEPT, framing.content_type())
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| {
-                    http.error(ErrorKind::BadRequest, format!("cannot build the request: {e}"))
-                })
+    fn opening(&self, target: Target<'_>) -> Opening {
+        let path = match target {
+            Target::One(topic, cursor) => format!("/v1/topics/{topic}/stream?after={cursor}"),
+            Target::Many(query) => format!("/v1/stream?{query}"),
         };
-        // Safe to repeat: a pooled connection that died with the network is retried at once.
-        let response = http.send_idempotent(request, self.config.request_timeout).await?;
-        if response.status() != StatusCode::OK {
-            // 5xx, 429 and 408 are retried by the reopening reader; the rest end it.
-            return Err(http.error_for(response).await);
-        }
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !content_type.starts_with(framing.content_type()) {
-            return Err(http
-                .error(
-                    ErrorKind::Protocol,
-                    format!(
-                        "expected {}, got content type {content_type:?}",
-                        framing.content_type()
-                    ),
-                )
-                .with_retryable(false));
-        }
-        Ok(response.into_body())
+        let accept = HeaderValue::from_static(self.framing().content_type());
+        Opening { path, headers: vec![(header::ACCEPT, accept)] }
+    }
+
+    fn content_type(&self) -> &'static str {
+        self.framing().content_type()
     }
 
     fn decoder(&self) -> Decoder {
         Decoder::new(self.framing(), self.config.max_payload)
     }
 
-    fn decode(&self, decoder: &mut Decoder, _: &Topic, chunk: &[u8]) -> Result<Decoded, Error> {
+    fn decode(
+        &self,
+        decoder: &mut Decoder,
+        scope: Scope<'_>,
+        chunk: &[u8],
+    ) -> Result<Decoded, Error> {
         let mut decoded = Decoded::default();
         for (record, payload) in decoder.feed(chunk).map_err(|e| e.with_transport(NAME))? {
-            if let Record::Start { cursor } = &record {
-                decoded.position = Some(*cursor);
+            match (&record, scope) {
+                (Record::Start { cursor }, _) => decoded.position = Some(*cursor),
+                (Record::Cursors { cursors }, Scope::Many(keys)) => {
+                    let set =
+                        CursorSet::parse(cursors, keys).map_err(|e| e.with_transport(NAME))?;
+                    decoded.cursors = Some(set);
+                }
+                _ => {}
             }
             if let Some(delivery) = delivery(record, payload).map_err(|e| e.with_transport(NAME))? {
                 decoded.deliveries.push(delivery);

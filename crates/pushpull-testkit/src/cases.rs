@@ -570,6 +570,43 @@ pub async fn many_topics_resume_from_one_cursor_set(harness: &dyn Harness) {
     assert_eq!(next_of_many(&mut sub).await.payload, "after", "nothing repeated before it");
 }
 
+/// S2 for many topics: when the connection that carries several topics is killed, the stream
+/// resumes every topic where it stood, with nothing lost or repeated.
+pub async fn many_topics_survive_a_killed_connection(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let topics: Vec<Topic> =
+        ["a", "b", "c"].iter().map(|n| topic(&format!("many-killed.{n}"))).collect();
+    let selectors: Vec<(&Topic, Cursor)> = topics.iter().map(|t| (t, Cursor::Beginning)).collect();
+    let mut sub = within("follow", follow(client.clone(), follow_request(&selectors, None)))
+        .await
+        .unwrap_or_else(|e| panic!("follow failed: {e:?}"));
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for round in [1..=3u32, 4..=6] {
+        for t in &topics {
+            publish_range(&*client, t, round.clone()).await;
+        }
+        for _ in 0..9 {
+            let m = next_of_many(&mut sub).await;
+            assert_eq!(m.payload, format!("m{}", m.offset.0), "{}", m.topic);
+            seen.entry(m.topic.to_string()).or_default().push(m.offset.0);
+        }
+        if round.start() == &1
+            && let Err(why) = fixture.sever().await
+        {
+            return skipped("many_topics_survive_a_killed_connection", why);
+        }
+    }
+    for t in &topics {
+        assert_eq!(seen[t.as_str()], (1..=6).collect::<Vec<_>>(), "{t}: each once, in order");
+    }
+    // Severed again while idle: the next message still arrives, once.
+    fixture.sever().await.expect("sever worked before");
+    publish(&*client, &topics[1], "m7").await;
+    let m = next_of_many(&mut sub).await;
+    assert_eq!((m.topic.as_str(), m.offset), (topics[1].as_str(), Offset(7)));
+}
+
 /// A prefix follows the topics it selects that exist, and those first published while it is
 /// open, from their first message. Skipped where the client cannot list topics.
 pub async fn prefix_follows_new_topics(harness: &dyn Harness) {

@@ -59,6 +59,7 @@ macro_rules! conformance {
                 history_since,
                 fetch_newest_first,
                 many_topics_resume_from_one_cursor_set,
+                many_topics_survive_a_killed_connection,
                 prefix_follows_new_topics,
                 gap_on_epoch_change,
                 stale_epoch_gap_on_a_quiet_topic,

@@ -87,6 +87,10 @@ impl Subscribe for CurrentBroker {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         self.broker().subscribe(topic, cursor).await
     }
+
+    fn directory(&self) -> Option<Arc<dyn pushpull_core::Directory>> {
+        self.broker().directory()
+    }
 }
 
 impl Client for CurrentBroker {

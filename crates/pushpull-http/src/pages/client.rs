@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
-use pushpull_core::{Cursor, Error, ErrorKind, Page, Topic};
+use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Page, Topic};
 
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, messages_path, parse_interval_hint};
 use crate::client::HttpClient;
@@ -47,9 +47,31 @@ pub async fn request_page(
     if let Some(wait) = wait {
         path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
     }
+    let (response, timeout, hint, held) = send(http, &path, etag, wait).await?;
+    match response.status() {
+        StatusCode::OK => {
+            let etag = response.headers().get(header::ETAG).cloned();
+            let body = http.read_body(response, timeout).await?;
+            let page =
+                crate::wire::decode_page(&body).map_err(|e| e.with_transport(http.transport()))?;
+            Ok(PageAnswer::Page { page, etag, hint, held })
+        }
+        StatusCode::NOT_MODIFIED => Ok(PageAnswer::NotModified { hint, held }),
+        _ => Err(http.error_for(response).await),
+    }
+}
+
+/// Sends a page request (a held one, with `wait`): the answer, the time it may take to read,
+/// the server's poll interval hint and whether it holds requests.
+async fn send(
+    http: &HttpClient,
+    path: &str,
+    etag: Option<&HeaderValue>,
+    wait: Option<Duration>,
+) -> Result<(http::Response<hyper::body::Incoming>, Duration, Option<Duration>, bool), Error> {
     let make = || {
         let mut request =
-            http.request(Method::GET, &path).header(header::ACCEPT, "application/json");
+            http.request(Method::GET, path).header(header::ACCEPT, "application/json");
         if let Some(etag) = etag {
             request = request.header(header::IF_NONE_MATCH, etag);
         }
@@ -65,17 +87,42 @@ pub async fn request_page(
         .get(POLL_INTERVAL_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_interval_hint);
-    match response.status() {
-        StatusCode::OK => {
-            let etag = response.headers().get(header::ETAG).cloned();
-            let body = http.read_body(response, timeout).await?;
-            let page =
-                crate::wire::decode_page(&body).map_err(|e| e.with_transport(http.transport()))?;
-            Ok(PageAnswer::Page { page, etag, hint, held })
-        }
-        StatusCode::NOT_MODIFIED => Ok(PageAnswer::NotModified { hint, held }),
-        _ => Err(http.error_for(response).await),
+    Ok((response, timeout, hint, held))
+}
+
+/// A page of many topics ([`MANY_MESSAGES_PATH`](super::MANY_MESSAGES_PATH)).
+#[derive(Debug)]
+pub struct ManyPageAnswer {
+    /// Its deliveries: each topic's gap, then the messages, each topic's in its order.
+    pub deliveries: Vec<Delivery>,
+    /// The cursor set to ask from next (its text).
+    pub next: String,
+    /// The server's poll interval hint.
+    pub hint: Option<Duration>,
+    /// Whether the server holds requests (it answered with `Pushpull-Wait-Ms`).
+    pub held: bool,
+}
+
+/// One request for a page of many topics: `query` names the topics and where they start
+/// ([`ManyQuery::query`](crate::ManyQuery::query)). With `wait`, a long poll.
+pub async fn request_many_page(
+    http: &HttpClient,
+    query: &str,
+    limit: usize,
+    wait: Option<Duration>,
+) -> Result<ManyPageAnswer, Error> {
+    let mut path = format!("{}?{query}&limit={limit}", super::MANY_MESSAGES_PATH);
+    if let Some(wait) = wait {
+        path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
     }
+    let (response, timeout, hint, held) = send(http, &path, None, wait).await?;
+    if response.status() != StatusCode::OK {
+        return Err(http.error_for(response).await);
+    }
+    let body = http.read_body(response, timeout).await?;
+    let (deliveries, next) =
+        crate::wire::decode_many_page(&body).map_err(|e| e.with_transport(http.transport()))?;
+    Ok(ManyPageAnswer { deliveries, next, hint, held })
 }
 
 /// `Fetch` over the page route, on any transport's `HttpClient`: one request, answered at once.
