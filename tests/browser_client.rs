@@ -117,6 +117,7 @@ async fn the_browser_client_works_over_every_transport() {
         plan.push(on("large", &via_proxy, json!({})));
         plan.push(on("resume", &via_proxy, json!({})));
         plan.push(on("manyTopics", &via_proxy, json!({})));
+        plan.push(on("prefix", &via_proxy, json!({})));
         plan.push(on("gap", &url(&short), json!({})));
         let topic = format!("js.secured.{transport}");
         let tokens = json!({
@@ -195,6 +196,16 @@ async fn the_browser_client_works_over_every_transport() {
         if matches!(transport, "ws" | "sse" | "stream") {
             assert_eq!(many["reconnected"], true, "{transport} noticed the cut: {many}");
         }
+
+        let prefix = value(&format!("prefix over {transport}"));
+        assert_eq!(
+            prefix["seen"],
+            json!(["a:a1", "a:a2", "b:b1", "z:z1"]),
+            "{transport}: {prefix}"
+        );
+        assert!(prefix["cursor"].as_str().unwrap().starts_with('@'), "{transport}: {prefix}");
+        assert_eq!(prefix["resumed"], "b:b2", "{transport}: resumed from its set: {prefix}");
+        assert_eq!(prefix["extra"], json!([]), "{transport}: nothing twice: {prefix}");
 
         let gap = value(&format!("gap over {transport}"));
         let expected_gap = json!({

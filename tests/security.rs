@@ -422,4 +422,16 @@ async fn batches_prefixes_and_server_decided_topics_follow_the_token() {
     assert_eq!(topics, vec!["orders:eu"], "{body}");
     let (status, _, _) = request(&url, &ca, http::Method::GET, "/v1/messages", &[]).await;
     assert_eq!(status, 401, "no token, no topics");
+
+    // Over a WebSocket, the same rule for a prefix subscription.
+    let ws = client("ws", &url, &ca, BearerToken::fixed(rights)).await;
+    let prefix = |text: &str| pushpull::FollowRequest {
+        selectors: vec![(text.parse().unwrap(), pushpull::Cursor::Beginning)],
+        resume: None,
+        max_topics: 10,
+    };
+    let refused = pushpull::follow(ws.clone(), prefix("orders:*")).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Forbidden, "{refused}");
+    assert!(refused.to_string().contains("subscribe:orders:*"), "{refused}");
+    pushpull::follow(ws, prefix("orders:eu:north*")).await.expect("a prefix the token covers");
 }

@@ -1107,6 +1107,7 @@ class WsClient {
     this.stats = newStats();
     this.http = new Http(base, options, tokens, 'ws', this.stats);
     this.subs = new Map(); // key (topic + name) -> { sub, name, awaiting }
+    this.prefixes = new Map(); // name -> the entry of a prefix subscription
     this.pending = new Map(); // id -> { frame, resolve, reject }
     this.nextId = 1;
     this.socket = undefined;
@@ -1254,7 +1255,8 @@ class WsClient {
       }
       case 'message':
       case 'gap': {
-        const entry = this.subs.get(key);
+        // A prefix subscription's frames name their topic, and the subscription by its name.
+        const entry = this.subs.get(key) ?? this.prefixes.get(header.sub);
         // Frames of a subscription being (re)made are from before: drop them.
         if (!entry || entry.awaiting) return;
         const delivery = fromJson(header, header.op === 'message' ? payload ?? undefined : undefined);
@@ -1311,17 +1313,21 @@ class WsClient {
   }
 
   subscribe(topic, { after = 'latest' } = {}) {
-    const sub = new Subscription(topic, after, 'ws', this.stats);
+    const prefix = topic.endsWith('*');
+    const sub = prefix ? new PrefixSubscription(topic, after, 'ws', this.stats)
+      : new Subscription(topic, after, 'ws', this.stats);
     // The first subscription to a topic is unnamed (its frames are shared by every subscriber
-    // on the server); more need names.
-    let name = '';
+    // on the server); more need names. A prefix subscription is always named.
+    let name = prefix ? `p${this.nextId++}` : '';
     while (this.subs.has(`${topic}\u0000${name}`)) name = `s${this.nextId++}`;
     const entry = { sub, name: name || undefined, awaiting: true };
     const key = `${topic}\u0000${name}`;
     this.subs.set(key, entry);
+    if (prefix) this.prefixes.set(name, entry);
     sub.onClose.push(() => {
       if (this.subs.get(key) !== entry) return;
       this.subs.delete(key);
+      this.prefixes.delete(name);
       this.send({ op: 'unsubscribe', id: `u${this.nextId++}`, topic, ...(entry.name ? { sub: entry.name } : {}) });
     });
     this.ensure();

@@ -213,6 +213,36 @@ window.cases = {
   },
 
   /**
+   * A prefix subscription: a topic that exists, one created while it is open, one created
+   * while its connection is cut; its cursor (a cursor set) resumes it later, nothing repeated.
+   */
+  async prefix(args) {
+    const c = await client(args);
+    const base = topic('prefix');
+    const [a, b, z] = [`${base}.a`, `${base}.b`, `${base}.z`];
+    await c.publish(a, 'a1');
+    await c.publish(`${base}x.not`, 'not selected');
+    const sub = c.subscribe(`${base}.*`, { after: 'beginning' });
+    await within(sub.opened, 'the prefix subscription to open');
+    await c.publish(b, 'b1');
+    const first = await collect(sub, 2);
+    await window.sever();
+    await c.publish(a, 'a2');
+    await c.publish(z, 'z1');
+    const second = await collect(sub, 2);
+    const cursor = sub.cursor;
+    sub.close();
+    await c.publish(b, 'b2');
+    const again = c.subscribe(`${base}.*`, { after: cursor });
+    const [resumed] = await collect(again, 1);
+    const after = await extra(again, 500);
+    again.close();
+    c.close();
+    const seen = [...first, ...second].map((d) => `${d.topic.slice(base.length + 1)}:${d.data}`);
+    return { seen: seen.sort(), cursor, resumed: `${resumed.topic.slice(base.length + 1)}:${resumed.data}`, extra: after };
+  },
+
+  /**
    * A stock EventSource on one URL naming twenty topics: all deliver; the connection is
    * severed and EventSource reconnects by itself, sending the cursor set it was last given as
    * Last-Event-ID, and every topic resumes, nothing lost or repeated.

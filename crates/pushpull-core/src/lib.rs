@@ -22,7 +22,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
 pub use many::{
-    CursorSet, Directory, FollowRequest, MAX_CURSOR_SET_LEN, MultiSubscription, Selector, follow,
+    CursorSet, Directory, FollowRequest, Listing, MAX_CURSOR_SET_LEN, MultiSubscription, Selector,
+    follow,
 };
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{

@@ -291,8 +291,18 @@ pub trait Directory: Send + Sync {
     async fn topics(&self, prefix: &str) -> Result<Vec<Topic>>;
 
     /// Topics as they are published to (a topic may come more than once). A receiver that
-    /// lags reads [`topics`](Self::topics) again.
-    fn published(&self) -> broadcast::Receiver<Topic>;
+    /// lags, or is told [`Listing::Relist`], reads [`topics`](Self::topics) again.
+    fn published(&self) -> broadcast::Receiver<Listing>;
+}
+
+/// What a [`Directory`] tells those who follow prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// This topic was published to.
+    Published(Topic),
+    /// Topics may have been published unseen (the broker's notifications were away for a
+    /// while): list them again.
+    Relist,
 }
 
 /// What to follow on one connection.
@@ -333,7 +343,8 @@ impl FollowRequest {
             Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "prefix subscriptions need a broker that lists its topics, and {} does not",
+                    "prefix subscriptions need a broker that lists its topics, or a client \
+                     that follows prefixes itself, and {} is neither",
                     broker.capabilities().name
                 ),
             )
@@ -472,7 +483,7 @@ struct Following {
     selectors: Vec<Selector>,
     prefixes: Vec<Arc<str>>,
     directory: Option<Arc<dyn Directory>>,
-    published: Option<broadcast::Receiver<Topic>>,
+    published: Option<broadcast::Receiver<Listing>>,
     subscriptions: SubscriptionSet,
     max_topics: usize,
     failed: bool,
@@ -492,8 +503,8 @@ impl Following {
                 Some(published) => tokio::select! {
                     (_, item) = self.subscriptions.next() => return self.yielded(item),
                     topic = published.recv() => match topic {
-                        Ok(topic) => vec![topic],
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(Listing::Published(topic)) => vec![topic],
+                        Ok(Listing::Relist) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             let directory = self.directory.clone().expect("a directory");
                             let mut all = Vec::new();
                             for prefix in &self.prefixes {

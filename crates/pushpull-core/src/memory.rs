@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::cursor::{Cursor, Epoch, Offset};
 use crate::error::{Error, ErrorKind, Result};
-use crate::many::Directory;
+use crate::many::{Directory, Listing};
 use crate::message::{
     Capabilities, Delivery, Gap, GapReason, Message, OffsetRange, Page, Publication, Receipt,
 };
@@ -146,7 +146,7 @@ struct Shared {
     /// publish adopts the wake-up, so those subscribers see its message.
     waiting: Mutex<HashMap<Topic, Weak<watch::Sender<u64>>>>,
     /// Each topic as it gets a log (its first publish): what prefix subscriptions listen to.
-    created: broadcast::Sender<Topic>,
+    created: broadcast::Sender<Listing>,
 }
 
 struct TopicLog {
@@ -291,7 +291,7 @@ impl MemoryBroker {
         topics.insert(topic.clone(), log.clone());
         drop(topics);
         // Nobody listening is not an error.
-        let _ = self.shared.created.send(topic.clone());
+        let _ = self.shared.created.send(Listing::Published(topic.clone()));
         Ok(log)
     }
 
@@ -568,7 +568,7 @@ impl Directory for MemoryBroker {
         Ok(topics.keys().filter(|t| t.as_str().starts_with(prefix)).cloned().collect())
     }
 
-    fn published(&self) -> broadcast::Receiver<Topic> {
+    fn published(&self) -> broadcast::Receiver<Listing> {
         self.shared.created.subscribe()
     }
 }

@@ -5,9 +5,26 @@ use std::task::Poll;
 use futures::StreamExt;
 
 use crate::error::Result;
+use crate::many::MultiSubscription;
 use crate::message::Delivery;
 use crate::topic::Topic;
 use crate::traits::Subscription;
+
+/// One entry of a set: a topic's subscription, or many topics' as one.
+#[derive(Debug)]
+enum Entry {
+    One(Subscription),
+    Many(MultiSubscription),
+}
+
+impl Entry {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Result<Delivery>>> {
+        match self {
+            Entry::One(subscription) => subscription.poll_next_unpin(cx),
+            Entry::Many(subscription) => subscription.poll_next_unpin(cx),
+        }
+    }
+}
 
 /// Several subscriptions, each under its own key (by default its topic), read as one:
 /// [`next`](Self::next) yields the next delivery of whichever has one, scanning from a rotating
@@ -15,7 +32,7 @@ use crate::traits::Subscription;
 /// subscriptions down one connection.
 #[derive(Debug)]
 pub struct SubscriptionSet<K = Topic> {
-    entries: Vec<(K, Subscription)>,
+    entries: Vec<(K, Entry)>,
     turn: usize,
 }
 
@@ -41,10 +58,20 @@ impl<K: Clone + PartialEq> SubscriptionSet<K> {
 
     /// Adds a subscription under `key`; false (and nothing changes) if the key is taken.
     pub fn insert_as(&mut self, key: K, subscription: Subscription) -> bool {
+        self.insert_entry(key, Entry::One(subscription))
+    }
+
+    /// Adds a subscription to many topics ([`follow`](crate::follow)) under `key`; false (and
+    /// nothing changes) if the key is taken.
+    pub fn insert_many_as(&mut self, key: K, subscription: MultiSubscription) -> bool {
+        self.insert_entry(key, Entry::Many(subscription))
+    }
+
+    fn insert_entry(&mut self, key: K, entry: Entry) -> bool {
         if self.contains(&key) {
             return false;
         }
-        self.entries.push((key, subscription));
+        self.entries.push((key, entry));
         true
     }
 
@@ -77,7 +104,7 @@ impl<K: Clone + PartialEq> SubscriptionSet<K> {
             let count = self.entries.len();
             for step in 0..count {
                 let index = (self.turn + step) % count;
-                if let Poll::Ready(item) = self.entries[index].1.poll_next_unpin(cx) {
+                if let Poll::Ready(item) = self.entries[index].1.poll_next(cx) {
                     self.turn = (index + 1) % count;
                     return Poll::Ready((self.entries[index].0.clone(), item));
                 }

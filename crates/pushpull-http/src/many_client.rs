@@ -60,6 +60,17 @@ impl ManyQuery {
         &self.positions
     }
 
+    /// The selectors and the starts the request asked for.
+    pub fn starts(&self) -> &[(Selector, Cursor)] {
+        &self.starts
+    }
+
+    /// The cursor set that resumes it, once a server announced where its topics start (or
+    /// the request resumed one); `None` before.
+    pub fn resume_token(&self) -> Option<String> {
+        self.announced.then(|| self.positions.encode(&self.keys))
+    }
+
     /// The query (form-encoded, without `?`) that opens or resumes the connection.
     pub fn query(&self) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());

@@ -377,7 +377,7 @@ impl Directory for RedisBroker {
         }
     }
 
-    fn published(&self) -> tokio::sync::broadcast::Receiver<Topic> {
+    fn published(&self) -> tokio::sync::broadcast::Receiver<pushpull_core::Listing> {
         self.inner.waker.published()
     }
 }

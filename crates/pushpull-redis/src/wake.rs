@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use pushpull_core::{Backoff, Topic};
+use pushpull_core::{Backoff, Listing, Topic};
 use tokio::sync::{broadcast, watch};
 
 /// This node's readers' wake-up signals, by topic.
@@ -16,7 +16,7 @@ pub(crate) struct Waker {
     topics: Mutex<HashMap<Topic, watch::Sender<u64>>>,
     /// Every topic woken, for subscriptions by prefix (which pick the topics they select that
     /// they do not follow yet); sent to only while someone listens.
-    published: broadcast::Sender<Topic>,
+    published: broadcast::Sender<Listing>,
 }
 
 impl Default for Waker {
@@ -27,7 +27,7 @@ impl Default for Waker {
 
 impl Waker {
     /// Topics as wake-ups name them.
-    pub(crate) fn published(&self) -> broadcast::Receiver<Topic> {
+    pub(crate) fn published(&self) -> broadcast::Receiver<Listing> {
         self.published.subscribe()
     }
 
@@ -62,14 +62,18 @@ impl Waker {
             sender.send_replace(offset);
         }
         if self.published.receiver_count() > 0 {
-            let _ = self.published.send(topic);
+            let _ = self.published.send(Listing::Published(topic));
         }
     }
 
-    /// Wakes every reader: after a pub/sub outage, wake-ups may have been missed.
+    /// Wakes every reader: after a pub/sub outage, wake-ups may have been missed (and topics
+    /// created meanwhile, which prefix subscriptions list again).
     fn wake_all(&self) {
         for sender in self.topics.lock().expect("waker lock").values() {
             sender.send_modify(|_| {});
+        }
+        if self.published.receiver_count() > 0 {
+            let _ = self.published.send(Listing::Relist);
         }
     }
 }

@@ -7,7 +7,12 @@ use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Broker, Cursor, Delivery, EncodingKey, Error, SubscriptionSet, Topic};
+use std::borrow::Cow;
+
+use pushpull_core::{
+    Broker, Cursor, CursorSet, Delivery, EncodingKey, Error, FollowRequest, Selector,
+    SubscriptionSet, Topic,
+};
 use pushpull_http::{
     Context, Gauge, Grant, HandlerResult, HttpRequest, LiveCount, Measure, Mount, Params, Right,
     Route, Router, Shutdown,
@@ -63,6 +68,7 @@ impl WsServer {
             open: Gauge::new(),
             subscribed: Gauge::new(),
             meter: DeliveryMeter::new(crate::NAME),
+            max_topics: context.max_topics,
         };
         let router = api.with(sockets.routes());
         Ok(Self { sockets, router })
@@ -124,6 +130,8 @@ struct Sockets {
     /// Subscriptions on every socket.
     subscribed: Gauge,
     meter: DeliveryMeter,
+    /// The most topics one prefix subscription follows (`http.max_topics_per_connection`).
+    max_topics: usize,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -279,8 +287,19 @@ struct Session {
     heard: Instant,
 }
 
-/// A subscription on a socket: its topic and its name (`sub`), if the client gave one.
-type Key = (Topic, Option<String>);
+/// A subscription on a socket: its topic (or prefix) and its name (`sub`), if the client gave
+/// one.
+type Key = (Selector, Option<String>);
+
+/// The name a subscription's frames carry: the one the client gave; for a prefix subscription
+/// without one, the prefix itself (`orders:*`), which no topic name can be.
+fn label(key: &Key) -> Option<Cow<'_, str>> {
+    match key {
+        (_, Some(sub)) => Some(Cow::Borrowed(sub)),
+        (selector @ Selector::Prefix(_), None) => Some(Cow::Owned(selector.to_string())),
+        (Selector::Topic(_), None) => None,
+    }
+}
 
 enum Event {
     Frame(Option<Result<WsMessage, WsError>>),
@@ -414,10 +433,11 @@ impl Session {
         let broker = self.server.broker.clone();
         match request {
             Request::Subscribe { id, topic, after, sub } => {
-                let topic = Topic::new(topic)?;
-                self.may(Right::Subscribe(topic.as_str()))?;
-                let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
-                let key = (topic, sub);
+                let selector: Selector = topic.parse()?;
+                if let Some(grant) = &self.grant {
+                    grant.check_selector(&selector)?;
+                }
+                let key = (selector, sub);
                 if self.subscriptions.contains(&key) {
                     return Err(Error::bad_request(match &key.1 {
                         Some(sub) => format!("already subscribed to {} as {sub:?}", key.0),
@@ -434,18 +454,46 @@ impl Session {
                         "at most {max} subscriptions per socket"
                     )));
                 }
-                let subscription = broker
-                    .subscribe(&key.0, cursor)
-                    .await
-                    .inspect_err(|e| metrics::broker_error("subscribe", e))?;
-                let cursor = subscription.cursor();
-                self.subscriptions.insert_as(key.clone(), subscription);
+                let cursor = match &key.0 {
+                    Selector::Topic(topic) => {
+                        let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
+                        let subscription = broker
+                            .subscribe(topic, cursor)
+                            .await
+                            .inspect_err(|e| metrics::broker_error("subscribe", e))?;
+                        let cursor = subscription.cursor().to_string();
+                        self.subscriptions.insert_as(key.clone(), subscription);
+                        cursor
+                    }
+                    Selector::Prefix(_) => {
+                        let keys = [key.0.clone()];
+                        let (start, resume) = match after.as_deref() {
+                            Some(set) if CursorSet::is_set(set) => {
+                                (Cursor::Latest, Some(CursorSet::parse(set, &keys)?))
+                            }
+                            other => (parse_cursor(other, Cursor::Latest)?, None),
+                        };
+                        let request = FollowRequest {
+                            selectors: vec![(key.0.clone(), start)],
+                            resume,
+                            max_topics: self.server.max_topics,
+                        };
+                        let client: Arc<dyn pushpull_core::Client> = broker.clone();
+                        let subscription = pushpull_core::follow(client, request)
+                            .await
+                            .inspect_err(|e| metrics::broker_error("subscribe", e))?;
+                        let cursors = subscription.cursors().encode(&keys);
+                        self.subscriptions.insert_many_as(key.clone(), subscription);
+                        cursors
+                    }
+                };
                 self.counted.push(self.server.subscribed.hold());
                 let (topic, sub) = key;
+                let topic = topic.to_string();
                 Ok(wire::reply_frame(&Reply::Subscribed { id, topic, sub, cursor }))
             }
             Request::Unsubscribe { id, topic, sub } => {
-                let key = (Topic::new(topic)?, sub);
+                let key = (topic.parse::<Selector>()?, sub);
                 if self.subscriptions.remove(&key) {
                     self.counted.pop();
                 } else {
@@ -457,7 +505,7 @@ impl Session {
                 let (topic, sub) = key;
                 Ok(wire::reply_frame(&Reply::Unsubscribed {
                     id: Some(id),
-                    topic,
+                    topic: topic.to_string(),
                     sub,
                     reason: None,
                 }))
@@ -547,14 +595,15 @@ impl Session {
     ) -> Result<(), Option<Ending>> {
         let reason = match delivery {
             Some(Ok(delivery)) => {
-                let message = pushed(&delivery, key.1.as_deref());
+                let message = pushed(&delivery, label(&key).as_deref());
                 self.server.meter.delivered(&delivery);
                 self.server.meter.bytes(message.len());
                 return within(deadline, socket.feed(message)).await;
             }
             Some(Err(error)) => {
                 metrics::broker_error("subscribe", &error);
-                let reply = wire::error_reply(None, Some(&key.0), key.1.as_deref(), &error);
+                let topic = key.0.to_string();
+                let reply = wire::error_reply(None, Some(&topic), label(&key).as_deref(), &error);
                 within(deadline, socket.feed(ws_message(wire::reply_frame(&reply)))).await?;
                 error.message().to_owned()
             }
@@ -563,8 +612,12 @@ impl Session {
         if self.subscriptions.remove(&key) {
             self.counted.pop();
         }
-        let (topic, sub) = key;
-        let ended = Reply::Unsubscribed { id: None, topic, sub, reason: Some(reason) };
+        let ended = Reply::Unsubscribed {
+            id: None,
+            topic: key.0.to_string(),
+            sub: label(&key).map(Cow::into_owned),
+            reason: Some(reason),
+        };
         within(deadline, socket.feed(ws_message(wire::reply_frame(&ended)))).await
     }
 }

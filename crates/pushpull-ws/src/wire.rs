@@ -15,9 +15,7 @@
 //! each as long as its message's `size`.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pushpull_core::{
-    Cursor, Delivery, Error, ErrorKind, Gap, Message, Page, Publication, Receipt, Topic,
-};
+use pushpull_core::{Delivery, Error, ErrorKind, Gap, Message, Page, Publication, Receipt, Topic};
 use pushpull_http::wire::{GapJson, MessageJson, PageJson, ReceiptJson};
 use serde::{Deserialize, Serialize};
 
@@ -111,13 +109,14 @@ pub enum Reply {
     Subscribed {
         /// The request id.
         id: String,
-        /// The topic.
-        topic: Topic,
+        /// The topic, or prefix (`orders:*`).
+        topic: String,
         /// The subscription's name, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
-        /// Where it starts (`latest` and `beginning` resolved).
-        cursor: Cursor,
+        /// Where it starts (`latest` and `beginning` resolved); for a prefix, the cursor set
+        /// (`@…`, relative to the prefix alone) of the topics it follows.
+        cursor: String,
     },
     /// A subscription ended: on request (with its id), or because the server ended it
     /// (with a reason).
@@ -125,8 +124,8 @@ pub enum Reply {
         /// The request id, when asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        /// The topic.
-        topic: Topic,
+        /// The topic, or prefix.
+        topic: String,
         /// The subscription's name, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
@@ -161,9 +160,9 @@ pub enum Reply {
         /// The request id, when one could be read.
         #[serde(default)]
         id: Option<String>,
-        /// The topic, for errors of a subscription.
+        /// The topic (or prefix), for errors of a subscription.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        topic: Option<Topic>,
+        topic: Option<String>,
         /// The subscription's name, for errors of a named subscription.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
@@ -267,13 +266,13 @@ pub fn reply_frame(reply: &Reply) -> Frame {
 /// The error reply for `error` (of the subscription to `topic` named `sub`, if any).
 pub fn error_reply(
     id: Option<&str>,
-    topic: Option<&Topic>,
+    topic: Option<&str>,
     sub: Option<&str>,
     error: &Error,
 ) -> Reply {
     Reply::Error {
         id: id.map(str::to_owned),
-        topic: topic.cloned(),
+        topic: topic.map(str::to_owned),
         sub: sub.map(str::to_owned),
         kind: error.kind().as_str().to_owned(),
         message: error.message().to_owned(),
@@ -417,7 +416,7 @@ pub fn gap_of(json: GapJson) -> Result<Gap, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pushpull_core::{Epoch, Offset};
+    use pushpull_core::{Cursor, Epoch, Offset};
 
     fn topic() -> Topic {
         Topic::new("t").unwrap()

@@ -529,3 +529,75 @@ async fn a_message_over_the_payload_limit_closes_with_1009_before_it_is_read_who
     assert_eq!(code, Some(close::TOO_BIG));
     assert!(sent <= limit + fragment.len(), "closed only after {sent} bytes");
 }
+
+/// A prefix subscription: its start is a cursor set, its frames name their topic and carry
+/// the prefix as the subscription's name (`sub`), a topic created while it is open comes from
+/// its first message, the set resumes it, and more topics than the server's bound end it with
+/// an error that says the bound.
+#[tokio::test]
+async fn a_prefix_subscription_follows_its_topics_and_resumes_from_its_set() {
+    use pushpull_http::{Context, TransportServer};
+    let broker = Arc::new(MemoryBroker::new());
+    let context = Context::new(broker.clone() as Arc<dyn pushpull_core::Broker>).with_max_topics(2);
+    let server = WsServer::build(&context, ServerConfig::default()).unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
+    let publish = |topic: &'static str, text: &'static str| {
+        let broker = broker.clone();
+        async move { broker.publish(&Topic::new(topic).unwrap(), Publication::new(text)).await.unwrap() }
+    };
+    publish("p:a", "a1").await;
+    publish("q:a", "not selected").await;
+    let (mut socket, _) = connect(running.local_addr(), &[]).await;
+    send(&mut socket, json!({"op":"subscribe","id":"s1","topic":"p:*","after":"beginning"})).await;
+    let subscribed = reply(&mut socket).await;
+    assert_eq!(
+        (subscribed["op"].as_str(), subscribed["topic"].as_str()),
+        (Some("subscribed"), Some("p:*"))
+    );
+    assert!(subscribed["cursor"].as_str().unwrap().starts_with('@'), "{subscribed}");
+    let first = reply(&mut socket).await;
+    assert_eq!(
+        (first["topic"].as_str(), first["sub"].as_str(), first["data"].as_str()),
+        (Some("p:a"), Some("p:*"), Some("a1"))
+    );
+    publish("p:b", "b1").await;
+    let second = reply(&mut socket).await;
+    assert_eq!((second["topic"].as_str(), second["data"].as_str()), (Some("p:b"), Some("b1")));
+    send(&mut socket, json!({"op":"unsubscribe","id":"u1","topic":"p:*"})).await;
+    assert_eq!(reply(&mut socket).await["op"], "unsubscribed");
+
+    // Resumed from a set (relative to the prefix alone): only what came since.
+    publish("p:a", "a2").await;
+    let set =
+        format!("@{},0*a~1,0*b~1", first["cursor"].as_str().unwrap().split('-').next().unwrap());
+    send(&mut socket, json!({"op":"subscribe","id":"s2","topic":"p:*","after":set})).await;
+    assert_eq!(reply(&mut socket).await["op"], "subscribed");
+    let resumed = reply(&mut socket).await;
+    assert_eq!((resumed["topic"].as_str(), resumed["data"].as_str()), (Some("p:a"), Some("a2")));
+
+    // A third topic is over the bound of two.
+    publish("p:c", "c1").await;
+    let error = reply(&mut socket).await;
+    assert_eq!(
+        (error["op"].as_str(), error["topic"].as_str()),
+        (Some("error"), Some("p:*")),
+        "{error}"
+    );
+    assert!(error["message"].as_str().unwrap().contains("over the limit of 2"), "{error}");
+    let ended = reply(&mut socket).await;
+    assert_eq!(
+        (ended["op"].as_str(), ended["sub"].as_str()),
+        (Some("unsubscribed"), Some("p:*")),
+        "{ended}"
+    );
+
+    // A bad prefix is refused, and the socket stays open.
+    send(&mut socket, json!({"op":"subscribe","id":"s3","topic":"p*x*"})).await;
+    let refused = reply(&mut socket).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["kind"].as_str()),
+        (Some("error"), Some("invalid_topic")),
+        "{refused}"
+    );
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use pushpull_core::{Cursor, Delivery, Error, ErrorKind, Position};
+use pushpull_core::{Delivery, Error, ErrorKind, Selector};
 use pushpull_http::tls::{ClientStream, RustlsClientConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -292,19 +292,20 @@ impl Driver {
                     return Step::Reconnect;
                 }
             }
-            Command::Subscribe { local, topic, cursor, deliveries, reply } => {
-                // The first subscription to a topic goes unnamed; more get a name each.
-                let key = match self.subscriptions.contains_key(&(topic.clone(), None)) {
-                    false => (topic, None),
+            Command::Subscribe { local, selector, track, deliveries, reply } => {
+                // The first subscription to a topic (or prefix) goes unnamed; more get a name
+                // each.
+                let key = match self.subscriptions.contains_key(&(selector.clone(), None)) {
+                    false => (selector, None),
                     true => {
                         let sub = self.next_id("s");
-                        (topic, Some(sub))
+                        (selector, Some(sub))
                     }
                 };
                 let follow = Follow {
                     local,
                     deliveries,
-                    position: Position::new(cursor),
+                    position: track,
                     waiting: Some((String::new(), Some(reply))),
                     paused: false,
                     not_before: None,
@@ -363,28 +364,36 @@ impl Driver {
         }
         match reply {
             Reply::Message(pushed) => {
-                let key = (pushed.item.topic.clone(), pushed.sub);
+                let key = self.key_of(&pushed.item.topic, pushed.sub);
                 match wire::message_of(pushed.item, payload) {
                     Ok(message) => self.deliver(&key, Delivery::Message(message)),
                     Err(error) => self.end(&key, error.with_transport(NAME)).await,
                 }
             }
             Reply::Gap(pushed) => {
-                let key = (pushed.item.topic.clone(), pushed.sub);
+                let key = self.key_of(&pushed.item.topic, pushed.sub);
                 match wire::gap_of(pushed.item) {
                     Ok(gap) => self.deliver(&key, Delivery::Gap(gap)),
                     Err(error) => self.end(&key, error.with_transport(NAME)).await,
                 }
             }
             Reply::Subscribed { id, topic, sub, cursor } => {
-                if let Some(follow) = self.subscriptions.get_mut(&(topic, sub))
+                let Some(key) = subscription_key(&topic, sub) else { return Step::Continue };
+                if let Some(follow) = self.subscriptions.get_mut(&key)
                     && follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id)
                     && let Some((_, reply)) = follow.waiting.take()
                 {
                     follow.not_before = None;
                     follow.refusals = 0;
-                    if !matches!(follow.position.cursor(), Cursor::After(..)) {
-                        follow.position.reset(cursor);
+                    if let Err(error) = follow.position.started(&cursor) {
+                        let error = error.with_transport(NAME);
+                        match reply {
+                            Some(reply) => {
+                                let _ = reply.send(Err(error));
+                            }
+                            None => self.end(&key, error).await,
+                        }
+                        return Step::Continue;
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(cursor));
@@ -396,7 +405,9 @@ impl Driver {
                     ErrorKind::Backend,
                     format!("the server ended the subscription: {reason}"),
                 );
-                self.end(&(topic, sub), error.with_transport(NAME)).await;
+                if let Some(key) = subscription_key(&topic, sub) {
+                    self.end(&key, error.with_transport(NAME)).await;
+                }
             }
             Reply::Unsubscribed { .. } => {}
             Reply::Error { id, topic, sub, kind, message } => {
@@ -416,7 +427,9 @@ impl Driver {
                 if let (Some(key), true) = (&subscribe, running && error.is_retryable()) {
                     tracing::debug!(topic = %key.0, %error, "resubscribe refused; retrying");
                     self.retry_later(key);
-                } else if let Some(key) = subscribe.or(topic.map(|topic| (topic, sub))) {
+                } else if let Some(key) =
+                    subscribe.or(topic.and_then(|topic| subscription_key(&topic, sub)))
+                {
                     self.end(&key, error).await;
                 } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
                     let reply_error = Reply::Error {
@@ -434,6 +447,26 @@ impl Driver {
         Step::Continue
     }
 
+    /// The subscription a pushed frame of `topic` belongs to: by its name, or its topic; a
+    /// name ending in `*` is the prefix of an unnamed prefix subscription.
+    fn key_of(&self, topic: &pushpull_core::Topic, sub: Option<String>) -> Key {
+        if let Some(key) = sub.as_deref().and_then(|s| subscription_key(s, None))
+            && matches!(key.0, Selector::Prefix(_))
+        {
+            return key;
+        }
+        let key = (Selector::Topic(topic.clone()), sub);
+        if key.1.is_none() || self.subscriptions.contains_key(&key) {
+            return key;
+        }
+        // A named prefix subscription.
+        self.subscriptions
+            .keys()
+            .find(|(selector, name)| *name == key.1 && selector.matches(topic))
+            .cloned()
+            .unwrap_or(key)
+    }
+
     async fn end(&mut self, key: &Key, error: Error) {
         if let Some(mut follow) = self.subscriptions.remove(key) {
             match follow.waiting.take() {
@@ -446,6 +479,14 @@ impl Driver {
             }
         }
     }
+}
+
+/// The key of the subscription a reply names: its topic or prefix, and its name (an unnamed
+/// prefix subscription's frames carry the prefix as their name).
+fn subscription_key(topic: &str, sub: Option<String>) -> Option<Key> {
+    let selector: Selector = topic.parse().ok()?;
+    let sub = sub.filter(|name| name != topic || selector.prefix().is_none());
+    Some((selector, sub))
 }
 
 async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {

@@ -2,6 +2,7 @@
 //! server while the application is behind.
 
 use pushpull_core::{Continuity, Delivery, Error, Position};
+use pushpull_http::ManyQuery;
 use tokio::sync::mpsc;
 
 use super::driver::{Driver, text};
@@ -14,7 +15,7 @@ pub(super) struct Follow {
     pub(super) local: u64,
     pub(super) deliveries: mpsc::Sender<Result<Delivery, Error>>,
     /// Where to resume: after the last delivery handed to the application.
-    pub(super) position: Position,
+    pub(super) position: Track,
     /// The subscribe request in flight, if any, and the application's reply. Until it is
     /// answered, the subscription's frames are dropped: they can only be an earlier
     /// subscription's, still on the way (the server answers a subscribe before its first push).
@@ -29,6 +30,65 @@ pub(super) struct Follow {
     pub(super) refusals: u32,
 }
 
+/// Where a subscription stands: on its topic, or on each topic of its prefix.
+pub(super) enum Track {
+    One(Position),
+    Many(ManyQuery),
+}
+
+impl Track {
+    /// The `after` of a subscribe that resumes it.
+    pub(super) fn after(&self) -> String {
+        match self {
+            Track::One(position) => position.cursor().to_string(),
+            Track::Many(query) => query.resume_token().unwrap_or_else(|| {
+                query.starts().first().map(|(_, start)| start.to_string()).unwrap_or_default()
+            }),
+        }
+    }
+
+    /// What the server said the subscription starts at: a cursor, or a prefix's cursor set.
+    /// Taken only where it has no position of its own.
+    pub(super) fn started(&mut self, text: &str) -> Result<(), Error> {
+        match self {
+            Track::One(position) => {
+                let cursor: pushpull_core::Cursor = text.parse()?;
+                if !position.cursor().is_position() {
+                    position.reset(cursor);
+                }
+            }
+            Track::Many(query) => {
+                let set = query.parse(text)?;
+                query.announce(&set);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check(&self, delivery: &Delivery) -> Continuity {
+        match self {
+            Track::One(position) => position.check(delivery),
+            Track::Many(query) => query.check(delivery),
+        }
+    }
+
+    pub(super) fn advance(&mut self, delivery: &Delivery) {
+        match self {
+            Track::One(position) => position.advance(delivery),
+            Track::Many(query) => query.advance(delivery),
+        }
+    }
+
+    fn cursor_of(&self, delivery: &Delivery) -> pushpull_core::Cursor {
+        match self {
+            Track::One(position) => position.cursor(),
+            Track::Many(query) => {
+                query.positions().get(delivery.topic()).unwrap_or(pushpull_core::Cursor::Beginning)
+            }
+        }
+    }
+}
+
 impl Driver {
     /// Queues a subscribe for `key` from where it stands; its frames are dropped until the
     /// answer comes.
@@ -41,7 +101,7 @@ impl Driver {
         let request = Request::Subscribe {
             id,
             topic: key.0.to_string(),
-            after: Some(follow.position.cursor().to_string()),
+            after: Some(follow.position.after()),
             sub: key.1.clone(),
         };
         self.outbox.push(text(&request));
@@ -61,7 +121,7 @@ impl Driver {
             Continuity::Skip => {
                 tracing::warn!(
                     topic = %key.0,
-                    cursor = %follow.position.cursor(),
+                    cursor = %follow.position.cursor_of(&delivery),
                     got = %delivery.cursor(),
                     "a delivery skipped ahead of the subscription; subscribing again from its cursor"
                 );

@@ -14,10 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use pushpull_core::{
-    Capabilities, Cursor, Delivery, Epoch, Error, ErrorKind, Fetch, Page, Publication, Publish,
-    Receipt, Subscribe, Subscription, Topic,
+    Capabilities, Cursor, CursorSet, Delivery, Epoch, Error, ErrorKind, Fetch, FollowRequest,
+    MultiSubscription, Page, Position, Publication, Publish, Receipt, Selector, Subscribe,
+    Subscription, Topic,
 };
+use pushpull_http::ManyQuery;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NAME;
@@ -53,22 +56,24 @@ enum Command {
     Subscribe {
         /// The application's handle on the subscription, unique in this client.
         local: u64,
-        topic: Topic,
-        cursor: Cursor,
+        selector: Selector,
+        track: flow::Track,
         deliveries: mpsc::Sender<Result<Delivery, Error>>,
-        reply: oneshot::Sender<Result<Cursor, Error>>,
+        reply: SubscribeReply,
     },
     Unsubscribe {
         local: u64,
     },
 }
 
-/// A subscription on the wire: its topic, and the name (`sub`) that tells it from another
-/// subscription to the same topic on this socket. The first one to a topic goes unnamed.
-type Key = (Topic, Option<String>);
+/// A subscription on the wire: its topic (or prefix), and the name (`sub`) that tells it from
+/// another subscription to the same topic on this socket. The first one to a topic goes
+/// unnamed.
+type Key = (Selector, Option<String>);
 
-/// Where the answer to an application's subscribe goes.
-type SubscribeReply = oneshot::Sender<Result<Cursor, Error>>;
+/// Where the answer to an application's subscribe goes: where it starts (a cursor, or a
+/// prefix's cursor set).
+type SubscribeReply = oneshot::Sender<Result<String, Error>>;
 
 /// A reply and the payload of its binary frame.
 type Answer = (Reply, Option<bytes::Bytes>);
@@ -193,17 +198,27 @@ impl Fetch for WsClient {
     }
 }
 
-#[async_trait]
-impl Subscribe for WsClient {
-    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+impl WsClient {
+    /// Subscribes on the socket to `selector`, tracked by `track`; the start the server
+    /// answered with, and the deliveries.
+    async fn open(
+        &self,
+        selector: &Selector,
+        track: impl Fn() -> flow::Track,
+    ) -> Result<(String, Deliveries), Error> {
         let mut attempt = 0;
         loop {
             let (deliveries, receiver) =
                 mpsc::channel(self.shared.config.subscription_buffer.max(1));
             let (reply, answer) = oneshot::channel();
             let local = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let command =
-                Command::Subscribe { local, topic: topic.clone(), cursor, deliveries, reply };
+            let command = Command::Subscribe {
+                local,
+                selector: selector.clone(),
+                track: track(),
+                deliveries,
+                reply,
+            };
             self.shared.commands.send(command).map_err(|_| Self::closed())?;
             let timeout = self.shared.config.request_timeout;
             let result =
@@ -224,7 +239,7 @@ impl Subscribe for WsClient {
                         receiver,
                         unsubscribe: Some((local, self.shared.commands.clone())),
                     };
-                    return Ok(Subscription::new(topic.clone(), start, stream));
+                    return Ok((start, stream));
                 }
                 Err(error) if error.is_retryable() && attempt + 1 < ATTEMPTS => {
                     tokio::time::sleep(self.shared.config.backoff.delay(attempt)).await;
@@ -233,6 +248,63 @@ impl Subscribe for WsClient {
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+#[async_trait]
+impl Subscribe for WsClient {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        let selector = Selector::Topic(topic.clone());
+        let (start, stream) =
+            self.open(&selector, || flow::Track::One(Position::new(cursor))).await?;
+        let start = start.parse().map_err(|e: Error| e.with_transport(NAME))?;
+        Ok(Subscription::new(topic.clone(), start, stream))
+    }
+
+    /// Follows the request's topics and prefixes on the one socket: a prefix subscription per
+    /// prefix (resumed by its own cursor set), a subscription per topic.
+    async fn subscribe_many(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<Option<MultiSubscription>, Error> {
+        if request.selectors.iter().all(|(s, _)| s.prefix().is_none()) {
+            return Ok(None); // one subscription per topic, on the socket, is what follow does
+        }
+        let mut cursors = CursorSet::new();
+        let mut streams = Vec::new();
+        for (selector, start) in &request.selectors {
+            match selector {
+                Selector::Topic(topic) => {
+                    let from = request.resume.as_ref().and_then(|set| set.get(topic));
+                    let subscription = self.subscribe(topic, from.unwrap_or(*start)).await?;
+                    cursors.set(topic.clone(), subscription.cursor());
+                    streams.push(subscription.boxed());
+                }
+                Selector::Prefix(_) => {
+                    let resume = request.resume.as_ref().map(|set| {
+                        let mut own = CursorSet::new();
+                        for (topic, cursor) in set.iter().filter(|(t, _)| selector.matches(t)) {
+                            own.set(topic.clone(), cursor);
+                        }
+                        own
+                    });
+                    let one = FollowRequest {
+                        selectors: vec![(selector.clone(), *start)],
+                        resume,
+                        max_topics: request.max_topics,
+                    };
+                    let (start, stream) =
+                        self.open(selector, || flow::Track::Many(ManyQuery::new(&one))).await?;
+                    let set = CursorSet::parse(&start, std::slice::from_ref(selector))
+                        .map_err(|e| e.with_transport(NAME))?;
+                    for (topic, cursor) in set.iter() {
+                        cursors.set(topic.clone(), cursor);
+                    }
+                    streams.push(stream.boxed());
+                }
+            }
+        }
+        Ok(Some(MultiSubscription::new(cursors, futures::stream::select_all(streams))))
     }
 }
 
