@@ -350,16 +350,7 @@ impl HttpClient {
                 ));
             }
             for result in answer.results {
-                answers.push(match result {
-                    wire::BatchResultJson::Receipt(json) => {
-                        wire::decode_receipt(&serde_json::to_vec(&json).expect("encodes"))
-                    }
-                    wire::BatchResultJson::Error(body) => {
-                        let kind =
-                            ErrorKind::from_wire(&body.error.kind).unwrap_or(ErrorKind::Backend);
-                        Err(self.error(kind, body.error.message))
-                    }
-                });
+                answers.push(result.into_result(|kind, message| self.error(kind, message)));
             }
         }
         Ok(answers)

@@ -28,12 +28,12 @@ pub use gauge::{Gauge, Held};
 pub use grant::{Grant, RateLimit, Right, TopicPattern};
 pub use many_client::ManyQuery;
 pub use pages::{
-    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig, fetch_page,
-    many_page_route, page_route, request_many_page,
+    Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig,
+    fetch_newest_first_page, fetch_page, many_page_route, page_route, request_many_page,
 };
 pub use publish::{
     BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,
-    TOPIC_PATH, api, batch_route, publish_route,
+    TOPIC_PATH, api, batch_route, publish_batch, publish_route,
 };
 pub use push::{Encode, Feed, PushFormat, PushServer, PushTransport, Start, push_response};
 pub use push_client::{Decoded, Opening, PushClient, PushReader, Scope, Target};

@@ -89,39 +89,53 @@ pub fn batch_route(broker: Arc<dyn Broker>, limits: PublishLimits) -> Route {
             let (parts, body) = request::body(request, max_body, timeout).await?;
             let batch: wire::BatchJson = serde_json::from_slice(&body)
                 .map_err(|e| Error::bad_request(format!("the batch is not valid JSON: {e}")))?;
-            if batch.publications.len() > MAX_BATCH {
-                return Err(Error::bad_request(format!(
-                    "a batch holds at most {MAX_BATCH} publications, this one {}",
-                    batch.publications.len()
-                )));
-            }
             let grant = parts.extensions.get::<crate::Grant>();
-            let mut results = Vec::with_capacity(batch.publications.len());
-            for item in batch.publications {
-                let outcome = async {
-                    let (topic, publication) = item.into_publication()?;
-                    if let Some(grant) = grant {
-                        grant.check_publish(&topic)?;
-                    }
-                    crate::metrics::timed_publish(SHARED_API, broker.publish(&topic, publication))
-                        .await
-                }
-                .await;
-                results.push(match outcome {
-                    Ok(receipt) => wire::BatchResultJson::Receipt(wire::ReceiptJson::of(&receipt)),
-                    Err(error) => wire::BatchResultJson::Error(wire::ErrorBody {
-                        error: wire::ErrorDetail {
-                            kind: error.kind().as_str().to_owned(),
-                            message: error.message().to_owned(),
-                        },
-                    }),
-                });
-            }
+            let results = publish_batch(&*broker, batch.publications, grant, SHARED_API).await?;
             let body = serde_json::to_vec(&wire::BatchAnswerJson { results })
                 .expect("an answer always encodes");
             Ok(json(StatusCode::OK, body))
         }
     })
+}
+
+/// Publishes a batch (at most [`MAX_BATCH`] publications; more is an error that says so), one
+/// after another so that those to one topic keep their order: each one's receipt or error, in
+/// order. With `grant`, each needs the right to publish to its topic (a refusal is that
+/// publication's error) and takes one from the token's allowance. What the HTTP batch route
+/// and the WebSocket's `publish_many` share.
+pub async fn publish_batch(
+    broker: &dyn Broker,
+    publications: Vec<wire::PublicationJson>,
+    grant: Option<&crate::Grant>,
+    transport: &'static str,
+) -> Result<Vec<wire::BatchResultJson>, Error> {
+    if publications.len() > MAX_BATCH {
+        return Err(Error::bad_request(format!(
+            "a batch holds at most {MAX_BATCH} publications, this one {}",
+            publications.len()
+        )));
+    }
+    let mut results = Vec::with_capacity(publications.len());
+    for item in publications {
+        let outcome = async {
+            let (topic, publication) = item.into_publication()?;
+            if let Some(grant) = grant {
+                grant.check_publish(&topic)?;
+            }
+            crate::metrics::timed_publish(transport, broker.publish(&topic, publication)).await
+        }
+        .await;
+        results.push(match outcome {
+            Ok(receipt) => wire::BatchResultJson::Receipt(wire::ReceiptJson::of(&receipt)),
+            Err(error) => wire::BatchResultJson::Error(wire::ErrorBody {
+                error: wire::ErrorDetail {
+                    kind: error.kind().as_str().to_owned(),
+                    message: error.message().to_owned(),
+                },
+            }),
+        });
+    }
+    Ok(results)
 }
 
 /// The HTTP API every transport's server serves beside its own routes: publishing (its body

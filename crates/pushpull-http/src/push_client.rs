@@ -145,6 +145,15 @@ impl<R: PushReader> Fetch for PushClient<R> {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         crate::fetch_page(&self.http, topic, cursor, limit).await
     }
+
+    async fn fetch_newest_first(
+        &self,
+        topic: &Topic,
+        before: Cursor,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        crate::fetch_newest_first_page(&self.http, topic, before, limit).await
+    }
 }
 
 #[async_trait]

@@ -379,7 +379,7 @@ mod tests {
 }
 
 /// One publication of a batch (`POST /v1/publish`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicationJson {
     /// The topic.
@@ -449,13 +449,31 @@ pub struct BatchJson {
 }
 
 /// The answer to one publication of a batch: its receipt, or its error.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum BatchResultJson {
     /// Stored.
     Receipt(ReceiptJson),
     /// Not stored, and why.
     Error(ErrorBody),
+}
+
+impl BatchResultJson {
+    /// The receipt, or the error (made by `error` from its kind and message).
+    pub fn into_result(
+        self,
+        error: impl FnOnce(ErrorKind, String) -> Error,
+    ) -> Result<Receipt, Error> {
+        match self {
+            BatchResultJson::Receipt(json) => {
+                decode_receipt(&serde_json::to_vec(&json).expect("a receipt encodes"))
+            }
+            BatchResultJson::Error(body) => {
+                let kind = ErrorKind::from_wire(&body.error.kind).unwrap_or(ErrorKind::Backend);
+                Err(error(kind, body.error.message))
+            }
+        }
+    }
 }
 
 /// The answer to a batch: `{"results":[…]}`, one per publication, in order.

@@ -52,6 +52,15 @@ impl Fetch for LongpollClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         self.inner.fetch(topic, cursor, limit).await
     }
+
+    async fn fetch_newest_first(
+        &self,
+        topic: &Topic,
+        before: Cursor,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        self.inner.fetch_newest_first(topic, before, limit).await
+    }
 }
 
 #[async_trait]

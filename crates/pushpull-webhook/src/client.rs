@@ -304,6 +304,15 @@ impl Fetch for WebhookClient {
     async fn fetch(&self, topic: &Topic, cursor: Cursor, limit: usize) -> Result<Page, Error> {
         pushpull_http::fetch_page(&self.http, topic, cursor, limit).await
     }
+
+    async fn fetch_newest_first(
+        &self,
+        topic: &Topic,
+        before: Cursor,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        pushpull_http::fetch_newest_first_page(&self.http, topic, before, limit).await
+    }
 }
 
 #[async_trait]

@@ -544,6 +544,16 @@ impl Session {
                         .await?;
                 Ok(wire::reply_frame(&wire::published(&id, &receipt)))
             }
+            Request::PublishMany { id, publications } => {
+                let results = pushpull_http::publish_batch(
+                    &*broker,
+                    publications,
+                    self.grant.as_ref(),
+                    crate::NAME,
+                )
+                .await?;
+                Ok(wire::reply_frame(&Reply::PublishedMany { id, results }))
+            }
             Request::Fetch { id, topic, after, limit } => {
                 let topic = Topic::new(topic)?;
                 self.may(Right::Subscribe(topic.as_str()))?;

@@ -16,7 +16,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pushpull_core::{Delivery, Error, ErrorKind, Gap, Message, Page, Publication, Receipt, Topic};
-use pushpull_http::wire::{GapJson, MessageJson, PageJson, ReceiptJson};
+use pushpull_http::wire::{
+    BatchResultJson, GapJson, MessageJson, PageJson, PublicationJson, ReceiptJson,
+};
 use serde::{Deserialize, Serialize};
 
 /// The subprotocol name that versions this protocol.
@@ -74,6 +76,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_base64: Option<String>,
     },
+    /// Append many messages, to one topic or many, one after another: each one's receipt or
+    /// error comes back, in order, in one `published_many`.
+    PublishMany {
+        /// Request id.
+        id: String,
+        /// The publications, as in the HTTP API's batch (`data` or `data_base64`).
+        publications: Vec<PublicationJson>,
+    },
     /// Read a page.
     Fetch {
         /// Request id.
@@ -96,6 +106,7 @@ impl Request {
             Request::Subscribe { id, .. }
             | Request::Unsubscribe { id, .. }
             | Request::Publish { id, .. }
+            | Request::PublishMany { id, .. }
             | Request::Fetch { id, .. } => id,
         }
     }
@@ -140,6 +151,13 @@ pub enum Reply {
         /// Where it stands.
         #[serde(flatten)]
         receipt: ReceiptJson,
+    },
+    /// The answers to a `publish_many`, in order.
+    PublishedMany {
+        /// The request id.
+        id: String,
+        /// Each publication's receipt, or its error (`{"error":{"kind","message"}}`).
+        results: Vec<BatchResultJson>,
     },
     /// A page of messages.
     Page {

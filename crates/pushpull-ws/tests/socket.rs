@@ -601,3 +601,55 @@ async fn a_prefix_subscription_follows_its_topics_and_resumes_from_its_set() {
         "{refused}"
     );
 }
+
+/// `publish_many`: each publication's receipt or error, in order, a bad one refused alone;
+/// more than the bound is an error that says it, and the socket stays open.
+#[tokio::test]
+async fn publish_many_answers_each_publication_in_order() {
+    let setup = start(ServerConfig::default()).await;
+    let (mut socket, _) = connect(setup.running.local_addr(), &[]).await;
+    let publications = json!([
+        {"topic": "a", "data": "one"},
+        {"topic": "not a topic", "data": "two"},
+        {"topic": "b", "data_base64": "/wA=", "event": "bin"},
+        {"topic": "a", "data": "three", "idempotency_key": "k1"},
+        {"topic": "a", "data": "three again", "idempotency_key": "k1"},
+    ]);
+    send(&mut socket, json!({"op":"publish_many","id":"m1","publications":publications})).await;
+    let answer = reply(&mut socket).await;
+    assert_eq!(
+        (answer["op"].as_str(), answer["id"].as_str()),
+        (Some("published_many"), Some("m1"))
+    );
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "{answer}");
+    assert_eq!((results[0]["topic"].as_str(), results[0]["offset"].as_u64()), (Some("a"), Some(1)));
+    assert_eq!(results[1]["error"]["kind"], "invalid_topic", "{answer}");
+    assert_eq!(results[2]["offset"], 1, "{answer}");
+    assert_eq!(results[3]["offset"], 2, "{answer}");
+    assert_eq!(results[4]["offset"], 2, "the same key is stored once: {answer}");
+    use pushpull_core::Fetch;
+    let page = setup
+        .broker
+        .fetch(&Topic::new("b").unwrap(), pushpull_core::Cursor::Beginning, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&page.messages[0].payload[..], page.messages[0].event.as_deref()),
+        (&b"\xff\x00"[..], Some("bin"))
+    );
+
+    let many: Vec<Value> =
+        (0..=pushpull_http::MAX_BATCH).map(|_| json!({"topic":"a","data":"x"})).collect();
+    send(&mut socket, json!({"op":"publish_many","id":"m2","publications":many})).await;
+    let refused = reply(&mut socket).await;
+    assert_eq!((refused["op"].as_str(), refused["id"].as_str()), (Some("error"), Some("m2")));
+    assert!(refused["message"].as_str().unwrap().contains("at most 1000"), "{refused}");
+    send(&mut socket, json!({"op":"fetch","id":"f1","topic":"a"})).await;
+    let page = reply(&mut socket).await;
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        2,
+        "nothing of the refused batch: {page}"
+    );
+}

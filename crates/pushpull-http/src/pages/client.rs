@@ -125,6 +125,27 @@ pub async fn request_many_page(
     Ok(ManyPageAnswer { deliveries, next, hint, held })
 }
 
+/// `Fetch::fetch_newest_first` over the page route, in one request
+/// (`?order=desc&before=…&limit=…`): the newest messages back from `before`, newest first.
+pub async fn fetch_newest_first_page(
+    http: &HttpClient,
+    topic: &Topic,
+    before: Cursor,
+    limit: usize,
+) -> Result<Page, Error> {
+    if limit == 0 {
+        return Err(http.error(ErrorKind::BadRequest, "limit must be at least 1"));
+    }
+    let path =
+        format!("{}?order=desc&before={before}&limit={limit}", messages_path(topic.as_str()));
+    let (response, timeout, _, _) = send(http, &path, None, None).await?;
+    if response.status() != StatusCode::OK {
+        return Err(http.error_for(response).await);
+    }
+    let body = http.read_body(response, timeout).await?;
+    crate::wire::decode_page(&body).map_err(|e| e.with_transport(http.transport()))
+}
+
 /// `Fetch` over the page route, on any transport's `HttpClient`: one request, answered at once.
 /// Every HTTP transport's client implements `fetch` with it.
 pub async fn fetch_page(

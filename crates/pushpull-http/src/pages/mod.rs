@@ -7,7 +7,10 @@ mod config;
 mod server;
 pub mod wire;
 
-pub use client::{ManyPageAnswer, PageAnswer, fetch_page, request_many_page, request_page};
+pub use client::{
+    ManyPageAnswer, PageAnswer, fetch_newest_first_page, fetch_page, request_many_page,
+    request_page,
+};
 pub use config::PageConfig;
 pub use server::{
     Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, PageRequest, many_page_route, page_response,

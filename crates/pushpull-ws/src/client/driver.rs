@@ -353,7 +353,9 @@ impl Driver {
             }
         };
         let answers = match &reply {
-            Reply::Published { id, .. } | Reply::Page { id, .. } => Some(id.clone()),
+            Reply::Published { id, .. }
+            | Reply::PublishedMany { id, .. }
+            | Reply::Page { id, .. } => Some(id.clone()),
             _ => None,
         };
         if let Some(id) = answers {
@@ -442,7 +444,7 @@ impl Driver {
                     let _ = reply.send(Ok((reply_error, None)));
                 }
             }
-            Reply::Published { .. } | Reply::Page { .. } => {}
+            Reply::Published { .. } | Reply::PublishedMany { .. } | Reply::Page { .. } => {}
         }
         Step::Continue
     }

@@ -21,6 +21,7 @@ use pushpull_core::{
     Subscription, Topic,
 };
 use pushpull_http::ManyQuery;
+use pushpull_http::wire::PublicationJson;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NAME;
@@ -171,6 +172,61 @@ impl Publish for WsClient {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Publishes the batch with `publish_many` requests on the socket (at most
+    /// [`MAX_BATCH`](pushpull_http::MAX_BATCH) publications, and about 1 MiB of payload, per
+    /// request): each publication's receipt or error, in order. Each gets an idempotency key
+    /// when it has none, so a request retried after a dropped socket stores each once.
+    async fn publish_many(
+        &self,
+        publications: Vec<(Topic, Publication)>,
+    ) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        const CHUNK_BYTES: usize = 1024 * 1024;
+        let mut items = Vec::with_capacity(publications.len());
+        for (topic, mut publication) in publications {
+            if publication.key().is_none() {
+                publication =
+                    publication.idempotency_key(format!("{}-{}", Epoch::random(), Epoch::random()));
+            }
+            items.push((
+                publication.payload().len(),
+                PublicationJson::from_publication(&topic, &publication),
+            ));
+        }
+        let mut answers = Vec::with_capacity(items.len());
+        let mut rest = &items[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take(pushpull_http::MAX_BATCH)
+                .take_while(|(size, _)| {
+                    bytes += size;
+                    bytes <= CHUNK_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, after) = rest.split_at(take);
+            rest = after;
+            let publications: Vec<PublicationJson> = chunk.iter().map(|(_, p)| p.clone()).collect();
+            let request = |id: &str| {
+                let request =
+                    Request::PublishMany { id: id.into(), publications: publications.clone() };
+                Frame::Text(serde_json::to_string(&request).expect("encodes"))
+            };
+            match self.request(request).await? {
+                (Reply::PublishedMany { results, .. }, _) if results.len() == chunk.len() => {
+                    answers.extend(results.into_iter().map(|result| {
+                        result.into_result(|kind, message| {
+                            Error::new(kind, message).with_transport(NAME)
+                        })
+                    }));
+                }
+                (other, _) => return Err(unexpected(&other)),
+            }
+        }
+        Ok(answers)
     }
 }
 
