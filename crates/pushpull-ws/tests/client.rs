@@ -297,3 +297,37 @@ async fn a_subscribe_nobody_answers_is_taken_back_when_it_times_out() {
         }
     }
 }
+
+/// A batch larger than one request may carry goes as several `publish_many` requests on the
+/// socket: all stored, in order, none twice; the socket is never closed for a frame too large.
+#[tokio::test]
+async fn a_large_batch_is_split_into_requests_the_server_accepts() {
+    use pushpull_core::{Fetch, MemoryBroker, MemoryConfig, Publication, Publish};
+    use std::sync::Arc;
+
+    let mut config = MemoryConfig::default();
+    config.max_payload = 256 * 1024;
+    let broker = Arc::new(MemoryBroker::with_config(config).unwrap());
+    let server = pushpull_ws::WsServer::new(
+        broker.clone() as Arc<dyn pushpull_core::Broker>,
+        Default::default(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
+    let client = pushpull_ws::WsClient::new(pushpull_ws::ClientConfig::new(format!(
+        "http://{}",
+        running.local_addr()
+    )))
+    .unwrap();
+    let topic = Topic::new("big").unwrap();
+    // Eight payloads of half the limit, as bytes (base64 in the batch): far over one frame.
+    let batch: Vec<(Topic, Publication)> =
+        (0..8u8).map(|n| (topic.clone(), Publication::new(vec![0xff - n; 120 * 1024]))).collect();
+    let answers = tokio::time::timeout(LIMIT, client.publish_many(batch)).await.unwrap().unwrap();
+    let offsets: Vec<u64> = answers.iter().map(|a| a.as_ref().unwrap().offset.0).collect();
+    assert_eq!(offsets, (1..=8).collect::<Vec<_>>());
+    let page = broker.fetch(&topic, Cursor::Beginning, 100).await.unwrap();
+    assert_eq!(page.messages.len(), 8);
+    assert!(page.messages.iter().enumerate().all(|(n, m)| m.payload[0] == 0xff - n as u8));
+}
