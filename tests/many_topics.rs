@@ -148,3 +148,42 @@ async fn each_client_follows_twenty_topics_on_one_connection() {
         assert_eq!(following.cursors().len(), 20, "{transport}");
     }
 }
+
+/// `event_ids=message`: on a stream of many topics each event's id is its message's own cursor
+/// (the first record still carries the set), for clients that keep the set themselves; a value
+/// other than `set` or `message` is a 400 that says so.
+#[tokio::test]
+async fn events_can_carry_their_own_cursors_instead_of_the_set() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = server(ServerConfig::default()).await;
+    let addr = server.local_addr();
+    for topic in ["a", "b"] {
+        assert_eq!(post(addr, &format!("/v1/topics/{topic}"), "", b"x").await.status, 201);
+    }
+    let bad = get(addr, "/v1/events?topic=a&event_ids=cursor").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        String::from_utf8_lossy(&bad.body).contains("event_ids=\\\"cursor\\\""),
+        "{:?}",
+        bad.body
+    );
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/events?topic=a&topic=b&after=beginning&event_ids=message HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    while seen.matches("data: x").count() < 2 {
+        let n = tokio::time::timeout(support::LIMIT, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let ids: Vec<&str> = seen.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert!(ids[0].starts_with('@'), "the first record is the set: {seen}");
+    assert!(ids[1..].iter().all(|id| id.ends_with("-1") && !id.starts_with('@')), "{seen}");
+    let mut topics: Vec<&str> = seen.lines().filter_map(|l| l.strip_prefix("topic: ")).collect();
+    topics.sort_unstable();
+    assert_eq!(topics, ["a", "b"], "{seen}");
+}

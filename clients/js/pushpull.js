@@ -967,6 +967,8 @@ class Mux {
         timeout += wait * 1000;
       }
     }
+    // On SSE the client keeps the set itself: each event's id is its message's own cursor.
+    if (this.kind === 'events') query.set('event_ids', 'message');
     const path = { events: '/v1/events', stream: '/v1/stream' }[this.kind] ?? '/v1/messages';
     const accept = { events: 'text/event-stream', stream: 'application/x-ndjson' }[this.kind] ?? 'application/json';
     const response = await this.http.send('GET', `${path}?${query}`, { headers: { accept }, signal, timeout });

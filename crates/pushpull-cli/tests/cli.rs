@@ -271,6 +271,19 @@ fn bench_writes_json_for_scripts_and_svg_plots() {
     assert!(fanout.status.success(), "{}", text(&fanout.stderr));
     let json: serde_json::Value = serde_json::from_slice(&fanout.stdout).expect("JSON");
     assert_eq!(json["deliveries"], 50, "{json}");
+    let many = Command::new(BIN)
+        .args(["bench", "many", "--readers", "2", "--topics", "3", "--messages", "4", "--json"])
+        .output()
+        .expect("run pushpull bench");
+    assert!(many.status.success(), "{}", text(&many.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&many.stdout).expect("JSON");
+    let runs = json["runs"].as_array().unwrap();
+    let connections: Vec<u64> = runs.iter().map(|r| r["connections"].as_u64().unwrap()).collect();
+    assert_eq!(connections, [2, 2, 6], "{json}");
+    assert!(
+        runs.iter().all(|r| r["deliveries"] == 24 && r["bytes"].as_u64() > Some(24 * 40)),
+        "{json}"
+    );
     let svg = std::fs::read_to_string(&memory).expect("the memory plot was written");
     assert!(svg.contains("memory per idle connection") && svg.contains("<rect"), "{svg}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -149,6 +149,32 @@ impl CursorSet {
         self.set(delivery.topic().clone(), delivery.cursor());
     }
 
+    /// The set as it stood before `pending` (deliveries read but not yet handed over, in
+    /// order): each of their topics moved back to just before its first one (a message's
+    /// offset less one; a retention gap's first missed offset less one). A topic whose first
+    /// pending delivery is an epoch change keeps its position.
+    pub fn before<'a>(&self, pending: impl IntoIterator<Item = &'a Delivery>) -> CursorSet {
+        let mut set = self.clone();
+        let mut seen = HashSet::new();
+        for delivery in pending {
+            if !seen.insert(delivery.topic().clone()) {
+                continue;
+            }
+            let before = match delivery {
+                Delivery::Message(m) if m.offset.0 > 0 => {
+                    Cursor::After(m.epoch, Offset(m.offset.0 - 1))
+                }
+                Delivery::Message(_) => continue,
+                Delivery::Gap(gap) => match gap.resumes_from(Cursor::Latest) {
+                    position @ Cursor::After(..) => position,
+                    _ => continue,
+                },
+            };
+            set.set(delivery.topic().clone(), before);
+        }
+        set
+    }
+
     /// The topics and their positions, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = (&Topic, Cursor)> {
         self.entries.iter().map(|(t, c)| (t, *c))
@@ -604,6 +630,36 @@ mod tests {
             assert!(err.to_string().contains(why), "{text}: {err}");
         }
         assert!(CursorSet::parse(&format!("@{}", ",".repeat(20_000)), &keys).is_err());
+    }
+
+    #[test]
+    fn before_moves_each_topic_back_before_its_first_pending_delivery() {
+        use crate::message::{Gap, GapReason, OffsetRange, Publication};
+        let epoch = Epoch::from_u64(9);
+        let (a, b, c): (Topic, Topic, Topic) =
+            ("a".parse().unwrap(), "b".parse().unwrap(), "c".parse().unwrap());
+        let message = |topic: &Topic, offset| {
+            Delivery::Message(Publication::new("m").into_message(
+                topic.clone(),
+                epoch,
+                Offset(offset),
+            ))
+        };
+        let gap = Delivery::Gap(Gap {
+            topic: b.clone(),
+            reason: GapReason::Retention,
+            missed: Some(OffsetRange { first: Offset(3), last: Offset(7) }),
+            cursor: Cursor::After(epoch, Offset(7)),
+        });
+        let mut after = CursorSet::new();
+        after.set(a.clone(), Cursor::After(epoch, Offset(6)));
+        after.set(b.clone(), Cursor::After(epoch, Offset(8)));
+        after.set(c.clone(), Cursor::After(epoch, Offset(2)));
+        let pending = [message(&a, 5), gap, message(&a, 6), message(&b, 8)];
+        let before = after.before(&pending);
+        assert_eq!(before.get(&a), Some(Cursor::After(epoch, Offset(4))));
+        assert_eq!(before.get(&b), Some(Cursor::After(epoch, Offset(2))));
+        assert_eq!(before.get(&c), Some(Cursor::After(epoch, Offset(2))), "nothing pending");
     }
 
     #[test]

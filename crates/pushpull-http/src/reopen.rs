@@ -47,7 +47,8 @@ pub async fn reopening_many<R: PushReader>(
 ) -> Result<MultiSubscription, Error> {
     let reader = Reader::start(source, Track::Many(ManyQuery::new(request))).await?;
     let Track::Many(query) = &reader.track else { unreachable!("many topics") };
-    let cursors = query.positions().clone();
+    // Deliveries the first chunks brought are not handed over yet.
+    let cursors = query.positions().before(&reader.ready);
     Ok(MultiSubscription::new(cursors, futures::stream::unfold(reader, Reader::next)))
 }
 

@@ -8,7 +8,7 @@ use futures::stream;
 use http::HeaderValue;
 use pushpull_core::{
     Capabilities, Cursor, Delivery, Error, ErrorKind, Fetch, FollowRequest, MultiSubscription,
-    Offset, Page, Publication, Publish, Receipt, Subscribe, Subscription, Topic,
+    Page, Publication, Publish, Receipt, Subscribe, Subscription, Topic,
 };
 use pushpull_http::pages::request_page;
 use pushpull_http::{
@@ -145,29 +145,11 @@ impl Subscribe for PollClient {
         &self,
         request: &FollowRequest,
     ) -> Result<Option<MultiSubscription>, Error> {
-        let asked = ManyQuery::new(request);
-        let poller = Poller::start(self.clone(), Polled::Many(asked.clone())).await?;
+        let poller = Poller::start(self.clone(), Polled::Many(ManyQuery::new(request))).await?;
         let Polled::Many(query) = &poller.what else { unreachable!("many topics") };
         // Where each topic stood before the first page, whose deliveries are yet to be handed
-        // over: its position, else just before its first delivery.
-        let mut cursors = query.positions().clone();
-        let mut seen = std::collections::HashSet::new();
-        for delivery in &poller.ready {
-            let topic = delivery.topic();
-            if !seen.insert(topic.clone()) {
-                continue;
-            }
-            let before = match (asked.positions().get(topic), delivery) {
-                (Some(asked @ Cursor::After(..)), _) => Some(asked),
-                (_, Delivery::Message(m)) => Some(Cursor::After(m.epoch, Offset(m.offset.0 - 1))),
-                (_, Delivery::Gap(gap)) => {
-                    Some(gap.resumes_from(Cursor::Latest)).filter(Cursor::is_position)
-                }
-            };
-            if let Some(before) = before {
-                cursors.set(topic.clone(), before);
-            }
-        }
+        // over.
+        let cursors = query.positions().before(&poller.ready);
         Ok(Some(MultiSubscription::new(cursors, stream::unfold(poller, Poller::next))))
     }
 }

@@ -65,7 +65,8 @@ impl PushReader for SseReader {
                 format!("/v1/topics/{topic}/events")
             }
             Target::One(topic, start) => format!("/v1/topics/{topic}/events?after={start}"),
-            Target::Many(query) => format!("/v1/events?{query}"),
+            // The client keeps the set itself: each event's id is its message's cursor.
+            Target::Many(query) => format!("/v1/events?{query}&event_ids=message"),
         };
         Opening { path, headers }
     }

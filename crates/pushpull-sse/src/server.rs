@@ -7,7 +7,9 @@ use pushpull_http::{
 };
 
 use crate::config::ServerConfig;
-use crate::wire::{CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble, with_token};
+use crate::wire::{
+    CONTENT_TYPE, HEARTBEAT, encode_gap, encode_message, preamble, topic_field, with_token,
+};
 
 /// The route of a topic's event stream.
 pub const EVENTS_PATH: &str = "/v1/topics/{topic}/events";
@@ -47,17 +49,39 @@ impl PushTransport for Sse {
     }
 
     fn resume(request: &HttpRequest) -> Result<Option<String>, Error> {
+        // Checked here, before the stream starts, so a bad value is a 400.
+        message_ids(request)?;
         match last_event_id(request)? {
             Some(id) => Ok(Some(id.to_owned())),
             None => request::resume_text(request),
         }
     }
 
-    fn format(config: &ServerConfig, _: &HttpRequest, start: Start<'_>) -> PushFormat {
+    fn format(config: &ServerConfig, request: &HttpRequest, start: Start<'_>) -> PushFormat {
         let first = match start {
             Start::One(cursor) => preamble(&cursor.to_string(), config.retry),
             Start::Many(token) => preamble(token, config.retry),
         };
+        if let (Start::Many(_), Ok(true)) = (start, message_ids(request)) {
+            // `event_ids=message`: each event's id is its own cursor, and the client keeps
+            // the set (pushpull's clients do): no set in every event.
+            return PushFormat {
+                content_type: CONTENT_TYPE,
+                first,
+                encode: Box::new(|delivery, _| {
+                    let event = match delivery {
+                        Delivery::Message(message) => {
+                            message.encodings.get_or_encode(&EVENT, || encode_message(message))
+                        }
+                        Delivery::Gap(gap) => encode_gap(gap),
+                    };
+                    vec![topic_field(delivery.topic()), event]
+                }),
+                heartbeat_chunk: Bytes::from_static(HEARTBEAT),
+                heartbeat: config.heartbeat,
+                writes_token: false,
+            };
+        }
         PushFormat {
             content_type: CONTENT_TYPE,
             first,
@@ -78,6 +102,19 @@ impl PushTransport for Sse {
             heartbeat: config.heartbeat,
             writes_token: true,
         }
+    }
+}
+
+/// Whether a stream of many topics asks `event_ids=message` (each event's id its message's
+/// own cursor) rather than `set` (the default: the cursor set, which EventSource resumes with
+/// by itself).
+fn message_ids(req: &HttpRequest) -> Result<bool, Error> {
+    match query_params(req).get("event_ids").map(String::as_str) {
+        None | Some("set") => Ok(false),
+        Some("message") => Ok(true),
+        Some(other) => Err(Error::bad_request(format!(
+            "event_ids={other:?}: expected \"set\" (the default) or \"message\""
+        ))),
     }
 }
 

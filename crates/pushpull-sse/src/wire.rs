@@ -71,6 +71,14 @@ pub fn with_token(event: Bytes, topic: &pushpull_core::Topic, token: &str) -> Ve
     vec![head.freeze(), rest]
 }
 
+/// The `topic:` line that names an event's topic on a stream of many topics whose ids are the
+/// messages' own cursors (`event_ids=message`): written before the shared event itself.
+pub fn topic_field(topic: &Topic) -> Bytes {
+    let mut line = BytesMut::with_capacity(topic.as_str().len() + 8);
+    field(&mut line, TOPIC_FIELD, topic.as_str());
+    line.freeze()
+}
+
 /// The event of one message.
 pub fn encode_message(message: &Message) -> Bytes {
     let text = std::str::from_utf8(&message.payload).ok().filter(|t| !t.contains('\r'));
@@ -297,7 +305,8 @@ impl Parser {
 }
 
 /// The delivery an event of a stream of many topics carries: its topic from the `topic:`
-/// field, and a message's cursor from the cursor set in its `id:` (relative to `keys`).
+/// field, and a message's cursor from its `id:`: the cursor set (relative to `keys`), or with
+/// `event_ids=message` the message's own.
 pub fn decode_many(keys: &[pushpull_core::Selector], mut event: Event) -> Result<Delivery, Error> {
     let protocol = |why: String| Error::new(ErrorKind::Protocol, why);
     let topic: Topic = event
@@ -305,7 +314,8 @@ pub fn decode_many(keys: &[pushpull_core::Selector], mut event: Event) -> Result
         .ok_or_else(|| protocol("an event of a stream of many topics has no topic field".into()))?
         .parse()
         .map_err(|e: Error| protocol(format!("the topic field: {}", e.message())))?;
-    if event.event_type != GAP_EVENT {
+    // With `event_ids=message` the id is the message's own cursor already.
+    if event.event_type != GAP_EVENT && pushpull_core::CursorSet::is_set(&event.last_event_id) {
         let set = pushpull_core::CursorSet::parse(&event.last_event_id, keys)
             .map_err(|e| protocol(format!("event id: {}", e.message())))?;
         let cursor = set.get(&topic).ok_or_else(|| {

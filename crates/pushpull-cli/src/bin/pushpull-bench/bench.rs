@@ -125,6 +125,23 @@ pub(crate) enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// One event stream of many topics against one stream per topic: readers follow the same
+    /// topics both ways (each against a fresh server process), messages are published to
+    /// every topic, and the bench reports bytes and server CPU per delivery, and connections.
+    Many {
+        /// Readers, each following every topic.
+        #[arg(long, default_value_t = 50)]
+        readers: usize,
+        /// Topics each reader follows.
+        #[arg(long, default_value_t = 20)]
+        topics: usize,
+        /// Messages published to each topic.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Webhook deliveries a second to a local sink against h2load's raw request rate to it
     /// (h2load from Debian's nghttp2-client).
     Webhooks {
@@ -218,6 +235,9 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::soak::run(minutes, per_transport, redis).await
         }
         Bench::Webhooks { messages, json } => webhooks(messages, json).await,
+        Bench::Many { readers, topics, messages, json } => {
+            many(readers, topics, messages, json).await
+        }
         Bench::Churn { minutes, rate, session_seconds, spike, warmup, quiet, redis, json } => {
             let session = Duration::from_secs_f64(session_seconds.clamp(0.2, 600.0));
             let (warmup, quiet) = (Duration::from_secs(warmup), Duration::from_secs(quiet));
@@ -982,6 +1002,175 @@ async fn fanout(
             ms(elapsed),
             ms(cpu),
             per_delivery * 1e6
+        );
+    }
+    Ok(())
+}
+
+/// How the readers of `bench many` follow their topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManyShape {
+    /// One stream of every topic, its events' ids the cursor set (what EventSource resumes).
+    Set,
+    /// One stream of every topic, its events' ids their own cursors (`event_ids=message`).
+    MessageIds,
+    /// A stream per topic.
+    PerTopic,
+}
+
+/// What one way of following many topics cost.
+struct ManyRun {
+    connections: usize,
+    deliveries: usize,
+    bytes: usize,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+/// `readers` readers each follow `topics` topics over SSE: on one stream of many topics
+/// (`/v1/events?topic=…`), or on one stream per topic; `messages` are published to each topic
+/// (one batch of a message per topic at a time). Bytes are the response bodies after each
+/// stream's first record (chunk framing included), CPU the server process's.
+async fn many_run(
+    readers: usize,
+    topics: usize,
+    messages: usize,
+    shape: ManyShape,
+) -> Result<ManyRun, Error> {
+    let multiplexed = shape != ManyShape::PerTopic;
+    // Every connection comes from this one address.
+    let per_address = (readers * topics + 64).to_string();
+    let server =
+        ServerProcess::start_with(&[("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", per_address)])
+            .await?;
+    let names: Vec<String> = (0..topics).map(|n| format!("bench.many.{n}")).collect();
+    let paths: Vec<String> = if multiplexed {
+        let query: Vec<String> = names.iter().map(|t| format!("topic={t}")).collect();
+        let ids = if shape == ManyShape::MessageIds { "&event_ids=message" } else { "" };
+        vec![format!("/v1/events?{}{ids}", query.join("&"))]
+    } else {
+        names.iter().map(|t| format!("/v1/topics/{t}/events")).collect()
+    };
+    let mut streams = Vec::new();
+    for path in &paths {
+        streams.extend(open_idle(&server, path, readers).await?);
+    }
+    let connections = streams.len();
+    tokio::time::timeout(STEP, async {
+        while server.live("sse_open_streams").await.unwrap_or(0) < connections as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .map_err(|_| bench_error("the streams did not open".into()))?;
+    let per_stream = if multiplexed { topics * messages } else { messages };
+    // Each reader skips the head and the first record, then counts bytes and message events
+    // (one `timestamp:` field each).
+    let counting: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let (mut seen, mut bytes, mut buf) = (0usize, 0usize, vec![0u8; 16 * 1024]);
+                let (mut head, mut started, mut tail) = (Vec::new(), false, Vec::new());
+                while seen < per_stream {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut chunk = &buf[..n];
+                    if !started {
+                        head.extend_from_slice(chunk);
+                        let Some(end) = head.windows(2).position(|w| w == b"\n\n") else {
+                            continue;
+                        };
+                        started = true;
+                        let rest = head.split_off(end + 2);
+                        bytes += rest.len();
+                        tail = rest;
+                        chunk = &[];
+                    }
+                    bytes += chunk.len();
+                    tail.extend_from_slice(chunk);
+                    seen += tail.windows(11).filter(|w| w == b"timestamp: ").count();
+                    let keep = tail.len().saturating_sub(10);
+                    tail.drain(..keep);
+                }
+                (seen, bytes)
+            })
+        })
+        .collect();
+    let publisher = pushpull::connect(&ClientConfig::new("poll", server.url())).await?;
+    let topics: Vec<Topic> = names.iter().map(Topic::new).collect::<Result<_, _>>()?;
+    let cpu_before = server.cpu()?;
+    let started = Instant::now();
+    for n in 0..messages {
+        let batch = topics
+            .iter()
+            .map(|topic| {
+                let payload = format!("{{\"tick\":{n},\"price\":{:.2}}}", 100.0 + n as f64 / 100.0);
+                (topic.clone(), Publication::new(payload))
+            })
+            .collect();
+        for answer in publisher.publish_many(batch).await? {
+            answer?;
+        }
+    }
+    let (mut deliveries, mut bytes) = (0, 0);
+    for reader in counting {
+        let (seen, read) = tokio::time::timeout(STEP, reader)
+            .await
+            .map_err(|_| bench_error("a stream stalled".into()))?
+            .map_err(|e| bench_error(e.to_string()))?;
+        deliveries += seen;
+        bytes += read;
+    }
+    let elapsed = started.elapsed();
+    let cpu = server.cpu()?.saturating_sub(cpu_before);
+    Ok(ManyRun { connections, deliveries, bytes, elapsed, cpu })
+}
+
+async fn many(readers: usize, topics: usize, messages: usize, json: bool) -> Result<(), Error> {
+    if readers == 0 || topics == 0 || messages == 0 {
+        return Err(bench_error("readers, topics and messages must each be at least 1".into()));
+    }
+    let shapes = [
+        (format!("one stream of {topics} topics, ids the set"), ManyShape::Set),
+        (format!("one stream of {topics} topics, event_ids=message"), ManyShape::MessageIds),
+        (format!("{topics} streams of one topic"), ManyShape::PerTopic),
+    ];
+    let mut rows = Vec::new();
+    for (name, shape) in shapes {
+        rows.push((name, many_run(readers, topics, messages, shape).await?));
+    }
+    if json {
+        let runs: Vec<_> = rows
+            .iter()
+            .map(|(name, run)| {
+                serde_json::json!({
+                    "shape": name, "connections": run.connections, "deliveries": run.deliveries,
+                    "bytes": run.bytes, "seconds": run.elapsed.as_secs_f64(),
+                    "server_cpu_seconds": run.cpu.as_secs_f64(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "bench": "many", "readers": readers, "runs": runs }));
+        return Ok(());
+    }
+    println!(
+        "| {readers} readers | connections | deliveries | bytes per delivery | wall time | \
+         server CPU | CPU per delivery |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, run) in rows {
+        let delivered = run.deliveries.max(1) as f64;
+        println!(
+            "| {name} | {} | {} | {:.1} | {} | {} | {:.2} µs |",
+            run.connections,
+            run.deliveries,
+            run.bytes as f64 / delivered,
+            ms(run.elapsed),
+            ms(run.cpu),
+            run.cpu.as_secs_f64() / delivered * 1e6
         );
     }
     Ok(())
