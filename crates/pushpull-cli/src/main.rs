@@ -131,8 +131,10 @@ enum Command {
     },
     /// Follow a topic; prints one message per line until Ctrl-C (or `--count`).
     Subscribe {
-        /// The topic.
-        topic: String,
+        /// The topic; several topics, or a prefix (`orders:*`), follow them all on one
+        /// connection (in text, each line then starts with the topic and a tab).
+        #[arg(required = true, num_args = 1..)]
+        topics: Vec<String>,
         /// Where to start: a cursor, `beginning` (the oldest retained message), `latest` (only
         /// what is published from now on), `last:N` (the last N messages, then follow) or
         /// `since:TIME` (epoch milliseconds or RFC 3339, then follow).
@@ -290,16 +292,34 @@ async fn run(
             let next = page.next;
             let mut out = std::io::stdout().lock();
             for delivery in page.into_deliveries() {
-                output::print(&mut out, &delivery, format);
+                output::print(&mut out, &delivery, format, false);
             }
             eprintln!("next: {next}");
             Ok(())
         }
-        Command::Subscribe { topic, after, count, format, connection } => {
-            let topic = Topic::new(topic)?;
+        Command::Subscribe { topics, after, count, format, connection } => {
+            let selectors: Vec<pushpull::Selector> =
+                topics.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
             let cursor: Cursor = after.parse()?;
             let client = connect(&connection).await?;
-            let mut subscription = client.subscribe(&topic, cursor).await?;
+            let many = !matches!(selectors.as_slice(), [pushpull::Selector::Topic(_)]);
+            let mut subscription: futures::stream::BoxStream<
+                '_,
+                Result<pushpull::Delivery, Error>,
+            > = match selectors.as_slice() {
+                [pushpull::Selector::Topic(topic)] => {
+                    client.subscribe(topic, cursor).await?.boxed()
+                }
+                _ => {
+                    let request = pushpull::FollowRequest {
+                        selectors: selectors.into_iter().map(|s| (s, cursor)).collect(),
+                        resume: None,
+                        // The server's own bound applies.
+                        max_topics: usize::MAX,
+                    };
+                    pushpull::follow(client, request).await?.boxed()
+                }
+            };
             let mut seen = 0u64;
             loop {
                 if count.is_some_and(|count| seen >= count) {
@@ -314,7 +334,7 @@ async fn run(
                 if delivery.as_message().is_some() {
                     seen += 1;
                 }
-                output::print(&mut std::io::stdout().lock(), &delivery, format);
+                output::print(&mut std::io::stdout().lock(), &delivery, format, many);
             }
         }
     }

@@ -16,13 +16,16 @@ pub(crate) enum Format {
     Json,
 }
 
-pub(crate) fn print(out: &mut impl Write, delivery: &Delivery, format: Format) {
+pub(crate) fn print(out: &mut impl Write, delivery: &Delivery, format: Format, named: bool) {
+    let topic = if named { format!("{}\t", delivery.topic()) } else { String::new() };
     let written = match (delivery, format) {
         (Delivery::Message(message), Format::Text) => match message.text() {
-            Some(text) => writeln!(out, "{}", text.replace('\n', "\\n").replace('\r', "\\r")),
+            Some(text) => {
+                writeln!(out, "{topic}{}", text.replace('\n', "\\n").replace('\r', "\\r"))
+            }
             None => writeln!(
                 out,
-                "base64:{}",
+                "{topic}base64:{}",
                 base64::engine::general_purpose::STANDARD.encode(&message.payload)
             ),
         },

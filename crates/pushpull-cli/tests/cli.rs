@@ -102,6 +102,25 @@ fn publish_fetch_and_subscribe_over_poll() {
     let output = wait(subscriber);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(text(&output.stdout), "42.17\ntwo\\nlines\n43.01\n");
+
+    // Several topics and a prefix on one connection: each line names its topic.
+    for (topic, payload) in [("orders:eu", "o1"), ("orders:us", "o2")] {
+        assert!(run(&["publish", topic, payload], url, None).status.success());
+    }
+    let many = run(
+        &["subscribe", "orders:*", "ticker", "--transport", "sse", "--after", "beginning"]
+            .into_iter()
+            .chain(["--count", "5"])
+            .collect::<Vec<_>>(),
+        url,
+        None,
+    );
+    assert!(many.status.success(), "{}", text(&many.stderr));
+    let mut lines: Vec<String> = text(&many.stdout).lines().map(str::to_owned).collect();
+    lines.sort();
+    let want =
+        ["orders:eu\to1", "orders:us\to2", "ticker\t42.17", "ticker\t43.01", "ticker\ttwo\\nlines"];
+    assert_eq!(lines, want);
 }
 
 #[test]
