@@ -69,13 +69,7 @@ impl PushTransport for Sse {
                 content_type: CONTENT_TYPE,
                 first,
                 encode: Box::new(|delivery, _| {
-                    let event = match delivery {
-                        Delivery::Message(message) => {
-                            message.encodings.get_or_encode(&EVENT, || encode_message(message))
-                        }
-                        Delivery::Gap(gap) => encode_gap(gap),
-                    };
-                    vec![topic_field(delivery.topic()), event]
+                    vec![topic_field(delivery.topic()), event_of(delivery)]
                 }),
                 heartbeat_chunk: Bytes::from_static(HEARTBEAT),
                 heartbeat: config.heartbeat,
@@ -86,12 +80,7 @@ impl PushTransport for Sse {
             content_type: CONTENT_TYPE,
             first,
             encode: Box::new(|delivery, token| {
-                let event = match delivery {
-                    Delivery::Message(message) => {
-                        message.encodings.get_or_encode(&EVENT, || encode_message(message))
-                    }
-                    Delivery::Gap(gap) => encode_gap(gap),
-                };
+                let event = event_of(delivery);
                 match token {
                     None => vec![event],
                     // Many topics: the event names its topic, and its id is the cursor set.
@@ -102,6 +91,16 @@ impl PushTransport for Sse {
             heartbeat: config.heartbeat,
             writes_token: true,
         }
+    }
+}
+
+/// A delivery's event: a message's is made once and shared by every stream pushing it.
+fn event_of(delivery: &Delivery) -> Bytes {
+    match delivery {
+        Delivery::Message(message) => {
+            message.encodings.get_or_encode(&EVENT, || encode_message(message))
+        }
+        Delivery::Gap(gap) => encode_gap(gap),
     }
 }
 

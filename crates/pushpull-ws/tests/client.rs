@@ -37,6 +37,19 @@ where
     }
 }
 
+/// A WebSocket server over `broker` on a free port.
+async fn serve(
+    broker: std::sync::Arc<pushpull_core::MemoryBroker>,
+) -> pushpull_http::RunningServer {
+    let server = pushpull_ws::WsServer::new(
+        broker as std::sync::Arc<dyn pushpull_core::Broker>,
+        Default::default(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    pushpull_http::spawn(listener, server.router(), Default::default()).unwrap()
+}
+
 #[tokio::test]
 async fn a_silent_server_is_left_and_the_subscription_resumes_elsewhere() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
@@ -83,13 +96,7 @@ async fn a_subscription_nobody_reads_does_not_stall_the_socket() {
     use std::sync::Arc;
 
     let broker = Arc::new(MemoryBroker::new());
-    let server = pushpull_ws::WsServer::new(
-        broker.clone() as Arc<dyn pushpull_core::Broker>,
-        Default::default(),
-    )
-    .unwrap();
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
+    let running = serve(broker.clone()).await;
     let config = {
         let mut built = pushpull_ws::ClientConfig::new(format!("http://{}", running.local_addr()));
         built.subscription_buffer = 4;
@@ -308,13 +315,7 @@ async fn a_large_batch_is_split_into_requests_the_server_accepts() {
     let mut config = MemoryConfig::default();
     config.max_payload = 256 * 1024;
     let broker = Arc::new(MemoryBroker::with_config(config).unwrap());
-    let server = pushpull_ws::WsServer::new(
-        broker.clone() as Arc<dyn pushpull_core::Broker>,
-        Default::default(),
-    )
-    .unwrap();
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let running = pushpull_http::spawn(listener, server.router(), Default::default()).unwrap();
+    let running = serve(broker.clone()).await;
     let client = pushpull_ws::WsClient::new(pushpull_ws::ClientConfig::new(format!(
         "http://{}",
         running.local_addr()
