@@ -432,3 +432,63 @@ async fn a_delivery_retried_after_a_lost_ack_reaches_the_application_once() {
     let (_, endpoints) = call(server.local_addr(), "GET", "/v1/webhooks", None).await;
     assert!(endpoints[0]["last_error"].as_str().unwrap().contains("closed"), "{endpoints}");
 }
+
+/// An endpoint registered for a prefix gets every topic it selects: those that existed, from
+/// where the registration started, and those created later, from their first message; each
+/// delivery names its topic, and its progress has a cursor per topic.
+#[tokio::test]
+async fn a_prefix_endpoint_delivers_every_topic_it_selects() {
+    let (server, broker) = start(fast(ServerConfig::default())).await;
+    let sink = fake(vec![200], Duration::ZERO).await;
+    let publish = |topic: &'static str, text: &'static str| {
+        let broker = broker.clone();
+        async move { broker.publish(&Topic::new(topic).unwrap(), Publication::new(text)).await.unwrap() }
+    };
+    publish("orders:eu", "before").await;
+    let (status, endpoint) = call(
+        server.local_addr(),
+        "POST",
+        "/v1/webhooks",
+        Some(
+            json!({"url": format!("http://{}/hook", sink.addr), "topics": ["orders:*", "ticker"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    publish("orders:eu", "eu after").await;
+    publish("orders:us", "a new topic").await;
+    publish("ticker", "tick").await;
+    publish("other", "not selected").await;
+    until("three delivered", async || sink.got.lock().unwrap().len() == 3).await;
+    let mut got: Vec<(String, String)> = sink
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            let data = &body["data"];
+            (data["topic"].as_str().unwrap().to_owned(), data["data"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    got.sort();
+    let want = [("orders:eu", "eu after"), ("orders:us", "a new topic"), ("ticker", "tick")];
+    assert_eq!(got, want.map(|(t, d)| (t.to_owned(), d.to_owned())));
+    let id = endpoint["id"].as_str().unwrap();
+    let (_, view) = call(server.local_addr(), "GET", &format!("/v1/webhooks/{id}"), None).await;
+    assert_eq!(view["delivered"], 3, "{view}");
+    let mut followed: Vec<&str> =
+        view["cursors"].as_object().unwrap().keys().map(String::as_str).collect();
+    followed.sort_unstable();
+    assert_eq!(followed, ["orders:eu", "orders:us", "ticker"], "a cursor per topic: {view}");
+
+    // A bad prefix is refused with the reason.
+    let (status, refused) = call(
+        server.local_addr(),
+        "POST",
+        "/v1/webhooks",
+        Some(json!({"url": format!("http://{}/hook", sink.addr), "topics": ["orders:*x"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("orders:*x"), "{refused}");
+}

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct CreateEndpoint {
     /// Where to deliver: an `http://` URL.
     pub url: String,
-    /// The topics to deliver (1 to `max_topics`).
+    /// The topics to deliver (1 to `max_topics`): names, or prefixes (`orders:*`, which
+    /// deliver every topic they select, those created later included, from their first message;
+    /// at most `max_topics` topics each).
     pub topics: Vec<String>,
     /// Where to start on every topic: `beginning`, `latest` (default) or a cursor.
     #[serde(default)]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use pushpull_core::{Delivery, SubscriptionSet, Topic};
+use pushpull_core::{Delivery, Selector, SubscriptionSet, Topic};
 use tokio::sync::watch;
 
 use super::Hooks;
@@ -31,7 +31,8 @@ pub(super) enum Attempt {
 pub(super) struct Worker {
     pub(super) endpoint: Arc<Endpoint>,
     pub(super) server: Hooks,
-    pub(super) subscriptions: SubscriptionSet,
+    /// Each topic's subscription, and each prefix's (whose deliveries name their topics).
+    pub(super) subscriptions: SubscriptionSet<Selector>,
     /// The kept-alive connection to the endpoint, when its last answer allowed one: every
     /// attempt after the first reuses it instead of resolving, checking and connecting again.
     pub(super) connection: Option<Connection>,
@@ -48,19 +49,20 @@ impl Worker {
                 next = self.subscriptions.next() => next,
                 _ = control.wait_for(|c| *c == Control::Stop) => return,
             };
-            let (topic, delivery) = match next {
-                (topic, Some(Ok(delivery))) => (topic, delivery),
-                (topic, ended) => {
+            let delivery = match next {
+                (_, Some(Ok(delivery))) => delivery,
+                (selector, ended) => {
                     if let Some(Err(error)) = ended {
-                        self.note_failure(format!("reading {topic}: {error}"));
+                        self.note_failure(format!("reading {selector}: {error}"));
                     }
-                    self.subscriptions.remove(&topic);
+                    self.subscriptions.remove(&selector);
                     if self.subscriptions.is_empty() {
                         return;
                     }
                     continue;
                 }
             };
+            let topic = delivery.topic().clone();
             if !self.deliver(&topic, &delivery, &mut control).await {
                 return;
             }

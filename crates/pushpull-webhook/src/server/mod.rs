@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use pushpull_core::{Broker, Cursor, Error, ErrorKind, SubscriptionSet, Topic};
+use pushpull_core::{
+    Broker, Cursor, CursorSet, Error, ErrorKind, FollowRequest, Selector, SubscriptionSet, Topic,
+};
 use pushpull_http::{
     Context, HandlerResult, HttpRequest, LiveCount, Mount, PageConfig, Params, Route, Router, json,
     request,
@@ -230,8 +232,9 @@ impl Hooks {
                 self.config.max_topics
             )));
         }
-        let topics = create.topics.iter().map(Topic::new).collect::<Result<Vec<_>, _>>()?;
-        let mut unique = topics.clone();
+        let topics =
+            create.topics.iter().map(|t| t.parse()).collect::<Result<Vec<Selector>, _>>()?;
+        let mut unique: Vec<String> = topics.iter().map(Selector::to_string).collect();
         unique.sort();
         unique.dedup();
         if unique.len() != topics.len() {
@@ -254,16 +257,31 @@ impl Hooks {
             ));
         }
         // Resolve where each topic starts now, so `latest` means "from the registration on",
-        // whichever node delivers it and whenever.
+        // whichever node delivers it and whenever. A prefix's topics that exist now start
+        // there too; those created later, at their first message.
         let mut cursors = BTreeMap::new();
-        for topic in &topics {
-            let subscription = self.broker.subscribe(topic, after).await?;
-            cursors.insert(topic.to_string(), subscription.cursor());
+        for selector in &topics {
+            match selector {
+                Selector::Topic(topic) => {
+                    let subscription = self.broker.subscribe(topic, after).await?;
+                    cursors.insert(topic.to_string(), subscription.cursor());
+                }
+                Selector::Prefix(_) => {
+                    let following = pushpull_core::follow(
+                        self.broker.clone(),
+                        self.prefix_request(selector, after, None),
+                    )
+                    .await?;
+                    for (topic, cursor) in following.cursors().iter() {
+                        cursors.insert(topic.to_string(), cursor);
+                    }
+                }
+            }
         }
         let record = EndpointRecord {
             id: endpoint_id(),
             url: target.text.clone(),
-            topics: topics.iter().map(Topic::to_string).collect(),
+            topics: topics.iter().map(Selector::to_string).collect(),
             secrets: vec![secret.to_string()],
             status: Status::Active.as_str().into(),
             progress: Progress { cursors, ..Progress::default() },
@@ -343,6 +361,20 @@ impl Hooks {
         Ok(json(StatusCode::OK, serde_json::to_vec(&view).expect("encodes")))
     }
 
+    /// What following a prefix of an endpoint asks: at most `max_topics` topics.
+    fn prefix_request(
+        &self,
+        selector: &Selector,
+        start: Cursor,
+        resume: Option<CursorSet>,
+    ) -> FollowRequest {
+        FollowRequest {
+            selectors: vec![(selector.clone(), start)],
+            resume,
+            max_topics: self.config.max_topics,
+        }
+    }
+
     /// Starts delivering `record` here if no other node delivers it (taking its lease).
     async fn take(&self, record: &EndpointRecord) {
         if Status::parse(&record.status) == Status::Disabled
@@ -366,14 +398,34 @@ impl Hooks {
             }
         };
         let mut subscriptions = SubscriptionSet::new();
-        for topic in &record.topics {
-            let Ok(topic) = Topic::new(topic) else { continue };
-            let cursor =
-                record.progress.cursors.get(topic.as_str()).copied().unwrap_or(Cursor::Latest);
-            match self.broker.subscribe(&topic, cursor).await {
-                Ok(subscription) => {
-                    subscriptions.insert(subscription);
+        for selector in &record.topics {
+            let Ok(selector) = selector.parse::<Selector>() else { continue };
+            let followed = match &selector {
+                Selector::Topic(topic) => {
+                    let cursor = record.progress.cursors.get(topic.as_str()).copied();
+                    self.broker.subscribe(topic, cursor.unwrap_or(Cursor::Latest)).await.map(
+                        |subscription| {
+                            subscriptions.insert_as(selector.clone(), subscription);
+                        },
+                    )
                 }
+                Selector::Prefix(_) => {
+                    // From where each of its topics got; one new since, from its first.
+                    let mut resume = CursorSet::new();
+                    for (topic, cursor) in &record.progress.cursors {
+                        match Topic::new(topic) {
+                            Ok(topic) if selector.matches(&topic) => resume.set(topic, *cursor),
+                            _ => {}
+                        }
+                    }
+                    let request = self.prefix_request(&selector, Cursor::Beginning, Some(resume));
+                    pushpull_core::follow(self.broker.clone(), request).await.map(|following| {
+                        subscriptions.insert_many_as(selector.clone(), following);
+                    })
+                }
+            };
+            match followed {
+                Ok(()) => {}
                 Err(error) => {
                     tracing::warn!(endpoint = %record.id, %error, "cannot follow a topic");
                     let _ = self.store.release(&record.id, &self.node).await;
