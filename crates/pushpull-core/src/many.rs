@@ -175,6 +175,12 @@ impl CursorSet {
         set
     }
 
+    /// The entries of the topics `selector` selects.
+    pub fn only(&self, selector: &Selector) -> CursorSet {
+        let entries = self.entries.iter().filter(|(t, _)| selector.matches(t)).cloned().collect();
+        CursorSet { entries }
+    }
+
     /// The topics and their positions, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = (&Topic, Cursor)> {
         self.entries.iter().map(|(t, c)| (t, *c))

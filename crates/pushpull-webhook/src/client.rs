@@ -10,12 +10,13 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use http_body_util::Full;
 use pushpull_core::{
-    Capabilities, Continuity, Cursor, Delivery, Error, ErrorKind, Fetch, Page, Position,
-    Publication, Publish, Receipt, Subscribe, Subscription, Topic,
+    Capabilities, Continuity, Cursor, CursorSet, Delivery, Error, ErrorKind, Fetch, FollowRequest,
+    MultiSubscription, Page, Publication, Publish, Receipt, Selector, Subscribe, Subscription,
+    Topic,
 };
 use pushpull_http::{
-    HandlerResult, HttpClient, HttpClientConfig, HttpRequest, Params, Route, Router, RunningServer,
-    ServeConfig, request,
+    HandlerResult, HttpClient, HttpClientConfig, HttpRequest, ManyQuery, Params, Route, Router,
+    RunningServer, ServeConfig, request,
 };
 use tokio::sync::mpsc;
 
@@ -57,14 +58,14 @@ struct Receiver {
 
 /// One subscription's side of the receiver.
 struct Inbox {
-    topic: Topic,
     secret: Secret,
     deliveries: mpsc::Sender<Result<Delivery, Error>>,
     seen: HashSet<String>,
     order: VecDeque<String>,
-    /// Where the subscription stands (after the last delivery handed over), to drop repeats, to
-    /// refuse a delivery that skips ahead, and to register again from if the server forgets it.
-    position: Position,
+    /// What it follows (a topic, or several and prefixes), and where it stands on each topic
+    /// (after the last delivery handed over): to drop repeats, to refuse a delivery that skips
+    /// ahead, and to register again from if the server forgets the endpoint.
+    query: ManyQuery,
     /// The endpoint registered for it on the server, once there is one.
     endpoint: Option<String>,
 }
@@ -88,17 +89,18 @@ impl WebhookClient {
         &self.receiver.url
     }
 
+    /// Registers an endpoint for what `query` follows, from where it stands.
     async fn register(
         &self,
         token: &str,
-        topic: &Topic,
-        cursor: Cursor,
+        query: &ManyQuery,
         secret: &Secret,
     ) -> Result<EndpointView, Error> {
+        let start = query.starts().first().map(|(_, start)| start.to_string());
         let create = CreateEndpoint {
             url: format!("{}/hooks/{token}", self.receiver.url),
-            topics: vec![topic.to_string()],
-            after: Some(cursor.to_string()),
+            topics: query.keys().iter().map(Selector::to_string).collect(),
+            after: query.resume_token().or(start),
             secret: Some(secret.to_string()),
         };
         let body = Bytes::from(serde_json::to_vec(&create).expect("encodes"));
@@ -225,20 +227,19 @@ async fn receive(
         Ok(delivery) => delivery,
         Err(error) => return answer(StatusCode::BAD_REQUEST, "bad_request", error.message()),
     };
-    if let Delivery::Message(message) = &delivery
-        && message.topic != inbox.topic
-    {
+    if !inbox.query.keys().iter().any(|selector| selector.matches(delivery.topic())) {
         return answer(StatusCode::BAD_REQUEST, "bad_request", "a message of another topic");
     }
-    match inbox.position.check(&delivery) {
+    match inbox.query.check(&delivery) {
         Continuity::Next => {}
         // Handed over already (a retry after a lost acknowledgement): acknowledge it again.
         Continuity::Repeat => return Ok(no_content()),
         Continuity::Skip => {
             // Acknowledging it would lose what lies between: refuse, and say why.
             let message = format!(
-                "out of order: this subscription stands at {}, the delivery is at {}",
-                inbox.position.cursor(),
+                "out of order: this subscription stands at {} on {}, the delivery is at {}",
+                inbox.query.positions().get(delivery.topic()).unwrap_or(Cursor::Beginning),
+                delivery.topic(),
                 delivery.cursor()
             );
             tracing::warn!(%message, "webhook delivery refused");
@@ -255,7 +256,7 @@ async fn receive(
                     inbox.seen.remove(&old);
                 }
             }
-            inbox.position.advance(&handed);
+            inbox.query.advance(&handed);
             Ok(no_content())
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -315,70 +316,102 @@ impl Fetch for WebhookClient {
     }
 }
 
-#[async_trait]
-impl Subscribe for WebhookClient {
-    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+impl WebhookClient {
+    /// Registers an endpoint for `request` whose deliveries come to a new inbox: the
+    /// positions the server resolved, and the deliveries.
+    async fn open(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<(CursorSet, impl futures::Stream<Item = Result<Delivery, Error>> + use<>), Error>
+    {
         let token = random_token();
         let secret = Secret::generate();
         let (deliveries, receiver) = mpsc::channel(BUFFERED);
+        let query = ManyQuery::new(request);
         self.receiver.inboxes.lock().expect("inboxes lock").insert(
             token.clone(),
             Inbox {
-                topic: topic.clone(),
                 secret: secret.clone(),
                 deliveries: deliveries.clone(),
                 seen: HashSet::new(),
                 order: VecDeque::new(),
-                position: Position::new(cursor),
+                query: query.clone(),
                 endpoint: None,
             },
         );
-        let endpoint = match self.register(&token, topic, cursor, &secret).await {
+        let endpoint = match self.register(&token, &query, &secret).await {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 self.receiver.inboxes.lock().expect("inboxes lock").remove(&token);
                 return Err(error);
             }
         };
-        let start = endpoint.cursors.get(topic.as_str()).copied().unwrap_or(cursor);
-        if let Some(inbox) = self.receiver.inboxes.lock().expect("inboxes lock").get_mut(&token) {
-            // Unless a delivery already came (and said where we stand).
-            if !matches!(inbox.position.cursor(), Cursor::After(..)) {
-                inbox.position.reset(start);
-            }
-            inbox.endpoint = Some(endpoint.id.clone());
+        let mut started = CursorSet::new();
+        for (topic, cursor) in &endpoint.cursors {
+            started.set(Topic::new(topic)?, *cursor);
         }
+        let positions = match self.receiver.inboxes.lock().expect("inboxes lock").get_mut(&token) {
+            Some(inbox) => {
+                // Unless a delivery already came (and said where we stand).
+                inbox.query.announce(&started);
+                inbox.endpoint = Some(endpoint.id.clone());
+                inbox.query.positions().clone()
+            }
+            None => started,
+        };
         // Keep the endpoint alive on the server: register again from where we stand if a
         // restarted server forgot it. The task ends when the subscription is dropped.
-        let keeper = tokio::spawn(keep(
-            self.clone(),
-            token.clone(),
-            endpoint.id.clone(),
-            topic.clone(),
-            secret,
-        ));
+        let keeper = tokio::spawn(keep(self.clone(), token.clone(), endpoint.id.clone(), secret));
         let guard = Registration { client: self.clone(), token, keeper };
         let stream =
             futures::stream::unfold((receiver, guard), |(mut receiver, guard)| async move {
                 receiver.recv().await.map(|item| (item, (receiver, guard)))
             });
+        Ok((positions, stream))
+    }
+}
+
+#[async_trait]
+impl Subscribe for WebhookClient {
+    async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
+        let request = FollowRequest {
+            selectors: vec![(Selector::Topic(topic.clone()), cursor)],
+            resume: None,
+            max_topics: 1,
+        };
+        let (positions, stream) = self.open(&request).await?;
+        let start = positions.get(topic).unwrap_or(cursor);
         Ok(Subscription::new(topic.clone(), start, stream))
+    }
+
+    /// One endpoint for every topic and prefix of `request`, when they share one start (or
+    /// resume from a set); otherwise `None`, and `follow` registers one per topic.
+    async fn subscribe_many(
+        &self,
+        request: &FollowRequest,
+    ) -> Result<Option<MultiSubscription>, Error> {
+        let first = request.selectors.first().map(|(_, start)| *start);
+        if request.resume.is_none() && request.selectors.iter().any(|(_, s)| Some(*s) != first) {
+            return Ok(None);
+        }
+        let (positions, stream) = self.open(request).await?;
+        Ok(Some(MultiSubscription::new(positions, stream)))
     }
 }
 
 /// Checks every `check_interval` that the endpoint exists; registers it again if not.
-async fn keep(client: WebhookClient, token: String, mut id: String, topic: Topic, secret: Secret) {
+async fn keep(client: WebhookClient, token: String, mut id: String, secret: Secret) {
     loop {
         tokio::time::sleep(client.config.check_interval).await;
         if client.exists(&id).await != Some(false) {
             continue;
         }
-        let cursor = match client.receiver.inboxes.lock().expect("inboxes lock").get(&token) {
-            Some(inbox) => inbox.position.cursor(),
+        let query = match client.receiver.inboxes.lock().expect("inboxes lock").get(&token) {
+            Some(inbox) => inbox.query.clone(),
             None => return,
         };
-        tracing::info!(endpoint = %id, %topic, "the server forgot the endpoint; registering it again");
-        match client.register(&token, &topic, cursor, &secret).await {
+        tracing::info!(endpoint = %id, following = %query, "the server forgot the endpoint; registering it again");
+        match client.register(&token, &query, &secret).await {
             Ok(endpoint) => {
                 id = endpoint.id;
                 if let Some(inbox) =

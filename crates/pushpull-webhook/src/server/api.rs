@@ -15,7 +15,8 @@ pub struct CreateEndpoint {
     /// deliver every topic they select, those created later included, from their first message;
     /// at most `max_topics` topics each).
     pub topics: Vec<String>,
-    /// Where to start on every topic: `beginning`, `latest` (default) or a cursor.
+    /// Where to start on every topic: `beginning`, `latest` (default), a cursor, `last:N`,
+    /// `since:TIME`; or a cursor set (`@…`, relative to `topics`) that resumes each topic.
     #[serde(default)]
     pub after: Option<String>,
     /// The signing secret (`whsec_…`); the server generates one when absent.

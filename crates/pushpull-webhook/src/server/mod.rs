@@ -240,7 +240,14 @@ impl Hooks {
         if unique.len() != topics.len() {
             return Err(Error::bad_request("topics lists a topic twice"));
         }
-        let after: Cursor = create.after.as_deref().map_or(Ok(Cursor::Latest), str::parse)?;
+        // One start for every topic, or a cursor set (relative to `topics`) that resumes each;
+        // a topic it leaves out starts at `latest`, a prefix's at its first message.
+        let (after, resume) = match create.after.as_deref() {
+            Some(set) if CursorSet::is_set(set) => {
+                (Cursor::Latest, Some(CursorSet::parse(set, &topics)?))
+            }
+            other => (other.map_or(Ok(Cursor::Latest), str::parse)?, None),
+        };
         let secret = match &create.secret {
             Some(text) => Secret::parse(text)?,
             None => Secret::generate(),
@@ -263,13 +270,15 @@ impl Hooks {
         for selector in &topics {
             match selector {
                 Selector::Topic(topic) => {
-                    let subscription = self.broker.subscribe(topic, after).await?;
+                    let start = resume.as_ref().and_then(|set| set.get(topic)).unwrap_or(after);
+                    let subscription = self.broker.subscribe(topic, start).await?;
                     cursors.insert(topic.to_string(), subscription.cursor());
                 }
                 Selector::Prefix(_) => {
+                    let own = resume.as_ref().map(|set| set.only(selector));
                     let following = pushpull_core::follow(
                         self.broker.clone(),
-                        self.prefix_request(selector, after, None),
+                        self.prefix_request(selector, after, own),
                     )
                     .await?;
                     for (topic, cursor) in following.cursors().iter() {
@@ -413,11 +422,11 @@ impl Hooks {
                     // From where each of its topics got; one new since, from its first.
                     let mut resume = CursorSet::new();
                     for (topic, cursor) in &record.progress.cursors {
-                        match Topic::new(topic) {
-                            Ok(topic) if selector.matches(&topic) => resume.set(topic, *cursor),
-                            _ => {}
+                        if let Ok(topic) = Topic::new(topic) {
+                            resume.set(topic, *cursor);
                         }
                     }
+                    let resume = resume.only(&selector);
                     let request = self.prefix_request(&selector, Cursor::Beginning, Some(resume));
                     pushpull_core::follow(self.broker.clone(), request).await.map(|following| {
                         subscriptions.insert_many_as(selector.clone(), following);

@@ -339,13 +339,7 @@ impl Subscribe for WsClient {
                     streams.push(subscription.boxed());
                 }
                 Selector::Prefix(_) => {
-                    let resume = request.resume.as_ref().map(|set| {
-                        let mut own = CursorSet::new();
-                        for (topic, cursor) in set.iter().filter(|(t, _)| selector.matches(t)) {
-                            own.set(topic.clone(), cursor);
-                        }
-                        own
-                    });
+                    let resume = request.resume.as_ref().map(|set| set.only(selector));
                     let one = FollowRequest {
                         selectors: vec![(selector.clone(), *start)],
                         resume,
