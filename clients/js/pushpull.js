@@ -619,15 +619,7 @@ class StreamReader extends Follower {
         const response = await http.send('GET', `/v1/topics/${sub.topic}/${this.path}?after=${after}`, {
           headers: { accept: this.accept }, signal: this.controller.signal, timeout: options.requestTimeout,
         });
-        if (response.status === 204) {
-          throw new PushpullError('closed', 'the server asked clients to stop (204)', { status: 204, transport: sub.transport });
-        }
-        if (!response.ok) throw await errorOf(response, sub.transport);
-        const type = response.headers.get('content-type') ?? '';
-        if (!type.startsWith(this.accept.split(',')[0])) {
-          throw new PushpullError('protocol', `expected ${this.accept}, got ${type || 'no content type'}`,
-            { status: response.status, transport: sub.transport });
-        }
+        await checkStream(response, this.accept.split(',')[0], sub.transport);
         const outcome = await this.read(response);
         attempt = 0;
         reopenAfter = outcome.retry ?? 0;
@@ -645,34 +637,63 @@ class StreamReader extends Follower {
   }
 
   /** Reads a response until it ends, or a delivery skips ahead, or it goes silent too long. */
-  async read(response) {
-    const reader = response.body.getReader();
-    const text = new TextDecoder();
-    const decoder = this.makeDecoder();
-    let idle;
-    const arm = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => reader.cancel('idle'), this.http.options.idleTimeout);
-    };
-    arm();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done || this.sub.closed) return { retry: decoder.retry };
-        this.http.stats.bytesIn += value.byteLength;
-        arm();
-        for (const record of decoder.feed(text.decode(value, { stream: true }))) {
-          if (record.start !== undefined) {
-            this.sub.started(record.start);
-          } else if ((record.topic ??= this.sub.topic) && this.sub.offer(record) === 'skip') {
-            reader.cancel('skip').catch(() => {});
-            return { skipped: true };
-          }
+  read(response) {
+    return readRecords(response, this.http, this.makeDecoder(), (record) => {
+      if (this.sub.closed) return 'stop';
+      if (record.start !== undefined) {
+        this.sub.started(record.start);
+        return 'next';
+      }
+      record.topic ??= this.sub.topic;
+      return this.sub.offer(record);
+    });
+  }
+}
+
+/** A push response's status and media type are what a stream needs; else the error. */
+async function checkStream(response, expected, transport) {
+  if (response.status === 204) {
+    throw new PushpullError('closed', 'the server asked clients to stop (204)', { status: 204, transport });
+  }
+  if (!response.ok) throw await errorOf(response, transport);
+  const type = response.headers.get('content-type') ?? '';
+  if (!type.startsWith(expected)) {
+    throw new PushpullError('protocol', `expected ${expected}, got ${type || 'no content type'}`,
+      { status: response.status, transport });
+  }
+}
+
+/**
+ * Reads a push response's records with `decoder`, handing each to `take` ('skip' or 'stop' end
+ * the read), until it ends or stays silent past the idle timeout. Says the server's retry hint,
+ * and whether a delivery skipped ahead.
+ */
+async function readRecords(response, http, decoder, take) {
+  const reader = response.body.getReader();
+  const text = new TextDecoder();
+  let idle;
+  const arm = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => reader.cancel('idle'), http.options.idleTimeout);
+  };
+  arm();
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return { retry: decoder.retry };
+      http.stats.bytesIn += value.byteLength;
+      arm();
+      for (const record of decoder.feed(text.decode(value, { stream: true }))) {
+        const outcome = take(record);
+        if (outcome === 'stop') return { retry: decoder.retry };
+        if (outcome === 'skip') {
+          reader.cancel('skip').catch(() => {});
+          return { skipped: true };
         }
       }
-    } finally {
-      clearTimeout(idle);
     }
+  } finally {
+    clearTimeout(idle);
   }
 }
 
@@ -972,15 +993,7 @@ class Mux {
     const path = { events: '/v1/events', stream: '/v1/stream' }[this.kind] ?? '/v1/messages';
     const accept = { events: 'text/event-stream', stream: 'application/x-ndjson' }[this.kind] ?? 'application/json';
     const response = await this.http.send('GET', `${path}?${query}`, { headers: { accept }, signal, timeout });
-    if (response.status === 204) {
-      throw new PushpullError('closed', 'the server asked clients to stop (204)', { status: 204, transport: this.http.transport });
-    }
-    if (!response.ok) throw await errorOf(response, this.http.transport);
-    const type = response.headers.get('content-type') ?? '';
-    if (!type.startsWith(accept)) {
-      throw new PushpullError('protocol', `expected ${accept}, got ${type || 'no content type'}`,
-        { status: response.status, transport: this.http.transport });
-    }
+    await checkStream(response, accept, this.http.transport);
     if (paged) {
       if (this.kind === 'longpoll' && response.headers.get('pushpull-wait-ms') === null) {
         throw new PushpullError('unsupported', 'long polling is not enabled there', { transport: this.http.transport });
@@ -1000,41 +1013,21 @@ class Mux {
 
   /** Reads a stream until it ends, a delivery skips ahead, or it goes silent too long. */
   async read(keys, response, signal) {
-    const reader = response.body.getReader();
-    const text = new TextDecoder();
     const decoder = this.kind === 'events' ? new SseDecoder() : new NdjsonDecoder();
-    let idle;
-    const arm = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => reader.cancel('idle'), this.http.options.idleTimeout);
-    };
-    signal.addEventListener('abort', () => reader.cancel('closed').catch(() => {}), { once: true });
-    arm();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done || signal.aborted) return decoder.retry ?? 0;
-        this.http.stats.bytesIn += value.byteLength;
-        arm();
-        for (const record of decoder.feed(text.decode(value, { stream: true }))) {
-          if (record.start !== undefined) {
-            this.started(keys, record.start);
-            continue;
-          }
-          if (record.type === 'message' && isCursorSet(record.cursor)) {
-            // An SSE id is the set after the message: the message's cursor is its topic's.
-            record.cursor = parseCursorSet(record.cursor, keys).get(record.topic);
-            record.offset = parseCursor(record.cursor)?.offset;
-          }
-          if (this.offer(keys, record) === 'skip') {
-            reader.cancel('skip').catch(() => {});
-            return 0;
-          }
-        }
+    const outcome = await readRecords(response, this.http, decoder, (record) => {
+      if (signal.aborted) return 'stop';
+      if (record.start !== undefined) {
+        this.started(keys, record.start);
+        return 'next';
       }
-    } finally {
-      clearTimeout(idle);
-    }
+      if (record.type === 'message' && isCursorSet(record.cursor)) {
+        // An SSE id is the set after the message: the message's cursor is its topic's.
+        record.cursor = parseCursorSet(record.cursor, keys).get(record.topic);
+        record.offset = parseCursor(record.cursor)?.offset;
+      }
+      return this.offer(keys, record);
+    });
+    return outcome.skipped ? 0 : outcome.retry ?? 0;
   }
 }
 

@@ -160,17 +160,9 @@ impl CursorSet {
             if !seen.insert(delivery.topic().clone()) {
                 continue;
             }
-            let before = match delivery {
-                Delivery::Message(m) if m.offset.0 > 0 => {
-                    Cursor::After(m.epoch, Offset(m.offset.0 - 1))
-                }
-                Delivery::Message(_) => continue,
-                Delivery::Gap(gap) => match gap.resumes_from(Cursor::Latest) {
-                    position @ Cursor::After(..) => position,
-                    _ => continue,
-                },
-            };
-            set.set(delivery.topic().clone(), before);
+            if let Some(before) = delivery.before() {
+                set.set(delivery.topic().clone(), before);
+            }
         }
         set
     }

@@ -409,6 +409,21 @@ impl Delivery {
         }
     }
 
+    /// The position just before this delivery, when it says: a message's offset less one, a
+    /// retention gap's first missed offset less one. `None` for an epoch change (the position
+    /// before it is in the old epoch) and for a message at offset 0.
+    pub fn before(&self) -> Option<Cursor> {
+        match self {
+            Delivery::Message(m) if m.offset.0 > 0 => {
+                Some(Cursor::After(m.epoch, Offset(m.offset.0 - 1)))
+            }
+            Delivery::Message(_) => None,
+            Delivery::Gap(gap) => {
+                Some(gap.resumes_from(Cursor::Latest)).filter(Cursor::is_position)
+            }
+        }
+    }
+
     /// The message, if this is one.
     pub fn as_message(&self) -> Option<&Message> {
         match self {

@@ -26,7 +26,7 @@ pub use cors::Cors;
 pub use ends_at::EndsAt;
 pub use gauge::{Gauge, Held};
 pub use grant::{Grant, RateLimit, Right, TopicPattern};
-pub use many_client::ManyQuery;
+pub use many_client::{ManyQuery, Track};
 pub use pages::{
     Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig,
     fetch_newest_first_page, fetch_page, many_page_route, page_route, request_many_page,

@@ -122,6 +122,56 @@ impl ManyQuery {
     }
 }
 
+/// Where a subscription stands: on its one topic, or on each topic of many. What the clients
+/// that resume by themselves (SSE, streaming, WebSocket) check each delivery against.
+#[derive(Debug, Clone)]
+pub enum Track {
+    /// One topic: after the last delivery handed over.
+    One {
+        /// The topic.
+        topic: pushpull_core::Topic,
+        /// After the last delivery handed over: where a reopened stream starts.
+        position: Position,
+    },
+    /// Many topics, each on its own.
+    Many(ManyQuery),
+}
+
+impl Track {
+    /// Whether `delivery` comes next on its topic, repeats, or skips ahead.
+    pub fn check(&self, delivery: &Delivery) -> Continuity {
+        match self {
+            Track::One { position, .. } => position.check(delivery),
+            Track::Many(query) => query.check(delivery),
+        }
+    }
+
+    /// Records that `delivery` was handed over.
+    pub fn advance(&mut self, delivery: &Delivery) {
+        match self {
+            Track::One { position, .. } => position.advance(delivery),
+            Track::Many(query) => query.advance(delivery),
+        }
+    }
+
+    /// Where it stands on `topic` (`beginning` for a topic of many it has not seen yet).
+    pub fn position_of(&self, topic: &pushpull_core::Topic) -> Cursor {
+        match self {
+            Track::One { position, .. } => position.cursor(),
+            Track::Many(query) => query.positions().get(topic).unwrap_or(Cursor::Beginning),
+        }
+    }
+}
+
+impl fmt::Display for Track {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Track::One { topic, .. } => write!(f, "{topic}"),
+            Track::Many(query) => write!(f, "{query}"),
+        }
+    }
+}
+
 impl fmt::Display for ManyQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (n, key) in self.keys.iter().enumerate() {

@@ -3,10 +3,9 @@
 //! for many on one response.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Duration;
 
-use crate::many_client::ManyQuery;
+use crate::many_client::{ManyQuery, Track};
 use crate::push_client::{PushClient, PushReader, Scope, Target};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -50,41 +49,6 @@ pub async fn reopening_many<R: PushReader>(
     // Deliveries the first chunks brought are not handed over yet.
     let cursors = query.positions().before(&reader.ready);
     Ok(MultiSubscription::new(cursors, futures::stream::unfold(reader, Reader::next)))
-}
-
-/// What a reader follows, and where it stands.
-enum Track {
-    One {
-        topic: Topic,
-        /// After the last delivery handed over: where a reopened stream starts.
-        position: Position,
-    },
-    Many(ManyQuery),
-}
-
-impl Track {
-    fn check(&self, delivery: &Delivery) -> Continuity {
-        match self {
-            Track::One { position, .. } => position.check(delivery),
-            Track::Many(query) => query.check(delivery),
-        }
-    }
-
-    fn advance(&mut self, delivery: &Delivery) {
-        match self {
-            Track::One { position, .. } => position.advance(delivery),
-            Track::Many(query) => query.advance(delivery),
-        }
-    }
-}
-
-impl fmt::Display for Track {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Track::One { topic, .. } => write!(f, "{topic}"),
-            Track::Many(query) => write!(f, "{query}"),
-        }
-    }
 }
 
 struct Reader<R: PushReader> {

@@ -90,6 +90,20 @@ async fn send(
     Ok((response, timeout, hint, held))
 }
 
+/// [`send`]s a request that must answer 200: its body, the poll interval hint and whether the
+/// server holds requests; any other status is the error it stands for.
+async fn read_ok(
+    http: &HttpClient,
+    path: &str,
+    wait: Option<Duration>,
+) -> Result<(Bytes, Option<Duration>, bool), Error> {
+    let (response, timeout, hint, held) = send(http, path, None, wait).await?;
+    if response.status() != StatusCode::OK {
+        return Err(http.error_for(response).await);
+    }
+    Ok((http.read_body(response, timeout).await?, hint, held))
+}
+
 /// A page of many topics ([`MANY_MESSAGES_PATH`](super::MANY_MESSAGES_PATH)).
 #[derive(Debug)]
 pub struct ManyPageAnswer {
@@ -115,11 +129,7 @@ pub async fn request_many_page(
     if let Some(wait) = wait {
         path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
     }
-    let (response, timeout, hint, held) = send(http, &path, None, wait).await?;
-    if response.status() != StatusCode::OK {
-        return Err(http.error_for(response).await);
-    }
-    let body = http.read_body(response, timeout).await?;
+    let (body, hint, held) = read_ok(http, &path, wait).await?;
     let (deliveries, next) =
         crate::wire::decode_many_page(&body).map_err(|e| e.with_transport(http.transport()))?;
     Ok(ManyPageAnswer { deliveries, next, hint, held })
@@ -138,11 +148,7 @@ pub async fn fetch_newest_first_page(
     }
     let path =
         format!("{}?order=desc&before={before}&limit={limit}", messages_path(topic.as_str()));
-    let (response, timeout, _, _) = send(http, &path, None, None).await?;
-    if response.status() != StatusCode::OK {
-        return Err(http.error_for(response).await);
-    }
-    let body = http.read_body(response, timeout).await?;
+    let (body, _, _) = read_ok(http, &path, None).await?;
     crate::wire::decode_page(&body).map_err(|e| e.with_transport(http.transport()))
 }
 

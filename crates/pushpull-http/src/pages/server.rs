@@ -421,21 +421,18 @@ impl ManyPage {
                 .fetch(&topic, cursor, share.min(room).max(1))
                 .await
                 .inspect_err(|e| metrics::broker_error("fetch", e))?;
-            // Where the topic stands before this page: its start resolved.
-            let before = match (&page.gap, page.messages.first()) {
-                (Some(gap), _) => gap.resumes_from(cursor),
-                (None, Some(first)) => {
-                    Cursor::After(first.epoch, pushpull_core::Offset(first.offset.0 - 1))
-                }
-                (None, None) => page.next,
-            };
+            // A start (`latest`, `last:N`, …) resolved: the position before the page's first
+            // delivery, or where an empty page ends.
+            let next = page.next;
+            let mut deliveries = page.into_deliveries().peekable();
             if !cursor.is_position() {
-                cursors.set(topic.clone(), before);
+                let before = deliveries.peek().and_then(pushpull_core::Delivery::before);
+                cursors.set(topic.clone(), before.unwrap_or(next));
             }
             if full {
                 continue;
             }
-            for delivery in page.into_deliveries() {
+            for delivery in deliveries {
                 if self.bytes >= max_bytes && !self.messages.is_empty() {
                     break;
                 }

@@ -17,7 +17,7 @@ const PRUNE_PENDING_AT: usize = 64;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::flow::Follow;
+use super::flow::{Follow, OnTheSocket};
 use super::{Answer, Command, Key};
 use crate::NAME;
 use crate::close;

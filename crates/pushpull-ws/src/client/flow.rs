@@ -1,8 +1,8 @@
 //! What reaches each subscription: deliveries that continue its cursor, and a pause at the
 //! server while the application is behind.
 
-use pushpull_core::{Continuity, Delivery, Error, Position};
-use pushpull_http::ManyQuery;
+use pushpull_core::{Continuity, Delivery, Error};
+pub(super) use pushpull_http::Track;
 use tokio::sync::mpsc;
 
 use super::driver::{Driver, text};
@@ -30,28 +30,30 @@ pub(super) struct Follow {
     pub(super) refusals: u32,
 }
 
-/// Where a subscription stands: on its topic, or on each topic of its prefix.
-pub(super) enum Track {
-    One(Position),
-    Many(ManyQuery),
+/// What the WebSocket protocol adds to a subscription's [`Track`]: the `after` that resumes it,
+/// and what a `subscribed` answer says.
+pub(super) trait OnTheSocket {
+    /// The `after` of a subscribe that resumes it.
+    fn after(&self) -> String;
+
+    /// What the server said the subscription starts at: a cursor, or a prefix's cursor set.
+    /// Taken only where it has no position of its own.
+    fn started(&mut self, text: &str) -> Result<(), Error>;
 }
 
-impl Track {
-    /// The `after` of a subscribe that resumes it.
-    pub(super) fn after(&self) -> String {
+impl OnTheSocket for Track {
+    fn after(&self) -> String {
         match self {
-            Track::One(position) => position.cursor().to_string(),
+            Track::One { position, .. } => position.cursor().to_string(),
             Track::Many(query) => query.resume_token().unwrap_or_else(|| {
                 query.starts().first().map(|(_, start)| start.to_string()).unwrap_or_default()
             }),
         }
     }
 
-    /// What the server said the subscription starts at: a cursor, or a prefix's cursor set.
-    /// Taken only where it has no position of its own.
-    pub(super) fn started(&mut self, text: &str) -> Result<(), Error> {
+    fn started(&mut self, text: &str) -> Result<(), Error> {
         match self {
-            Track::One(position) => {
+            Track::One { position, .. } => {
                 let cursor: pushpull_core::Cursor = text.parse()?;
                 if !position.cursor().is_position() {
                     position.reset(cursor);
@@ -63,29 +65,6 @@ impl Track {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn check(&self, delivery: &Delivery) -> Continuity {
-        match self {
-            Track::One(position) => position.check(delivery),
-            Track::Many(query) => query.check(delivery),
-        }
-    }
-
-    pub(super) fn advance(&mut self, delivery: &Delivery) {
-        match self {
-            Track::One(position) => position.advance(delivery),
-            Track::Many(query) => query.advance(delivery),
-        }
-    }
-
-    fn cursor_of(&self, delivery: &Delivery) -> pushpull_core::Cursor {
-        match self {
-            Track::One(position) => position.cursor(),
-            Track::Many(query) => {
-                query.positions().get(delivery.topic()).unwrap_or(pushpull_core::Cursor::Beginning)
-            }
-        }
     }
 }
 
@@ -121,7 +100,7 @@ impl Driver {
             Continuity::Skip => {
                 tracing::warn!(
                     topic = %key.0,
-                    cursor = %follow.position.cursor_of(&delivery),
+                    cursor = %follow.position.position_of(delivery.topic()),
                     got = %delivery.cursor(),
                     "a delivery skipped ahead of the subscription; subscribing again from its cursor"
                 );

@@ -313,8 +313,12 @@ impl WsClient {
 impl Subscribe for WsClient {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let selector = Selector::Topic(topic.clone());
-        let (start, stream) =
-            self.open(&selector, || flow::Track::One(Position::new(cursor))).await?;
+        let (start, stream) = self
+            .open(&selector, || flow::Track::One {
+                topic: topic.clone(),
+                position: Position::new(cursor),
+            })
+            .await?;
         let start = start.parse().map_err(|e: Error| e.with_transport(NAME))?;
         Ok(Subscription::new(topic.clone(), start, stream))
     }
