@@ -434,4 +434,142 @@ async fn batches_prefixes_and_server_decided_topics_follow_the_token() {
     assert_eq!(refused.kind(), ErrorKind::Forbidden, "{refused}");
     assert!(refused.to_string().contains("subscribe:orders:*"), "{refused}");
     pushpull::follow(ws, prefix("orders:eu:north*")).await.expect("a prefix the token covers");
+
+    // Server-decided over HTTP, resumed with a token whose rights differ: the cursor set names
+    // its topics, so a renewed token listing its rights in another order, or fewer of them,
+    // resumes each topic it still grants from where it was (an index into the old token's
+    // list would map positions onto other topics).
+    let (_, _, first) =
+        request(&url, &ca, http::Method::GET, "/v1/messages?after=beginning", &bearer).await;
+    let next = first["next"].as_str().unwrap().to_owned();
+    assert!(next.starts_with("@=") && next.contains(",orders:eu~1"), "{next}");
+    let writer = client("poll", &url, &ca, BearerToken::fixed(token(&["*"], &[], false, 60))).await;
+    writer.publish(&Topic::new("ticker").unwrap(), Publication::new("t1")).await.unwrap();
+    writer.publish(&Topic::new("orders:eu").unwrap(), Publication::new("o2")).await.unwrap();
+    let resume = |rights: &[&str]| {
+        [
+            ("authorization", format!("Bearer {}", token(&[], rights, false, 60))),
+            ("pushpull-cursor", next.clone()),
+        ]
+    };
+    let reordered = resume(&["ticker", "orders:eu*"]);
+    let (status, _, page) = request(&url, &ca, http::Method::GET, "/v1/messages", &reordered).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(payloads(&page), ["ticker t1", "orders:eu o2"], "from where it was: {page}");
+    let narrower = resume(&["ticker"]);
+    let (status, _, page) = request(&url, &ca, http::Method::GET, "/v1/messages", &narrower).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(payloads(&page), ["ticker t1"], "only what the new token grants: {page}");
+    // A set written against topic parameters is not taken for a server-decided one's.
+    let indexed = [bearer[0].clone(), ("pushpull-cursor", "@,0~beginning".to_owned())];
+    let (status, _, refused) =
+        request(&url, &ca, http::Method::GET, "/v1/messages", &indexed).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("(@=…)"), "{refused}");
+}
+
+/// `TOPIC PAYLOAD` of each message of a page.
+fn payloads(page: &serde_json::Value) -> Vec<String> {
+    let messages = page["messages"].as_array().unwrap();
+    let text = |m: &serde_json::Value, field: &str| m[field].as_str().unwrap().to_owned();
+    messages.iter().map(|m| format!("{} {}", text(m, "topic"), text(m, "data"))).collect()
+}
+
+type TlsSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket over TLS opened with `token`, speaking the protocol's frames by hand.
+async fn raw_socket(url: &str, ca: &TestCa, token: &str) -> TlsSocket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let config = pushpull_http::tls::client_config(Some(&ca.ca_file())).unwrap();
+    let config = pushpull_http::tls::with_alpn(&config, &[b"http/1.1"]);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let mut request = format!("wss://localhost:{port}/v1/ws").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    headers.insert("sec-websocket-protocol", "pushpull.v1".parse().unwrap());
+    tokio_tungstenite::client_async(request, tls).await.unwrap().0
+}
+
+/// Sends a request frame and reads the next text frame.
+async fn exchange(socket: &mut TlsSocket, frame: serde_json::Value) -> serde_json::Value {
+    use futures::SinkExt;
+    let text = tokio_tungstenite::tungstenite::Message::text(frame.to_string());
+    socket.send(text).await.unwrap();
+    next_frame(socket).await
+}
+
+async fn next_frame(socket: &mut TlsSocket) -> serde_json::Value {
+    loop {
+        let frame = tokio::time::timeout(LIMIT, socket.next()).await.unwrap().unwrap().unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+/// `TOPIC PAYLOAD SUB` of a pushed message frame.
+fn pushed(frame: &serde_json::Value) -> String {
+    assert_eq!(frame["op"], "message", "{frame}");
+    let text = |field: &str| frame[field].as_str().unwrap_or("-").to_owned();
+    format!("{} {} {}", text("topic"), text("data"), text("sub"))
+}
+
+/// A subscribe without a topic follows what the socket's token may read (its names and
+/// prefixes, topics first published later included); its frames carry `sub: "@token"`; its
+/// start is a set that names its topics, which resumes it on a socket whose token lists the
+/// same rights in another order.
+#[tokio::test]
+async fn a_websocket_subscription_without_a_topic_follows_the_token() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let writer = client("poll", &url, &ca, BearerToken::fixed(token(&["*"], &[], false, 60))).await;
+    let publish = |topic: &'static str, text: &'static str| {
+        let writer = writer.clone();
+        async move {
+            writer.publish(&Topic::new(topic).unwrap(), Publication::new(text)).await.unwrap();
+        }
+    };
+    publish("orders:eu", "o1").await;
+    publish("secret", "s1").await;
+
+    let rights = token(&[], &["orders:*", "ticker"], false, 60);
+    let mut socket = raw_socket(&url, &ca, &rights).await;
+    let subscribe = serde_json::json!({"op": "subscribe", "id": "s1", "after": "beginning"});
+    let subscribed = exchange(&mut socket, subscribe).await;
+    assert_eq!((&subscribed["op"], &subscribed["id"]), (&"subscribed".into(), &"s1".into()));
+    assert!(subscribed.get("topic").is_none(), "server-decided: no topic: {subscribed}");
+    assert_eq!(subscribed["sub"], "@token", "{subscribed}");
+    assert!(subscribed["cursor"].as_str().unwrap().starts_with("@="), "{subscribed}");
+    assert_eq!(pushed(&next_frame(&mut socket).await), "orders:eu o1 @token");
+    publish("secret", "s2").await;
+    publish("ticker", "t1").await;
+    publish("orders:us", "o2").await;
+    assert_eq!(pushed(&next_frame(&mut socket).await), "ticker t1 @token", "not secret");
+    assert_eq!(pushed(&next_frame(&mut socket).await), "orders:us o2 @token", "a new topic");
+    // One unnamed server-decided subscription per socket; unsubscribed without a topic.
+    let twice = exchange(&mut socket, serde_json::json!({"op": "subscribe", "id": "s2"})).await;
+    assert_eq!(twice["op"], "error", "{twice}");
+    let message = twice["message"].as_str().unwrap();
+    assert!(message.contains("already subscribed to what the token may read"), "{twice}");
+    let gone = exchange(&mut socket, serde_json::json!({"op": "unsubscribe", "id": "u1"})).await;
+    assert_eq!((&gone["op"], gone.get("topic")), (&"unsubscribed".into(), None), "{gone}");
+    assert_eq!(gone["sub"], "@token", "{gone}");
+
+    // Resumed on another socket, whose token lists the same rights the other way round, from
+    // the set of what was read (a page's `next`, written the same way): only what came since.
+    let bearer = [("authorization", format!("Bearer {rights}"))];
+    let (_, _, page) =
+        request(&url, &ca, http::Method::GET, "/v1/messages?after=beginning", &bearer).await;
+    let after = page["next"].as_str().unwrap();
+    let mut again = raw_socket(&url, &ca, &token(&[], &["ticker", "orders:*"], false, 60)).await;
+    let subscribe =
+        serde_json::json!({"op": "subscribe", "id": "r1", "after": after, "sub": "mine"});
+    let resumed = exchange(&mut again, subscribe).await;
+    assert_eq!((&resumed["op"], &resumed["sub"]), (&"subscribed".into(), &"mine".into()));
+    publish("ticker", "t2").await;
+    assert_eq!(pushed(&next_frame(&mut again).await), "ticker t2 mine");
 }

@@ -23,7 +23,7 @@ pub use ext::FetchExt;
 pub use follow::{Continuity, Position};
 pub use many::{
     CursorSet, Directory, FollowRequest, Listing, MAX_CURSOR_SET_LEN, MultiSubscription, Selector,
-    follow,
+    SetKeys, follow,
 };
 pub use memory::{MemoryBroker, MemoryConfig, NAME as MEMORY_BROKER, Retention};
 pub use message::{

@@ -125,6 +125,9 @@ pub struct CursorSet {
 /// The longest cursor set text accepted.
 pub const MAX_CURSOR_SET_LEN: usize = 16 * 1024;
 
+/// After the `@`, the mark of a set that names its topics.
+const NAMED: char = '=';
+
 impl CursorSet {
     /// An empty set.
     pub fn new() -> Self {
@@ -190,6 +193,43 @@ impl CursorSet {
 
     /// The text form relative to `selectors`. A topic no selector names is left out.
     pub fn encode(&self, selectors: &[Selector]) -> String {
+        self.write(|out, topic| {
+            use std::fmt::Write;
+            let (index, rest) = key_of(topic, selectors)?;
+            let _ = match rest {
+                None => write!(out, "{index}"),
+                Some(rest) => write!(out, "{index}*{rest}"),
+            };
+            Some(())
+        })
+    }
+
+    /// The text form that names each topic in full, for a set whose selectors the client did
+    /// not choose (a server-decided subscription follows what its token may read, and a renewed
+    /// token may grant other topics in another order): `@=EPOCH,NAME~POSITION,…`. Read with
+    /// [`parse_named`](Self::parse_named).
+    ///
+    /// ```
+    /// use pushpull_core::{Cursor, CursorSet, Epoch, Offset, Selector};
+    /// let epoch = Epoch::from_u64(0x0f3a9c1d2b4e5f60);
+    /// let mut set = CursorSet::new();
+    /// set.set("orders:eu".parse().unwrap(), Cursor::After(epoch, Offset(7)));
+    /// let text = set.encode_named();
+    /// assert_eq!(text, "@=0f3a9c1d2b4e5f60,orders:eu~7");
+    /// let granted: Vec<Selector> = vec!["orders:*".parse().unwrap()];
+    /// assert_eq!(CursorSet::parse_named(&text, &granted).unwrap(), set);
+    /// ```
+    pub fn encode_named(&self) -> String {
+        let mut text = self.write(|out, topic| {
+            out.push_str(topic.as_str());
+            Some(())
+        });
+        text.insert(1, NAMED);
+        text
+    }
+
+    /// `@EPOCH` and an entry `,KEY~POSITION` per topic that `key` writes a key for.
+    fn write(&self, mut key: impl FnMut(&mut String, &Topic) -> Option<()>) -> String {
         use std::fmt::Write;
         let common = self.common_epoch();
         let mut out = String::with_capacity(18 + self.entries.len() * 10);
@@ -198,15 +238,11 @@ impl CursorSet {
             let _ = write!(out, "{epoch}");
         }
         for (topic, cursor) in &self.entries {
-            let Some(key) = key_of(topic, selectors) else { continue };
+            let entry = out.len();
             out.push(',');
-            match key {
-                (index, None) => {
-                    let _ = write!(out, "{index}");
-                }
-                (index, Some(rest)) => {
-                    let _ = write!(out, "{index}*{rest}");
-                }
+            if key(&mut out, topic).is_none() {
+                out.truncate(entry);
+                continue;
             }
             out.push('~');
             match cursor {
@@ -239,6 +275,44 @@ impl CursorSet {
 
     /// Parses the text form relative to `selectors`, with an error that names the bad entry.
     pub fn parse(text: &str, selectors: &[Selector]) -> Result<Self> {
+        Self::read(text, false, |key, bad| {
+            let (index, rest) = match key.split_once('*') {
+                Some((index, rest)) => (index, Some(rest)),
+                None => (key, None),
+            };
+            let index: usize = index
+                .parse()
+                .ok()
+                .filter(|i| *i < selectors.len())
+                .ok_or_else(|| bad("the key names no selector of this request"))?;
+            let topic = match (&selectors[index], rest) {
+                (Selector::Topic(topic), None) => topic.clone(),
+                (Selector::Prefix(prefix), Some(rest)) => {
+                    Topic::new(format!("{prefix}{rest}")).map_err(|e| bad(e.message()))?
+                }
+                _ => return Err(bad("the key does not fit its selector")),
+            };
+            Ok(Some(topic))
+        })
+    }
+
+    /// Parses the form of [`encode_named`](Self::encode_named). A topic that none of
+    /// `selectors` selects is left out: the connection no longer follows it (its token's
+    /// rights changed).
+    pub fn parse_named(text: &str, selectors: &[Selector]) -> Result<Self> {
+        Self::read(text, true, |key, bad| {
+            let topic = Topic::new(key).map_err(|e| bad(e.message()))?;
+            Ok(selectors.iter().any(|s| s.matches(&topic)).then_some(topic))
+        })
+    }
+
+    /// Reads `@EPOCH` (`@=EPOCH` when `named`) and the entries, each entry's key through `topic`
+    /// (`None`: the entry is left out).
+    fn read(
+        text: &str,
+        named: bool,
+        topic: impl Fn(&str, &dyn Fn(&str) -> Error) -> Result<Option<Topic>>,
+    ) -> Result<Self> {
         let shown: String = text.chars().take(64).collect();
         let bad = |why: String| {
             Error::new(ErrorKind::InvalidCursor, format!("invalid cursor set {shown:?}: {why}"))
@@ -248,6 +322,21 @@ impl CursorSet {
         }
         let Some(body) = text.strip_prefix('@') else {
             return Err(bad("a cursor set starts with '@'".into()));
+        };
+        let body = match (body.strip_prefix(NAMED), named) {
+            (Some(body), true) => body,
+            (None, false) => body,
+            (Some(_), false) => {
+                return Err(bad("this set names its topics (@=…): it resumes a connection that \
+                                named no topic, which follows what its token may read"
+                    .into()));
+            }
+            (None, true) => {
+                return Err(bad("this connection follows what its token may read, and resumes \
+                                from a set that names its topics (@=…), not from one written \
+                                against a request's topic parameters"
+                    .into()));
+            }
         };
         let mut parts = body.split(',');
         let common = match parts.next().unwrap_or_default() {
@@ -259,22 +348,7 @@ impl CursorSet {
             let entry_bad = |why: &str| bad(format!("entry {entry:?}: {why}"));
             let (key, position) =
                 entry.split_once('~').ok_or_else(|| entry_bad("expected KEY~POSITION"))?;
-            let (index, rest) = match key.split_once('*') {
-                Some((index, rest)) => (index, Some(rest)),
-                None => (key, None),
-            };
-            let index: usize = index
-                .parse()
-                .ok()
-                .filter(|i| *i < selectors.len())
-                .ok_or_else(|| entry_bad("the key names no selector of this request"))?;
-            let topic = match (&selectors[index], rest) {
-                (Selector::Topic(topic), None) => topic.clone(),
-                (Selector::Prefix(prefix), Some(rest)) => {
-                    Topic::new(format!("{prefix}{rest}")).map_err(|e| entry_bad(e.message()))?
-                }
-                _ => return Err(entry_bad("the key does not fit its selector")),
-            };
+            let Some(topic) = topic(key, &entry_bad)? else { continue };
             let cursor = if !position.is_empty() && position.bytes().all(|b| b.is_ascii_digit()) {
                 let epoch = common.ok_or_else(|| entry_bad("an offset without an epoch"))?;
                 let offset =
@@ -289,6 +363,42 @@ impl CursorSet {
             set.set(topic, cursor);
         }
         Ok(set)
+    }
+}
+
+/// How a connection's cursor set is written and read: against the selectors its client named,
+/// by index ([`CursorSet::encode`]), or, for a server-decided subscription (the selectors are
+/// what the token may read), by name ([`CursorSet::encode_named`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetKeys {
+    /// Relative to these selectors, as the client named them.
+    Indexed(Vec<Selector>),
+    /// By name; a topic none of these selectors selects is left out when read.
+    Named(Vec<Selector>),
+}
+
+impl SetKeys {
+    /// The selectors.
+    pub fn selectors(&self) -> &[Selector] {
+        match self {
+            SetKeys::Indexed(selectors) | SetKeys::Named(selectors) => selectors,
+        }
+    }
+
+    /// The text of `set`.
+    pub fn encode(&self, set: &CursorSet) -> String {
+        match self {
+            SetKeys::Indexed(selectors) => set.encode(selectors),
+            SetKeys::Named(_) => set.encode_named(),
+        }
+    }
+
+    /// The set `text` writes.
+    pub fn parse(&self, text: &str) -> Result<CursorSet> {
+        match self {
+            SetKeys::Indexed(selectors) => CursorSet::parse(text, selectors),
+            SetKeys::Named(selectors) => CursorSet::parse_named(text, selectors),
+        }
     }
 }
 
@@ -628,6 +738,34 @@ mod tests {
             assert!(err.to_string().contains(why), "{text}: {err}");
         }
         assert!(CursorSet::parse(&format!("@{}", ",".repeat(20_000)), &keys).is_err());
+    }
+
+    #[test]
+    fn named_sets_resume_what_the_selectors_still_select() {
+        let epoch = Epoch::from_u64(0xabc);
+        let mut set = CursorSet::new();
+        for (name, offset) in [("orders:eu", 3), ("ticker", 9), ("42", 1)] {
+            set.set(name.parse().unwrap(), Cursor::After(epoch, Offset(offset)));
+        }
+        let text = set.encode_named();
+        assert_eq!(text, "@=0000000000000abc,orders:eu~3,ticker~9,42~1");
+        let all = selectors(&["orders:*", "ticker", "42"]);
+        assert_eq!(CursorSet::parse_named(&text, &all).unwrap(), set, "any order of selectors");
+        // A token that no longer grants `ticker`, in another order: the rest resume by name.
+        let narrower = selectors(&["42", "orders:*"]);
+        let resumed = CursorSet::parse_named(&text, &narrower).unwrap();
+        assert_eq!(resumed.len(), 2);
+        assert_eq!(resumed.get(&"ticker".parse().unwrap()), None);
+        assert_eq!(resumed.get(&"42".parse().unwrap()), Some(Cursor::After(epoch, Offset(1))));
+        // Each form is read by its own parser only, with an error that says which is which.
+        let indexed = set.encode(&all);
+        let err = CursorSet::parse_named(&indexed, &all).unwrap_err();
+        assert!(err.to_string().contains("names its topics (@=…), not"), "{err}");
+        let err = CursorSet::parse(&text, &all).unwrap_err();
+        assert!(err.to_string().contains("this set names its topics"), "{err}");
+        let err = CursorSet::parse_named("@=0000000000000abc,bad name~1", &all).unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{err}");
+        assert_eq!(CursorSet::parse_named("@=", &all).unwrap(), CursorSet::new());
     }
 
     #[test]

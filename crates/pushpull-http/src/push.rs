@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use pushpull_core::{
-    Broker, Client, Cursor, Delivery, Error, MultiSubscription, Selector, Subscription,
+    Broker, Client, Cursor, Delivery, Error, MultiSubscription, SetKeys, Subscription,
 };
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
@@ -87,13 +87,13 @@ pub fn push_response(
     response
 }
 
-/// What a push response reads: one topic's subscription, or many topics' with the selectors
-/// their resume token is written relative to.
+/// What a push response reads: one topic's subscription, or many topics' with how their
+/// resume token is written.
 pub enum Feed {
     /// One topic.
     One(Subscription),
     /// Many topics.
-    Many(MultiSubscription, Vec<Selector>),
+    Many(MultiSubscription, SetKeys),
 }
 
 impl From<Subscription> for Feed {
@@ -113,7 +113,7 @@ impl Feed {
     fn token(&self) -> Option<String> {
         match self {
             Feed::One(_) => None,
-            Feed::Many(subscription, keys) => Some(subscription.cursors().encode(keys)),
+            Feed::Many(subscription, keys) => Some(keys.encode(subscription.cursors())),
         }
     }
 }
@@ -339,18 +339,17 @@ impl<P: PushTransport> Streams<P> {
 
     async fn stream_many(&self, req: HttpRequest) -> HandlerResult {
         let resume = P::resume(&req)?;
-        let follow = crate::request::follow_request(
+        let (follow, keys) = crate::request::follow_request(
             &req,
             resume.as_deref(),
             Cursor::Latest,
             self.max_topics,
         )?;
-        let keys = follow.keys();
         let broker: Arc<dyn Client> = self.broker.clone();
         let subscription = pushpull_core::follow(broker, follow)
             .await
             .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
-        let token = subscription.cursors().encode(&keys);
+        let token = keys.encode(subscription.cursors());
         let format = P::format(&self.config, &req, Start::Many(&token));
         Ok(push_response(
             Feed::Many(subscription, keys),

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header;
 use http_body_util::BodyExt;
 use pushpull_core::{
-    Cursor, CursorSet, Error, ErrorKind, FollowRequest, Publication, Selector, Topic,
+    Cursor, CursorSet, Error, ErrorKind, FollowRequest, Publication, Selector, SetKeys, Topic,
 };
 
 use crate::grant::{Grant, TopicPattern};
@@ -171,14 +171,16 @@ const MAX_SELECTORS: usize = 1024;
 /// `default` when absent); at most `max_topics` topics.
 ///
 /// A request that names no topic follows what its token may read (the `subscribe` claim's
-/// names and prefixes), as a server-decided subscription; without a token that is a 400.
-/// Each selector needs the right to read it: a prefix, a right that covers the whole prefix.
+/// names and prefixes), as a server-decided subscription; without a token that is a 400. Its
+/// cursor set names its topics (`@=…`), so that a renewed token whose rights differ resumes
+/// what both grant; a request's own selectors are written by index. Each selector needs the
+/// right to read it: a prefix, a right that covers the whole prefix.
 pub fn follow_request(
     request: &HttpRequest,
     resume: Option<&str>,
     default: Cursor,
     max_topics: usize,
-) -> Result<FollowRequest, Error> {
+) -> Result<(FollowRequest, SetKeys), Error> {
     let query = request.uri().query().unwrap_or_default();
     let mut selectors = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -197,24 +199,14 @@ pub fn follow_request(
         selectors.push((name.parse::<Selector>()?, start));
     }
     let grant = Grant::of(request);
-    if selectors.is_empty() {
+    let server_decided = selectors.is_empty();
+    if server_decided {
         let Some(grant) = grant else {
             return Err(Error::bad_request(
                 "name at least one topic: ?topic=NAME or ?topic=PREFIX* (repeatable)",
             ));
         };
-        // Server-decided: what the token may read.
-        for pattern in &grant.subscribe {
-            let selector = match pattern {
-                TopicPattern::Any => Selector::Prefix("".into()),
-                TopicPattern::Prefix(prefix) => format!("{prefix}*").parse()?,
-                TopicPattern::Exact(name) => Selector::Topic(Topic::new(name)?),
-            };
-            selectors.push((selector, None));
-        }
-        if selectors.is_empty() {
-            return Err(Error::new(ErrorKind::Forbidden, "the token grants no topic to read"));
-        }
+        selectors = granted(grant)?.into_iter().map(|selector| (selector, None)).collect();
     }
     if let Some(grant) = grant {
         for (selector, _) in &selectors {
@@ -222,18 +214,38 @@ pub fn follow_request(
         }
     }
     let keys: Vec<Selector> = selectors.iter().map(|(s, _)| s.clone()).collect();
+    let keys = match server_decided {
+        true => SetKeys::Named(keys),
+        false => SetKeys::Indexed(keys),
+    };
     let (resume, default) = match resume {
-        Some(text) if CursorSet::is_set(text) => {
-            (Some(CursorSet::parse(text, &keys)?), Cursor::Latest)
-        }
+        Some(text) if CursorSet::is_set(text) => (Some(keys.parse(text)?), Cursor::Latest),
         Some(text) => (None, text.parse::<Cursor>()?),
         None => (None, default),
     };
-    Ok(FollowRequest {
+    let follow = FollowRequest {
         selectors: selectors.into_iter().map(|(s, start)| (s, start.unwrap_or(default))).collect(),
         resume,
         max_topics,
-    })
+    };
+    Ok((follow, keys))
+}
+
+/// What a server-decided subscription follows: the names and prefixes the token may read (its
+/// `subscribe` claim); a token that may read nothing is refused.
+pub fn granted(grant: &Grant) -> Result<Vec<Selector>, Error> {
+    let mut selectors = Vec::new();
+    for pattern in &grant.subscribe {
+        selectors.push(match pattern {
+            TopicPattern::Any => Selector::Prefix("".into()),
+            TopicPattern::Prefix(prefix) => format!("{prefix}*").parse()?,
+            TopicPattern::Exact(name) => Selector::Topic(Topic::new(name)?),
+        });
+    }
+    if selectors.is_empty() {
+        return Err(Error::new(ErrorKind::Forbidden, "the token grants no topic to read"));
+    }
+    Ok(selectors)
 }
 
 /// Where a request to follow many topics says to start: `after`, else the `Pushpull-Cursor`

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 
 use pushpull_core::{
-    Broker, Cursor, CursorSet, Delivery, EncodingKey, Error, FollowRequest, Selector,
+    Broker, Cursor, CursorSet, Delivery, EncodingKey, Error, FollowRequest, Selector, SetKeys,
     SubscriptionSet, Topic,
 };
 use pushpull_http::{
@@ -287,17 +287,48 @@ struct Session {
     heard: Instant,
 }
 
-/// A subscription on a socket: its topic (or prefix) and its name (`sub`), if the client gave
-/// one.
-type Key = (Selector, Option<String>);
+/// What a subscription on a socket follows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    /// The topic or prefix the client named.
+    Selector(Selector),
+    /// What the socket's token may read (a subscribe without a topic): server-decided.
+    Granted,
+}
 
-/// The name a subscription's frames carry: the one the client gave; for a prefix subscription
-/// without one, the prefix itself (`orders:*`), which no topic name can be.
+impl Target {
+    /// The `topic` field of its frames: none for a server-decided subscription.
+    fn field(&self) -> Option<String> {
+        match self {
+            Target::Selector(selector) => Some(selector.to_string()),
+            Target::Granted => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Selector(selector) => selector.fmt(f),
+            Target::Granted => f.write_str("what the token may read"),
+        }
+    }
+}
+
+/// A subscription on a socket: what it follows and its name (`sub`), if the client gave one.
+type Key = (Target, Option<String>);
+
+/// The name a subscription's frames carry: the one the client gave; without one, a prefix
+/// subscription's prefix (`orders:*`, which no topic name can be), and a server-decided
+/// subscription's [`wire::GRANTED`].
 fn label(key: &Key) -> Option<Cow<'_, str>> {
     match key {
         (_, Some(sub)) => Some(Cow::Borrowed(sub)),
-        (selector @ Selector::Prefix(_), None) => Some(Cow::Owned(selector.to_string())),
-        (Selector::Topic(_), None) => None,
+        (Target::Selector(selector @ Selector::Prefix(_)), None) => {
+            Some(Cow::Owned(selector.to_string()))
+        }
+        (Target::Granted, None) => Some(Cow::Borrowed(wire::GRANTED)),
+        (Target::Selector(Selector::Topic(_)), None) => None,
     }
 }
 
@@ -433,11 +464,30 @@ impl Session {
         let broker = self.server.broker.clone();
         match request {
             Request::Subscribe { id, topic, after, sub } => {
-                let selector: Selector = topic.parse()?;
-                if let Some(grant) = &self.grant {
-                    grant.check_selector(&selector)?;
-                }
-                let key = (selector, sub);
+                let target = match topic {
+                    Some(text) => Target::Selector(text.parse()?),
+                    None => Target::Granted,
+                };
+                // What the subscription follows, as its cursor set is written: a prefix's
+                // against the prefix alone, a server-decided one's by name.
+                let keys = match (&target, &self.grant) {
+                    (Target::Selector(selector), grant) => {
+                        if let Some(grant) = grant {
+                            grant.check_selector(selector)?;
+                        }
+                        SetKeys::Indexed(vec![selector.clone()])
+                    }
+                    (Target::Granted, Some(grant)) => {
+                        SetKeys::Named(pushpull_http::request::granted(grant)?)
+                    }
+                    (Target::Granted, None) => {
+                        return Err(Error::bad_request(
+                            "name a topic or a prefix: a subscription without one follows what \
+                             the socket's token may read, and this socket has no token",
+                        ));
+                    }
+                };
+                let key = (target, sub);
                 if self.subscriptions.contains(&key) {
                     return Err(Error::bad_request(match &key.1 {
                         Some(sub) => format!("already subscribed to {} as {sub:?}", key.0),
@@ -455,7 +505,7 @@ impl Session {
                     )));
                 }
                 let cursor = match &key.0 {
-                    Selector::Topic(topic) => {
+                    Target::Selector(Selector::Topic(topic)) => {
                         let cursor = parse_cursor(after.as_deref(), Cursor::Latest)?;
                         let subscription = broker
                             .subscribe(topic, cursor)
@@ -465,16 +515,19 @@ impl Session {
                         self.subscriptions.insert_as(key.clone(), subscription);
                         cursor
                     }
-                    Selector::Prefix(_) => {
-                        let keys = [key.0.clone()];
+                    Target::Selector(Selector::Prefix(_)) | Target::Granted => {
                         let (start, resume) = match after.as_deref() {
                             Some(set) if CursorSet::is_set(set) => {
-                                (Cursor::Latest, Some(CursorSet::parse(set, &keys)?))
+                                (Cursor::Latest, Some(keys.parse(set)?))
                             }
                             other => (parse_cursor(other, Cursor::Latest)?, None),
                         };
                         let request = FollowRequest {
-                            selectors: vec![(key.0.clone(), start)],
+                            selectors: keys
+                                .selectors()
+                                .iter()
+                                .map(|s| (s.clone(), start))
+                                .collect(),
                             resume,
                             max_topics: self.server.max_topics,
                         };
@@ -482,18 +535,26 @@ impl Session {
                         let subscription = pushpull_core::follow(client, request)
                             .await
                             .inspect_err(|e| metrics::broker_error("subscribe", e))?;
-                        let cursors = subscription.cursors().encode(&keys);
+                        let cursors = keys.encode(subscription.cursors());
                         self.subscriptions.insert_many_as(key.clone(), subscription);
                         cursors
                     }
                 };
                 self.counted.push(self.server.subscribed.hold());
-                let (topic, sub) = key;
-                let topic = topic.to_string();
-                Ok(wire::reply_frame(&Reply::Subscribed { id, topic, sub, cursor }))
+                let reply = Reply::Subscribed {
+                    id,
+                    topic: key.0.field(),
+                    sub: label(&key).map(Cow::into_owned),
+                    cursor,
+                };
+                Ok(wire::reply_frame(&reply))
             }
             Request::Unsubscribe { id, topic, sub } => {
-                let key = (topic.parse::<Selector>()?, sub);
+                let target = match topic {
+                    Some(text) => Target::Selector(text.parse()?),
+                    None => Target::Granted,
+                };
+                let key = (target, sub);
                 if self.subscriptions.remove(&key) {
                     self.counted.pop();
                 } else {
@@ -502,11 +563,10 @@ impl Session {
                         None => format!("not subscribed to {}", key.0),
                     }));
                 }
-                let (topic, sub) = key;
                 Ok(wire::reply_frame(&Reply::Unsubscribed {
                     id: Some(id),
-                    topic: topic.to_string(),
-                    sub,
+                    topic: key.0.field(),
+                    sub: label(&key).map(Cow::into_owned),
                     reason: None,
                 }))
             }
@@ -612,8 +672,9 @@ impl Session {
             }
             Some(Err(error)) => {
                 metrics::broker_error("subscribe", &error);
-                let topic = key.0.to_string();
-                let reply = wire::error_reply(None, Some(&topic), label(&key).as_deref(), &error);
+                let topic = key.0.field();
+                let reply =
+                    wire::error_reply(None, topic.as_deref(), label(&key).as_deref(), &error);
                 within(deadline, socket.feed(ws_message(wire::reply_frame(&reply)))).await?;
                 error.message().to_owned()
             }
@@ -624,7 +685,7 @@ impl Session {
         }
         let ended = Reply::Unsubscribed {
             id: None,
-            topic: key.0.to_string(),
+            topic: key.0.field(),
             sub: label(&key).map(Cow::into_owned),
             reason: Some(reason),
         };

@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 pub const SUBPROTOCOL: &str = "pushpull.v1";
 /// The longest request id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
+/// The name that the frames of an unnamed server-decided subscription carry. A client's names
+/// may not start with `@` or hold a `*`: those are the server's (an unnamed prefix
+/// subscription's frames carry its prefix, `orders:*`).
+pub const GRANTED: &str = "@token";
 
 /// A request from client to server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,8 +38,10 @@ pub enum Request {
     Subscribe {
         /// Request id, echoed in the answer.
         id: String,
-        /// The topic.
-        topic: String,
+        /// The topic, or a prefix (`orders:*`); without one, what the socket's token may read
+        /// (a server-decided subscription).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
         /// `beginning`, `latest` or a cursor.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
@@ -48,8 +54,9 @@ pub enum Request {
     Unsubscribe {
         /// Request id.
         id: String,
-        /// The topic.
-        topic: String,
+        /// The topic or prefix; none for the server-decided subscription.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
         /// The subscription's name, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
@@ -120,13 +127,16 @@ pub enum Reply {
     Subscribed {
         /// The request id.
         id: String,
-        /// The topic, or prefix (`orders:*`).
-        topic: String,
-        /// The subscription's name, if it has one.
+        /// The topic, or prefix (`orders:*`); none for a server-decided subscription.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        /// The subscription's name: the one it was given; without one, a prefix
+        /// subscription's prefix, and a server-decided one's [`GRANTED`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
         /// Where it starts (`latest` and `beginning` resolved); for a prefix, the cursor set
-        /// (`@…`, relative to the prefix alone) of the topics it follows.
+        /// (`@…`, relative to the prefix alone) of the topics it follows; for a server-decided
+        /// subscription, the set that names its topics (`@=…`).
         cursor: String,
     },
     /// A subscription ended: on request (with its id), or because the server ended it
@@ -135,8 +145,9 @@ pub enum Reply {
         /// The request id, when asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        /// The topic, or prefix.
-        topic: String,
+        /// The topic, or prefix; none for a server-decided subscription.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
         /// The subscription's name, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
@@ -372,9 +383,12 @@ fn request(value: serde_json::Value) -> Result<Request, BadRequest> {
     }
     if let Request::Subscribe { sub: Some(sub), .. } | Request::Unsubscribe { sub: Some(sub), .. } =
         &request
-        && (sub.is_empty() || sub.len() > MAX_ID_LEN)
+        && (sub.is_empty() || sub.len() > MAX_ID_LEN || sub.starts_with('@') || sub.contains('*'))
     {
-        return Err(bad(format!("sub must be 1 to {MAX_ID_LEN} bytes")));
+        return Err(bad(format!(
+            "sub must be 1 to {MAX_ID_LEN} bytes, without '*' and not starting with '@' \
+             (those name prefix and server-decided subscriptions)"
+        )));
     }
     Ok(request)
 }
@@ -510,7 +524,8 @@ mod tests {
             ("[1,2]", None, "JSON object"),
             (r#"{"id":"a1"}"#, Some("a1"), "missing field `op`"),
             (r#"{"op":"dance","id":"a2"}"#, Some("a2"), "unknown variant `dance`"),
-            (r#"{"op":"subscribe","id":"a3"}"#, Some("a3"), "missing field `topic`"),
+            (r#"{"op":"subscribe","id":"a3","sub":"*"}"#, Some("a3"), "without '*'"),
+            (r#"{"op":"subscribe","id":"a3","sub":"@token"}"#, Some("a3"), "not starting with '@'"),
             (r#"{"op":"subscribe","topic":"t"}"#, None, "missing field `id`"),
             (r#"{"op":"fetch","id":"a4","topic":"t","limit":"ten"}"#, Some("a4"), "invalid type"),
             (

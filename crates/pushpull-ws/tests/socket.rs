@@ -225,6 +225,13 @@ async fn bad_requests_get_error_frames_and_the_socket_stays_open() {
             "bad_request",
             "not subscribed",
         ),
+        (r#"{"op":"subscribe","id":"r9"}"#, Some("r9"), "bad_request", "has no token"),
+        (
+            r#"{"op":"subscribe","id":"r10","topic":"t","sub":"t*"}"#,
+            Some("r10"),
+            "bad_request",
+            "without '*'",
+        ),
     ];
     for (text, id, kind, says) in cases {
         socket.send(Message::Text(text.into())).await.unwrap();

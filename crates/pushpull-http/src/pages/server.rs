@@ -302,12 +302,12 @@ async fn answer_many(
     let query = query_params(&req);
     let limit = request::limit(&query, config.default_limit, config.max_limit)?;
     let resume = request::resume_text(&req)?;
-    let follow = request::follow_request(&req, resume.as_deref(), Cursor::Beginning, max_topics)?;
+    let (follow, keys) =
+        request::follow_request(&req, resume.as_deref(), Cursor::Beginning, max_topics)?;
     let wait = match hold {
         Some(hold) => wait(&query, hold.max_wait)?,
         None => None,
     };
-    let keys = follow.keys();
     // The page is read by fetching each topic from its start, on any broker; only a page that
     // has to wait subscribes.
     let starts =
@@ -360,7 +360,7 @@ async fn answer_many(
     let body = serde_json::json!({
         "gaps": page.gaps.iter().map(crate::wire::GapJson::from_gap).collect::<Vec<_>>(),
         "messages": page.messages.iter().map(crate::wire::MessageJson::from_message).collect::<Vec<_>>(),
-        "next": cursors.encode(&keys),
+        "next": keys.encode(&cursors),
     });
     let bytes = serde_json::to_vec(&body).expect("a page encodes");
     meter.bytes(bytes.len());

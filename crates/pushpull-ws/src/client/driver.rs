@@ -322,7 +322,7 @@ impl Driver {
                     let (topic, sub) = key;
                     self.outbox.push(text(&Request::Unsubscribe {
                         id,
-                        topic: topic.to_string(),
+                        topic: Some(topic.to_string()),
                         sub,
                     }));
                 }
@@ -380,7 +380,9 @@ impl Driver {
                 }
             }
             Reply::Subscribed { id, topic, sub, cursor } => {
-                let Some(key) = subscription_key(&topic, sub) else { return Step::Continue };
+                let Some(key) = subscription_key(topic.as_deref(), sub) else {
+                    return Step::Continue;
+                };
                 if let Some(follow) = self.subscriptions.get_mut(&key)
                     && follow.waiting.as_ref().is_some_and(|(waiting, _)| *waiting == id)
                     && let Some((_, reply)) = follow.waiting.take()
@@ -407,7 +409,7 @@ impl Driver {
                     ErrorKind::Backend,
                     format!("the server ended the subscription: {reason}"),
                 );
-                if let Some(key) = subscription_key(&topic, sub) {
+                if let Some(key) = subscription_key(topic.as_deref(), sub) {
                     self.end(&key, error.with_transport(NAME)).await;
                 }
             }
@@ -430,7 +432,7 @@ impl Driver {
                     tracing::debug!(topic = %key.0, %error, "resubscribe refused; retrying");
                     self.retry_later(key);
                 } else if let Some(key) =
-                    subscribe.or(topic.and_then(|topic| subscription_key(&topic, sub)))
+                    subscribe.or_else(|| subscription_key(topic.as_deref(), sub))
                 {
                     self.end(&key, error).await;
                 } else if let Some(reply) = id.and_then(|id| self.pending.remove(&id)) {
@@ -452,7 +454,7 @@ impl Driver {
     /// The subscription a pushed frame of `topic` belongs to: by its name, or its topic; a
     /// name ending in `*` is the prefix of an unnamed prefix subscription.
     fn key_of(&self, topic: &pushpull_core::Topic, sub: Option<String>) -> Key {
-        if let Some(key) = sub.as_deref().and_then(|s| subscription_key(s, None))
+        if let Some(key) = subscription_key(sub.as_deref(), None)
             && matches!(key.0, Selector::Prefix(_))
         {
             return key;
@@ -484,10 +486,11 @@ impl Driver {
 }
 
 /// The key of the subscription a reply names: its topic or prefix, and its name (an unnamed
-/// prefix subscription's frames carry the prefix as their name).
-fn subscription_key(topic: &str, sub: Option<String>) -> Option<Key> {
-    let selector: Selector = topic.parse().ok()?;
-    let sub = sub.filter(|name| name != topic || selector.prefix().is_none());
+/// prefix subscription's frames carry the prefix as their name). None for a reply without a
+/// topic: this client makes no server-decided subscriptions.
+fn subscription_key(topic: Option<&str>, sub: Option<String>) -> Option<Key> {
+    let selector: Selector = topic?.parse().ok()?;
+    let sub = sub.filter(|name| Some(name.as_str()) != topic || selector.prefix().is_none());
     Some((selector, sub))
 }
 

@@ -79,7 +79,7 @@ impl Driver {
         follow.paused = false;
         let request = Request::Subscribe {
             id,
-            topic: key.0.to_string(),
+            topic: Some(key.0.to_string()),
             after: Some(follow.position.after()),
             sub: key.1.clone(),
         };
@@ -106,7 +106,7 @@ impl Driver {
                 );
                 self.outbox.push(text(&Request::Unsubscribe {
                     id: "resync".into(),
-                    topic: key.0.to_string(),
+                    topic: Some(key.0.to_string()),
                     sub: key.1.clone(),
                 }));
                 self.subscribe_again(key, "resync-");
@@ -123,7 +123,7 @@ impl Driver {
                 follow.paused = true;
                 self.outbox.push(text(&Request::Unsubscribe {
                     id: "pause".into(),
-                    topic: key.0.to_string(),
+                    topic: Some(key.0.to_string()),
                     sub: key.1.clone(),
                 }));
             }
