@@ -80,9 +80,10 @@ impl Registry {
             .with_allowed_origins(config.http.cors_origins.iter().cloned())
             .with_body_timeout(config.http.body_timeout)
             .with_max_topics(config.http.max_topics_per_connection);
-        // State the broker keeps where every node sees it (webhook endpoints).
-        if let Some(shared) = self.shared_state(config)? {
-            context.extensions.insert(shared);
+        // State the broker keeps where every node sees it (webhook endpoints, revocations).
+        let shared = self.shared_state(config)?;
+        if let Some(shared) = &shared {
+            context.extensions.insert(shared.clone());
         }
         // The page route is the shared API; the transport that configures it (short polling)
         // gives its settings whether or not it is listed as served.
@@ -132,7 +133,15 @@ impl Registry {
             .with_access_log(config.http.access_log);
         #[cfg(feature = "auth")]
         if let Some(auth) = &config.auth {
-            router = router.with_guard(Arc::new(pushpull_auth::AuthLayer::new(auth)?));
+            let layer = pushpull_auth::AuthLayer::new(auth)?;
+            // Revoking: the admin route, and what other nodes revoked, read from the broker.
+            let revocations = layer.revocations().clone();
+            if let Some(shared) = &shared {
+                revocations.follow_shared(shared.clone());
+            }
+            router = router
+                .with(pushpull_http::revocation_routes(revocations, shared.clone()))
+                .with_guard(Arc::new(layer));
         }
         Ok(Built { router, listeners })
     }

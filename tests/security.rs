@@ -573,3 +573,106 @@ async fn a_websocket_subscription_without_a_topic_follows_the_token() {
     publish("ticker", "t2").await;
     assert_eq!(pushed(&next_frame(&mut again).await), "ticker t2 mine");
 }
+
+/// A token with an id (`jti`) and an issue time, for revoking.
+fn token_with_id(subscribe: &[&str], sub: &str, jti: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "jti": jti,
+        "iat": now() - 1,
+        "exp": now() + 600,
+        "pushpull": { "publish": subscribe, "subscribe": subscribe },
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// Revoking a token ends every connection it holds open, on every transport that keeps one
+/// (an event stream, a chunked stream, a held long poll, a WebSocket; a short poll's next
+/// request), and refuses it from then on; another subject's connections go on.
+#[tokio::test]
+async fn a_revoked_token_ends_its_connections_and_is_refused() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let admin = [("authorization", format!("Bearer {}", token(&[], &[], true, 60)))];
+    let leaked = token_with_id(&["rooms:*"], "mallory", "t-leaked");
+    let other = token_with_id(&["rooms:*"], "alice", "t-fine");
+    let topic = Topic::new("rooms:1").unwrap();
+    let mut open = Vec::new();
+    for transport in ["sse", "stream", "longpoll", "poll", "ws"] {
+        let client = client(transport, &url, &ca, BearerToken::fixed(leaked.clone())).await;
+        let subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+        open.push((transport, client, subscription));
+    }
+    let bystander = client("ws", &url, &ca, BearerToken::fixed(other)).await;
+    let mut watching = bystander.subscribe(&topic, Cursor::Latest).await.unwrap();
+
+    // Only an admin revokes, and a revocation names one subject or one token.
+    let reader = [("authorization", format!("Bearer {leaked}"))];
+    let revoke = |body: serde_json::Value, headers: [(&'static str, String); 1]| {
+        let (url, ca) = (url.clone(), &ca);
+        async move { post_json(&url, ca, "/v1/admin/revocations", &body, &headers).await }
+    };
+    let (status, body) = revoke(serde_json::json!({"jti": "t-leaked"}), reader.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = revoke(serde_json::json!({"sub": "a", "jti": "b"}), admin.clone()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("exactly one"), "{body}");
+    let (status, body) = revoke(serde_json::json!({"jti": "t-leaked"}), admin.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body["until"].as_u64().unwrap() > now(), "{body}");
+
+    for (transport, _client, subscription) in &mut open {
+        let end = tokio::time::timeout(LIMIT, subscription.next()).await;
+        let end = end.unwrap_or_else(|_| panic!("{transport}: still open after the revocation"));
+        match end {
+            Some(Err(error)) => {
+                assert_eq!(error.kind(), ErrorKind::Unauthorized, "{transport}: {error}");
+                assert!(error.to_string().contains("revoked"), "{transport}: {error}");
+            }
+            other => panic!("{transport}: ended with {other:?}, not the refusal"),
+        }
+    }
+    let (status, _, body) =
+        request(&url, &ca, http::Method::GET, "/v1/topics/rooms:1/messages", &reader).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("revoked"), "{body}");
+    let (status, _, listed) =
+        request(&url, &ca, http::Method::GET, "/v1/admin/revocations", &admin).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["revocations"][0]["jti"], "t-leaked", "{listed}");
+
+    // The other subject's socket was not touched.
+    let writer = client("poll", &url, &ca, BearerToken::fixed(token(&["*"], &[], false, 60))).await;
+    let receipt = writer.publish(&topic, Publication::new("still here")).await.unwrap();
+    let delivery = tokio::time::timeout(LIMIT, watching.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(delivery.cursor(), receipt.cursor());
+}
+
+/// A JSON `POST` with the test CA trusted.
+async fn post_json(
+    url: &str,
+    ca: &TestCa,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, String)],
+) -> (http::StatusCode, serde_json::Value) {
+    let config = {
+        let mut built = HttpClientConfig::default();
+        built.ca_file = Some(ca.ca_file());
+        built
+    };
+    let client = HttpClient::new(url, "test", config).unwrap();
+    let mut builder =
+        client.request(http::Method::POST, path).header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let body = Full::new(Bytes::from(body.to_string()));
+    let response = client.send(builder.body(body).unwrap(), LIMIT).await.unwrap();
+    let status = response.status();
+    let body = client.read_body(response, LIMIT).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}

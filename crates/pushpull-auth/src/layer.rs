@@ -11,7 +11,6 @@ use http::{HeaderMap, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use pushpull_core::{Error, ErrorKind};
 use pushpull_http::{Cors, EndsAt, Grant, Right};
-use tokio::time::Instant;
 
 use crate::config::AuthConfig;
 use crate::refusal::Refusal;
@@ -34,6 +33,11 @@ impl AuthLayer {
     /// A layer checking tokens with `verifier`.
     pub fn with_verifier(verifier: Arc<Verifier>) -> Self {
         Self { verifier, cors: None }
+    }
+
+    /// The revocations it enforces (for the admin route that adds to them).
+    pub fn revocations(&self) -> &pushpull_http::Revocations {
+        self.verifier.revocations()
     }
 
     /// Lets the browser origins `cors` allows read the refusals (the service inside answers
@@ -59,7 +63,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 /// | `POST /v1/topics/{topic}` | `publish` on the topic (and the token's publish allowance) |
 /// | `GET`/`HEAD /v1/topics/{topic}/…` (pages, events, streams) | `subscribe` on the topic |
 /// | `GET /v1/ws` | any valid token; each operation on the socket is checked by the server |
-/// | `/v1/webhooks…`, `/metrics` | `admin` |
+/// | `/v1/webhooks…`, `/v1/admin/…`, `/metrics` | `admin` |
 /// | `GET /v1/health`, `GET /v1/ready`, `OPTIONS` (CORS preflights), the demo page and the browser client (`/demo`, `/pushpull/…`) | nothing |
 /// | anything else | any valid token |
 ///
@@ -96,7 +100,7 @@ fn need(method: &Method, path: &str) -> Need {
         // The demo page and the browser client are public files; what they do needs tokens.
         ["v1", "health"] | ["v1", "ready"] | ["demo"] | ["pushpull", _] => Need::Nothing,
         ["v1", "ws"] => Need::AnyToken,
-        ["v1", "webhooks", ..] | ["metrics"] => Need::Admin,
+        ["v1", "webhooks", ..] | ["v1", "admin", ..] | ["metrics"] => Need::Admin,
         ["v1", "topics", topic] if method == Method::POST => Need::Publish(decode(topic)),
         ["v1", "topics", topic, _] if method == Method::GET || method == Method::HEAD => {
             Need::Subscribe(decode(topic))
@@ -353,14 +357,14 @@ impl<S> Auth<S> {
         S::Error: Send + 'static,
         ResBody: Send + 'static,
     {
-        let deadline = grant.as_ref().and_then(Grant::deadline);
+        let ending = grant.as_ref().and_then(Grant::ending);
         if let Some(grant) = grant {
             request.extensions_mut().insert(grant);
         }
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
-            Ok(response.map(|body| AuthBody::passed(body, deadline)))
+            Ok(response.map(|body| AuthBody::passed(body, ending)))
         })
     }
 }
@@ -394,8 +398,8 @@ pub struct AuthBody<B> {
 }
 
 impl<B> AuthBody<B> {
-    fn passed(body: B, deadline: Option<Instant>) -> Self {
-        Self { inner: Some(EndsAt::new(body, deadline)), refusal: None }
+    fn passed(body: B, ending: Option<pushpull_http::Ending>) -> Self {
+        Self { inner: Some(EndsAt::new(body, ending)), refusal: None }
     }
 
     fn refused(body: Bytes) -> Self {
@@ -480,6 +484,7 @@ mod tests {
         assert_eq!(need(&Method::GET, "/v1/topics/t/messages"), Need::Subscribe("t".into()));
         assert_eq!(need(&Method::GET, "/v1/ws"), Need::AnyToken);
         assert_eq!(need(&Method::DELETE, "/v1/webhooks/ep_1"), Need::Admin);
+        assert_eq!(need(&Method::POST, "/v1/admin/revocations"), Need::Admin);
         assert_eq!(need(&Method::GET, "/metrics"), Need::Admin);
         assert_eq!(need(&Method::GET, "/v1/health"), Need::Nothing);
         assert_eq!(need(&Method::GET, "/demo"), Need::Nothing);

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pushpull_core::{Error, ErrorKind};
-use pushpull_http::{Grant, RateLimit, TopicPattern};
+use pushpull_http::{Grant, RateLimit, Revocations, TopicPattern};
 use serde::Deserialize;
 
 use crate::config::{AuthConfig, KeyConfig, Rights};
@@ -28,6 +28,8 @@ pub struct Verifier {
     inserted: AtomicUsize,
     pub(crate) cookie: Option<String>,
     pub(crate) query_param: Option<String>,
+    /// The tokens and subjects refused before their expiry.
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -52,6 +54,10 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
     #[serde(default)]
     pushpull: Rights,
 }
@@ -106,6 +112,7 @@ impl Verifier {
             inserted: AtomicUsize::new(0),
             cookie: nonempty(&config.cookie),
             query_param: nonempty(&config.query_param),
+            revocations: Revocations::new(),
         })
     }
 
@@ -146,8 +153,21 @@ impl Verifier {
             token.rsplit('.').next().unwrap_or(token).chars().take(43).collect()
         });
         let rate = self.rate.map(|(rate, burst)| self.allowance(who, rate, burst));
-        grant(&claims.pushpull, claims.sub, expires, rate)
-            .map_err(|e| Refusal::invalid_token(format!("the pushpull claim: {}", e.message())))
+        let mut grant = grant(&claims.pushpull, claims.sub, expires, rate)
+            .map_err(|e| Refusal::invalid_token(format!("the pushpull claim: {}", e.message())))?;
+        grant.token_id = claims.jti;
+        grant.issued_at = claims.iat.map(|iat| UNIX_EPOCH + Duration::from_secs(iat));
+        grant.revocations = Some(self.revocations.clone());
+        if grant.is_revoked() {
+            return Err(Refusal::invalid_token("the token was revoked"));
+        }
+        Ok(grant)
+    }
+
+    /// The revocations this verifier enforces: revoking here refuses the tokens at once and
+    /// ends what they hold open.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Whether `token` names a `kid` that no key has while a key set may be fetched again for
@@ -211,6 +231,7 @@ fn grant(
         admin: rights.admin,
         expires,
         publish_rate,
+        ..Grant::default()
     })
 }
 

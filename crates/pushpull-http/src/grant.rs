@@ -10,6 +10,8 @@ use http::Request;
 use pushpull_core::{Error, ErrorKind, Selector, Topic};
 use tokio::time::Instant;
 
+use crate::revoke::{Ended, Ending, Revocations};
+
 /// A topic pattern: `*` (every topic), a prefix ending in `*` (`orders:*`), or an exact name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicPattern {
@@ -58,10 +60,16 @@ impl fmt::Display for TopicPattern {
 }
 
 /// What one request (or one WebSocket) may do, until when.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Grant {
-    /// Who: the token's subject, for logs.
+    /// Who: the token's subject (`sub`).
     pub subject: Option<String>,
+    /// The token's id (`jti`), if it has one: what revokes this one token.
+    pub token_id: Option<String>,
+    /// When the token was issued (`iat`), if it says.
+    pub issued_at: Option<SystemTime>,
+    /// The revocations the server enforces, which can end these rights before they expire.
+    pub revocations: Option<Revocations>,
     /// Topics it may publish to.
     pub publish: Vec<TopicPattern>,
     /// Topics it may read (subscribe, fetch).
@@ -82,6 +90,7 @@ impl fmt::Debug for Grant {
             .field("subscribe", &self.subscribe)
             .field("admin", &self.admin)
             .field("expires", &self.expires)
+            .field("token_id", &self.token_id)
             .finish()
     }
 }
@@ -128,9 +137,7 @@ impl Grant {
     /// `Ok` if it holds `right` and has not expired; otherwise the error to answer with
     /// (`unauthorized` for an expired token, `forbidden` for a missing right).
     pub fn check(&self, right: Right<'_>) -> Result<(), Error> {
-        if self.is_expired() {
-            return Err(Error::new(ErrorKind::Unauthorized, "the token has expired"));
-        }
+        self.check_live()?;
         if !self.allows(right) {
             return Err(Error::new(
                 ErrorKind::Forbidden,
@@ -158,9 +165,7 @@ impl Grant {
             Selector::Topic(topic) => return self.check(Right::Subscribe(topic.as_str())),
             Selector::Prefix(prefix) => prefix,
         };
-        if self.is_expired() {
-            return Err(Error::new(ErrorKind::Unauthorized, "the token has expired"));
-        }
+        self.check_live()?;
         let covers = |pattern: &TopicPattern| match pattern {
             TopicPattern::Any => true,
             TopicPattern::Prefix(p) => prefix.starts_with(p.as_str()),
@@ -175,6 +180,50 @@ impl Grant {
                 "the token does not grant subscribe:{selector} (a right covering the whole prefix)"
             ),
         ))
+    }
+
+    /// `unauthorized` once the token has expired or was revoked.
+    fn check_live(&self) -> Result<(), Error> {
+        let ended = match () {
+            () if self.is_expired() => Ended::Expired,
+            () if self.is_revoked() => Ended::Revoked,
+            () => return Ok(()),
+        };
+        Err(Error::new(ErrorKind::Unauthorized, ended.message()))
+    }
+
+    /// Whether the token was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revocations.as_ref().is_some_and(|revocations| revocations.covers(self))
+    }
+
+    /// A future that resolves when the rights end, at expiry or on revocation; `None` when
+    /// they never do.
+    pub fn ending(&self) -> Option<Ending> {
+        let deadline = self.deadline();
+        let revoked =
+            self.revocations.as_ref().map(|revocations| revocations.revoked(self.clone()));
+        if deadline.is_none() && revoked.is_none() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let revoked = async {
+                match revoked {
+                    Some(revoked) => revoked.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = expired => Ended::Expired,
+                () = revoked => Ended::Revoked,
+            }
+        }))
     }
 
     /// Whether the rights have ended.
@@ -244,14 +293,7 @@ mod tests {
 
     fn grant(publish: &[&str], subscribe: &[&str]) -> Grant {
         let parse = |list: &[&str]| list.iter().map(|p| TopicPattern::parse(p).unwrap()).collect();
-        Grant {
-            subject: None,
-            publish: parse(publish),
-            subscribe: parse(subscribe),
-            admin: false,
-            expires: None,
-            publish_rate: None,
-        }
+        Grant { publish: parse(publish), subscribe: parse(subscribe), ..Grant::default() }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod push_client;
 mod reopen;
 pub mod request;
 mod response;
+mod revoke;
 mod router;
 mod serve;
 pub mod tls;
@@ -41,6 +42,10 @@ pub use reopen::{reopening, reopening_many};
 pub use response::{
     Body, empty, error_from_response, error_response, full, json, json_error, status_for,
     status_is_retryable,
+};
+pub use revoke::{
+    DEFAULT_LIFETIME, Ended, Ending, REVOCATIONS_PATH, Revocation, Revocations, SHARE_EVERY,
+    revocation_routes,
 };
 pub use router::{
     BoxError, Guard, HandlerResult, HttpRequest, Params, Route, Router, RouterFuture, query_params,

@@ -271,26 +271,22 @@ impl Router {
             Err(refusal) => *refusal,
             Ok(None) => self.route(request).await,
             Ok(Some(grant)) => {
-                let deadline = grant.deadline();
+                // A read (a long poll, an event stream) ends when the token's rights do: it
+                // expires or is revoked. Writes are left to finish, so none is cut half done.
+                let ending = if request.method() == Method::GET { grant.ending() } else { None };
                 request.extensions_mut().insert(grant);
-                match deadline {
+                match ending {
                     None => self.route(request).await,
-                    Some(deadline) => {
-                        // A read held past the token's expiry (a long poll) is answered 401
-                        // then, as an event stream is ended then: the client renews its token
-                        // and asks again. Writes are left to finish, so none is cut half done.
-                        let read = request.method() == Method::GET;
-                        let routed = self.route(request);
-                        let response = if read {
-                            match tokio::time::timeout_at(deadline, routed).await {
-                                Ok(response) => response,
-                                Err(_) => expired_while_held(),
-                            }
-                        } else {
-                            routed.await
+                    Some(mut ending) => {
+                        // A read held past the end (a long poll) is answered 401 then, as an
+                        // event stream is ended then: the client renews its token and asks
+                        // again.
+                        let response = tokio::select! {
+                            response = self.route(request) => response,
+                            why = &mut ending => ended_while_held(why),
                         };
                         response.map(|body| {
-                            crate::ends_at::EndsAt::new(body, Some(deadline)).boxed_unsync()
+                            crate::ends_at::EndsAt::new(body, Some(ending)).boxed_unsync()
                         })
                     }
                 }
@@ -509,19 +505,17 @@ impl Router {
     }
 }
 
-/// `401` for a read whose token expired while it was held, as RFC 6750 answers an expired
-/// token.
-fn expired_while_held() -> Response<Body> {
-    let error = pushpull_core::Error::new(
-        pushpull_core::ErrorKind::Unauthorized,
-        "the token expired while the request was held",
-    );
+/// `401` for a read whose token expired or was revoked while it was held, as RFC 6750 answers
+/// an invalid token.
+fn ended_while_held(why: crate::revoke::Ended) -> Response<Body> {
+    let message = format!("{} while the request was held", why.message());
+    let error = pushpull_core::Error::new(pushpull_core::ErrorKind::Unauthorized, message);
     let mut response = crate::response::error_response(&error);
+    let challenge =
+        format!("Bearer error=\"invalid_token\", error_description=\"{}\"", why.message());
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static(
-            "Bearer error=\"invalid_token\", error_description=\"the token expired\"",
-        ),
+        http::HeaderValue::from_str(&challenge).expect("the challenge is ASCII"),
     );
     response
 }

@@ -337,7 +337,8 @@ enum Event {
     Delivery(Key, Option<Result<Delivery, Error>>),
     Tick,
     Shutdown,
-    Expired,
+    /// The token expired or was revoked.
+    Expired(pushpull_http::Ended),
 }
 
 impl Session {
@@ -357,17 +358,18 @@ impl Session {
         let config = self.server.config.clone();
         let mut ticks =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-        let expiry = self.grant.as_ref().and_then(Grant::deadline);
+        // The token's rights end at its expiry, or when it is revoked.
+        let ending = self.grant.as_ref().and_then(Grant::ending);
         let expired = async move {
-            match expiry {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
+            match ending {
+                Some(ending) => ending.await,
                 None => std::future::pending().await,
             }
         };
         tokio::pin!(expired);
         let ending = loop {
             let event = tokio::select! {
-                () = &mut expired => Event::Expired,
+                why = &mut expired => Event::Expired(why),
                 frame = socket.next() => Event::Frame(frame),
                 (key, delivery) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
                     Event::Delivery(key, delivery)
@@ -395,9 +397,7 @@ impl Session {
                 Event::Shutdown => {
                     Err(Some(Ending::new(close::GOING_AWAY, "the server is shutting down")))
                 }
-                Event::Expired => {
-                    Err(Some(Ending::new(close::TOKEN_EXPIRED, "the token has expired")))
-                }
+                Event::Expired(why) => Err(Some(Ending::new(close::TOKEN_EXPIRED, why.message()))),
             };
             if let Err(ending) = outcome {
                 break ending;

@@ -91,7 +91,11 @@ impl Driver {
         if let (Some(rejected), Some(current)) = (self.rejected.take(), &token)
             && &rejected == current
         {
-            token = self.config.token.renew(&rejected).await?;
+            // Without a source to renew it from, the same token goes again, and the server's
+            // refusal says why (expired, revoked) rather than that no token came.
+            if let Some(renewed) = self.config.token.renew(&rejected).await? {
+                token = Some(renewed);
+            }
         }
         match self.handshake(token.as_deref()).await {
             Err((error, Some(401))) if self.config.token.renews() && token.is_some() => {
