@@ -676,3 +676,96 @@ async fn post_json(
     let body = client.read_body(response, LIMIT).await.unwrap();
     (status, serde_json::from_slice(&body).unwrap_or_default())
 }
+
+/// A token of subject `sub` valid for `ttl` seconds, reading and writing `topics`.
+fn token_of(sub: &str, topics: &[&str], ttl: u64) -> String {
+    let claims = serde_json::json!({
+        "sub": sub, "exp": now() + ttl,
+        "pushpull": { "publish": topics, "subscribe": topics },
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// `refresh` takes a new token in place: checked as at the upgrade, for the same subject, and
+/// granting what the socket follows; the socket then outlives its first token.
+#[tokio::test]
+async fn a_websocket_takes_a_new_token_in_place() {
+    let ca = TestCa::new().unwrap();
+    let (_server, url) = secured(&ca, |_| {}).await;
+    let mut socket = raw_socket(&url, &ca, &token_of("carol", &["rooms:*"], 3)).await;
+    let subscribe = serde_json::json!({"op": "subscribe", "id": "s1", "topic": "rooms:1"});
+    assert_eq!(exchange(&mut socket, subscribe).await["op"], "subscribed");
+    let refresh =
+        |id: &str, token: String| serde_json::json!({"op": "refresh", "id": id, "token": token});
+    let cases = [
+        ("r1", "not a token".to_owned(), "unauthorized", "cannot be read"),
+        ("r2", token_of("dave", &["rooms:*"], 60), "forbidden", "keeps the socket's subject"),
+        (
+            "r3",
+            token_of("carol", &["other:*"], 60),
+            "forbidden",
+            "unsubscribe what it does not grant",
+        ),
+    ];
+    for (id, token, kind, says) in cases {
+        let refused = exchange(&mut socket, refresh(id, token)).await;
+        assert_eq!(
+            (&refused["op"], &refused["id"], &refused["kind"]),
+            (&"error".into(), &id.into(), &kind.into()),
+            "{refused}"
+        );
+        assert!(refused["message"].as_str().unwrap().contains(says), "{refused}");
+    }
+    let refreshed = exchange(&mut socket, refresh("r4", token_of("carol", &["rooms:*"], 60))).await;
+    assert_eq!(refreshed["op"], "refreshed", "{refreshed}");
+    assert!(refreshed["expires"].as_u64().unwrap() > now() + 30, "{refreshed}");
+    // Past the first token's expiry, the socket is open and serving.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let publish =
+        serde_json::json!({"op": "publish", "id": "p1", "topic": "rooms:1", "data": "later"});
+    let mut ops = vec![];
+    let first = exchange(&mut socket, publish).await;
+    ops.push(first["op"].as_str().unwrap().to_owned());
+    ops.push(next_frame(&mut socket).await["op"].as_str().unwrap().to_owned());
+    ops.sort();
+    assert_eq!(ops, ["message", "published"]);
+}
+
+/// Two-second tokens of one subject, counting how many were asked for.
+struct SameSubject {
+    asked: AtomicUsize,
+}
+
+#[pushpull::async_trait]
+impl TokenSource for SameSubject {
+    async fn token(&self, _rejected: Option<&str>) -> Result<String, pushpull::Error> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Ok(token_of("erin", &["ticks"], 2))
+    }
+}
+
+/// The Rust WebSocket client refreshes its token on the socket before it expires: across
+/// several expiries the socket is never reopened, and nothing is missed.
+#[tokio::test]
+async fn the_websocket_client_refreshes_before_expiry_on_one_socket() {
+    let ca = TestCa::new().unwrap();
+    let (server, url) = secured(&ca, |_| {}).await;
+    let source = Arc::new(SameSubject { asked: AtomicUsize::new(0) });
+    let client = client("ws", &url, &ca, BearerToken::from_source(source.clone())).await;
+    let topic = Topic::new("ticks").unwrap();
+    let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let mut sent = Vec::new();
+    for n in 0..12 {
+        sent.push(client.publish(&topic, Publication::new(format!("tick {n}"))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for receipt in &sent {
+        let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap();
+        assert_eq!(delivery.unwrap().unwrap().cursor(), receipt.cursor(), "in order, none missed");
+    }
+    assert!(source.asked.load(Ordering::SeqCst) >= 3, "tokens of two seconds over six");
+    assert_eq!(server.stats().accepted_connections(), 1, "one socket the whole time");
+}

@@ -218,7 +218,11 @@ impl AuthLayer {
                 )));
             }
             Ok(Some((token, _))) => match verifier.verify(&token) {
-                Ok(grant) => (grant, false),
+                Ok(mut grant) => {
+                    // A socket opened with it may take a new token in place, checked so.
+                    grant.checker = Some(self.verifier.clone());
+                    (grant, false)
+                }
                 Err(refusal) => return Verdict::Answer(Stop::Refuse(refusal)),
             },
             Ok(None) => match verifier.anonymous() {

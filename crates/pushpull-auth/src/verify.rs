@@ -208,6 +208,12 @@ impl Verifier {
     }
 }
 
+impl pushpull_http::CheckToken for Verifier {
+    fn check_token(&self, token: &str) -> Result<Grant, Error> {
+        self.verify(token).map_err(|refusal| Error::new(refusal.kind(), refusal.message))
+    }
+}
+
 /// One shard of the publish allowances, by subject.
 type Allowances = HashMap<String, Arc<RateLimit>>;
 

@@ -87,6 +87,11 @@ impl<K: Clone + PartialEq> SubscriptionSet<K> {
         self.entries.iter().any(|(k, _)| k == key)
     }
 
+    /// The keys, in the order the subscriptions were added.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
     /// How many subscriptions the set holds.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -59,6 +59,12 @@ impl fmt::Display for TopicPattern {
     }
 }
 
+/// Checks a token as the auth layer does at a request, and gives its rights.
+pub trait CheckToken: Send + Sync + 'static {
+    /// The rights of `token`, or why it is refused (`unauthorized`: bad, expired, revoked).
+    fn check_token(&self, token: &str) -> Result<Grant, Error>;
+}
+
 /// What one request (or one WebSocket) may do, until when.
 #[derive(Clone, Default)]
 pub struct Grant {
@@ -70,6 +76,9 @@ pub struct Grant {
     pub issued_at: Option<SystemTime>,
     /// The revocations the server enforces, which can end these rights before they expire.
     pub revocations: Option<Revocations>,
+    /// How the server checks a token, for a connection that takes a new one in place (a
+    /// WebSocket's `refresh`); set by the auth layer that made this grant.
+    pub checker: Option<Arc<dyn CheckToken>>,
     /// Topics it may publish to.
     pub publish: Vec<TopicPattern>,
     /// Topics it may read (subscribe, fetch).

@@ -26,7 +26,7 @@ pub use client::{HttpClient, HttpClientConfig, retry_after};
 pub use cors::Cors;
 pub use ends_at::EndsAt;
 pub use gauge::{Gauge, Held};
-pub use grant::{Grant, RateLimit, Right, TopicPattern};
+pub use grant::{CheckToken, Grant, RateLimit, Right, TopicPattern};
 pub use many_client::{ManyQuery, Track};
 pub use pages::{
     Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig,

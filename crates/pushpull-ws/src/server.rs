@@ -285,6 +285,16 @@ struct Session {
     counted: Vec<pushpull_http::Held>,
     bad_frames: u32,
     heard: Instant,
+    /// A refresh replaced the grant since the session last looked.
+    refreshed: bool,
+}
+
+/// What resolves when `grant`'s rights end (never, without one).
+fn ending_of(grant: Option<&Grant>) -> pushpull_http::Ending {
+    match grant.and_then(Grant::ending) {
+        Some(ending) => ending,
+        None => Box::pin(std::future::pending()),
+    }
 }
 
 /// What a subscription on a socket follows.
@@ -351,6 +361,7 @@ impl Session {
             counted: Vec::new(),
             bad_frames: 0,
             heard: Instant::now(),
+            refreshed: false,
         }
     }
 
@@ -358,15 +369,8 @@ impl Session {
         let config = self.server.config.clone();
         let mut ticks =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-        // The token's rights end at its expiry, or when it is revoked.
-        let ending = self.grant.as_ref().and_then(Grant::ending);
-        let expired = async move {
-            match ending {
-                Some(ending) => ending.await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expired);
+        // The token's rights end at its expiry, or when it is revoked; a refresh replaces it.
+        let mut expired = ending_of(self.grant.as_ref());
         let ending = loop {
             let event = tokio::select! {
                 why = &mut expired => Event::Expired(why),
@@ -401,6 +405,9 @@ impl Session {
             };
             if let Err(ending) = outcome {
                 break ending;
+            }
+            if std::mem::take(&mut self.refreshed) {
+                expired = ending_of(self.grant.as_ref());
             }
         };
         let frame = ending
@@ -614,6 +621,15 @@ impl Session {
                 .await?;
                 Ok(wire::reply_frame(&Reply::PublishedMany { id, results }))
             }
+            Request::Refresh { id, token } => {
+                let renewed = self.refresh(&token)?;
+                let expires = renewed
+                    .expires
+                    .map(|at| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+                self.grant = Some(renewed);
+                self.refreshed = true;
+                Ok(wire::reply_frame(&Reply::Refreshed { id, expires }))
+            }
             Request::Fetch { id, topic, after, limit } => {
                 let topic = Topic::new(topic)?;
                 self.may(Right::Subscribe(topic.as_str()))?;
@@ -627,6 +643,55 @@ impl Session {
                 Ok(wire::page_frame(&id, &topic, &page))
             }
         }
+    }
+
+    /// The rights of `token`, which is to replace the socket's: checked as at the upgrade, for
+    /// the same subject, granting what every subscription of the socket reads.
+    fn refresh(&self, token: &str) -> Result<Grant, Error> {
+        let Some(current) = &self.grant else {
+            return Err(Error::bad_request(
+                "this server checks no tokens: there is no token to refresh",
+            ));
+        };
+        let Some(checker) = &current.checker else {
+            return Err(Error::bad_request(
+                "this socket was opened without a token: open one with a token to refresh it",
+            ));
+        };
+        let mut renewed = checker.check_token(token)?;
+        // The next refresh is checked the same way.
+        renewed.checker.get_or_insert_with(|| checker.clone());
+        if renewed.subject != current.subject {
+            return Err(Error::new(
+                pushpull_core::ErrorKind::Forbidden,
+                format!(
+                    "a refresh keeps the socket's subject ({}); the new token is for {}",
+                    current.subject.as_deref().unwrap_or("none"),
+                    renewed.subject.as_deref().unwrap_or("none"),
+                ),
+            ));
+        }
+        for (target, _) in self.subscriptions.keys() {
+            let kept = match target {
+                Target::Selector(selector) => renewed.check_selector(selector),
+                Target::Granted if renewed.subscribe == current.subscribe => Ok(()),
+                Target::Granted => Err(Error::new(
+                    pushpull_core::ErrorKind::Forbidden,
+                    "the subscription without a topic follows the old token's rights, and the \
+                     new token's differ",
+                )),
+            };
+            kept.map_err(|error| {
+                Error::new(
+                    error.kind(),
+                    format!(
+                        "{}; unsubscribe what it does not grant before refreshing",
+                        error.message()
+                    ),
+                )
+            })?;
+        }
+        Ok(renewed)
     }
 
     /// Whether the socket's token grants `right` (always, when the server checks no tokens).

@@ -91,6 +91,15 @@ pub enum Request {
         /// The publications, as in the HTTP API's batch (`data` or `data_base64`).
         publications: Vec<PublicationJson>,
     },
+    /// Take a new token in place, before the socket's token expires: checked as at the
+    /// upgrade, for the same subject, granting every subscription the socket holds; the
+    /// socket's rights and expiry become the new token's.
+    Refresh {
+        /// Request id.
+        id: String,
+        /// The new token.
+        token: String,
+    },
     /// Read a page.
     Fetch {
         /// Request id.
@@ -114,6 +123,7 @@ impl Request {
             | Request::Unsubscribe { id, .. }
             | Request::Publish { id, .. }
             | Request::PublishMany { id, .. }
+            | Request::Refresh { id, .. }
             | Request::Fetch { id, .. } => id,
         }
     }
@@ -169,6 +179,14 @@ pub enum Reply {
         id: String,
         /// Each publication's receipt, or its error (`{"error":{"kind","message"}}`).
         results: Vec<BatchResultJson>,
+    },
+    /// The socket took the new token.
+    Refreshed {
+        /// The request id.
+        id: String,
+        /// When the new token expires (seconds since the epoch), if it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires: Option<u64>,
     },
     /// A page of messages.
     Page {

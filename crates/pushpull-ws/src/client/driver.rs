@@ -43,6 +43,25 @@ pub(super) struct Driver {
     pub(super) outbox: Vec<Frame>,
     /// Numbers the driver's own request ids and subscription names.
     pub(super) counter: u64,
+    /// The token the socket holds now, and when to refresh it in place (a little before it
+    /// expires), when the client has a source of new tokens.
+    pub(super) held: Option<String>,
+    pub(super) refresh_at: Option<Instant>,
+    /// A `refresh` sent and not yet answered: its id and the token it carries.
+    pub(super) refreshing: Option<(String, String)>,
+}
+
+/// When to refresh `token` in place: before it expires by a fifth of what is left, at most 30
+/// seconds; `None` for a token that is not a JWT with an `exp`.
+fn refresh_time(token: &str) -> Option<Instant> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
+    let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let lead = (left / 5).min(Duration::from_secs(30));
+    Some(Instant::now() + (left - lead))
 }
 
 pub(super) enum Step {
@@ -97,17 +116,45 @@ impl Driver {
                 token = Some(renewed);
             }
         }
-        match self.handshake(token.as_deref()).await {
+        let socket = match self.handshake(token.as_deref()).await {
             Err((error, Some(401))) if self.config.token.renews() && token.is_some() => {
-                let refused = token.unwrap_or_default();
+                let refused = token.clone().unwrap_or_default();
                 match self.config.token.renew(&refused).await? {
                     Some(renewed) if renewed != refused => {
-                        self.handshake(Some(&renewed)).await.map_err(|(error, _)| error)
+                        let socket = self.handshake(Some(&renewed)).await;
+                        token = Some(renewed);
+                        socket.map_err(|(error, _)| error)
                     }
                     _ => Err(error),
                 }
             }
             other => other.map_err(|(error, _)| error),
+        }?;
+        self.hold(token);
+        Ok(socket)
+    }
+
+    /// Keeps the token the socket holds now, and when to refresh it, if a source can.
+    fn hold(&mut self, token: Option<String>) {
+        self.refreshing = None;
+        self.refresh_at =
+            token.as_deref().filter(|_| self.config.token.renews()).and_then(refresh_time);
+        self.held = token;
+    }
+
+    /// Asks the token source for the next token and sends it in a `refresh`; without a new
+    /// one, the socket runs until the server closes it at expiry and reconnects then.
+    async fn refresh(&mut self) {
+        self.refresh_at = None;
+        let Some(current) = self.held.clone() else { return };
+        match self.config.token.renew(&current).await {
+            Ok(Some(token)) if token != current => {
+                let id = self.next_id("refresh-");
+                self.outbox.push(text(&Request::Refresh { id: id.clone(), token: token.clone() }));
+                self.refreshing = Some((id, token));
+            }
+            Ok(_) => tracing::debug!("no new token to refresh the socket with"),
+            Err(error) => tracing::debug!(%error, "the token source failed; not refreshing"),
         }
     }
 
@@ -247,9 +294,14 @@ impl Driver {
                 other => return other,
             }
             let paused = self.subscriptions.values().any(|f| f.paused);
+            let refresh_at = self.refresh_at;
             step = tokio::select! {
                 _ = catch_up.tick(), if paused => {
                     self.resume_caught_up();
+                    Step::Continue
+                }
+                () = sleep_until_some(refresh_at), if refresh_at.is_some() => {
+                    self.refresh().await;
                     Step::Continue
                 }
                 command = self.commands.recv() => match command {
@@ -369,6 +421,22 @@ impl Driver {
             return Step::Continue;
         }
         match reply {
+            Reply::Refreshed { id, .. } => {
+                if let Some((_, token)) =
+                    self.refreshing.take_if(|(refreshing, _)| *refreshing == id)
+                {
+                    tracing::debug!("the socket took the new token");
+                    self.hold(Some(token));
+                }
+            }
+            Reply::Error { id: Some(id), message, .. }
+                if self.refreshing.as_ref().is_some_and(|(refreshing, _)| *refreshing == id) =>
+            {
+                // The socket keeps its token until the server closes it at expiry; the
+                // reconnect then asks for a token again.
+                tracing::debug!(%message, "the server refused the refresh");
+                self.refreshing = None;
+            }
             Reply::Message(pushed) => {
                 let key = self.key_of(&pushed.item.topic, pushed.sub);
                 match wire::message_of(pushed.item, payload) {
@@ -496,6 +564,14 @@ fn subscription_key(topic: Option<&str>, sub: Option<String>) -> Option<Key> {
     let selector: Selector = topic?.parse().ok()?;
     let sub = sub.filter(|name| Some(name.as_str()) != topic || selector.prefix().is_none());
     Some((selector, sub))
+}
+
+/// Sleeps until `at` (forever with `None`).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn send(socket: &mut Socket, frame: Frame) -> Result<(), ()> {

@@ -106,6 +106,9 @@ impl WsClient {
             last_error: None,
             outbox: Vec::new(),
             counter: 0,
+            held: None,
+            refresh_at: None,
+            refreshing: None,
         };
         tokio::spawn(driver.run());
         Ok(Self { shared: Arc::new(Shared { commands, config, next_id: AtomicU64::new(1) }) })
