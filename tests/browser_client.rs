@@ -129,6 +129,10 @@ async fn the_browser_client_works_over_every_transport() {
     }
     plan.push(json!({ "name": "auto", "case": "auto", "args": { "url": url(&no_ws) } }));
     plan.push(json!({
+        "name": "refresh", "case": "refresh",
+        "args": { "url": url(&secured), "transport": "ws", "topic": "js.refresh", "secret": SECRET },
+    }));
+    plan.push(json!({
         "name": "eventSourceMany", "case": "eventSourceMany", "args": { "url": via_proxy },
     }));
 
@@ -232,6 +236,12 @@ async fn the_browser_client_works_over_every_transport() {
         assert_eq!(token["refusal"]["kind"], "forbidden", "{transport}: {token}");
         assert_eq!(token["refusal"]["retryable"], false, "{transport}");
     }
+
+    // The WebSocket client took each new token on its one socket, before the last expired.
+    let refresh = value("refresh");
+    assert_eq!(refresh["offsets"], refresh["sent"], "every message, in order: {refresh}");
+    assert!(refresh["asked"].as_u64().unwrap() >= 3, "tokens of four seconds over nine: {refresh}");
+    assert_eq!(refresh["sockets"], 1, "one socket the whole time: {refresh}");
 
     let stock = value("eventSourceMany");
     assert_eq!(stock["total"], 80, "a stock EventSource got each event once: {stock}");

@@ -695,7 +695,7 @@ fn token_of(sub: &str, topics: &[&str], ttl: u64) -> String {
 async fn a_websocket_takes_a_new_token_in_place() {
     let ca = TestCa::new().unwrap();
     let (_server, url) = secured(&ca, |_| {}).await;
-    let mut socket = raw_socket(&url, &ca, &token_of("carol", &["rooms:*"], 3)).await;
+    let mut socket = raw_socket(&url, &ca, &token_of("carol", &["rooms:*"], 5)).await;
     let subscribe = serde_json::json!({"op": "subscribe", "id": "s1", "topic": "rooms:1"});
     assert_eq!(exchange(&mut socket, subscribe).await["op"], "subscribed");
     let refresh =
@@ -723,7 +723,7 @@ async fn a_websocket_takes_a_new_token_in_place() {
     assert_eq!(refreshed["op"], "refreshed", "{refreshed}");
     assert!(refreshed["expires"].as_u64().unwrap() > now() + 30, "{refreshed}");
     // Past the first token's expiry, the socket is open and serving.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let publish =
         serde_json::json!({"op": "publish", "id": "p1", "topic": "rooms:1", "data": "later"});
     let mut ops = vec![];
@@ -734,7 +734,7 @@ async fn a_websocket_takes_a_new_token_in_place() {
     assert_eq!(ops, ["message", "published"]);
 }
 
-/// Two-second tokens of one subject, counting how many were asked for.
+/// Four-second tokens of one subject, counting how many were asked for.
 struct SameSubject {
     asked: AtomicUsize,
 }
@@ -743,7 +743,7 @@ struct SameSubject {
 impl TokenSource for SameSubject {
     async fn token(&self, _rejected: Option<&str>) -> Result<String, pushpull::Error> {
         self.asked.fetch_add(1, Ordering::SeqCst);
-        Ok(token_of("erin", &["ticks"], 2))
+        Ok(token_of("erin", &["ticks"], 4))
     }
 }
 
@@ -758,7 +758,7 @@ async fn the_websocket_client_refreshes_before_expiry_on_one_socket() {
     let topic = Topic::new("ticks").unwrap();
     let mut subscription = client.subscribe(&topic, Cursor::Latest).await.unwrap();
     let mut sent = Vec::new();
-    for n in 0..12 {
+    for n in 0..18 {
         sent.push(client.publish(&topic, Publication::new(format!("tick {n}"))).await.unwrap());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -766,6 +766,6 @@ async fn the_websocket_client_refreshes_before_expiry_on_one_socket() {
         let delivery = tokio::time::timeout(LIMIT, subscription.next()).await.unwrap();
         assert_eq!(delivery.unwrap().unwrap().cursor(), receipt.cursor(), "in order, none missed");
     }
-    assert!(source.asked.load(Ordering::SeqCst) >= 3, "tokens of two seconds over six");
+    assert!(source.asked.load(Ordering::SeqCst) >= 3, "tokens of four seconds over nine");
     assert_eq!(server.stats().accepted_connections(), 1, "one socket the whole time");
 }

@@ -299,6 +299,17 @@ class Tokens {
  * What a client has cost so far: HTTP requests (a WebSocket upgrade is one), body and frame
  * bytes received and sent (headers are not visible to a page), and messages delivered.
  */
+/** The `exp` claim of a JWT (seconds since the epoch), or undefined for anything else. */
+function jwtExpiry(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, '='))).exp;
+    return Number.isFinite(exp) ? exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function newStats() {
   return { requests: 0, bytesIn: 0, bytesOut: 0, messages: 0 };
 }
@@ -1141,10 +1152,12 @@ class WsClient {
     socket.binaryType = 'arraybuffer';
     this.socket = socket;
     let opened = false;
+    const token = this.tokens.current;
     socket.onopen = () => {
       opened = true;
       this.refused = false;
       this.attempt = 0;
+      this.scheduleRefresh(socket, token);
       for (const entry of this.subs.values()) this.sendSubscribe(entry);
       for (const [, request] of this.pending) this.send(request.frame);
     };
@@ -1154,6 +1167,7 @@ class WsClient {
     };
     socket.onclose = (event) => {
       if (this.socket === socket) this.socket = undefined;
+      clearTimeout(this.refreshTimer);
       if (this.closed) return;
       let error;
       if (event.code === 4401) {
@@ -1168,6 +1182,31 @@ class WsClient {
           : 'the WebSocket upgrade failed', { status: event.code, retryable: true, transport: 'ws' });
       this.dropped(error, opened);
     };
+  }
+
+  /**
+   * Takes the next token on `socket` before `token` expires (half its remaining lifetime
+   * before, at most 30 s), when the hook can give one and the token is a JWT with `exp`: long
+   * sessions keep their socket. A refused refresh changes nothing; the server closes at expiry
+   * (4401) and the socket is opened again with a new token.
+   */
+  scheduleRefresh(socket, token) {
+    clearTimeout(this.refreshTimer);
+    const exp = this.tokens.hook && token ? jwtExpiry(token) : undefined;
+    if (exp === undefined) return;
+    const left = Math.max(0, exp * 1000 - Date.now());
+    const lead = Math.min(30000, left / 2);
+    this.refreshTimer = setTimeout(async () => {
+      if (this.socket !== socket || this.closed) return;
+      const next = await this.tokens.renew(token);
+      if (!next || next === token || this.socket !== socket) return;
+      try {
+        await this.request({ op: 'refresh', token: next });
+        this.scheduleRefresh(socket, next);
+      } catch {
+        // The old token stays until the server closes the socket at its expiry.
+      }
+    }, left - lead);
   }
 
   /** The socket is gone: every subscription waits for the next one, which resumes them. */
@@ -1290,6 +1329,11 @@ class WsClient {
         this.pending.delete(header.id);
         return request?.resolve(pageFromJson(header, payload));
       }
+      case 'refreshed': {
+        const request = this.pending.get(header.id);
+        this.pending.delete(header.id);
+        return request?.resolve({ expires: header.expires });
+      }
       default:
     }
   }
@@ -1332,6 +1376,7 @@ class WsClient {
 
   close() {
     this.closed = true;
+    clearTimeout(this.refreshTimer);
     for (const entry of [...this.subs.values()]) entry.sub.close();
     for (const [, request] of this.pending) request.reject(new PushpullError('closed', 'the client was closed', { transport: 'ws' }));
     this.pending.clear();

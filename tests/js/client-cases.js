@@ -296,6 +296,40 @@ window.cases = {
     };
   },
 
+  /**
+   * Four-second tokens of one subject, signed here (HS256, WebCrypto): the WebSocket client
+   * refreshes each on its socket before it expires, so one socket carries the whole run.
+   */
+  async refresh(args) {
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(args.secret),
+      { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+    const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+      .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+    const json = (value) => base64url(new TextEncoder().encode(JSON.stringify(value)));
+    let asked = 0;
+    const hook = async () => {
+      asked += 1;
+      const claims = { sub: 'page', exp: Math.floor(Date.now() / 1000) + 4,
+        pushpull: { publish: [args.topic], subscribe: [args.topic] } };
+      const signed = `${json({ alg: 'HS256', typ: 'JWT', kid: 'k1' })}.${json(claims)}`;
+      const mac = await crypto.subtle.sign('HMAC', key, new TextEncoder().encode(signed));
+      return `${signed}.${base64url(mac)}`;
+    };
+    const c = await client({ ...args, options: { token: hook } });
+    const sub = c.subscribe(args.topic, { after: 'latest' });
+    await within(sub.opened, 'the subscription to open');
+    const sent = [];
+    for (let n = 0; n < 18; n += 1) {
+      sent.push((await c.publish(args.topic, `tick ${n}`)).offset);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    const got = await collect(sub, sent.length);
+    sub.close();
+    const sockets = c.stats.requests;
+    c.close();
+    return { sent, offsets: got.map((d) => d.offset), asked, sockets };
+  },
+
   /** The token hook: the first token is refused (expired); the renewed one works. */
   async token(args) {
     const asked = [];

@@ -51,8 +51,9 @@ pub(super) struct Driver {
     pub(super) refreshing: Option<(String, String)>,
 }
 
-/// When to refresh `token` in place: before it expires by a fifth of what is left, at most 30
-/// seconds; `None` for a token that is not a JWT with an `exp`.
+/// When to refresh `token` in place: before it expires by half of what is left, at most 30
+/// seconds (a short token gets its half for the round trip); `None` for a token that is not a
+/// JWT with an `exp`.
 fn refresh_time(token: &str) -> Option<Instant> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
@@ -60,7 +61,7 @@ fn refresh_time(token: &str) -> Option<Instant> {
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?);
     let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-    let lead = (left / 5).min(Duration::from_secs(30));
+    let lead = (left / 2).min(Duration::from_secs(30));
     Some(Instant::now() + (left - lead))
 }
 
