@@ -443,3 +443,21 @@ async fn websocket_upgrades_from_other_origins_are_refused() {
     assert_eq!(refused.status, 403, "{}", String::from_utf8_lossy(&refused.body));
     assert_eq!(refused.error_kind(), "forbidden");
 }
+
+/// A publish receipt says how many subscriptions followed the topic then: an application can
+/// tell that nobody was listening. Two event streams open: 2; a topic nobody reads: 0.
+#[tokio::test]
+async fn receipts_say_how_many_were_listening() {
+    let running = server(ServerConfig::default()).await;
+    let addr = running.local_addr();
+    let config = pushpull::ClientConfig::new("sse", format!("http://{addr}"));
+    let client = pushpull::connect(&config).await.unwrap();
+    let topic = pushpull::Topic::new("watched").unwrap();
+    let _one = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let _two = client.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let receipt = client.publish(&topic, pushpull::Publication::new("hi")).await.unwrap();
+    assert_eq!(receipt.subscribers, Some(2), "two streams follow it");
+    let reply = post(addr, "/v1/topics/unread", "", b"x").await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.json()["subscribers"], 0, "nobody was listening");
+}

@@ -336,14 +336,21 @@ impl TopicLog {
             state.keyed.push_back((offset.0, key));
         }
         let message = publication.into_message(self.topic.clone(), epoch, offset);
-        let receipt =
-            Receipt { topic: message.topic.clone(), epoch, offset, timestamp: message.timestamp };
+        let mut receipt = Receipt {
+            topic: message.topic.clone(),
+            epoch,
+            offset,
+            timestamp: message.timestamp,
+            subscribers: None,
+        };
         state.bytes += message.payload.len();
         state.entries.push_back(message);
         state.next += 1;
         state.evict(retention, SystemTime::now());
         drop(state);
         self.tail.send_replace(offset.0);
+        // Every subscription to the topic holds a receiver of its tail.
+        receipt.subscribers = Some(self.tail.receiver_count() as u64);
         receipt
     }
 
@@ -444,6 +451,7 @@ impl LogState {
             epoch,
             offset: message.offset,
             timestamp: message.timestamp,
+            subscribers: None,
         })
     }
 

@@ -296,6 +296,11 @@ pub struct Receipt {
     pub offset: Offset,
     /// When the broker accepted it.
     pub timestamp: SystemTime,
+    /// How many subscriptions followed the topic when it was published (streams, sockets,
+    /// held long polls, webhook endpoints; not short polls), where the broker knows: the
+    /// memory broker exactly; `None` from a broker shared by several nodes, and for a retried
+    /// publish answered with its first receipt. `Some(0)`: nobody was listening.
+    pub subscribers: Option<u64>,
 }
 
 impl Receipt {

@@ -94,3 +94,24 @@ async fn a_full_table_releases_idle_unread_topics_and_a_returning_reader_gets_an
         other => panic!("expected the gap of the released messages, got {other:?}"),
     }
 }
+
+/// A receipt says how many subscriptions followed the topic when it was published, those that
+/// subscribed before the topic existed included; a retried publish answered with its first
+/// receipt does not say.
+#[tokio::test]
+async fn receipts_count_the_subscriptions_of_their_topic() {
+    let broker = MemoryBroker::new();
+    let topic = Topic::new("counted").unwrap();
+    let alone = broker.publish(&Topic::new("alone").unwrap(), Publication::new("x")).await;
+    assert_eq!(alone.unwrap().subscribers, Some(0), "nobody was listening");
+    let early = broker.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let first = broker.publish(&topic, Publication::new("1")).await.unwrap();
+    assert_eq!(first.subscribers, Some(1), "a subscription from before the topic existed");
+    let late = broker.subscribe(&topic, Cursor::Beginning).await.unwrap();
+    let keyed = Publication::new("2").idempotency_key("k");
+    assert_eq!(broker.publish(&topic, keyed.clone()).await.unwrap().subscribers, Some(2));
+    assert_eq!(broker.publish(&topic, keyed).await.unwrap().subscribers, None, "a replay");
+    drop((early, late));
+    let after = broker.publish(&topic, Publication::new("3")).await.unwrap();
+    assert_eq!(after.subscribers, Some(0), "dropped subscriptions are not counted");
+}

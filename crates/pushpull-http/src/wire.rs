@@ -260,6 +260,9 @@ pub struct ReceiptJson {
     pub offset: u64,
     /// Milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// Subscriptions following the topic when it was published, where the broker knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<u64>,
 }
 
 impl ReceiptJson {
@@ -270,6 +273,7 @@ impl ReceiptJson {
             cursor: receipt.cursor(),
             offset: receipt.offset.0,
             timestamp: millis_since_unix_epoch(receipt.timestamp),
+            subscribers: receipt.subscribers,
         }
     }
 }
@@ -289,6 +293,7 @@ pub fn decode_receipt(body: &[u8]) -> Result<Receipt, Error> {
             epoch,
             offset,
             timestamp: time_from_millis(json.timestamp),
+            subscribers: json.subscribers,
         }),
         other => {
             Err(protocol(format!("receipt cursor {other} does not match offset {}", json.offset)))

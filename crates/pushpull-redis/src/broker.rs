@@ -279,6 +279,8 @@ impl Publish for RedisBroker {
             epoch: epoch.parse().map_err(|_| protocol("an epoch"))?,
             offset: Offset(offset),
             timestamp: time_from_millis(millis),
+            // Subscribers are spread over the nodes: no one node can count them.
+            subscribers: None,
         })
     }
 }

@@ -140,6 +140,7 @@ impl WireReceipt {
             epoch,
             offset,
             timestamp: time_from_millis(self.timestamp),
+            subscribers: None,
         })
     }
 }
