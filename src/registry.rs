@@ -104,7 +104,13 @@ impl Registry {
     /// background tasks: Redis's wake-up listener).
     pub fn broker(&self, config: &crate::ServerConfig) -> Result<Arc<dyn Broker>, Error> {
         let factory = self.broker_factory(&config.broker)?;
-        factory.open(config.broker.settings()).map_err(in_broker)
+        let rules = pushpull_core::TopicRules::new(&config.topics)?;
+        let broker = factory.open(config.broker.settings(), rules.clone()).map_err(in_broker)?;
+        if rules.is_empty() {
+            return Ok(broker);
+        }
+        // What applies above the logs: each family's payload limit, publish rate, history.
+        Ok(Arc::new(pushpull_core::RuledBroker::new(broker, rules)))
     }
 
     /// Where the broker `config` asks for keeps state every node sees, if anywhere.
@@ -303,7 +309,11 @@ trait BrokerFactory: Send + Sync {
     fn name(&self) -> &'static str;
     fn defaults(&self) -> toml::Table;
     fn check(&self, settings: &toml::Table) -> Result<(), Error>;
-    fn open(&self, settings: &toml::Table) -> Result<Arc<dyn Broker>, Error>;
+    fn open(
+        &self,
+        settings: &toml::Table,
+        rules: pushpull_core::TopicRules,
+    ) -> Result<Arc<dyn Broker>, Error>;
     fn shared_state(&self, settings: &toml::Table) -> Result<Option<Arc<dyn SharedState>>, Error>;
 }
 
@@ -329,8 +339,12 @@ impl<B: OpenBroker> BrokerFactory for BrokerOf<B> {
         B::check(&Self::config(settings)?)
     }
 
-    fn open(&self, settings: &toml::Table) -> Result<Arc<dyn Broker>, Error> {
-        B::open(Self::config(settings)?)
+    fn open(
+        &self,
+        settings: &toml::Table,
+        rules: pushpull_core::TopicRules,
+    ) -> Result<Arc<dyn Broker>, Error> {
+        B::open_with_rules(Self::config(settings)?, rules)
     }
 
     fn shared_state(&self, settings: &toml::Table) -> Result<Option<Arc<dyn SharedState>>, Error> {
@@ -341,7 +355,8 @@ impl<B: OpenBroker> BrokerFactory for BrokerOf<B> {
 /// A broker's error about its settings, naming the key within `[broker]`; other errors (a
 /// broker that cannot start) as they are.
 fn in_broker(error: Error) -> Error {
-    if error.kind() == ErrorKind::Config {
+    // A `[[topics]]` entry the broker refused names itself.
+    if error.kind() == ErrorKind::Config && !error.message().starts_with("topics[") {
         Error::new(ErrorKind::Config, format!("broker.{}", error.message()))
     } else {
         error

@@ -55,6 +55,10 @@ pub struct ServerConfig {
     /// (one object a line, for a log pipeline). An application that embeds the server logs
     /// its own way and ignores it.
     pub log_format: LogFormat,
+    /// `[[topics]]`: rules per family of topics (retention, `max_payload`, publish rate,
+    /// history), each for a pattern (`chat:*`); the longest matching pattern wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<pushpull_core::TopicRule>,
 }
 
 /// `log_format`: how the `pushpull` command writes its log.
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             auth: None,
             transports: TransportsConfig::default(),
             log_format: LogFormat::Text,
+            topics: Vec::new(),
         }
     }
 }
@@ -490,9 +495,8 @@ impl ServerConfig {
                 "auth: not in this build; enable the cargo feature \"auth\" of pushpull".into(),
             ));
         }
-        let config: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| config_error(e.to_string().trim().to_owned()))?;
+        // Errors name the key's path (`topics[2].retention.max_age: …`).
+        let config: Self = from_table(table).map_err(config_error)?;
         config.validate_with(registry)?;
         Ok(config)
     }
@@ -508,6 +512,7 @@ impl ServerConfig {
     /// that brings a built-in one in).
     pub fn validate_with(&self, registry: &Registry) -> Result<(), Error> {
         registry.check_broker(&self.broker)?;
+        pushpull_core::TopicRules::new(&self.topics)?;
         if !cfg!(feature = "demo") && self.http.demo == crate::Demo::On {
             return Err(config_error(
                 "http.demo: the demo is not in this build; enable the cargo feature \"demo\" of \

@@ -14,6 +14,7 @@ use crate::many::{Directory, Listing};
 use crate::message::{
     Capabilities, Delivery, Gap, GapReason, Message, OffsetRange, Page, Publication, Receipt,
 };
+use crate::rules::TopicRules;
 use crate::topic::Topic;
 use crate::traits::{Client, Fetch, Publish, Subscribe, Subscription};
 
@@ -135,6 +136,8 @@ pub struct MemoryBroker {
 struct Shared {
     epoch: Epoch,
     config: MemoryConfig,
+    /// What each family of topics keeps, over `config.retention`.
+    rules: TopicRules,
     /// What `TopicLog::touched` counts from.
     started: Instant,
     topics: RwLock<HashMap<Topic, Arc<TopicLog>>>,
@@ -151,6 +154,8 @@ struct Shared {
 
 struct TopicLog {
     topic: Topic,
+    /// What it keeps (its rule's, resolved when it was created).
+    retention: Retention,
     /// When it was last published to or fetched from, in milliseconds since the broker began.
     touched: AtomicU64,
     state: RwLock<LogState>,
@@ -189,9 +194,17 @@ impl MemoryBroker {
 
     /// A broker with the given limits.
     pub fn with_config(config: MemoryConfig) -> Result<Self> {
+        Self::with_rules(config, TopicRules::default())
+    }
+
+    /// A broker with the given limits, each topic keeping what its rule (a `[[topics]]`
+    /// entry) says, resolved when the topic gets its log.
+    pub fn with_rules(config: MemoryConfig, rules: TopicRules) -> Result<Self> {
         config.validate()?;
+        rules.check(&config.retention, config.max_payload)?;
         let shared = Shared {
             epoch: Epoch::random(),
+            rules,
             config,
             started: Instant::now(),
             topics: RwLock::new(HashMap::new()),
@@ -286,7 +299,8 @@ impl MemoryBroker {
         let waited = self.shared.waiting.lock().expect("waiting lock").remove(topic);
         let tail = waited.and_then(|tail| tail.upgrade());
         let next = self.shared.released.lock().expect("released lock").remove(topic);
-        let log = Arc::new(TopicLog::with_tail(topic.clone(), tail, next.unwrap_or(1)));
+        let retention = self.retention_of(topic);
+        let log = Arc::new(TopicLog::with_tail(topic.clone(), retention, tail, next.unwrap_or(1)));
         log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
         drop(topics);
@@ -298,19 +312,30 @@ impl MemoryBroker {
     /// The page of a topic without a log: empty at offset 0, or where it was released.
     fn empty_page(&self, topic: &Topic, cursor: Cursor) -> Result<Page> {
         let next = self.shared.released.lock().expect("released lock").get(topic).copied();
-        TopicLog::with_tail(topic.clone(), None, next.unwrap_or(1)).read(
-            self.shared.epoch,
-            &self.shared.config.retention,
-            cursor,
-            0,
-        )
+        let retention = self.retention_of(topic);
+        let log = TopicLog::with_tail(topic.clone(), retention, None, next.unwrap_or(1));
+        log.read(self.shared.epoch, &log.retention, cursor, 0)
+    }
+
+    /// What `topic` keeps: its rule's retention over the broker's.
+    fn retention_of(&self, topic: &Topic) -> Retention {
+        let config = &self.shared.config;
+        if self.shared.rules.is_empty() {
+            return config.retention.clone();
+        }
+        self.shared.rules.policy(topic, &config.retention, config.max_payload).retention
     }
 }
 
 impl TopicLog {
     /// An empty log whose first message gets offset `next`, whose wake-up is `tail` (the one
     /// its subscribers were waiting on before it existed) or a new one.
-    fn with_tail(topic: Topic, tail: Option<Arc<watch::Sender<u64>>>, next: u64) -> Self {
+    fn with_tail(
+        topic: Topic,
+        retention: Retention,
+        tail: Option<Arc<watch::Sender<u64>>>,
+        next: u64,
+    ) -> Self {
         let state = LogState {
             entries: VecDeque::new(),
             keys: HashMap::new(),
@@ -321,7 +346,7 @@ impl TopicLog {
             dropped_at: (next > 1).then_some(SystemTime::now()),
         };
         let tail = tail.unwrap_or_else(|| Arc::new(watch::Sender::new(next - 1)));
-        Self { topic, touched: AtomicU64::new(0), state: RwLock::new(state), tail }
+        Self { topic, retention, touched: AtomicU64::new(0), state: RwLock::new(state), tail }
     }
 
     fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
@@ -495,7 +520,7 @@ impl Publish for MemoryBroker {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
         publication.validate(self.shared.config.max_payload).map_err(|e| e.with_transport(NAME))?;
         let log = self.log(topic)?;
-        Ok(log.append(self.shared.epoch, &self.shared.config.retention, publication))
+        Ok(log.append(self.shared.epoch, &log.retention, publication))
     }
 }
 
@@ -507,7 +532,7 @@ impl Fetch for MemoryBroker {
         }
         let limit = limit.min(self.shared.config.max_page);
         match self.existing(topic) {
-            Some(log) => log.read(self.shared.epoch, &self.shared.config.retention, cursor, limit),
+            Some(log) => log.read(self.shared.epoch, &log.retention, cursor, limit),
             None => self.empty_page(topic, cursor),
         }
     }
@@ -520,7 +545,6 @@ const SUBSCRIBER_BATCH: usize = 64;
 impl Subscribe for MemoryBroker {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
         let epoch = self.shared.epoch;
-        let retention = self.shared.config.retention.clone();
         // A topic nobody published to gets no log (and takes no slot): the subscriber waits in
         // the waiting room for the publish that creates it.
         let (log, tail) = match self.existing(topic) {
@@ -529,6 +553,10 @@ impl Subscribe for MemoryBroker {
                 (Some(log), tail)
             }
             None => (None, self.waiting_room(topic)),
+        };
+        let retention = match &log {
+            Some(log) => log.retention.clone(),
+            None => self.retention_of(topic),
         };
         // Resolve the cursor now, so `Latest` means "after what exists when subscribe returns"
         // and a bad cursor fails here rather than in the stream.

@@ -29,6 +29,19 @@ pub trait OpenBroker: 'static {
     /// Opens it. Called within a tokio runtime (a broker may start background tasks).
     fn open(config: Self::Config) -> Result<Arc<dyn Broker>>;
 
+    /// Opens it with per-topic rules (`[[topics]]`), whose retention it applies to each
+    /// topic. The default opens it plainly when there are no rules, and refuses rules it
+    /// cannot apply.
+    fn open_with_rules(config: Self::Config, rules: crate::TopicRules) -> Result<Arc<dyn Broker>> {
+        if rules.is_empty() {
+            return Self::open(config);
+        }
+        Err(crate::Error::new(
+            crate::ErrorKind::Config,
+            format!("the {} broker does not apply [[topics]] rules", Self::NAME),
+        ))
+    }
+
     /// Where it keeps state every node of a deployment sees (webhook endpoints), opened from
     /// its settings; `None` (the default) when a process's own memory is all there is.
     fn shared_state(config: &Self::Config) -> Result<Option<Arc<dyn SharedState>>> {
@@ -90,5 +103,12 @@ impl OpenBroker for crate::MemoryBroker {
 
     fn open(config: crate::MemoryConfig) -> Result<Arc<dyn Broker>> {
         Ok(Arc::new(crate::MemoryBroker::with_config(config)?))
+    }
+
+    fn open_with_rules(
+        config: crate::MemoryConfig,
+        rules: crate::TopicRules,
+    ) -> Result<Arc<dyn Broker>> {
+        Ok(Arc::new(crate::MemoryBroker::with_rules(config, rules)?))
     }
 }

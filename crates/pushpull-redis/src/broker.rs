@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pushpull_core::{
     Backoff, Capabilities, Client, Cursor, Delivery, Directory, Epoch, Error, ErrorKind, Fetch,
-    Gap, GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Subscribe,
-    Subscription, Topic, millis_since_unix_epoch, time_from_millis,
+    Gap, GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Retention,
+    Subscribe, Subscription, Topic, TopicRules, millis_since_unix_epoch, time_from_millis,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -34,7 +34,14 @@ struct Inner {
     read: redis::Script,
     waker: Arc<Waker>,
     windows: crate::cache::Windows,
+    /// What each family of topics keeps, over `config.retention`.
+    rules: TopicRules,
+    /// Each topic's retention, resolved once (bounded: past it, resolved again).
+    retention: std::sync::Mutex<std::collections::HashMap<Topic, Retention>>,
 }
+
+/// The most topics whose retention is kept resolved.
+const KEPT_RETENTIONS: usize = 100_000;
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +69,13 @@ impl RedisBroker {
     /// makes the first operations fail with retryable `backend` errors, not this call. Call it
     /// within a tokio runtime: it starts the node's wake-up listener.
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
+        Self::with_rules(config, TopicRules::default())
+    }
+
+    /// [`new`](Self::new), each topic keeping what its rule (a `[[topics]]` entry) says.
+    pub fn with_rules(config: RedisConfig, rules: TopicRules) -> Result<Self, Error> {
         config.validate()?;
+        rules.check(&config.retention, config.max_payload)?;
         let client = config.client()?;
         // No command waits on Redis longer than the response timeout (redis-rs's default of
         // 500 ms is too short for a busy Redis, none at all would hang).
@@ -74,7 +87,7 @@ impl RedisBroker {
         let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
         let waker = wake::shared();
         wake::listen(client, format!("{}wake", config.key_prefix), Arc::downgrade(&waker));
-        let windows = crate::cache::Windows::new(config.retention.max_messages);
+        let windows = crate::cache::Windows::new(rules.max_messages(&config.retention));
         let inner = Inner {
             config,
             connection,
@@ -82,6 +95,8 @@ impl RedisBroker {
             read: scripts::read(),
             waker,
             windows,
+            rules,
+            retention: std::sync::Mutex::default(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -135,8 +150,23 @@ impl RedisBroker {
         ["meta", "log", "keys"].map(|part| format!("{prefix}{{{topic}}}:{part}"))
     }
 
-    fn max_age_millis(&self) -> u64 {
-        self.inner.config.retention.max_age.map_or(0, |age| age.as_millis().max(1) as u64)
+    /// What `topic` keeps: its rule's retention over the broker's, resolved once.
+    fn retention_of(&self, topic: &Topic) -> Retention {
+        let config = &self.inner.config;
+        if self.inner.rules.is_empty() {
+            return config.retention.clone();
+        }
+        let mut resolved = self.inner.retention.lock().expect("retention lock");
+        if let Some(retention) = resolved.get(topic) {
+            return retention.clone();
+        }
+        if resolved.len() >= KEPT_RETENTIONS {
+            resolved.clear();
+        }
+        let retention =
+            self.inner.rules.policy(topic, &config.retention, config.max_payload).retention;
+        resolved.insert(topic.clone(), retention.clone());
+        retention
     }
 
     /// Reads a page after `cursor` (`limit` 0 only resolves the cursor), in one script.
@@ -155,7 +185,7 @@ impl RedisBroker {
         invocation
             .arg(Epoch::random().to_string())
             .arg(millis_since_unix_epoch(SystemTime::now()))
-            .arg(self.max_age_millis())
+            .arg(max_age_millis(&self.retention_of(topic)))
             .arg(mode)
             .arg(epoch)
             .arg(offset)
@@ -250,6 +280,7 @@ fn message(topic: &Topic, epoch: Epoch, entry: &Value) -> Result<Message, Error>
 impl Publish for RedisBroker {
     async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
         let config = &self.inner.config;
+        let retention = self.retention_of(topic);
         publication.validate(config.max_payload).map_err(|e| e.with_transport(NAME))?;
         if publication.key().is_none() {
             // So that sending it again after a dropped connection cannot store it twice.
@@ -267,9 +298,9 @@ impl Publish for RedisBroker {
             .arg(publication.event_type().unwrap_or(""))
             .arg(publication.media_type().unwrap_or(""))
             .arg(publication.key().unwrap_or(""))
-            .arg(config.retention.max_messages)
-            .arg(config.retention.max_bytes)
-            .arg(self.max_age_millis())
+            .arg(retention.max_messages)
+            .arg(retention.max_bytes)
+            .arg(max_age_millis(&retention))
             .arg(format!("{}wake", config.key_prefix))
             .arg(topic.as_str());
         let answer: (String, u64, u64) = self.invoke(&invocation).await?;
@@ -483,9 +514,21 @@ impl pushpull_core::OpenBroker for RedisBroker {
         Ok(Arc::new(RedisBroker::new(config)?))
     }
 
+    fn open_with_rules(
+        config: RedisConfig,
+        rules: TopicRules,
+    ) -> Result<Arc<dyn pushpull_core::Broker>, Error> {
+        Ok(Arc::new(RedisBroker::with_rules(config, rules)?))
+    }
+
     fn shared_state(
         config: &RedisConfig,
     ) -> Result<Option<Arc<dyn pushpull_core::SharedState>>, Error> {
         Ok(Some(Arc::new(crate::RedisSharedState::open(config)?)))
     }
+}
+
+/// `max_age` in milliseconds for the scripts: 0 keeps messages regardless of age.
+fn max_age_millis(retention: &Retention) -> u64 {
+    retention.max_age.map_or(0, |age| age.as_millis().max(1) as u64)
 }
