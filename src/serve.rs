@@ -133,7 +133,8 @@ impl Registry {
             .with_access_log(config.http.access_log);
         #[cfg(feature = "auth")]
         if let Some(auth) = &config.auth {
-            let layer = pushpull_auth::AuthLayer::new(auth)?;
+            let rules = pushpull_core::TopicRules::new(&config.topics)?;
+            let layer = pushpull_auth::AuthLayer::with_rules(auth, &rules)?;
             // Revoking: the admin route, and what other nodes revoked, read from the broker.
             let revocations = layer.revocations().clone();
             if let Some(shared) = &shared {

@@ -118,3 +118,37 @@ async fn bad_entries_are_errors_that_name_them() {
         assert!(message.contains(entry) && message.contains(says), "{text}: {message}");
     }
 }
+
+/// `anonymous` opens a family to requests without a token, or closes one that
+/// `auth.anonymous` opens; a prefix is readable only when every topic under it is.
+#[tokio::test]
+async fn families_open_or_close_to_requests_without_a_token() {
+    let text = r#"
+[auth]
+keys = [{ kid = "k1", algorithm = "HS256", secret = "a shared secret of at least thirty-two bytes" }]
+anonymous = { subscribe = ["*"] }
+
+[[topics]]
+pattern = "private:*"
+anonymous = { subscribe = false }
+
+[[topics]]
+pattern = "private:lobby"
+anonymous = { subscribe = true }
+
+[[topics]]
+pattern = "public:*"
+anonymous = { publish = true }
+"#;
+    let running = support::server(ServerConfig::from_toml(text).unwrap()).await;
+    let addr = running.local_addr();
+    let read = |path: &'static str| async move { get(addr, path).await.status };
+    assert_eq!(read("/v1/topics/news/messages").await, 200, "auth.anonymous reads every topic");
+    assert_eq!(read("/v1/topics/private:x/messages").await, 401, "but not private:*");
+    assert_eq!(read("/v1/topics/private:lobby/messages").await, 200, "the exact name wins");
+    assert_eq!(post(addr, "/v1/topics/public:x", "", b"hi").await.status, 201, "open to publish");
+    assert_eq!(post(addr, "/v1/topics/news", "", b"hi").await.status, 401, "closed to publish");
+    assert_eq!(read("/v1/messages?topic=public:*").await, 200, "a prefix all open");
+    assert_eq!(read("/v1/messages?topic=*").await, 403, "a prefix with private:* under it");
+    assert_eq!(read("/v1/messages?topic=private:*").await, 403);
+}

@@ -30,6 +30,15 @@ impl AuthLayer {
         Ok(Self::with_verifier(Arc::new(Verifier::new(config)?)))
     }
 
+    /// A layer checking tokens as `config` says, requests without a token also getting what
+    /// the `[[topics]]` `rules` open to them (and not what they close).
+    pub fn with_rules(
+        config: &AuthConfig,
+        rules: &pushpull_core::TopicRules,
+    ) -> Result<Self, Error> {
+        Ok(Self::with_verifier(Arc::new(Verifier::with_rules(config, rules)?)))
+    }
+
     /// A layer checking tokens with `verifier`.
     pub fn with_verifier(verifier: Arc<Verifier>) -> Self {
         Self { verifier, cors: None }

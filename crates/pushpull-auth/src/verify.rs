@@ -65,6 +65,15 @@ struct Claims {
 impl Verifier {
     /// A verifier of `config`; errors name the bad key.
     pub fn new(config: &AuthConfig) -> Result<Self, Error> {
+        Self::with_rules(config, &pushpull_core::TopicRules::default())
+    }
+
+    /// A verifier of `config` whose requests without a token may also do what the `[[topics]]`
+    /// `rules` open to them, and may not do what they close.
+    pub fn with_rules(
+        config: &AuthConfig,
+        rules: &pushpull_core::TopicRules,
+    ) -> Result<Self, Error> {
         if config.keys.is_empty() && config.jwks.is_empty() {
             return Err(config_error(
                 "auth: at least one key is needed ([[auth.keys]] or [[auth.jwks]])".into(),
@@ -88,15 +97,16 @@ impl Verifier {
             JwksSource::spawn_refresher(source);
         }
         let anonymous = &config.anonymous;
-        let anonymous =
-            if anonymous.publish.is_empty() && anonymous.subscribe.is_empty() && !anonymous.admin {
-                None
-            } else {
-                Some(
-                    grant(anonymous, None, None, None)
-                        .map_err(|e| config_error(format!("auth.anonymous: {}", e.message())))?,
-                )
-            };
+        let none =
+            anonymous.publish.is_empty() && anonymous.subscribe.is_empty() && !anonymous.admin;
+        let anonymous = if none && !rules.opens_to_anonymous() {
+            None
+        } else {
+            let mut grant = grant(anonymous, None, None, None)
+                .map_err(|e| config_error(format!("auth.anonymous: {}", e.message())))?;
+            grant.anonymous_rules = (!rules.is_empty()).then(|| rules.clone());
+            Some(grant)
+        };
         if !(config.publish_rate >= 0.0 && config.publish_rate.is_finite()) {
             return Err(config_error("auth.publish_rate: must be 0 or more".into()));
         }

@@ -33,7 +33,7 @@ pub use message::{
     RESERVED_EVENT_PREFIX, Receipt, millis_since_unix_epoch, time_from_millis,
 };
 pub use open::{OpenBroker, SharedState};
-pub use rules::{RetentionRule, RuledBroker, TopicPolicy, TopicRule, TopicRules};
+pub use rules::{AnonymousRule, RetentionRule, RuledBroker, TopicPolicy, TopicRule, TopicRules};
 pub use set::SubscriptionSet;
 pub use topic::{MAX_TOPIC_LEN, Topic};
 pub use traits::{Broker, Client, Connect, Fetch, Publish, Subscribe, Subscription};

@@ -42,6 +42,29 @@ pub struct TopicRule {
     /// were given. Default `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<bool>,
+    /// What requests without a token may do with its topics, over `auth.anonymous` (a server
+    /// with `[auth]`): `{ subscribe = true }` opens a family to anonymous readers, `{ subscribe
+    /// = false }` closes it even where `auth.anonymous` allows every topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<AnonymousRule>,
+}
+
+/// The `anonymous` key of a [`TopicRule`]: each right set, or left to `auth.anonymous`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousRule {
+    /// Whether requests without a token may publish to its topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<bool>,
+    /// Whether requests without a token may read its topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<bool>,
+}
+
+impl AnonymousRule {
+    fn get(&self, publish: bool) -> Option<bool> {
+        if publish { self.publish } else { self.subscribe }
+    }
 }
 
 /// The retention keys of a [`TopicRule`], each optional.
@@ -199,6 +222,47 @@ impl TopicRules {
             .iter()
             .filter_map(|(_, rule)| rule.retention.max_messages)
             .fold(base.max_messages, usize::max)
+    }
+
+    /// Whether a request without a token may publish to (`publish`) or read `topic`, when the
+    /// rule that applies says; `None` leaves it to `auth.anonymous`.
+    pub fn anonymous(&self, topic: &str, publish: bool) -> Option<bool> {
+        self.rules
+            .iter()
+            .filter_map(|(pattern, rule)| pattern.score(topic).map(|score| (score, rule)))
+            .max_by_key(|(score, _)| *score)
+            .and_then(|(_, rule)| rule.anonymous?.get(publish))
+    }
+
+    /// Whether a request without a token may read every topic starting with `prefix`: not if
+    /// a rule for some of them says no; yes if the rule covering them all says so; `None`
+    /// leaves it to `auth.anonymous`.
+    pub fn anonymous_prefix(&self, prefix: &str) -> Option<bool> {
+        let inside = |pattern: &Pattern| match pattern {
+            Pattern::Exact(name) => name.starts_with(prefix),
+            Pattern::Prefix(p) => p.starts_with(prefix) && p.len() > prefix.len(),
+        };
+        let closed = self.rules.iter().any(|(pattern, rule)| {
+            inside(pattern) && rule.anonymous.and_then(|a| a.subscribe) == Some(false)
+        });
+        if closed {
+            return Some(false);
+        }
+        self.rules
+            .iter()
+            .filter_map(|(pattern, rule)| match pattern {
+                Pattern::Prefix(p) if prefix.starts_with(p.as_str()) => Some((p.len(), rule)),
+                _ => None,
+            })
+            .max_by_key(|(length, _)| *length)
+            .and_then(|(_, rule)| rule.anonymous?.subscribe)
+    }
+
+    /// Whether any rule opens a family to requests without a token.
+    pub fn opens_to_anonymous(&self) -> bool {
+        self.rules.iter().any(|(_, rule)| {
+            rule.anonymous.is_some_and(|a| a.publish == Some(true) || a.subscribe == Some(true))
+        })
     }
 
     /// The rule that applies to `topic`, if any: the longest matching pattern.

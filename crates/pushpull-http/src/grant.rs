@@ -79,6 +79,9 @@ pub struct Grant {
     /// How the server checks a token, for a connection that takes a new one in place (a
     /// WebSocket's `refresh`); set by the auth layer that made this grant.
     pub checker: Option<Arc<dyn CheckToken>>,
+    /// For the rights of requests without a token: the `[[topics]]` rules that open or close
+    /// families of topics to them, over `publish` and `subscribe`.
+    pub anonymous_rules: Option<pushpull_core::TopicRules>,
     /// Topics it may publish to.
     pub publish: Vec<TopicPattern>,
     /// Topics it may read (subscribe, fetch).
@@ -135,12 +138,21 @@ impl Grant {
     pub fn allows(&self, right: Right<'_>) -> bool {
         let any =
             |patterns: &[TopicPattern], topic: &str| patterns.iter().any(|p| p.matches(topic));
-        self.admin
-            || match right {
-                Right::Publish(topic) => any(&self.publish, topic),
-                Right::Subscribe(topic) => any(&self.subscribe, topic),
-                Right::Admin => false,
+        if self.admin {
+            return true;
+        }
+        let ruled = |topic: &str, publish| {
+            self.anonymous_rules.as_ref().and_then(|rules| rules.anonymous(topic, publish))
+        };
+        match right {
+            Right::Publish(topic) => {
+                ruled(topic, true).unwrap_or_else(|| any(&self.publish, topic))
             }
+            Right::Subscribe(topic) => {
+                ruled(topic, false).unwrap_or_else(|| any(&self.subscribe, topic))
+            }
+            Right::Admin => false,
+        }
     }
 
     /// `Ok` if it holds `right` and has not expired; otherwise the error to answer with
@@ -180,7 +192,9 @@ impl Grant {
             TopicPattern::Prefix(p) => prefix.starts_with(p.as_str()),
             TopicPattern::Exact(_) => false,
         };
-        if self.admin || self.subscribe.iter().any(covers) {
+        let ruled = self.anonymous_rules.as_ref().and_then(|rules| rules.anonymous_prefix(prefix));
+        let covered = self.admin || ruled.unwrap_or_else(|| self.subscribe.iter().any(covers));
+        if covered {
             return Ok(());
         }
         Err(Error::new(
