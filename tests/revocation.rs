@@ -6,11 +6,10 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use pushpull::{BearerToken, BrokerConfig, ClientConfig, Cursor, ErrorKind, ServerConfig, Topic};
 use pushpull_auth::{AuthConfig, KeyConfig};
 use pushpull_testkit::redis::RedisServer;
-use support::{LIMIT, post, raw};
+use support::{post, raw};
 
 const SECRET: &str = "a shared secret of at least thirty-two bytes";
 
@@ -23,10 +22,7 @@ fn token(sub: &str, jti: &str, subscribe: &[&str], admin: bool) -> String {
         "sub": sub, "jti": jti, "iat": now() - 1, "exp": now() + 600,
         "pushpull": { "subscribe": subscribe, "admin": admin },
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("k1".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    support::hs256(SECRET, &claims)
 }
 
 fn config(redis: &RedisServer) -> ServerConfig {
@@ -64,15 +60,9 @@ async fn a_revocation_on_one_node_ends_the_tokens_connections_on_the_other() {
     assert_eq!(revoked.status, 201, "{}", String::from_utf8_lossy(&revoked.body));
 
     for (transport, _client, subscription) in &mut open {
-        let end = tokio::time::timeout(LIMIT, subscription.next()).await;
-        let end = end.unwrap_or_else(|_| panic!("{transport}: still open on the other node"));
-        match end {
-            Some(Err(error)) => {
-                assert_eq!(error.kind(), ErrorKind::Unauthorized, "{transport}: {error}");
-                assert!(error.to_string().contains("revoked"), "{transport}: {error}");
-            }
-            other => panic!("{transport}: ended with {other:?}, not the refusal"),
-        }
+        let on_the_other_node = format!("{transport} on the other node");
+        support::ends_with(&on_the_other_node, subscription, ErrorKind::Unauthorized, "revoked")
+            .await;
     }
     for node in [&one, &two] {
         let head =

@@ -35,14 +35,7 @@ fn token(publish: &[&str], subscribe: &[&str], admin: bool, ttl: u64) -> String 
         "exp": now() + ttl,
         "pushpull": { "publish": publish, "subscribe": subscribe, "admin": admin },
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("k1".into());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    support::hs256(SECRET, &claims)
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -583,10 +576,7 @@ fn token_with_id(subscribe: &[&str], sub: &str, jti: &str) -> String {
         "exp": now() + 600,
         "pushpull": { "publish": subscribe, "subscribe": subscribe },
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("k1".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    support::hs256(SECRET, &claims)
 }
 
 /// Revoking a token ends every connection it holds open, on every transport that keeps one
@@ -625,15 +615,7 @@ async fn a_revoked_token_ends_its_connections_and_is_refused() {
     assert!(body["until"].as_u64().unwrap() > now(), "{body}");
 
     for (transport, _client, subscription) in &mut open {
-        let end = tokio::time::timeout(LIMIT, subscription.next()).await;
-        let end = end.unwrap_or_else(|_| panic!("{transport}: still open after the revocation"));
-        match end {
-            Some(Err(error)) => {
-                assert_eq!(error.kind(), ErrorKind::Unauthorized, "{transport}: {error}");
-                assert!(error.to_string().contains("revoked"), "{transport}: {error}");
-            }
-            other => panic!("{transport}: ended with {other:?}, not the refusal"),
-        }
+        support::ends_with(transport, subscription, ErrorKind::Unauthorized, "revoked").await;
     }
     let (status, _, body) =
         request(&url, &ca, http::Method::GET, "/v1/topics/rooms:1/messages", &reader).await;
@@ -683,10 +665,7 @@ fn token_of(sub: &str, topics: &[&str], ttl: u64) -> String {
         "sub": sub, "exp": now() + ttl,
         "pushpull": { "publish": topics, "subscribe": topics },
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("k1".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    support::hs256(SECRET, &claims)
 }
 
 /// `refresh` takes a new token in place: checked as at the upgrade, for the same subject, and

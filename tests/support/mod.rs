@@ -147,3 +147,29 @@ pub fn python(script: &str, package: &str, args: &[&str]) -> (tokio::process::Ch
     let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     (child, lines)
 }
+
+/// A JWT of `claims` signed with HS256 under `secret`, with the key id `k1`.
+pub fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("an HS256 key");
+    jsonwebtoken::encode(&header, claims, &key).expect("the claims encode")
+}
+
+/// Waits for `subscription` to end with an error of `kind` whose text holds `says`.
+pub async fn ends_with(
+    what: &str,
+    subscription: &mut pushpull::Subscription,
+    kind: pushpull::ErrorKind,
+    says: &str,
+) {
+    use futures::StreamExt;
+    let end = tokio::time::timeout(LIMIT, subscription.next()).await;
+    match end.unwrap_or_else(|_| panic!("{what}: still open")) {
+        Some(Err(error)) => {
+            assert_eq!(error.kind(), kind, "{what}: {error}");
+            assert!(error.to_string().contains(says), "{what}: {error}");
+        }
+        other => panic!("{what}: ended with {other:?}, not the error"),
+    }
+}
