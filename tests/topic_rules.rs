@@ -149,6 +149,9 @@ anonymous = { publish = true }
     assert_eq!(post(addr, "/v1/topics/public:x", "", b"hi").await.status, 201, "open to publish");
     assert_eq!(post(addr, "/v1/topics/news", "", b"hi").await.status, 401, "closed to publish");
     assert_eq!(read("/v1/messages?topic=public:*").await, 200, "a prefix all open");
-    assert_eq!(read("/v1/messages?topic=*").await, 403, "a prefix with private:* under it");
-    assert_eq!(read("/v1/messages?topic=private:*").await, 403);
+    assert_eq!(read("/v1/messages?topic=*").await, 401, "a prefix with private:* under it");
+    let refused = get(addr, "/v1/messages?topic=private:*").await;
+    assert_eq!(refused.status, 401, "bring a token: {}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("needs a token"));
 }

@@ -104,6 +104,7 @@ impl Verifier {
         } else {
             let mut grant = grant(anonymous, None, None, None)
                 .map_err(|e| config_error(format!("auth.anonymous: {}", e.message())))?;
+            grant.anonymous = true;
             grant.anonymous_rules = (!rules.is_empty()).then(|| rules.clone());
             Some(grant)
         };

@@ -79,6 +79,9 @@ pub struct Grant {
     /// How the server checks a token, for a connection that takes a new one in place (a
     /// WebSocket's `refresh`); set by the auth layer that made this grant.
     pub checker: Option<Arc<dyn CheckToken>>,
+    /// Whether these are the rights of requests without a token: a right they lack is then
+    /// `unauthorized` (bring a token), not `forbidden`.
+    pub anonymous: bool,
     /// For the rights of requests without a token: the `[[topics]]` rules that open or close
     /// families of topics to them, over `publish` and `subscribe`.
     pub anonymous_rules: Option<pushpull_core::TopicRules>,
@@ -160,12 +163,21 @@ impl Grant {
     pub fn check(&self, right: Right<'_>) -> Result<(), Error> {
         self.check_live()?;
         if !self.allows(right) {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                format!("the token does not grant {right}"),
-            ));
+            return Err(self.lacks(right.to_string()));
         }
         Ok(())
+    }
+
+    /// The error for a right it lacks: `forbidden` for a token, `unauthorized` (with what a
+    /// token would need to grant) for a request without one.
+    fn lacks(&self, right: String) -> Error {
+        match self.anonymous {
+            true => Error::new(
+                ErrorKind::Unauthorized,
+                format!("this needs a token granting {right} (Authorization: Bearer …)"),
+            ),
+            false => Error::new(ErrorKind::Forbidden, format!("the token does not grant {right}")),
+        }
     }
 
     /// [`check`](Self::check) for publishing to `topic`, then takes one publish from the
@@ -197,12 +209,7 @@ impl Grant {
         if covered {
             return Ok(());
         }
-        Err(Error::new(
-            ErrorKind::Forbidden,
-            format!(
-                "the token does not grant subscribe:{selector} (a right covering the whole prefix)"
-            ),
-        ))
+        Err(self.lacks(format!("subscribe:{selector} (a right covering the whole prefix)")))
     }
 
     /// `unauthorized` once the token has expired or was revoked.

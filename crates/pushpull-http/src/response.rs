@@ -68,6 +68,10 @@ pub fn error_response(error: &Error) -> Response<Body> {
         let seconds = error.retry_after().map_or(1, |d| d.as_secs().max(1));
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750 section 3: a 401 names the scheme to authenticate with.
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     response
 }
 
