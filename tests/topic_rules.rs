@@ -152,6 +152,6 @@ anonymous = { publish = true }
     assert_eq!(read("/v1/messages?topic=*").await, 401, "a prefix with private:* under it");
     let refused = get(addr, "/v1/messages?topic=private:*").await;
     assert_eq!(refused.status, 401, "bring a token: {}", String::from_utf8_lossy(&refused.body));
-    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer realm=\"pushpull\""));
     assert!(refused.json()["error"]["message"].as_str().unwrap().contains("needs a token"));
 }

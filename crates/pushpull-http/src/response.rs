@@ -70,7 +70,8 @@ pub fn error_response(error: &Error) -> Response<Body> {
     }
     if status == StatusCode::UNAUTHORIZED {
         // RFC 6750 section 3: a 401 names the scheme to authenticate with.
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let challenge = HeaderValue::from_static("Bearer realm=\"pushpull\"");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
     }
     response
 }
