@@ -5,7 +5,7 @@
 //! broker first holds it, not per message.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -307,7 +307,7 @@ pub struct RuledBroker {
     inner: Arc<dyn Broker>,
     rules: TopicRules,
     /// Each topic's policy, resolved once, and its publish allowance.
-    topics: Mutex<HashMap<Topic, Arc<Ruled>>>,
+    topics: RwLock<HashMap<Topic, Arc<Ruled>>>,
 }
 
 /// A topic's policy and publish allowance.
@@ -324,11 +324,15 @@ const KEPT_POLICIES: usize = 100_000;
 impl RuledBroker {
     /// `inner` with `rules`; with no rules, `inner` itself is what to use.
     pub fn new(inner: Arc<dyn Broker>, rules: TopicRules) -> Self {
-        Self { inner, rules, topics: Mutex::new(HashMap::new()) }
+        Self { inner, rules, topics: RwLock::new(HashMap::new()) }
     }
 
     fn ruled(&self, topic: &Topic) -> Arc<Ruled> {
-        let mut topics = self.topics.lock().expect("rules lock");
+        // Every publish and read asks: a topic already resolved takes only a read lock.
+        if let Some(ruled) = self.topics.read().expect("rules lock").get(topic) {
+            return ruled.clone();
+        }
+        let mut topics = self.topics.write().expect("rules lock");
         if let Some(ruled) = topics.get(topic) {
             return ruled.clone();
         }

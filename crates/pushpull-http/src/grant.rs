@@ -231,8 +231,7 @@ impl Grant {
     /// they never do.
     pub fn ending(&self) -> Option<Ending> {
         let deadline = self.deadline();
-        let revoked =
-            self.revocations.as_ref().map(|revocations| revocations.revoked(self.clone()));
+        let revoked = self.revocations.as_ref().map(|revocations| revocations.revoked(self));
         if deadline.is_none() && revoked.is_none() {
             return None;
         }

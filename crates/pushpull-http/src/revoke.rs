@@ -200,9 +200,16 @@ impl Revocations {
     }
 
     /// Resolves once `grant` is revoked.
-    pub fn revoked(&self, grant: Grant) -> impl Future<Output = ()> + Send + 'static {
+    pub fn revoked(&self, grant: &Grant) -> impl Future<Output = ()> + Send + 'static {
         let mut changes = self.shared.changed.subscribe();
         let revocations = self.clone();
+        // What a revocation names, alone: the grant's rights are not copied per request.
+        let grant = Grant {
+            subject: grant.subject.clone(),
+            token_id: grant.token_id.clone(),
+            issued_at: grant.issued_at,
+            ..Grant::default()
+        };
         async move {
             while !revocations.covers(&grant) {
                 // The sender lives as long as `revocations` does: this never fails.
@@ -363,8 +370,8 @@ mod tests {
     #[tokio::test]
     async fn a_revocation_wakes_the_connections_it_covers() {
         let revocations = Revocations::new();
-        let held = tokio::spawn(revocations.revoked(grant("ann", Some("t1"), None)));
-        let other = tokio::spawn(revocations.revoked(grant("bob", None, None)));
+        let held = tokio::spawn(revocations.revoked(&grant("ann", Some("t1"), None)));
+        let other = tokio::spawn(revocations.revoked(&grant("bob", None, None)));
         tokio::task::yield_now().await;
         let revocation = Revocation { sub: None, jti: Some("t1".into()), at: 0, until: 0 };
         assert!(revocations.revoke(revocation.clone().completed(now()).unwrap()));
