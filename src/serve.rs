@@ -79,7 +79,8 @@ impl Registry {
         let mut context = Context::new(broker.clone())
             .with_allowed_origins(config.http.cors_origins.iter().cloned())
             .with_body_timeout(config.http.body_timeout)
-            .with_max_topics(config.http.max_topics_per_connection);
+            .with_max_topics(config.http.max_topics_per_connection)
+            .with_presence(config.presence.clone());
         // State the broker keeps where every node sees it (webhook endpoints, revocations).
         let shared = self.shared_state(config)?;
         if let Some(shared) = &shared {

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// history), each for a pattern (`chat:*`); the longest matching pattern wins.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<pushpull_core::TopicRule>,
+    /// `[presence]`: who follows each topic (members, their bounds, how long a polling client
+    /// stays a member).
+    pub presence: pushpull_http::PresenceConfig,
 }
 
 /// `log_format`: how the `pushpull` command writes its log.
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             transports: TransportsConfig::default(),
             log_format: LogFormat::Text,
             topics: Vec::new(),
+            presence: pushpull_http::PresenceConfig::default(),
         }
     }
 }
@@ -513,6 +517,7 @@ impl ServerConfig {
     pub fn validate_with(&self, registry: &Registry) -> Result<(), Error> {
         registry.check_broker(&self.broker)?;
         pushpull_core::TopicRules::new(&self.topics)?;
+        self.presence.validate()?;
         if !cfg!(feature = "demo") && self.http.demo == crate::Demo::On {
             return Err(config_error(
                 "http.demo: the demo is not in this build; enable the cargo feature \"demo\" of \

@@ -111,7 +111,9 @@ fn need(method: &Method, path: &str) -> Need {
         ["v1", "ws"] => Need::AnyToken,
         ["v1", "webhooks", ..] | ["v1", "admin", ..] | ["metrics"] => Need::Admin,
         ["v1", "topics", topic] if method == Method::POST => Need::Publish(decode(topic)),
-        ["v1", "topics", topic, _] if method == Method::GET || method == Method::HEAD => {
+        ["v1", "topics", topic, _] | ["v1", "topics", topic, "presence", "stats"]
+            if method == Method::GET || method == Method::HEAD =>
+        {
             Need::Subscribe(decode(topic))
         }
         _ => Need::AnyToken,

@@ -11,6 +11,7 @@ mod many;
 mod memory;
 mod message;
 mod open;
+mod presence;
 mod rules;
 mod set;
 mod topic;
@@ -33,9 +34,13 @@ pub use message::{
     RESERVED_EVENT_PREFIX, Receipt, millis_since_unix_epoch, time_from_millis,
 };
 pub use open::{OpenBroker, SharedState};
+pub use presence::{
+    JOIN_EVENT, LEAVE_EVENT, Lease, MAX_CLIENT_ID_LEN, Member, Members, Presence, PresenceSnapshot,
+    PresenceStats,
+};
 pub use rules::{AnonymousRule, RetentionRule, RuledBroker, TopicPolicy, TopicRule, TopicRules};
 pub use set::SubscriptionSet;
-pub use topic::{MAX_TOPIC_LEN, Topic};
+pub use topic::{MAX_TOPIC_LEN, PRESENCE_PREFIX, Topic};
 pub use traits::{Broker, Client, Connect, Fetch, Publish, Subscribe, Subscription};
 
 pub use async_trait::async_trait;

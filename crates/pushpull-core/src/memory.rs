@@ -14,6 +14,9 @@ use crate::many::{Directory, Listing};
 use crate::message::{
     Capabilities, Delivery, Gap, GapReason, Message, OffsetRange, Page, Publication, Receipt,
 };
+use crate::presence::{
+    JOIN_EVENT, LEAVE_EVENT, Lease, Member, Members, Presence, PresenceSnapshot, PresenceStats,
+};
 use crate::rules::TopicRules;
 use crate::topic::Topic;
 use crate::traits::{Client, Fetch, Publish, Subscribe, Subscription};
@@ -150,7 +153,21 @@ struct Shared {
     waiting: Mutex<HashMap<Topic, Weak<watch::Sender<u64>>>>,
     /// Each topic as it gets a log (its first publish): what prefix subscriptions listen to.
     created: broadcast::Sender<Listing>,
+    /// The members of each topic that has some. Held while a join or a leave is appended to
+    /// the presence log, so a snapshot's members and cursor are read together.
+    presence: Mutex<HashMap<Topic, HashMap<Arc<str>, Present>>>,
+    /// Whether the task that ends lapsed leases runs.
+    sweeping: std::sync::atomic::AtomicBool,
 }
+
+/// A member and when its lease lapses (`None`: held until it leaves).
+struct Present {
+    member: Member,
+    until: Option<Instant>,
+}
+
+/// How often lapsed leases are looked for: a member whose lease ran out leaves within this.
+const LEASE_SWEEP: Duration = Duration::from_secs(1);
 
 struct TopicLog {
     topic: Topic,
@@ -211,6 +228,8 @@ impl MemoryBroker {
             released: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             created: broadcast::Sender::new(1024),
+            presence: Mutex::new(HashMap::new()),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -304,8 +323,10 @@ impl MemoryBroker {
         log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
         drop(topics);
-        // Nobody listening is not an error.
-        let _ = self.shared.created.send(Listing::Published(topic.clone()));
+        // Nobody listening is not an error. Presence logs are no topic a prefix selects.
+        if !topic.is_presence() {
+            let _ = self.shared.created.send(Listing::Published(topic.clone()));
+        }
         Ok(log)
     }
 
@@ -519,6 +540,9 @@ impl LogState {
 impl Publish for MemoryBroker {
     async fn publish(&self, topic: &Topic, publication: Publication) -> Result<Receipt> {
         publication.validate(self.shared.config.max_payload).map_err(|e| e.with_transport(NAME))?;
+        if topic.is_presence() {
+            return Err(crate::presence::written_by_the_server(topic).with_transport(NAME));
+        }
         let log = self.log(topic)?;
         Ok(log.append(self.shared.epoch, &log.retention, publication))
     }
@@ -601,7 +625,11 @@ impl Subscribe for MemoryBroker {
 impl Directory for MemoryBroker {
     async fn topics(&self, prefix: &str) -> Result<Vec<Topic>> {
         let topics = self.shared.topics.read().expect("topics lock");
-        Ok(topics.keys().filter(|t| t.as_str().starts_with(prefix)).cloned().collect())
+        Ok(topics
+            .keys()
+            .filter(|t| t.as_str().starts_with(prefix) && !t.is_presence())
+            .cloned()
+            .collect())
     }
 
     fn published(&self) -> broadcast::Receiver<Listing> {
@@ -694,5 +722,182 @@ impl Reader {
 impl Client for MemoryBroker {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true).with_max_payload(self.shared.config.max_payload)
+    }
+
+    fn presence(&self) -> Option<&dyn Presence> {
+        Some(self)
+    }
+
+    fn members(&self) -> Option<&dyn Members> {
+        Some(self)
+    }
+}
+
+type MemberTable = HashMap<Arc<str>, Present>;
+
+impl MemoryBroker {
+    /// Appends a join or a leave of `member` to `topic`'s presence log. Called with the
+    /// presence lock held.
+    fn append_presence(&self, topic: &Topic, event: &str, member: &Member) -> Result<()> {
+        let log = self.log(&topic.presence())?;
+        let publication =
+            Publication::new(member.to_json()).event(event).content_type("application/json");
+        log.append(self.shared.epoch, &log.retention, publication);
+        Ok(())
+    }
+
+    /// Ends the members of `topic` whose lease lapsed by `now`, each with a leave.
+    fn lapse(&self, topic: &Topic, members: &mut MemberTable, now: Instant) {
+        let lapsed: Vec<Arc<str>> = members
+            .iter()
+            .filter(|(_, present)| present.until.is_some_and(|until| until <= now))
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in lapsed {
+            if let Some(present) = members.remove(&client)
+                && let Err(error) = self.append_presence(topic, LEAVE_EVENT, &present.member)
+            {
+                tracing::warn!(%topic, %error, "a lapsed member's leave could not be written");
+            }
+        }
+    }
+
+    /// Ends every lapsed lease; `false` once no member has a lease left.
+    fn sweep(&self) -> bool {
+        let now = Instant::now();
+        let mut presence = self.shared.presence.lock().expect("presence lock");
+        let mut leased = false;
+        presence.retain(|topic, members| {
+            self.lapse(topic, members, now);
+            leased |= members.values().any(|present| present.until.is_some());
+            !members.is_empty()
+        });
+        leased
+    }
+
+    /// Starts the task that ends lapsed leases, unless it runs. It stops with the broker, or
+    /// once no member has a lease (the next leased join starts it again).
+    fn start_sweeping(&self) {
+        if self.shared.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.shared.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let shared = Arc::downgrade(&self.shared);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_SWEEP).await;
+                let Some(shared) = shared.upgrade() else { return };
+                let broker = MemoryBroker { shared };
+                if !broker.sweep() {
+                    broker.shared.sweeping.store(false, Ordering::Release);
+                    // A leased join between the sweep and the store saw the task running.
+                    if broker.sweep() && !broker.shared.sweeping.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The presence log's cursor now.
+    fn presence_cursor(&self, topic: &Topic) -> Result<Cursor> {
+        let presence = topic.presence();
+        let page = match self.existing(&presence) {
+            Some(log) => log.read(self.shared.epoch, &log.retention, Cursor::Latest, 0)?,
+            None => self.empty_page(&presence, Cursor::Latest)?,
+        };
+        Ok(page.next)
+    }
+}
+
+fn no_presence_of_presence(topic: &Topic) -> Result<()> {
+    match topic.is_presence() {
+        true => Err(Error::bad_request(format!("{topic} is a presence log: it has no members"))
+            .with_transport(NAME)),
+        false => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryBroker {
+    async fn snapshot(&self, topic: &Topic) -> Result<PresenceSnapshot> {
+        no_presence_of_presence(topic)?;
+        let mut presence = self.shared.presence.lock().expect("presence lock");
+        let members = match presence.get_mut(topic) {
+            Some(members) => {
+                self.lapse(topic, members, Instant::now());
+                members.values().map(|present| present.member.clone()).collect()
+            }
+            None => Vec::new(),
+        };
+        let cursor = self.presence_cursor(topic)?;
+        Ok(PresenceSnapshot::new(topic.clone(), members, cursor))
+    }
+
+    async fn stats(&self, topic: &Topic) -> Result<PresenceStats> {
+        no_presence_of_presence(topic)?;
+        let mut presence = self.shared.presence.lock().expect("presence lock");
+        Ok(match presence.get_mut(topic) {
+            Some(members) => {
+                self.lapse(topic, members, Instant::now());
+                PresenceStats::of(members.values().map(|present| &present.member))
+            }
+            None => PresenceStats::new(0, 0),
+        })
+    }
+}
+
+#[async_trait]
+impl Members for MemoryBroker {
+    async fn join(
+        &self,
+        topic: &Topic,
+        member: &Member,
+        lease: Lease,
+        max_members: usize,
+    ) -> Result<()> {
+        no_presence_of_presence(topic)?;
+        let until = match lease {
+            Lease::Held => None,
+            Lease::For(lease) => Some(Instant::now() + lease),
+        };
+        let mut presence = self.shared.presence.lock().expect("presence lock");
+        let members = presence.entry(topic.clone()).or_default();
+        if let Some(present) = members.get_mut(member.client.as_str()) {
+            present.until = until;
+        } else if members.len() >= max_members {
+            let full = crate::presence::full(topic, max_members).with_transport(NAME);
+            if members.is_empty() {
+                presence.remove(topic);
+            }
+            return Err(full);
+        } else {
+            if let Err(error) = self.append_presence(topic, JOIN_EVENT, member) {
+                if members.is_empty() {
+                    presence.remove(topic);
+                }
+                return Err(error);
+            }
+            members.insert(Arc::from(member.client.as_str()), Present { member: member.clone(), until });
+        }
+        drop(presence);
+        if until.is_some() {
+            self.start_sweeping();
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, topic: &Topic, client: &str) -> Result<()> {
+        let mut presence = self.shared.presence.lock().expect("presence lock");
+        let Some(members) = presence.get_mut(topic) else { return Ok(()) };
+        let Some(present) = members.remove(client) else { return Ok(()) };
+        if members.is_empty() {
+            presence.remove(topic);
+        }
+        self.append_presence(topic, LEAVE_EVENT, &present.member)
     }
 }

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::memory::Retention;
 use crate::message::Capabilities;
 use crate::message::{Page, Publication, Receipt};
+use crate::presence::{Lease, Member, Members, Presence, PresenceSnapshot, PresenceStats};
 use crate::topic::Topic;
 use crate::traits::{Broker, Client, Fetch, Publish, Subscribe, Subscription};
 
@@ -42,6 +43,10 @@ pub struct TopicRule {
     /// were given. Default `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<bool>,
+    /// Whether its topics keep presence (who follows them): `false` makes no members and
+    /// refuses to tell who follows (members' identities may be personal data). Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
     /// What requests without a token may do with its topics, over `auth.anonymous` (a server
     /// with `[auth]`): `{ subscribe = true }` opens a family to anonymous readers, `{ subscribe
     /// = false }` closes it even where `auth.anonymous` allows every topic.
@@ -114,6 +119,8 @@ pub struct TopicPolicy {
     pub publish_rate: Option<(f64, u32)>,
     /// Whether readers may ask for the past.
     pub history: bool,
+    /// Whether it keeps presence.
+    pub presence: bool,
 }
 
 /// Where a pattern matches: exactly one name, or every name with a prefix.
@@ -265,11 +272,13 @@ impl TopicRules {
         })
     }
 
-    /// The rule that applies to `topic`, if any: the longest matching pattern.
+    /// The rule that applies to `topic`, if any: the longest matching pattern (a presence
+    /// log's is its topic's).
     fn rule(&self, topic: &Topic) -> Option<&TopicRule> {
+        let name = topic.governing();
         self.rules
             .iter()
-            .filter_map(|(pattern, rule)| pattern.score(topic.as_str()).map(|score| (score, rule)))
+            .filter_map(|(pattern, rule)| pattern.score(name).map(|score| (score, rule)))
             .max_by_key(|(score, _)| *score)
             .map(|(_, rule)| rule)
     }
@@ -283,6 +292,7 @@ impl TopicRules {
                 max_payload,
                 publish_rate: None,
                 history: true,
+                presence: true,
             };
         };
         TopicPolicy {
@@ -293,6 +303,7 @@ impl TopicRules {
                 (rate, rule.publish_burst.unwrap_or_else(|| (rate.ceil() as u32).max(1)))
             }),
             history: rule.history.unwrap_or(true),
+            presence: rule.presence.unwrap_or(true),
         }
     }
 }
@@ -393,6 +404,9 @@ impl RuledBroker {
     }
 
     fn check_read(&self, topic: &Topic, cursor: Cursor) -> Result<()> {
+        if topic.is_presence() {
+            self.check_presence(topic)?;
+        }
         let ruled = self.ruled(topic);
         let past = matches!(cursor, Cursor::Beginning | Cursor::Last(_) | Cursor::Since(_));
         if past && !ruled.policy.history {
@@ -460,5 +474,70 @@ impl Subscribe for RuledBroker {
 impl Client for RuledBroker {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+
+    fn presence(&self) -> Option<&dyn Presence> {
+        self.inner.presence().map(|_| self as &dyn Presence)
+    }
+
+    fn members(&self) -> Option<&dyn Members> {
+        self.inner.members().map(|_| self as &dyn Members)
+    }
+}
+
+impl RuledBroker {
+    /// `Forbidden` where `topic`'s rule turns presence off.
+    fn check_presence(&self, topic: &Topic) -> Result<()> {
+        let ruled = self.ruled(topic);
+        match ruled.policy.presence {
+            true => Ok(()),
+            false => Err(Self::refused(&ruled.policy, format!("presence is off for {topic}"))),
+        }
+    }
+
+    fn inner_presence(&self) -> Result<&dyn Presence> {
+        self.inner.presence().ok_or_else(|| {
+            Error::new(ErrorKind::Unsupported, "the broker does not keep presence")
+        })
+    }
+}
+
+#[async_trait]
+impl Presence for RuledBroker {
+    async fn snapshot(&self, topic: &Topic) -> Result<PresenceSnapshot> {
+        self.check_presence(topic)?;
+        self.inner_presence()?.snapshot(topic).await
+    }
+
+    async fn stats(&self, topic: &Topic) -> Result<PresenceStats> {
+        self.check_presence(topic)?;
+        self.inner_presence()?.stats(topic).await
+    }
+}
+
+#[async_trait]
+impl Members for RuledBroker {
+    /// Makes no member where the topic's rule turns presence off.
+    async fn join(
+        &self,
+        topic: &Topic,
+        member: &Member,
+        lease: Lease,
+        max_members: usize,
+    ) -> Result<()> {
+        if !self.ruled(topic).policy.presence {
+            return Ok(());
+        }
+        match self.inner.members() {
+            Some(members) => members.join(topic, member, lease, max_members).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn leave(&self, topic: &Topic, client: &str) -> Result<()> {
+        match self.inner.members() {
+            Some(members) => members.leave(topic, client).await,
+            None => Ok(()),
+        }
     }
 }

@@ -10,6 +10,12 @@ use crate::error::{Error, ErrorKind};
 /// The longest topic name accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
 
+/// What starts the name of a topic's presence log: `.presence:orders` is the log of who
+/// joined and left `orders`. No topic a client creates can start with it (a name starts with a
+/// letter or a digit), so the name is the server's: readers read it like any topic, with the
+/// right to read `orders`; nobody publishes to it.
+pub const PRESENCE_PREFIX: &str = ".presence:";
+
 /// A validated topic name.
 ///
 /// # Rules
@@ -17,6 +23,9 @@ pub const MAX_TOPIC_LEN: usize = 128;
 /// - 1 to [`MAX_TOPIC_LEN`] bytes;
 /// - only ASCII letters, digits and the four characters `.` `_` `-` `:`;
 /// - the first character is a letter or a digit.
+///
+/// One more form is valid: [`PRESENCE_PREFIX`] followed by a valid name, the presence log of
+/// that topic ([`Topic::presence`]).
 ///
 /// The rules make a topic safe, unescaped, in a URL path segment, an HTTP header, a Redis key
 /// and a log line, and they rule out `.` and `..` as path segments.
@@ -47,9 +56,34 @@ impl Topic {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The topic's presence log: its joins and leaves, read like any topic. The presence log
+    /// of a presence log is itself.
+    pub fn presence(&self) -> Topic {
+        if self.is_presence() {
+            return self.clone();
+        }
+        Self(Arc::from(format!("{PRESENCE_PREFIX}{}", self.0)))
+    }
+
+    /// Whether this is a topic's presence log.
+    pub fn is_presence(&self) -> bool {
+        self.0.starts_with(PRESENCE_PREFIX)
+    }
+
+    /// The topic whose presence log this is, if it is one.
+    pub fn presence_of(&self) -> Option<Topic> {
+        self.0.strip_prefix(PRESENCE_PREFIX).map(|name| Self(Arc::from(name)))
+    }
+
+    /// The topic whose rules and rights apply: the one a presence log belongs to, else itself.
+    pub fn governing(&self) -> &str {
+        self.0.strip_prefix(PRESENCE_PREFIX).unwrap_or(&self.0)
+    }
 }
 
 fn validate(name: &str) -> Result<(), String> {
+    let name = name.strip_prefix(PRESENCE_PREFIX).unwrap_or(name);
     if name.is_empty() {
         return Err("a topic name must not be empty".into());
     }
@@ -174,5 +208,21 @@ mod tests {
         // A huge name is not echoed whole into the message.
         let huge = "é".repeat(10_000);
         assert!(Topic::new(&huge).unwrap_err().to_string().len() < 400);
+    }
+
+    #[test]
+    fn a_presence_log_is_named_after_its_topic() {
+        let topic = Topic::new("chat:42").unwrap();
+        let presence = topic.presence();
+        assert_eq!(presence.as_str(), ".presence:chat:42");
+        assert!(presence.is_presence() && !topic.is_presence());
+        assert_eq!(presence.presence_of(), Some(topic.clone()));
+        assert_eq!(presence.presence(), presence);
+        assert_eq!(presence.governing(), "chat:42");
+        assert_eq!(Topic::new(".presence:chat:42").unwrap(), presence);
+        for bad in [".presence:", ".presence:.x", ".presence:a b", ".presencex"] {
+            assert!(Topic::new(bad).is_err(), "{bad}");
+        }
+        assert!(Topic::new(format!(".presence:{}", "x".repeat(128))).is_ok());
     }
 }

@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 use crate::cursor::Cursor;
 use crate::error::Result;
 use crate::message::{Capabilities, Delivery, Page, Publication, Receipt};
+use crate::presence::{Members, Presence};
 use crate::topic::Topic;
 
 /// Appends messages to a topic.
@@ -136,6 +137,18 @@ pub trait Subscribe: Send + Sync {
 pub trait Client: Publish + Fetch + Subscribe {
     /// What this client can do.
     fn capabilities(&self) -> Capabilities;
+
+    /// Who follows its topics, when it can tell: a broker that keeps members, a transport's
+    /// client that asks its server. `None` (the default) when it cannot.
+    fn presence(&self) -> Option<&dyn Presence> {
+        None
+    }
+
+    /// Where a server makes and ends the members of topics: a broker that keeps them. `None`
+    /// (the default) for a broker without presence and for transports' clients.
+    fn members(&self) -> Option<&dyn Members> {
+        None
+    }
 }
 
 /// A stream of [`Delivery`] items that remembers the cursor of the last one it yielded.
@@ -268,6 +281,14 @@ macro_rules! forward {
         impl<T: Client + ?Sized> Client for $wrapper<T> {
             fn capabilities(&self) -> Capabilities {
                 (**self).capabilities()
+            }
+
+            fn presence(&self) -> Option<&dyn Presence> {
+                (**self).presence()
+            }
+
+            fn members(&self) -> Option<&dyn Members> {
+                (**self).members()
             }
         }
     )*};

@@ -395,3 +395,35 @@ fn random_key() -> String {
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+impl HttpClient {
+    /// GETs `path` (safe to repeat) and reads its JSON answer.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let timeout = self.config.request_timeout;
+        let make = || {
+            self.request(Method::GET, path)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| self.error(ErrorKind::BadRequest, e.to_string()))
+        };
+        let response = self.send_idempotent(make, timeout).await?;
+        if response.status() != StatusCode::OK {
+            return Err(self.error_for(response).await);
+        }
+        let body = self.read_body(response, timeout).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            self.error(ErrorKind::Protocol, format!("GET {path}: the answer is not what it should be: {e}"))
+        })
+    }
+}
+
+/// Presence over the HTTP API: `GET /v1/topics/{topic}/presence` and `…/presence/stats`.
+#[async_trait::async_trait]
+impl pushpull_core::Presence for HttpClient {
+    async fn snapshot(&self, topic: &Topic) -> Result<pushpull_core::PresenceSnapshot, Error> {
+        self.get_json(&format!("/v1/topics/{topic}/presence")).await
+    }
+
+    async fn stats(&self, topic: &Topic) -> Result<pushpull_core::PresenceStats, Error> {
+        self.get_json(&format!("/v1/topics/{topic}/presence/stats")).await
+    }
+}

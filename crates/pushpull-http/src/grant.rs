@@ -152,6 +152,8 @@ impl Grant {
                 ruled(topic, true).unwrap_or_else(|| any(&self.publish, topic))
             }
             Right::Subscribe(topic) => {
+                // A topic's presence log is read with the right to read the topic.
+                let topic = topic.strip_prefix(pushpull_core::PRESENCE_PREFIX).unwrap_or(topic);
                 ruled(topic, false).unwrap_or_else(|| any(&self.subscribe, topic))
             }
             Right::Admin => false,

@@ -8,6 +8,7 @@ mod grant;
 mod many_client;
 pub mod metrics;
 pub mod pages;
+mod presence;
 mod publish;
 mod push;
 mod push_client;
@@ -32,11 +33,15 @@ pub use pages::{
     Hold, MANY_MESSAGES_PATH, MESSAGES_PATH, ManyPageAnswer, PageAnswer, PageConfig,
     fetch_newest_first_page, fetch_page, many_page_route, page_route, request_many_page,
 };
+pub use presence::{
+    CLIENT_PARAM, INFO_PARAM, Membership, PRESENCE_PATH, PRESENCE_STATS_PATH, PresenceConfig,
+    Presences, connection_id, presence_routes,
+};
 pub use publish::{
     BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,
     TOPIC_PATH, api, batch_route, publish_batch, publish_route,
 };
-pub use push::{Encode, Feed, PushFormat, PushServer, PushTransport, Start, push_response};
+pub use push::{Encode, Feed, Open, PushFormat, PushServer, PushTransport, Start, push_response};
 pub use push_client::{Decoded, Opening, PushClient, PushReader, Scope, Target};
 pub use reopen::{reopening, reopening_many};
 pub use response::{

@@ -146,12 +146,14 @@ pub fn api(context: &crate::Context, hold: Option<crate::Hold>) -> crate::Router
     let broker = context.broker.clone();
     let max_body = broker.capabilities().max_payload.unwrap_or(4 * 1024 * 1024);
     let limits = PublishLimits { max_body, body_timeout: context.body_timeout };
-    crate::Router::new().with([
-        batch_route(broker.clone(), limits.clone()),
-        publish_route(broker, limits),
-        crate::page_route(context, hold.clone()),
-        crate::many_page_route(context, hold),
-    ])
+    crate::Router::new()
+        .with([
+            batch_route(broker.clone(), limits.clone()),
+            publish_route(broker, limits),
+            crate::page_route(context, hold.clone()),
+            crate::many_page_route(context, hold),
+        ])
+        .with(crate::presence_routes(&context.presences()))
 }
 
 fn event_type(

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::DeliveryMeter;
+use crate::presence::{Membership, Presences};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, Router};
 use crate::transport::{Context, LiveCount, Measure, Mount, TransportServer};
 use crate::{Body, Gauge, Held, PageConfig, Shutdown};
@@ -65,7 +66,7 @@ pub fn push_response(
     format: PushFormat,
     meter: DeliveryMeter,
     shutdown: Shutdown,
-    open: Held,
+    open: impl Into<Open>,
 ) -> Response<Body> {
     let content_type = format.content_type;
     let state = Pushing {
@@ -76,7 +77,7 @@ pub fn push_response(
         format,
         meter,
         shutdown,
-        _open: open,
+        _open: open.into(),
     };
     let body = StreamBody::new(futures::stream::unfold(state, Pushing::next).map(Ok));
     let mut response = Response::new(BodyExt::boxed_unsync(body));
@@ -129,7 +130,23 @@ struct Pushing {
     heartbeat: Pin<Box<Sleep>>,
     /// When the last chunk was handed over.
     last_write: Instant,
-    _open: Held,
+    _open: Open,
+}
+
+/// What a push response holds for as long as it lives: its place in the count of open
+/// responses, and its memberships of the topics it follows (their members leave when it ends).
+#[derive(Debug)]
+pub struct Open {
+    /// The count of open responses.
+    pub held: Held,
+    /// Its memberships.
+    pub members: Vec<Membership>,
+}
+
+impl From<Held> for Open {
+    fn from(held: Held) -> Self {
+        Self { held, members: Vec::new() }
+    }
 }
 
 impl Pushing {
@@ -248,6 +265,7 @@ struct Streams<P: PushTransport> {
     config: Arc<P::Config>,
     open: Gauge,
     meter: DeliveryMeter,
+    presences: Presences,
 }
 
 impl<P: PushTransport> Clone for Streams<P> {
@@ -258,6 +276,7 @@ impl<P: PushTransport> Clone for Streams<P> {
             config: self.config.clone(),
             open: self.open.clone(),
             meter: self.meter.clone(),
+            presences: self.presences.clone(),
         }
     }
 }
@@ -276,6 +295,7 @@ impl<P: PushTransport> PushServer<P> {
             config: Arc::new(config),
             open: Gauge::new(),
             meter: DeliveryMeter::new(P::NAME),
+            presences: context.presences(),
         };
         let router = crate::api(context, None).with(streams.routes());
         Ok(Self { streams, router })
@@ -345,10 +365,19 @@ impl<P: PushTransport> Streams<P> {
             Cursor::Latest,
             self.max_topics,
         )?;
+        let info = self.info(&req)?;
         let broker: Arc<dyn Client> = self.broker.clone();
-        let subscription = pushpull_core::follow(broker, follow)
+        let subscription = pushpull_core::follow(broker, follow.clone())
             .await
             .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
+        // A member of each topic it names (not of those a prefix selects).
+        let mut members = Vec::new();
+        for (selector, _) in &follow.selectors {
+            if let pushpull_core::Selector::Topic(topic) = selector {
+                let grant = crate::Grant::of(&req);
+                members.extend(self.presences.join_held(topic, grant, info.clone()).await?);
+            }
+        }
         let token = keys.encode(subscription.cursors());
         let format = P::format(&self.config, &req, Start::Many(&token));
         Ok(push_response(
@@ -356,25 +385,34 @@ impl<P: PushTransport> Streams<P> {
             format,
             self.meter.clone(),
             Shutdown::of(&req),
-            self.open.hold(),
+            Open { held: self.open.hold(), members },
         ))
     }
 
     async fn stream(&self, req: HttpRequest, params: Params) -> HandlerResult {
         let topic = crate::request::topic(&params)?;
         let cursor = P::start(&req)?;
+        let info = self.info(&req)?;
         let subscription = self
             .broker
             .subscribe(&topic, cursor)
             .await
             .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
+        let grant = crate::Grant::of(&req);
+        let member = self.presences.join_held(&topic, grant, info).await?;
         let format = P::format(&self.config, &req, Start::One(subscription.cursor()));
         Ok(push_response(
             subscription,
             format,
             self.meter.clone(),
             Shutdown::of(&req),
-            self.open.hold(),
+            Open { held: self.open.hold(), members: member.into_iter().collect() },
         ))
+    }
+
+    /// The `info` query parameter, checked.
+    fn info(&self, req: &HttpRequest) -> Result<Option<serde_json::Value>, Error> {
+        let query = crate::router::query_params(req);
+        self.presences.info(query.get(crate::presence::INFO_PARAM).map(String::as_str))
     }
 }

@@ -179,6 +179,10 @@ impl<R: PushReader> Client for PushClient<R> {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(R::NAME).with_push(true)
     }
+
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        Some(&self.http)
+    }
 }
 
 /// What the reopening reader drives.

@@ -84,6 +84,8 @@ pub struct Context {
     /// Browser origins allowed to call the server from their pages (CORS); a transport that
     /// checks `Origin` itself (WebSocket upgrades) allows these too.
     pub allowed_origins: Vec<String>,
+    /// Presence: whether subscriptions make members, and their bounds.
+    pub presence: crate::presence::PresenceConfig,
     /// What else the server's parts share, by type: such as the store where a broker keeps
     /// state every node of a deployment sees (webhook endpoints).
     pub extensions: http::Extensions,
@@ -99,8 +101,20 @@ impl Context {
             body_timeout: Duration::from_secs(30),
             max_topics: DEFAULT_MAX_TOPICS,
             allowed_origins: Vec::new(),
+            presence: crate::presence::PresenceConfig::default(),
             extensions: http::Extensions::new(),
         }
+    }
+
+    /// With `presence` as the presence settings.
+    pub fn with_presence(mut self, presence: crate::presence::PresenceConfig) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// What the transports make members with.
+    pub fn presences(&self) -> crate::presence::Presences {
+        crate::presence::Presences::new(self.broker.clone(), self.presence.clone())
     }
 
     /// With `pages` as the page route's settings, its short polls counted under `transport`.
@@ -136,6 +150,7 @@ impl Debug for Context {
             .field("page_transport", &self.page_transport)
             .field("body_timeout", &self.body_timeout)
             .field("allowed_origins", &self.allowed_origins)
+            .field("presence", &self.presence)
             .finish_non_exhaustive()
     }
 }

@@ -81,6 +81,10 @@ impl pushpull_core::Client for LongpollClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME)
     }
+
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        self.inner.presence()
+    }
 }
 
 pushpull_core::connect_by_new!(LongpollClient, ClientConfig, crate::NAME);

@@ -158,6 +158,10 @@ impl pushpull_core::Client for PollClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(self.name)
     }
+
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        Some(&self.http)
+    }
 }
 
 /// What a poller polls: one topic's page route, or the page route of many topics.
@@ -195,6 +199,8 @@ struct Poller {
     wait_before_next: bool,
     failures: u32,
     finished: bool,
+    /// Its id as a member of its topics' presence, sent with every poll.
+    member: String,
 }
 
 impl Poller {
@@ -212,6 +218,7 @@ impl Poller {
             wait_before_next: false,
             failures: 0,
             finished: false,
+            member: pushpull_http::connection_id(),
         };
         let (deliveries, full, hint) = match poller.poll(probe).await? {
             Answer::Page { held: false, .. } | Answer::NotModified { held: false, .. }
@@ -248,8 +255,16 @@ impl Poller {
         match &mut self.what {
             Polled::One { topic, cursor, etag } => {
                 let answer =
-                    request_page(&self.client.http, topic, *cursor, limit, etag.as_ref(), wait)
-                        .await?;
+                    request_page(
+                    &self.client.http,
+                    topic,
+                    *cursor,
+                    limit,
+                    etag.as_ref(),
+                    wait,
+                    Some(&self.member),
+                )
+                .await?;
                 Ok(match answer {
                     PageAnswer::Page { page, etag: tag, hint, held } => {
                         *etag = tag;
@@ -267,7 +282,14 @@ impl Poller {
             }
             Polled::Many(query) => {
                 let answer =
-                    request_many_page(&self.client.http, &query.query(), limit, wait).await?;
+                    request_many_page(
+                    &self.client.http,
+                    &query.query(),
+                    limit,
+                    wait,
+                    Some(&self.member),
+                )
+                .await?;
                 let next = query.parse(&answer.next).map_err(|e| {
                     self.client.http.error(
                         ErrorKind::Protocol,

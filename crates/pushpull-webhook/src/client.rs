@@ -450,6 +450,10 @@ impl pushpull_core::Client for WebhookClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
     }
+
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        Some(&self.http)
+    }
 }
 
 pushpull_core::connect_by_new!(WebhookClient, ClientConfig, crate::NAME, probes = false);

@@ -69,6 +69,7 @@ impl WsServer {
             subscribed: Gauge::new(),
             meter: DeliveryMeter::new(crate::NAME),
             max_topics: context.max_topics,
+            presences: context.presences(),
         };
         let router = api.with(sockets.routes());
         Ok(Self { sockets, router })
@@ -132,6 +133,8 @@ struct Sockets {
     meter: DeliveryMeter,
     /// The most topics one prefix subscription follows (`http.max_topics_per_connection`).
     max_topics: usize,
+    /// Where subscriptions become members of their topics' presence.
+    presences: pushpull_http::Presences,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -283,6 +286,9 @@ struct Session {
     subscriptions: SubscriptionSet<Key>,
     /// One unit of the server's subscription gauge per subscription.
     counted: Vec<pushpull_http::Held>,
+    /// The presence memberships of the subscriptions to one topic: each member leaves as its
+    /// subscription ends (and all of them with the socket).
+    members: std::collections::HashMap<Key, pushpull_http::Membership>,
     bad_frames: u32,
     heard: Instant,
     /// A refresh replaced the grant since the session last looked.
@@ -359,6 +365,7 @@ impl Session {
             grant,
             subscriptions: SubscriptionSet::new(),
             counted: Vec::new(),
+            members: std::collections::HashMap::new(),
             bad_frames: 0,
             heard: Instant::now(),
             refreshed: false,
@@ -470,7 +477,8 @@ impl Session {
     async fn handle(&mut self, Incoming { request, payload }: Incoming) -> Result<Frame, Error> {
         let broker = self.server.broker.clone();
         match request {
-            Request::Subscribe { id, topic, after, sub } => {
+            Request::Subscribe { id, topic, after, sub, info } => {
+                let info = self.server.presences.info_value(info)?;
                 let target = match topic {
                     Some(text) => Target::Selector(text.parse()?),
                     None => Target::Granted,
@@ -519,7 +527,12 @@ impl Session {
                             .await
                             .inspect_err(|e| metrics::broker_error("subscribe", e))?;
                         let cursor = subscription.cursor().to_string();
+                        let member =
+                            self.server.presences.join_held(topic, self.grant.as_ref(), info).await?;
                         self.subscriptions.insert_as(key.clone(), subscription);
+                        if let Some(member) = member {
+                            self.members.insert(key.clone(), member);
+                        }
                         cursor
                     }
                     Target::Selector(Selector::Prefix(_)) | Target::Granted => {
@@ -564,6 +577,7 @@ impl Session {
                 let key = (target, sub);
                 if self.subscriptions.remove(&key) {
                     self.counted.pop();
+                    self.members.remove(&key);
                 } else {
                     return Err(Error::bad_request(match &key.1 {
                         Some(sub) => format!("not subscribed to {} as {sub:?}", key.0),
@@ -629,6 +643,16 @@ impl Session {
                 self.grant = Some(renewed);
                 self.refreshed = true;
                 Ok(wire::reply_frame(&Reply::Refreshed { id, expires }))
+            }
+            Request::Presence { id, topic, stats } => {
+                let topic = Topic::new(topic)?;
+                self.may(Right::Subscribe(topic.as_str()))?;
+                let presence = self.server.presences.reader()?;
+                let reply = match stats {
+                    false => Reply::Presence { id, snapshot: presence.snapshot(&topic).await? },
+                    true => Reply::PresenceStats { id, topic: topic.clone(), stats: presence.stats(&topic).await? },
+                };
+                Ok(wire::reply_frame(&reply))
             }
             Request::Fetch { id, topic, after, limit } => {
                 let topic = Topic::new(topic)?;

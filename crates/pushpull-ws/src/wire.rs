@@ -49,6 +49,21 @@ pub enum Request {
         /// every frame of a named subscription carries it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sub: Option<String>,
+        /// What the subscription, as a member of the topic's presence, tells the other members
+        /// about itself: a small JSON value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<serde_json::Value>,
+    },
+    /// Who follows `topic`: its members and its presence log's cursor (`presence`), or with
+    /// `stats`, only how many (`presence_stats`).
+    Presence {
+        /// Request id.
+        id: String,
+        /// The topic.
+        topic: String,
+        /// Only the counts.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stats: bool,
     },
     /// Stop pushing `topic` (the subscription named `sub`, if given).
     Unsubscribe {
@@ -124,6 +139,7 @@ impl Request {
             | Request::Publish { id, .. }
             | Request::PublishMany { id, .. }
             | Request::Refresh { id, .. }
+            | Request::Presence { id, .. }
             | Request::Fetch { id, .. } => id,
         }
     }
@@ -187,6 +203,25 @@ pub enum Reply {
         /// When the new token expires (seconds since the epoch), if it does.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires: Option<u64>,
+    },
+    /// A topic's members and its presence log's cursor: reading `.presence:TOPIC` from the
+    /// cursor gives every join and leave since.
+    Presence {
+        /// The request id.
+        id: String,
+        /// The snapshot.
+        #[serde(flatten)]
+        snapshot: pushpull_core::PresenceSnapshot,
+    },
+    /// How many follow a topic.
+    PresenceStats {
+        /// The request id.
+        id: String,
+        /// The topic.
+        topic: Topic,
+        /// The counts.
+        #[serde(flatten)]
+        stats: pushpull_core::PresenceStats,
     },
     /// A page of messages.
     Page {

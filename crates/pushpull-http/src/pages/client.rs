@@ -34,7 +34,8 @@ pub enum PageAnswer {
 }
 
 /// One page request on `http` (whose timeout and transport name apply): a page, a 304, or the
-/// error (with the `Retry-After` delay the server asked for, if any). With `wait`, a long poll.
+/// error (with the `Retry-After` delay the server asked for, if any). With `wait`, a long poll;
+/// with `client`, the poll keeps that client a member of the topic's presence.
 pub async fn request_page(
     http: &HttpClient,
     topic: &Topic,
@@ -42,11 +43,13 @@ pub async fn request_page(
     limit: usize,
     etag: Option<&HeaderValue>,
     wait: Option<Duration>,
+    client: Option<&str>,
 ) -> Result<PageAnswer, Error> {
     let mut path = format!("{}?after={cursor}&limit={limit}", messages_path(topic.as_str()));
     if let Some(wait) = wait {
         path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
     }
+    add_client(&mut path, client);
     let (response, timeout, hint, held) = send(http, &path, etag, wait).await?;
     match response.status() {
         StatusCode::OK => {
@@ -58,6 +61,14 @@ pub async fn request_page(
         }
         StatusCode::NOT_MODIFIED => Ok(PageAnswer::NotModified { hint, held }),
         _ => Err(http.error_for(response).await),
+    }
+}
+
+/// Adds the `client` parameter: the poller's id as a member of the topics' presence.
+fn add_client(path: &mut String, client: Option<&str>) {
+    if let Some(client) = client {
+        let client = percent_encoding::utf8_percent_encode(client, percent_encoding::NON_ALPHANUMERIC);
+        path.push_str(&format!("&{}={client}", crate::presence::CLIENT_PARAM));
     }
 }
 
@@ -124,11 +135,13 @@ pub async fn request_many_page(
     query: &str,
     limit: usize,
     wait: Option<Duration>,
+    client: Option<&str>,
 ) -> Result<ManyPageAnswer, Error> {
     let mut path = format!("{}?{query}&limit={limit}", super::MANY_MESSAGES_PATH);
     if let Some(wait) = wait {
         path.push_str(&format!("&wait={:.3}", wait.as_secs_f64()));
     }
+    add_client(&mut path, client);
     let (body, hint, held) = read_ok(http, &path, wait).await?;
     let (deliveries, next) =
         crate::wire::decode_many_page(&body).map_err(|e| e.with_transport(http.transport()))?;
@@ -163,7 +176,7 @@ pub async fn fetch_page(
     if limit == 0 {
         return Err(http.error(ErrorKind::BadRequest, "limit must be at least 1"));
     }
-    match request_page(http, topic, cursor, limit, None, None).await {
+    match request_page(http, topic, cursor, limit, None, None, None).await {
         Ok(PageAnswer::Page { page, .. }) => Ok(page),
         Ok(PageAnswer::NotModified { .. }) => {
             Err(http.error(ErrorKind::Protocol, "304 to a request without If-None-Match"))

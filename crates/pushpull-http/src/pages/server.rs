@@ -12,6 +12,7 @@ use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
 use crate::gauge::Gauge;
 use crate::metrics::{self, DeliveryMeter};
+use crate::presence::Presences;
 use crate::request;
 use crate::response::{Body, json};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
@@ -55,12 +56,13 @@ pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
         context.pages.clone(),
         hold,
         DeliveryMeter::new(context.page_transport),
+        context.presences(),
     ));
     Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
         async move {
-            let (broker, config, hold, meter) = &*shared;
-            answer(&**broker, config, hold.as_ref(), meter, req, params).await
+            let (broker, config, hold, meter, presences) = &*shared;
+            answer(&**broker, config, hold.as_ref(), meter, presences, req, params).await
         }
     })
 }
@@ -70,6 +72,7 @@ async fn answer(
     config: &PageConfig,
     hold: Option<&Hold>,
     plain_meter: &DeliveryMeter,
+    presences: &Presences,
     req: HttpRequest,
     params: Params,
 ) -> HandlerResult {
@@ -81,6 +84,12 @@ async fn answer(
         Some(hold) => wait(&request.query, hold.max_wait)?,
         None => None,
     };
+    // A poll that names its client makes (or keeps) it a member while its polls keep coming.
+    if let Some((client, info)) = presences.polled(&request.query)? {
+        let grant = crate::Grant::of(&req);
+        let held = wait.unwrap_or_default();
+        presences.join_polled(&request.topic, grant, &client, info, held).await?;
+    }
     let page = broker
         .fetch(&request.topic, request.cursor, request.limit)
         .await
@@ -281,24 +290,33 @@ pub fn many_page_route(context: &Context, hold: Option<Hold>) -> Route {
         hold,
         DeliveryMeter::new(context.page_transport),
         context.max_topics,
+        context.presences(),
     ));
     Route::new(Method::GET, MANY_MESSAGES_PATH, move |req: HttpRequest, _: Params| {
         let shared = shared.clone();
         async move {
-            let (broker, config, hold, meter, max_topics) = &*shared;
-            answer_many(broker.clone(), config, hold.as_ref(), meter, *max_topics, req).await
+            let (broker, config, hold, meter, max_topics, presences) = &*shared;
+            let many = Many { config, hold: hold.as_ref(), plain_meter: meter, presences };
+            answer_many(broker.clone(), many, *max_topics, req).await
         }
     })
 }
 
+/// The many-topics page route's settings.
+struct Many<'a> {
+    config: &'a PageConfig,
+    hold: Option<&'a Hold>,
+    plain_meter: &'a DeliveryMeter,
+    presences: &'a Presences,
+}
+
 async fn answer_many(
     broker: Arc<dyn Broker>,
-    config: &PageConfig,
-    hold: Option<&Hold>,
-    plain_meter: &DeliveryMeter,
+    many: Many<'_>,
     max_topics: usize,
     req: HttpRequest,
 ) -> HandlerResult {
+    let Many { config, hold, plain_meter, presences } = many;
     let query = query_params(&req);
     let limit = request::limit(&query, config.default_limit, config.max_limit)?;
     let resume = request::resume_text(&req)?;
@@ -308,6 +326,16 @@ async fn answer_many(
         Some(hold) => wait(&query, hold.max_wait)?,
         None => None,
     };
+    // A poll that names its client is a member of each topic it names (not of prefixes).
+    if let Some((client, info)) = presences.polled(&query)? {
+        let grant = crate::Grant::of(&req);
+        for (selector, _) in &follow.selectors {
+            if let pushpull_core::Selector::Topic(topic) = selector {
+                let held = wait.unwrap_or_default();
+                presences.join_polled(topic, grant, &client, info.clone(), held).await?;
+            }
+        }
+    }
     // The page is read by fetching each topic from its start, on any broker; only a page that
     // has to wait subscribes.
     let starts =

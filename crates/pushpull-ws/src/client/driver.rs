@@ -412,7 +412,9 @@ impl Driver {
         let answers = match &reply {
             Reply::Published { id, .. }
             | Reply::PublishedMany { id, .. }
-            | Reply::Page { id, .. } => Some(id.clone()),
+            | Reply::Page { id, .. }
+            | Reply::Presence { id, .. }
+            | Reply::PresenceStats { id, .. } => Some(id.clone()),
             _ => None,
         };
         if let Some(id) = answers {
@@ -519,7 +521,11 @@ impl Driver {
                     let _ = reply.send(Ok((reply_error, None)));
                 }
             }
-            Reply::Published { .. } | Reply::PublishedMany { .. } | Reply::Page { .. } => {}
+            Reply::Published { .. }
+            | Reply::PublishedMany { .. }
+            | Reply::Page { .. }
+            | Reply::Presence { .. }
+            | Reply::PresenceStats { .. } => {}
         }
         Step::Continue
     }

@@ -82,6 +82,7 @@ impl Driver {
             topic: Some(key.0.to_string()),
             after: Some(follow.position.after()),
             sub: key.1.clone(),
+            info: None,
         };
         self.outbox.push(text(&request));
     }

@@ -260,6 +260,34 @@ impl Fetch for WsClient {
 }
 
 impl WsClient {
+    /// Asks the socket who follows `topic`.
+    async fn ask_presence(&self, topic: &Topic, stats: bool) -> Result<Reply, Error> {
+        let request = |id: &str| {
+            let request = Request::Presence { id: id.into(), topic: topic.to_string(), stats };
+            Frame::Text(serde_json::to_string(&request).expect("encodes"))
+        };
+        Ok(self.request(request).await?.0)
+    }
+}
+
+#[async_trait]
+impl pushpull_core::Presence for WsClient {
+    async fn snapshot(&self, topic: &Topic) -> Result<pushpull_core::PresenceSnapshot, Error> {
+        match self.ask_presence(topic, false).await? {
+            Reply::Presence { snapshot, .. } => Ok(snapshot),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn stats(&self, topic: &Topic) -> Result<pushpull_core::PresenceStats, Error> {
+        match self.ask_presence(topic, true).await? {
+            Reply::PresenceStats { stats, .. } => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl WsClient {
     /// Subscribes on the socket to `selector`, tracked by `track`; the start the server
     /// answered with, and the deliveries.
     async fn open(
@@ -370,6 +398,10 @@ impl Subscribe for WsClient {
 impl pushpull_core::Client for WsClient {
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true)
+    }
+
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        Some(self)
     }
 }
 
