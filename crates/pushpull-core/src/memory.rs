@@ -882,7 +882,10 @@ impl Members for MemoryBroker {
                 }
                 return Err(error);
             }
-            members.insert(Arc::from(member.client.as_str()), Present { member: member.clone(), until });
+            members.insert(
+                Arc::from(member.client.as_str()),
+                Present { member: member.clone(), until },
+            );
         }
         drop(presence);
         if until.is_some() {

@@ -496,9 +496,9 @@ impl RuledBroker {
     }
 
     fn inner_presence(&self) -> Result<&dyn Presence> {
-        self.inner.presence().ok_or_else(|| {
-            Error::new(ErrorKind::Unsupported, "the broker does not keep presence")
-        })
+        self.inner
+            .presence()
+            .ok_or_else(|| Error::new(ErrorKind::Unsupported, "the broker does not keep presence"))
     }
 }
 

@@ -411,7 +411,10 @@ impl HttpClient {
         }
         let body = self.read_body(response, timeout).await?;
         serde_json::from_slice(&body).map_err(|e| {
-            self.error(ErrorKind::Protocol, format!("GET {path}: the answer is not what it should be: {e}"))
+            self.error(
+                ErrorKind::Protocol,
+                format!("GET {path}: the answer is not what it should be: {e}"),
+            )
         })
     }
 }

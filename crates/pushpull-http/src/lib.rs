@@ -34,8 +34,8 @@ pub use pages::{
     fetch_newest_first_page, fetch_page, many_page_route, page_route, request_many_page,
 };
 pub use presence::{
-    CLIENT_PARAM, INFO_PARAM, Membership, PRESENCE_PATH, PRESENCE_STATS_PATH, PresenceConfig,
-    Presences, connection_id, presence_routes,
+    CLIENT_PARAM, INFO_PARAM, Membership, PRESENCE_PATH, PRESENCE_STATS_PATH, PollEnd,
+    PresenceConfig, Presences, connection_id, presence_routes,
 };
 pub use publish::{
     BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,

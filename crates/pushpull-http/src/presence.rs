@@ -143,10 +143,22 @@ impl Presences {
         grant: Option<&Grant>,
         info: Option<serde_json::Value>,
     ) -> Result<Option<Membership>, Error> {
+        self.join_as(topic, &connection_id(), user(grant), info).await
+    }
+
+    /// Makes `client` a member of `topic` for as long as the returned [`Membership`] lives
+    /// (a webhook endpoint, under its id). `None` where no member is made.
+    pub async fn join_as(
+        &self,
+        topic: &Topic,
+        client: &str,
+        user: Option<String>,
+        info: Option<serde_json::Value>,
+    ) -> Result<Option<Membership>, Error> {
         if !self.makes_members(topic) {
             return Ok(None);
         }
-        let member = Member::new(connection_id(), user(grant), info)?;
+        let member = Member::new(client, user, info)?;
         let members = self.broker.members().expect("checked by makes_members");
         members.join(topic, &member, Lease::Held, self.config.max_members).await?;
         Ok(Some(Membership {
@@ -175,6 +187,25 @@ impl Presences {
         members.join(topic, &member, lease, self.config.max_members).await
     }
 
+    /// Makes a polling client a member of `topic` for the time its request is held, and,
+    /// once the request ends (answered, or dropped by a client that hung up), for the poll
+    /// lease from then: the returned guard renews it when dropped.
+    pub async fn join_held_poll(
+        &self,
+        topic: &Topic,
+        grant: Option<&Grant>,
+        client: &str,
+        info: Option<serde_json::Value>,
+        wait: Duration,
+    ) -> Result<Option<PollEnd>, Error> {
+        self.join_polled(topic, grant, client, info.clone(), wait).await?;
+        if wait.is_zero() || !self.makes_members(topic) {
+            return Ok(None);
+        }
+        let member = Member::new(client, user(grant), info)?;
+        Ok(Some(PollEnd { presences: self.clone(), topic: topic.clone(), member: Some(member) }))
+    }
+
     /// What a poll request says about its client: its `client` id and `info`, when it gives
     /// an id (a poll without one is no member).
     pub fn polled(
@@ -196,6 +227,37 @@ pub fn connection_id() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the system's random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The end of a held poll: dropping it starts the client's poll lease from now.
+pub struct PollEnd {
+    presences: Presences,
+    topic: Topic,
+    member: Option<Member>,
+}
+
+impl std::fmt::Debug for PollEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollEnd").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl Drop for PollEnd {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Some(member) = self.member.take() else { return };
+        let presences = self.presences.clone();
+        let topic = self.topic.clone();
+        runtime.spawn(async move {
+            let Some(members) = presences.broker.members() else { return };
+            let lease = Lease::For(presences.config.poll_lease);
+            if let Err(error) =
+                members.join(&topic, &member, lease, presences.config.max_members).await
+            {
+                tracing::debug!(%topic, %error, "a poll's lease could not be renewed");
+            }
+        });
+    }
 }
 
 /// A push connection's membership of a topic: dropping it makes the member leave.

@@ -8,9 +8,15 @@ use pushpull_testkit::http::HttpHarness;
 fn harness() -> HttpHarness {
     HttpHarness::new(
         |broker| {
-            pushpull_longpoll::LongpollServer::new(broker, Default::default())
-                .expect("config")
-                .router()
+            // Polling clients stay members 3 s past their last poll: a case sees them leave
+            // well within its step timeout.
+            let context = pushpull_http::Context::new(broker).with_presence(short_lease());
+            <pushpull_longpoll::LongpollServer as pushpull_http::TransportServer>::build(
+                &context,
+                Default::default(),
+            )
+            .expect("config")
+            .router()
         },
         |url| {
             let config = {
@@ -21,6 +27,12 @@ fn harness() -> HttpHarness {
             Ok(Arc::new(pushpull_longpoll::LongpollClient::new(config)?))
         },
     )
+}
+
+fn short_lease() -> pushpull_http::PresenceConfig {
+    let mut presence = pushpull_http::PresenceConfig::default();
+    presence.poll_lease = Duration::from_secs(3);
+    presence
 }
 
 pushpull_testkit::conformance!(harness());

@@ -254,8 +254,7 @@ impl Poller {
         let limit = self.client.config.page_limit;
         match &mut self.what {
             Polled::One { topic, cursor, etag } => {
-                let answer =
-                    request_page(
+                let answer = request_page(
                     &self.client.http,
                     topic,
                     *cursor,
@@ -281,8 +280,7 @@ impl Poller {
                 })
             }
             Polled::Many(query) => {
-                let answer =
-                    request_many_page(
+                let answer = request_many_page(
                     &self.client.http,
                     &query.query(),
                     limit,

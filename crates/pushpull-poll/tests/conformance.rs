@@ -13,10 +13,23 @@ fn harness() -> HttpHarness {
                 built.poll_interval = Duration::from_millis(50);
                 built
             };
-            pushpull_poll::PollServer::new(broker, config).expect("valid config").router().clone()
+            // Polling clients stay members 3 s past their last poll: a case sees them leave
+            // well within its step timeout.
+            let context = pushpull_http::Context::new(broker)
+                .with_pages(config.clone(), "poll")
+                .with_presence(short_lease());
+            <pushpull_poll::PollServer as pushpull_http::TransportServer>::build(&context, config)
+                .expect("valid config")
+                .router()
         },
         |url| Ok(Arc::new(pushpull_poll::PollClient::new(pushpull_poll::ClientConfig::new(url))?)),
     )
+}
+
+fn short_lease() -> pushpull_http::PresenceConfig {
+    let mut presence = pushpull_http::PresenceConfig::default();
+    presence.poll_lease = Duration::from_secs(3);
+    presence
 }
 
 pushpull_testkit::conformance!(harness());

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use std::sync::Arc;
+
 use pushpull_core::{
     Client, Cursor, CursorSet, Delivery, Epoch, Error, ErrorKind, FollowRequest, Gap, GapReason,
-    Message, MultiSubscription, Offset, OffsetRange, Publication, Receipt, Selector, Subscription,
-    Topic, follow,
+    JOIN_EVENT, LEAVE_EVENT, Lease, Member, Message, MultiSubscription, Offset, OffsetRange,
+    PresenceSnapshot, Publication, Receipt, Selector, Subscription, Topic, follow,
 };
 
 use crate::harness::{Fixture, Harness, Limits, Skip};
@@ -995,4 +997,148 @@ pub async fn invalid_labels_rejected(harness: &dyn Harness) {
         let result = within("publish", client.publish(&topic, publication.clone())).await;
         expect_kind(result, ErrorKind::BadRequest, &format!("{publication:?}"));
     }
+}
+
+/// A member of a topic while it lives: a subscription through a transport (whose server makes
+/// it a member), or, for a broker, a member it holds directly.
+enum Joined {
+    /// A subscription, read by a task of its own (a polling client polls only while its
+    /// subscription is read), until aborted.
+    Subscribed(tokio::task::JoinHandle<()>),
+    Held(Arc<dyn Client>, Topic, String),
+}
+
+impl Joined {
+    async fn join(client: &Arc<dyn Client>, topic: &Topic, n: u32) -> Joined {
+        match client.members() {
+            Some(members) => {
+                let id = format!("member-{n}");
+                let member = Member::new(&id, Some(format!("user-{n}")), None).expect("a member");
+                within("join", members.join(topic, &member, Lease::Held, 1_000))
+                    .await
+                    .unwrap_or_else(|e| panic!("join {topic} failed: {e:?}"));
+                Joined::Held(client.clone(), topic.clone(), id)
+            }
+            None => {
+                let mut subscription = subscribe(&**client, topic, Cursor::Latest).await;
+                Joined::Subscribed(tokio::spawn(async move {
+                    while let Some(Ok(_)) = subscription.next().await {}
+                }))
+            }
+        }
+    }
+
+    async fn leave(self) {
+        match self {
+            Joined::Subscribed(reading) => reading.abort(),
+            Joined::Held(client, topic, id) => {
+                let members = client.members().expect("a broker that keeps members");
+                within("leave", members.leave(&topic, &id))
+                    .await
+                    .unwrap_or_else(|e| panic!("leave {topic} failed: {e:?}"));
+            }
+        }
+    }
+}
+
+/// The next join or leave on a presence log: its event and member.
+async fn next_presence(log: &mut Subscription) -> (String, Member, Offset) {
+    let message = next_message(log).await;
+    let event = message.event.as_deref().expect("a presence event has a type").to_owned();
+    assert!(event == JOIN_EVENT || event == LEAVE_EVENT, "unexpected presence event {event:?}");
+    let member = Member::from_json(&message.payload)
+        .unwrap_or_else(|e| panic!("a presence payload is a member: {e:?}"));
+    (event, member, message.offset)
+}
+
+async fn snapshot(client: &dyn Client, topic: &Topic) -> PresenceSnapshot {
+    let presence = client.presence().expect("checked by the case");
+    within("a presence snapshot", presence.snapshot(topic))
+        .await
+        .unwrap_or_else(|e| panic!("the presence of {topic} failed: {e:?}"))
+}
+
+/// R1, M1, M2: a member's join and, when it ends, its leave come once each on the topic's
+/// presence log, read from a snapshot's cursor; snapshots and counts agree with them.
+pub async fn presence_join_and_leave(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    let Some(presence) = client.presence() else {
+        return skipped("presence_join_and_leave", Skip("no presence".into()));
+    };
+    let topic = topic("presence.join");
+    let empty = snapshot(&*client, &topic).await;
+    assert!(empty.members.is_empty(), "nobody follows it yet: {empty:?}");
+    // Reading a presence log makes no member of anything.
+    let mut log = subscribe(&*client, &topic.presence(), empty.cursor).await;
+    let member = Joined::join(&client, &topic, 1).await;
+    let (event, joined, offset) = next_presence(&mut log).await;
+    assert_eq!(event, JOIN_EVENT);
+    let now = snapshot(&*client, &topic).await;
+    assert_eq!(now.members, vec![joined.clone()], "the snapshot holds the member that joined");
+    assert_eq!(now.cursor.offset(), Some(offset), "and its cursor is past the join");
+    let stats = within("presence stats", presence.stats(&topic)).await.expect("stats");
+    assert_eq!((stats.members, stats.users), (1, 1));
+    member.leave().await;
+    let (event, left, _) = next_presence(&mut log).await;
+    assert_eq!((event.as_str(), &left), (LEAVE_EVENT, &joined), "the same member leaves");
+    let after = snapshot(&*client, &topic).await;
+    assert!(after.members.is_empty(), "nobody follows it now: {after:?}");
+    // Publishing to a presence log is the server's alone.
+    let refused = within("publish", client.publish(&topic.presence(), Publication::new("x"))).await;
+    expect_kind(refused, ErrorKind::Forbidden, "publishing to a presence log");
+}
+
+/// R1, S2: presence resumes from a snapshot's cursor exactly: replaying the presence log from
+/// the first snapshot over its members gives the latest snapshot, across a severed connection
+/// (whose push members leave and join again) and members coming and going.
+pub async fn presence_resumes_from_a_snapshot(harness: &dyn Harness) {
+    let fixture = start(harness, Limits::default()).await;
+    let client = fixture.client();
+    if client.presence().is_none() {
+        return skipped("presence_resumes_from_a_snapshot", Skip("no presence".into()));
+    }
+    let topic = topic("presence.resume");
+    let first = Joined::join(&client, &topic, 1).await;
+    let start = snapshot(&*client, &topic).await;
+    assert_eq!(start.members.len(), 1, "one member: {start:?}");
+    let second = Joined::join(&client, &topic, 2).await;
+    let third = Joined::join(&client, &topic, 3).await;
+    let severed = fixture.sever().await.is_ok();
+    first.leave().await;
+    // Wait for the membership to settle: two members (severed ones have come back).
+    let mut latest = snapshot(&*client, &topic).await;
+    within("two members to remain", async {
+        while latest.members.len() != 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            latest = snapshot(&*client, &topic).await;
+        }
+    })
+    .await;
+    // Replay: the first snapshot plus every change after its cursor is the latest snapshot.
+    let mut members: BTreeMap<String, Member> =
+        start.members.iter().map(|m| (m.client.clone(), m.clone())).collect();
+    let (changes, end) = fetch_all(&*client, &topic.presence(), start.cursor, 100).await;
+    assert_eq!(end.offset(), latest.cursor.offset().or(end.offset()), "read to the snapshot");
+    for change in &changes {
+        let member = Member::from_json(&change.payload).expect("a member");
+        match change.event.as_deref() {
+            Some(JOIN_EVENT) => {
+                let old = members.insert(member.client.clone(), member);
+                assert!(old.is_none(), "a join of a member already there: {old:?}");
+            }
+            Some(LEAVE_EVENT) => {
+                let old = members.remove(&member.client);
+                assert_eq!(old, Some(member), "a leave of a member that was there");
+            }
+            other => panic!("unexpected presence event {other:?}"),
+        }
+    }
+    let replayed: Vec<&Member> = members.values().collect();
+    let mut now: Vec<&Member> = latest.members.iter().collect();
+    now.sort_by(|a, b| a.client.cmp(&b.client));
+    // Changes after the latest snapshot (none expected now) would show as a difference.
+    assert_eq!(replayed, now, "the replayed presence is the snapshot's (severed: {severed})");
+    second.leave().await;
+    third.leave().await;
 }

@@ -73,6 +73,8 @@ macro_rules! conformance {
                 idempotent_publish,
                 batch_publish,
                 invalid_labels_rejected,
+                presence_join_and_leave,
+                presence_resumes_from_a_snapshot,
             );
         }
     };

@@ -139,12 +139,17 @@ impl WebhookClient {
     }
 
     async fn delete(&self, id: &str) {
-        if let Ok(request) = self
-            .http
-            .request(Method::DELETE, &format!("/v1/webhooks/{id}"))
-            .body(Full::new(Bytes::new()))
-        {
-            let _ = self.http.send(request, self.config.request_timeout).await;
+        // A DELETE is safe to repeat: one sent on a pooled connection the network had cut is
+        // sent again, or the endpoint would outlive its subscription.
+        let path = format!("/v1/webhooks/{id}");
+        let make = || {
+            self.http
+                .request(Method::DELETE, &path)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| self.http.error(ErrorKind::BadRequest, e.to_string()))
+        };
+        if let Err(error) = self.http.send_idempotent(make, self.config.request_timeout).await {
+            tracing::warn!(endpoint = id, %error, "a dropped subscription's endpoint stays registered");
         }
     }
 }

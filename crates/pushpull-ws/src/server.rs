@@ -527,8 +527,11 @@ impl Session {
                             .await
                             .inspect_err(|e| metrics::broker_error("subscribe", e))?;
                         let cursor = subscription.cursor().to_string();
-                        let member =
-                            self.server.presences.join_held(topic, self.grant.as_ref(), info).await?;
+                        let member = self
+                            .server
+                            .presences
+                            .join_held(topic, self.grant.as_ref(), info)
+                            .await?;
                         self.subscriptions.insert_as(key.clone(), subscription);
                         if let Some(member) = member {
                             self.members.insert(key.clone(), member);
@@ -650,7 +653,11 @@ impl Session {
                 let presence = self.server.presences.reader()?;
                 let reply = match stats {
                     false => Reply::Presence { id, snapshot: presence.snapshot(&topic).await? },
-                    true => Reply::PresenceStats { id, topic: topic.clone(), stats: presence.stats(&topic).await? },
+                    true => Reply::PresenceStats {
+                        id,
+                        topic: topic.clone(),
+                        stats: presence.stats(&topic).await?,
+                    },
                 };
                 Ok(wire::reply_frame(&reply))
             }

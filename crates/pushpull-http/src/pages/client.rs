@@ -67,7 +67,8 @@ pub async fn request_page(
 /// Adds the `client` parameter: the poller's id as a member of the topics' presence.
 fn add_client(path: &mut String, client: Option<&str>) {
     if let Some(client) = client {
-        let client = percent_encoding::utf8_percent_encode(client, percent_encoding::NON_ALPHANUMERIC);
+        let client =
+            percent_encoding::utf8_percent_encode(client, percent_encoding::NON_ALPHANUMERIC);
         path.push_str(&format!("&{}={client}", crate::presence::CLIENT_PARAM));
     }
 }

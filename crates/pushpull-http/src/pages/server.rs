@@ -85,10 +85,11 @@ async fn answer(
         None => None,
     };
     // A poll that names its client makes (or keeps) it a member while its polls keep coming.
+    let mut _poll_end = None;
     if let Some((client, info)) = presences.polled(&request.query)? {
         let grant = crate::Grant::of(&req);
         let held = wait.unwrap_or_default();
-        presences.join_polled(&request.topic, grant, &client, info, held).await?;
+        _poll_end = presences.join_held_poll(&request.topic, grant, &client, info, held).await?;
     }
     let page = broker
         .fetch(&request.topic, request.cursor, request.limit)
@@ -327,12 +328,15 @@ async fn answer_many(
         None => None,
     };
     // A poll that names its client is a member of each topic it names (not of prefixes).
+    let mut _poll_ends = Vec::new();
     if let Some((client, info)) = presences.polled(&query)? {
         let grant = crate::Grant::of(&req);
         for (selector, _) in &follow.selectors {
             if let pushpull_core::Selector::Topic(topic) = selector {
                 let held = wait.unwrap_or_default();
-                presences.join_polled(topic, grant, &client, info.clone(), held).await?;
+                _poll_ends.extend(
+                    presences.join_held_poll(topic, grant, &client, info.clone(), held).await?,
+                );
             }
         }
     }

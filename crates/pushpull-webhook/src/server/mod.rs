@@ -97,6 +97,7 @@ impl WebhookServer {
             running: Arc::default(),
             meter: pushpull_http::metrics::DeliveryMeter::new(crate::NAME),
             attempts: WebhookMeter::new(),
+            presences: context.presences(),
         };
         // The background sync lives as long as something serves the routes (the server, its
         // router, or its routes mounted elsewhere): they hold this token.
@@ -173,6 +174,8 @@ struct Hooks {
     running: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
     meter: pushpull_http::metrics::DeliveryMeter,
     attempts: WebhookMeter,
+    /// Where a delivered endpoint becomes a member of the topics it names.
+    presences: pushpull_http::Presences,
 }
 
 /// How long a lease lasts without renewal: a dead node's endpoints are taken over after this.
@@ -442,6 +445,20 @@ impl Hooks {
                 }
             }
         }
+        // While this node delivers it, the endpoint is a member of each topic it names, under
+        // its id (a member's presence is best effort here: a full topic does not stop
+        // deliveries).
+        let mut members = Vec::new();
+        for selector in &record.topics {
+            if let Ok(Selector::Topic(topic)) = selector.parse::<Selector>() {
+                match self.presences.join_as(&topic, &record.id, None, None).await {
+                    Ok(member) => members.extend(member),
+                    Err(error) => {
+                        tracing::warn!(endpoint = %record.id, %error, "not a member of {topic}");
+                    }
+                }
+            }
+        }
         self.running.lock().expect("running lock").insert(record.id.clone(), endpoint.clone());
         tracing::info!(endpoint = %record.id, node = %self.node, "delivering");
         let hooks = self.clone();
@@ -450,6 +467,7 @@ impl Hooks {
             Worker { endpoint: endpoint.clone(), server, subscriptions, connection: None }
                 .run()
                 .await;
+            drop(members);
             hooks.finished(&endpoint).await;
         });
     }
