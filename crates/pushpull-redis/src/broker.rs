@@ -24,12 +24,12 @@ use crate::wake::{self, Waker};
 /// serves the same topics, with dense offsets whichever node publishes. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisBroker {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: RedisConfig,
-    connection: ConnectionManager,
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    pub(crate) connection: ConnectionManager,
     publish: redis::Script,
     read: redis::Script,
     waker: Arc<Waker>,
@@ -38,6 +38,8 @@ struct Inner {
     rules: TopicRules,
     /// Each topic's retention, resolved once (bounded: past it, resolved again).
     retention: std::sync::Mutex<std::collections::HashMap<Topic, Retention>>,
+    /// The presence scripts and this node's members.
+    pub(crate) presence: crate::presence::NodePresence,
 }
 
 /// The most topics whose retention is kept resolved.
@@ -52,14 +54,14 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 /// Redis's error as pushpull's: a `backend` error a retry may fix.
-fn backend(error: redis::RedisError) -> Error {
+pub(crate) fn backend(error: redis::RedisError) -> Error {
     Error::new(ErrorKind::Backend, format!("redis: {error}"))
         .with_retryable(true)
         .with_transport(NAME)
         .with_source(error)
 }
 
-fn protocol(why: &str) -> Error {
+pub(crate) fn protocol(why: &str) -> Error {
     Error::new(ErrorKind::Backend, format!("redis answered something unexpected: {why}"))
         .with_transport(NAME)
 }
@@ -97,8 +99,11 @@ impl RedisBroker {
             windows,
             rules,
             retention: std::sync::Mutex::default(),
+            presence: crate::presence::NodePresence::new(),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        let broker = Self { inner: Arc::new(inner) };
+        crate::presence::renew_in_background(&broker);
+        Ok(broker)
     }
 
     /// The settings.
@@ -125,7 +130,7 @@ impl RedisBroker {
     /// Runs a script, once more after a dropped connection (the connection manager reconnects
     /// in the background): both scripts are safe to repeat, a publish because it carries an
     /// idempotency key.
-    async fn invoke<T: redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, Error> {
@@ -145,13 +150,13 @@ impl RedisBroker {
         }
     }
 
-    fn keys(&self, topic: &Topic) -> [String; 3] {
+    pub(crate) fn keys(&self, topic: &Topic) -> [String; 3] {
         let prefix = &self.inner.config.key_prefix;
         ["meta", "log", "keys"].map(|part| format!("{prefix}{{{topic}}}:{part}"))
     }
 
     /// What `topic` keeps: its rule's retention over the broker's, resolved once.
-    fn retention_of(&self, topic: &Topic) -> Retention {
+    pub(crate) fn retention_of(&self, topic: &Topic) -> Retention {
         let config = &self.inner.config;
         if self.inner.rules.is_empty() {
             return config.retention.clone();
@@ -280,6 +285,15 @@ fn message(topic: &Topic, epoch: Epoch, entry: &Value) -> Result<Message, Error>
 impl Publish for RedisBroker {
     async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
         let config = &self.inner.config;
+        if topic.is_presence() {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "{topic} is a presence log: the server writes it as members join and leave"
+                ),
+            )
+            .with_transport(NAME));
+        }
         let retention = self.retention_of(topic);
         publication.validate(config.max_payload).map_err(|e| e.with_transport(NAME))?;
         if publication.key().is_none() {
@@ -398,6 +412,7 @@ impl Directory for RedisBroker {
                     .and_then(|k| k.strip_prefix('{'))
                     .and_then(|k| k.strip_suffix("}:meta"));
                 if let Some(topic) = name.and_then(|n| Topic::new(n).ok())
+                    && !topic.is_presence()
                     && !topics.contains(&topic)
                 {
                     topics.push(topic);
@@ -497,6 +512,14 @@ impl Reader {
 }
 
 impl Client for RedisBroker {
+    fn presence(&self) -> Option<&dyn pushpull_core::Presence> {
+        Some(self)
+    }
+
+    fn members(&self) -> Option<&dyn pushpull_core::Members> {
+        Some(self)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::full(NAME).with_push(true).with_max_payload(self.inner.config.max_payload)
     }
@@ -529,6 +552,6 @@ impl pushpull_core::OpenBroker for RedisBroker {
 }
 
 /// `max_age` in milliseconds for the scripts: 0 keeps messages regardless of age.
-fn max_age_millis(retention: &Retention) -> u64 {
+pub(crate) fn max_age_millis(retention: &Retention) -> u64 {
     retention.max_age.map_or(0, |age| age.as_millis().max(1) as u64)
 }

@@ -31,6 +31,11 @@ pub struct RedisConfig {
     /// much latency.
     #[serde(with = "pushpull_core::duration_text")]
     pub check_interval: Duration,
+    /// How long this node's members stay in Redis without being renewed: the node renews them
+    /// every third of it, so the members of a node that died leave within about this much
+    /// (plus a second for the sweep that writes their leaves).
+    #[serde(with = "pushpull_core::duration_text")]
+    pub presence_lease: Duration,
 }
 
 impl Default for RedisConfig {
@@ -45,6 +50,7 @@ impl Default for RedisConfig {
             max_page: memory.max_page,
             response_timeout: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
+            presence_lease: Duration::from_secs(15),
         }
     }
 }
@@ -94,6 +100,9 @@ impl RedisConfig {
                 "response_timeout",
                 "response_timeout and check_interval must be more than zero",
             );
+        }
+        if self.presence_lease < Duration::from_secs(1) {
+            return bad("presence_lease", "must be at least 1s");
         }
         Ok(())
     }

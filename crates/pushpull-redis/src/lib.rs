@@ -3,6 +3,7 @@
 mod broker;
 mod cache;
 mod config;
+mod presence;
 mod scripts;
 mod shared;
 mod wake;

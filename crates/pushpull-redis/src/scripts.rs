@@ -28,51 +28,138 @@ local function incarnation(meta, log, keys, candidate)
 end
 "#;
 
+/// Appends a message to a log (creating its epoch if it has none), applies retention and
+/// wakes the log's readers: what a publish does, and what a join or a leave does to a presence
+/// log. `now` is milliseconds as text. Returns {epoch, offset, timestamp}; a message whose
+/// idempotency key matches a retained one is not stored again (its receipt is returned).
+const APPEND: &str = r#"
+local function append(meta, log, keys, candidate, now, payload, event, ctype, key,
+                      max_messages, max_bytes, max_age, channel, topic)
+  local epoch = incarnation(meta, log, keys, candidate)
+  local now_ms = tonumber(now)
+  if key ~= '' then
+    local prior = redis.call('HGET', keys, key)
+    if prior then
+      local entry = redis.call('XRANGE', log, prior .. '-0', prior .. '-0')
+      if #entry > 0 then
+        return {epoch, tonumber(prior), tonumber(field(entry[1], 't'))}
+      end
+      redis.call('HDEL', keys, key)
+    end
+  end
+  local offset = redis.call('HINCRBY', meta, 'last', 1)
+  local fields = {'p', payload, 't', now}
+  if event ~= '' then table.insert(fields, 'e'); table.insert(fields, event) end
+  if ctype ~= '' then table.insert(fields, 'c'); table.insert(fields, ctype) end
+  if key ~= '' then
+    table.insert(fields, 'k'); table.insert(fields, key)
+    redis.call('HSET', keys, key, offset)
+  end
+  redis.call('XADD', log, offset .. '-0', unpack(fields))
+  local bytes = redis.call('HINCRBY', meta, 'bytes', #payload)
+  local count = redis.call('XLEN', log)
+  -- Retention: drop the oldest while any limit is passed (never the message just stored).
+  while count > 1 do
+    local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+    local t = tonumber(field(oldest, 't'))
+    local over = count > max_messages or bytes > max_bytes or (max_age > 0 and now_ms - t > max_age)
+    if not over then break end
+    redis.call('XDEL', log, oldest[1])
+    redis.call('HSET', meta, 'dropped_t', t)
+    count = count - 1
+    bytes = redis.call('HINCRBY', meta, 'bytes', -#field(oldest, 'p'))
+    local k = field(oldest, 'k')
+    if k then redis.call('HDEL', keys, k) end
+  end
+  redis.call('PUBLISH', channel, topic .. ' ' .. epoch .. ' ' .. offset)
+  return {epoch, offset, now_ms}
+end
+"#;
+
 /// KEYS: meta, log, keys. ARGV: 1 epoch candidate, 2 now (ms), 3 payload, 4 event, 5 content
 /// type, 6 idempotency key ('' for none), 7 max messages, 8 max bytes, 9 max age (ms, 0: none),
 /// 10 wake channel, 11 topic. Returns {epoch, offset, timestamp}.
 const PUBLISH: &str = r#"
-local meta, log, keys = KEYS[1], KEYS[2], KEYS[3]
-local epoch = incarnation(meta, log, keys, ARGV[1])
-local now = tonumber(ARGV[2])
-local key = ARGV[6]
-if key ~= '' then
-  local prior = redis.call('HGET', keys, key)
-  if prior then
-    local entry = redis.call('XRANGE', log, prior .. '-0', prior .. '-0')
-    if #entry > 0 then
-      return {epoch, tonumber(prior), tonumber(field(entry[1], 't'))}
-    end
-    redis.call('HDEL', keys, key)
+return append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+              tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11])
+"#;
+
+/// Presence: a topic's members are a hash (`client` → the member's JSON) beside its presence
+/// log (a log like any other, under the presence topic's name); every member's lease is an
+/// entry (`TOPIC\nCLIENT`) of one sorted set, scored by when it lapses. Joins and leaves are
+/// appended to the presence log in the same script that changes the hash, so the two never
+/// disagree and a snapshot (hash and log end, read in one script) has no hole.
+///
+/// KEYS: members, meta, log, keys (of the presence log), leases. ARGV: 1 epoch candidate,
+/// 2 now (ms), 3 max messages, 4 max bytes, 5 max age, 6 wake channel, 7 presence topic,
+/// 8 topic, 9 max members, then triples of client, member JSON, lease end (ms). Each client
+/// not yet a member joins (unless the topic is full); each lease is set. Returns the number
+/// of clients refused because the topic was full.
+const JOIN: &str = r#"
+local members, meta, log, keys, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local max_members = tonumber(ARGV[9])
+local refused = 0
+for i = 10, #ARGV, 3 do
+  local client, json, lease = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local entry = ARGV[8] .. '\n' .. client
+  if redis.call('HEXISTS', members, client) == 1 then
+    redis.call('ZADD', leases, lease, entry)
+  elseif redis.call('HLEN', members) >= max_members then
+    refused = refused + 1
+  else
+    redis.call('HSET', members, client, json)
+    redis.call('ZADD', leases, lease, entry)
+    append(meta, log, keys, ARGV[1], ARGV[2], json, 'join', 'application/json', '',
+           tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
   end
 end
-local offset = redis.call('HINCRBY', meta, 'last', 1)
-local fields = {'p', ARGV[3], 't', ARGV[2]}
-if ARGV[4] ~= '' then table.insert(fields, 'e'); table.insert(fields, ARGV[4]) end
-if ARGV[5] ~= '' then table.insert(fields, 'c'); table.insert(fields, ARGV[5]) end
-if key ~= '' then
-  table.insert(fields, 'k'); table.insert(fields, key)
-  redis.call('HSET', keys, key, offset)
+return refused
+"#;
+
+/// KEYS: members, meta, log, keys, leases. ARGV: 1 to 8 as for a join, 9 client. Returns 1
+/// if it was a member.
+const LEAVE: &str = r#"
+local members, meta, log, keys, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local json = redis.call('HGET', members, ARGV[9])
+redis.call('ZREM', leases, ARGV[8] .. '\n' .. ARGV[9])
+if not json then return 0 end
+redis.call('HDEL', members, ARGV[9])
+append(meta, log, keys, ARGV[1], ARGV[2], json, 'leave', 'application/json', '',
+       tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
+return 1
+"#;
+
+/// Ends every lease that lapsed by now (at most 200 a run), each member with a leave.
+/// KEYS: leases. ARGV: 1 epoch candidate, 2 now (ms), 3 max messages, 4 max bytes, 5 max age,
+/// 6 wake channel, 7 key prefix. Returns how many lapsed.
+///
+/// The keys of each lapsed member's topic are made here from its entry: this script needs the
+/// leases of every topic in one place (one Redis, not a cluster's slots).
+const SWEEP: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 200)
+for _, entry in ipairs(due) do
+  local cut = string.find(entry, '\n', 1, true)
+  local topic, client = string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1)
+  local presence = '.presence:' .. topic
+  local base = ARGV[7] .. '{' .. presence .. '}:'
+  local json = redis.call('HGET', base .. 'members', client)
+  redis.call('ZREM', KEYS[1], entry)
+  if json then
+    redis.call('HDEL', base .. 'members', client)
+    append(base .. 'meta', base .. 'log', base .. 'keys', ARGV[1], ARGV[2], json, 'leave',
+           'application/json', '', tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+           ARGV[6], presence)
+  end
 end
-redis.call('XADD', log, offset .. '-0', unpack(fields))
-local bytes = redis.call('HINCRBY', meta, 'bytes', #ARGV[3])
-local count = redis.call('XLEN', log)
-local max_messages, max_bytes, max_age = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
--- Retention: drop the oldest while any limit is passed (never the message just stored).
-while count > 1 do
-  local oldest = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
-  local t = tonumber(field(oldest, 't'))
-  local over = count > max_messages or bytes > max_bytes or (max_age > 0 and now - t > max_age)
-  if not over then break end
-  redis.call('XDEL', log, oldest[1])
-  redis.call('HSET', meta, 'dropped_t', t)
-  count = count - 1
-  bytes = redis.call('HINCRBY', meta, 'bytes', -#field(oldest, 'p'))
-  local k = field(oldest, 'k')
-  if k then redis.call('HDEL', keys, k) end
-end
-redis.call('PUBLISH', ARGV[10], ARGV[11] .. ' ' .. epoch .. ' ' .. offset)
-return {epoch, offset, now}
+return #due
+"#;
+
+/// KEYS: members, meta, log, keys. ARGV: 1 epoch candidate. Returns {epoch, last offset of
+/// the presence log, the members' JSON}.
+const SNAPSHOT: &str = r#"
+local epoch = incarnation(KEYS[2], KEYS[3], KEYS[4], ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
+return {epoch, last, redis.call('HVALS', KEYS[1])}
 "#;
 
 /// KEYS: meta, log, keys. ARGV: 1 epoch candidate, 2 now (ms), 3 max age (ms, 0: none),
@@ -154,7 +241,18 @@ return {epoch, last, first, position, gap, entries, from}
 
 /// The publish script.
 pub(crate) fn publish() -> redis::Script {
-    redis::Script::new(&format!("{HELPERS}{PUBLISH}"))
+    redis::Script::new(&format!("{HELPERS}{APPEND}{PUBLISH}"))
+}
+
+/// The presence scripts: join (and renew), leave, sweep, snapshot.
+pub(crate) fn presence() -> [redis::Script; 4] {
+    [JOIN, LEAVE, SWEEP]
+        .map(|body| redis::Script::new(&format!("{HELPERS}{APPEND}{body}")))
+        .into_iter()
+        .chain([redis::Script::new(&format!("{HELPERS}{SNAPSHOT}"))])
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("four scripts")
 }
 
 /// The read script.

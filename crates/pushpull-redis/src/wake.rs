@@ -61,7 +61,8 @@ impl Waker {
         if let Some(sender) = self.topics.lock().expect("waker lock").get(&topic) {
             sender.send_replace(offset);
         }
-        if self.published.receiver_count() > 0 {
+        // A presence log is no topic a prefix selects.
+        if self.published.receiver_count() > 0 && !topic.is_presence() {
             let _ = self.published.send(Listing::Published(topic));
         }
     }
