@@ -364,9 +364,10 @@ pub const ENV_PREFIX: &str = "PUSHPULL_";
 
 /// The top-level keys of [`ServerConfig`], the only names a setting's variable may go on with
 /// after [`ENV_PREFIX`]: `PUSHPULL_LISTEN`, `PUSHPULL_BROKER__…`, `PUSHPULL_HTTP__…`,
-/// `PUSHPULL_TLS__…`, `PUSHPULL_AUTH__…`, `PUSHPULL_TRANSPORTS__…`, `PUSHPULL_LOG_FORMAT`.
+/// `PUSHPULL_TLS__…`, `PUSHPULL_AUTH__…`, `PUSHPULL_TRANSPORTS__…`, `PUSHPULL_PRESENCE__…`,
+/// `PUSHPULL_LOG_FORMAT`.
 pub const ENV_SECTIONS: &[&str] =
-    &["listen", "broker", "http", "tls", "auth", "transports", "log_format"];
+    &["listen", "broker", "http", "tls", "auth", "transports", "presence", "log_format"];
 
 /// Which of `env` are settings: each as (variable, its key path in lower case), in order. A
 /// variable that names a level (`__`) under a key that is not one of the [`ENV_SECTIONS`] is an
