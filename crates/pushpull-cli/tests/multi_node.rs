@@ -24,16 +24,19 @@ struct Node {
 
 impl Node {
     fn start(redis_url: &str) -> Node {
+        Self::start_with(redis_url, &[])
+    }
+
+    fn start_with(redis_url: &str, more: &[(&str, &str)]) -> Node {
         let schedule = r#"["0s", "50ms", "200ms", "500ms", "1s", "2s", "5s", "5s"]"#;
-        let (child, url) = support::serve(
-            &[],
-            &[
-                ("PUSHPULL_BROKER__KIND", "redis"),
-                ("PUSHPULL_BROKER__URL", redis_url),
-                ("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true"),
-                ("PUSHPULL_TRANSPORTS__WEBHOOK__SCHEDULE", schedule),
-            ],
-        );
+        let mut env = vec![
+            ("PUSHPULL_BROKER__KIND", "redis"),
+            ("PUSHPULL_BROKER__URL", redis_url),
+            ("PUSHPULL_TRANSPORTS__WEBHOOK__ALLOW_LOOPBACK", "true"),
+            ("PUSHPULL_TRANSPORTS__WEBHOOK__SCHEDULE", schedule),
+        ];
+        env.extend_from_slice(more);
+        let (child, url) = support::serve(&[], &env);
         let addr = url.trim_start_matches("http://").parse().expect("an address");
         Node { child, addr }
     }
@@ -316,4 +319,73 @@ async fn a_webhook_endpoint_is_delivered_by_another_node_when_its_node_dies() {
         "the registration is in Redis: {endpoints}"
     );
     assert!(endpoints[0]["node"].is_string(), "a node delivers it: {endpoints}");
+}
+
+/// The next join or leave on a presence log.
+async fn next_presence(log: &mut pushpull::Subscription) -> (String, String) {
+    match tokio::time::timeout(LIMIT, log.next()).await {
+        Ok(Some(Ok(Delivery::Message(m)))) => {
+            let member: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let client = member["client"].as_str().unwrap().to_owned();
+            (m.event.as_deref().unwrap_or_default().to_owned(), client)
+        }
+        other => panic!("expected a presence event, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_leave_on_the_other_node() {
+    let redis = RedisServer::start().unwrap();
+    // Members under a 3-second lease: a dead node's leave within about four seconds.
+    let lease = [("PUSHPULL_BROKER__PRESENCE_LEASE", "3s")];
+    let node_a = Node::start_with(&redis.url(), &lease);
+    let mut node_b = Node::start_with(&redis.url(), &lease);
+    let (url_a, url_b) = (format!("http://{}", node_a.addr), format!("http://{}", node_b.addr));
+    let topic = Topic::new("presence.kill").unwrap();
+    let watcher = pushpull::connect(&client_config("sse", &url_a)).await.unwrap();
+    let presence = watcher.presence().expect("the SSE client tells presence");
+    let start = presence.snapshot(&topic).await.unwrap();
+    assert!(start.members.is_empty(), "{start:?}");
+    let mut log = watcher.subscribe(&topic.presence(), start.cursor).await.unwrap();
+
+    // One member on node A, then two on node B.
+    let on_a = pushpull::connect(&client_config("ws", &url_a)).await.unwrap();
+    let _member_a = on_a.subscribe(&topic, Cursor::Latest).await.unwrap();
+    let (event, member_a) = next_presence(&mut log).await;
+    assert_eq!(event, "join");
+    let mut members_b = Vec::new();
+    let mut held_b = Vec::new();
+    for transport in ["sse", "ws"] {
+        let client = pushpull::connect(&client_config(transport, &url_b)).await.unwrap();
+        held_b.push(client.subscribe(&topic, Cursor::Latest).await.unwrap());
+        held_b.push(client.subscribe(&topic, Cursor::Latest).await.unwrap());
+        let _ = client;
+    }
+    for _ in 0..4 {
+        let (event, member) = next_presence(&mut log).await;
+        assert_eq!(event, "join");
+        members_b.push(member);
+    }
+    // Counted right from either node.
+    for url in [&url_a, &url_b] {
+        let client = pushpull::connect(&client_config("poll", url)).await.unwrap();
+        let stats = client.presence().unwrap().stats(&topic).await.unwrap();
+        assert_eq!(stats.members, 5, "five members, seen from {url}");
+    }
+
+    // Node B dies without a word (SIGKILL): its members leave on node A, each once.
+    node_b.kill();
+    let mut left = Vec::new();
+    for _ in 0..4 {
+        let (event, member) = next_presence(&mut log).await;
+        assert_eq!(event, "leave", "only node B's members leave");
+        left.push(member);
+    }
+    left.sort();
+    members_b.sort();
+    assert_eq!(left, members_b, "every member of the dead node left, once");
+    let now = presence.snapshot(&topic).await.unwrap();
+    let clients: Vec<&str> = now.members.iter().map(|m| m.client.as_str()).collect();
+    assert_eq!(clients, [member_a.as_str()], "node A's member stays");
+    drop(held_b);
 }

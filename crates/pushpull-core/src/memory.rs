@@ -158,6 +158,8 @@ struct Shared {
     presence: Mutex<HashMap<Topic, HashMap<Arc<str>, Present>>>,
     /// Whether the task that ends lapsed leases runs.
     sweeping: std::sync::atomic::AtomicBool,
+    /// How many of `topics` are presence logs (which take no topic slot).
+    presence_logs: std::sync::atomic::AtomicUsize,
 }
 
 /// A member and when its lease lapses (`None`: held until it leaves).
@@ -230,6 +232,7 @@ impl MemoryBroker {
             created: broadcast::Sender::new(1024),
             presence: Mutex::new(HashMap::new()),
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            presence_logs: std::sync::atomic::AtomicUsize::new(0),
         };
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -289,6 +292,9 @@ impl MemoryBroker {
             .collect();
         for topic in idle_topics {
             if let Some(log) = topics.remove(&topic) {
+                if topic.is_presence() {
+                    self.shared.presence_logs.fetch_sub(1, Ordering::Relaxed);
+                }
                 let next = log.state.read().expect("log lock").next;
                 released.insert(topic, next);
             }
@@ -303,13 +309,19 @@ impl MemoryBroker {
         if let Some(log) = topics.get(topic) {
             return Ok(log.clone());
         }
-        if topics.len() >= self.shared.config.max_topics {
+        // Presence logs take no topic slot: they are as many as the topics with members (each
+        // released when its last member leaves), so subscriptions cannot fill the table and
+        // lock publishers out.
+        let held = |topics: &HashMap<Topic, Arc<TopicLog>>| {
+            topics.len() - self.shared.presence_logs.load(Ordering::Relaxed)
+        };
+        if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
             self.release_idle(&mut topics);
         }
-        if topics.len() >= self.shared.config.max_topics {
+        if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
             return Err(Error::new(
                 ErrorKind::Backend,
-                format!("the broker already holds its maximum of {} topics", topics.len()),
+                format!("the broker already holds its maximum of {} topics", held(&topics)),
             )
             .with_retryable(false)
             .with_transport(NAME));
@@ -322,6 +334,9 @@ impl MemoryBroker {
         let log = Arc::new(TopicLog::with_tail(topic.clone(), retention, tail, next.unwrap_or(1)));
         log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
+        if topic.is_presence() {
+            self.shared.presence_logs.fetch_add(1, Ordering::Relaxed);
+        }
         drop(topics);
         // Nobody listening is not an error. Presence logs are no topic a prefix selects.
         if !topic.is_presence() {
@@ -746,6 +761,27 @@ impl MemoryBroker {
         Ok(())
     }
 
+    /// Releases `topic`'s presence log once it has no members, unless someone reads it: its
+    /// numbering is kept (a reader coming back gets a gap for what went with it), so presence
+    /// logs are never more than the topics with members and their readers. Called with the
+    /// presence lock held.
+    fn release_presence_log(&self, topic: &Topic) {
+        let presence = topic.presence();
+        let mut topics = self.shared.topics.write().expect("topics lock");
+        let Some(log) = topics.get(&presence) else { return };
+        if Arc::strong_count(log) > 1 || log.tail.receiver_count() > 0 {
+            return;
+        }
+        let mut released = self.shared.released.lock().expect("released lock");
+        if released.len() >= self.shared.config.max_topics.saturating_mul(8) {
+            return;
+        }
+        let next = log.state.read().expect("log lock").next;
+        released.insert(presence.clone(), next);
+        topics.remove(&presence);
+        self.shared.presence_logs.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Ends the members of `topic` whose lease lapsed by `now`, each with a leave.
     fn lapse(&self, topic: &Topic, members: &mut MemberTable, now: Instant) {
         let lapsed: Vec<Arc<str>> = members
@@ -770,6 +806,9 @@ impl MemoryBroker {
         presence.retain(|topic, members| {
             self.lapse(topic, members, now);
             leased |= members.values().any(|present| present.until.is_some());
+            if members.is_empty() {
+                self.release_presence_log(topic);
+            }
             !members.is_empty()
         });
         leased
@@ -898,9 +937,14 @@ impl Members for MemoryBroker {
         let mut presence = self.shared.presence.lock().expect("presence lock");
         let Some(members) = presence.get_mut(topic) else { return Ok(()) };
         let Some(present) = members.remove(client) else { return Ok(()) };
-        if members.is_empty() {
+        let last = members.is_empty();
+        if last {
             presence.remove(topic);
         }
-        self.append_presence(topic, LEAVE_EVENT, &present.member)
+        self.append_presence(topic, LEAVE_EVENT, &present.member)?;
+        if last {
+            self.release_presence_log(topic);
+        }
+        Ok(())
     }
 }
