@@ -309,14 +309,29 @@ impl MemoryBroker {
         if let Some(log) = topics.get(topic) {
             return Ok(log.clone());
         }
-        // Presence logs take no topic slot: they are as many as the topics with members (each
-        // released when its last member leaves), so subscriptions cannot fill the table and
-        // lock publishers out.
+        // Presence logs take no topic slot, so subscriptions cannot fill the table and lock
+        // publishers out; they have a table as large of their own, where those nobody reads
+        // make room.
         let held = |topics: &HashMap<Topic, Arc<TopicLog>>| {
             topics.len() - self.shared.presence_logs.load(Ordering::Relaxed)
         };
         if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
             self.release_idle(&mut topics);
+        }
+        let presence_logs = || self.shared.presence_logs.load(Ordering::Relaxed);
+        if topic.is_presence() && presence_logs() >= self.shared.config.max_topics {
+            self.release_presence_logs(&mut topics);
+        }
+        if topic.is_presence() && presence_logs() >= self.shared.config.max_topics {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the broker already holds its maximum of {} presence logs",
+                    presence_logs()
+                ),
+            )
+            .with_retryable(true)
+            .with_transport(NAME));
         }
         if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
             return Err(Error::new(
@@ -761,25 +776,26 @@ impl MemoryBroker {
         Ok(())
     }
 
-    /// Releases `topic`'s presence log once it has no members, unless someone reads it: its
-    /// numbering is kept (a reader coming back gets a gap for what went with it), so presence
-    /// logs are never more than the topics with members and their readers. Called with the
-    /// presence lock held.
-    fn release_presence_log(&self, topic: &Topic) {
-        let presence = topic.presence();
-        let mut topics = self.shared.topics.write().expect("topics lock");
-        let Some(log) = topics.get(&presence) else { return };
-        if Arc::strong_count(log) > 1 || log.tail.receiver_count() > 0 {
-            return;
-        }
+    /// Makes room for one more presence log when they are `max_topics`: releases those nobody
+    /// reads (their numbering kept: a reader that comes back gets a gap, and takes a new
+    /// snapshot). Subscriptions to made-up topics so cannot fill memory, nor lock anyone out.
+    fn release_presence_logs(&self, topics: &mut HashMap<Topic, Arc<TopicLog>>) {
         let mut released = self.shared.released.lock().expect("released lock");
-        if released.len() >= self.shared.config.max_topics.saturating_mul(8) {
-            return;
+        let room = (self.shared.config.max_topics.saturating_mul(8)).saturating_sub(released.len());
+        let unread: Vec<Topic> = topics
+            .iter()
+            .filter(|(topic, log)| {
+                topic.is_presence() && Arc::strong_count(log) == 1 && log.tail.receiver_count() == 0
+            })
+            .map(|(topic, _)| topic.clone())
+            .take(room)
+            .collect();
+        for topic in unread {
+            if let Some(log) = topics.remove(&topic) {
+                self.shared.presence_logs.fetch_sub(1, Ordering::Relaxed);
+                released.insert(topic, log.state.read().expect("log lock").next);
+            }
         }
-        let next = log.state.read().expect("log lock").next;
-        released.insert(presence.clone(), next);
-        topics.remove(&presence);
-        self.shared.presence_logs.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Ends the members of `topic` whose lease lapsed by `now`, each with a leave.
@@ -806,9 +822,6 @@ impl MemoryBroker {
         presence.retain(|topic, members| {
             self.lapse(topic, members, now);
             leased |= members.values().any(|present| present.until.is_some());
-            if members.is_empty() {
-                self.release_presence_log(topic);
-            }
             !members.is_empty()
         });
         leased
@@ -937,14 +950,9 @@ impl Members for MemoryBroker {
         let mut presence = self.shared.presence.lock().expect("presence lock");
         let Some(members) = presence.get_mut(topic) else { return Ok(()) };
         let Some(present) = members.remove(client) else { return Ok(()) };
-        let last = members.is_empty();
-        if last {
+        if members.is_empty() {
             presence.remove(topic);
         }
-        self.append_presence(topic, LEAVE_EVENT, &present.member)?;
-        if last {
-            self.release_presence_log(topic);
-        }
-        Ok(())
+        self.append_presence(topic, LEAVE_EVENT, &present.member)
     }
 }
