@@ -36,7 +36,7 @@ pub use message::{
 pub use open::{OpenBroker, SharedState};
 pub use presence::{
     JOIN_EVENT, LEAVE_EVENT, Lease, MAX_CLIENT_ID_LEN, Member, Members, Presence, PresenceSnapshot,
-    PresenceStats,
+    PresenceStats, check_has_members, members_full, written_by_the_server,
 };
 pub use rules::{AnonymousRule, RetentionRule, RuledBroker, TopicPolicy, TopicRule, TopicRules};
 pub use set::SubscriptionSet;

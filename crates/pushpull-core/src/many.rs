@@ -454,6 +454,14 @@ pub struct FollowRequest {
 }
 
 impl FollowRequest {
+    /// The topics it names (not those its prefixes select), in order.
+    pub fn named_topics(&self) -> impl Iterator<Item = &Topic> {
+        self.selectors.iter().filter_map(|(selector, _)| match selector {
+            Selector::Topic(topic) => Some(topic),
+            Selector::Prefix(_) => None,
+        })
+    }
+
     /// The selectors alone, in order: what the cursor set's text is relative to.
     pub fn keys(&self) -> Vec<Selector> {
         self.selectors.iter().map(|(s, _)| s.clone()).collect()

@@ -281,9 +281,11 @@ impl MemoryBroker {
         let room = (config.max_topics.saturating_mul(8)).saturating_sub(released.len());
         let idle_topics: Vec<Topic> = topics
             .iter()
-            .filter(|(_, log)| {
-                // Only the table holds it: no reader, no publish in flight.
-                Arc::strong_count(log) == 1
+            .filter(|(topic, log)| {
+                // Only the table holds it: no reader, no publish in flight. (Presence logs
+                // take no topic slot: releasing one makes no room.)
+                !topic.is_presence()
+                    && Arc::strong_count(log) == 1
                     && log.tail.receiver_count() == 0
                     && now.saturating_sub(log.touched.load(Ordering::Relaxed)) >= idle
             })
@@ -292,9 +294,6 @@ impl MemoryBroker {
             .collect();
         for topic in idle_topics {
             if let Some(log) = topics.remove(&topic) {
-                if topic.is_presence() {
-                    self.shared.presence_logs.fetch_sub(1, Ordering::Relaxed);
-                }
                 let next = log.state.read().expect("log lock").next;
                 released.insert(topic, next);
             }
@@ -312,33 +311,26 @@ impl MemoryBroker {
         // Presence logs take no topic slot, so subscriptions cannot fill the table and lock
         // publishers out; they have a table as large of their own, where those nobody reads
         // make room.
-        let held = |topics: &HashMap<Topic, Arc<TopicLog>>| {
-            topics.len() - self.shared.presence_logs.load(Ordering::Relaxed)
+        let presence = topic.is_presence();
+        let full = |topics: &HashMap<Topic, Arc<TopicLog>>| {
+            let logs = self.shared.presence_logs.load(Ordering::Relaxed);
+            let held = if presence { logs } else { topics.len() - logs };
+            (held >= self.shared.config.max_topics).then_some(held)
         };
-        if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
-            self.release_idle(&mut topics);
+        if full(&topics).is_some() {
+            match presence {
+                true => self.release_presence_logs(&mut topics),
+                false => self.release_idle(&mut topics),
+            }
         }
-        let presence_logs = || self.shared.presence_logs.load(Ordering::Relaxed);
-        if topic.is_presence() && presence_logs() >= self.shared.config.max_topics {
-            self.release_presence_logs(&mut topics);
-        }
-        if topic.is_presence() && presence_logs() >= self.shared.config.max_topics {
+        if let Some(held) = full(&topics) {
+            let what = if presence { "presence logs" } else { "topics" };
             return Err(Error::new(
                 ErrorKind::Backend,
-                format!(
-                    "the broker already holds its maximum of {} presence logs",
-                    presence_logs()
-                ),
+                format!("the broker already holds its maximum of {held} {what}"),
             )
-            .with_retryable(true)
-            .with_transport(NAME));
-        }
-        if !topic.is_presence() && held(&topics) >= self.shared.config.max_topics {
-            return Err(Error::new(
-                ErrorKind::Backend,
-                format!("the broker already holds its maximum of {} topics", held(&topics)),
-            )
-            .with_retryable(false)
+            // Presence logs make room as their readers go.
+            .with_retryable(presence)
             .with_transport(NAME));
         }
         // Subscribers that came before the first publish wait on this wake-up.
@@ -866,18 +858,10 @@ impl MemoryBroker {
     }
 }
 
-fn no_presence_of_presence(topic: &Topic) -> Result<()> {
-    match topic.is_presence() {
-        true => Err(Error::bad_request(format!("{topic} is a presence log: it has no members"))
-            .with_transport(NAME)),
-        false => Ok(()),
-    }
-}
-
 #[async_trait]
 impl Presence for MemoryBroker {
     async fn snapshot(&self, topic: &Topic) -> Result<PresenceSnapshot> {
-        no_presence_of_presence(topic)?;
+        crate::presence::check_has_members(topic).map_err(|e| e.with_transport(NAME))?;
         let mut presence = self.shared.presence.lock().expect("presence lock");
         let members = match presence.get_mut(topic) {
             Some(members) => {
@@ -891,7 +875,7 @@ impl Presence for MemoryBroker {
     }
 
     async fn stats(&self, topic: &Topic) -> Result<PresenceStats> {
-        no_presence_of_presence(topic)?;
+        crate::presence::check_has_members(topic).map_err(|e| e.with_transport(NAME))?;
         let mut presence = self.shared.presence.lock().expect("presence lock");
         Ok(match presence.get_mut(topic) {
             Some(members) => {
@@ -912,7 +896,7 @@ impl Members for MemoryBroker {
         lease: Lease,
         max_members: usize,
     ) -> Result<()> {
-        no_presence_of_presence(topic)?;
+        crate::presence::check_has_members(topic).map_err(|e| e.with_transport(NAME))?;
         let until = match lease {
             Lease::Held => None,
             Lease::For(lease) => Some(Instant::now() + lease),
@@ -922,7 +906,7 @@ impl Members for MemoryBroker {
         if let Some(present) = members.get_mut(member.client.as_str()) {
             present.until = until;
         } else if members.len() >= max_members {
-            let full = crate::presence::full(topic, max_members).with_transport(NAME);
+            let full = crate::presence::members_full(topic, max_members).with_transport(NAME);
             if members.is_empty() {
                 presence.remove(topic);
             }

@@ -189,8 +189,9 @@ pub trait Members: Presence {
     async fn leave(&self, topic: &Topic, client: &str) -> Result<()>;
 }
 
-/// The error for a topic whose members are at their limit.
-pub(crate) fn full(topic: &Topic, max_members: usize) -> Error {
+/// The error for a join to `topic`, which already has `max_members` members (what
+/// [`Members::join`] answers then, M4).
+pub fn members_full(topic: &Topic, max_members: usize) -> Error {
     Error::new(
         ErrorKind::RateLimited,
         format!(
@@ -201,12 +202,21 @@ pub(crate) fn full(topic: &Topic, max_members: usize) -> Error {
     .with_retry_after(Duration::from_secs(5))
 }
 
-/// The error for publishing to a presence log.
-pub(crate) fn written_by_the_server(topic: &Topic) -> Error {
+/// The error for publishing to a presence log (what a broker answers a publish to one).
+pub fn written_by_the_server(topic: &Topic) -> Error {
     Error::new(
         ErrorKind::Forbidden,
         format!("{topic} is a presence log: the server writes it as members join and leave"),
     )
+}
+
+/// `Ok` for a topic that can have members; for a presence log, the `bad_request` that says it
+/// has none (what a broker answers a join or a snapshot of one).
+pub fn check_has_members(topic: &Topic) -> Result<()> {
+    match topic.is_presence() {
+        true => Err(Error::bad_request(format!("{topic} is a presence log: it has no members"))),
+        false => Ok(()),
+    }
 }
 
 #[cfg(test)]

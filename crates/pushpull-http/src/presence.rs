@@ -168,8 +168,10 @@ impl Presences {
         }))
     }
 
-    /// Makes a polling client a member of `topic` (again) for the poll lease past `wait`, the
-    /// time its request may be held.
+    /// Makes a polling client a member of `topic` (again): for the time its request may be
+    /// held (`wait`) and the poll lease past it. A held poll's lease starts again when the
+    /// request ends (answered, or dropped by a client that hung up): the returned guard
+    /// renews it when dropped.
     pub async fn join_polled(
         &self,
         topic: &Topic,
@@ -177,33 +179,20 @@ impl Presences {
         client: &str,
         info: Option<serde_json::Value>,
         wait: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<PollEnd>, Error> {
         if !self.makes_members(topic) {
-            return Ok(());
+            return Ok(None);
         }
         let member = Member::new(client, user(grant), info)?;
         let members = self.broker.members().expect("checked by makes_members");
         let lease = Lease::For(self.config.poll_lease + wait);
-        members.join(topic, &member, lease, self.config.max_members).await
-    }
-
-    /// Makes a polling client a member of `topic` for the time its request is held, and,
-    /// once the request ends (answered, or dropped by a client that hung up), for the poll
-    /// lease from then: the returned guard renews it when dropped.
-    pub async fn join_held_poll(
-        &self,
-        topic: &Topic,
-        grant: Option<&Grant>,
-        client: &str,
-        info: Option<serde_json::Value>,
-        wait: Duration,
-    ) -> Result<Option<PollEnd>, Error> {
-        self.join_polled(topic, grant, client, info.clone(), wait).await?;
-        if wait.is_zero() || !self.makes_members(topic) {
-            return Ok(None);
-        }
-        let member = Member::new(client, user(grant), info)?;
-        Ok(Some(PollEnd { presences: self.clone(), topic: topic.clone(), member: Some(member) }))
+        members.join(topic, &member, lease, self.config.max_members).await?;
+        let held = !wait.is_zero();
+        Ok(held.then(|| PollEnd {
+            presences: self.clone(),
+            topic: topic.clone(),
+            member: Some(member),
+        }))
     }
 
     /// What a poll request says about its client: its `client` id and `info`, when it gives

@@ -366,17 +366,16 @@ impl<P: PushTransport> Streams<P> {
             self.max_topics,
         )?;
         let info = self.info(&req)?;
+        let named: Vec<_> = follow.named_topics().cloned().collect();
         let broker: Arc<dyn Client> = self.broker.clone();
-        let subscription = pushpull_core::follow(broker, follow.clone())
+        let subscription = pushpull_core::follow(broker, follow)
             .await
             .inspect_err(|e| crate::metrics::broker_error("subscribe", e))?;
         // A member of each topic it names (not of those a prefix selects).
         let mut members = Vec::new();
-        for (selector, _) in &follow.selectors {
-            if let pushpull_core::Selector::Topic(topic) = selector {
-                let grant = crate::Grant::of(&req);
-                members.extend(self.presences.join_held(topic, grant, info.clone()).await?);
-            }
+        for topic in &named {
+            let grant = crate::Grant::of(&req);
+            members.extend(self.presences.join_held(topic, grant, info.clone()).await?);
         }
         let token = keys.encode(subscription.cursors());
         let format = P::format(&self.config, &req, Start::Many(&token));

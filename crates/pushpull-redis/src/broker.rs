@@ -286,13 +286,7 @@ impl Publish for RedisBroker {
     async fn publish(&self, topic: &Topic, mut publication: Publication) -> Result<Receipt, Error> {
         let config = &self.inner.config;
         if topic.is_presence() {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "{topic} is a presence log: the server writes it as members join and leave"
-                ),
-            )
-            .with_transport(NAME));
+            return Err(pushpull_core::written_by_the_server(topic).with_transport(NAME));
         }
         let retention = self.retention_of(topic);
         publication.validate(config.max_payload).map_err(|e| e.with_transport(NAME))?;

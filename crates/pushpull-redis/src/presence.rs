@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pushpull_core::{
-    Cursor, Epoch, Error, ErrorKind, Lease, Member, Members, Offset, Presence, PresenceSnapshot,
+    Cursor, Epoch, Error, Lease, Member, Members, Offset, Presence, PresenceSnapshot,
     PresenceStats, Topic, millis_since_unix_epoch,
 };
 use redis::Value;
@@ -170,11 +170,7 @@ pub(crate) fn renew_in_background(broker: &RedisBroker) {
 }
 
 fn no_presence_of_presence(topic: &Topic) -> Result<(), Error> {
-    match topic.is_presence() {
-        true => Err(Error::bad_request(format!("{topic} is a presence log: it has no members"))
-            .with_transport(NAME)),
-        false => Ok(()),
-    }
+    pushpull_core::check_has_members(topic).map_err(|e| e.with_transport(NAME))
 }
 
 #[async_trait]
@@ -232,15 +228,7 @@ impl Members for RedisBroker {
             .join_entries(topic, &[(&member.client, &json, lease_end(length))], max_members)
             .await?;
         if refused > 0 {
-            return Err(Error::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "{topic} already has its maximum of {max_members} members ([presence] \
-                     max_members); try again once some leave"
-                ),
-            )
-            .with_retry_after(Duration::from_secs(5))
-            .with_transport(NAME));
+            return Err(pushpull_core::members_full(topic, max_members).with_transport(NAME));
         }
         if lease == Lease::Held {
             let mut held = self.inner.presence.held.lock().expect("presence lock");

@@ -89,7 +89,7 @@ async fn answer(
     if let Some((client, info)) = presences.polled(&request.query)? {
         let grant = crate::Grant::of(&req);
         let held = wait.unwrap_or_default();
-        _poll_end = presences.join_held_poll(&request.topic, grant, &client, info, held).await?;
+        _poll_end = presences.join_polled(&request.topic, grant, &client, info, held).await?;
     }
     let page = broker
         .fetch(&request.topic, request.cursor, request.limit)
@@ -331,13 +331,10 @@ async fn answer_many(
     let mut _poll_ends = Vec::new();
     if let Some((client, info)) = presences.polled(&query)? {
         let grant = crate::Grant::of(&req);
-        for (selector, _) in &follow.selectors {
-            if let pushpull_core::Selector::Topic(topic) = selector {
-                let held = wait.unwrap_or_default();
-                _poll_ends.extend(
-                    presences.join_held_poll(topic, grant, &client, info.clone(), held).await?,
-                );
-            }
+        let held = wait.unwrap_or_default();
+        for topic in follow.named_topics() {
+            _poll_ends
+                .extend(presences.join_polled(topic, grant, &client, info.clone(), held).await?);
         }
     }
     // The page is read by fetching each topic from its start, on any broker; only a page that
