@@ -258,3 +258,94 @@ async fn the_browser_client_works_over_every_transport() {
     assert_eq!(auto["passed"][0]["transport"], "ws", "{auto}");
     assert_eq!(auto["data"], "over the fallback");
 }
+
+/// Runs tests/js/presence-pages.mjs: page A through `proxy`, page B straight to the server,
+/// cutting and restoring A's network when the script asks.
+async fn presence_pages(transport: &str, proxy: &ChaosProxy, direct: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/presence-pages.mjs");
+    let args =
+        json!({ "a": format!("http://{}", proxy.addr()), "b": direct, "transport": transport });
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(args.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (scripts/test installs it, chromium and playwright-core)");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read the script's output") {
+            match line.as_str() {
+                "cut" => {
+                    // The network goes: open connections are cut, new ones refused.
+                    proxy.set_refusing(true);
+                    proxy.sever();
+                }
+                "restore" => proxy.set_refusing(false),
+                _ if line.starts_with('{') => return serde_json::from_str::<Value>(&line).unwrap(),
+                _ => {
+                    eprintln!("{line}");
+                    continue;
+                }
+            }
+            stdin.write_all(b"done\n").await.unwrap();
+        }
+        panic!("the script ended without an outcome");
+    })
+    .await
+    .expect("the presence pages finished in time");
+    assert!(child.wait().await.unwrap().success(), "the script failed");
+    outcome
+}
+
+/// (event, member name) of each presence event.
+fn changes(events: &Value) -> Vec<(String, String)> {
+    let events = events.as_array().unwrap();
+    events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap().into(), e["name"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_pages_see_each_other_come_and_go_and_resume_presence_from_their_cursor() {
+    let server = support::server(ServerConfig::default()).await;
+    let direct = format!("http://{}", server.local_addr());
+    for transport in ["sse", "ws"] {
+        let proxy = ChaosProxy::start(server.local_addr()).await.unwrap();
+        let outcome = presence_pages(transport, &proxy, &direct).await;
+        let of = |what: &str| format!("{transport}: {what}: {outcome:#}");
+        assert_eq!(outcome["before"], json!([0, 0]), "{}", of("nobody at first"));
+        let both = [("join".to_owned(), "A".to_owned()), ("join".into(), "B".into())];
+        assert_eq!(changes(&outcome["seenBeforeCut"]), both, "{}", of("each sees the other"));
+        assert_eq!(outcome["left"]["event"], "leave", "{}", of("A's cut"));
+        assert_eq!(outcome["left"]["name"], "A", "{}", of("A's cut"));
+        let events_a = &outcome["eventsA"];
+        let events_b = &outcome["eventsB"];
+        let expected: Vec<(String, String)> = [
+            ("join", "A"),
+            ("join", "B"),
+            ("leave", "A"),
+            ("join", "C"),
+            ("leave", "C"),
+            ("join", "A"),
+        ]
+        .iter()
+        .map(|(event, name)| ((*event).to_owned(), (*name).to_owned()))
+        .collect();
+        // A read what it missed while away (its own leave, C's join and leave), once each.
+        assert_eq!(changes(events_a), expected, "{}", of("A resumed its presence log"));
+        assert_eq!(changes(events_b), expected, "{}", of("B saw it all"));
+        let offsets = |events: &Value| -> Vec<u64> {
+            events.as_array().unwrap().iter().map(|e| e["offset"].as_u64().unwrap()).collect()
+        };
+        assert_eq!(offsets(events_a), offsets(events_b), "{}", of("one log, the same offsets"));
+        assert_eq!(events_a[0]["client"], events_a[2]["client"], "{}", of("A's old member left"));
+        assert_ne!(events_a[2]["client"], events_a[5]["client"], "{}", of("A came back anew"));
+        assert_eq!(outcome["namesA"], json!(["A", "B"]), "{}", of("A's snapshot"));
+        assert_eq!(outcome["namesB"], json!(["A", "B"]), "{}", of("B's snapshot"));
+    }
+}

@@ -26,6 +26,33 @@ export interface Message {
   data: string | Uint8Array;
 }
 
+/** A member of a topic's presence: a subscription following it. */
+export interface Member {
+  /** What tells it from every other member of the topic. */
+  client: string;
+  /** The `sub` of its token, if it had one. */
+  user?: string;
+  /** What the client said about itself (its `info` option). */
+  info?: unknown;
+}
+
+/**
+ * Who follows a topic, and the cursor of its presence log (`.presence:TOPIC`) at that moment:
+ * subscribing to the presence log from `cursor` gives every `join` and `leave` since (each a
+ * message whose `data` is the member's JSON), or a gap (then take a new snapshot).
+ */
+export interface PresenceSnapshot {
+  topic: string;
+  members: Member[];
+  cursor: string;
+}
+
+/** How many follow a topic: members, and distinct users among them. */
+export interface PresenceStats {
+  members: number;
+  users: number;
+}
+
 export interface Gap {
   type: 'gap';
   topic: string;
@@ -117,6 +144,10 @@ export interface Client {
   readonly stats: Stats;
   publish(topic: string, data: string | Uint8Array | ArrayBuffer, options?: PublishOptions): Promise<Receipt>;
   fetch(topic: string, options?: FetchOptions): Promise<Page>;
+  /** Who follows `topic` (needs the right to read it). */
+  presence(topic: string): Promise<PresenceSnapshot>;
+  /** How many follow `topic`. */
+  presenceStats(topic: string): Promise<PresenceStats>;
   /**
    * Follows `topic`, or every topic with a prefix (`orders:*`, those created later included;
    * deliveries name their topic, and the subscription's `cursor` is a cursor set). Over sse,
@@ -157,6 +188,11 @@ export interface ConnectOptions {
   multiplex?: boolean;
   /** The most topics one connection carries (100, the server's default bound); more open another. */
   maxTopicsPerConnection?: number;
+  /**
+   * What this client tells the other members of the topics it follows (any small JSON value,
+   * at most the server's `presence.max_info` bytes): sent with every subscription.
+   */
+  info?: unknown;
   /** The order `auto` tries transports in (`AUTO_ORDER`). */
   order?: TransportName[];
 }

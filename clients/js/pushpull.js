@@ -271,7 +271,14 @@ const DEFAULTS = {
   token: undefined,
   multiplex: true, // every subscription of an HTTP client on one connection
   maxTopicsPerConnection: 100, // the server's http.max_topics_per_connection
+  info: undefined, // what this client tells the other members of its topics' presence (JSON)
 };
+
+/** Adds what a subscribing request says about its client to presence: its `info`. */
+function withInfo(query, options) {
+  if (options.info !== undefined) query.set('info', JSON.stringify(options.info));
+  return query;
+}
 
 /** Asks the application's token hook, and keeps the answer until the server refuses it. */
 class Tokens {
@@ -411,6 +418,14 @@ class Http {
     const query = new URLSearchParams({ after, limit: String(limit) });
     const response = await this.sendRetrying('GET', `/v1/topics/${topic}/messages?${query}`);
     return pageFromJson(await this.json(response));
+  }
+
+  async presence(topic) {
+    return this.json(await this.sendRetrying('GET', `/v1/topics/${topic}/presence`));
+  }
+
+  async presenceStats(topic) {
+    return this.json(await this.sendRetrying('GET', `/v1/topics/${topic}/presence/stats`));
   }
 }
 
@@ -626,8 +641,8 @@ class StreamReader extends Follower {
     while (!sub.closed) {
       let error;
       try {
-        const after = encodeURIComponent(sub.cursor);
-        const response = await http.send('GET', `/v1/topics/${sub.topic}/${this.path}?after=${after}`, {
+        const query = withInfo(new URLSearchParams({ after: sub.cursor }), options);
+        const response = await http.send('GET', `/v1/topics/${sub.topic}/${this.path}?${query}`, {
           headers: { accept: this.accept }, signal: this.controller.signal, timeout: options.requestTimeout,
         });
         await checkStream(response, this.accept.split(',')[0], sub.transport);
@@ -806,6 +821,8 @@ class PageReader extends Follower {
   constructor(http, subscription, { wait }) {
     super(http, subscription);
     this.wait = wait;
+    // Its polls keep it a member of the topic's presence, under this id.
+    this.member = randomKey();
     this.run();
   }
 
@@ -819,7 +836,8 @@ class PageReader extends Follower {
       let error;
       let pause = 0;
       try {
-        const query = new URLSearchParams({ after: sub.cursor, limit: String(options.pageLimit) });
+        const query = new URLSearchParams({ after: sub.cursor, limit: String(options.pageLimit), client: this.member });
+        withInfo(query, options);
         // Long polling asks with wait=0 first: a server that cannot hold requests says so by
         // leaving out Pushpull-Wait-Ms, and this client stops instead of polling by another name.
         if (this.wait) query.set('wait', checked ? String(options.longpollWait) : '0');
@@ -884,6 +902,8 @@ class Mux {
     this.scheduled = false;
     this.changed = false;
     this.request = undefined;
+    // Polls keep the connection's subscriptions members of their topics under this id.
+    this.member = randomKey();
   }
 
   add(sub) {
@@ -990,8 +1010,10 @@ class Mux {
     const query = this.query(keys);
     const paged = this.kind === 'longpoll' || this.kind === 'poll';
     let timeout = options.requestTimeout;
+    withInfo(query, options);
     if (paged) {
       query.set('limit', String(options.pageLimit));
+      query.set('client', this.member);
       if (this.kind === 'longpoll') {
         // Members new to the connection are answered at once (it opens them); then held.
         const wait = this.fresh.size ? 0 : options.longpollWait;
@@ -1061,6 +1083,14 @@ class HttpTransportClient {
 
   fetch(topic, options) {
     return this.http.fetch(topic, options);
+  }
+
+  presence(topic) {
+    return this.http.presence(topic);
+  }
+
+  presenceStats(topic) {
+    return this.http.presenceStats(topic);
   }
 
   subscribe(topic, { after = 'latest' } = {}) {
@@ -1246,6 +1276,7 @@ class WsClient {
     entry.awaiting = true;
     const frame = { op: 'subscribe', id: `s${this.nextId++}`, topic: entry.sub.topic, after: entry.sub.cursor };
     if (entry.name) frame.sub = entry.name;
+    if (this.options.info !== undefined) frame.info = this.options.info;
     entry.requestId = frame.id;
     this.send(frame);
   }
@@ -1329,6 +1360,17 @@ class WsClient {
         this.pending.delete(header.id);
         return request?.resolve(pageFromJson(header, payload));
       }
+      case 'presence': {
+        const request = this.pending.get(header.id);
+        this.pending.delete(header.id);
+        const { op: _op, id: _id, ...snapshot } = header;
+        return request?.resolve(snapshot);
+      }
+      case 'presence_stats': {
+        const request = this.pending.get(header.id);
+        this.pending.delete(header.id);
+        return request?.resolve({ members: header.members, users: header.users });
+      }
       case 'refreshed': {
         const request = this.pending.get(header.id);
         this.pending.delete(header.id);
@@ -1349,6 +1391,14 @@ class WsClient {
 
   fetch(topic, { after = 'beginning', limit = this.options.pageLimit } = {}) {
     return this.request({ op: 'fetch', topic, after, limit });
+  }
+
+  presence(topic) {
+    return this.request({ op: 'presence', topic });
+  }
+
+  presenceStats(topic) {
+    return this.request({ op: 'presence', topic, stats: true });
   }
 
   subscribe(topic, { after = 'latest' } = {}) {
