@@ -108,6 +108,17 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Who follows a topic: its members and its presence log's cursor, as JSON (follow the
+    /// changes with `pushpull subscribe .presence:TOPIC --after CURSOR --format json`).
+    Presence {
+        /// The topic.
+        topic: String,
+        /// Only the counts: members, and distinct users among them.
+        #[arg(long)]
+        stats: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Measure the transports side by side against a server on 127.0.0.1 (runs the
     /// `pushpull-bench` binary installed beside this one: `pushpull bench --help`).
     #[command(disable_help_flag = true)]
@@ -295,6 +306,19 @@ async fn run(
                 output::print(&mut out, &delivery, format, false);
             }
             eprintln!("next: {next}");
+            Ok(())
+        }
+        Command::Presence { topic, stats, connection } => {
+            let topic = Topic::new(topic)?;
+            let client = connect(&connection).await?;
+            let presence = client.presence().ok_or_else(|| {
+                Error::new(ErrorKind::Unsupported, "this transport's client cannot tell presence")
+            })?;
+            let json = match stats {
+                true => serde_json::to_string(&presence.stats(&topic).await?),
+                false => serde_json::to_string(&presence.snapshot(&topic).await?),
+            };
+            println!("{}", json.expect("presence serializes"));
             Ok(())
         }
         Command::Subscribe { topics, after, count, format, connection } => {

@@ -164,6 +164,57 @@ fn serve_with_tls_prints_an_https_url() {
 }
 
 #[test]
+fn presence_tells_who_follows_a_topic() {
+    let server = serve(&[]);
+    let url = server.url.as_str();
+    // A subscriber over SSE is a member while it follows.
+    let mut subscriber = Command::new(BIN)
+        .args(["subscribe", "room", "--transport", "sse", "--url", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let members = || {
+        let shown = run(&["presence", "room", "--transport", "poll"], url, None);
+        assert!(shown.status.success(), "{}", text(&shown.stderr));
+        serde_json::from_slice::<serde_json::Value>(&shown.stdout).expect("JSON")
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut snapshot = members();
+    while snapshot["members"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the subscriber never joined: {snapshot}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        snapshot = members();
+    }
+    assert_eq!(snapshot["topic"], "room");
+    assert!(snapshot["cursor"].as_str().unwrap().ends_with("-1"), "{snapshot}");
+    let stats = run(&["presence", "room", "--stats"], url, None);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(stats, serde_json::json!({"members": 1, "users": 1}));
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    // Its leave is on the presence log, after its join.
+    let events = || -> Vec<String> {
+        let log = run(&["fetch", ".presence:room", "--format", "json"], url, None);
+        let lines = text(&log.stdout);
+        lines
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .map(|message| message["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut seen = events();
+    while seen.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the subscriber never left: {seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = events();
+    }
+    assert_eq!(seen, ["join", "leave"]);
+    let bad = run(&["presence", "no such topic"], url, None);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+}
+
+#[test]
 fn completions_cover_every_command() {
     for shell in ["bash", "zsh", "fish"] {
         let output = Command::new(env!("CARGO_BIN_EXE_pushpull"))
@@ -172,7 +223,7 @@ fn completions_cover_every_command() {
             .expect("run pushpull");
         assert!(output.status.success(), "{shell}: {}", text(&output.stderr));
         let script = text(&output.stdout);
-        for command in ["serve", "publish", "fetch", "subscribe", "bench"] {
+        for command in ["serve", "publish", "fetch", "subscribe", "presence", "bench"] {
             assert!(script.contains(command), "{shell} completes {command}");
         }
     }
