@@ -29,6 +29,16 @@ pub(crate) enum Bench {
         #[command(flatten)]
         report: Report,
     },
+    /// Server memory per presence member: polls that each name another client make members
+    /// of one topic (no connection stays open), measured with presence on and off.
+    Members {
+        /// How many members to make.
+        #[arg(long, default_value_t = 20_000)]
+        members: usize,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Peak memory of the server and a streaming client moving one large payload.
     Large {
         /// The payload's size in MiB.
@@ -226,6 +236,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Idle { transport, connections, report } => {
             idle(&transport, connections, &report).await
         }
+        Bench::Members { members, json } => presence_members(members, json).await,
         Bench::Large { size_mib, json } => large(size_mib, json).await,
         Bench::Fanout { subscribers, messages, redis, two_nodes, json } => {
             let redis = RedisBacking::start(redis)?;
@@ -359,10 +370,15 @@ impl ServerProcess {
     }
 
     pub(crate) async fn health(&self) -> Result<serde_json::Value, Error> {
+        self.get_json("/v1/health").await
+    }
+
+    /// GETs `path` on a connection of its own and reads the JSON answer.
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
         let mut stream =
             TcpStream::connect(self.addr).await.map_err(|e| bench_error(e.to_string()))?;
         let request =
-            format!("GET /v1/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+            format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
         stream.write_all(request.as_bytes()).await.map_err(|e| bench_error(e.to_string()))?;
         let mut reply = Vec::new();
         stream.read_to_end(&mut reply).await.map_err(|e| bench_error(e.to_string()))?;
@@ -370,8 +386,8 @@ impl ServerProcess {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|at| &reply[at + 4..])
-            .ok_or_else(|| bench_error("bad health reply".into()))?;
-        serde_json::from_slice(body).map_err(|e| bench_error(format!("health JSON: {e}")))
+            .ok_or_else(|| bench_error(format!("bad reply to GET {path}")))?;
+        serde_json::from_slice(body).map_err(|e| bench_error(format!("GET {path}: {e}")))
     }
 
     pub(crate) async fn live(&self, gauge: &str) -> Result<u64, Error> {
@@ -411,6 +427,80 @@ async fn idle(transports: &[String], connections: usize, report: &Report) -> Res
 }
 
 #[derive(serde::Serialize)]
+struct MembersRow {
+    presence: bool,
+    members: u64,
+    rss_before: u64,
+    rss_after: u64,
+    bytes_per_member: f64,
+}
+
+async fn presence_members(members: usize, json: bool) -> Result<(), Error> {
+    let mut rows = Vec::new();
+    for presence in [true, false] {
+        rows.push(members_one(presence, members).await?);
+    }
+    if json {
+        println!("{}", serde_json::json!({ "bench": "members", "results": rows }));
+        return Ok(());
+    }
+    println!("| presence | members | server RSS before | after | per member |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.0} B |",
+            if row.presence { "on" } else { "off" },
+            row.members,
+            mib(row.rss_before),
+            mib(row.rss_after),
+            row.bytes_per_member
+        );
+    }
+    Ok(())
+}
+
+async fn members_one(presence: bool, members: usize) -> Result<MembersRow, Error> {
+    let server = ServerProcess::start_with(&[
+        ("PUSHPULL_PRESENCE__ENABLED", presence.to_string()),
+        ("PUSHPULL_PRESENCE__MAX_MEMBERS", (members + 1000).to_string()),
+        // Nobody's lease lapses while the bench measures.
+        ("PUSHPULL_PRESENCE__POLL_LEASE", "1h".to_owned()),
+    ])
+    .await?;
+    let poll = |n: usize| format!("/v1/topics/bench.members/messages?after=latest&client=m{n}");
+    // Warm up allocator pools, the topic and its presence log first.
+    for n in 0..500 {
+        server.get_json(&poll(members + n)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss()?;
+    let progress = progress_bar(members as u64, "polls making members");
+    for n in 0..members {
+        progress.inc(1);
+        server.get_json(&poll(n)).await?;
+    }
+    progress.finish_and_clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = server.rss()?;
+    let counted = match presence {
+        true => server.get_json("/v1/topics/bench.members/presence/stats").await?["members"]
+            .as_u64()
+            .unwrap_or(0),
+        false => 0,
+    };
+    if presence && counted != (members + 500) as u64 {
+        return Err(bench_error(format!("{counted} members, not {}", members + 500)));
+    }
+    Ok(MembersRow {
+        presence,
+        members: members as u64,
+        rss_before: before,
+        rss_after: after,
+        bytes_per_member: after.saturating_sub(before) as f64 / members as f64,
+    })
+}
+
+#[derive(serde::Serialize)]
 struct IdleRow {
     transport: String,
     rss_before: u64,
@@ -429,7 +519,10 @@ async fn idle_one(transport: &str, connections: usize) -> Result<IdleRow, Error>
             return Err(bench_error(format!("idle measures sse, ws or longpoll, not {other:?}")));
         }
     };
-    let server = ServerProcess::start().await?;
+    // Every connection comes from 127.0.0.1: let the server take them all from one address.
+    let per_address =
+        ("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", (connections + 100).to_string());
+    let server = ServerProcess::start_with(&[per_address]).await?;
     // Warm up allocator pools and the topic with a few connections first.
     let warm = open_idle(&server, path, 50).await?;
     drop(warm);
