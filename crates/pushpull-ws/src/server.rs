@@ -578,10 +578,7 @@ impl Session {
                     None => Target::Granted,
                 };
                 let key = (target, sub);
-                if self.subscriptions.remove(&key) {
-                    self.counted.pop();
-                    self.members.remove(&key);
-                } else {
+                if !self.forget(&key) {
                     return Err(Error::bad_request(match &key.1 {
                         Some(sub) => format!("not subscribed to {} as {sub:?}", key.0),
                         None => format!("not subscribed to {}", key.0),
@@ -725,6 +722,17 @@ impl Session {
         Ok(renewed)
     }
 
+    /// Ends the subscription `key` (on request, or because the server ended it): its count
+    /// and its membership go with it. Whether there was one.
+    fn forget(&mut self, key: &Key) -> bool {
+        if !self.subscriptions.remove(key) {
+            return false;
+        }
+        self.counted.pop();
+        self.members.remove(key);
+        true
+    }
+
     /// Whether the socket's token grants `right` (always, when the server checks no tokens).
     fn may(&self, right: Right<'_>) -> Result<(), Error> {
         self.grant.as_ref().map_or(Ok(()), |grant| grant.check(right))
@@ -776,9 +784,7 @@ impl Session {
             }
             None => "the broker ended it".to_owned(),
         };
-        if self.subscriptions.remove(&key) {
-            self.counted.pop();
-        }
+        self.forget(&key);
         let ended = Reply::Unsubscribed {
             id: None,
             topic: key.0.field(),
