@@ -34,20 +34,27 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// Runs the plan in Chromium, severing `proxy`'s connections whenever a case asks.
-async fn run(plan: &Value, proxy: &ChaosProxy) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/client-suite.mjs");
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `node tests/js/SCRIPT ARG`: the child, its standard input and its output's lines.
+fn node(script: &str, arg: &Value) -> (tokio::process::Child, tokio::process::ChildStdin, Lines) {
     let mut child = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(plan.to_string())
+        .arg(format!("{}/tests/js/{script}", env!("CARGO_MANIFEST_DIR")))
+        .arg(arg.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("node runs (scripts/test installs it, chromium and playwright-core)");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
+}
+
+/// Runs the plan in Chromium, severing `proxy`'s connections whenever a case asks.
+async fn run(plan: &Value, proxy: &ChaosProxy) -> Vec<Value> {
+    let (mut child, mut stdin, mut lines) = node("client-suite.mjs", plan);
     let results = tokio::time::timeout(Duration::from_secs(600), async {
         while let Some(line) = lines.next_line().await.expect("read the script's output") {
             if line == "sever" {
@@ -262,20 +269,9 @@ async fn the_browser_client_works_over_every_transport() {
 /// Runs tests/js/presence-pages.mjs: page A through `proxy`, page B straight to the server,
 /// cutting and restoring A's network when the script asks.
 async fn presence_pages(transport: &str, proxy: &ChaosProxy, direct: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/presence-pages.mjs");
     let args =
         json!({ "a": format!("http://{}", proxy.addr()), "b": direct, "transport": transport });
-    let mut child = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(args.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (scripts/test installs it, chromium and playwright-core)");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut stdin, mut lines) = node("presence-pages.mjs", &args);
     let outcome = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.expect("read the script's output") {
             match line.as_str() {
