@@ -1,0 +1,261 @@
+//! A real Redis Cluster of a test's own: six `redis-server` processes (three masters, three
+//! replicas) on free loopback ports, made one cluster with `redis-cli --cluster create`; a
+//! master can be killed (its replica takes over) and the whole cluster stops on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pushpull_core::{Error, ErrorKind};
+
+/// How long a master may be unreachable before its replica is promoted.
+const NODE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+fn setup_error(why: String) -> Error {
+    Error::new(ErrorKind::Config, why)
+}
+
+/// One `redis-server` of the cluster.
+#[derive(Debug)]
+struct Node {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// Six `redis-server` processes in cluster mode, without persistence, in a fresh directory.
+/// Dropping it stops them and removes the directory.
+#[derive(Debug)]
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+/// A free loopback port whose cluster bus port (the port plus 10000) is free too.
+fn free_port_pair() -> Result<u16, Error> {
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| setup_error(format!("no free port: {e}")))?;
+        let port = listener.local_addr().map_err(|e| setup_error(e.to_string()))?.port();
+        if port > 55_535 {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(setup_error("no free pair of ports for a cluster node".into()))
+}
+
+impl RedisCluster {
+    /// Starts six nodes, makes them a cluster of three masters each with a replica, and waits
+    /// until every node says the cluster is ok. The README's test command installs
+    /// `redis-server` and `redis-cli` (Debian's package) when they are missing.
+    pub fn start() -> Result<Self, Error> {
+        let unique = pushpull_core::Epoch::random();
+        let dir = std::env::temp_dir().join(format!("pushpull-redis-cluster-{unique}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
+        let mut cluster = Self { dir, nodes: Vec::new() };
+        for _ in 0..6 {
+            let port = free_port_pair()?;
+            let mut node = Node { port, child: None };
+            cluster.spawn(&mut node)?;
+            cluster.nodes.push(node);
+        }
+        for node in &cluster.nodes {
+            cluster.wait_for_pong(node.port)?;
+        }
+        let addresses: Vec<String> =
+            cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| {
+                setup_error(format!("cannot run redis-cli ({e}): ./scripts/test installs it"))
+            })?;
+        if !created.status.success() {
+            return Err(setup_error(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            )));
+        }
+        cluster.wait_until_ok(Duration::from_secs(30))?;
+        cluster.wait_for_replicas(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Waits until each master's replica is online (synced, taking the master's writes).
+    fn wait_for_replicas(&self, within: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + within;
+        loop {
+            let online = self
+                .nodes
+                .iter()
+                .filter_map(|node| {
+                    Self::query(node.port, &["INFO", "replication"])
+                        .ok()
+                        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                })
+                .filter(|info| info.contains("role:master"))
+                .filter(|info| info.contains("state=online"))
+                .count();
+            if online == 3 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(setup_error(format!("replicas were not online within {within:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(&self, node: &mut Node) -> Result<(), Error> {
+        let dir = self.dir.join(node.port.to_string());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
+        let child = Command::new("redis-server")
+            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                setup_error(format!(
+                    "cannot start redis-server ({e}): run ./scripts/test, which installs it"
+                ))
+            })?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    fn query(port: u16, args: &[&str]) -> Result<redis::Value, redis::RedisError> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query(&mut connection)
+    }
+
+    fn wait_for_pong(&self, port: u16) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Self::query(port, &["PING"]).is_err() {
+            if Instant::now() > deadline {
+                return Err(setup_error(format!("redis-server on {port} did not answer")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and three masters serving slots.
+    pub fn wait_until_ok(&self, within: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|node| {
+                let info = Self::query(node.port, &["CLUSTER", "INFO"])
+                    .ok()
+                    .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains("cluster_size:3")
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(setup_error(format!("the cluster was not ok within {within:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A URL of each node (`redis://127.0.0.1:PORT`): what a cluster client is seeded with.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// The port of the live master that serves `key`'s slot.
+    pub fn master_of(&self, key: &str) -> Result<u16, Error> {
+        let live = self.nodes.iter().find(|n| n.child.is_some()).expect("a live node");
+        let slot: i64 = Self::query(live.port, &["CLUSTER", "KEYSLOT", key])
+            .ok()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(|| setup_error("CLUSTER KEYSLOT failed".into()))?;
+        Self::slot_masters(live.port)?
+            .into_iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, port)| port)
+            .ok_or_else(|| setup_error(format!("no master serves slot {slot}")))
+    }
+
+    /// Each range of slots and the port of its master, as the node on `port` sees them.
+    fn slot_masters(port: u16) -> Result<Vec<(i64, i64, u16)>, Error> {
+        let shards = Self::query(port, &["CLUSTER", "SLOTS"])
+            .map_err(|e| setup_error(format!("CLUSTER SLOTS: {e}")))?;
+        // Each entry: first slot, last slot, the master ([host, port, id, …]), its replicas.
+        let entries: Vec<Vec<redis::Value>> = redis::from_redis_value(shards)
+            .map_err(|e| setup_error(format!("CLUSTER SLOTS: {e}")))?;
+        let int = |v: &redis::Value| redis::from_redis_value::<i64>(v.clone()).ok();
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let [first, last, master, ..] = entry.as_slice() else { return None };
+                let master: Vec<redis::Value> = redis::from_redis_value(master.clone()).ok()?;
+                let port = u16::try_from(int(master.get(1)?)?).ok()?;
+                Some((int(first)?, int(last)?, port))
+            })
+            .collect())
+    }
+
+    /// Kills the master on `port` (as a crash would) and waits until its replica has taken
+    /// over and the cluster is ok again.
+    pub fn kill_master(&mut self, port: u16) -> Result<(), Error> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .ok_or_else(|| setup_error(format!("no node on {port}")))?;
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The replica is promoted after NODE_TIMEOUT and an election: wait until no live node
+        // names the dead one as a master any more, and the cluster is ok.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let promoted = self.nodes.iter().filter(|n| n.child.is_some()).all(|node| {
+                Self::slot_masters(node.port)
+                    .is_ok_and(|masters| masters.iter().all(|(_, _, master)| *master != port))
+            });
+            if promoted {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(setup_error(format!("no replica took over from {port} within 30 s")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok(Duration::from_secs(30))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
