@@ -1,6 +1,9 @@
 //! A real Redis Cluster of a test's own: six `redis-server` processes (three masters, three
 //! replicas) on free loopback ports, made one cluster with `redis-cli --cluster create`; a
-//! master can be killed (its replica takes over) and the whole cluster stops on drop.
+//! master can be killed (its replica takes over), a slot moved to another master, and the
+//! whole cluster stops on drop. Each server runs on a leash (a shell that holds a pipe from
+//! the test process), so it stops when the test process ends even if nothing dropped it: a
+//! cluster [`shared`](RedisCluster::shared) by a test binary's cases lives in a static.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,11 +18,24 @@ fn setup_error(why: String) -> Error {
     Error::new(ErrorKind::Config, why)
 }
 
-/// One `redis-server` of the cluster.
+/// One `redis-server` of the cluster: the leash (a shell whose stdin is a pipe from this
+/// process) and the server's process id.
 #[derive(Debug)]
 struct Node {
     port: u16,
     child: Option<Child>,
+    pid: u32,
+}
+
+impl Node {
+    /// Kills the server at once (as a crash would), and its leash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Six `redis-server` processes in cluster mode, without persistence, in a fresh directory.
@@ -58,7 +74,7 @@ impl RedisCluster {
         let mut cluster = Self { dir, nodes: Vec::new() };
         for _ in 0..6 {
             let port = free_port_pair()?;
-            let mut node = Node { port, child: None };
+            let mut node = Node { port, child: None, pid: 0 };
             cluster.spawn(&mut node)?;
             cluster.nodes.push(node);
         }
@@ -86,6 +102,117 @@ impl RedisCluster {
         cluster.wait_until_ok(Duration::from_secs(30))?;
         cluster.wait_for_replicas(Duration::from_secs(30))?;
         Ok(cluster)
+    }
+
+    /// One cluster for every caller in this process, started by the first: for suites whose
+    /// cases each take a key prefix of their own and kill no node. Its servers stop when the
+    /// process ends.
+    pub fn shared() -> Result<&'static RedisCluster, Error> {
+        static SHARED: std::sync::Mutex<Option<&'static RedisCluster>> =
+            std::sync::Mutex::new(None);
+        let mut shared = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cluster) = *shared {
+            return Ok(cluster);
+        }
+        let cluster: &'static RedisCluster = Box::leak(Box::new(Self::start()?));
+        *shared = Some(cluster);
+        Ok(cluster)
+    }
+
+    /// The ports of the live masters.
+    pub fn masters(&self) -> Result<Vec<u16>, Error> {
+        let live = self.nodes.iter().find(|n| n.child.is_some()).expect("a live node");
+        let mut masters: Vec<u16> =
+            Self::slot_masters(live.port)?.into_iter().map(|(_, _, port)| port).collect();
+        masters.sort_unstable();
+        masters.dedup();
+        Ok(masters)
+    }
+
+    /// Deletes every key that starts with `prefix`, on every master (what a restart without
+    /// persistence loses, for one user of a shared cluster).
+    pub fn delete_prefixed(&self, prefix: &str) -> Result<(), Error> {
+        let pattern: String = prefix
+            .chars()
+            .flat_map(|c| {
+                let special = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                special.then_some('\\').into_iter().chain([c])
+            })
+            .chain(['*'])
+            .collect();
+        for master in self.masters()? {
+            let mut cursor = "0".to_owned();
+            loop {
+                let answer =
+                    Self::query(master, &["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+                        .map_err(|e| setup_error(format!("SCAN: {e}")))?;
+                let (next, keys): (String, Vec<String>) = redis::from_redis_value(answer)
+                    .map_err(|e| setup_error(format!("SCAN: {e}")))?;
+                for key in keys {
+                    Self::query(master, &["DEL", &key])
+                        .map_err(|e| setup_error(format!("DEL: {e}")))?;
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> Result<u16, Error> {
+        let live = self.nodes.iter().find(|n| n.child.is_some()).expect("a live node");
+        Self::query(live.port, &["CLUSTER", "KEYSLOT", key])
+            .ok()
+            .and_then(|v| redis::from_redis_value::<u16>(v).ok())
+            .ok_or_else(|| setup_error("CLUSTER KEYSLOT failed".into()))
+    }
+
+    /// Moves `key`'s slot, keys and all, to another master, by the steps `redis-cli --cluster
+    /// reshard` takes (importing, migrating, `MIGRATE` of its keys, the new owner announced);
+    /// returns the port of the master that serves it now.
+    pub fn move_slot_of(&self, key: &str) -> Result<u16, Error> {
+        let slot = self.slot_of(key)?;
+        let from = self.master_of(key)?;
+        let to = *self
+            .masters()?
+            .iter()
+            .find(|port| **port != from)
+            .ok_or_else(|| setup_error("no other master".into()))?;
+        let node_id = |port: u16| -> Result<String, Error> {
+            Self::query(port, &["CLUSTER", "MYID"])
+                .ok()
+                .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                .ok_or_else(|| setup_error("CLUSTER MYID failed".into()))
+        };
+        let (from_id, to_id) = (node_id(from)?, node_id(to)?);
+        // Move exactly that slot: the way redis-cli does it, step by step.
+        let slot = slot.to_string();
+        let step = |port: u16, args: &[&str]| {
+            Self::query(port, args).map_err(|e| setup_error(format!("{}: {e}", args.join(" "))))
+        };
+        step(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        step(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        loop {
+            let keys: Vec<String> =
+                redis::from_redis_value(step(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])?)
+                    .map_err(|e| setup_error(format!("GETKEYSINSLOT: {e}")))?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = vec!["MIGRATE", "127.0.0.1"];
+            let port = to.to_string();
+            let timeout = "5000".to_owned();
+            migrate.extend([port.as_str(), "", "0", timeout.as_str(), "KEYS"]);
+            migrate.extend(keys.iter().map(String::as_str));
+            step(from, &migrate)?;
+        }
+        for port in self.masters()? {
+            step(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        }
+        Ok(to)
     }
 
     /// Waits until each master's replica is online (synced, taking the master's writes).
@@ -117,26 +244,35 @@ impl RedisCluster {
         let dir = self.dir.join(node.port.to_string());
         std::fs::create_dir_all(&dir)
             .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
-        let child = Command::new("redis-server")
+        // The shell starts the server, says its pid, and kills it when its stdin closes: when
+        // this process ends, however it ends.
+        let leash = r#"redis-server "$@" >/dev/null & pid=$!; echo "$pid"; read _; kill "$pid""#;
+        let mut child = Command::new("sh")
+            .args(["-c", leash, "sh"])
             .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&dir)
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                setup_error(format!(
-                    "cannot start redis-server ({e}): run ./scripts/test, which installs it"
-                ))
-            })?;
+            .map_err(|e| setup_error(format!("cannot start sh: {e}")))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .map_err(|e| setup_error(format!("redis-server's pid: {e}")))?;
+        node.pid = line.trim().parse().map_err(|_| {
+            setup_error("cannot start redis-server: run ./scripts/test, which installs it".into())
+        })?;
         node.child = Some(child);
         Ok(())
     }
 
-    fn query(port: u16, args: &[&str]) -> Result<redis::Value, redis::RedisError> {
+    /// Sends one command to the node on `port`.
+    pub fn query(port: u16, args: &[&str]) -> Result<redis::Value, redis::RedisError> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
         let mut connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
         let mut command = redis::cmd(args[0]);
@@ -224,10 +360,7 @@ impl RedisCluster {
             .iter_mut()
             .find(|n| n.port == port)
             .ok_or_else(|| setup_error(format!("no node on {port}")))?;
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        node.kill();
         // The replica is promoted after NODE_TIMEOUT and an election: wait until no live node
         // names the dead one as a master any more, and the cluster is ok.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -251,10 +384,7 @@ impl RedisCluster {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            node.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -12,11 +12,11 @@ use pushpull_core::{
     Subscribe, Subscription, Topic, TopicRules, millis_since_unix_epoch, time_from_millis,
 };
 use redis::Value;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use crate::NAME;
 use crate::config::RedisConfig;
+use crate::link::Link;
 use crate::scripts;
 use crate::wake::{self, Waker};
 
@@ -29,7 +29,7 @@ pub struct RedisBroker {
 
 pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
-    pub(crate) connection: ConnectionManager,
+    pub(crate) link: Link,
     publish: redis::Script,
     read: redis::Script,
     waker: Arc<Waker>,
@@ -51,6 +51,16 @@ impl std::fmt::Debug for RedisBroker {
             .field("key_prefix", &self.inner.config.key_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// Wake-ups a node received: see [`RedisBroker::wake_ups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct WakeUps {
+    /// On the channels of the topics this node's readers follow.
+    pub topics: u64,
+    /// On the channel every node hears (a log's first message).
+    pub shared: u64,
 }
 
 /// Redis's error as pushpull's: a `backend` error a retry may fix.
@@ -78,21 +88,12 @@ impl RedisBroker {
     pub fn with_rules(config: RedisConfig, rules: TopicRules) -> Result<Self, Error> {
         config.validate()?;
         rules.check(&config.retention, config.max_payload)?;
-        let client = config.client()?;
-        // No command waits on Redis longer than the response timeout (redis-rs's default of
-        // 500 ms is too short for a busy Redis, none at all would hang).
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
-        let waker = wake::shared();
-        wake::listen(client, format!("{}wake", config.key_prefix), Arc::downgrade(&waker));
+        let link = Link::open(&config)?;
+        let waker = wake::start(&config)?;
         let windows = crate::cache::Windows::new(rules.max_messages(&config.retention));
         let inner = Inner {
             config,
-            connection,
+            link,
             publish: scripts::publish(),
             read: scripts::read(),
             waker,
@@ -113,7 +114,7 @@ impl RedisBroker {
 
     /// State stored beside the logs (webhook endpoints), shared by every node on this Redis.
     pub fn shared_state(&self) -> crate::RedisSharedState {
-        crate::RedisSharedState::new(self.inner.connection.clone(), &self.inner.config.key_prefix)
+        crate::RedisSharedState::new(self.inner.link.clone(), &self.inner.config.key_prefix)
     }
 
     /// How many subscriptions this node is serving right now.
@@ -121,9 +122,17 @@ impl RedisBroker {
         self.inner.waker.readers()
     }
 
+    /// How many wake-ups this node has received since it started: on the channels of the
+    /// topics its readers follow, and on the channel shared by every node (which carries only
+    /// each log's first message).
+    pub fn wake_ups(&self) -> WakeUps {
+        let (topics, shared) = self.inner.waker.received();
+        WakeUps { topics, shared }
+    }
+
     /// Whether Redis answers now (for a health check's "ready").
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.link.clone();
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(backend)
     }
 
@@ -136,7 +145,7 @@ impl RedisBroker {
     ) -> Result<T, Error> {
         let mut attempt = 0;
         loop {
-            let mut connection = self.inner.connection.clone();
+            let mut connection = self.inner.link.clone();
             match invocation.invoke_async(&mut connection).await {
                 Ok(value) => return Ok(value),
                 Err(error)
@@ -217,6 +226,18 @@ impl RedisBroker {
                 topic: topic.clone(),
                 reason: GapReason::Retention,
                 missed: Some(OffsetRange { first: Offset(from + 1), last: Offset(first - 1) }),
+                cursor: Cursor::After(epoch, Offset(position)),
+            }),
+            "rebase" => Some(Gap {
+                topic: topic.clone(),
+                reason: GapReason::EpochChanged {
+                    previous: cursor.epoch().ok_or_else(|| protocol("a rebase gap needs one"))?,
+                },
+                // What the reader read past the takeover (`from`) is gone (it reads those
+                // offsets again, with what they hold now); what came since is delivered,
+                // unless retention dropped some of it already.
+                missed: (position > from)
+                    .then(|| OffsetRange { first: Offset(from + 1), last: Offset(position) }),
                 cursor: Cursor::After(epoch, Offset(position)),
             }),
             "epoch" => Some(Gap {
@@ -309,7 +330,8 @@ impl Publish for RedisBroker {
             .arg(retention.max_messages)
             .arg(retention.max_bytes)
             .arg(max_age_millis(&retention))
-            .arg(format!("{}wake", config.key_prefix))
+            .arg(wake::channel(&config.key_prefix, topic))
+            .arg(wake::shared_channel(&config.key_prefix))
             .arg(topic.as_str());
         let answer: (String, u64, u64) = self.invoke(&invocation).await?;
         let (epoch, offset, millis) = answer;
@@ -346,7 +368,7 @@ impl Subscribe for RedisBroker {
     }
 
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
-        let wake = self.inner.waker.watch(topic);
+        let wake = self.inner.waker.watch(topic).await;
         // Resolve the cursor now: `latest` means what exists when subscribe returns, and a bad
         // cursor fails here rather than in the stream.
         let start = self.read(topic, cursor, 0).await?;
@@ -387,36 +409,35 @@ impl Directory for RedisBroker {
             .collect();
         // Topic names and prefixes hold no glob characters.
         let pattern = format!("{escaped}{{{prefix}*}}:meta");
-        let mut connection = self.inner.connection.clone();
-        let mut cursor = 0u64;
+        let link = &self.inner.link;
         let mut topics = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await
-                .map_err(backend)?;
-            for key in keys {
-                let name = key
-                    .strip_prefix(key_prefix.as_str())
-                    .and_then(|k| k.strip_prefix('{'))
-                    .and_then(|k| k.strip_suffix("}:meta"));
-                if let Some(topic) = name.and_then(|n| Topic::new(n).ok())
-                    && !topic.is_presence()
-                    && !topics.contains(&topic)
-                {
-                    topics.push(topic);
+        // A cluster's masters each hold their own slots' keys: scan every one.
+        for master in link.masters().await.map_err(backend)? {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let (next, keys): (u64, Vec<String>) =
+                    link.on_master(&master, scan).await.map_err(backend)?;
+                for key in keys {
+                    let name = key
+                        .strip_prefix(key_prefix.as_str())
+                        .and_then(|k| k.strip_prefix('{'))
+                        .and_then(|k| k.strip_suffix("}:meta"));
+                    if let Some(topic) = name.and_then(|n| Topic::new(n).ok())
+                        && !topic.is_presence()
+                        && !topics.contains(&topic)
+                    {
+                        topics.push(topic);
+                    }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(topics);
-            }
-            cursor = next;
         }
+        Ok(topics)
     }
 
     fn published(&self) -> tokio::sync::broadcast::Receiver<pushpull_core::Listing> {

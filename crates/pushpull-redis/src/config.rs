@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct RedisConfig {
     /// The server: `redis://HOST:PORT/DB`, `rediss://…` for TLS, or `redis+unix:///PATH`.
     pub url: String,
+    /// A Redis Cluster instead of one server: the URLs of some of its nodes (any will do; the
+    /// client learns the rest). When set, `url` is not used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     pub key_prefix: String,
     /// With `rediss://`: a PEM file of the certificate authority to trust instead of the
@@ -43,6 +47,7 @@ impl Default for RedisConfig {
         let memory = MemoryConfig::default();
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: Vec::new(),
             key_prefix: "pushpull:".into(),
             ca_file: None,
             retention: memory.retention,
@@ -59,11 +64,23 @@ impl RedisConfig {
     /// A client of the Redis this config names: TLS for `rediss://`, trusting `ca_file` when
     /// set.
     pub(crate) fn client(&self) -> Result<redis::Client, Error> {
+        self.client_with_protocol(redis::ProtocolVersion::RESP2)
+    }
+
+    /// [`client`](Self::client), speaking `protocol` (RESP3 for pushed messages).
+    pub(crate) fn client_with_protocol(
+        &self,
+        protocol: redis::ProtocolVersion,
+    ) -> Result<redis::Client, Error> {
         let bad_url = |e: redis::RedisError| {
             Error::new(ErrorKind::Config, format!("url {:?}: {e}", self.url))
         };
+        use redis::IntoConnectionInfo;
+        let info = self.url.as_str().into_connection_info().map_err(bad_url)?;
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_redis_settings(settings);
         if !self.url.starts_with("rediss://") {
-            return redis::Client::open(self.url.as_str()).map_err(bad_url);
+            return redis::Client::open(info).map_err(bad_url);
         }
         // One crypto provider for the process: ring (the only one this build has).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -74,7 +91,36 @@ impl RedisConfig {
             })?),
         };
         let certificates = redis::TlsCertificates { client_tls: None, root_cert };
-        redis::Client::build_with_tls(self.url.as_str(), certificates).map_err(bad_url)
+        redis::Client::build_with_tls(info, certificates).map_err(bad_url)
+    }
+
+    /// A client of the cluster this config names, speaking `protocol`, with the broker's
+    /// timeouts; TLS when the nodes' URLs say `rediss://`, trusting `ca_file` when set.
+    pub(crate) fn cluster_client(
+        &self,
+        protocol: redis::ProtocolVersion,
+    ) -> Result<redis::cluster::ClusterClientBuilder, Error> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.cluster.clone())
+            .use_protocol(protocol)
+            .connection_timeout(self.response_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(4);
+        if self.cluster.iter().any(|url| url.starts_with("rediss://")) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(path) = &self.ca_file {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("ca_file {}: {e}", path.display()))
+                })?;
+                builder = builder
+                    .certs(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) });
+            }
+        }
+        Ok(builder)
+    }
+
+    /// The defaults, on the cluster whose nodes (some of them) are at `urls`.
+    pub fn cluster(urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { cluster: urls.into_iter().map(Into::into).collect(), ..Self::default() }
     }
 
     /// The defaults, with the server at `url`.
@@ -86,6 +132,11 @@ impl RedisConfig {
     pub fn validate(&self) -> Result<(), Error> {
         let bad =
             |key: &str, why: &str| Err(Error::new(ErrorKind::Config, format!("{key}: {why}")));
+        for url in &self.cluster {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad("cluster", &format!("{url:?} is not a redis:// or rediss:// URL"));
+            }
+        }
         if self.retention.max_messages == 0 {
             return bad("retention.max_messages", "must be at least 1");
         }

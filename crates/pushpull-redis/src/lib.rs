@@ -3,12 +3,13 @@
 mod broker;
 mod cache;
 mod config;
+mod link;
 mod presence;
 mod scripts;
 mod shared;
 mod wake;
 
-pub use broker::RedisBroker;
+pub use broker::{RedisBroker, WakeUps};
 pub use config::RedisConfig;
 pub use shared::RedisSharedState;
 

@@ -1,10 +1,12 @@
 //! Presence in Redis: each topic's members in a hash beside its presence log, every member
-//! under a lease that its node renews. A node that stops renewing (it died, or lost Redis) has
-//! its members removed, each with a leave on the presence log, by whichever node sweeps first
-//! once their leases lapse: within [`RedisConfig::presence_lease`](crate::RedisConfig) plus
-//! a sweep interval.
+//! under a lease that its node renews, all in the presence topic's slot. A node that stops
+//! renewing (it died, or lost Redis) has its members removed, each with a leave on the presence
+//! log, by whichever node sweeps first once their leases lapse: within
+//! [`RedisConfig::presence_lease`](crate::RedisConfig) plus a sweep interval. The sweepers
+//! find lapsed leases through one index of every lease (see `scripts::UNLIST`), whose entries
+//! are written before a topic's own lease and removed after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,8 +30,9 @@ const SWEEP_BATCH: u64 = 200;
 pub(crate) struct NodePresence {
     join: redis::Script,
     leave: redis::Script,
-    sweep: redis::Script,
+    expire: redis::Script,
     snapshot: redis::Script,
+    unlist: redis::Script,
     /// This node's members held for as long as their connections: topic → client → member's
     /// JSON. Renewed every third of the lease (and joined again if Redis lost them).
     held: Mutex<HashMap<Topic, HashMap<String, String>>>,
@@ -37,38 +40,57 @@ pub(crate) struct NodePresence {
 
 impl NodePresence {
     pub(crate) fn new() -> Self {
-        let [join, leave, sweep, snapshot] = crate::scripts::presence();
-        Self { join, leave, sweep, snapshot, held: Mutex::default() }
+        let ([join, leave, expire, snapshot], unlist) = crate::scripts::presence();
+        Self { join, leave, expire, snapshot, unlist, held: Mutex::default() }
     }
 }
 
 impl RedisBroker {
-    /// The keys of `topic`'s presence: its members' hash, its presence log's three, and the
-    /// leases of every member.
-    fn presence_keys(&self, topic: &Topic) -> Vec<String> {
-        let presence = topic.presence();
-        let prefix = &self.inner.config.key_prefix;
-        let mut keys = vec![format!("{prefix}{{{presence}}}:members")];
-        keys.extend(self.keys(&presence));
-        keys.push(self.leases_key());
-        keys
-    }
-
-    fn leases_key(&self) -> String {
+    /// The index of every lease, by which sweepers find lapsed ones.
+    fn leases_index(&self) -> String {
         format!("{}presence:leases", self.inner.config.key_prefix)
     }
 
-    /// The arguments every presence script that appends takes first: the epoch candidate, now,
-    /// the presence log's retention and wake-up.
-    fn append_args(&self, invocation: &mut redis::ScriptInvocation<'_>, presence: &Topic) {
-        let retention = self.retention_of(presence);
+    /// A presence script on `topic`'s presence, with its keys (members, the presence log's
+    /// three, leases) and first arguments (the epoch candidate, now, the presence log's
+    /// retention, its wake channels and name).
+    fn presence_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        topic: &Topic,
+    ) -> redis::ScriptInvocation<'a> {
+        let presence = topic.presence();
+        let config = &self.inner.config;
+        let prefix = &config.key_prefix;
+        let mut invocation = script.prepare_invoke();
+        invocation.key(format!("{prefix}{{{presence}}}:members"));
+        for key in self.keys(&presence) {
+            invocation.key(key);
+        }
+        invocation.key(format!("{prefix}{{{presence}}}:leases"));
+        let retention = self.retention_of(&presence);
         invocation
             .arg(Epoch::random().to_string())
             .arg(millis_since_unix_epoch(SystemTime::now()))
             .arg(retention.max_messages)
             .arg(retention.max_bytes)
             .arg(max_age_millis(&retention))
-            .arg(format!("{}wake", self.inner.config.key_prefix));
+            .arg(crate::wake::channel(prefix, &presence))
+            .arg(crate::wake::shared_channel(prefix))
+            .arg(presence.as_str());
+        invocation
+    }
+
+    /// Lists leases in the index (before they are set on their topic, so none is missed).
+    async fn list_leases(&self, topic: &Topic, entries: &[(&str, &str, u64)]) -> Result<(), Error> {
+        let mut add = redis::cmd("ZADD");
+        add.arg(self.leases_index());
+        for (client, _, lease) in entries {
+            add.arg(*lease).arg(format!("{topic}\n{client}"));
+        }
+        let mut connection = self.inner.link.clone();
+        add.query_async::<u64>(&mut connection).await.map_err(crate::broker::backend)?;
+        Ok(())
     }
 
     /// Joins (or renews) `entries` (client, member JSON, lease end in ms) of `topic`; how many
@@ -79,37 +101,46 @@ impl RedisBroker {
         entries: &[(&str, &str, u64)],
         max_members: usize,
     ) -> Result<u64, Error> {
-        let presence = topic.presence();
-        let mut invocation = self.inner.presence.join.prepare_invoke();
-        for key in self.presence_keys(topic) {
-            invocation.key(key);
-        }
-        self.append_args(&mut invocation, &presence);
-        invocation.arg(presence.as_str()).arg(topic.as_str()).arg(max_members);
+        self.list_leases(topic, entries).await?;
+        let mut invocation = self.presence_invocation(&self.inner.presence.join, topic);
+        invocation.arg(max_members);
         for (client, json, lease) in entries {
             invocation.arg(*client).arg(*json).arg(*lease);
         }
         self.invoke(&invocation).await
     }
 
-    /// Ends every lapsed lease, each member with a leave.
+    /// Ends every lapsed lease, each member with a leave: finds them in the index, ends them
+    /// on their topics, then takes them off the index (unless renewed meanwhile).
     pub(crate) async fn sweep(&self) -> Result<(), Error> {
         loop {
-            let mut invocation = self.inner.presence.sweep.prepare_invoke();
-            invocation.key(self.leases_key());
-            // A lapsed member's topic is known only inside the script: its leave is kept
-            // under the broker's retention, not its family's rule.
-            let retention = &self.inner.config.retention;
-            invocation
-                .arg(Epoch::random().to_string())
-                .arg(millis_since_unix_epoch(SystemTime::now()))
-                .arg(retention.max_messages)
-                .arg(retention.max_bytes)
-                .arg(max_age_millis(retention))
-                .arg(format!("{}wake", self.inner.config.key_prefix))
-                .arg(self.inner.config.key_prefix.as_str());
-            let ended: u64 = self.invoke(&invocation).await?;
-            if ended < SWEEP_BATCH {
+            let now = millis_since_unix_epoch(SystemTime::now());
+            let mut connection = self.inner.link.clone();
+            let due: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.leases_index())
+                .arg("-inf")
+                .arg(now)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SWEEP_BATCH)
+                .query_async(&mut connection)
+                .await
+                .map_err(crate::broker::backend)?;
+            let mut expired = HashSet::new();
+            for (entry, score) in &due {
+                let topic = entry.split_once('\n').and_then(|(topic, _)| Topic::new(topic).ok());
+                if let Some(topic) = topic
+                    && expired.insert(topic.clone())
+                {
+                    let invocation = self.presence_invocation(&self.inner.presence.expire, &topic);
+                    let _: u64 = self.invoke(&invocation).await?;
+                }
+                let mut unlist = self.inner.presence.unlist.prepare_invoke();
+                unlist.key(self.leases_index()).arg(entry).arg(*score);
+                let _: u64 = self.invoke(&unlist).await?;
+            }
+            if (due.len() as u64) < SWEEP_BATCH {
                 return Ok(());
             }
         }
@@ -177,13 +208,8 @@ fn no_presence_of_presence(topic: &Topic) -> Result<(), Error> {
 impl Presence for RedisBroker {
     async fn snapshot(&self, topic: &Topic) -> Result<PresenceSnapshot, Error> {
         no_presence_of_presence(topic)?;
-        // Lapsed members leave first, so the snapshot holds only live ones.
-        self.sweep().await?;
-        let mut invocation = self.inner.presence.snapshot.prepare_invoke();
-        for key in self.presence_keys(topic).into_iter().take(4) {
-            invocation.key(key);
-        }
-        invocation.arg(Epoch::random().to_string());
+        // Lapsed members leave first (in the script), so the snapshot holds only live ones.
+        let invocation = self.presence_invocation(&self.inner.presence.snapshot, topic);
         let answer: Vec<Value> = self.invoke(&invocation).await?;
         let [epoch, last, members] = answer.as_slice() else {
             return Err(protocol("a presence snapshot"));
@@ -247,14 +273,17 @@ impl Members for RedisBroker {
                 }
             }
         }
-        let presence = topic.presence();
-        let mut invocation = self.inner.presence.leave.prepare_invoke();
-        for key in self.presence_keys(topic) {
-            invocation.key(key);
-        }
-        self.append_args(&mut invocation, &presence);
-        invocation.arg(presence.as_str()).arg(topic.as_str()).arg(client);
+        let mut invocation = self.presence_invocation(&self.inner.presence.leave, topic);
+        invocation.arg(client);
         let _: u64 = self.invoke(&invocation).await?;
+        // Off the index too (were this lost, a sweep would find the entry lapsed and drop it).
+        let mut connection = self.inner.link.clone();
+        let _: u64 = redis::cmd("ZREM")
+            .arg(self.leases_index())
+            .arg(format!("{topic}\n{client}"))
+            .query_async(&mut connection)
+            .await
+            .map_err(crate::broker::backend)?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! State shared by every node on one Redis, beside the logs: records every node sees and that
 //! survive restarts, each worked on by one node at a time under a lease.
 //!
-//! Keys, for a collection `C`: a set of ids (`PREFIX Cs`), a hash per record (`PREFIX C:ID`,
-//! each field written by its own writer), and a lease per record (`PREFIX C:ID:lease`, the
-//! holder's name, expiring).
+//! Keys, for a collection `C`: a set of ids (`PREFIX{C}s`), a hash per record (`PREFIX{C}:ID`,
+//! each field written by its own writer), and a lease per record (`PREFIX{C}:ID:lease`, the
+//! holder's name, expiring). A collection's keys share its hash tag, so on a Redis Cluster
+//! they live in one slot and each change stays one atomic step.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,15 +12,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pushpull_core::{Error, ErrorKind, SharedState};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::NAME;
+use crate::link::Link;
 
 /// [`SharedState`] on the broker's Redis: what [`RedisBroker`](crate::RedisBroker) gives the
 /// transports (webhook endpoints every node sees).
 #[derive(Clone)]
 pub struct RedisSharedState {
-    connection: ConnectionManager,
+    connection: Link,
     prefix: String,
     lease: redis::Script,
     release: redis::Script,
@@ -40,15 +41,10 @@ fn backend(error: redis::RedisError) -> Error {
 impl RedisSharedState {
     /// The state on the Redis `config` names, on a connection of its own (connected lazily).
     pub fn open(config: &crate::RedisConfig) -> Result<Self, Error> {
-        let client = config.client()?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.response_timeout));
-        let connection = client.get_connection_manager_lazy(manager).map_err(backend)?;
-        Ok(Self::new(connection, &config.key_prefix))
+        Ok(Self::new(Link::open(config)?, &config.key_prefix))
     }
 
-    pub(crate) fn new(connection: ConnectionManager, prefix: &str) -> Self {
+    pub(crate) fn new(connection: Link, prefix: &str) -> Self {
         Self {
             connection,
             prefix: prefix.to_owned(),
@@ -74,15 +70,15 @@ impl RedisSharedState {
     }
 
     fn ids_key(&self, collection: &str) -> String {
-        format!("{}{collection}s", self.prefix)
+        format!("{}{{{collection}}}s", self.prefix)
     }
 
     fn hash(&self, collection: &str, id: &str) -> String {
-        format!("{}{collection}:{id}", self.prefix)
+        format!("{}{{{collection}}}:{id}", self.prefix)
     }
 
     fn lease_key(&self, collection: &str, id: &str) -> String {
-        format!("{}{collection}:{id}:lease", self.prefix)
+        format!("{}{{{collection}}}:{id}:lease", self.prefix)
     }
 }
 

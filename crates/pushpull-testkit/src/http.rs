@@ -55,6 +55,13 @@ impl HttpHarness {
         self.over(crate::redis::RedisBrokers)
     }
 
+    /// The same harness over the Redis broker on a Redis Cluster shared by the binary's
+    /// cases, each fixture under a key prefix of its own.
+    #[cfg(feature = "redis")]
+    pub fn over_redis_cluster(self) -> Self {
+        self.over(crate::redis::RedisClusterBrokers)
+    }
+
     async fn serve(
         &self,
         limits: &Limits,
