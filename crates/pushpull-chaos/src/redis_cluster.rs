@@ -75,7 +75,7 @@ impl RedisCluster {
         for _ in 0..6 {
             let port = free_port_pair()?;
             let mut node = Node { port, child: None, pid: 0 };
-            cluster.spawn(&mut node)?;
+            spawn(&cluster.dir, &mut node)?;
             cluster.nodes.push(node);
         }
         for node in &cluster.nodes {
@@ -240,35 +240,21 @@ impl RedisCluster {
         }
     }
 
-    fn spawn(&self, node: &mut Node) -> Result<(), Error> {
-        let dir = self.dir.join(node.port.to_string());
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
-        // The shell starts the server, says its pid, and kills it when its stdin closes: when
-        // this process ends, however it ends.
-        let leash = r#"redis-server "$@" >/dev/null & pid=$!; echo "$pid"; read _; kill "$pid""#;
-        let mut child = Command::new("sh")
-            .args(["-c", leash, "sh"])
-            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| setup_error(format!("cannot start sh: {e}")))?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .map_err(|e| setup_error(format!("redis-server's pid: {e}")))?;
-        node.pid = line.trim().parse().map_err(|_| {
-            setup_error("cannot start redis-server: run ./scripts/test, which installs it".into())
-        })?;
-        node.child = Some(child);
-        Ok(())
+    /// Starts the node on `port` again after [`kill_master`](Self::kill_master): it rejoins
+    /// (its cluster config kept) as a replica of the master that replaced it. Returns once it
+    /// is an online replica again, so another master can be killed.
+    pub fn restart_node(&mut self, port: u16) -> Result<(), Error> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .ok_or_else(|| setup_error(format!("no node on {port}")))?;
+        if node.child.is_none() {
+            spawn(&self.dir, node)?;
+        }
+        self.wait_for_pong(port)?;
+        self.wait_until_ok(Duration::from_secs(30))?;
+        self.wait_for_replicas(Duration::from_secs(30))
     }
 
     /// Sends one command to the node on `port`.
@@ -388,4 +374,35 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `node`'s server (on its leash) in its directory under `dir`.
+fn spawn(dir: &std::path::Path, node: &mut Node) -> Result<(), Error> {
+    let dir = dir.join(node.port.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
+    // The shell starts the server, says its pid, and kills it when its stdin closes: when
+    // this process ends, however it ends.
+    let leash = r#"redis-server "$@" >/dev/null & pid=$!; echo "$pid"; read _; kill "$pid""#;
+    let mut child = Command::new("sh")
+        .args(["-c", leash, "sh"])
+        .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| setup_error(format!("cannot start sh: {e}")))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .map_err(|e| setup_error(format!("redis-server's pid: {e}")))?;
+    node.pid = line.trim().parse().map_err(|_| {
+        setup_error("cannot start redis-server: run ./scripts/test, which installs it".into())
+    })?;
+    node.child = Some(child);
+    Ok(())
 }

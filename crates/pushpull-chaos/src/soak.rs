@@ -32,6 +32,12 @@ pub struct SoakConfig {
     /// the faults (with persistence, nothing may be lost).
     #[cfg(feature = "redis")]
     pub redis: Option<Arc<std::sync::Mutex<crate::RedisServer>>>,
+    /// The Redis Cluster the server's broker stores its logs in, if any: killing a master (its
+    /// replica takes over; the killed one comes back as a replica) becomes one of the faults.
+    /// Publishes a master acknowledged but never replicated are lost: readers must be told, by
+    /// a gap, and the tally counts what they had read of them as rewound, not repeated.
+    #[cfg(feature = "redis")]
+    pub cluster: Option<Arc<std::sync::Mutex<crate::RedisCluster>>>,
 }
 
 impl Default for SoakConfig {
@@ -45,6 +51,8 @@ impl Default for SoakConfig {
             settle: Duration::from_secs(60),
             #[cfg(feature = "redis")]
             redis: None,
+            #[cfg(feature = "redis")]
+            cluster: None,
         }
     }
 }
@@ -64,8 +72,11 @@ pub struct SoakReport {
     pub unavailable: u64,
     /// Spells of slow connections.
     pub delays: u64,
-    /// Restarts of the Redis behind the broker.
+    /// Restarts of the Redis behind the broker, or masters of its cluster killed.
     pub redis_restarts: u64,
+    /// Messages readers had that Redis then lost (a failover), told by a gap and read again
+    /// as the log holds them now.
+    pub rewound: u64,
     /// Connections the proxy accepted beyond the first one per subscriber: reconnects and
     /// requests (polling clients make one per poll).
     pub connections: u64,
@@ -97,6 +108,7 @@ struct Tally {
     gaps: u64,
     duplicates: u64,
     losses: u64,
+    rewound: u64,
     ended: bool,
 }
 
@@ -115,6 +127,15 @@ impl Tally {
             }
             Delivery::Gap(gap) => {
                 self.gaps += 1;
+                // A new epoch may resume before where the reader was: what it had past there
+                // was lost by Redis, and those offsets come again with what they hold now.
+                if let (pushpull_core::GapReason::EpochChanged { .. }, Cursor::After(_, at)) =
+                    (gap.reason, gap.cursor)
+                    && at.0 + 1 < self.next
+                {
+                    self.rewound += self.next - (at.0 + 1);
+                    self.next = at.0 + 1;
+                }
                 if let Some(missed) = gap.missed {
                     if missed.first.0 > self.next {
                         self.losses += missed.first.0 - self.next;
@@ -225,7 +246,7 @@ pub async fn soak(
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         let spell = Duration::from_millis(100 + dice.roll(400));
         #[cfg(feature = "redis")]
-        let kinds = if config.redis.is_some() { 5 } else { 4 };
+        let kinds = if config.redis.is_some() || config.cluster.is_some() { 5 } else { 4 };
         #[cfg(not(feature = "redis"))]
         let kinds = 4;
         match dice.roll(kinds) {
@@ -257,6 +278,22 @@ pub async fn soak(
                     .expect("the restart task");
                     if let Err(error) = restarted {
                         panic!("could not restart redis: {error}");
+                    }
+                    report.redis_restarts += 1;
+                }
+                if let Some(cluster) = config.cluster.clone() {
+                    let pick = dice.roll(3) as usize;
+                    let killed = tokio::task::spawn_blocking(move || {
+                        let mut cluster = cluster.lock().expect("cluster lock");
+                        let masters = cluster.masters()?;
+                        let master = masters[pick % masters.len()];
+                        cluster.kill_master(master)?;
+                        cluster.restart_node(master)
+                    })
+                    .await
+                    .expect("the failover task");
+                    if let Err(error) = killed {
+                        panic!("could not fail a master over: {error}");
                     }
                     report.redis_restarts += 1;
                 }
@@ -298,6 +335,7 @@ pub async fn soak(
         let losses = tally.losses + (goal.load(Ordering::Acquire) + 1).saturating_sub(tally.next);
         report.deliveries += tally.deliveries;
         report.gaps += tally.gaps;
+        report.rewound += tally.rewound;
         report.duplicates += tally.duplicates;
         report.losses += losses;
         report.ended += u64::from(tally.ended);

@@ -41,3 +41,9 @@ pushpull_testkit::conformance!(harness());
 mod over_redis {
     pushpull_testkit::conformance!(crate::harness().over_redis());
 }
+
+/// The same suite on a Redis Cluster (three masters, three replicas) shared by the cases,
+/// each under a key prefix of its own.
+mod over_redis_cluster {
+    pushpull_testkit::conformance!(crate::harness().over_redis_cluster());
+}

@@ -137,8 +137,8 @@ impl RedisBroker {
     }
 
     /// Runs a script, once more after a dropped connection (the connection manager reconnects
-    /// in the background): both scripts are safe to repeat, a publish because it carries an
-    /// idempotency key.
+    /// in the background) or a `READONLY` answer: the scripts are safe to repeat, a publish
+    /// because it carries an idempotency key.
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
@@ -148,8 +148,14 @@ impl RedisBroker {
             let mut connection = self.inner.link.clone();
             match invocation.invoke_async(&mut connection).await {
                 Ok(value) => return Ok(value),
+                // A replica that was this slot's master (on a cluster, the connection is made
+                // again with a fresh slot map; the script wrote nothing there).
                 Err(error)
-                    if attempt < 2 && (error.is_connection_dropped() || error.is_io_error()) =>
+                    if attempt < 2
+                        && (error.is_connection_dropped()
+                            || error.is_io_error()
+                            || error.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)) =>
                 {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
@@ -157,6 +163,36 @@ impl RedisBroker {
                 Err(error) => return Err(backend(error)),
             }
         }
+    }
+
+    /// Runs a publish script, then `WAIT`s for `replicas` of the topic's master to have it:
+    /// on one Redis over the same connection, on a cluster over the connection to the master
+    /// that ran the script.
+    async fn invoke_and_wait(
+        &self,
+        topic: &Topic,
+        invocation: &redis::ScriptInvocation<'_>,
+        replicas: u32,
+    ) -> Result<(String, u64, u64), Error> {
+        let receipt: (String, u64, u64) = self.invoke(invocation).await?;
+        let timeout = self.inner.config.wait_timeout;
+        let [meta, ..] = self.keys(topic);
+        let acknowledged = self.inner.link.wait(&meta, replicas, timeout).await.map_err(backend)?;
+        if acknowledged >= replicas {
+            return Ok(receipt);
+        }
+        Err(Error::new(
+            ErrorKind::Backend,
+            format!(
+                "offset {} is stored on the master, but {acknowledged} of the {replicas} \
+                 replicas asked for (broker.wait_replicas) took it within {timeout:?}: a \
+                 failover could lose it; publishing it again with the same idempotency key \
+                 stores it once",
+                receipt.1,
+            ),
+        )
+        .with_retryable(true)
+        .with_transport(NAME))
     }
 
     pub(crate) fn keys(&self, topic: &Topic) -> [String; 3] {
@@ -333,8 +369,10 @@ impl Publish for RedisBroker {
             .arg(wake::channel(&config.key_prefix, topic))
             .arg(wake::shared_channel(&config.key_prefix))
             .arg(topic.as_str());
-        let answer: (String, u64, u64) = self.invoke(&invocation).await?;
-        let (epoch, offset, millis) = answer;
+        let (epoch, offset, millis) = match config.wait_replicas {
+            0 => self.invoke::<(String, u64, u64)>(&invocation).await?,
+            replicas => self.invoke_and_wait(topic, &invocation, replicas).await?,
+        };
         Ok(Receipt {
             topic: topic.clone(),
             epoch: epoch.parse().map_err(|_| protocol("an epoch"))?,

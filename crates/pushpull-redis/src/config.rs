@@ -40,6 +40,15 @@ pub struct RedisConfig {
     /// (plus a second for the sweep that writes their leaves).
     #[serde(with = "pushpull_core::duration_text")]
     pub presence_lease: Duration,
+    /// After each publish, wait until this many replicas of the topic's master have it
+    /// (Redis `WAIT`), at most `wait_timeout`, before acknowledging it; 0 acknowledges at once.
+    /// A publish fewer replicas took fails with a retryable `backend` error: it is stored on
+    /// the master, where a failover may still lose it; sent again with its idempotency key, it
+    /// is stored once.
+    pub wait_replicas: u32,
+    /// How long a publish waits for `wait_replicas`.
+    #[serde(with = "pushpull_core::duration_text")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -56,6 +65,8 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(2),
             check_interval: Duration::from_secs(1),
             presence_lease: Duration::from_secs(15),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -151,6 +162,9 @@ impl RedisConfig {
                 "response_timeout",
                 "response_timeout and check_interval must be more than zero",
             );
+        }
+        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
+            return bad("wait_timeout", "must be more than zero when wait_replicas is set");
         }
         if self.presence_lease < Duration::from_secs(1) {
             return bad("presence_lease", "must be at least 1s");

@@ -12,7 +12,6 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
 
@@ -24,19 +23,44 @@ pub(crate) enum Link {
     Cluster(Arc<LazyCluster>),
 }
 
-/// A cluster connection made on first use (and made again on the next use after it failed).
+/// A cluster connection made on first use (and made again on the next use after it failed,
+/// or after a master that failed over came back as a replica: see [`LazyCluster::check`]).
 pub(crate) struct LazyCluster {
     client: ClusterClient,
-    connection: OnceCell<ClusterConnection>,
+    connection: tokio::sync::Mutex<Option<ClusterConnection>>,
 }
 
 impl LazyCluster {
     pub(crate) fn new(client: ClusterClient) -> Self {
-        Self { client, connection: OnceCell::new() }
+        Self { client, connection: tokio::sync::Mutex::default() }
     }
 
     pub(crate) async fn get(&self) -> redis::RedisResult<ClusterConnection> {
-        self.connection.get_or_try_init(|| self.client.get_async_connection()).await.cloned()
+        let mut connection = self.connection.lock().await;
+        if let Some(connection) = connection.as_ref() {
+            return Ok(connection.clone());
+        }
+        let made = self.client.get_async_connection().await?;
+        *connection = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Looks at a command's outcome: `READONLY` means the client sent a write to a node that
+    /// was a slot's master and is now a replica (it failed over and came back), which redis-rs
+    /// does not take as a sign that its slot map is stale, as it does `MOVED`. The connection
+    /// is then made again, from a fresh map, for the next command.
+    async fn check<T: ReplyOf>(&self, outcome: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let read_only = match &outcome {
+            Err(error) => {
+                error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            }
+            Ok(reply) => reply.is_read_only(),
+        };
+        if read_only {
+            tracing::debug!("a write reached a replica: reconnecting to the cluster");
+            self.connection.lock().await.take();
+        }
+        outcome
     }
 }
 
@@ -66,6 +90,29 @@ impl Link {
             .build()
             .map_err(|e| config_error(config, e))?;
         Ok(Self::Cluster(Arc::new(LazyCluster::new(client))))
+    }
+
+    /// `WAIT`s for `replicas` of the master that holds `key` to have this connection's writes,
+    /// at most `timeout`; how many had them.
+    pub(crate) async fn wait(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Self::Single(connection) => wait.query_async(&mut connection.clone()).await,
+            Self::Cluster(cluster) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                let value = cluster.get().await?.route_command(wait, route).await?;
+                redis::from_redis_value(value).map_err(Into::into)
+            }
+        }
     }
 
     /// The address (`host:port`) of every master, for commands each master answers for its
@@ -123,13 +170,36 @@ pub(crate) fn masters_of(slots: &Value) -> Vec<String> {
     masters
 }
 
+/// A reply, or the replies of a pipeline, that may hold a server's error.
+trait ReplyOf {
+    /// Whether it holds `READONLY`.
+    fn is_read_only(&self) -> bool;
+}
+
+fn read_only(value: &Value) -> bool {
+    matches!(value, Value::ServerError(error)
+        if error.kind() == Some(redis::ServerErrorKind::ReadOnly))
+}
+
+impl ReplyOf for Value {
+    fn is_read_only(&self) -> bool {
+        read_only(self)
+    }
+}
+
+impl ReplyOf for Vec<Value> {
+    fn is_read_only(&self) -> bool {
+        self.iter().any(read_only)
+    }
+}
+
 impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
             Self::Cluster(cluster) => Box::pin(async move {
                 let mut connection = cluster.get().await?;
-                connection.req_packed_command(cmd).await
+                cluster.check(connection.req_packed_command(cmd).await).await
             }),
         }
     }
@@ -144,7 +214,7 @@ impl ConnectionLike for Link {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(cluster) => Box::pin(async move {
                 let mut connection = cluster.get().await?;
-                connection.req_packed_commands(pipeline, offset, count).await
+                cluster.check(connection.req_packed_commands(pipeline, offset, count).await).await
             }),
         }
     }

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use pushpull_core::{Error, ErrorKind, SharedState};
 use redis::AsyncCommands;
 
-use crate::NAME;
 use crate::link::Link;
 
 /// [`SharedState`] on the broker's Redis: what [`RedisBroker`](crate::RedisBroker) gives the
@@ -24,6 +23,8 @@ pub struct RedisSharedState {
     prefix: String,
     lease: redis::Script,
     release: redis::Script,
+    insert: redis::Script,
+    remove: redis::Script,
 }
 
 impl std::fmt::Debug for RedisSharedState {
@@ -33,9 +34,7 @@ impl std::fmt::Debug for RedisSharedState {
 }
 
 fn backend(error: redis::RedisError) -> Error {
-    Error::new(ErrorKind::Backend, format!("redis: {error}"))
-        .with_transport(NAME)
-        .with_source(error)
+    crate::broker::backend(error)
 }
 
 impl RedisSharedState {
@@ -66,6 +65,20 @@ impl RedisSharedState {
                 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
                 return 0",
             ),
+            // Scripts rather than MULTI: a cluster client follows a moved slot for a script,
+            // not inside a transaction. KEYS: ids, record (, lease).
+            insert: redis::Script::new(
+                r"
+                redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+                redis.call('SADD', KEYS[1], ARGV[1])
+                return 0",
+            ),
+            remove: redis::Script::new(
+                r"
+                local removed = redis.call('SREM', KEYS[1], ARGV[1])
+                redis.call('DEL', KEYS[2], KEYS[3])
+                return removed",
+            ),
         }
     }
 
@@ -90,14 +103,17 @@ impl SharedState for RedisSharedState {
         id: &str,
         fields: &[(&str, String)],
     ) -> Result<(), Error> {
+        if fields.is_empty() {
+            return Err(Error::new(ErrorKind::Backend, "a record needs a field"));
+        }
         let mut connection = self.connection.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(self.hash(collection, id), fields)
-            .sadd(self.ids_key(collection), id)
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(backend)
+        let mut insert = self.insert.prepare_invoke();
+        insert.key(self.ids_key(collection)).key(self.hash(collection, id)).arg(id);
+        for (name, value) in fields {
+            insert.arg(*name).arg(value);
+        }
+        let _: i64 = insert.invoke_async(&mut connection).await.map_err(backend)?;
+        Ok(())
     }
 
     async fn ids(&self, collection: &str) -> Result<Vec<String>, Error> {
@@ -130,14 +146,13 @@ impl SharedState for RedisSharedState {
 
     async fn remove(&self, collection: &str, id: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        let (removed,): (u64,) = redis::pipe()
-            .atomic()
-            .srem(self.ids_key(collection), id)
-            .del(self.hash(collection, id))
-            .ignore()
-            .del(self.lease_key(collection, id))
-            .ignore()
-            .query_async(&mut connection)
+        let removed: u64 = self
+            .remove
+            .key(self.ids_key(collection))
+            .key(self.hash(collection, id))
+            .key(self.lease_key(collection, id))
+            .arg(id)
+            .invoke_async(&mut connection)
             .await
             .map_err(backend)?;
         Ok(removed > 0)

@@ -12,6 +12,7 @@ use pushpull_core::{
 };
 use pushpull_redis::{RedisBroker, RedisConfig};
 use pushpull_testkit::redis::RedisCluster;
+use pushpull_testkit::{Ledger, read_into};
 use tokio::sync::Mutex;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -39,73 +40,6 @@ fn topics_on_each_master(cluster: &RedisCluster, base: &str) -> Vec<Topic> {
         }
     }
     masters.iter().map(|m| found[m].clone()).collect()
-}
-
-/// What a reader has, kept as the log says it should be: every message follows the one before
-/// it (same epoch, next offset), and a gap is the only way an epoch changes; a gap's cursor
-/// drops what the reader had past it (messages the log lost, which it reads again as they
-/// are now).
-#[derive(Default)]
-struct Ledger {
-    epoch: Option<Epoch>,
-    messages: Vec<(u64, bytes::Bytes)>,
-    gaps: usize,
-}
-
-impl Ledger {
-    fn apply(&mut self, delivery: Delivery) -> Result<(), String> {
-        match delivery {
-            Delivery::Message(message) => {
-                let expected = self.messages.last().map_or(1, |(offset, _)| offset + 1);
-                if message.offset.0 != expected || self.epoch.is_some_and(|e| e != message.epoch) {
-                    return Err(format!(
-                        "a silent hole: expected offset {expected} of {:?}, got {} of {}",
-                        self.epoch, message.offset, message.epoch
-                    ));
-                }
-                self.epoch = Some(message.epoch);
-                self.messages.push((message.offset.0, message.payload));
-            }
-            Delivery::Gap(gap) => {
-                let GapReason::EpochChanged { previous } = gap.reason else {
-                    return Err(format!("an unexpected gap: {gap:?}"));
-                };
-                if Some(previous) != self.epoch {
-                    return Err(format!("a gap from {previous}, the reader had {:?}", self.epoch));
-                }
-                let Cursor::After(epoch, at) = gap.cursor else {
-                    return Err(format!("a gap without a position: {gap:?}"));
-                };
-                if let Some(missed) = gap.missed {
-                    return Err(format!("retention lost nothing here, the gap says {missed:?}"));
-                }
-                self.messages.retain(|(offset, _)| *offset <= at.0);
-                self.epoch = Some(epoch);
-                self.gaps += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads `subscription` into a ledger until the ledger fails or the test ends.
-fn read_into(mut subscription: Subscription) -> Arc<Mutex<Result<Ledger, String>>> {
-    let ledger = Arc::new(Mutex::new(Ok(Ledger::default())));
-    let kept = ledger.clone();
-    tokio::spawn(async move {
-        while let Some(delivery) = subscription.next().await {
-            let mut ledger = kept.lock().await;
-            let Ok(state) = ledger.as_mut() else { return };
-            match delivery.map_err(|e| e.to_string()).and_then(|d| state.apply(d)) {
-                Ok(()) => {}
-                Err(error) => {
-                    *ledger = Err(error);
-                    return;
-                }
-            }
-        }
-    });
-    ledger
 }
 
 /// The whole log of `topic`, as a reader from the beginning would fetch it now.
@@ -309,4 +243,63 @@ async fn a_slot_moved_under_live_subscribers_loses_and_repeats_nothing() {
         .chain((0..20).map(|i| format!("after-{i}")))
         .collect();
     assert_eq!(payloads, expected, "nothing lost, nothing twice");
+}
+
+#[tokio::test]
+async fn a_publish_waits_for_its_replica_and_says_so_when_too_few_took_it() {
+    let cluster = start_cluster().await;
+    let topic = Topic::new("durable").unwrap();
+    let with_wait = |replicas: u32| {
+        let mut config = RedisConfig::cluster(cluster.urls());
+        config.key_prefix = "pp:".into();
+        config.wait_replicas = replicas;
+        config.wait_timeout = Duration::from_millis(300);
+        RedisBroker::new(config).unwrap()
+    };
+    // Each master has one replica: waiting for it acknowledges.
+    let one = with_wait(1);
+    let receipt = one.publish(&topic, Publication::new("kept")).await.unwrap();
+    assert_eq!(receipt.offset.0, 1);
+
+    // Two are asked for: the publish is stored on the master, and the publisher is told it
+    // may not survive a failover; sending it again stores nothing more.
+    let two = with_wait(2);
+    for _ in 0..2 {
+        let error = two
+            .publish(&topic, Publication::new("unsure").idempotency_key("unsure-1"))
+            .await
+            .unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("1 of the 2 replicas") && text.contains("wait_replicas"), "{text}");
+    }
+    let log = whole_log(&one, &topic).await;
+    let payloads: Vec<&[u8]> = log.iter().map(|(_, p)| p.as_ref()).collect();
+    assert_eq!(payloads, [b"kept".as_slice(), b"unsure"], "stored once, on the master");
+}
+
+#[tokio::test]
+async fn a_master_that_comes_back_as_a_replica_is_not_written_to() {
+    // redis-rs sends READONLY on every cluster connection, and Redis lets a replica run a
+    // script in that mode (a script is not flagged as a write), which then fails at its first
+    // write instead of redirecting: the client must learn the new master all the same.
+    let cluster = start_cluster().await;
+    let broker = node(&cluster);
+    let topic = Topic::new("returning").unwrap();
+    broker.publish(&topic, Publication::new("first")).await.unwrap();
+    let master = cluster.master_of(&format!("{{{topic}}}")).unwrap();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.kill_master(master)?;
+        cluster.restart_node(master)?;
+        Ok::<_, pushpull_core::Error>(cluster)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_ne!(cluster.master_of(&format!("{{{topic}}}")).unwrap(), master);
+    for i in 0..5 {
+        let published = broker.publish(&topic, Publication::new(format!("again-{i}"))).await;
+        assert!(published.is_ok(), "publish {i} after the old master returned: {published:?}");
+    }
 }

@@ -36,3 +36,11 @@ mod ndjson {
 mod over_redis {
     pushpull_testkit::conformance!(crate::harness(crate::FramingChoice::Binary).over_redis());
 }
+
+/// The same suite on a Redis Cluster (three masters, three replicas) shared by the cases,
+/// each under a key prefix of its own.
+mod over_redis_cluster {
+    pushpull_testkit::conformance!(
+        crate::harness(crate::FramingChoice::Binary).over_redis_cluster()
+    );
+}

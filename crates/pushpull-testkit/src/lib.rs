@@ -7,12 +7,14 @@ pub mod cases;
 mod harness;
 #[cfg(feature = "http")]
 pub mod http;
+mod ledger;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
 pub use brokers::{BrokerHarness, BrokerStore, MemoryBrokers, OpenedBroker, SubscriptionCount};
 pub use harness::{Fixture, Harness, Limits, Skip};
+pub use ledger::{Ledger, read_into};
 pub use memory::{MemoryHarness, memory_config};
 pub use pushpull_chaos::{Canned, ChaosProxy};
 

@@ -81,6 +81,10 @@ pub(crate) enum Bench {
         /// restart it among the faults.
         #[arg(long)]
         redis: bool,
+        /// With `--redis`: a Redis Cluster of the soak's own (three masters, three replicas)
+        /// instead, killing a master among the faults (it comes back as a replica).
+        #[arg(long, requires = "redis")]
+        cluster: bool,
     },
     /// Clients connect, subscribe, read and leave (cleanly, or with their connection cut) at a
     /// steady rate on every transport while messages are published, against a server process
@@ -110,6 +114,20 @@ pub(crate) enum Bench {
         /// Store the logs in Redis (a redis-server of the bench's own).
         #[arg(long)]
         redis: bool,
+        /// Print the results as JSON instead of the tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Redis broker on a Redis Cluster of the bench's own (six redis-server processes)
+    /// beside one Redis: wake-ups each node receives per publish with 1, 2 and 3 nodes
+    /// following disjoint topics, and publish latency with each durability setting.
+    Cluster {
+        /// Publishes per measurement.
+        #[arg(long, default_value_t = 2000)]
+        publishes: usize,
+        /// Also draw the publish latency distributions as an SVG plot here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
         /// Print the results as JSON instead of the tables.
         #[arg(long)]
         json: bool,
@@ -242,8 +260,8 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             let redis = RedisBacking::start(redis)?;
             fanout(subscribers, messages, &redis, two_nodes, json).await
         }
-        Bench::Soak { minutes, per_transport, redis } => {
-            crate::soak::run(minutes, per_transport, redis).await
+        Bench::Soak { minutes, per_transport, redis, cluster } => {
+            crate::soak::run(minutes, per_transport, redis, cluster).await
         }
         Bench::Webhooks { messages, json } => webhooks(messages, json).await,
         Bench::Many { readers, topics, messages, json } => {
@@ -255,6 +273,9 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             let churn =
                 crate::churn::Churn { minutes, rate, session, spike, warmup, quiet, redis, json };
             crate::churn::run(churn).await
+        }
+        Bench::Cluster { publishes, plot, json } => {
+            crate::cluster::run(publishes.max(100), plot, json).await
         }
         Bench::Peers { rounds, seconds, scale, core, only } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await

@@ -5,6 +5,7 @@
 
 mod bench;
 mod churn;
+mod cluster;
 mod peers;
 mod plot;
 mod soak;

@@ -23,7 +23,12 @@ pub(crate) fn client(transport: &str, url: &str) -> Result<ClientConfig, Error> 
     ))
 }
 
-pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Result<(), Error> {
+pub(crate) async fn run(
+    minutes: f64,
+    per_transport: usize,
+    redis: bool,
+    cluster: bool,
+) -> Result<(), Error> {
     if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
         return Err(Error::new(
             ErrorKind::Config,
@@ -41,7 +46,17 @@ pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Resu
             Duration::from_secs(1),
         ];
     })?;
-    let redis_server = match redis {
+    let redis_cluster = match cluster {
+        false => None,
+        true => {
+            let cluster = tokio::task::spawn_blocking(pushpull_chaos::RedisCluster::start)
+                .await
+                .map_err(|e| Error::new(ErrorKind::Backend, e.to_string()))??;
+            config.broker = pushpull::BrokerConfig::new("redis").set("cluster", cluster.urls());
+            Some(Arc::new(std::sync::Mutex::new(cluster)))
+        }
+    };
+    let redis_server = match redis && !cluster {
         false => None,
         true => {
             let server = pushpull_chaos::RedisServer::start_with(true)?;
@@ -64,13 +79,20 @@ pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Resu
     let soak_config = SoakConfig {
         duration: Duration::from_secs_f64(minutes * 60.0),
         redis: redis_server.clone(),
+        cluster: redis_cluster.clone(),
         ..SoakConfig::default()
     };
     eprintln!(
         "soaking {} subscribers over {} transports for {minutes} min on the {} broker ...",
         subscribers.len(),
         TRANSPORTS.len(),
-        if redis { "redis" } else { "memory" },
+        if cluster {
+            "redis (a cluster of 6)"
+        } else if redis {
+            "redis"
+        } else {
+            "memory"
+        },
     );
     let started = Instant::now();
     let report = soak(proxy, broker, subscribers, &soak_config).await;
@@ -82,7 +104,8 @@ pub(crate) async fn run(minutes: f64, per_transport: usize, redis: bool) -> Resu
         ("refusal spells", report.refusals),
         ("503 spells", report.unavailable),
         ("slow-connection spells", report.delays),
-        ("redis restarts", report.redis_restarts),
+        (if cluster { "masters killed" } else { "redis restarts" }, report.redis_restarts),
+        ("messages Redis lost, told by a gap and read again", report.rewound),
         ("connections through the proxy", report.connections),
         ("gaps", report.gaps),
         ("duplicates", report.duplicates),
