@@ -80,6 +80,10 @@ fn masked(key: &str, value: &toml::Value) -> toml::Value {
     match value {
         toml::Value::String(_) if secret_key => toml::Value::String("********".into()),
         toml::Value::String(text) => toml::Value::String(mask_url_password(text)),
+        // A list of URLs (a Redis Cluster's nodes) hides each one's password.
+        toml::Value::Array(items) => {
+            toml::Value::Array(items.iter().map(|item| masked(key, item)).collect())
+        }
         other => other.clone(),
     }
 }
@@ -222,6 +226,18 @@ mod tests {
         assert_eq!(mask_url_password("redis://:hunter2@db:6379/0"), "redis://:********@db:6379/0");
         assert_eq!(mask_url_password("rediss://user:pw@db"), "rediss://user:********@db");
         assert_eq!(mask_url_password("redis://db:6379"), "redis://db:6379");
+        let nodes = toml::Value::Array(vec![
+            toml::Value::String("redis://:pw@a:7000".into()),
+            toml::Value::String("redis://b:7000".into()),
+        ]);
+        assert_eq!(
+            masked("cluster", &nodes),
+            toml::Value::Array(vec![
+                toml::Value::String("redis://:********@a:7000".into()),
+                toml::Value::String("redis://b:7000".into()),
+            ]),
+            "each node's password is hidden"
+        );
         assert_eq!(mask_url_password("http://h/p@q"), "http://h/p@q");
         let secret = masked("secret", &toml::Value::String("s3cr3t".into()));
         assert_eq!(secret.as_str(), Some("********"));
