@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pushpull_core::{
-    Cursor, Delivery, Epoch, Fetch, GapReason, Publication, Publish, Subscribe, Subscription, Topic,
-};
+use pushpull_core::{Cursor, Fetch, Publication, Publish, Subscribe, Topic};
 use pushpull_redis::{RedisBroker, RedisConfig};
 use pushpull_testkit::redis::RedisCluster;
 use pushpull_testkit::{Ledger, read_into};
