@@ -18,8 +18,17 @@ local function offset_of(id)
 end
 -- The Redis running this script, as replication names it: a replica promoted to master, a
 -- restarted server or another master of a cluster each has another ID.
+--
+-- A replica refuses: a cluster client whose map of slots is stale may send a script to a node
+-- that was the slot's master and came back as a replica, which (the client having asked for
+-- READONLY, as redis-rs does on every connection) would run it on data that may be stale or
+-- empty; READONLY sends the client to the master instead.
 local function writer()
-  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  local info = redis.call('INFO', 'replication')
+  if string.find(info, 'role:slave', 1, true) then
+    error({err = 'READONLY this node is a replica now: its slots have another master'})
+  end
+  return string.match(info, 'master_replid:(%w+)')
 end
 -- The log's epoch; a log without one (new, or lost by Redis) starts a new incarnation. A log
 -- last written by another Redis (a replica took over, the server restarted, its slot moved)

@@ -25,6 +25,7 @@ pub struct RedisSharedState {
     release: redis::Script,
     insert: redis::Script,
     remove: redis::Script,
+    read: redis::Script,
 }
 
 impl std::fmt::Debug for RedisSharedState {
@@ -73,12 +74,45 @@ impl RedisSharedState {
                 redis.call('SADD', KEYS[1], ARGV[1])
                 return 0",
             ),
+            // A read answered by a replica could be stale, or empty while it syncs: read on
+            // the master (see the broker's scripts). KEYS: what to read; ARGV: the command.
+            read: redis::Script::new(
+                r"
+                if string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+                  error({err = 'READONLY this node is a replica now'})
+                end
+                return redis.call(ARGV[1], KEYS[1])",
+            ),
             remove: redis::Script::new(
                 r"
                 local removed = redis.call('SREM', KEYS[1], ARGV[1])
                 redis.call('DEL', KEYS[2], KEYS[3])
                 return removed",
             ),
+        }
+    }
+
+    /// `command KEY`, on the key's master (a replica answers READONLY, and the cluster
+    /// connection is made again with a fresh map), once more after such an answer.
+    async fn read_on_master<T: redis::FromRedisValue>(
+        &self,
+        command: &str,
+        key: String,
+    ) -> Result<T, Error> {
+        let mut attempt = 0;
+        loop {
+            let mut connection = self.connection.clone();
+            let read = self.read.key(&key).arg(command).invoke_async(&mut connection).await;
+            match read {
+                Err(error)
+                    if attempt == 0
+                        && error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) =>
+                {
+                    attempt += 1;
+                }
+                other => return other.map_err(backend),
+            }
         }
     }
 
@@ -117,13 +151,11 @@ impl SharedState for RedisSharedState {
     }
 
     async fn ids(&self, collection: &str) -> Result<Vec<String>, Error> {
-        let mut connection = self.connection.clone();
-        connection.smembers(self.ids_key(collection)).await.map_err(backend)
+        self.read_on_master("SMEMBERS", self.ids_key(collection)).await
     }
 
     async fn fields(&self, collection: &str, id: &str) -> Result<HashMap<String, String>, Error> {
-        let mut connection = self.connection.clone();
-        connection.hgetall(self.hash(collection, id)).await.map_err(backend)
+        self.read_on_master("HGETALL", self.hash(collection, id)).await
     }
 
     async fn set_field(
@@ -178,8 +210,7 @@ impl SharedState for RedisSharedState {
     }
 
     async fn holder(&self, collection: &str, id: &str) -> Result<Option<String>, Error> {
-        let mut connection = self.connection.clone();
-        connection.get(self.lease_key(collection, id)).await.map_err(backend)
+        self.read_on_master("GET", self.lease_key(collection, id)).await
     }
 
     async fn release(&self, collection: &str, id: &str, holder: &str) -> Result<(), Error> {
