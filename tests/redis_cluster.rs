@@ -139,4 +139,12 @@ async fn a_master_killed_under_readers_of_every_transport_on_another_node_loses_
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Clients and servers go before the cluster: a webhook endpoint's removal on a Redis
+    // already stopped would wait out its retries.
+    drop(ledgers);
+    drop(clients);
+    drop(publisher);
+    drop(reader_node);
+    drop(publisher_node);
+    drop(cluster);
 }
