@@ -13,8 +13,8 @@ pub struct RedisConfig {
     /// The server: `redis://HOST:PORT/DB`, `rediss://…` for TLS, or `redis+unix:///PATH`.
     pub url: String,
     /// A Redis Cluster instead of one server: the URLs of some of its nodes (any will do; the
-    /// client learns the rest). When set, `url` is not used.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// client learns the rest), or one URL. When set, `url` is not used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub cluster: Vec<String>,
     /// Prepended to every key and channel, so several deployments can share one Redis.
     pub key_prefix: String,
@@ -49,6 +49,22 @@ pub struct RedisConfig {
     /// How long a publish waits for `wait_replicas`.
     #[serde(with = "pushpull_core::duration_text")]
     pub wait_timeout: Duration,
+}
+
+/// A list of URLs, or one URL as a string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a URL or a list of URLs of the cluster's nodes")
+    })? {
+        OneOrMany::One(url) => Ok(vec![url]),
+        OneOrMany::Many(urls) => Ok(urls),
+    }
 }
 
 impl Default for RedisConfig {
@@ -170,5 +186,27 @@ impl RedisConfig {
             return bad("presence_lease", "must be at least 1s");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RedisConfig, String> {
+        toml::from_str::<RedisConfig>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_cluster_is_one_url_or_several_and_each_must_be_a_redis_url() {
+        let one = parse(r#"cluster = "redis://10.0.0.5:7000""#).unwrap();
+        assert_eq!(one.cluster, ["redis://10.0.0.5:7000"]);
+        let two = parse(r#"cluster = ["redis://a:7000", "rediss://b:7000"]"#).unwrap();
+        assert_eq!(two.cluster.len(), 2);
+        let wrong = parse("cluster = 7000").unwrap_err();
+        assert!(wrong.contains("a URL or a list of URLs"), "{wrong}");
+        let error = RedisConfig::cluster(["10.0.0.5:7000"]).validate().unwrap_err();
+        assert!(error.to_string().contains("not a redis:// or rediss:// URL"), "{error}");
+        assert!(two.validate().is_ok());
     }
 }

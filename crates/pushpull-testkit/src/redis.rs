@@ -94,6 +94,21 @@ impl crate::BrokerStore for RedisStore {
     }
 }
 
+/// The process's shared cluster, started by the first caller (off the async threads).
+async fn shared_cluster() -> Result<&'static RedisCluster, Error> {
+    tokio::task::spawn_blocking(RedisCluster::shared)
+        .await
+        .map_err(|e| Error::new(pushpull_core::ErrorKind::Config, e.to_string()))?
+}
+
+/// Deletes the keys under `prefix` on the shared cluster (off the async threads).
+async fn delete_prefixed(cluster: &'static RedisCluster, prefix: &str) -> Result<(), Error> {
+    let prefix = prefix.to_owned();
+    tokio::task::spawn_blocking(move || cluster.delete_prefixed(&prefix))
+        .await
+        .map_err(|e| Error::new(pushpull_core::ErrorKind::Config, e.to_string()))?
+}
+
 /// A key prefix no other case of this process uses, so cases can share one cluster.
 fn unique_prefix() -> String {
     format!("pushpull-{}:", pushpull_core::Epoch::random())
@@ -115,9 +130,7 @@ pub struct RedisClusterHarness;
 #[async_trait]
 impl Harness for RedisClusterHarness {
     async fn start(&self, limits: Limits) -> Result<Box<dyn Fixture>, Error> {
-        let cluster = tokio::task::spawn_blocking(RedisCluster::shared)
-            .await
-            .map_err(|e| Error::new(pushpull_core::ErrorKind::Config, e.to_string()))??;
+        let cluster = shared_cluster().await?;
         let prefix = unique_prefix();
         let broker = RedisBroker::new(cluster_config(cluster, &prefix, &limits))?;
         Ok(Box::new(RedisClusterFixture { cluster, prefix, broker }))
@@ -146,11 +159,7 @@ impl Fixture for RedisClusterFixture {
 
     async fn restart(&self) -> Result<(), Skip> {
         // This case's keys go, as a restart without persistence would lose them.
-        let (cluster, prefix) = (self.cluster, self.prefix.clone());
-        tokio::task::spawn_blocking(move || cluster.delete_prefixed(&prefix))
-            .await
-            .map_err(|e| Skip(e.to_string()))?
-            .map_err(|e| Skip(e.to_string()))
+        delete_prefixed(self.cluster, &self.prefix).await.map_err(|e| Skip(e.to_string()))
     }
 
     async fn server_subscriptions(&self) -> Result<usize, Skip> {
@@ -166,9 +175,7 @@ pub struct RedisClusterBrokers;
 #[async_trait]
 impl crate::BrokerHarness for RedisClusterBrokers {
     async fn store(&self) -> Result<Box<dyn crate::BrokerStore>, Error> {
-        let cluster = tokio::task::spawn_blocking(RedisCluster::shared)
-            .await
-            .map_err(|e| Error::new(pushpull_core::ErrorKind::Config, e.to_string()))??;
+        let cluster = shared_cluster().await?;
         Ok(Box::new(RedisClusterStore { cluster, prefix: unique_prefix() }))
     }
 }
@@ -190,9 +197,6 @@ impl crate::BrokerStore for RedisClusterStore {
     }
 
     async fn restart(&self) -> Result<(), Error> {
-        let (cluster, prefix) = (self.cluster, self.prefix.clone());
-        tokio::task::spawn_blocking(move || cluster.delete_prefixed(&prefix))
-            .await
-            .map_err(|e| Error::new(pushpull_core::ErrorKind::Config, e.to_string()))?
+        delete_prefixed(self.cluster, &self.prefix).await
     }
 }
