@@ -179,8 +179,13 @@ impl RedisConfig {
                 "response_timeout and check_interval must be more than zero",
             );
         }
-        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
-            return bad("wait_timeout", "must be more than zero when wait_replicas is set");
+        if self.wait_replicas > 0
+            && (self.wait_timeout.is_zero() || self.wait_timeout >= self.response_timeout)
+        {
+            return bad(
+                "wait_timeout",
+                "must be more than zero, and less than response_timeout (the WAIT is one command)",
+            );
         }
         if self.presence_lease < Duration::from_secs(1) {
             return bad("presence_lease", "must be at least 1s");
@@ -208,5 +213,10 @@ mod tests {
         let error = RedisConfig::cluster(["10.0.0.5:7000"]).validate().unwrap_err();
         assert!(error.to_string().contains("not a redis:// or rediss:// URL"), "{error}");
         assert!(two.validate().is_ok());
+        let mut waiting = two.clone();
+        waiting.wait_replicas = 1;
+        waiting.wait_timeout = waiting.response_timeout;
+        let error = waiting.validate().unwrap_err().to_string();
+        assert!(error.starts_with("wait_timeout") && error.contains("response_timeout"), "{error}");
     }
 }

@@ -252,6 +252,7 @@ async fn a_publish_waits_for_its_replica_and_says_so_when_too_few_took_it() {
         config.key_prefix = "pp:".into();
         config.wait_replicas = replicas;
         config.wait_timeout = timeout;
+        config.response_timeout = timeout + Duration::from_secs(1);
         RedisBroker::new(config).unwrap()
     };
     // Each master has one replica: waiting for it acknowledges (a replica answers the
