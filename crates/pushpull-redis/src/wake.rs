@@ -243,6 +243,9 @@ struct Listener {
     shared_subscribed: bool,
 }
 
+/// How many topics' channels the listener subscribes at once.
+const SUBSCRIBE_BATCH: usize = 256;
+
 /// How often the listener forgets unread topics and retries what failed.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -300,37 +303,48 @@ impl Listener {
     }
 
     /// Subscribes the channel of every pending topic still followed, one command per topic
-    /// (on a cluster, channels of different slots live on different masters).
+    /// (on a cluster, channels of different slots live on different masters), many at once
+    /// (the connection pipelines them); after a batch with a failure, the rest waits for the
+    /// next tick.
     async fn subscribe_pending(&mut self, wake: bool) {
         let Some(waker) = self.waker.upgrade() else { return };
-        let pending: Vec<Topic> = self.pending.drain().collect();
-        let mut failed = false;
-        for topic in pending {
-            if !waker.is_followed(&topic) {
-                continue;
-            }
-            if failed {
-                self.pending.insert(topic);
-                continue;
-            }
-            let mut connection = self.link.clone();
-            let command = redis::cmd("SSUBSCRIBE").arg(channel(&waker.prefix, &topic)).clone();
-            match command.exec_async(&mut connection).await {
-                Ok(()) => {
-                    waker.mark_subscribed(&topic);
-                    if wake {
+        let pending: Vec<Topic> =
+            self.pending.drain().filter(|topic| waker.is_followed(topic)).collect();
+        let mut batches = pending.chunks(SUBSCRIBE_BATCH);
+        for batch in batches.by_ref() {
+            let results = futures::future::join_all(batch.iter().map(|topic| {
+                let mut connection = self.link.clone();
+                let command = redis::cmd("SSUBSCRIBE").arg(channel(&waker.prefix, topic)).clone();
+                async move { command.exec_async(&mut connection).await }
+            }))
+            .await;
+            let mut failed = false;
+            let mut again = HashSet::new();
+            for (topic, result) in batch.iter().zip(results) {
+                // Its readers go on either way: on a failure they check on their timer.
+                waker.mark_subscribed(topic);
+                match result {
+                    Ok(()) if wake => {
                         // Subscribed again: a message may have come while it was not.
-                        waker.wake_all(Some(&HashSet::from([topic])));
+                        again.insert(topic.clone());
+                    }
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::debug!(%topic, %error, "cannot subscribe a topic's wake-ups yet");
+                        self.pending.insert(topic.clone());
+                        failed = true;
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(%topic, %error, "cannot subscribe a topic's wake-ups yet");
-                    // Its readers check on their timer meanwhile.
-                    waker.mark_subscribed(&topic);
-                    self.pending.insert(topic);
-                    failed = true;
-                }
             }
+            if !again.is_empty() {
+                waker.wake_all(Some(&again));
+            }
+            if failed {
+                break;
+            }
+        }
+        for rest in batches {
+            self.pending.extend(rest.iter().cloned());
         }
     }
 
