@@ -154,9 +154,28 @@ async fn a_node_hears_the_wake_ups_of_the_topics_its_readers_follow_and_no_other
         );
     }
 
-    // Node 1's readers leave: once it has unsubscribed, it hears nothing of its old topics.
+    // Node 1's readers leave: its subscriptions to their channels end (as Redis itself counts
+    // them: nobody else follows those topics), and it hears nothing of them any more.
+    let subscribers = |topic: &Topic| {
+        let channel = format!("pp:{{{topic}}}:wake");
+        let master = cluster.master_of(&format!("{{{topic}}}")).unwrap();
+        let answer = RedisCluster::query(master, &["PUBSUB", "SHARDNUMSUB", &channel]).unwrap();
+        redis::from_redis_value::<(String, u64)>(answer).unwrap().1
+    };
+    for topic in &topics[1] {
+        assert_eq!(subscribers(topic), 1, "node 1 alone subscribes {topic}'s channel");
+    }
     drop(subscriptions.remove(1));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for topic in &topics[1] {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if subscribers(topic) == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node 1 still subscribes {topic}'s channel");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let heard = nodes[1].wake_ups().topics;
     for topic in &topics[1] {
         nodes[0].publish(topic, Publication::new("after")).await.unwrap();
