@@ -157,9 +157,13 @@ impl Registry {
     /// [`serve`](crate::serve).
     pub async fn serve(&self, config: &ServerConfig) -> Result<RunningServer, Error> {
         warn_if_open(config);
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            Error::new(ErrorKind::Config, format!("cannot listen on {}: {e}", config.listen))
-                .with_source(e)
+        let listener = bind(config.listen, config.http.reuse_port).map_err(|e| {
+            let shared = if config.http.reuse_port { " (with SO_REUSEPORT)" } else { "" };
+            Error::new(
+                ErrorKind::Config,
+                format!("cannot listen on {}{shared}: {e}", config.listen),
+            )
+            .with_source(e)
         })?;
         self.serve_with(listener, self.broker(config)?, config)
     }
@@ -317,4 +321,24 @@ pub fn serve_config(config: &ServerConfig) -> Result<ServeConfig, Error> {
     serve.max_connections_per_address = config.http.max_connections_per_address;
     serve.max_header_bytes = config.http.max_header_bytes;
     Ok(serve)
+}
+
+/// A listener on `addr`; with `reuse_port`, bound with `SO_REUSEPORT` so that other processes
+/// (and a process replacing this one) can listen on it too.
+fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // What std and tokio do for a plain bind: a restarted server may bind at once even while
+    // its previous connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

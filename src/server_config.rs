@@ -228,6 +228,11 @@ pub struct HttpConfig {
     /// Serve the demo page (`/demo`), the browser client (`/pushpull/pushpull.js`) and the
     /// demo's ticker: `auto` (only when listening on a loopback address), `on` or `off`.
     pub demo: crate::Demo,
+    /// Bind `listen` with `SO_REUSEPORT` (Unix): several server processes may then listen on
+    /// the same address, the kernel spreading new connections among them, and a new process
+    /// can start listening before the one it replaces stops (a restart that refuses no
+    /// connection). Every process sharing the address must set it.
+    pub reuse_port: bool,
 }
 
 impl Default for HttpConfig {
@@ -245,6 +250,7 @@ impl Default for HttpConfig {
             access_log: false,
             metrics: true,
             demo: crate::Demo::Auto,
+            reuse_port: false,
         }
     }
 }
@@ -547,6 +553,11 @@ impl ServerConfig {
         }
         if self.http.max_topics_per_connection == 0 {
             return Err(config_error("http.max_topics_per_connection: must be at least 1".into()));
+        }
+        if self.http.reuse_port && !cfg!(unix) {
+            return Err(config_error(
+                "http.reuse_port: SO_REUSEPORT is only available on Unix systems".into(),
+            ));
         }
         if self.http.max_header_bytes < 8 * 1024 {
             return Err(config_error("http.max_header_bytes: must be at least 8192".into()));

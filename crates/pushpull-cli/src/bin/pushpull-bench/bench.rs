@@ -152,6 +152,11 @@ pub(crate) enum Bench {
         /// Run only the workloads whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// Instead of the fixed workloads, find each server's capacity: the highest rate of
+        /// deliveries to 1,000 SSE and 1,000 WebSocket subscribers it sustains on one core with
+        /// a latency p99 within 100 ms and nothing lost (a rate sweep, a fresh server per step).
+        #[arg(long)]
+        capacity: bool,
     },
     /// One event stream of many topics against one stream per topic: readers follow the same
     /// topics both ways (each against a fresh server process), messages are published to
@@ -277,7 +282,10 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Cluster { publishes, plot, json } => {
             crate::cluster::run(publishes.max(100), plot, json).await
         }
-        Bench::Peers { rounds, seconds, scale, core, only } => {
+        Bench::Peers { rounds, seconds, scale, core, only, capacity: true } => {
+            crate::peers::capacity(rounds, seconds, scale, core, only).await
+        }
+        Bench::Peers { rounds, seconds, scale, core, only, capacity: false } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
         Bench::Quiet { transports, seconds, report } => quiet(&transports, seconds, &report).await,

@@ -64,6 +64,8 @@ pub(crate) struct Measured {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) generator_cpu_share: f64,
+    /// The server's CPU time over the publishing time (1.0 = one core busy).
+    pub(crate) server_cpu_share: f64,
 }
 
 /// A server process of either kind, pinned to `core`.
@@ -641,6 +643,7 @@ pub(crate) async fn run_once(
         measured.deliveries_per_cpu_second =
             measured.deliveries as f64 / cpu.as_secs_f64().max(f64::MIN_POSITIVE);
         measured.generator_cpu_share = own.as_secs_f64() / wall.elapsed().as_secs_f64();
+        measured.server_cpu_share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
     }
     // Stopping the server ends every subscriber, which hands back its histogram.
     server.stop().await;
@@ -778,4 +781,143 @@ fn summary(runs: &[Measured], get: fn(&Measured) -> f64) -> (f64, f64, f64) {
         return (0.0, 0.0, 0.0);
     }
     (values[values.len() / 2], values[0], values[values.len() - 1])
+}
+
+/// A rate is sustained when the latency p99 stays within this…
+const CAPACITY_P99_MS: f64 = 100.0;
+/// …and at least this share of the expected deliveries arrive (within the run and two seconds
+/// after it).
+const CAPACITY_DELIVERED: f64 = 0.999;
+/// The sweep offers no more than this many messages a second (a bounded run).
+const CAPACITY_MAX_RATE: u64 = 4000;
+
+/// What a capacity sweep found for one server: the highest sustained rate and the run at it,
+/// and the lowest rate that was not sustained (if the sweep reached one) and its run.
+struct Capacity {
+    sustained: Option<(u64, Measured)>,
+    failed: Option<(u64, Measured)>,
+}
+
+impl Capacity {
+    fn deliveries(&self, subscribers: usize) -> f64 {
+        self.sustained.as_ref().map_or(0.0, |(rate, _)| (*rate * subscribers as u64) as f64)
+    }
+}
+
+fn sustained(m: &Measured) -> bool {
+    m.p99_ms <= CAPACITY_P99_MS
+        && m.deliveries as f64 >= m.expected as f64 * CAPACITY_DELIVERED
+        && m.expected > 0
+}
+
+/// Sweeps the message rate offered to `subscribers` readers of one topic on one fresh server
+/// per step: up by half each step from 50 messages/s until a rate is not sustained, then three
+/// bisections between the last sustained rate and the first that was not.
+async fn sweep(
+    peer: Peer,
+    transport: Transport,
+    subscribers: usize,
+    seconds: u64,
+    core: usize,
+) -> Result<Capacity, Error> {
+    let run = |rate: u64| {
+        let workload = Workload {
+            name: format!("capacity sweep, {rate} messages/s"),
+            transport,
+            subscribers,
+            rate,
+            seconds,
+        };
+        async move {
+            let measured = run_once(peer, &workload, core).await?;
+            eprintln!(
+                "bench peers: capacity {} {transport:?} {rate}/s: p99 {:.1} ms, delivered {}/{}, server CPU {:.0} %, generator CPU {:.0} %",
+                peer.name(),
+                measured.p99_ms,
+                measured.deliveries,
+                measured.expected,
+                measured.server_cpu_share * 100.0,
+                measured.generator_cpu_share * 100.0,
+            );
+            Ok::<_, Error>(measured)
+        }
+    };
+    let mut found = Capacity { sustained: None, failed: None };
+    let mut rate = 50;
+    while found.failed.is_none() && rate <= CAPACITY_MAX_RATE {
+        let measured = run(rate).await?;
+        if sustained(&measured) {
+            found.sustained = Some((rate, measured));
+            rate += rate / 2;
+        } else {
+            found.failed = Some((rate, measured));
+        }
+    }
+    for _ in 0..3 {
+        let (Some((low, _)), Some((high, _))) = (&found.sustained, &found.failed) else { break };
+        let middle = (low + high) / 2;
+        if middle == *low {
+            break;
+        }
+        let measured = run(middle).await?;
+        if sustained(&measured) {
+            found.sustained = Some((middle, measured));
+        } else {
+            found.failed = Some((middle, measured));
+        }
+    }
+    Ok(found)
+}
+
+/// The capacity of each server on one core: the highest rate of deliveries it sustains to 1,000
+/// subscribers of one topic (SSE and WebSocket) with a latency p99 within 100 ms and nothing
+/// lost, found by a rate sweep; `rounds` sweeps per server, interleaved, medians reported.
+pub(crate) async fn capacity(
+    rounds: usize,
+    seconds: u64,
+    scale: usize,
+    core: usize,
+    only: Option<String>,
+) -> Result<(), Error> {
+    let subscribers = (1000 / scale).max(1);
+    println!(
+        "| workload | pushpull capacity (min–max) | at it: server CPU, p99 | Nchan capacity (min–max) | at it: server CPU, p99 | pushpull / Nchan |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, transport) in [("SSE", Transport::Sse), ("WebSocket", Transport::Ws)] {
+        let name = format!("{name}, {subscribers} subscribers");
+        if only.as_deref().is_some_and(|only| !name.contains(only)) {
+            continue;
+        }
+        let mut found: [Vec<Capacity>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (i, peer) in [Peer::Pushpull, Peer::Nchan].into_iter().enumerate() {
+                eprintln!("bench peers: capacity — {name} — {} — round {}", peer.name(), round + 1);
+                found[i].push(sweep(peer, transport, subscribers, seconds, core).await?);
+            }
+        }
+        let cell = |sweeps: &mut Vec<Capacity>| {
+            sweeps.sort_by(|a, b| a.deliveries(subscribers).total_cmp(&b.deliveries(subscribers)));
+            let median = &sweeps[sweeps.len() / 2];
+            let (min, max) = (&sweeps[0], &sweeps[sweeps.len() - 1]);
+            let k = |c: &Capacity| c.deliveries(subscribers) / 1000.0;
+            let capacity = match (&median.sustained, &median.failed) {
+                (None, _) => "below 50 messages/s".to_owned(),
+                (Some(_), None) => format!("≥ {:.1}k/s (the sweep's top rate)", k(median)),
+                (Some(_), Some(_)) => {
+                    format!("{:.1}k/s ({:.1}–{:.1})", k(median), k(min), k(max))
+                }
+            };
+            let at = median.sustained.as_ref().map_or("–".to_owned(), |(_, m)| {
+                format!("{:.0} %, {:.1} ms", m.server_cpu_share * 100.0, m.p99_ms)
+            });
+            (capacity, at, k(median))
+        };
+        let (ours, ours_at, ours_k) = cell(&mut found[0]);
+        let (theirs, theirs_at, theirs_k) = cell(&mut found[1]);
+        let ratio =
+            if theirs_k > 0.0 { format!("{:.2}×", ours_k / theirs_k) } else { "–".to_owned() };
+        println!("| {name} | {ours} | {ours_at} | {theirs} | {theirs_at} | {ratio} |");
+    }
+    Ok(())
 }
