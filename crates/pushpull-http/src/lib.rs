@@ -18,6 +18,7 @@ mod response;
 mod revoke;
 mod router;
 mod serve;
+mod takeover;
 pub mod tls;
 mod transport;
 mod watched;

@@ -349,11 +349,13 @@ impl<P: PushTransport> Streams<P> {
             Route::new(Method::GET, P::PATH, move |req: HttpRequest, params: Params| {
                 let streams = one.clone();
                 async move { streams.stream(req, params).await }
-            }),
+            })
+            .long_lived(),
             Route::new(Method::GET, P::MANY_PATH, move |req: HttpRequest, _: Params| {
                 let streams = many.clone();
                 async move { streams.stream_many(req).await }
-            }),
+            })
+            .long_lived(),
         ]
     }
 

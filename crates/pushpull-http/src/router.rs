@@ -49,6 +49,7 @@ pub struct Route {
     segments: Vec<Segment>,
     handler: Handler,
     transport: Option<&'static str>,
+    long_lived: bool,
 }
 
 #[derive(Clone, PartialEq)]
@@ -73,7 +74,15 @@ impl Route {
             })
             .collect();
         let handler: Handler = Arc::new(move |req, params| Box::pin(handler(req, params)));
-        Self { method, pattern, segments, handler, transport: None }
+        Self { method, pattern, segments, handler, transport: None, long_lived: false }
+    }
+
+    /// Answering with a response that lives as long as its client reads (an event stream): on
+    /// a plain HTTP/1.1 connection whose first request it is, the server writes that response
+    /// itself, without holding an HTTP/1 connection's buffers for the response's whole life.
+    pub fn long_lived(mut self) -> Self {
+        self.long_lived = true;
+        self
     }
 
     /// Belonging to `transport`: the request span of a request it answers names it (a route
@@ -186,6 +195,15 @@ impl Router {
             }
         }
         self
+    }
+
+    /// Whether a `GET` of `path` goes to a [`long_lived`](Route::long_lived) route.
+    pub fn is_long_lived(&self, path: &str) -> bool {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.routes
+            .iter()
+            .find(|route| route.method == Method::GET && route.matches(&parts).is_some())
+            .is_some_and(|route| route.long_lived)
     }
 
     /// Lets the browser origins `cors` names call every route (preflights included).

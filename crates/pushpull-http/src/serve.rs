@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::Router;
+use crate::takeover::{self, First};
 use crate::tls::TlsAcceptor;
 
 /// How connections are served.
@@ -186,15 +188,15 @@ impl PeerAddr {
     }
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for WithShutdown<S>
+impl<S, B, R> hyper::service::Service<Request<R>> for WithShutdown<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: hyper::service::Service<Request<R>, Response = Response<B>, Error = Infallible>,
 {
     type Response = Response<CountedBody<B>>;
     type Error = Infallible;
     type Future = Counted<S::Future>;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<R>) -> Self::Future {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let stream = match (&self.streams, request.version()) {
             (Some(limits), http::Version::HTTP_2) => match limits.admit(&self.stats) {
@@ -562,6 +564,10 @@ pub async fn serve_until<S, B>(
         peer: None,
         streams: None,
     };
+    // A Router served as it is answers the first request of a plain HTTP/1.1 connection for a
+    // long-lived route itself (see `takeover`); any other service is served by hyper alone.
+    let takeover: Option<Router> =
+        (&service.inner as &dyn std::any::Any).downcast_ref::<Router>().cloned();
     let addresses = Arc::new(AddressCounts::default());
     let max_connections = fit_open_file_limit(config.max_connections.max(1));
     let per_address = config.max_connections_per_address.max(1);
@@ -624,6 +630,7 @@ pub async fn serve_until<S, B>(
         }
         let watcher = graceful.watcher();
         let mut service = service.clone();
+        let takeover = takeover.clone();
         let config = config.clone();
         let hold = ConnectionHold(Arc::new(Held { _open: open, _address: from }));
         let span = tracing::debug_span!("connection", %peer);
@@ -639,8 +646,55 @@ pub async fn serve_until<S, B>(
                 if config.tls.is_none() && !request_begins(&stream, timeout).await {
                     return;
                 }
+                let mut stream = stream;
+                let mut read = Vec::new();
+                if let (Some(router), None) = (takeover, &config.tls) {
+                    let max_head = config.max_header_bytes.max(MIN_HEADER_BYTES);
+                    let mut shutdown = service.signal.clone();
+                    loop {
+                        let next = takeover::next_request(
+                            &mut stream,
+                            read,
+                            &router,
+                            timeout,
+                            max_head,
+                            &mut shutdown,
+                        );
+                        match next.await {
+                            First::Gone => return,
+                            First::Hyper(bytes) => {
+                                read = bytes;
+                                break;
+                            }
+                            First::Takeover(request) => {
+                                let close = takeover::wants_close(&request);
+                                let answering = WithShutdown {
+                                    inner: router.clone(),
+                                    signal: service.signal.clone(),
+                                    stats: service.stats.clone(),
+                                    hold: service.hold.clone(),
+                                    peer: service.peer,
+                                    streams: None,
+                                };
+                                let mut pipelined = Vec::new();
+                                let call = hyper::service::Service::call(&answering, request);
+                                let answer =
+                                    takeover::answer_of(&stream, call, &mut pipelined).await;
+                                let Some(Ok(response)) = answer else { return };
+                                drop(answering);
+                                let written =
+                                    takeover::answer(&mut stream, response, close, pipelined);
+                                match written.await {
+                                    Some(pipelined) => read = pipelined,
+                                    None => return,
+                                }
+                            }
+                        }
+                    }
+                }
                 let io: Box<dyn Io> = match &config.tls {
-                    None => Box::new(stream),
+                    None if read.is_empty() => Box::new(stream),
+                    None => Box::new(takeover::Rewind::new(read, stream)),
                     Some(acceptor) => {
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => Box::new(FirstByteDeadline::new(tls, timeout)),

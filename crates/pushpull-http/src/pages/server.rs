@@ -58,13 +58,16 @@ pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
         DeliveryMeter::new(context.page_transport),
         context.presences(),
     ));
-    Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
+    let holds = shared.2.is_some();
+    let route = Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         let shared = shared.clone();
         async move {
             let (broker, config, hold, meter, presences) = &*shared;
             answer(&**broker, config, hold.as_ref(), meter, presences, req, params).await
         }
-    })
+    });
+    // A held poll lives until a message comes: answered without hyper's connection state.
+    if holds { route.long_lived() } else { route }
 }
 
 async fn answer(
@@ -293,14 +296,16 @@ pub fn many_page_route(context: &Context, hold: Option<Hold>) -> Route {
         context.max_topics,
         context.presences(),
     ));
-    Route::new(Method::GET, MANY_MESSAGES_PATH, move |req: HttpRequest, _: Params| {
+    let holds = shared.2.is_some();
+    let route = Route::new(Method::GET, MANY_MESSAGES_PATH, move |req: HttpRequest, _: Params| {
         let shared = shared.clone();
         async move {
             let (broker, config, hold, meter, max_topics, presences) = &*shared;
             let many = Many { config, hold: hold.as_ref(), plain_meter: meter, presences };
             answer_many(broker.clone(), many, *max_topics, req).await
         }
-    })
+    });
+    if holds { route.long_lived() } else { route }
 }
 
 /// The many-topics page route's settings.

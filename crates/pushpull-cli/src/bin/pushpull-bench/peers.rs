@@ -668,6 +668,8 @@ pub(crate) fn workloads(seconds: u64, scale: usize) -> Vec<Workload> {
         seconds,
     };
     vec![
+        w("SSE, 1,000 subscribers, 50 messages/s", Transport::Sse, 1000, 50),
+        w("WebSocket, 1,000 subscribers, 50 messages/s", Transport::Ws, 1000, 50),
         w("SSE, 1,000 subscribers, 100 messages/s", Transport::Sse, 1000, 100),
         w("WebSocket, 1,000 subscribers, 100 messages/s", Transport::Ws, 1000, 100),
         w("SSE, 1,000 subscribers, 200 messages/s", Transport::Sse, 1000, 200),
