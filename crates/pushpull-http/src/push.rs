@@ -56,8 +56,8 @@ pub struct PushFormat {
 }
 
 /// The streaming response for `subscription`, with `Cache-Control: no-cache` and
-/// `X-Accel-Buffering: no`, never compressed. hyper polls the body only when it can write, and
-/// each poll reads the next delivery, so a reader that stops reading stops the log reading too:
+/// `X-Accel-Buffering: no`, never compressed. The server polls the body only when it can write,
+/// and each poll reads the next delivery, so a reader that stops reading stops the log reading:
 /// its cost is a bounded buffer, and retention turns the backlog into a gap. The response ends
 /// on `shutdown` or a broker error; `open` is held for as long as it lives, and `meter` counts
 /// what it writes.

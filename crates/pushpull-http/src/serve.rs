@@ -706,19 +706,9 @@ pub async fn serve_until<S, B>(
                         }
                     }
                 };
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout)
-                    .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES));
-                builder.http2().timer(TokioTimer::new()).max_header_list_size(
-                    u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
-                );
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                if let Err(err) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(err = %err, "connection ended with an error");
-                }
+                // Boxed: a connection answered above without hyper (an event stream) does not
+                // carry room for hyper's builder and connection state in its task.
+                Box::pin(serve_with_hyper(io, service, &config, watcher)).await;
             },
             span,
         ));
@@ -732,6 +722,38 @@ pub async fn serve_until<S, B>(
         }
     }
     connections.shutdown().await;
+}
+
+/// Serves the connection `io` with hyper (HTTP/1.1 or HTTP/2, with upgrades), under `watcher`.
+async fn serve_with_hyper<S, B>(
+    io: Box<dyn Io>,
+    service: WithShutdown<S>,
+    config: &ServeConfig,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(err = %err, "connection ended with an error");
+    }
 }
 
 /// What a connection is served over: TCP, or TLS over TCP.
