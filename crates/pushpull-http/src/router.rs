@@ -77,9 +77,9 @@ impl Route {
         Self { method, pattern, segments, handler, transport: None, long_lived: false }
     }
 
-    /// Answering with a response that lives as long as its client reads (an event stream): on
-    /// a plain HTTP/1.1 connection whose first request it is, the server writes that response
-    /// itself, without holding an HTTP/1 connection's buffers for the response's whole life.
+    /// Answering with a response that lives long (an event stream, a held poll): on a plain
+    /// HTTP/1.1 connection, the server writes that response itself, without holding an HTTP/1
+    /// connection's buffers for the response's whole life.
     pub fn long_lived(mut self) -> Self {
         self.long_lived = true;
         self

@@ -564,8 +564,8 @@ pub async fn serve_until<S, B>(
         peer: None,
         streams: None,
     };
-    // A Router served as it is answers the first request of a plain HTTP/1.1 connection for a
-    // long-lived route itself (see `takeover`); any other service is served by hyper alone.
+    // A Router served as it is answers the requests of a plain HTTP/1.1 connection for its
+    // long-lived routes itself (see `takeover`); any other service is served by hyper alone.
     let takeover: Option<Router> =
         (&service.inner as &dyn std::any::Any).downcast_ref::<Router>().cloned();
     let addresses = Arc::new(AddressCounts::default());
@@ -651,6 +651,16 @@ pub async fn serve_until<S, B>(
                 if let (Some(router), None) = (takeover, &config.tls) {
                     let max_head = config.max_header_bytes.max(MIN_HEADER_BYTES);
                     let mut shutdown = service.signal.clone();
+                    // What hyper's service adds to a request (signal, hold, peer), for the
+                    // requests answered here.
+                    let answering = WithShutdown {
+                        inner: router.clone(),
+                        signal: service.signal.clone(),
+                        stats: service.stats.clone(),
+                        hold: service.hold.clone(),
+                        peer: service.peer,
+                        streams: None,
+                    };
                     loop {
                         let next = takeover::next_request(
                             &mut stream,
@@ -668,20 +678,11 @@ pub async fn serve_until<S, B>(
                             }
                             First::Takeover(request) => {
                                 let close = takeover::wants_close(&request);
-                                let answering = WithShutdown {
-                                    inner: router.clone(),
-                                    signal: service.signal.clone(),
-                                    stats: service.stats.clone(),
-                                    hold: service.hold.clone(),
-                                    peer: service.peer,
-                                    streams: None,
-                                };
                                 let mut pipelined = Vec::new();
                                 let call = hyper::service::Service::call(&answering, request);
                                 let answer =
                                     takeover::answer_of(&stream, call, &mut pipelined).await;
                                 let Some(Ok(response)) = answer else { return };
-                                drop(answering);
                                 let written =
                                     takeover::answer(&mut stream, response, close, pipelined);
                                 match written.await {

@@ -33,7 +33,7 @@ const WRITE_AT: usize = 64 * 1024;
 /// it, kept for hyper); past it the connection is closed.
 const MAX_PIPELINED: usize = 16 * 1024;
 
-/// What the first request of a connection turned out to be.
+/// What the next request of a connection turned out to be.
 pub(crate) enum First {
     /// A `GET` of a long-lived route, nothing sent after its head: answered here.
     Takeover(Request<Empty<Bytes>>),
@@ -308,7 +308,8 @@ fn take<E: std::fmt::Display>(
     }
     match framing {
         Framing::Chunked => {
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Written in place: no string made per chunk.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{:x}\r\n", data.len()));
             out.put_slice(&data);
             out.put_slice(b"\r\n");
         }
