@@ -636,7 +636,7 @@ pub async fn serve_until<S, B>(
         let span = tracing::debug_span!("connection", %peer);
         let streams =
             StreamLimits { addresses: addresses.clone(), key, per_address, total: max_connections };
-        connections.spawn(tracing::Instrument::instrument(
+        let task = tracing::Instrument::instrument(
             async move {
                 service.hold = Some(hold.clone());
                 service.peer = Some(PeerAddr(peer));
@@ -662,6 +662,8 @@ pub async fn serve_until<S, B>(
                         streams: None,
                     };
                     loop {
+                        // Each future awaited where it is made: kept in a local first, it would
+                        // take room twice in this task, which every connection carries.
                         let next = takeover::next_request(
                             &mut stream,
                             read,
@@ -669,8 +671,9 @@ pub async fn serve_until<S, B>(
                             timeout,
                             max_head,
                             &mut shutdown,
-                        );
-                        match next.await {
+                        )
+                        .await;
+                        match next {
                             First::Gone => return,
                             First::Hyper(bytes) => {
                                 read = bytes;
@@ -683,9 +686,9 @@ pub async fn serve_until<S, B>(
                                 let answer =
                                     takeover::answer_of(&stream, call, &mut pipelined).await;
                                 let Some(Ok(response)) = answer else { return };
-                                let written =
-                                    takeover::answer(&mut stream, response, close, pipelined);
-                                match written.await {
+                                match takeover::answer(&mut stream, response, close, pipelined)
+                                    .await
+                                {
                                     Some(pipelined) => read = pipelined,
                                     None => return,
                                 }
@@ -697,7 +700,11 @@ pub async fn serve_until<S, B>(
                     None if read.is_empty() => Box::new(stream),
                     None => Box::new(takeover::Rewind::new(read, stream)),
                     Some(acceptor) => {
-                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        // Boxed: the handshake's state (rustls's connection) is large, and
+                        // a plain connection's task should not carry room for it.
+                        let accept =
+                            Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+                        match accept.await {
                             Ok(Ok(tls)) => Box::new(FirstByteDeadline::new(tls, timeout)),
                             Ok(Err(err)) => {
                                 tracing::debug!(%err, %peer, "TLS handshake failed");
@@ -712,7 +719,8 @@ pub async fn serve_until<S, B>(
                 Box::pin(serve_with_hyper(io, service, &config, watcher)).await;
             },
             span,
-        ));
+        );
+        connections.spawn(task);
     }
     drop(listener);
     let _ = shutting_down.send(true);

@@ -159,39 +159,14 @@ impl Sockets {
         let on_upgrade = hyper::upgrade::on(&mut req);
         // The socket keeps its connection counted as open (health's open_connections).
         let hold = pushpull_http::ConnectionHold::of(&req);
-        let server = self.clone();
         let shutdown = Shutdown::of(&req);
         // What an auth layer granted, checked at every operation until it expires.
         let grant = pushpull_http::Grant::of(&req).cloned();
-        tokio::spawn(
-            async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => {
-                        let config = WebSocketConfig::default()
-                            .read_buffer_size(server.config.read_buffer)
-                            .max_message_size(Some(server.message_limit))
-                            .max_frame_size(Some(server.message_limit))
-                            // Frames gather until a batch is flushed (one write for many).
-                            .write_buffer_size(WRITE_BATCH_BYTES)
-                            .max_write_buffer_size(
-                                server.config.write_buffer + server.message_limit,
-                            );
-                        let socket = WebSocketStream::from_raw_socket(
-                            TokioIo::new(upgraded),
-                            Role::Server,
-                            Some(config),
-                        )
-                        .await;
-                        let _open = server.open.hold();
-                        let _connection = hold;
-                        Session::new(server.clone(), shutdown, grant).run(socket).await;
-                    }
-                    Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
-                }
-            }
-            // The session logs within the upgrade request's span (transport, peer).
-            .in_current_span(),
-        );
+        // The session is the task: one future, holding the session once (a block around it
+        // would keep a second copy of what it captured for the socket's whole life).
+        let session = Session::new(self.clone(), shutdown, grant);
+        // The session logs within the upgrade request's span (transport, peer).
+        tokio::spawn(session.serve(on_upgrade, hold).in_current_span());
         // Extensions (permessage-deflate, which browsers offer) are declined by not echoing them.
         let mut response = Response::new(pushpull_http::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -372,7 +347,36 @@ impl Session {
         }
     }
 
-    async fn run(mut self, mut socket: Socket) {
+    /// Serves the socket once the upgrade completes; `hold` keeps its connection counted as
+    /// open meanwhile.
+    async fn serve(
+        mut self,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        hold: Option<pushpull_http::ConnectionHold>,
+    ) {
+        let _connection = hold;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "the upgrade did not complete");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(self.server.config.read_buffer)
+            .max_message_size(Some(self.server.message_limit))
+            .max_frame_size(Some(self.server.message_limit))
+            // Frames gather until a batch is flushed (one write for many).
+            .write_buffer_size(WRITE_BATCH_BYTES)
+            .max_write_buffer_size(self.server.config.write_buffer + self.server.message_limit);
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let _open = self.server.open.hold();
+        self.run(&mut socket).await;
+    }
+
+    async fn run(&mut self, socket: &mut Socket) {
         let config = self.server.config.clone();
         let mut ticks =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -393,9 +397,14 @@ impl Session {
                 Event::Frame(Some(Err(error))) => break closing_for(&error),
                 Event::Frame(Some(Ok(message))) => {
                     self.heard = Instant::now();
-                    self.on_frame(&mut socket, message).await
+                    // Boxed, as a request's handling is: a frame from the peer is rare on a
+                    // subscriber's socket, and its handling need not live in every session.
+                    Box::pin(self.on_frame(socket, message)).await
                 }
-                Event::Delivery(key, delivery) => self.deliver(&mut socket, key, delivery).await,
+                Event::Delivery(key, delivery) => {
+                    let queued = self.queued(key, delivery);
+                    self.deliver(socket, queued).await
+                }
                 Event::Tick if self.heard.elapsed() > config.idle_timeout => {
                     Err(Some(Ending::new(
                         close::IDLE_TIMEOUT,
@@ -403,7 +412,7 @@ impl Session {
                     )))
                 }
                 Event::Tick => {
-                    send(&mut socket, WsMessage::Ping(Bytes::new()), config.write_timeout).await
+                    send(socket, WsMessage::Ping(Bytes::new()), config.write_timeout).await
                 }
                 Event::Shutdown => {
                     Err(Some(Ending::new(close::GOING_AWAY, "the server is shutting down")))
@@ -419,7 +428,7 @@ impl Session {
         };
         let frame = ending
             .map(|Ending { code, reason }| CloseFrame { code: code.into(), reason: reason.into() });
-        finish_closing(&mut socket, frame).await;
+        finish_closing(socket, frame).await;
     }
 
     /// Handles one frame from the peer. `Err` ends the session (with a close frame, or not).
@@ -459,7 +468,10 @@ impl Session {
             }
             Ok(incoming) => {
                 self.bad_frames = 0;
-                let frame = self.answer(incoming).await;
+                // Boxed: a request's handling (a subscribe, a batch of publishes, a fetch) is
+                // large and brief; inline, every socket's session would carry room for it
+                // for its whole life, idle or not.
+                let frame = Box::pin(self.answer(incoming)).await;
                 send_frame(socket, frame, write_timeout).await
             }
         }
@@ -738,51 +750,51 @@ impl Session {
         self.grant.as_ref().map_or(Ok(()), |grant| grant.check(right))
     }
 
-    /// Sends `delivery` and every other one ready right now (up to [`MAX_BATCH`]), then
+    /// Sends `first` and the deliveries ready right now after it (up to [`MAX_BATCH`]), then
     /// flushes once: one write for a burst, under one deadline for the peer to take it.
-    async fn deliver(
-        &mut self,
-        socket: &mut Socket,
-        key: Key,
-        delivery: Option<Result<Delivery, Error>>,
-    ) -> Result<(), Option<Ending>> {
+    ///
+    /// What each delivery sends is worked out by [`Session::queued`], outside this future:
+    /// every session carries room for this future while it waits, so it holds messages ready
+    /// to go, not deliveries and the work of encoding them.
+    async fn deliver(&mut self, socket: &mut Socket, first: Queued) -> Result<(), Option<Ending>> {
         let deadline = Instant::now() + self.server.config.write_timeout;
-        let mut next = Some((key, delivery));
+        let mut next = Some(first);
         let mut batch = 0;
-        while let Some((key, delivery)) = next.take() {
-            self.queue_delivery(socket, key, delivery, deadline).await?;
+        while let Some(Queued { message, then }) = next.take() {
+            within(deadline, socket.feed(message)).await?;
+            if let Some(then) = then {
+                within(deadline, socket.feed(then)).await?;
+            }
             batch += 1;
             if batch < MAX_BATCH && !self.subscriptions.is_empty() {
-                next = self.subscriptions.next().now_or_never();
+                next = self
+                    .subscriptions
+                    .next()
+                    .now_or_never()
+                    .map(|(key, delivery)| self.queued(key, delivery));
             }
         }
         within(deadline, socket.flush()).await
     }
 
-    /// Queues the frames of one delivery (or of the subscription's end) without flushing.
-    async fn queue_delivery(
-        &mut self,
-        socket: &mut Socket,
-        key: Key,
-        delivery: Option<Result<Delivery, Error>>,
-        deadline: Instant,
-    ) -> Result<(), Option<Ending>> {
-        let reason = match delivery {
+    /// What one delivery sends: the message, or, when the subscription ended (the broker
+    /// failed or ended it), its error and its end, the subscription being forgotten.
+    fn queued(&mut self, key: Key, delivery: Option<Result<Delivery, Error>>) -> Queued {
+        let (failure, reason) = match delivery {
             Some(Ok(delivery)) => {
                 let message = pushed(&delivery, label(&key).as_deref());
                 self.server.meter.delivered(&delivery);
                 self.server.meter.bytes(message.len());
-                return within(deadline, socket.feed(message)).await;
+                return Queued { message, then: None };
             }
             Some(Err(error)) => {
                 metrics::broker_error("subscribe", &error);
                 let topic = key.0.field();
                 let reply =
                     wire::error_reply(None, topic.as_deref(), label(&key).as_deref(), &error);
-                within(deadline, socket.feed(ws_message(wire::reply_frame(&reply)))).await?;
-                error.message().to_owned()
+                (Some(ws_message(wire::reply_frame(&reply))), error.message().to_owned())
             }
-            None => "the broker ended it".to_owned(),
+            None => (None, "the broker ended it".to_owned()),
         };
         self.forget(&key);
         let ended = Reply::Unsubscribed {
@@ -791,8 +803,18 @@ impl Session {
             sub: label(&key).map(Cow::into_owned),
             reason: Some(reason),
         };
-        within(deadline, socket.feed(ws_message(wire::reply_frame(&ended)))).await
+        let ended = ws_message(wire::reply_frame(&ended));
+        match failure {
+            Some(failure) => Queued { message: failure, then: Some(ended) },
+            None => Queued { message: ended, then: None },
+        }
     }
+}
+
+/// What a delivery sends: a message, and sometimes one after it.
+struct Queued {
+    message: WsMessage,
+    then: Option<WsMessage>,
 }
 
 /// The most deliveries sent in one batch before a flush.
