@@ -157,6 +157,19 @@ pub(crate) enum Bench {
         /// a latency p99 within 100 ms and nothing lost (a rate sweep, a fresh server per step).
         #[arg(long)]
         capacity: bool,
+        /// Instead of the fixed workloads, measure how costs grow with connections: this many
+        /// subscribers of one topic per run (a comma-separated list, e.g.
+        /// 1000,5000,10000,19000), over SSE, WebSocket and long polling, then `--messages`
+        /// messages a second apart, each fanned out to all of them.
+        #[arg(long, value_delimiter = ',', conflicts_with = "capacity")]
+        connections: Vec<usize>,
+        /// Messages fanned out per run with `--connections`.
+        #[arg(long, default_value_t = 5, requires = "connections")]
+        messages: u64,
+        /// With `--connections`, draw the cost curves as SVG in this directory
+        /// (cost-memory.svg, cost-cpu.svg).
+        #[arg(long, requires = "connections")]
+        plot: Option<std::path::PathBuf>,
     },
     /// One event stream of many topics against one stream per topic: readers follow the same
     /// topics both ways (each against a fresh server process), messages are published to
@@ -282,10 +295,15 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         Bench::Cluster { publishes, plot, json } => {
             crate::cluster::run(publishes.max(100), plot, json).await
         }
-        Bench::Peers { rounds, seconds, scale, core, only, capacity: true } => {
+        Bench::Peers { rounds, core, only, connections, messages, plot, .. }
+            if !connections.is_empty() =>
+        {
+            crate::peers::scale(rounds, &connections, messages, core, only, plot.as_deref()).await
+        }
+        Bench::Peers { rounds, seconds, scale, core, only, capacity: true, .. } => {
             crate::peers::capacity(rounds, seconds, scale, core, only).await
         }
-        Bench::Peers { rounds, seconds, scale, core, only, capacity: false } => {
+        Bench::Peers { rounds, seconds, scale, core, only, capacity: false, .. } => {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
         Bench::Quiet { transports, seconds, report } => quiet(&transports, seconds, &report).await,

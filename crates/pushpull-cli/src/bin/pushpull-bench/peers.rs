@@ -63,6 +63,13 @@ pub(crate) struct Measured {
     pub(crate) rss_per_connection_kb: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    /// How long opening every subscriber took, one after another (each waits for the
+    /// server's answer that it is subscribed, where the protocol has one).
+    pub(crate) connect_seconds: f64,
+    /// The machine's kernel slab memory added per connection while they were open (both ends
+    /// of each: the generator's socket and the server's), from /proc/meminfo.
+    pub(crate) kernel_per_connection_kb: f64,
     pub(crate) generator_cpu_share: f64,
     /// The server's CPU time over the publishing time (1.0 = one core busy).
     pub(crate) server_cpu_share: f64,
@@ -245,6 +252,33 @@ pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| error("no VmRSS line"))
+}
+
+/// The kernel's slab memory (sockets, their files and epoll entries among it), in bytes, from
+/// /proc/meminfo.
+fn slab() -> Result<u64, Error> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| error(format!("reading /proc/meminfo: {e} (Linux only)")))?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| error("no Slab line in /proc/meminfo"))
+}
+
+/// How many files this process may hold open (the soft limit), from /proc.
+fn open_files_limit() -> Result<usize, Error> {
+    let limits = std::fs::read_to_string("/proc/self/limits")
+        .map_err(|e| error(format!("reading /proc/self/limits: {e} (Linux only)")))?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| match v.split_whitespace().next()? {
+            "unlimited" => Some(usize::MAX),
+            soft => soft.parse().ok(),
+        })
+        .ok_or_else(|| error("no open files line in /proc/self/limits"))
 }
 
 /// CPU time (user and system) used so far by process `pid` (or `self`), from /proc.
@@ -605,8 +639,10 @@ pub(crate) async fn run_once(
     let server = Server::start(peer, core).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss()?;
+    let slab_before = slab()?;
     let seen = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(workload.subscribers);
+    let connecting = Instant::now();
     for n in 0..workload.subscribers {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
@@ -616,13 +652,15 @@ pub(crate) async fn run_once(
         .map_err(|_| error("a subscriber did not open in time"))??;
         readers.push(reader);
     }
+    let connect_seconds = connecting.elapsed().as_secs_f64();
     // Let the subscriptions settle (long polls are held), then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = server.rss()?;
+    let per_connection = |bytes: u64| bytes as f64 / workload.subscribers.max(1) as f64 / 1024.0;
     let mut measured = Measured {
-        rss_per_connection_kb: rss_idle.saturating_sub(rss_before) as f64
-            / workload.subscribers.max(1) as f64
-            / 1024.0,
+        rss_per_connection_kb: per_connection(rss_idle.saturating_sub(rss_before)),
+        kernel_per_connection_kb: per_connection(slab()?.saturating_sub(slab_before)),
+        connect_seconds,
         ..Measured::default()
     };
     if workload.rate > 0 {
@@ -631,8 +669,10 @@ pub(crate) async fn run_once(
         let wall = Instant::now();
         let published = publish(&server, workload.rate, workload.seconds).await?;
         measured.expected = published * workload.subscribers as u64;
-        // Wait for stragglers, up to two seconds.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        // Wait for stragglers: two seconds, and one more for every 5,000 subscribers.
+        let deadline = Instant::now()
+            + Duration::from_secs(2)
+            + Duration::from_secs_f64(workload.subscribers as f64 / 5000.0);
         while seen.load(Ordering::Relaxed) < measured.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -655,6 +695,7 @@ pub(crate) async fn run_once(
     }
     measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
     measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
+    measured.max_ms = merged.max() as f64 / 1000.0;
     Ok(measured)
 }
 
@@ -933,6 +974,133 @@ pub(crate) async fn capacity(
         let ratio =
             if theirs_k > 0.0 { format!("{:.2}×", ours_k / theirs_k) } else { "–".to_owned() };
         println!("| {name} | {ours} | {ours_at} | {theirs} | {theirs_at} | {ratio} |");
+    }
+    Ok(())
+}
+
+/// A point of a cost curve of one server and transport: connections, median memory per
+/// connection (KB), median CPU per delivery (µs).
+type CostPoint = (f64, f64, f64);
+
+/// How each server's costs grow with its connections: for each transport and each count in
+/// `counts`, that many subscribers of one topic on one server process (one core), then
+/// `messages` messages a second apart, each fanned out to all of them. Memory per connection
+/// (the server's and the kernel's), time to connect them all, the fan-out latency (p50, p99,
+/// max of every delivery) and server CPU per delivery; `rounds` interleaved runs per server,
+/// medians reported. With `plot`, the cost curves are drawn there as SVG.
+pub(crate) async fn scale(
+    rounds: usize,
+    counts: &[usize],
+    messages: u64,
+    core: usize,
+    only: Option<String>,
+    plot: Option<&Path>,
+) -> Result<(), Error> {
+    // The generator holds every connection's other end, and the server inherits its limit.
+    let limit = open_files_limit()?;
+    if let Some(&too_many) = counts.iter().find(|&&count| count + 100 > limit) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{too_many} connections need {} open files in this process and in each server, \
+                 and they may hold {limit}: raise it (ulimit -n) or ask for fewer",
+                too_many + 100
+            ),
+        ));
+    }
+    println!(
+        "| transport | connections | measure | pushpull median (min–max) | Nchan median (min–max) | pushpull / Nchan |"
+    );
+    println!("|---|---:|---|---:|---:|---:|");
+    let rows: [Row; 8] = [
+        ("memory per connection", |m| m.rss_per_connection_kb, "KB"),
+        ("kernel memory per connection, both ends", |m| m.kernel_per_connection_kb, "KB"),
+        ("time to connect all, one after another", |m| m.connect_seconds, "s"),
+        ("fan-out latency p50", |m| m.p50_ms, "ms"),
+        ("fan-out latency p99", |m| m.p99_ms, "ms"),
+        ("fan-out latency max", |m| m.max_ms, "ms"),
+        ("server CPU per delivery", |m| m.cpu_per_delivery_us, "µs"),
+        ("delivered / expected", |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0, "%"),
+    ];
+    let mut curves: Vec<(String, Vec<CostPoint>)> = Vec::new();
+    let transports = [
+        ("SSE", Transport::Sse),
+        ("WebSocket", Transport::Ws),
+        ("long polling", Transport::Longpoll),
+    ];
+    for (name, transport) in transports {
+        if only.as_deref().is_some_and(|only| !name.contains(only)) {
+            continue;
+        }
+        let mut points: [Vec<CostPoint>; 2] = [Vec::new(), Vec::new()];
+        for &count in counts {
+            let workload = Workload {
+                name: format!("{name}, {count} connections"),
+                transport,
+                subscribers: count,
+                rate: 1,
+                seconds: messages,
+            };
+            let mut results: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+            for round in 0..rounds {
+                for (i, peer) in [Peer::Pushpull, Peer::Nchan].into_iter().enumerate() {
+                    eprintln!(
+                        "bench peers: scale — {} — {} — round {}",
+                        workload.name,
+                        peer.name(),
+                        round + 1
+                    );
+                    let measured = run_once(peer, &workload, core).await?;
+                    eprintln!("bench peers:   {measured:?}");
+                    results[i].push(measured);
+                }
+            }
+            for (measure, get, unit) in rows {
+                let ours = summary(&results[0], get);
+                let theirs = summary(&results[1], get);
+                let ratio = if theirs.0 > 0.0 {
+                    format!("{:.2}×", ours.0 / theirs.0)
+                } else {
+                    "–".into()
+                };
+                println!(
+                    "| {name} | {count} | {measure} | {:.2} {unit} ({:.2}–{:.2}) | {:.2} {unit} ({:.2}–{:.2}) | {ratio} |",
+                    ours.0, ours.1, ours.2, theirs.0, theirs.1, theirs.2
+                );
+            }
+            for (i, runs) in results.iter().enumerate() {
+                let memory = summary(runs, |m| m.rss_per_connection_kb).0;
+                let cpu = summary(runs, |m| m.cpu_per_delivery_us).0;
+                points[i].push((count as f64, memory, cpu));
+            }
+        }
+        for (i, peer) in [Peer::Pushpull, Peer::Nchan].into_iter().enumerate() {
+            curves.push((format!("{} {name}", peer.name()), std::mem::take(&mut points[i])));
+        }
+    }
+    if let Some(dir) = plot {
+        let series = |pick: fn(&CostPoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+            curves
+                .iter()
+                .map(|(name, points)| {
+                    (name.clone(), points.iter().map(|p| (p.0, pick(p))).collect())
+                })
+                .collect()
+        };
+        crate::plot::curves(
+            &dir.join("cost-memory.svg"),
+            "Server memory per idle connection",
+            "connections on one process (log scale)",
+            "KB per connection",
+            &series(|p| p.1),
+        )?;
+        crate::plot::curves(
+            &dir.join("cost-cpu.svg"),
+            "Server CPU per delivery, one message a second to every connection",
+            "connections on one process (log scale)",
+            "µs per delivery",
+            &series(|p| p.2),
+        )?;
     }
     Ok(())
 }
