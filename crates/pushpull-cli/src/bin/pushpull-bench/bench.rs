@@ -171,6 +171,33 @@ pub(crate) enum Bench {
         #[arg(long, requires = "connections")]
         plot: Option<std::path::PathBuf>,
     },
+    /// What each way of reading costs the server per client per hour as the topic's message
+    /// rate goes from one an hour to 100 a second: short polling (every second), long polling,
+    /// SSE and WebSocket, each measured idle and at `--rates` against a fresh pushpull process
+    /// pinned to `--core` (run this pinned to another core), and the cheapest transport by
+    /// rate. `--plot` draws the push-or-pull charts.
+    PushOrPull {
+        /// Readers of the topic.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Message rates measured (messages a second, comma-separated), besides idle.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.2, 1.0, 10.0, 100.0])]
+        rates: Vec<f64>,
+        /// How long each run with messages lasts (longer at low rates: five messages at least).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// How long the idle run lasts: longer than the longest periodic cost (a held poll's
+        /// 30 s wait).
+        #[arg(long, default_value_t = 65)]
+        idle_seconds: u64,
+        /// The core the server is pinned to.
+        #[arg(long, default_value_t = 1)]
+        core: usize,
+        /// Draw the charts as SVG in this directory (push-or-pull-cpu-CLIENTS.svg,
+        /// push-or-pull-bytes-CLIENTS.svg).
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+    },
     /// One event stream of many topics against one stream per topic: readers follow the same
     /// topics both ways (each against a fresh server process), messages are published to
     /// every topic, and the bench reports bytes and server CPU per delivery, and connections.
@@ -294,6 +321,10 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         }
         Bench::Cluster { publishes, plot, json } => {
             crate::cluster::run(publishes.max(100), plot, json).await
+        }
+        Bench::PushOrPull { clients, rates, seconds, idle_seconds, core, plot } => {
+            crate::pushorpull::run(clients, &rates, seconds, idle_seconds, core, plot.as_deref())
+                .await
         }
         Bench::Peers { rounds, core, only, connections, messages, plot, .. }
             if !connections.is_empty() =>

@@ -8,6 +8,7 @@ mod churn;
 mod cluster;
 mod peers;
 mod plot;
+mod pushorpull;
 mod soak;
 
 use std::process::ExitCode;

@@ -51,6 +51,25 @@ pub(crate) enum Transport {
     Sse,
     Ws,
     Longpoll,
+    /// Short polling: a request every [`POLL_INTERVAL`], answered at once (pushpull only).
+    Poll,
+}
+
+/// How often a short-polling client asks: the interval pushpull's clients poll at by default.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the subscribers of a run count together: messages seen, and bytes sent and received
+/// (HTTP and WebSocket bytes, TCP and IP headers not included).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    pub(crate) seen: Arc<AtomicU64>,
+    pub(crate) bytes: Arc<AtomicU64>,
+}
+
+impl Counters {
+    fn add_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 /// What one run measured.
@@ -76,7 +95,7 @@ pub(crate) struct Measured {
 }
 
 /// A server process of either kind, pinned to `core`.
-struct Server {
+pub(crate) struct Server {
     peer: Peer,
     child: Child,
     addr: SocketAddr,
@@ -106,7 +125,7 @@ fn free_port() -> Result<u16, Error> {
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 impl Server {
-    async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
+    pub(crate) async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let core = core.to_string();
@@ -118,9 +137,16 @@ impl Server {
                     .arg(exe)
                     .args(["serve", "--listen", &addr.to_string()])
                     .env("PUSHPULL_LOG", "warn")
+                    // Every subscriber of the bench's one topic is a member (presence is on by
+                    // default), and the scale runs hold more than the default 10,000.
+                    .env("PUSHPULL_PRESENCE__MAX_MEMBERS", "100000")
                     // The generator connects from many addresses; none is over the limit.
                     .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
-                    .env("PUSHPULL_HTTP__MAX_CONNECTIONS", "100000")
+                    // As many as its open files allow (it keeps 256 for itself).
+                    .env(
+                        "PUSHPULL_HTTP__MAX_CONNECTIONS",
+                        open_files_limit()?.saturating_sub(256).min(100_000).to_string(),
+                    )
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .kill_on_drop(true)
@@ -189,7 +215,7 @@ impl Server {
         }
     }
 
-    fn cpu(&self) -> Result<Duration, Error> {
+    pub(crate) fn cpu(&self) -> Result<Duration, Error> {
         cpu_of(&self.pid.to_string())
     }
 
@@ -197,7 +223,7 @@ impl Server {
         rss_of(self.pid)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
@@ -281,8 +307,27 @@ fn open_files_limit() -> Result<usize, Error> {
         .ok_or_else(|| error("no open files line in /proc/self/limits"))
 }
 
-/// CPU time (user and system) used so far by process `pid` (or `self`), from /proc.
+/// CPU time used so far by process `pid` (or `self`): the time its threads have run, in
+/// nanoseconds, from each thread's /proc schedstat (clock ticks, at 10 ms, are too coarse for
+/// a run of a few thousand deliveries); the user and system time of /proc stat where there is
+/// no schedstat.
 pub(crate) fn cpu_of(pid: &str) -> Result<Duration, Error> {
+    if let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut total = Duration::ZERO;
+        let mut read = false;
+        for thread in threads.flatten() {
+            let Ok(schedstat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(ns) = schedstat.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                total += Duration::from_nanos(ns);
+                read = true;
+            }
+        }
+        if read {
+            return Ok(total);
+        }
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| error(format!("reading /proc/{pid}/stat: {e}")))?;
     let fields: Vec<&str> =
@@ -334,13 +379,18 @@ struct Frames {
 }
 
 impl Frames {
-    /// Reads more bytes; 0 at the end of the stream.
-    async fn fill(&mut self, reader: &mut tokio::net::tcp::OwnedReadHalf) -> Result<usize, Error> {
+    /// Reads more bytes, counted in `counters`; 0 at the end of the stream.
+    async fn fill(
+        &mut self,
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        counters: &Counters,
+    ) -> Result<usize, Error> {
         self.buf.drain(..self.start);
         self.start = 0;
         let mut chunk = [0u8; 16 * 1024];
         let read = reader.read(&mut chunk).await.map_err(|e| error(e.to_string()))?;
         self.buf.extend_from_slice(&chunk[..read]);
+        counters.add_bytes(read);
         Ok(read)
     }
 
@@ -390,13 +440,14 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Opens one subscriber and returns once it is subscribed; it then counts what arrives until
 /// `until`, recording latencies.
-async fn subscribe(
+pub(crate) async fn subscribe(
     server: &Server,
     transport: Transport,
     n: usize,
-    seen: Arc<AtomicU64>,
+    counters: Counters,
 ) -> Result<tokio::task::JoinHandle<Histogram<u64>>, Error> {
     let addr = server.addr;
+    let seen = counters.seen.clone();
     let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     match transport {
         Transport::Sse => {
@@ -406,6 +457,7 @@ async fn subscribe(
                 server.sse_path()
             );
             stream.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
+            counters.add_bytes(request.len());
             // Wait for the response head, so the subscription is in place.
             let mut buf = vec![0u8; 8192];
             let mut head = Vec::new();
@@ -416,12 +468,20 @@ async fn subscribe(
                 }
                 head.extend_from_slice(&buf[..read]);
             }
+            counters.add_bytes(head.len());
+            if !head.starts_with(b"HTTP/1.1 200") {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                return Err(error(format!("an event stream was refused: {head}")));
+            }
             Ok(tokio::spawn(async move {
                 let mut h = histogram();
                 loop {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
-                        Ok(read) => record(&buf[..read], &mut h, &seen),
+                        Ok(read) => {
+                            counters.add_bytes(read);
+                            record(&buf[..read], &mut h, &seen);
+                        }
                     }
                 }
                 h
@@ -441,12 +501,13 @@ async fn subscribe(
                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             );
             writer.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
+            counters.add_bytes(request.len());
             let mut frames = Frames::default();
             let head_end = loop {
                 if let Some(end) = memchr::memmem::find(&frames.buf, b"\r\n\r\n") {
                     break end + 4;
                 }
-                if frames.fill(&mut reader).await? == 0 {
+                if frames.fill(&mut reader, &counters).await? == 0 {
                     return Err(error("the server closed during the WebSocket handshake"));
                 }
             };
@@ -456,11 +517,10 @@ async fn subscribe(
             }
             frames.start = head_end;
             if server.peer == Peer::Pushpull {
-                let subscribe = br#"{"op":"subscribe","id":"s","topic":"bench"}"#;
-                writer
-                    .write_all(&client_frame(0x1, subscribe))
-                    .await
-                    .map_err(|e| error(e.to_string()))?;
+                let subscribe =
+                    client_frame(0x1, br#"{"op":"subscribe","id":"s","topic":"bench"}"#);
+                writer.write_all(&subscribe).await.map_err(|e| error(e.to_string()))?;
+                counters.add_bytes(subscribe.len());
                 // The answer says the subscription is in place.
                 loop {
                     match frames.next() {
@@ -473,8 +533,18 @@ async fn subscribe(
                         {
                             break;
                         }
+                        Some((0x1, payload))
+                            if memchr::memmem::find(
+                                &frames.buf[payload.clone()],
+                                br#""op":"error""#,
+                            )
+                            .is_some() =>
+                        {
+                            let answer = String::from_utf8_lossy(&frames.buf[payload]);
+                            return Err(error(format!("the subscription was refused: {answer}")));
+                        }
                         Some(_) => {}
-                        None if frames.fill(&mut reader).await? == 0 => {
+                        None if frames.fill(&mut reader, &counters).await? == 0 => {
                             return Err(error("no subscribed answer"));
                         }
                         None => {}
@@ -490,27 +560,48 @@ async fn subscribe(
                             0x8 => return h,
                             0x9 => {
                                 let pong = client_frame(0xA, &frames.buf[payload]);
+                                counters.add_bytes(pong.len());
                                 let _ = writer.write_all(&pong).await;
                             }
                             _ => {}
                         }
                     }
-                    match frames.fill(&mut reader).await {
+                    match frames.fill(&mut reader, &counters).await {
                         Ok(0) | Err(_) => return h,
                         Ok(_) => {}
                     }
                 }
             }))
         }
-        Transport::Longpoll => {
+        Transport::Longpoll | Transport::Poll => {
+            let poll = transport == Transport::Poll;
+            if poll && server.peer != Peer::Pushpull {
+                return Err(error("short polling is measured against pushpull only"));
+            }
             let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
             let peer = server.peer;
             Ok(tokio::spawn(async move {
                 let mut h = histogram();
                 let mut cursor = "latest".to_owned();
                 let (mut etag, mut modified) = (String::new(), String::new());
+                // Short polls are spread over the interval, as independent clients' are.
+                let mut ticks = tokio::time::interval_at(
+                    tokio::time::Instant::now() + POLL_INTERVAL.mul_f64((n % 1000) as f64 / 1000.0),
+                    POLL_INTERVAL,
+                );
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
+                    if poll {
+                        ticks.tick().await;
+                    }
                     let request = match peer {
+                        // As pushpull's poll client asks: `304 Not Modified` while nothing is new.
+                        Peer::Pushpull if poll && !etag.is_empty() => format!(
+                            "GET /v1/topics/bench/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\n\r\n"
+                        ),
+                        Peer::Pushpull if poll => format!(
+                            "GET /v1/topics/bench/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+                        ),
                         Peer::Pushpull => format!(
                             "GET /v1/topics/bench/messages?after={cursor}&wait=30 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
                         ),
@@ -525,11 +616,16 @@ async fn subscribe(
                         break;
                     }
                     let Ok((headers, body)) = read_response(&mut stream).await else { break };
+                    // The head, its blank line, the body.
+                    counters.add_bytes(request.len() + headers.len() + 4 + body.len());
                     record(&body, &mut h, &seen);
                     match peer {
                         Peer::Pushpull => {
                             if let Some(next) = json_field(&body, "next") {
                                 cursor = next;
+                            }
+                            if let Some(tag) = header(&headers, "etag") {
+                                etag = tag;
                             }
                         }
                         Peer::Nchan => {
@@ -589,6 +685,15 @@ async fn read_response(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Erro
 /// Publishes `rate` messages a second for `seconds`, each carrying its scheduled send time, over
 /// a few keep-alive connections; returns how many were published.
 async fn publish(server: &Server, rate: u64, seconds: u64) -> Result<u64, Error> {
+    publish_every(server, Duration::from_secs_f64(1.0 / rate as f64), rate * seconds).await
+}
+
+/// Publishes `total` messages, one every `interval`, as [`publish`] does.
+pub(crate) async fn publish_every(
+    server: &Server,
+    interval: Duration,
+    total: u64,
+) -> Result<u64, Error> {
     const CONNECTIONS: usize = 8;
     let (free, mut take) = tokio::sync::mpsc::channel::<TcpStream>(CONNECTIONS);
     for n in 0..CONNECTIONS {
@@ -596,8 +701,6 @@ async fn publish(server: &Server, rate: u64, seconds: u64) -> Result<u64, Error>
             connect_from(60_000 + n, server.addr).await.map_err(|e| error(e.to_string()))?;
         free.send(stream).await.map_err(|_| error("publisher pool"))?;
     }
-    let total = rate * seconds;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let started = tokio::time::Instant::now();
     let path = server.publish_path();
     let addr = server.addr;
@@ -640,13 +743,14 @@ pub(crate) async fn run_once(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss()?;
     let slab_before = slab()?;
-    let seen = Arc::new(AtomicU64::new(0));
+    let counters = Counters::default();
+    let seen = counters.seen.clone();
     let mut readers = Vec::with_capacity(workload.subscribers);
     let connecting = Instant::now();
     for n in 0..workload.subscribers {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
-            subscribe(&server, workload.transport, n, seen.clone()),
+            subscribe(&server, workload.transport, n, counters.clone()),
         )
         .await
         .map_err(|_| error("a subscriber did not open in time"))??;
@@ -685,7 +789,19 @@ pub(crate) async fn run_once(
         measured.generator_cpu_share = own.as_secs_f64() / wall.elapsed().as_secs_f64();
         measured.server_cpu_share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
     }
-    // Stopping the server ends every subscriber, which hands back its histogram.
+    let merged = stop_and_merge(server, readers).await;
+    measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
+    measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
+    measured.max_ms = merged.max() as f64 / 1000.0;
+    Ok(measured)
+}
+
+/// Stops `server`, which ends every subscriber, each handing back its latency histogram;
+/// returns them merged.
+pub(crate) async fn stop_and_merge(
+    server: Server,
+    readers: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+) -> Histogram<u64> {
     server.stop().await;
     let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     for reader in readers {
@@ -693,10 +809,7 @@ pub(crate) async fn run_once(
             let _ = merged.add(&h);
         }
     }
-    measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
-    measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
-    measured.max_ms = merged.max() as f64 / 1000.0;
-    Ok(measured)
+    merged
 }
 
 /// The workloads of the comparison; `scale` divides subscriber counts (for a quick look).
@@ -998,13 +1111,13 @@ pub(crate) async fn scale(
 ) -> Result<(), Error> {
     // The generator holds every connection's other end, and the server inherits its limit.
     let limit = open_files_limit()?;
-    if let Some(&too_many) = counts.iter().find(|&&count| count + 100 > limit) {
+    if let Some(&too_many) = counts.iter().find(|&&count| count + 300 > limit) {
         return Err(Error::new(
             ErrorKind::Config,
             format!(
                 "{too_many} connections need {} open files in this process and in each server, \
                  and they may hold {limit}: raise it (ulimit -n) or ask for fewer",
-                too_many + 100
+                too_many + 300
             ),
         ));
     }

@@ -148,3 +148,63 @@ pub(crate) fn curves(
         .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))
 }
+
+/// A line to draw, with its measured points marked.
+pub(crate) struct Marked {
+    pub(crate) name: String,
+    pub(crate) line: Vec<(f64, f64)>,
+    pub(crate) marks: Vec<(f64, f64)>,
+}
+
+/// One line per series on logarithmic axes, with its measured points marked.
+pub(crate) fn log_log(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Marked],
+) -> Result<(), Error> {
+    let points = || {
+        series.iter().flat_map(|s| s.line.iter().chain(&s.marks)).filter(|p| p.0 > 0.0 && p.1 > 0.0)
+    };
+    let x_max = points().map(|p| p.0).fold(1.0_f64, f64::max);
+    let x_min = points().map(|p| p.0).fold(x_max, f64::min);
+    let y_max = points().map(|p| p.1).fold(1e-9_f64, f64::max);
+    let y_min = points().map(|p| p.1).fold(y_max, f64::min);
+    let root = SVGBackend::new(path, (800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_min * 0.8..x_max * 1.25).log_scale(),
+            (y_min * 0.5..y_max * 2.0).log_scale(),
+        )
+        .map_err(|e| plot_error(path, e))?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(|e| plot_error(path, e))?;
+    for (index, Marked { name, line, marks }) in series.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let positive = |p: &&(f64, f64)| p.0 > 0.0 && p.1 > 0.0;
+        chart
+            .draw_series(LineSeries::new(
+                line.iter().filter(positive).copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| plot_error(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(marks.iter().filter(positive).map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| plot_error(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    root.present().map_err(|e| plot_error(path, e))
+}
