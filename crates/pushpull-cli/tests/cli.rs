@@ -419,6 +419,45 @@ fn bench_quiet_shows_polling_pays_requests_on_an_idle_topic_and_push_does_not() 
     assert_eq!(sse["requests_per_hour"].as_f64(), Some(0.0), "{json}");
 }
 
+#[test]
+fn bench_push_or_pull_measures_each_transport_idle_and_loaded_and_draws_the_charts() {
+    let dir = std::env::temp_dir().join(format!("pushpull-push-or-pull-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = Command::new(BIN)
+        .args(["bench", "push-or-pull", "--clients", "20", "--rates", "5", "--seconds", "2"])
+        .args(["--idle-seconds", "3", "--core", "0", "--plot"])
+        .arg(&dir)
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    // Per transport: the idle run, then the run at 5 messages/s.
+    let rows = |name: &str| -> Vec<Vec<String>> {
+        table
+            .lines()
+            .filter(|line| line.starts_with(&format!("| {name}")))
+            .map(|line| line.split('|').map(|cell| cell.trim().to_owned()).collect())
+            .collect()
+    };
+    let kb = |cell: &str| cell.trim_end_matches(" KB").parse::<f64>().unwrap();
+    for name in ["short polling", "long polling", "SSE", "WebSocket"] {
+        let rows = rows(name);
+        assert_eq!(rows.len(), 2, "{table}");
+        assert_eq!(rows[0][2], "0", "the first run is idle: {table}");
+        assert!(rows[1][5].starts_with("100.00 %"), "every message delivered: {table}");
+        assert!(kb(&rows[1][4]) > kb(&rows[0][4]), "messages cost bytes: {table}");
+    }
+    // Idle, short polling asks every second; an event stream says nothing for 15 s.
+    let (polling, sse) = (rows("short polling"), rows("SSE"));
+    assert!(kb(&polling[0][4]) > 100.0 && kb(&sse[0][4]) < kb(&polling[0][4]), "{table}");
+    assert!(table.contains("Cheapest in server CPU"), "{table}");
+    for chart in ["push-or-pull-cpu-20.svg", "push-or-pull-bytes-20.svg"] {
+        let svg = std::fs::read_to_string(dir.join(chart)).expect("the chart was written");
+        assert!(svg.matches("<polyline").count() >= 4, "a line per transport: {chart}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The README's own `PUSHPULL_TOKEN=… pushpull subscribe` leaves the variable in a shell; the
 /// server used to take it, and every other `PUSHPULL_*` a client or script sets, for a config
 /// key and refuse to start ("unknown field `token`").
