@@ -450,7 +450,7 @@ fn bench_push_or_pull_measures_each_transport_idle_and_loaded_and_draws_the_char
     // Idle, short polling asks every second; an event stream says nothing for 15 s.
     let (polling, sse) = (rows("short polling"), rows("SSE"));
     assert!(kb(&polling[0][4]) > 100.0 && kb(&sse[0][4]) < kb(&polling[0][4]), "{table}");
-    assert!(table.contains("Cheapest in server CPU"), "{table}");
+    assert!(table.contains("Modelled server CPU per client-hour"), "{table}");
     for chart in ["push-or-pull-cpu-20.svg", "push-or-pull-bytes-20.svg"] {
         let svg = std::fs::read_to_string(dir.join(chart)).expect("the chart was written");
         assert!(svg.matches("<polyline").count() >= 4, "a line per transport: {chart}");

@@ -33,6 +33,8 @@ struct Run {
     bytes: f64,
     delivered: f64,
     p50_ms: f64,
+    /// The server's CPU time over the run's time (1.0: its core was busy throughout).
+    cpu_share: f64,
 }
 
 /// The transports charted, with the names the tables and charts use.
@@ -43,10 +45,10 @@ const TRANSPORTS: [(&str, Transport); 4] = [
     ("WebSocket", Transport::Ws),
 ];
 
-/// The latency p50 past which a run is reported as saturated (the server fell behind the
-/// rate) and left off the charts. Short polling's own latency is up to its interval, so its
-/// bound is the interval plus this.
-const SATURATED_P50_MS: f64 = 100.0;
+/// The share of its core past which the server is reported as saturated (falling behind the
+/// rate, or about to) and the run left off the charts. Latency is no test here: one message
+/// to 10,000 readers takes a core a good part of 100 ms to write whether or not it keeps up.
+const SATURATED_CPU_SHARE: f64 = 0.9;
 
 /// Measures one transport at one rate (0: idle) with `clients` readers of one topic.
 async fn measure(
@@ -102,16 +104,13 @@ async fn measure(
         bytes: bytes * per_client_hour,
         delivered: if expected == 0 { 1.0 } else { delivered / expected as f64 },
         p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        cpu_share: cpu / elapsed,
     })
 }
 
-/// Whether `run` of `transport` fell behind its rate.
-fn saturated(transport: Transport, run: &Run) -> bool {
-    let bound = match transport {
-        Transport::Poll => crate::peers::POLL_INTERVAL.as_secs_f64() * 1000.0 + SATURATED_P50_MS,
-        _ => SATURATED_P50_MS,
-    };
-    run.per_hour > 0.0 && (run.p50_ms > bound || run.delivered < 0.999)
+/// Whether the server fell behind in `run`, or had no room left.
+fn saturated(run: &Run) -> bool {
+    run.cpu_share > SATURATED_CPU_SHARE || run.delivered < 0.999
 }
 
 /// The modelled cost at `per_hour` messages an hour from measured `points` (messages per hour,
@@ -148,9 +147,9 @@ pub(crate) async fn run(
         return Err(Error::new(ErrorKind::Config, "--rates: each rate must be more than zero"));
     }
     println!(
-        "| transport | messages/hour | server CPU per client-hour | bytes per client-hour | delivered | latency p50 |"
+        "| transport | messages/hour | server CPU per client-hour | bytes per client-hour | delivered | latency p50 | server CPU share |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     // Per transport: its name, its (messages per hour, CPU) and (messages per hour, bytes).
     let mut measured: Vec<Measured> = Vec::new();
     for (name, transport) in TRANSPORTS {
@@ -167,36 +166,59 @@ pub(crate) async fn run(
             eprintln!("bench push-or-pull: {name}, {clients} clients, {rate} messages/s");
             let run = measure(transport, clients, rate, window, core).await?;
             eprintln!("bench push-or-pull:   {run:?}");
-            let note = if saturated(transport, &run) { " (saturated: left off)" } else { "" };
+            let note = if saturated(&run) { " (saturated: left off)" } else { "" };
             println!(
-                "| {name} | {:.0} | {:.2} ms | {:.1} KB | {:.2} %{note} | {:.1} ms |",
+                "| {name} | {:.0} | {:.2} ms | {:.1} KB | {:.2} %{note} | {:.1} ms | {:.0} % |",
                 run.per_hour,
                 run.cpu_ms,
                 run.bytes / 1000.0,
                 run.delivered * 100.0,
-                run.p50_ms
+                run.p50_ms,
+                run.cpu_share * 100.0
             );
-            if !saturated(transport, &run) {
+            if !saturated(&run) {
                 cpu.push((run.per_hour, run.cpu_ms));
                 bytes.push((run.per_hour, run.bytes));
             }
         }
         measured.push((name, cpu, bytes));
     }
-    // Where a transport stops being the cheapest, on the modelled curves.
+    // The modelled costs at rates a decade apart, and the cheapest there (every transport
+    // within a tenth of the cheapest counts: closer than that is within a run's noise).
     let grid: Vec<f64> = (0..=240).map(|i| 10f64.powf(i as f64 / 40.0)).collect();
-    println!();
-    println!("Cheapest in server CPU, by messages an hour ({clients} clients):");
-    let mut last = "";
-    for &per_hour in &grid {
-        let cheapest = measured
-            .iter()
-            .filter(|(_, cpu, _)| cpu.last().is_some_and(|&(x, _)| x >= per_hour))
-            .min_by(|a, b| cost_at(&a.1, per_hour).total_cmp(&cost_at(&b.1, per_hour)))
-            .map_or("", |(name, _, _)| *name);
-        if cheapest != last {
-            println!("- from {per_hour:.0} messages/hour: {cheapest}");
-            last = cheapest;
+    for (what, pick, unit) in [("server CPU", 1usize, "ms"), ("bytes", 2, "KB")] {
+        println!();
+        println!("Modelled {what} per client-hour, {clients} clients:");
+        println!();
+        let names: Vec<&str> = measured.iter().map(|m| m.0).collect();
+        println!("| messages/hour | {} | cheapest |", names.join(" | "));
+        println!("|---:|{}---|", "---:|".repeat(names.len()));
+        for per_hour in [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 360_000.0] {
+            let costs: Vec<Option<f64>> = measured
+                .iter()
+                .map(|(_, cpu, bytes)| {
+                    let points = if pick == 1 { cpu } else { bytes };
+                    // No cost past the highest rate measured without falling behind.
+                    let top = points.last().map_or(0.0, |p| p.0);
+                    (points.len() > 1 && per_hour <= top * 1.05).then(|| cost_at(points, per_hour))
+                })
+                .collect();
+            let least = costs.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+            let cheapest: Vec<&str> = names
+                .iter()
+                .zip(&costs)
+                .filter(|(_, cost)| cost.is_some_and(|c| c <= least * 1.1))
+                .map(|(name, _)| *name)
+                .collect();
+            let cells: Vec<String> = costs
+                .iter()
+                .map(|cost| match cost {
+                    Some(c) if pick == 1 => format!("{c:.1} {unit}"),
+                    Some(c) => format!("{:.1} {unit}", c / 1000.0),
+                    None => "–".to_owned(),
+                })
+                .collect();
+            println!("| {per_hour:.0} | {} | {} |", cells.join(" | "), cheapest.join(", "));
         }
     }
     if let Some(dir) = plot {
