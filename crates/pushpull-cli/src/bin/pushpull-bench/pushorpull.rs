@@ -113,8 +113,7 @@ async fn measure(
 
 /// Whether the server fell behind in `run`.
 fn saturated(run: &Run) -> bool {
-    (run.cpu_share > SATURATED_CPU_SHARE && run.p50_ms > SATURATED_P50_MS)
-        || run.delivered < 0.999
+    (run.cpu_share > SATURATED_CPU_SHARE && run.p50_ms > SATURATED_P50_MS) || run.delivered < 0.999
 }
 
 /// The modelled cost at `per_hour` messages an hour from measured `points` (messages per hour,
