@@ -636,7 +636,7 @@ pub async fn serve_until<S, B>(
         let span = tracing::debug_span!("connection", %peer);
         let streams =
             StreamLimits { addresses: addresses.clone(), key, per_address, total: max_connections };
-        let task = tracing::Instrument::instrument(
+        connections.spawn(tracing::Instrument::instrument(
             async move {
                 service.hold = Some(hold.clone());
                 service.peer = Some(PeerAddr(peer));
@@ -719,8 +719,7 @@ pub async fn serve_until<S, B>(
                 Box::pin(serve_with_hyper(io, service, &config, watcher)).await;
             },
             span,
-        );
-        connections.spawn(task);
+        ));
     }
     drop(listener);
     let _ = shutting_down.send(true);

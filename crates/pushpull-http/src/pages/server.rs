@@ -81,7 +81,7 @@ async fn answer(
 ) -> HandlerResult {
     let request = PageRequest::parse(&req, &params, config)?;
     if let Some(order) = request.query.get("order") {
-        return Box::pin(newest_first(broker, config, plain_meter, &request, order)).await;
+        return newest_first(broker, config, plain_meter, &request, order).await;
     }
     let wait = match hold {
         Some(hold) => wait(&request.query, hold.max_wait)?,
@@ -92,9 +92,7 @@ async fn answer(
     if let Some((client, info)) = presences.polled(&request.query)? {
         let grant = crate::Grant::of(&req);
         let held = wait.unwrap_or_default();
-        // Boxed: a held poll does not carry room for the join in its state while it waits.
-        _poll_end =
-            Box::pin(presences.join_polled(&request.topic, grant, &client, info, held)).await?;
+        _poll_end = presences.join_polled(&request.topic, grant, &client, info, held).await?;
     }
     let page = broker
         .fetch(&request.topic, request.cursor, request.limit)

@@ -272,12 +272,7 @@ http {{
 pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| error(format!("reading /proc/{pid}/status: {e} (Linux only)")))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| error("no VmRSS line"))
+    kib_field(&status, "VmRSS:").ok_or_else(|| error("no VmRSS line"))
 }
 
 /// The kernel's slab memory (sockets, their files and epoll entries among it), in bytes, from
@@ -285,12 +280,15 @@ pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
 fn slab() -> Result<u64, Error> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|e| error(format!("reading /proc/meminfo: {e} (Linux only)")))?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("Slab:"))
+    kib_field(&meminfo, "Slab:").ok_or_else(|| error("no Slab line in /proc/meminfo"))
+}
+
+/// The value of the `key` line (`Key:   1234 kB`) of a /proc file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .ok_or_else(|| error("no Slab line in /proc/meminfo"))
 }
 
 /// How many files this process may hold open (the soft limit), from /proc.
