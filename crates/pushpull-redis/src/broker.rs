@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -500,17 +500,22 @@ struct Reader {
 impl Reader {
     /// The next page after the reader's position: from the node's window when it covers it,
     /// else from Redis (once for every subscriber waiting at the window's end).
-    async fn read(&self) -> Result<Page, Error> {
+    ///
+    /// `seen` is the count of the topic's wake-ups the reader has seen; with `since`, the
+    /// reader wants a read of Redis started no earlier (it has waited that long without one).
+    async fn read(&self, seen: u64, since: Option<Instant>) -> Result<Page, Error> {
         let mut window = self.window.lock().await;
         if let Some(page) = window.after(self.position, SUBSCRIBER_BATCH) {
-            if !page.messages.is_empty() {
+            if !page.messages.is_empty() || window.fresh(seen, since) {
                 return Ok(page);
             }
             // At the window's end: read what came since, for everyone.
             let from =
                 Cursor::After(window.epoch.expect("a window has an epoch"), Offset(window.last));
+            let started = Instant::now();
             let page = self.broker.read(&self.topic, from, WINDOW_READ).await?;
             window.extend(from, &page);
+            window.read_at_end(seen, started);
             return Ok(window.after(self.position, SUBSCRIBER_BATCH).unwrap_or(page));
         }
         // Not covered: behind the window, another epoch, or no window yet. Read Redis; a
@@ -529,6 +534,8 @@ impl Reader {
     async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
         let check = self.broker.inner.config.check_interval;
         let backoff = Backoff::new(Duration::from_millis(50), check.max(Duration::from_secs(2)));
+        // After a quiet `check`, the moment the wait began: the next read must be newer.
+        let mut since = None;
         loop {
             if let Some(delivery) = self.ready.pop_front() {
                 return Some((Ok(delivery), self));
@@ -537,14 +544,17 @@ impl Reader {
                 return None;
             }
             // Mark the wake-up seen before reading, so a publish after the read wakes us.
-            self.wake.borrow_and_update();
-            match self.read().await {
+            let seen = *self.wake.borrow_and_update();
+            match self.read(seen, since.take()).await {
                 Ok(page) => {
                     self.failures = 0;
                     self.position = page.next;
                     if page.is_empty() {
                         // A wake-up, or the periodic check that catches one that never came.
-                        let _ = tokio::time::timeout(check, self.wake.changed()).await;
+                        let waiting = Instant::now();
+                        if tokio::time::timeout(check, self.wake.changed()).await.is_err() {
+                            since = Some(waiting);
+                        }
                     } else {
                         self.ready.extend(page.into_deliveries());
                     }

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use pushpull_core::{Cursor, Epoch, Message, Offset, Page, Topic};
 
@@ -25,6 +26,9 @@ pub(crate) struct Window {
     pub(crate) messages: VecDeque<Message>,
     /// The offset the window reaches: its last message's, or where it was started.
     pub(crate) last: u64,
+    /// Its last read from Redis at its end: the topic's wake-up count seen before it, and
+    /// when it started.
+    read: Option<(u64, Instant)>,
 }
 
 impl Default for Window {
@@ -36,7 +40,30 @@ impl Default for Window {
 impl Window {
     /// An empty window keeping at most `capacity` messages (and at least one).
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), epoch: None, messages: VecDeque::new(), last: 0 }
+        Self {
+            capacity: capacity.max(1),
+            epoch: None,
+            messages: VecDeque::new(),
+            last: 0,
+            read: None,
+        }
+    }
+
+    /// Whether the window already has what a read from Redis at its end would find for a
+    /// reader that has seen `seen` wake-ups of the topic and, with `since`, wants a read
+    /// started no earlier: its last read started after as many wake-ups (every message they
+    /// announced was in Redis by then) and not before `since`. Then the subscribers woken by
+    /// one publish, or checking after a quiet spell, read Redis once between them, not once
+    /// each.
+    pub(crate) fn fresh(&self, seen: u64, since: Option<Instant>) -> bool {
+        self.read.is_some_and(|(wakes, at)| wakes >= seen && since.is_none_or(|since| at >= since))
+    }
+
+    /// Notes a read from Redis at the window's end, started at `at` after `seen` wake-ups.
+    pub(crate) fn read_at_end(&mut self, seen: u64, at: Instant) {
+        if self.read.is_none_or(|(wakes, started)| seen >= wakes && at >= started) {
+            self.read = Some((seen, at));
+        }
     }
 
     /// The messages after `cursor`, if the window covers it: `None` sends the reader to Redis.

@@ -31,8 +31,9 @@ pub struct RedisConfig {
     /// How long one Redis command may take before it fails with a retryable `backend` error.
     #[serde(with = "pushpull_core::duration_text")]
     pub response_timeout: Duration,
-    /// How often a subscription reads even without a wake-up, so a lost one costs at most this
-    /// much latency.
+    /// How often a node reads each topic its subscribers follow even without a wake-up (one
+    /// read for all of the topic's subscribers on the node), so a lost one costs at most about
+    /// this much latency.
     #[serde(with = "pushpull_core::duration_text")]
     pub check_interval: Duration,
     /// How long this node's members stay in Redis without being renewed: the node renews them

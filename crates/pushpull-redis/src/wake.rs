@@ -33,7 +33,9 @@ pub(crate) fn shared_channel(prefix: &str) -> String {
     format!("{prefix}wake")
 }
 
-/// One followed topic: its readers' signal, and whether its channel is subscribed yet.
+/// One followed topic: its readers' signal (a count of wake-ups, which goes only up while
+/// anyone reads the topic: the windows that compare with it go with their last reader too),
+/// and whether its channel is subscribed yet.
 struct Followed {
     sender: watch::Sender<u64>,
     subscribed: watch::Sender<bool>,
@@ -61,7 +63,8 @@ impl Waker {
         self.published.subscribe()
     }
 
-    /// A receiver woken when `topic` gets a message (the value is the offset announced),
+    /// A receiver woken when `topic` gets a message (its value counts the wake-ups: a reader
+    /// that has seen `n` knows every message announced by then is in Redis),
     /// returned once the topic's channel is subscribed (or, if Redis does not answer, after
     /// the response timeout: readers also check on a timer).
     pub(crate) async fn watch(&self, topic: &Topic) -> watch::Receiver<u64> {
@@ -103,19 +106,10 @@ impl Waker {
         Topic::new(name.strip_suffix("}:wake")?).ok()
     }
 
-    fn wake(&self, topic: &Topic, payload: &[u8]) {
+    fn wake(&self, topic: &Topic) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        let offset = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|text| text.rsplit(' ').next())
-            .and_then(|offset| offset.parse::<u64>().ok());
         if let Some(followed) = self.topics.lock().expect("waker lock").get(topic) {
-            match offset {
-                Some(offset) => {
-                    followed.sender.send_replace(offset);
-                }
-                None => followed.sender.send_modify(|_| {}),
-            }
+            followed.sender.send_modify(|wakes| *wakes += 1);
         }
     }
 
@@ -141,7 +135,7 @@ impl Waker {
         let followed = self.topics.lock().expect("waker lock");
         for (topic, followed) in followed.iter() {
             if topics.is_none_or(|topics| topics.contains(topic)) {
-                followed.sender.send_modify(|_| {});
+                followed.sender.send_modify(|wakes| *wakes += 1);
             }
         }
         if topics.is_none() && self.published.receiver_count() > 0 {
@@ -374,10 +368,8 @@ impl Listener {
         let channel = text(push.data.first());
         match push.kind {
             PushKind::SMessage => {
-                if let (Some(topic), Some(payload)) =
-                    (channel.as_deref().and_then(|c| waker.topic_of(c)), text(push.data.get(1)))
-                {
-                    waker.wake(&topic, &payload);
+                if let Some(topic) = channel.as_deref().and_then(|c| waker.topic_of(c)) {
+                    waker.wake(&topic);
                 }
             }
             PushKind::Message => {

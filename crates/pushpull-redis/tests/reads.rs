@@ -1,0 +1,95 @@
+//! How often a node's subscribers read Redis: a topic's subscribers on one node share its
+//! reads (one per wake-up, one per quiet `check_interval`), not one each; and they still get
+//! every message, in order.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use pushpull_core::{Cursor, Delivery, Publication, Publish, Subscribe, Topic};
+use pushpull_redis::{RedisBroker, RedisConfig};
+use pushpull_testkit::redis::RedisServer;
+
+const SUBSCRIBERS: usize = 40;
+const MESSAGES: usize = 10;
+
+/// Scripts Redis has run (every read, and every publish, is one).
+async fn scripts_run(server: &RedisServer) -> u64 {
+    let info = match server.command(&["INFO", "commandstats"]).await.unwrap() {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => text,
+        other => panic!("INFO answered {other:?}"),
+    };
+    count_scripts(&info)
+}
+
+fn count_scripts(info: &str) -> u64 {
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_topics_subscribers_on_a_node_read_redis_once_between_them() {
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.unwrap().unwrap();
+    let mut config = RedisConfig::new(server.url());
+    // Quiet checks ten times a second: over the second below, forty subscribers reading each
+    // on their own would run about 400 reads.
+    config.check_interval = Duration::from_millis(100);
+    let broker = RedisBroker::new(config).unwrap();
+    let topic = Topic::new("shared-reads").unwrap();
+    broker.publish(&topic, Publication::new("before")).await.unwrap();
+
+    let mut subscriptions = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        subscriptions.push(broker.subscribe(&topic, Cursor::Latest).await.unwrap());
+    }
+    let readers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|mut subscription| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < MESSAGES {
+                    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next());
+                    match next.await.expect("every message arrives").expect("open").unwrap() {
+                        Delivery::Message(message) => {
+                            got.push(String::from_utf8(message.payload.to_vec()).unwrap());
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+
+    // Idle: only the quiet checks read.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = scripts_run(&server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = scripts_run(&server).await - before;
+    // Each publish wakes all forty.
+    let before = scripts_run(&server).await;
+    for i in 0..MESSAGES {
+        broker.publish(&topic, Publication::new(format!("m{i}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), expected, "every message, in order");
+    }
+    let loaded = (scripts_run(&server).await - before).saturating_sub(MESSAGES as u64);
+
+    // Shared, about ten quiet checks a second, and a read or two per publish (plus the quiet
+    // checks while publishing); each subscriber reading alone is ten times that.
+    assert!(
+        idle < SUBSCRIBERS as u64,
+        "{idle} reads of Redis in a quiet second by {SUBSCRIBERS} subscribers of one topic \
+         (checking every 100 ms): they read once each, not once between them"
+    );
+    assert!(
+        loaded < (SUBSCRIBERS * MESSAGES / 4) as u64,
+        "{loaded} reads of Redis for {MESSAGES} messages to {SUBSCRIBERS} subscribers of one \
+         topic: each subscriber reads on its own"
+    );
+}
