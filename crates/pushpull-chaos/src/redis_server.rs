@@ -152,9 +152,32 @@ impl RedisServer {
         self.spawn()
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis+unix://{}", self.dir.join("redis.sock").display())
+    }
+
+    /// How many times it has run the commands `names` (lower case, as `INFO commandstats`
+    /// names them: `evalsha` counts script runs by hash).
+    pub async fn calls(&self, names: &[&str]) -> Result<u64, Error> {
+        let info = match self.command(&["INFO", "commandstats"]).await? {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => text,
+            other => return Err(setup_error(format!("INFO answered {other:?}"))),
+        };
+        Ok(info
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
+            .filter(|(name, _)| names.contains(name))
+            .filter_map(|(_, stats)| {
+                stats.strip_prefix("calls=")?.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum())
     }
 
     /// Runs one command on it, on a connection of its own.

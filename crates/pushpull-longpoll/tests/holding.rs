@@ -157,3 +157,53 @@ async fn curl_is_held_and_then_answered() {
     let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(page["messages"][0]["data"], "to curl");
 }
+
+#[tokio::test]
+async fn held_polls_on_redis_wait_without_reading_redis_each() {
+    use pushpull_redis::{RedisBroker, RedisConfig};
+    use pushpull_testkit::redis::RedisServer;
+    const POLLS: usize = 30;
+
+    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap().unwrap();
+    let scripts = || async { redis.calls(&["evalsha", "eval"]).await.unwrap() };
+    let broker = Arc::new(RedisBroker::new(RedisConfig::new(redis.url())).unwrap());
+    let server =
+        LongpollServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, Default::default())
+            .unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
+    let addr = running.local_addr();
+    let topic = Topic::new("news").unwrap();
+    let cursor = broker.publish(&topic, Publication::new("old")).await.unwrap().cursor();
+    let path = format!("/v1/topics/news/messages?after={cursor}&wait=30");
+    // The first held poll starts this node's window of the topic.
+    let mut clients = vec![held_request(addr, &path).await];
+    until("the first held poll", || server.held_requests() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let before = scripts().await;
+    for _ in 1..POLLS {
+        clients.push(held_request(addr, &path).await);
+    }
+    until("every held poll", || server.held_requests() == POLLS).await;
+    // Each poll reads its (empty) page; subscribing at the window's end reads nothing more.
+    let holding = scripts().await - before;
+
+    let before = scripts().await;
+    let receipt = broker.publish(&topic, Publication::new("extra!")).await.unwrap();
+    for client in clients {
+        let (status, _, body) = reply(client).await;
+        assert_eq!(status, 200);
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["messages"][0]["data"], "extra!", "{body}");
+        assert_eq!(page["next"], receipt.cursor().to_string());
+    }
+    // The publish, and one read for all: the answers come from the subscriptions.
+    let answering = scripts().await - before;
+    assert!(
+        holding <= POLLS as u64 + 5,
+        "{holding} reads of Redis to hold {} polls: more than each one's page",
+        POLLS - 1
+    );
+    assert!(answering < 10, "{answering} scripts run on Redis to answer {POLLS} held polls");
+}

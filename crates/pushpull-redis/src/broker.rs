@@ -407,9 +407,18 @@ impl Subscribe for RedisBroker {
 
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription, Error> {
         let wake = self.inner.waker.watch(topic).await;
+        let window = self.inner.windows.of(topic);
         // Resolve the cursor now: `latest` means what exists when subscribe returns, and a bad
-        // cursor fails here rather than in the stream.
-        let start = self.read(topic, cursor, 0).await?;
+        // cursor fails here rather than in the stream. A cursor this node's window of the topic
+        // covers needs no read (a held long poll at the tail subscribes once per poll): were
+        // the log reset or trimmed past it meanwhile, the reader finds out at its first read.
+        let covered =
+            matches!(cursor, Cursor::After(..)) && window.lock().await.after(cursor, 0).is_some();
+        let start = if covered {
+            Page { gap: None, messages: Vec::new(), next: cursor }
+        } else {
+            self.read(topic, cursor, 0).await?
+        };
         // A gap at the start is the first delivery, at once (see the memory broker); the
         // subscription's cursor stays at the start until it is delivered.
         let position = start.next;
@@ -418,7 +427,7 @@ impl Subscribe for RedisBroker {
         let reader = Reader {
             broker: self.clone(),
             topic: topic.clone(),
-            window: self.inner.windows.of(topic),
+            window,
             position,
             wake,
             ready,
@@ -521,11 +530,14 @@ impl Reader {
         // Not covered: behind the window, another epoch, or no window yet. Read Redis; a
         // reader at the tail starts (or restarts) the window.
         drop(window);
+        let started = Instant::now();
         let page = self.broker.read(&self.topic, self.position, SUBSCRIBER_BATCH).await?;
         if page.messages.len() < SUBSCRIBER_BATCH {
             let mut window = self.window.lock().await;
             if window.after(page.next, 1).is_none() {
                 window.extend(self.position, &page);
+                // It reached the tail: as good as a read at the window's end.
+                window.read_at_end(seen, started);
             }
         }
         Ok(page)

@@ -14,19 +14,7 @@ const MESSAGES: usize = 10;
 
 /// Scripts Redis has run (every read, and every publish, is one).
 async fn scripts_run(server: &RedisServer) -> u64 {
-    let info = match server.command(&["INFO", "commandstats"]).await.unwrap() {
-        redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
-        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => text,
-        other => panic!("INFO answered {other:?}"),
-    };
-    count_scripts(&info)
-}
-
-fn count_scripts(info: &str) -> u64 {
-    info.lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
+    server.calls(&["evalsha", "eval"]).await.unwrap()
 }
 
 #[tokio::test]
@@ -92,4 +80,47 @@ async fn a_topics_subscribers_on_a_node_read_redis_once_between_them() {
         "{loaded} reads of Redis for {MESSAGES} messages to {SUBSCRIBERS} subscribers of one \
          topic: each subscriber reads on its own"
     );
+}
+
+#[tokio::test]
+async fn subscribing_where_the_nodes_window_reaches_reads_nothing_from_redis() {
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.unwrap().unwrap();
+    let broker = RedisBroker::new(RedisConfig::new(server.url())).unwrap();
+    let topic = Topic::new("covered").unwrap();
+    let first = broker.publish(&topic, Publication::new("first")).await.unwrap();
+    // A reader that has read the tail: this node's window of the topic reaches it.
+    let mut reader = broker.subscribe(&topic, Cursor::Beginning).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), reader.next()).await.unwrap();
+    assert!(matches!(got, Some(Ok(Delivery::Message(_)))), "{got:?}");
+
+    // Subscribing from the tail (as each held long poll does) asks Redis nothing, and the
+    // subscribers, woken by a publish, read it once between them.
+    let before = scripts_run(&server).await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        subscriptions.push(broker.subscribe(&topic, first.cursor()).await.unwrap());
+    }
+    let subscribing = scripts_run(&server).await - before;
+    let before = scripts_run(&server).await;
+    broker.publish(&topic, Publication::new("second")).await.unwrap();
+    for subscription in &mut subscriptions {
+        let got = tokio::time::timeout(Duration::from_secs(20), subscription.next()).await;
+        match got.unwrap() {
+            Some(Ok(Delivery::Message(message))) => assert_eq!(&message.payload[..], b"second"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let woken = scripts_run(&server).await - before - 1;
+    assert!(
+        subscribing < 5,
+        "{subscribing} reads of Redis for {SUBSCRIBERS} subscriptions at a cursor this node's \
+         window reaches"
+    );
+    assert!(woken < 5, "{woken} reads of Redis for one message to {SUBSCRIBERS} subscribers");
+
+    // A cursor of another epoch is still read from Redis, and answered with what it missed.
+    let stale = Cursor::After(pushpull_core::Epoch::random(), pushpull_core::Offset(1));
+    let mut behind = broker.subscribe(&topic, stale).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), behind.next()).await.unwrap();
+    assert!(matches!(got, Some(Ok(Delivery::Gap(_)))), "{got:?}");
 }

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use pushpull_core::{Broker, Cursor, Error, FollowRequest, Page, Topic};
+use pushpull_core::{Broker, Cursor, Delivery, Error, FollowRequest, Message, Page, Topic};
 
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
@@ -186,6 +186,21 @@ async fn held(
         .inspect_err(|e| metrics::broker_error("subscribe", e))?;
     tokio::select! {
         first = next.next() => match first {
+            // The subscription has the message, and maybe more ready behind it: the page is
+            // what it has, without reading the broker again (with Redis, a read per held poll).
+            Some(Ok(Delivery::Message(message))) => {
+                let mut messages = vec![message];
+                while messages.len() < request.limit {
+                    match next.next().now_or_never() {
+                        Some(Some(Ok(Delivery::Message(message)))) => messages.push(message),
+                        // Anything else (a gap, an error) is for the next poll, which asks
+                        // from where this page ends.
+                        _ => break,
+                    }
+                }
+                let next = messages.last().map_or(page.next, Message::cursor);
+                Ok(Page { gap: None, messages, next })
+            }
             Some(Ok(_)) => broker
                 .fetch(&request.topic, page.next, request.limit)
                 .await
