@@ -170,6 +170,27 @@ pub(crate) enum Bench {
         /// (cost-memory.svg, cost-cpu.svg).
         #[arg(long, requires = "connections")]
         plot: Option<std::path::PathBuf>,
+        /// With `--connections`, spread them over this many server processes on one port:
+        /// pushpull's on one Redis of the bench's own, Nchan's as workers of one master; the
+        /// subscribers are opened by load generator processes (for more connections than one
+        /// process may hold open files for, e.g. `--connections 100000 --processes 6`).
+        #[arg(long, default_value_t = 1, requires = "connections", value_parser = clap::value_parser!(u16).range(1..=64))]
+        processes: u16,
+    },
+    /// A load generator process of `peers --processes` (not for use by hand): opens `count`
+    /// subscribers and reports what they see on its standard output.
+    #[command(hide = true)]
+    Generate {
+        #[arg(long, value_enum)]
+        peer: crate::peers::Peer,
+        #[arg(long, value_enum)]
+        transport: crate::peers::Transport,
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
     },
     /// What each way of reading costs the server per client per hour as the topic's message
     /// rate goes from one an hour to 100 a second: short polling (every second), long polling,
@@ -323,13 +344,29 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::cluster::run(publishes.max(100), plot, json).await
         }
         Bench::PushOrPull { clients, rates, seconds, idle_seconds, core, plot } => {
+            plot.as_deref().map(crate::plot::directory).transpose()?;
             crate::pushorpull::run(clients, &rates, seconds, idle_seconds, core, plot.as_deref())
                 .await
         }
-        Bench::Peers { rounds, core, only, connections, messages, plot, .. }
+        Bench::Peers { rounds, core, only, connections, messages, plot, processes, .. }
             if !connections.is_empty() =>
         {
-            crate::peers::scale(rounds, &connections, messages, core, only, plot.as_deref()).await
+            let processes = usize::from(processes);
+            plot.as_deref().map(crate::plot::directory).transpose()?;
+            crate::peers::scale(
+                rounds,
+                &connections,
+                processes,
+                messages,
+                core,
+                only,
+                plot.as_deref(),
+            )
+            .await
+        }
+        Bench::Generate { peer, transport, addr, first, count } => {
+            let target = crate::peers::Target { peer, addr };
+            crate::machine::generate(target, transport, first, count).await
         }
         Bench::Peers { rounds, seconds, scale, core, only, capacity: true, .. } => {
             crate::peers::capacity(rounds, seconds, scale, core, only).await

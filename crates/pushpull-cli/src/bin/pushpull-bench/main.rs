@@ -6,6 +6,7 @@
 mod bench;
 mod churn;
 mod cluster;
+mod machine;
 mod peers;
 mod plot;
 mod pushorpull;

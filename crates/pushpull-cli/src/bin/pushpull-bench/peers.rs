@@ -19,13 +19,30 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 
 /// The servers compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Peer {
     Pushpull,
     Nchan,
 }
 
+/// The name of a value on the command line.
+fn arg_of(value: &impl clap::ValueEnum) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+}
+
+impl Transport {
+    /// Its name on the command line.
+    pub(crate) fn arg(self) -> String {
+        arg_of(&self)
+    }
+}
+
 impl Peer {
+    /// Its name on the command line.
+    pub(crate) fn arg(self) -> String {
+        arg_of(&self)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Peer::Pushpull => "pushpull",
@@ -46,7 +63,7 @@ pub(crate) struct Workload {
 }
 
 /// How subscribers read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Transport {
     Sse,
     Ws,
@@ -64,6 +81,8 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct Counters {
     pub(crate) seen: Arc<AtomicU64>,
     pub(crate) bytes: Arc<AtomicU64>,
+    /// One latency histogram for all the subscribers, or (`None`) one each.
+    pub(crate) latencies: Option<Arc<std::sync::Mutex<Histogram<u64>>>>,
 }
 
 impl Counters {
@@ -94,113 +113,14 @@ pub(crate) struct Measured {
     pub(crate) server_cpu_share: f64,
 }
 
-/// A server process of either kind, pinned to `core`.
-pub(crate) struct Server {
-    peer: Peer,
-    child: Child,
-    addr: SocketAddr,
-    /// The process whose CPU and memory are measured.
-    pid: u32,
-    _dir: Option<TempDir>,
+/// Where a server of either kind listens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) peer: Peer,
+    pub(crate) addr: SocketAddr,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn error(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Backend, message.into())
-}
-
-fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| error(e.to_string()))?;
-    Ok(listener.local_addr().map_err(|e| error(e.to_string()))?.port())
-}
-
-/// Where Debian installs the Nchan module.
-const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
-
-impl Server {
-    pub(crate) async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let core = core.to_string();
-        match peer {
-            Peer::Pushpull => {
-                let exe = crate::bench::server_exe()?;
-                let child = Command::new("taskset")
-                    .args(["-c", &core])
-                    .arg(exe)
-                    .args(["serve", "--listen", &addr.to_string()])
-                    .env("PUSHPULL_LOG", "warn")
-                    // Every subscriber of the bench's one topic is a member (presence is on by
-                    // default), and the scale runs hold more than the default 10,000.
-                    .env("PUSHPULL_PRESENCE__MAX_MEMBERS", "100000")
-                    // The generator connects from many addresses; none is over the limit.
-                    .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
-                    // As many as its open files allow (it keeps 256 for itself).
-                    .env(
-                        "PUSHPULL_HTTP__MAX_CONNECTIONS",
-                        open_files_limit()?.saturating_sub(256).min(100_000).to_string(),
-                    )
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| error(format!("cannot start pushpull under taskset: {e}")))?;
-                let mut server =
-                    Server { peer, pid: child.id().unwrap_or(0), child, addr, _dir: None };
-                let stdout = server.child.stdout.take().expect("piped");
-                let mut line = String::new();
-                tokio::time::timeout(
-                    Duration::from_secs(30),
-                    BufReader::new(stdout).read_line(&mut line),
-                )
-                .await
-                .map_err(|_| error("pushpull did not start"))?
-                .map_err(|e| error(e.to_string()))?;
-                Ok(server)
-            }
-            Peer::Nchan => {
-                if !Path::new(NCHAN_MODULE).exists() {
-                    return Err(error(format!(
-                        "{NCHAN_MODULE} is missing: install Debian's libnginx-mod-nchan (scripts/bench-peers does)"
-                    )));
-                }
-                let dir = std::env::temp_dir()
-                    .join(format!("pushpull-nchan-{}-{port}", std::process::id()));
-                std::fs::create_dir_all(&dir).map_err(|e| error(e.to_string()))?;
-                let conf = nginx_conf(&dir, port);
-                std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| error(e.to_string()))?;
-                let child = Command::new("taskset")
-                    .args(["-c", &core, "/usr/sbin/nginx", "-p"])
-                    .arg(&dir)
-                    .arg("-c")
-                    .arg(dir.join("nginx.conf"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| error(format!("cannot start nginx: {e}")))?;
-                let pid = child.id().unwrap_or(0);
-                let started = Instant::now();
-                loop {
-                    if TcpStream::connect(addr).await.is_ok() {
-                        return Ok(Server { peer, child, addr, pid, _dir: Some(TempDir(dir)) });
-                    }
-                    if started.elapsed() > Duration::from_secs(30) {
-                        return Err(error("nginx did not start"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
+impl Target {
     fn sse_path(&self) -> &'static str {
         match self.peer {
             Peer::Pushpull => "/v1/topics/bench/events",
@@ -214,6 +134,144 @@ impl Server {
             Peer::Nchan => "/pub/bench",
         }
     }
+}
+
+/// A server process of either kind, pinned to `core`.
+pub(crate) struct Server {
+    pub(crate) target: Target,
+    child: Child,
+    /// The process whose CPU and memory are measured.
+    pid: u32,
+    /// Whether it has worker processes (nginx with a master).
+    workers: bool,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Backend, message.into())
+}
+
+pub(crate) fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| error(e.to_string()))?;
+    Ok(listener.local_addr().map_err(|e| error(e.to_string()))?.port())
+}
+
+/// Where Debian installs the Nchan module.
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+impl Server {
+    pub(crate) async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        match peer {
+            Peer::Pushpull => Self::pushpull(addr, core, &[]).await,
+            Peer::Nchan => Self::nchan(addr, core, None).await,
+        }
+    }
+
+    /// A pushpull process on `addr` pinned to `core`, with `env` added to its settings.
+    pub(crate) async fn pushpull(
+        addr: SocketAddr,
+        core: usize,
+        env: &[(&str, String)],
+    ) -> Result<Server, Error> {
+        let exe = crate::bench::server_exe()?;
+        let child = Command::new("taskset")
+            .args(["-c", &core.to_string()])
+            .arg(exe)
+            .args(["serve", "--listen", &addr.to_string()])
+            .env("PUSHPULL_LOG", "warn")
+            // Every subscriber of the bench's one topic is a member (presence is on by
+            // default), and the scale runs hold more than the default 10,000.
+            .env("PUSHPULL_PRESENCE__MAX_MEMBERS", "100000")
+            // The generator connects from many addresses; none is over the limit.
+            .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
+            // As many as its open files allow (it keeps 256 for itself).
+            .env(
+                "PUSHPULL_HTTP__MAX_CONNECTIONS",
+                open_files_limit()?.saturating_sub(256).min(100_000).to_string(),
+            )
+            .envs(env.iter().map(|(key, value)| (key, value)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| error(format!("cannot start pushpull under taskset: {e}")))?;
+        let target = Target { peer: Peer::Pushpull, addr };
+        let mut server =
+            Server { target, pid: child.id().unwrap_or(0), child, workers: false, _dir: None };
+        let stdout = server.child.stdout.take().expect("piped");
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(30), BufReader::new(stdout).read_line(&mut line))
+            .await
+            .map_err(|_| error("pushpull did not start"))?
+            .map_err(|e| error(e.to_string()))?;
+        if line.is_empty() {
+            return Err(error("pushpull exited at start: see its error above"));
+        }
+        Ok(server)
+    }
+
+    /// nginx with Nchan on `addr` pinned to `core`: one process that serves, or with `workers`,
+    /// a master and that many worker processes, each with a listening socket of its own
+    /// (`reuseport`, as pushpull's processes share a port).
+    pub(crate) async fn nchan(
+        addr: SocketAddr,
+        core: usize,
+        workers: Option<usize>,
+    ) -> Result<Server, Error> {
+        if !Path::new(NCHAN_MODULE).exists() {
+            return Err(error(format!(
+                "{NCHAN_MODULE} is missing: install Debian's libnginx-mod-nchan (scripts/bench-peers does)"
+            )));
+        }
+        let port = addr.port();
+        let dir =
+            std::env::temp_dir().join(format!("pushpull-nchan-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| error(e.to_string()))?;
+        let conf = nginx_conf(&dir, port, workers);
+        std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| error(e.to_string()))?;
+        let child = Command::new("taskset")
+            .args(["-c", &core.to_string(), "/usr/sbin/nginx", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| error(format!("cannot start nginx: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        let target = Target { peer: Peer::Nchan, addr };
+        let server =
+            Server { target, child, pid, workers: workers.is_some(), _dir: Some(TempDir(dir)) };
+        let started = Instant::now();
+        loop {
+            if TcpStream::connect(addr).await.is_ok()
+                && workers.is_none_or(|workers| server.pids().len() > workers)
+            {
+                return Ok(server);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(error("nginx did not start"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's processes: the one started, and its children (nginx's workers).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid];
+        pids.extend(children_of(self.pid));
+        pids
+    }
 
     pub(crate) fn cpu(&self) -> Result<Duration, Error> {
         cpu_of(&self.pid.to_string())
@@ -224,18 +282,35 @@ impl Server {
     }
 
     pub(crate) async fn stop(mut self) {
+        if self.workers {
+            // nginx's master stops its workers (which a kill of the master alone would orphan).
+            let workers = children_of(self.pid);
+            let kill = |signal: &str, pid: u32| {
+                Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status()
+            };
+            let _ = kill("-TERM", self.pid).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+            // Any worker still there after its master has gone.
+            for pid in workers {
+                let _ = kill("-KILL", pid).await;
+            }
+        }
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+fn nginx_conf(dir: &Path, port: u16, workers: Option<usize>) -> String {
     let dir = dir.display();
+    let (processes, reuseport) = match workers {
+        // One process that serves (no master): what is pinned and measured, and nothing is
+        // orphaned when it is stopped.
+        None => ("master_process off;".to_owned(), ""),
+        Some(workers) => (format!("master_process on;\nworker_processes {workers};"), " reuseport"),
+    };
     format!(
         "load_module {NCHAN_MODULE};
-# One process that serves (no master): what is pinned and measured, and nothing is orphaned
-# when it is stopped.
-master_process off;
+{processes}
 worker_rlimit_nofile 65536;
 daemon off;
 error_log {dir}/error.log warn;
@@ -250,7 +325,7 @@ http {{
   scgi_temp_path {dir}/scgi;
   nchan_max_reserved_memory 512M;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{reuseport};
     location ~ ^/pub/(\\w+)$ {{
       nchan_publisher;
       nchan_channel_id $1;
@@ -275,9 +350,35 @@ pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
     kib_field(&status, "VmRSS:").ok_or_else(|| error("no VmRSS line"))
 }
 
+/// Proportional set size of process `pid`, in bytes, from /proc: its resident memory with
+/// each page shared among processes counted in shares, so that a sum over processes that share
+/// memory (nginx's workers) counts each page once.
+pub(crate) fn pss_of(pid: u32) -> Result<u64, Error> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|e| error(format!("reading /proc/{pid}/smaps_rollup: {e} (Linux only)")))?;
+    kib_field(&rollup, "Pss:").ok_or_else(|| error("no Pss line"))
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|stat| {
+                // After the command's closing parenthesis: state, then the parent's pid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
 /// The kernel's slab memory (sockets, their files and epoll entries among it), in bytes, from
 /// /proc/meminfo.
-fn slab() -> Result<u64, Error> {
+pub(crate) fn slab() -> Result<u64, Error> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|e| error(format!("reading /proc/meminfo: {e} (Linux only)")))?;
     kib_field(&meminfo, "Slab:").ok_or_else(|| error("no Slab line in /proc/meminfo"))
@@ -292,7 +393,7 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
 }
 
 /// How many files this process may hold open (the soft limit), from /proc.
-fn open_files_limit() -> Result<usize, Error> {
+pub(crate) fn open_files_limit() -> Result<usize, Error> {
     let limits = std::fs::read_to_string("/proc/self/limits")
         .map_err(|e| error(format!("reading /proc/self/limits: {e} (Linux only)")))?;
     limits
@@ -351,20 +452,52 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Every scheduled send time (`t=` followed by digits) in `bytes`, as latencies recorded now.
-fn record(bytes: &[u8], histogram: &mut Histogram<u64>, seen: &AtomicU64) {
-    let now = now_us();
-    let mut count = 0;
-    for found in memchr::memmem::find_iter(bytes, b"t=") {
-        let digits = bytes[found + 2..].iter().take_while(|b| b.is_ascii_digit());
-        let sent = digits.fold(0u64, |n, b| n.wrapping_mul(10).wrapping_add(u64::from(b - b'0')));
-        if sent > 0 {
-            let _ = histogram.record(now.saturating_sub(sent).max(1));
-            count += 1;
+/// A latency histogram: microseconds from 1 to a minute, three significant digits (about
+/// 130 KB).
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")
+}
+
+/// Where one subscriber records its latencies: a histogram of its own (made at its first
+/// latency), or the one its counters share among all their subscribers (at 100,000
+/// subscribers, one each would take 13 GB).
+struct Recorder {
+    own: Option<Histogram<u64>>,
+    counters: Counters,
+}
+
+impl Recorder {
+    fn new(counters: &Counters) -> Self {
+        Self { own: None, counters: counters.clone() }
+    }
+
+    /// Every scheduled send time (`t=` followed by digits) in `bytes`, as latencies recorded
+    /// now.
+    fn record(&mut self, bytes: &[u8]) {
+        let now = now_us();
+        let mut count = 0;
+        let mut shared = self.counters.latencies.as_ref().map(|h| h.lock().expect("latencies"));
+        for found in memchr::memmem::find_iter(bytes, b"t=") {
+            let digits = bytes[found + 2..].iter().take_while(|b| b.is_ascii_digit());
+            let sent =
+                digits.fold(0u64, |n, b| n.wrapping_mul(10).wrapping_add(u64::from(b - b'0')));
+            if sent > 0 {
+                let histogram = match shared.as_deref_mut() {
+                    Some(shared) => shared,
+                    None => self.own.get_or_insert_with(new_histogram),
+                };
+                let _ = histogram.record(now.saturating_sub(sent).max(1));
+                count += 1;
+            }
+        }
+        if count > 0 {
+            self.counters.seen.fetch_add(count, Ordering::Relaxed);
         }
     }
-    if count > 0 {
-        seen.fetch_add(count, Ordering::Relaxed);
+
+    /// What it recorded in a histogram of its own.
+    fn finish(self) -> Option<Histogram<u64>> {
+        self.own
     }
 }
 
@@ -439,14 +572,12 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Opens one subscriber and returns once it is subscribed; it then counts what arrives until
 /// `until`, recording latencies.
 pub(crate) async fn subscribe(
-    server: &Server,
+    server: &Target,
     transport: Transport,
     n: usize,
     counters: Counters,
-) -> Result<tokio::task::JoinHandle<Histogram<u64>>, Error> {
+) -> Result<tokio::task::JoinHandle<Option<Histogram<u64>>>, Error> {
     let addr = server.addr;
-    let seen = counters.seen.clone();
-    let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     match transport {
         Transport::Sse => {
             let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
@@ -472,17 +603,17 @@ pub(crate) async fn subscribe(
                 return Err(error(format!("an event stream was refused: {head}")));
             }
             Ok(tokio::spawn(async move {
-                let mut h = histogram();
+                let mut h = Recorder::new(&counters);
                 loop {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(read) => {
                             counters.add_bytes(read);
-                            record(&buf[..read], &mut h, &seen);
+                            h.record(&buf[..read]);
                         }
                     }
                 }
-                h
+                h.finish()
             }))
         }
         Transport::Ws => {
@@ -550,12 +681,12 @@ pub(crate) async fn subscribe(
                 }
             }
             Ok(tokio::spawn(async move {
-                let mut h = histogram();
+                let mut h = Recorder::new(&counters);
                 loop {
                     while let Some((opcode, payload)) = frames.next() {
                         match opcode {
-                            0x1 => record(&frames.buf[payload], &mut h, &seen),
-                            0x8 => return h,
+                            0x1 => h.record(&frames.buf[payload]),
+                            0x8 => return h.finish(),
                             0x9 => {
                                 let pong = client_frame(0xA, &frames.buf[payload]);
                                 counters.add_bytes(pong.len());
@@ -565,7 +696,7 @@ pub(crate) async fn subscribe(
                         }
                     }
                     match frames.fill(&mut reader, &counters).await {
-                        Ok(0) | Err(_) => return h,
+                        Ok(0) | Err(_) => return h.finish(),
                         Ok(_) => {}
                     }
                 }
@@ -579,7 +710,7 @@ pub(crate) async fn subscribe(
             let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
             let peer = server.peer;
             Ok(tokio::spawn(async move {
-                let mut h = histogram();
+                let mut h = Recorder::new(&counters);
                 let mut cursor = "latest".to_owned();
                 let (mut etag, mut modified) = (String::new(), String::new());
                 // Short polls are spread over the interval, as independent clients' are.
@@ -616,7 +747,7 @@ pub(crate) async fn subscribe(
                     let Ok((headers, body)) = read_response(&mut stream).await else { break };
                     // The head, its blank line, the body.
                     counters.add_bytes(request.len() + headers.len() + 4 + body.len());
-                    record(&body, &mut h, &seen);
+                    h.record(&body);
                     match peer {
                         Peer::Pushpull => {
                             if let Some(next) = json_field(&body, "next") {
@@ -632,7 +763,7 @@ pub(crate) async fn subscribe(
                         }
                     }
                 }
-                h
+                h.finish()
             }))
         }
     }
@@ -682,13 +813,13 @@ async fn read_response(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Erro
 
 /// Publishes `rate` messages a second for `seconds`, each carrying its scheduled send time, over
 /// a few keep-alive connections; returns how many were published.
-async fn publish(server: &Server, rate: u64, seconds: u64) -> Result<u64, Error> {
+async fn publish(server: &Target, rate: u64, seconds: u64) -> Result<u64, Error> {
     publish_every(server, Duration::from_secs_f64(1.0 / rate as f64), rate * seconds).await
 }
 
 /// Publishes `total` messages, one every `interval`, as [`publish`] does.
 pub(crate) async fn publish_every(
-    server: &Server,
+    server: &Target,
     interval: Duration,
     total: u64,
 ) -> Result<u64, Error> {
@@ -748,7 +879,7 @@ pub(crate) async fn run_once(
     for n in 0..workload.subscribers {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
-            subscribe(&server, workload.transport, n, counters.clone()),
+            subscribe(&server.target, workload.transport, n, counters.clone()),
         )
         .await
         .map_err(|_| error("a subscriber did not open in time"))??;
@@ -769,7 +900,7 @@ pub(crate) async fn run_once(
         let own_before = cpu_of("self")?;
         let cpu_before = server.cpu()?;
         let wall = Instant::now();
-        let published = publish(&server, workload.rate, workload.seconds).await?;
+        let published = publish(&server.target, workload.rate, workload.seconds).await?;
         measured.expected = published * workload.subscribers as u64;
         // Wait for stragglers: two seconds, and one more for every 5,000 subscribers.
         let deadline = Instant::now()
@@ -798,12 +929,12 @@ pub(crate) async fn run_once(
 /// returns them merged.
 pub(crate) async fn stop_and_merge(
     server: Server,
-    readers: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+    readers: Vec<tokio::task::JoinHandle<Option<Histogram<u64>>>>,
 ) -> Histogram<u64> {
     server.stop().await;
     let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     for reader in readers {
-        if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(5), reader).await {
+        if let Ok(Ok(Some(h))) = tokio::time::timeout(Duration::from_secs(5), reader).await {
             let _ = merged.add(&h);
         }
     }
@@ -1102,28 +1233,36 @@ type CostPoint = (f64, f64, f64);
 pub(crate) async fn scale(
     rounds: usize,
     counts: &[usize],
+    processes: usize,
     messages: u64,
     core: usize,
     only: Option<String>,
     plot: Option<&Path>,
 ) -> Result<(), Error> {
-    // The generator holds every connection's other end, and the server inherits its limit.
-    let limit = open_files_limit()?;
-    if let Some(&too_many) = counts.iter().find(|&&count| count + 300 > limit) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{too_many} connections need {} open files in this process and in each server, \
-                 and they may hold {limit}: raise it (ulimit -n) or ask for fewer",
-                too_many + 300
-            ),
-        ));
+    if processes > 1 {
+        for &count in counts {
+            crate::machine::check_fits(count, processes)?;
+        }
+    } else {
+        // The generator holds every connection's other end, and the server inherits its limit.
+        let limit = open_files_limit()?;
+        if let Some(&too_many) = counts.iter().find(|&&count| count + 300 > limit) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{too_many} connections need {} open files in this process and in each \
+                     server, and they may hold {limit}: raise it (ulimit -n), ask for fewer, or \
+                     spread them over server processes (--processes)",
+                    too_many + 300
+                ),
+            ));
+        }
     }
     println!(
         "| transport | connections | measure | pushpull median (min–max) | Nchan median (min–max) | pushpull / Nchan |"
     );
     println!("|---|---:|---|---:|---:|---:|");
-    let rows: [Row; 8] = [
+    let mut rows: [Row; 8] = [
         ("memory per connection", |m| m.rss_per_connection_kb, "KB"),
         ("kernel memory per connection, both ends", |m| m.kernel_per_connection_kb, "KB"),
         ("time to connect all, one after another", |m| m.connect_seconds, "s"),
@@ -1133,6 +1272,10 @@ pub(crate) async fn scale(
         ("server CPU per delivery", |m| m.cpu_per_delivery_us, "µs"),
         ("delivered / expected", |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0, "%"),
     ];
+    if processes > 1 {
+        rows[0].0 = "memory per connection (PSS of every server process, Redis's too)";
+        rows[2].0 = "time to connect all (load generator processes at once)";
+    }
     let mut curves: Vec<(String, Vec<CostPoint>)> = Vec::new();
     let transports = [
         ("SSE", Transport::Sse),
@@ -1161,7 +1304,11 @@ pub(crate) async fn scale(
                         peer.name(),
                         round + 1
                     );
-                    let measured = run_once(peer, &workload, core).await?;
+                    let measured = if processes > 1 {
+                        crate::machine::run(peer, &workload, core, processes).await?
+                    } else {
+                        run_once(peer, &workload, core).await?
+                    };
                     eprintln!("bench peers:   {measured:?}");
                     results[i].push(measured);
                 }
@@ -1190,6 +1337,10 @@ pub(crate) async fn scale(
         }
     }
     if let Some(dir) = plot {
+        let connections_axis = match processes {
+            1 => "connections on one process (log scale)".to_owned(),
+            n => format!("connections on {n} processes (log scale)"),
+        };
         let series = |pick: fn(&CostPoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
             curves
                 .iter()
@@ -1201,14 +1352,14 @@ pub(crate) async fn scale(
         crate::plot::curves(
             &dir.join("cost-memory.svg"),
             "Server memory per idle connection",
-            "connections on one process (log scale)",
+            &connections_axis,
             "KB per connection",
             &series(|p| p.1),
         )?;
         crate::plot::curves(
             &dir.join("cost-cpu.svg"),
             "Server CPU per delivery, one message a second to every connection",
-            "connections on one process (log scale)",
+            &connections_axis,
             "µs per delivery",
             &series(|p| p.2),
         )?;

@@ -19,6 +19,14 @@ fn plot_error(path: &Path, error: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Config, format!("cannot draw {}: {error}", path.display()))
 }
 
+/// Makes `dir`, where a bench will draw its charts, before the runs (so a bad path fails at once,
+/// not after them).
+pub(crate) fn directory(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::new(ErrorKind::Config, format!("cannot make {} for the charts: {e}", dir.display()))
+    })
+}
+
 /// The latency distribution of each transport: the share of messages (y, %) delivered within
 /// a latency (x, ms, logarithmic), one line per transport.
 pub(crate) fn latency_distribution(
