@@ -94,16 +94,11 @@ async fn answer(
         let held = wait.unwrap_or_default();
         _poll_end = presences.join_polled(&request.topic, grant, &client, info, held).await?;
     }
-    let page = broker
-        .fetch(&request.topic, request.cursor, request.limit)
-        .await
-        .inspect_err(|e| metrics::broker_error("fetch", e))?;
     let (mut page, meter) = match (wait, hold) {
-        (Some(wait), Some(hold)) if page.is_empty() && !wait.is_zero() => {
-            (held(broker, hold, &request, page, wait, Shutdown::of(&req)).await?, &hold.meter)
+        (Some(wait), Some(hold)) if !wait.is_zero() => {
+            (held(broker, hold, &request, wait, Shutdown::of(&req)).await?, &hold.meter)
         }
-        (Some(wait), Some(hold)) if !wait.is_zero() => (page, &hold.meter),
-        _ => (page, plain_meter),
+        _ => (fetch(broker, &request, request.cursor).await?, plain_meter),
     };
     trim_to_bytes(&mut page, config.max_page_bytes);
     meter.page(&page);
@@ -170,49 +165,77 @@ async fn newest_first(
     Ok(response)
 }
 
-/// Waits for the first message after the (empty) `page`, then answers a page from there.
+/// The page after `cursor`, from the broker.
+async fn fetch(broker: &dyn Broker, request: &PageRequest, cursor: Cursor) -> Result<Page, Error> {
+    broker
+        .fetch(&request.topic, cursor, request.limit)
+        .await
+        .inspect_err(|e| metrics::broker_error("fetch", e))
+}
+
+/// A held poll: a subscription from the request's cursor answers with the messages it has
+/// ready (those already there come at once), or waits for the first, the wait, or shutdown.
+/// The page comes from the subscription, not from a read of the broker per poll (with Redis,
+/// a subscription at the tail reads the node's window of the topic); a gap at the start is
+/// answered by a fetch, whose page says what was missed.
 async fn held(
     broker: &dyn Broker,
     hold: &Hold,
     request: &PageRequest,
-    page: Page,
     wait: Duration,
     mut shutdown: Shutdown,
 ) -> Result<Page, Error> {
-    let _held = hold.held.hold();
-    let mut next = broker
-        .subscribe(&request.topic, page.next)
-        .await
-        .inspect_err(|e| metrics::broker_error("subscribe", e))?;
-    tokio::select! {
-        first = next.next() => match first {
-            // The subscription has the message, and maybe more ready behind it: the page is
-            // what it has, without reading the broker again (with Redis, a read per held poll).
-            Some(Ok(Delivery::Message(message))) => {
-                let mut messages = vec![message];
-                while messages.len() < request.limit {
-                    match next.next().now_or_never() {
-                        Some(Some(Ok(Delivery::Message(message)))) => messages.push(message),
-                        // Anything else (a gap, an error) is for the next poll, which asks
-                        // from where this page ends.
-                        _ => break,
-                    }
+    let subscribe = |cursor| async move {
+        broker
+            .subscribe(&request.topic, cursor)
+            .await
+            .inspect_err(|e| metrics::broker_error("subscribe", e))
+    };
+    let mut next = subscribe(request.cursor).await?;
+    let mut start = next.cursor();
+    if !matches!(start, Cursor::After(..)) {
+        // A start the broker did not resolve (no message yet, or a broker of one's own): the
+        // page first, and then its end is where the poll waits, so an empty answer's `next`
+        // never asks for `latest` again.
+        let page = fetch(broker, request, request.cursor).await?;
+        if !page.is_empty() {
+            return Ok(page);
+        }
+        next = subscribe(page.next).await?;
+        start = page.next;
+    }
+    let empty = || Page { gap: None, messages: Vec::new(), next: start };
+    let first = match next.next().now_or_never() {
+        Some(first) => first,
+        None => {
+            let _held = hold.held.hold();
+            tokio::select! {
+                first = next.next() => first,
+                () = tokio::time::sleep(wait) => return Ok(empty()),
+                () = shutdown.wait() => return Ok(empty()),
+            }
+        }
+    };
+    match first {
+        Some(Ok(Delivery::Message(message))) => {
+            let mut messages = vec![message];
+            while messages.len() < request.limit {
+                match next.next().now_or_never() {
+                    Some(Some(Ok(Delivery::Message(message)))) => messages.push(message),
+                    // Anything else (a gap, an error) is for the next poll, which asks from
+                    // where this page ends.
+                    _ => break,
                 }
-                let next = messages.last().map_or(page.next, Message::cursor);
-                Ok(Page { gap: None, messages, next })
             }
-            Some(Ok(_)) => broker
-                .fetch(&request.topic, page.next, request.limit)
-                .await
-                .inspect_err(|e| metrics::broker_error("fetch", e)),
-            Some(Err(error)) => {
-                metrics::broker_error("subscribe", &error);
-                Err(error)
-            }
-            None => Ok(page),
-        },
-        () = tokio::time::sleep(wait) => Ok(page),
-        () = shutdown.wait() => Ok(page),
+            let next = messages.last().map_or(start, Message::cursor);
+            Ok(Page { gap: None, messages, next })
+        }
+        Some(Ok(_)) => fetch(broker, request, start).await,
+        Some(Err(error)) => {
+            metrics::broker_error("subscribe", &error);
+            Err(error)
+        }
+        None => Ok(empty()),
     }
 }
 
