@@ -475,3 +475,34 @@ fn the_clients_variables_do_not_stop_the_server() {
     let published = run(&["publish", "t", "started", "--transport", "poll"], &server.url, None);
     assert!(published.status.success(), "{}", text(&published.stderr));
 }
+
+/// More connections than one process may hold: several server processes of each kind on one
+/// port (pushpull on a Redis of the bench's own, Nchan as workers of one master), the
+/// subscribers opened by several load generator processes.
+#[test]
+fn bench_peers_spreads_connections_over_server_and_generator_processes() {
+    let run = Command::new(BIN)
+        .args(["bench", "peers", "--connections", "300", "--processes", "2", "--rounds", "1"])
+        .args(["--messages", "2", "--core", "0", "--only", "SSE", "--per-generator", "120"])
+        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    let row = |measure: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|line| line.starts_with("| SSE | 300 |") && line.contains(measure))
+            .unwrap_or_else(|| panic!("no {measure} row: {table}"));
+        line.split('|').map(|cell| cell.trim().to_owned()).collect()
+    };
+    // Both servers: every message to every subscriber of the three generators.
+    let delivered = row("delivered / expected");
+    assert!(delivered[4].starts_with("100.00 %"), "pushpull: {table}");
+    assert!(delivered[5].starts_with("100.00 %"), "Nchan: {table}");
+    let memory = row("PSS of every server process");
+    let kb = |cell: &str| cell.split(' ').next().unwrap().parse::<f64>().unwrap();
+    assert!(kb(&memory[4]) > 0.5 && kb(&memory[5]) > 0.5, "memory per connection: {table}");
+    let p99 = row("fan-out latency p99");
+    assert!(kb(&p99[4]) > 0.0 && kb(&p99[5]) > 0.0, "latencies came back: {table}");
+}

@@ -176,6 +176,9 @@ pub(crate) enum Bench {
         /// process may hold open files for, e.g. `--connections 100000 --processes 6`).
         #[arg(long, default_value_t = 1, requires = "connections", value_parser = clap::value_parser!(u16).range(1..=64))]
         processes: u16,
+        /// With `--processes`, the most subscribers one load generator process opens.
+        #[arg(long, default_value_t = 16_000, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+        per_generator: u32,
     },
     /// A load generator process of `peers --processes` (not for use by hand): opens `count`
     /// subscribers and reports what they see on its standard output.
@@ -348,21 +351,24 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::pushorpull::run(clients, &rates, seconds, idle_seconds, core, plot.as_deref())
                 .await
         }
-        Bench::Peers { rounds, core, only, connections, messages, plot, processes, .. }
-            if !connections.is_empty() =>
-        {
-            let processes = usize::from(processes);
+        Bench::Peers {
+            rounds,
+            core,
+            only,
+            connections,
+            messages,
+            plot,
+            processes,
+            per_generator,
+            ..
+        } if !connections.is_empty() => {
+            let spread = (processes > 1).then_some(crate::machine::Spread {
+                processes: usize::from(processes),
+                per_generator: per_generator as usize,
+            });
             plot.as_deref().map(crate::plot::directory).transpose()?;
-            crate::peers::scale(
-                rounds,
-                &connections,
-                processes,
-                messages,
-                core,
-                only,
-                plot.as_deref(),
-            )
-            .await
+            crate::peers::scale(rounds, &connections, spread, messages, core, only, plot.as_deref())
+                .await
         }
         Bench::Generate { peer, transport, addr, first, count } => {
             let target = crate::peers::Target { peer, addr };

@@ -3,7 +3,7 @@
 //! on one Redis of the bench's own; Nchan runs a master and P workers, each worker with a
 //! listening socket of its own (`reuseport`). The subscribers are opened by load generator
 //! processes (this binary's hidden `generate` command), each holding at most
-//! [`PER_GENERATOR`] of them, which report what they saw and their latency histograms back on
+//! [`Spread::per_generator`] of them, which report what they saw and their latency histograms back on
 //! their standard output. Memory is summed over every server process as its proportional set
 //! size (PSS), so pages nginx's workers share are counted once; pushpull's include Redis's.
 //! pushpull's presence is off here (see [`Fleet::start`]).
@@ -24,8 +24,14 @@ use crate::peers::{
     new_histogram, open_files_limit, pss_of, publish_every, slab, subscribe,
 };
 
-/// The most subscribers one load generator process opens (each is an open file there).
-pub(crate) const PER_GENERATOR: usize = 16_000;
+/// How a run is spread over processes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spread {
+    /// Server processes (Nchan: workers).
+    pub(crate) processes: usize,
+    /// The most subscribers one load generator process opens (each is an open file there).
+    pub(crate) per_generator: usize,
+}
 
 /// `SO_REUSEPORT` spreads connections over the processes by a hash of their addresses, not
 /// evenly: each process is sized for this share more than its even part.
@@ -239,23 +245,23 @@ pub(crate) async fn generate(
     Ok(())
 }
 
-/// Runs one workload against `processes` fresh server processes of `peer` on `core`, the
+/// Runs one workload against `spread.processes` fresh server processes of `peer` on `core`, the
 /// subscribers opened by generator processes at once (each one after another).
 pub(crate) async fn run(
     peer: Peer,
     workload: &Workload,
     core: usize,
-    processes: usize,
+    spread: Spread,
 ) -> Result<Measured, Error> {
-    let fleet = Fleet::start(peer, processes, core).await?;
+    let fleet = Fleet::start(peer, spread.processes, core).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let memory_before = fleet.memory()?;
     let slab_before = slab()?;
     let count = workload.subscribers;
     let mut generators = Vec::new();
     let connecting = Instant::now();
-    for first in (0..count).step_by(PER_GENERATOR) {
-        let each = PER_GENERATOR.min(count - first);
+    for first in (0..count).step_by(spread.per_generator.max(1)) {
+        let each = spread.per_generator.min(count - first);
         generators.push(Generator::spawn(fleet.target, workload.transport, first, each)?);
     }
     // Opening takes about a millisecond per subscriber; a generator that takes far longer

@@ -1233,15 +1233,15 @@ type CostPoint = (f64, f64, f64);
 pub(crate) async fn scale(
     rounds: usize,
     counts: &[usize],
-    processes: usize,
+    spread: Option<crate::machine::Spread>,
     messages: u64,
     core: usize,
     only: Option<String>,
     plot: Option<&Path>,
 ) -> Result<(), Error> {
-    if processes > 1 {
+    if let Some(spread) = spread {
         for &count in counts {
-            crate::machine::check_fits(count, processes)?;
+            crate::machine::check_fits(count, spread.processes)?;
         }
     } else {
         // The generator holds every connection's other end, and the server inherits its limit.
@@ -1272,7 +1272,7 @@ pub(crate) async fn scale(
         ("server CPU per delivery", |m| m.cpu_per_delivery_us, "µs"),
         ("delivered / expected", |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0, "%"),
     ];
-    if processes > 1 {
+    if spread.is_some() {
         rows[0].0 = "memory per connection (PSS of every server process, Redis's too)";
         rows[2].0 = "time to connect all (load generator processes at once)";
     }
@@ -1304,8 +1304,8 @@ pub(crate) async fn scale(
                         peer.name(),
                         round + 1
                     );
-                    let measured = if processes > 1 {
-                        crate::machine::run(peer, &workload, core, processes).await?
+                    let measured = if let Some(spread) = spread {
+                        crate::machine::run(peer, &workload, core, spread).await?
                     } else {
                         run_once(peer, &workload, core).await?
                     };
@@ -1337,9 +1337,9 @@ pub(crate) async fn scale(
         }
     }
     if let Some(dir) = plot {
-        let connections_axis = match processes {
-            1 => "connections on one process (log scale)".to_owned(),
-            n => format!("connections on {n} processes (log scale)"),
+        let connections_axis = match spread {
+            None => "connections on one process (log scale)".to_owned(),
+            Some(spread) => format!("connections on {} processes (log scale)", spread.processes),
         };
         let series = |pick: fn(&CostPoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
             curves
