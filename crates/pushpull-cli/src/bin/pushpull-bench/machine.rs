@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::peers::{
     Counters, Measured, Peer, Server, Target, Transport, Workload, cpu_of, error, free_port,
-    new_histogram, open_files_limit, pss_of, publish_every, slab, subscribe,
+    new_histogram, open_files_limit, pss_of, publish_every, slab, stragglers_deadline, subscribe,
 };
 
 /// How a run is spread over processes.
@@ -133,8 +133,8 @@ struct Generator {
     child: Child,
     /// Messages its subscribers have seen, as last reported.
     seen: Arc<AtomicU64>,
-    /// How long it took to open its subscribers, once it has.
-    connected: tokio::sync::watch::Receiver<Option<f64>>,
+    /// Whether it has opened all its subscribers.
+    connected: tokio::sync::watch::Receiver<bool>,
     /// Its subscribers' latency histogram, once they have ended.
     histogram: tokio::task::JoinHandle<Result<Histogram<u64>, Error>>,
 }
@@ -160,7 +160,7 @@ impl Generator {
             .map_err(|e| error(format!("cannot start a load generator: {e}")))?;
         let stdout = child.stdout.take().expect("piped");
         let seen = Arc::new(AtomicU64::new(0));
-        let (connected_tx, connected) = tokio::sync::watch::channel(None);
+        let (connected_tx, connected) = tokio::sync::watch::channel(false);
         let reported = seen.clone();
         let histogram = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -168,7 +168,7 @@ impl Generator {
                 let (what, rest) = line.split_once(' ').unwrap_or((&line, ""));
                 match what {
                     "connected" => {
-                        connected_tx.send_replace(rest.parse().ok());
+                        connected_tx.send_replace(true);
                     }
                     "seen" => reported.store(rest.parse().unwrap_or(0), Ordering::Relaxed),
                     "histogram" => return parse_histogram(rest),
@@ -270,7 +270,7 @@ pub(crate) async fn run(
     for generator in &mut generators {
         let opened = tokio::time::timeout_at(
             (connecting + open_in).into(),
-            generator.connected.wait_for(Option::is_some),
+            generator.connected.wait_for(|connected| *connected),
         )
         .await;
         if !matches!(opened, Ok(Ok(_))) {
@@ -297,21 +297,14 @@ pub(crate) async fn run(
         let published =
             publish_every(&fleet.target, interval, workload.rate * workload.seconds).await?;
         measured.expected = published * count as u64;
-        // Wait for stragglers: two seconds, and one more for every 5,000 subscribers.
-        let deadline = Instant::now()
-            + Duration::from_secs(2)
-            + Duration::from_secs_f64(count as f64 / 5000.0);
+        let deadline = stragglers_deadline(count);
         while seen() < measured.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // What the generators last reported (each reports every 100 ms).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cpu = fleet.cpu()?.saturating_sub(cpu_before);
-        measured.deliveries = seen();
-        measured.cpu_per_delivery_us = cpu.as_secs_f64() * 1e6 / measured.deliveries.max(1) as f64;
-        measured.deliveries_per_cpu_second =
-            measured.deliveries as f64 / cpu.as_secs_f64().max(f64::MIN_POSITIVE);
-        measured.server_cpu_share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
+        measured.delivered(seen(), cpu, wall.elapsed());
     }
     fleet.stop().await;
     let mut merged = new_histogram();
@@ -324,8 +317,6 @@ pub(crate) async fn run(
         let mut child = generator.child;
         let _ = child.wait().await;
     }
-    measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
-    measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
-    measured.max_ms = merged.max() as f64 / 1000.0;
+    measured.latencies(&merged);
     Ok(measured)
 }

@@ -266,10 +266,12 @@ impl Server {
         }
     }
 
-    /// The server's processes: the one started, and its children (nginx's workers).
+    /// The server's processes: the one started, and its workers (nginx's, with a master).
     pub(crate) fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.pid];
-        pids.extend(children_of(self.pid));
+        if self.workers {
+            pids.extend(children_of(self.pid));
+        }
         pids
     }
 
@@ -902,27 +904,42 @@ pub(crate) async fn run_once(
         let wall = Instant::now();
         let published = publish(&server.target, workload.rate, workload.seconds).await?;
         measured.expected = published * workload.subscribers as u64;
-        // Wait for stragglers: two seconds, and one more for every 5,000 subscribers.
-        let deadline = Instant::now()
-            + Duration::from_secs(2)
-            + Duration::from_secs_f64(workload.subscribers as f64 / 5000.0);
+        let deadline = stragglers_deadline(workload.subscribers);
         while seen.load(Ordering::Relaxed) < measured.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let cpu = server.cpu()?.saturating_sub(cpu_before);
         let own = cpu_of("self")?.saturating_sub(own_before);
-        measured.deliveries = seen.load(Ordering::Relaxed);
-        measured.cpu_per_delivery_us = cpu.as_secs_f64() * 1e6 / measured.deliveries.max(1) as f64;
-        measured.deliveries_per_cpu_second =
-            measured.deliveries as f64 / cpu.as_secs_f64().max(f64::MIN_POSITIVE);
+        measured.delivered(seen.load(Ordering::Relaxed), cpu, wall.elapsed());
         measured.generator_cpu_share = own.as_secs_f64() / wall.elapsed().as_secs_f64();
-        measured.server_cpu_share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
     }
     let merged = stop_and_merge(server, readers).await;
-    measured.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
-    measured.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
-    measured.max_ms = merged.max() as f64 / 1000.0;
+    measured.latencies(&merged);
     Ok(measured)
+}
+
+/// How long a run waits for stragglers after its last publish: two seconds, and one more for
+/// every 5,000 subscribers.
+pub(crate) fn stragglers_deadline(subscribers: usize) -> Instant {
+    Instant::now() + Duration::from_secs(2) + Duration::from_secs_f64(subscribers as f64 / 5000.0)
+}
+
+impl Measured {
+    /// Notes `deliveries` made with `cpu` of the servers' time over `wall`.
+    pub(crate) fn delivered(&mut self, deliveries: u64, cpu: Duration, wall: Duration) {
+        self.deliveries = deliveries;
+        self.cpu_per_delivery_us = cpu.as_secs_f64() * 1e6 / deliveries.max(1) as f64;
+        self.deliveries_per_cpu_second =
+            deliveries as f64 / cpu.as_secs_f64().max(f64::MIN_POSITIVE);
+        self.server_cpu_share = cpu.as_secs_f64() / wall.as_secs_f64();
+    }
+
+    /// Notes the latencies of every delivery.
+    pub(crate) fn latencies(&mut self, merged: &Histogram<u64>) {
+        self.p50_ms = merged.value_at_quantile(0.5) as f64 / 1000.0;
+        self.p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
+        self.max_ms = merged.max() as f64 / 1000.0;
+    }
 }
 
 /// Stops `server`, which ends every subscriber, each handing back its latency histogram;
@@ -932,7 +949,7 @@ pub(crate) async fn stop_and_merge(
     readers: Vec<tokio::task::JoinHandle<Option<Histogram<u64>>>>,
 ) -> Histogram<u64> {
     server.stop().await;
-    let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut merged = new_histogram();
     for reader in readers {
         if let Ok(Ok(Some(h))) = tokio::time::timeout(Duration::from_secs(5), reader).await {
             let _ = merged.add(&h);
