@@ -506,3 +506,45 @@ fn bench_peers_spreads_connections_over_server_and_generator_processes() {
     let p99 = row("fan-out latency p99");
     assert!(kb(&p99[4]) > 0.0 && kb(&p99[5]) > 0.0, "latencies came back: {table}");
 }
+
+#[test]
+fn bench_peers_grows_topics_with_one_subscriber_each() {
+    let run = Command::new(BIN)
+        .args(["bench", "peers", "--topics", "1,40", "--processes", "2", "--rounds", "1"])
+        .args(["--rate", "200", "--seconds", "1", "--core", "0", "--only", "WebSocket"])
+        .args(["--per-generator", "15"])
+        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    for topics in ["1", "40"] {
+        let row = |measure: &str| -> Vec<String> {
+            let line = table
+                .lines()
+                .find(|line| {
+                    line.starts_with(&format!("| WebSocket | {topics} |")) && line.contains(measure)
+                })
+                .unwrap_or_else(|| panic!("no {measure} row for {topics} topics: {table}"));
+            line.split('|').map(|cell| cell.trim().to_owned()).collect()
+        };
+        // Each message reached its topic's one subscriber, no other: a subscriber of the
+        // wrong topic would make it more than 100 %, a lost one less.
+        let delivered = row("delivered / expected");
+        assert!(delivered[4].starts_with("100.00 %"), "pushpull, {topics} topics: {table}");
+        assert!(delivered[5].starts_with("100.00 %"), "Nchan, {topics} topics: {table}");
+        let loaded = row("once every topic has messages");
+        let kb = |cell: &str| cell.split(' ').next().unwrap().parse::<f64>().unwrap();
+        assert!(kb(&loaded[4]) > 0.0 && kb(&loaded[5]) > 0.0, "memory came back: {table}");
+    }
+}
+
+#[test]
+fn bench_peers_refuses_a_count_of_nothing() {
+    let run = Command::new(BIN)
+        .args(["bench", "peers", "--topics", "0,10", "--rounds", "1"])
+        .output()
+        .expect("run pushpull bench");
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("a count of 0 measures nothing"), "{}", text(&run.stderr));
+}

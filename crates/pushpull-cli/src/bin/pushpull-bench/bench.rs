@@ -136,6 +136,7 @@ pub(crate) enum Bench {
     /// libnginx-mod-nchan), interleaved, each server a fresh process pinned to one core: server
     /// CPU per delivery, latency, loss, memory per connection. `scripts/bench-peers` installs
     /// Nchan and runs this pinned to the other core.
+    #[command(group = clap::ArgGroup::new("curve").args(["connections", "topics"]))]
     Peers {
         /// Rounds of each workload per server (medians are reported).
         #[arg(long, default_value_t = 3)]
@@ -166,15 +167,26 @@ pub(crate) enum Bench {
         /// Messages fanned out per run with `--connections`.
         #[arg(long, default_value_t = 5, requires = "connections")]
         messages: u64,
-        /// With `--connections`, draw the cost curves as SVG in this directory
-        /// (cost-memory.svg, cost-cpu.svg).
-        #[arg(long, requires = "connections")]
+        /// Instead of the fixed workloads, measure how costs grow with topics: this many
+        /// topics with one subscriber each per run (a comma-separated list, e.g.
+        /// 1,1000,10000,19000), over SSE, WebSocket and long polling, then `--rate` messages a
+        /// second published to the topics in turn, for `--seconds` or until every topic has
+        /// had one.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["capacity", "connections"])]
+        topics: Vec<usize>,
+        /// Messages a second with `--topics`.
+        #[arg(long, default_value_t = 2000, requires = "topics", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        rate: u64,
+        /// With `--connections` or `--topics`, draw the cost curves as SVG in this directory
+        /// (cost-memory.svg and cost-cpu.svg, or topics-memory.svg and topics-cpu.svg).
+        #[arg(long, requires = "curve")]
         plot: Option<std::path::PathBuf>,
-        /// With `--connections`, spread them over this many server processes on one port:
-        /// pushpull's on one Redis of the bench's own, Nchan's as workers of one master; the
-        /// subscribers are opened by load generator processes (for more connections than one
-        /// process may hold open files for, e.g. `--connections 100000 --processes 6`).
-        #[arg(long, default_value_t = 1, requires = "connections", value_parser = clap::value_parser!(u16).range(1..=64))]
+        /// With `--connections` or `--topics`, spread the subscribers over this many server
+        /// processes on one port: pushpull's on one Redis of the bench's own, Nchan's as
+        /// workers of one master; the subscribers are opened by load generator processes (for
+        /// more connections than one process may hold open files for, e.g. `--connections
+        /// 100000 --processes 6`).
+        #[arg(long, default_value_t = 1, requires = "curve", value_parser = clap::value_parser!(u16).range(1..=64))]
         processes: u16,
         /// With `--processes`, the most subscribers one load generator process opens.
         #[arg(long, default_value_t = 16_000, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
@@ -194,6 +206,8 @@ pub(crate) enum Bench {
         first: usize,
         #[arg(long)]
         count: usize,
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
     },
     /// What each way of reading costs the server per client per hour as the topic's message
     /// rate goes from one an hour to 100 a second: short polling (every second), long polling,
@@ -353,26 +367,39 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
         }
         Bench::Peers {
             rounds,
+            seconds,
             core,
             only,
             connections,
             messages,
+            topics,
+            rate,
             plot,
             processes,
             per_generator,
             ..
-        } if !connections.is_empty() => {
+        } if !connections.is_empty() || !topics.is_empty() => {
             let spread = (processes > 1).then_some(crate::machine::Spread {
                 processes: usize::from(processes),
                 per_generator: per_generator as usize,
             });
+            let (counts, grow) = if connections.is_empty() {
+                (topics, crate::peers::Grow::Topics { rate, seconds })
+            } else {
+                (connections, crate::peers::Grow::Connections { messages })
+            };
+            if let Some(&zero) = counts.iter().find(|&&count| count == 0) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("a count of {zero} measures nothing: give counts of at least 1"),
+                ));
+            }
             plot.as_deref().map(crate::plot::directory).transpose()?;
-            crate::peers::scale(rounds, &connections, spread, messages, core, only, plot.as_deref())
-                .await
+            crate::peers::scale(rounds, &counts, spread, grow, core, only, plot.as_deref()).await
         }
-        Bench::Generate { peer, transport, addr, first, count } => {
+        Bench::Generate { peer, transport, addr, first, count, topics } => {
             let target = crate::peers::Target { peer, addr };
-            crate::machine::generate(target, transport, first, count).await
+            crate::machine::generate(target, transport, first, count, topics).await
         }
         Bench::Peers { rounds, seconds, scale, core, only, capacity: true, .. } => {
             crate::peers::capacity(rounds, seconds, scale, core, only).await

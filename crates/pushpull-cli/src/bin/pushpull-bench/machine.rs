@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use crate::peers::{
     Counters, Measured, Peer, Server, Target, Transport, Workload, cpu_of, error, free_port,
     new_histogram, open_files_limit, pss_of, publish_every, slab, stragglers_deadline, subscribe,
+    topic_of,
 };
 
 /// How a run is spread over processes.
@@ -142,16 +143,17 @@ struct Generator {
 impl Generator {
     fn spawn(
         target: Target,
-        transport: Transport,
+        workload: &Workload,
         first: usize,
         count: usize,
     ) -> Result<Generator, Error> {
         let exe = std::env::current_exe().map_err(|e| error(e.to_string()))?;
         let mut child = Command::new(exe)
             .arg("generate")
-            .args(["--peer", &target.peer.arg(), "--transport", &transport.arg()])
+            .args(["--peer", &target.peer.arg(), "--transport", &workload.transport.arg()])
             .args(["--addr", &target.addr.to_string()])
             .args(["--first", &first.to_string(), "--count", &count.to_string()])
+            .args(["--topics", &workload.topics.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -204,14 +206,15 @@ fn write_histogram(histogram: &Histogram<u64>) -> String {
     text
 }
 
-/// The hidden `generate` command: opens `count` subscribers (the `first`th on) of the bench's
-/// topic at `target` one after another, prints `connected SECONDS`, then `seen N` every 100 ms
-/// until the server ends them, then `histogram` and their merged latencies.
+/// The hidden `generate` command: opens `count` subscribers (the `first`th on, each of its
+/// topic of `topics`) at `target` one after another, prints `connected SECONDS`, then `seen N`
+/// every 100 ms until the server ends them, then `histogram` and their merged latencies.
 pub(crate) async fn generate(
     target: Target,
     transport: Transport,
     first: usize,
     count: usize,
+    topics: usize,
 ) -> Result<(), Error> {
     // One histogram for all: one each would take 130 KB per subscriber.
     let latencies = Arc::new(std::sync::Mutex::new(new_histogram()));
@@ -221,7 +224,7 @@ pub(crate) async fn generate(
     for n in first..first + count {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
-            subscribe(&target, transport, n, counters.clone()),
+            subscribe(&target, transport, n, &topic_of(topics, n), counters.clone()),
         )
         .await
         .map_err(|_| error("a subscriber did not open in time"))??;
@@ -262,7 +265,7 @@ pub(crate) async fn run(
     let connecting = Instant::now();
     for first in (0..count).step_by(spread.per_generator.max(1)) {
         let each = spread.per_generator.min(count - first);
-        generators.push(Generator::spawn(fleet.target, workload.transport, first, each)?);
+        generators.push(Generator::spawn(fleet.target, workload, first, each)?);
     }
     // Opening takes about a millisecond per subscriber; a generator that takes far longer
     // has failed.
@@ -294,9 +297,9 @@ pub(crate) async fn run(
         let cpu_before = fleet.cpu()?;
         let wall = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / workload.rate as f64);
-        let published =
-            publish_every(&fleet.target, interval, workload.rate * workload.seconds).await?;
-        measured.expected = published * count as u64;
+        let total = workload.rate * workload.seconds;
+        let published = publish_every(&fleet.target, interval, total, workload.topics).await?;
+        measured.expected = workload.expected(published);
         let deadline = stragglers_deadline(count);
         while seen() < measured.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,6 +308,8 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cpu = fleet.cpu()?.saturating_sub(cpu_before);
         measured.delivered(seen(), cpu, wall.elapsed());
+        measured.loaded_per_connection_kb =
+            per_connection(fleet.memory()?.saturating_sub(memory_before));
     }
     fleet.stop().await;
     let mut merged = new_histogram();

@@ -60,6 +60,27 @@ pub(crate) struct Workload {
     /// Messages a second; 0 measures idle connections only.
     pub(crate) rate: u64,
     pub(crate) seconds: u64,
+    /// Topics the subscribers are spread over (the `n`th follows [`topic_of`]`(topics, n)`)
+    /// and the messages published in turn.
+    pub(crate) topics: usize,
+}
+
+impl Workload {
+    /// The deliveries `published` messages make: each to the subscribers of its topic.
+    pub(crate) fn expected(&self, published: u64) -> u64 {
+        let topics = self.topics.max(1) as u64;
+        let subscribers = self.subscribers as u64;
+        // Topic `t` has one subscriber more than the even share when `t < subscribers % topics`.
+        let (share, extra) = (subscribers / topics, subscribers % topics);
+        (0..published).map(|k| share + u64::from(k % topics < extra)).sum()
+    }
+}
+
+/// The topic the `n`th subscriber of a run over `topics` topics follows, and the `n`th message
+/// is published to: `bench` alone, or `bench0`, `bench1`, … in turn (word characters only, as
+/// Nchan's channel locations match).
+pub(crate) fn topic_of(topics: usize, n: usize) -> String {
+    if topics <= 1 { "bench".to_owned() } else { format!("bench{}", n % topics) }
 }
 
 /// How subscribers read.
@@ -111,6 +132,9 @@ pub(crate) struct Measured {
     pub(crate) generator_cpu_share: f64,
     /// The server's CPU time over the publishing time (1.0 = one core busy).
     pub(crate) server_cpu_share: f64,
+    /// The server's memory per connection once the messages were published (its topics
+    /// holding them), against before the subscribers opened.
+    pub(crate) loaded_per_connection_kb: f64,
 }
 
 /// Where a server of either kind listens.
@@ -121,17 +145,17 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    fn sse_path(&self) -> &'static str {
+    fn sse_path(&self, topic: &str) -> String {
         match self.peer {
-            Peer::Pushpull => "/v1/topics/bench/events",
-            Peer::Nchan => "/sub/bench",
+            Peer::Pushpull => format!("/v1/topics/{topic}/events"),
+            Peer::Nchan => format!("/sub/{topic}"),
         }
     }
 
-    fn publish_path(&self) -> &'static str {
+    fn publish_path(&self, topic: &str) -> String {
         match self.peer {
-            Peer::Pushpull => "/v1/topics/bench",
-            Peer::Nchan => "/pub/bench",
+            Peer::Pushpull => format!("/v1/topics/{topic}"),
+            Peer::Nchan => format!("/pub/{topic}"),
         }
     }
 }
@@ -571,12 +595,13 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Opens one subscriber and returns once it is subscribed; it then counts what arrives until
-/// `until`, recording latencies.
+/// Opens one subscriber of `topic` and returns once it is subscribed; it then counts what
+/// arrives until the server ends it, recording latencies.
 pub(crate) async fn subscribe(
     server: &Target,
     transport: Transport,
     n: usize,
+    topic: &str,
     counters: Counters,
 ) -> Result<tokio::task::JoinHandle<Option<Histogram<u64>>>, Error> {
     let addr = server.addr;
@@ -585,7 +610,7 @@ pub(crate) async fn subscribe(
             let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
             let request = format!(
                 "GET {} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n",
-                server.sse_path()
+                server.sse_path(topic)
             );
             stream.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
             counters.add_bytes(request.len());
@@ -624,8 +649,8 @@ pub(crate) async fn subscribe(
             let stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
             let (mut reader, mut writer) = stream.into_split();
             let path = match server.peer {
-                Peer::Pushpull => "/v1/ws",
-                Peer::Nchan => "/sub/bench",
+                Peer::Pushpull => "/v1/ws".to_owned(),
+                Peer::Nchan => format!("/sub/{topic}"),
             };
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -648,8 +673,8 @@ pub(crate) async fn subscribe(
             }
             frames.start = head_end;
             if server.peer == Peer::Pushpull {
-                let subscribe =
-                    client_frame(0x1, br#"{"op":"subscribe","id":"s","topic":"bench"}"#);
+                let subscribe = format!(r#"{{"op":"subscribe","id":"s","topic":"{topic}"}}"#);
+                let subscribe = client_frame(0x1, subscribe.as_bytes());
                 writer.write_all(&subscribe).await.map_err(|e| error(e.to_string()))?;
                 counters.add_bytes(subscribe.len());
                 // The answer says the subscription is in place.
@@ -711,6 +736,7 @@ pub(crate) async fn subscribe(
             }
             let mut stream = connect_from(n, addr).await.map_err(|e| error(e.to_string()))?;
             let peer = server.peer;
+            let topic = topic.to_owned();
             Ok(tokio::spawn(async move {
                 let mut h = Recorder::new(&counters);
                 let mut cursor = "latest".to_owned();
@@ -728,19 +754,19 @@ pub(crate) async fn subscribe(
                     let request = match peer {
                         // As pushpull's poll client asks: `304 Not Modified` while nothing is new.
                         Peer::Pushpull if poll && !etag.is_empty() => format!(
-                            "GET /v1/topics/bench/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\n\r\n"
+                            "GET /v1/topics/{topic}/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\n\r\n"
                         ),
                         Peer::Pushpull if poll => format!(
-                            "GET /v1/topics/bench/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+                            "GET /v1/topics/{topic}/messages?after={cursor} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
                         ),
                         Peer::Pushpull => format!(
-                            "GET /v1/topics/bench/messages?after={cursor}&wait=30 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+                            "GET /v1/topics/{topic}/messages?after={cursor}&wait=30 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
                         ),
                         Peer::Nchan if etag.is_empty() => {
-                            format!("GET /sub/bench HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                            format!("GET /sub/{topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n")
                         }
                         Peer::Nchan => format!(
-                            "GET /sub/bench HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\nIf-Modified-Since: {modified}\r\n\r\n"
+                            "GET /sub/{topic} HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\nIf-Modified-Since: {modified}\r\n\r\n"
                         ),
                     };
                     if stream.write_all(request.as_bytes()).await.is_err() {
@@ -815,15 +841,18 @@ async fn read_response(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Erro
 
 /// Publishes `rate` messages a second for `seconds`, each carrying its scheduled send time, over
 /// a few keep-alive connections; returns how many were published.
-async fn publish(server: &Target, rate: u64, seconds: u64) -> Result<u64, Error> {
-    publish_every(server, Duration::from_secs_f64(1.0 / rate as f64), rate * seconds).await
+async fn publish(server: &Target, workload: &Workload) -> Result<u64, Error> {
+    let interval = Duration::from_secs_f64(1.0 / workload.rate as f64);
+    publish_every(server, interval, workload.rate * workload.seconds, workload.topics).await
 }
 
-/// Publishes `total` messages, one every `interval`, as [`publish`] does.
+/// Publishes `total` messages, one every `interval`, as [`publish`] does: the `n`th to
+/// [`topic_of`]`(topics, n)`.
 pub(crate) async fn publish_every(
     server: &Target,
     interval: Duration,
     total: u64,
+    topics: usize,
 ) -> Result<u64, Error> {
     const CONNECTIONS: usize = 8;
     let (free, mut take) = tokio::sync::mpsc::channel::<TcpStream>(CONNECTIONS);
@@ -833,7 +862,6 @@ pub(crate) async fn publish_every(
         free.send(stream).await.map_err(|_| error("publisher pool"))?;
     }
     let started = tokio::time::Instant::now();
-    let path = server.publish_path();
     let addr = server.addr;
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..total {
@@ -842,6 +870,7 @@ pub(crate) async fn publish_every(
         let scheduled = now_us().saturating_sub(due.elapsed().as_micros() as u64);
         let mut stream = take.recv().await.ok_or_else(|| error("publisher pool"))?;
         let free = free.clone();
+        let path = server.publish_path(&topic_of(topics, n as usize));
         tasks.spawn(async move {
             let body = format!("t={scheduled} n={n} padding-to-a-typical-small-message");
             let request = format!(
@@ -881,7 +910,13 @@ pub(crate) async fn run_once(
     for n in 0..workload.subscribers {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
-            subscribe(&server.target, workload.transport, n, counters.clone()),
+            subscribe(
+                &server.target,
+                workload.transport,
+                n,
+                &topic_of(workload.topics, n),
+                counters.clone(),
+            ),
         )
         .await
         .map_err(|_| error("a subscriber did not open in time"))??;
@@ -902,8 +937,8 @@ pub(crate) async fn run_once(
         let own_before = cpu_of("self")?;
         let cpu_before = server.cpu()?;
         let wall = Instant::now();
-        let published = publish(&server.target, workload.rate, workload.seconds).await?;
-        measured.expected = published * workload.subscribers as u64;
+        let published = publish(&server.target, workload).await?;
+        measured.expected = workload.expected(published);
         let deadline = stragglers_deadline(workload.subscribers);
         while seen.load(Ordering::Relaxed) < measured.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -912,6 +947,8 @@ pub(crate) async fn run_once(
         let own = cpu_of("self")?.saturating_sub(own_before);
         measured.delivered(seen.load(Ordering::Relaxed), cpu, wall.elapsed());
         measured.generator_cpu_share = own.as_secs_f64() / wall.elapsed().as_secs_f64();
+        measured.loaded_per_connection_kb =
+            per_connection(server.rss()?.saturating_sub(rss_before));
     }
     let merged = stop_and_merge(server, readers).await;
     measured.latencies(&merged);
@@ -966,6 +1003,7 @@ pub(crate) fn workloads(seconds: u64, scale: usize) -> Vec<Workload> {
         subscribers: (subscribers / scale).max(1),
         rate,
         seconds,
+        topics: 1,
     };
     vec![
         w("SSE, 1,000 subscribers, 50 messages/s", Transport::Sse, 1000, 50),
@@ -1130,6 +1168,7 @@ async fn sweep(
             subscribers,
             rate,
             seconds,
+            topics: 1,
         };
         async move {
             let measured = run_once(peer, &workload, core).await?;
@@ -1241,17 +1280,51 @@ pub(crate) async fn capacity(
 /// connection (KB), median CPU per delivery (µs).
 type CostPoint = (f64, f64, f64);
 
-/// How each server's costs grow with its connections: for each transport and each count in
-/// `counts`, that many subscribers of one topic on one server process (one core), then
-/// `messages` messages a second apart, each fanned out to all of them. Memory per connection
-/// (the server's and the kernel's), time to connect them all, the fan-out latency (p50, p99,
-/// max of every delivery) and server CPU per delivery; `rounds` interleaved runs per server,
-/// medians reported. With `plot`, the cost curves are drawn there as SVG.
+/// What a cost curve grows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Grow {
+    /// Subscribers of one topic; each of `messages` messages, a second apart, goes to all.
+    Connections { messages: u64 },
+    /// Topics with one subscriber each; `rate` messages a second go to them in turn, for
+    /// `seconds` or until every topic has had one, whichever is longer.
+    Topics { rate: u64, seconds: u64 },
+}
+
+impl Grow {
+    fn workload(self, transport_name: &str, transport: Transport, count: usize) -> Workload {
+        match self {
+            Grow::Connections { messages } => Workload {
+                name: format!("{transport_name}, {count} connections"),
+                transport,
+                subscribers: count,
+                rate: 1,
+                seconds: messages,
+                topics: 1,
+            },
+            Grow::Topics { rate, seconds } => Workload {
+                name: format!("{transport_name}, {count} topics"),
+                transport,
+                subscribers: count,
+                rate,
+                seconds: seconds.max((count as u64).div_ceil(rate.max(1))),
+                topics: count,
+            },
+        }
+    }
+}
+
+/// How each server's costs grow with its connections or its topics: for each transport and
+/// each count in `counts`, that many subscribers on one server process (one core) or spread
+/// over processes, then messages as `grow` says. Memory per connection (the server's and the
+/// kernel's), time to connect them all, the delivery latency (p50, p99, max of every
+/// delivery) and server CPU per delivery; `rounds` interleaved runs per server, medians
+/// reported. With `plot`, the cost curves are drawn there as SVG.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn scale(
     rounds: usize,
     counts: &[usize],
     spread: Option<crate::machine::Spread>,
-    messages: u64,
+    grow: Grow,
     core: usize,
     only: Option<String>,
     plot: Option<&Path>,
@@ -1275,11 +1348,15 @@ pub(crate) async fn scale(
             ));
         }
     }
+    let what = match grow {
+        Grow::Connections { .. } => "connections",
+        Grow::Topics { .. } => "topics, one subscriber each",
+    };
     println!(
-        "| transport | connections | measure | pushpull median (min–max) | Nchan median (min–max) | pushpull / Nchan |"
+        "| transport | {what} | measure | pushpull median (min–max) | Nchan median (min–max) | pushpull / Nchan |"
     );
     println!("|---|---:|---|---:|---:|---:|");
-    let mut rows: [Row; 8] = [
+    let mut rows: Vec<Row> = vec![
         ("memory per connection", |m| m.rss_per_connection_kb, "KB"),
         ("kernel memory per connection, both ends", |m| m.kernel_per_connection_kb, "KB"),
         ("time to connect all, one after another", |m| m.connect_seconds, "s"),
@@ -1293,6 +1370,19 @@ pub(crate) async fn scale(
         rows[0].0 = "memory per connection (PSS of every server process, Redis's too)";
         rows[2].0 = "time to connect all (load generator processes at once)";
     }
+    if let Grow::Topics { .. } = grow {
+        rows[3].0 = "delivery latency p50";
+        rows[4].0 = "delivery latency p99";
+        rows[5].0 = "delivery latency max";
+        rows.insert(
+            1,
+            (
+                "memory per connection once every topic has messages",
+                |m| m.loaded_per_connection_kb,
+                "KB",
+            ),
+        );
+    }
     let mut curves: Vec<(String, Vec<CostPoint>)> = Vec::new();
     let transports = [
         ("SSE", Transport::Sse),
@@ -1305,13 +1395,7 @@ pub(crate) async fn scale(
         }
         let mut points: [Vec<CostPoint>; 2] = [Vec::new(), Vec::new()];
         for &count in counts {
-            let workload = Workload {
-                name: format!("{name}, {count} connections"),
-                transport,
-                subscribers: count,
-                rate: 1,
-                seconds: messages,
-            };
+            let workload = grow.workload(name, transport, count);
             let mut results: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
             for round in 0..rounds {
                 for (i, peer) in [Peer::Pushpull, Peer::Nchan].into_iter().enumerate() {
@@ -1330,7 +1414,7 @@ pub(crate) async fn scale(
                     results[i].push(measured);
                 }
             }
-            for (measure, get, unit) in rows {
+            for &(measure, get, unit) in &rows {
                 let ours = summary(&results[0], get);
                 let theirs = summary(&results[1], get);
                 let ratio = if theirs.0 > 0.0 {
@@ -1354,9 +1438,21 @@ pub(crate) async fn scale(
         }
     }
     if let Some(dir) = plot {
-        let connections_axis = match spread {
-            None => "connections on one process (log scale)".to_owned(),
-            Some(spread) => format!("connections on {} processes (log scale)", spread.processes),
+        let on = match spread {
+            None => "one process".to_owned(),
+            Some(spread) => format!("{} processes", spread.processes),
+        };
+        let (axis, file, cpu_title) = match grow {
+            Grow::Connections { .. } => (
+                format!("connections on {on} (log scale)"),
+                "cost",
+                "Server CPU per delivery, one message a second to every connection".to_owned(),
+            ),
+            Grow::Topics { rate, .. } => (
+                format!("topics, one subscriber each, on {on} (log scale)"),
+                "topics",
+                format!("Server CPU per delivery, {rate} messages a second over the topics"),
+            ),
         };
         let series = |pick: fn(&CostPoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
             curves
@@ -1367,16 +1463,16 @@ pub(crate) async fn scale(
                 .collect()
         };
         crate::plot::curves(
-            &dir.join("cost-memory.svg"),
+            &dir.join(format!("{file}-memory.svg")),
             "Server memory per idle connection",
-            &connections_axis,
+            &axis,
             "KB per connection",
             &series(|p| p.1),
         )?;
         crate::plot::curves(
-            &dir.join("cost-cpu.svg"),
-            "Server CPU per delivery, one message a second to every connection",
-            &connections_axis,
+            &dir.join(format!("{file}-cpu.svg")),
+            &cpu_title,
+            &axis,
             "µs per delivery",
             &series(|p| p.2),
         )?;

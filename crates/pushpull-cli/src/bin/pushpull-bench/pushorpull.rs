@@ -68,7 +68,7 @@ async fn measure(
     for n in 0..clients {
         let reader = tokio::time::timeout(
             Duration::from_secs(20),
-            crate::peers::subscribe(&server.target, transport, n, counters.clone()),
+            crate::peers::subscribe(&server.target, transport, n, "bench", counters.clone()),
         )
         .await
         .map_err(|_| Error::new(ErrorKind::Backend, "a subscriber did not open in time"))??;
@@ -81,8 +81,8 @@ async fn measure(
     let started = Instant::now();
     let published = if rate > 0.0 {
         let total = (rate * window.as_secs_f64()).round().max(1.0) as u64;
-        crate::peers::publish_every(&server.target, Duration::from_secs_f64(1.0 / rate), total)
-            .await?
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        crate::peers::publish_every(&server.target, interval, total, 1).await?
     } else {
         0
     };
