@@ -548,3 +548,25 @@ fn bench_peers_refuses_a_count_of_nothing() {
     assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
     assert!(text(&run.stderr).contains("a count of 0 measures nothing"), "{}", text(&run.stderr));
 }
+
+#[test]
+fn bench_peers_counts_every_publish_past_a_keep_alive_connections_request_limit() {
+    // 10,000 publishes over the publisher's 8 keep-alive connections: nginx closes one after
+    // 1,000 requests unless told otherwise, and a publish that failed was once counted as made.
+    let run = Command::new(BIN)
+        .args(["bench", "peers", "--topics", "1", "--rate", "10000", "--seconds", "1"])
+        .args(["--rounds", "1", "--core", "0", "--only", "SSE"])
+        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    let line = table
+        .lines()
+        .find(|line| line.starts_with("| SSE | 1 |") && line.contains("delivered / expected"))
+        .unwrap_or_else(|| panic!("no delivered row: {table}"));
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    assert!(cells[4].starts_with("100.00 %"), "pushpull: {table}");
+    assert!(cells[5].starts_with("100.00 %"), "Nchan: {table}");
+    assert!(!text(&run.stderr).contains("publishes failed"), "{}", text(&run.stderr));
+}

@@ -344,6 +344,9 @@ pid {dir}/nginx.pid;
 events {{ worker_connections 60000; }}
 http {{
   access_log off;
+  # The publisher's keep-alive connections carry every publish (nginx closes one after 1,000
+  # requests by default).
+  keepalive_requests 10000000;
   client_body_temp_path {dir}/body;
   proxy_temp_path {dir}/proxy;
   fastcgi_temp_path {dir}/fastcgi;
@@ -864,11 +867,28 @@ pub(crate) async fn publish_every(
     let started = tokio::time::Instant::now();
     let addr = server.addr;
     let mut tasks = tokio::task::JoinSet::new();
+    let (mut published, mut failed) = (0, 0);
+    let mut count = |result: Result<Result<(), Error>, tokio::task::JoinError>| match result
+        .map_err(|e| error(e.to_string()))
+        .and_then(|r| r)
+    {
+        Ok(()) => published += 1,
+        Err(e) => {
+            failed += 1;
+            if failed <= 3 {
+                eprintln!("bench peers: a publish failed: {e}");
+            }
+        }
+    };
     for n in 0..total {
         let due = started + interval.mul_f64(n as f64);
         tokio::time::sleep_until(due).await;
         let scheduled = now_us().saturating_sub(due.elapsed().as_micros() as u64);
-        let mut stream = take.recv().await.ok_or_else(|| error("publisher pool"))?;
+        let mut stream = tokio::time::timeout(Duration::from_secs(10), take.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| error("the publisher has no connection left"))?;
         let free = free.clone();
         let path = server.publish_path(&topic_of(topics, n as usize));
         tasks.spawn(async move {
@@ -877,18 +897,34 @@ pub(crate) async fn publish_every(
                 "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
-            let ok = stream.write_all(request.as_bytes()).await.is_ok()
-                && read_response(&mut stream).await.is_ok();
-            let _ = free.send(stream).await;
-            ok
+            let answer = async {
+                stream.write_all(request.as_bytes()).await.map_err(|e| error(e.to_string()))?;
+                let (head, _) = read_response(&mut stream).await?;
+                match head.split(' ').nth(1) {
+                    Some(status) if status.starts_with('2') => Ok(()),
+                    _ => Err(error(format!("the server answered {head:?}"))),
+                }
+            }
+            .await;
+            // The pool keeps its size: a connection that failed is replaced.
+            let stream = match answer {
+                Ok(()) => Some(stream),
+                Err(_) => connect_from(60_000 + n as usize % 4_000, addr).await.ok(),
+            };
+            if let Some(stream) = stream {
+                let _ = free.send(stream).await;
+            }
+            answer
         });
-        while tasks.try_join_next().is_some() {}
-    }
-    let mut published = total;
-    while let Some(result) = tasks.join_next().await {
-        if !result.unwrap_or(false) {
-            published -= 1;
+        while let Some(result) = tasks.try_join_next() {
+            count(result);
         }
+    }
+    while let Some(result) = tasks.join_next().await {
+        count(result);
+    }
+    if failed > 0 {
+        eprintln!("bench peers: {failed} of {total} publishes failed (not counted as expected)");
     }
     Ok(published)
 }
