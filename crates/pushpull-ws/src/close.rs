@@ -6,7 +6,8 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// The peer broke RFC 6455 (an unmasked client frame, a bad opcode, reserved bits…).
 pub const PROTOCOL_ERROR: u16 = 1002;
-/// A text frame was not valid UTF-8.
+/// A message's data was not what its frame says: a text message not valid UTF-8, or a
+/// compressed message (permessage-deflate) that does not inflate.
 pub const INVALID_UTF8: u16 = 1007;
 /// The peer kept sending requests that cannot be read (more than `max_bad_frames` in a row).
 pub const POLICY: u16 = 1008;

@@ -43,6 +43,15 @@ pub struct ServerConfig {
     /// `Origin` (not a browser); any other origin is refused with 403, so a page on another
     /// site cannot use a visitor's browser to reach a pushpull on their network.
     pub allowed_origins: Vec<String>,
+    /// Compresses messages for a client that offers permessage-deflate (RFC 7692; browsers
+    /// and most libraries do), without context takeover either way: each message is
+    /// compressed once and its frame shared by every subscriber, and no socket keeps a
+    /// compression window. Off, offers are declined.
+    pub permessage_deflate: bool,
+    /// With `permessage_deflate`, frames (pushed messages, answers) smaller than this many
+    /// bytes go uncompressed: compressing a small one saves a few bytes and costs its receiver
+    /// more than that.
+    pub deflate_min_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +67,8 @@ impl Default for ServerConfig {
             max_bad_frames: 16,
             max_limit: 1000,
             allowed_origins: Vec::new(),
+            permessage_deflate: true,
+            deflate_min_bytes: 256,
         }
     }
 }
@@ -135,6 +146,9 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Deliveries buffered per subscription before the socket waits for the application.
     pub subscription_buffer: usize,
+    /// Offers permessage-deflate (RFC 7692) without context takeover: a server that agrees
+    /// sends larger messages compressed, and the client keeps no compression window.
+    pub permessage_deflate: bool,
 }
 
 impl Default for ClientConfig {
@@ -148,6 +162,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             subscription_buffer: 1024,
+            permessage_deflate: true,
         }
     }
 }

@@ -3,6 +3,7 @@
 mod client;
 pub mod close;
 mod config;
+mod deflate;
 mod server;
 pub mod wire;
 

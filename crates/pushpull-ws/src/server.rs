@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::close;
 use crate::config::ServerConfig;
+use crate::deflate::{self, Inflating};
 use crate::wire::{self, Frame, Incoming, Reply, Request, SUBPROTOCOL};
 use pushpull_http::metrics::{self, DeliveryMeter};
 use tracing::Instrument;
@@ -162,12 +163,13 @@ impl Sockets {
         let shutdown = Shutdown::of(&req);
         // What an auth layer granted, checked at every operation until it expires.
         let grant = pushpull_http::Grant::of(&req).cloned();
+        // Compression, when the client offers it in a form the server takes.
+        let deflate = self.config.permessage_deflate && deflate::offered(req.headers());
         // The session is the task: one future, holding the session once (a block around it
         // would keep a second copy of what it captured for the socket's whole life).
-        let session = Session::new(self.clone(), shutdown, grant);
+        let session = Session::new(self.clone(), shutdown, grant, deflate);
         // The session logs within the upgrade request's span (transport, peer).
         tokio::spawn(session.serve(on_upgrade, hold).in_current_span());
-        // Extensions (permessage-deflate, which browsers offer) are declined by not echoing them.
         let mut response = Response::new(pushpull_http::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -179,6 +181,13 @@ impl Sockets {
         );
         if subprotocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+        }
+        // Other extensions are declined by not naming them.
+        if deflate {
+            headers.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_static(deflate::NO_CONTEXT_TAKEOVER),
+            );
         }
         Ok(response)
     }
@@ -237,7 +246,7 @@ fn offers(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Why a session ends, and the close frame to send (if a frame can still be sent).
 struct Ending {
@@ -268,6 +277,8 @@ struct Session {
     heard: Instant,
     /// A refresh replaced the grant since the session last looked.
     refreshed: bool,
+    /// Whether the socket agreed to permessage-deflate.
+    deflate: bool,
 }
 
 /// What resolves when `grant`'s rights end (never, without one).
@@ -333,7 +344,7 @@ enum Event {
 }
 
 impl Session {
-    fn new(server: Sockets, shutdown: Shutdown, grant: Option<Grant>) -> Self {
+    fn new(server: Sockets, shutdown: Shutdown, grant: Option<Grant>, deflate: bool) -> Self {
         Self {
             server,
             shutdown,
@@ -344,6 +355,7 @@ impl Session {
             bad_frames: 0,
             heard: Instant::now(),
             refreshed: false,
+            deflate,
         }
     }
 
@@ -369,9 +381,11 @@ impl Session {
             // Frames gather until a batch is flushed (one write for many).
             .write_buffer_size(WRITE_BATCH_BYTES)
             .max_write_buffer_size(self.server.config.write_buffer + self.server.message_limit);
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        // The peer's compressed messages are inflated before tungstenite reads them, up to
+        // the size it accepts.
+        let limit = self.deflate.then_some(self.server.message_limit);
+        let raw = Inflating::server(TokioIo::new(upgraded), limit);
+        let mut socket = WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
         let _open = self.server.open.hold();
         self.run(&mut socket).await;
     }
@@ -394,7 +408,13 @@ impl Session {
             };
             let outcome = match event {
                 Event::Frame(None) => break None,
-                Event::Frame(Some(Err(error))) => break closing_for(&error),
+                Event::Frame(Some(Err(error))) => {
+                    // A compressed message that did not inflate says why itself.
+                    let inflating = socket.get_ref().failure();
+                    break inflating
+                        .map(|(code, reason)| Ending::new(code, reason))
+                        .or_else(|| closing_for(&error));
+                }
                 Event::Frame(Some(Ok(message))) => {
                     self.heard = Instant::now();
                     // Boxed, as a request's handling is: a frame from the peer is rare on a
@@ -464,7 +484,7 @@ impl Session {
                     )));
                 }
                 let reply = wire::error_reply(bad.id.as_deref(), None, None, &bad.error);
-                send_frame(socket, wire::reply_frame(&reply), write_timeout).await
+                send(socket, self.outgoing(wire::reply_frame(&reply)), write_timeout).await
             }
             Ok(incoming) => {
                 self.bad_frames = 0;
@@ -472,8 +492,18 @@ impl Session {
                 // large and brief; inline, every socket's session would carry room for it
                 // for its whole life, idle or not.
                 let frame = Box::pin(self.answer(incoming)).await;
-                send_frame(socket, frame, write_timeout).await
+                send(socket, self.outgoing(frame), write_timeout).await
             }
+        }
+    }
+
+    /// An answer as it is sent: compressed, when the socket agreed to permessage-deflate and
+    /// it is large enough (a page of a fetch, say).
+    fn outgoing(&self, frame: Frame) -> WsMessage {
+        let message = ws_message(frame);
+        match self.deflate {
+            true => deflate::compress(message, self.server.config.deflate_min_bytes),
+            false => message,
         }
     }
 
@@ -782,7 +812,8 @@ impl Session {
     fn queued(&mut self, key: Key, delivery: Option<Result<Delivery, Error>>) -> Queued {
         let (failure, reason) = match delivery {
             Some(Ok(delivery)) => {
-                let message = pushed(&delivery, label(&key).as_deref());
+                let deflate = self.deflate.then_some(self.server.config.deflate_min_bytes);
+                let message = pushed(&delivery, label(&key).as_deref(), deflate);
                 self.server.meter.delivered(&delivery);
                 self.server.meter.bytes(message.len());
                 return Queued { message, then: None };
@@ -822,16 +853,26 @@ const MAX_BATCH: usize = 64;
 /// Frames gather in the socket's buffer up to this many bytes before it writes on its own.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
-/// The message pushing `delivery` to the subscription named `sub`. The first subscription to
-/// a topic on a socket is unnamed, so its frames are the same for every subscriber: they are
-/// made once per message and shared.
-fn pushed(delivery: &Delivery, sub: Option<&str>) -> WsMessage {
+/// The message pushing `delivery` to the subscription named `sub`, compressed from
+/// `deflate` bytes on where the socket agreed to permessage-deflate. The first subscription
+/// to a topic on a socket is unnamed, so its frames are the same for every subscriber: they
+/// are made (and compressed) once per message and shared.
+fn pushed(delivery: &Delivery, sub: Option<&str>, deflate: Option<usize>) -> WsMessage {
     static UNNAMED_FRAME: EncodingKey = EncodingKey::new();
-    match (delivery, sub) {
-        (Delivery::Message(message), None) => message
+    static UNNAMED_DEFLATED: EncodingKey = EncodingKey::new();
+    match (delivery, sub, deflate) {
+        (Delivery::Message(message), None, None) => message
             .encodings
             .get_or_encode(&UNNAMED_FRAME, || ws_message(wire::delivery_frame(delivery, None))),
-        _ => ws_message(wire::delivery_frame(delivery, sub)),
+        (Delivery::Message(message), None, Some(min_bytes)) => {
+            message.encodings.get_or_encode(&UNNAMED_DEFLATED, || {
+                deflate::compress(pushed(delivery, None, None), min_bytes)
+            })
+        }
+        (_, _, None) => ws_message(wire::delivery_frame(delivery, sub)),
+        (_, _, Some(min_bytes)) => {
+            deflate::compress(ws_message(wire::delivery_frame(delivery, sub)), min_bytes)
+        }
     }
 }
 
@@ -857,14 +898,6 @@ where
 
 fn parse_cursor(text: Option<&str>, default: Cursor) -> Result<Cursor, Error> {
     text.map_or(Ok(default), str::parse)
-}
-
-async fn send_frame(
-    socket: &mut Socket,
-    frame: Frame,
-    timeout: Duration,
-) -> Result<(), Option<Ending>> {
-    send(socket, ws_message(frame), timeout).await
 }
 
 /// Sends one message, waiting at most `timeout` for the peer to take it.

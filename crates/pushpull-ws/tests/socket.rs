@@ -97,7 +97,7 @@ async fn closed(socket: &mut Socket) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn the_handshake_echoes_the_subprotocol_and_declines_compression() {
+async fn the_handshake_echoes_the_subprotocol_and_agrees_to_compression() {
     let setup = start(ServerConfig::default()).await;
     let addr = setup.running.local_addr();
     let (_, response) = connect(
@@ -110,7 +110,10 @@ async fn the_handshake_echoes_the_subprotocol_and_declines_compression() {
     .await;
     assert_eq!(response.status(), 101);
     assert_eq!(response.headers()["sec-websocket-protocol"], "pushpull.v1");
-    assert!(response.headers().get("sec-websocket-extensions").is_none(), "compression declined");
+    assert_eq!(
+        response.headers()["sec-websocket-extensions"],
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
 
     let (_, response) = connect(addr, &[]).await;
     assert!(response.headers().get("sec-websocket-protocol").is_none(), "not offered, not echoed");

@@ -22,9 +22,10 @@ use super::{Answer, Command, Key};
 use crate::NAME;
 use crate::close;
 use crate::config::ClientConfig;
+use crate::deflate::{self, Inflating};
 use crate::wire::{self, Frame, Reply, Request, SUBPROTOCOL};
 
-type Socket = WebSocketStream<ClientStream>;
+type Socket = WebSocketStream<Inflating<ClientStream>>;
 
 /// The task that owns the socket.
 pub(super) struct Driver {
@@ -178,15 +179,27 @@ impl Driver {
             value.set_sensitive(true);
             request.headers_mut().insert(http::header::AUTHORIZATION, value);
         }
+        let deflate = self.config.permessage_deflate;
+        if deflate {
+            request.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_EXTENSIONS,
+                http::HeaderValue::from_static(deflate::NO_CONTEXT_TAKEOVER),
+            );
+        }
         let host = request.uri().host().unwrap_or_default().to_owned();
         let port = request.uri().port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let config = WebSocketConfig::default().max_write_buffer_size(64 * 1024 * 1024);
+        let limit = config.max_message_size.unwrap_or(usize::MAX);
         let tls = self.tls.as_ref();
         let connecting = async {
             let address = (host.trim_start_matches('[').trim_end_matches(']'), port);
             let stream = ClientStream::connect(address, &host, tls)
                 .await
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+            // Offering compression, the socket reads the answer itself, and inflates what
+            // follows if the server agreed.
+            let stream =
+                if deflate { Inflating::client(stream, limit) } else { Inflating::plain(stream) };
             tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
         };
         match tokio::time::timeout(self.config.request_timeout, connecting).await {

@@ -289,6 +289,14 @@ pub(crate) enum Bench {
         /// Messages published back to back, for throughput.
         #[arg(long, default_value_t = 2000)]
         burst: usize,
+        /// Pad each message to about this many bytes with JSON-like text (0: a timestamp
+        /// alone), to see what compression saves.
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
+        /// Also measure WebSocket with permessage-deflate off, in a row of its own
+        /// (`ws, no permessage-deflate`), beside the `ws` row that offers it.
+        #[arg(long)]
+        ws_plain: bool,
         /// Store the logs in Redis (a redis-server of the bench's own).
         #[arg(long)]
         redis: bool,
@@ -408,9 +416,24 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             crate::peers::compare(rounds, seconds, scale, core, only).await
         }
         Bench::Quiet { transports, seconds, report } => quiet(&transports, seconds, &report).await,
-        Bench::Compare { transports, messages, interval, burst, redis, two_nodes, report } => {
+        Bench::Compare {
+            transports,
+            messages,
+            interval,
+            burst,
+            payload,
+            ws_plain,
+            redis,
+            two_nodes,
+            report,
+        } => {
             let redis = RedisBacking::start(redis)?;
-            let shape = Shape { messages, interval, burst };
+            let mut transports: Vec<(String, String)> =
+                transports.iter().map(|t| (t.clone(), t.clone())).collect();
+            if ws_plain && let Some(at) = transports.iter().position(|(t, _)| t == "ws") {
+                transports.insert(at + 1, ("ws".into(), WS_PLAIN.into()));
+            }
+            let shape = Shape { messages, interval, burst, payload };
             compare(&transports, shape, &redis, two_nodes, &report).await
         }
     }
@@ -842,16 +865,37 @@ struct Shape {
     messages: usize,
     interval: Duration,
     burst: usize,
+    /// About how many bytes each message's payload has (0: a timestamp alone).
+    payload: usize,
+}
+
+/// The row of `bench compare --ws-plain`: WebSocket with permessage-deflate off.
+const WS_PLAIN: &str = "ws, no permessage-deflate";
+
+/// A message's payload: `stamp`, padded to about `size` bytes with JSON-like text (an event
+/// much like the next, as compression meets them).
+fn padded(stamp: impl std::fmt::Display, size: usize) -> String {
+    let mut text = stamp.to_string();
+    let mut n = 0;
+    while text.len() < size {
+        text.push_str(&format!(
+            " {{\"id\":{n},\"kind\":\"update\",\"price\":{}.{:02}}}",
+            100 + n % 7,
+            n * 13 % 100
+        ));
+        n += 1;
+    }
+    text
 }
 
 async fn compare(
-    transports: &[String],
+    transports: &[(String, String)],
     shape: Shape,
     redis: &RedisBacking,
     two_nodes: bool,
     report: &Report,
 ) -> Result<(), Error> {
-    let Shape { messages, interval, burst } = shape;
+    let Shape { messages, burst, .. } = shape;
     let (server, publishing_node) = redis.nodes(two_nodes).await?;
     let publish_to = publishing_node.as_ref().unwrap_or(&server);
     if !report.json {
@@ -861,15 +905,15 @@ async fn compare(
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     }
     let mut rows = Vec::new();
-    for transport in transports {
+    for (transport, name) in transports {
         let progress =
-            progress_bar((messages + burst) as u64, &format!("{transport}: latency, then burst"));
-        let row = measure(&server, publish_to, transport, shape, &progress).await?;
+            progress_bar((messages + burst) as u64, &format!("{name}: latency, then burst"));
+        let row = measure(&server, publish_to, transport, name, shape, &progress).await?;
         progress.finish_and_clear();
         let at = |q| row.percentile(q);
         if !report.json {
             println!(
-                "| {transport} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
+                "| {name} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} |",
                 ms(at(50)),
                 ms(at(90)),
                 ms(at(99)),
@@ -879,7 +923,7 @@ async fn compare(
                 row.burst_rate,
             );
         }
-        rows.push((transport.clone(), row));
+        rows.push((name.clone(), row));
     }
     if report.json {
         let seconds = |d: Duration| d.as_secs_f64();
@@ -900,7 +944,8 @@ async fn compare(
             })
             .collect();
         let shape = serde_json::json!({
-            "messages": messages, "interval_seconds": interval.as_secs_f64(), "burst": burst,
+            "messages": messages, "interval_seconds": shape.interval.as_secs_f64(),
+            "burst": burst, "payload": shape.payload,
         });
         println!(
             "{}",
@@ -934,14 +979,21 @@ async fn measure(
     server: &ServerProcess,
     publish_to: &ServerProcess,
     transport: &str,
-    Shape { messages, interval, burst }: Shape,
+    name: &str,
+    Shape { messages, interval, burst, payload }: Shape,
     progress: &indicatif::ProgressBar,
 ) -> Result<Row, Error> {
     let relay = CountingRelay::start(server.addr).await?;
-    let subscriber =
-        pushpull::connect(&ClientConfig::new(transport, format!("http://{}", relay.addr))).await?;
+    let mut config = ClientConfig::new(transport, format!("http://{}", relay.addr));
+    if name == WS_PLAIN {
+        let mut ws = toml::Table::new();
+        ws.insert("permessage_deflate".into(), false.into());
+        config.settings.insert("ws".into(), ws);
+    }
+    let subscriber = pushpull::connect(&config).await?;
     let publisher = pushpull::connect(&ClientConfig::new("poll", publish_to.url())).await?;
-    let topic = Topic::new(format!("bench.{transport}"))?;
+    let plain = if name == WS_PLAIN { ".plain" } else { "" };
+    let topic = Topic::new(format!("bench.{transport}{plain}"))?;
     let mut subscription = subscriber.subscribe(&topic, Cursor::Latest).await?;
 
     // Latency: one message at a time, each carrying its send time.
@@ -952,7 +1004,7 @@ async fn measure(
         tokio::spawn(async move {
             for _ in 0..messages {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
-                publisher.publish(&topic, Publication::new(now.to_string())).await?;
+                publisher.publish(&topic, Publication::new(padded(now, payload))).await?;
                 tokio::time::sleep(interval).await;
             }
             Ok::<_, Error>(())
@@ -965,7 +1017,8 @@ async fn measure(
             .map_err(|_| bench_error(format!("{transport}: a message did not arrive")))?
             .ok_or_else(|| bench_error(format!("{transport}: the subscription ended")))??;
         if let Some(message) = delivery.as_message() {
-            let sent: u128 = message.text().and_then(|t| t.parse().ok()).unwrap_or_default();
+            let stamp = message.text().and_then(|t| t.split(' ').next());
+            let sent: u128 = stamp.and_then(|t| t.parse().ok()).unwrap_or_default();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
             latencies.push(Duration::from_nanos(now.saturating_sub(sent) as u64));
             progress.inc(1);
@@ -986,7 +1039,8 @@ async fn measure(
             futures::stream::iter(0..burst)
                 .map(|n| {
                     let (publisher, topic) = (publisher.clone(), topic.clone());
-                    async move { publisher.publish(&topic, Publication::new(n.to_string())).await }
+                    let text = padded(n, payload);
+                    async move { publisher.publish(&topic, Publication::new(text)).await }
                 })
                 .buffer_unordered(8)
                 .collect::<Vec<_>>()

@@ -299,6 +299,7 @@ pub(crate) async fn run(
         let interval = Duration::from_secs_f64(1.0 / workload.rate as f64);
         let total = workload.rate * workload.seconds;
         let published = publish_every(&fleet.target, interval, total, workload.topics).await?;
+        measured.publish_failures = total - published;
         measured.expected = workload.expected(published);
         let deadline = stragglers_deadline(count);
         while seen() < measured.expected && Instant::now() < deadline {

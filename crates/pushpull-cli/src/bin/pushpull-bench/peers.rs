@@ -135,6 +135,8 @@ pub(crate) struct Measured {
     /// The server's memory per connection once the messages were published (its topics
     /// holding them), against before the subscribers opened.
     pub(crate) loaded_per_connection_kb: f64,
+    /// Publishes the server refused or that failed (not counted in `expected`).
+    pub(crate) publish_failures: u64,
 }
 
 /// Where a server of either kind listens.
@@ -215,6 +217,9 @@ impl Server {
             // Every subscriber of the bench's one topic is a member (presence is on by
             // default), and the scale runs hold more than the default 10,000.
             .env("PUSHPULL_PRESENCE__MAX_MEMBERS", "100000")
+            // The topics runs hold up to 100,000 topics, and as many presence logs (the
+            // default table holds 10,000 of each).
+            .env("PUSHPULL_BROKER__MAX_TOPICS", "200000")
             // The generator connects from many addresses; none is over the limit.
             .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
             // As many as its open files allow (it keeps 256 for itself).
@@ -974,6 +979,7 @@ pub(crate) async fn run_once(
         let cpu_before = server.cpu()?;
         let wall = Instant::now();
         let published = publish(&server.target, workload).await?;
+        measured.publish_failures = workload.rate * workload.seconds - published;
         measured.expected = workload.expected(published);
         let deadline = stragglers_deadline(workload.subscribers);
         while seen.load(Ordering::Relaxed) < measured.expected && Instant::now() < deadline {
@@ -1401,6 +1407,7 @@ pub(crate) async fn scale(
         ("fan-out latency max", |m| m.max_ms, "ms"),
         ("server CPU per delivery", |m| m.cpu_per_delivery_us, "µs"),
         ("delivered / expected", |m| m.deliveries as f64 / m.expected.max(1) as f64 * 100.0, "%"),
+        ("publishes refused or failed", |m| m.publish_failures as f64, ""),
     ];
     if spread.is_some() {
         rows[0].0 = "memory per connection (PSS of every server process, Redis's too)";
