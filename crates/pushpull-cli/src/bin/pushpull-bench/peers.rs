@@ -197,7 +197,12 @@ impl Server {
     pub(crate) async fn start(peer: Peer, core: usize) -> Result<Server, Error> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         match peer {
-            Peer::Pushpull => Self::pushpull(addr, core, &[]).await,
+            // The memory broker's table holds 10,000 topics (and as many presence logs) by
+            // default; the topics runs hold up to 19,000 on one process.
+            Peer::Pushpull => {
+                Self::pushpull(addr, core, &[("PUSHPULL_BROKER__MAX_TOPICS", "100000".into())])
+                    .await
+            }
             Peer::Nchan => Self::nchan(addr, core, None).await,
         }
     }
@@ -217,9 +222,6 @@ impl Server {
             // Every subscriber of the bench's one topic is a member (presence is on by
             // default), and the scale runs hold more than the default 10,000.
             .env("PUSHPULL_PRESENCE__MAX_MEMBERS", "100000")
-            // The topics runs hold up to 100,000 topics, and as many presence logs (the
-            // default table holds 10,000 of each).
-            .env("PUSHPULL_BROKER__MAX_TOPICS", "200000")
             // The generator connects from many addresses; none is over the limit.
             .env("PUSHPULL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
             // As many as its open files allow (it keeps 256 for itself).
