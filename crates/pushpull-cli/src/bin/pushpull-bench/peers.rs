@@ -1499,27 +1499,30 @@ pub(crate) async fn scale(
                 format!("Server CPU per delivery, {rate} messages a second over the topics"),
             ),
         };
-        let series = |pick: fn(&CostPoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        let series = |pick: fn(&CostPoint) -> f64, from: f64| -> Vec<(String, Vec<(f64, f64)>)> {
             curves
                 .iter()
                 .map(|(name, points)| {
-                    (name.clone(), points.iter().map(|p| (p.0, pick(p))).collect())
+                    let points = points.iter().filter(|p| p.0 >= from);
+                    (name.clone(), points.map(|p| (p.0, pick(p))).collect())
                 })
                 .collect()
         };
+        // What a handful of connections grew a server by is its allocator's pages, not what a
+        // connection costs: the memory curve starts at 100.
         crate::plot::curves(
             &dir.join(format!("{file}-memory.svg")),
             "Server memory per idle connection",
             &axis,
             "KB per connection",
-            &series(|p| p.1),
+            &series(|p| p.1, 100.0),
         )?;
         crate::plot::curves(
             &dir.join(format!("{file}-cpu.svg")),
             &cpu_title,
             &axis,
             "µs per delivery",
-            &series(|p| p.2),
+            &series(|p| p.2, 0.0),
         )?;
     }
     Ok(())
