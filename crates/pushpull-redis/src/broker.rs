@@ -432,6 +432,7 @@ impl Subscribe for RedisBroker {
             wake,
             ready,
             failures: 0,
+            quiet: 0,
             failed: false,
         };
         Ok(Subscription::new(
@@ -503,8 +504,18 @@ struct Reader {
     wake: watch::Receiver<u64>,
     ready: VecDeque<Delivery>,
     failures: u32,
+    /// Quiet checks in a row: each waited twice as long as the one before.
+    quiet: u32,
     failed: bool,
 }
+
+/// A topic that stays quiet is checked less and less often: each quiet check waits twice as
+/// long as the one before, up to `2^QUIET_DOUBLINGS` times `check_interval`, until a wake-up
+/// or a message starts it over. So an idle node's reads of Redis grow with its topics by a
+/// thirty-second of what they would, and a lost wake-up (which nothing short of the check
+/// finds only when the pub/sub connection stayed up and yet lost one) costs at most that much
+/// latency.
+const QUIET_DOUBLINGS: u32 = 5;
 
 impl Reader {
     /// The next page after the reader's position: from the node's window when it covers it,
@@ -564,10 +575,15 @@ impl Reader {
                     if page.is_empty() {
                         // A wake-up, or the periodic check that catches one that never came.
                         let waiting = Instant::now();
-                        if tokio::time::timeout(check, self.wake.changed()).await.is_err() {
+                        let wait = check.saturating_mul(1 << self.quiet.min(QUIET_DOUBLINGS));
+                        if tokio::time::timeout(wait, self.wake.changed()).await.is_err() {
                             since = Some(waiting);
+                            self.quiet = self.quiet.saturating_add(1);
+                        } else {
+                            self.quiet = 0;
                         }
                     } else {
+                        self.quiet = 0;
                         self.ready.extend(page.into_deliveries());
                     }
                 }

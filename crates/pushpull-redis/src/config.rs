@@ -32,8 +32,9 @@ pub struct RedisConfig {
     #[serde(with = "pushpull_core::duration_text")]
     pub response_timeout: Duration,
     /// How often a node reads each topic its subscribers follow even without a wake-up (one
-    /// read for all of the topic's subscribers on the node), so a lost one costs at most about
-    /// this much latency.
+    /// read for all of the topic's subscribers on the node), so a lost one costs little
+    /// latency: a topic that stays quiet is checked after this, then twice as long after each
+    /// quiet check, up to 32 times this, until a wake-up or a message.
     #[serde(with = "pushpull_core::duration_text")]
     pub check_interval: Duration,
     /// How long this node's members stay in Redis without being renewed: the node renews them

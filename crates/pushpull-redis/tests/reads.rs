@@ -1,6 +1,6 @@
 //! How often a node's subscribers read Redis: a topic's subscribers on one node share its
-//! reads (one per wake-up, one per quiet `check_interval`), not one each; and they still get
-//! every message, in order.
+//! reads (one per wake-up, one per quiet check), not one each; a quiet topic is checked less
+//! and less often; and they still get every message, in order.
 
 use std::time::Duration;
 
@@ -123,4 +123,49 @@ async fn subscribing_where_the_nodes_window_reaches_reads_nothing_from_redis() {
     let mut behind = broker.subscribe(&topic, stale).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(20), behind.next()).await.unwrap();
     assert!(matches!(got, Some(Ok(Delivery::Gap(_)))), "{got:?}");
+}
+
+#[tokio::test]
+async fn quiet_topics_are_checked_less_and_less_often_and_wake_at_once() {
+    const TOPICS: usize = 30;
+    let server = tokio::task::spawn_blocking(RedisServer::start).await.unwrap().unwrap();
+    let mut config = RedisConfig::new(server.url());
+    // Checking every 50 ms, thirty quiet topics with a reader each would be read about 1,800
+    // times over three seconds.
+    config.check_interval = Duration::from_millis(50);
+    let broker = RedisBroker::new(config).unwrap();
+    let topics: Vec<Topic> =
+        (0..TOPICS).map(|i| Topic::new(format!("quiet-{i}")).unwrap()).collect();
+    let mut subscriptions = Vec::new();
+    for topic in &topics {
+        subscriptions.push(broker.subscribe(topic, Cursor::Latest).await.unwrap());
+    }
+    let readers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|mut subscription| {
+            tokio::spawn(async move {
+                let next = tokio::time::timeout(Duration::from_secs(20), subscription.next());
+                match next.await.expect("the message arrives").expect("open").unwrap() {
+                    Delivery::Message(message) => String::from_utf8(message.payload.to_vec()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = scripts_run(&server).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = scripts_run(&server).await - before;
+    assert!(
+        idle < (TOPICS * 3000 / 50 / 4) as u64,
+        "{idle} reads of Redis in three quiet seconds by readers of {TOPICS} topics checking \
+         every 50 ms: each quiet check should wait longer than the last"
+    );
+    // However long their quiet checks have grown, every reader gets its topic's message.
+    for (i, topic) in topics.iter().enumerate() {
+        broker.publish(topic, Publication::new(format!("m{i}"))).await.unwrap();
+    }
+    for (i, reader) in readers.into_iter().enumerate() {
+        assert_eq!(reader.await.unwrap().unwrap(), format!("m{i}"));
+    }
 }
