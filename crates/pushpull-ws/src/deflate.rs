@@ -532,6 +532,101 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inflating<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
+        match payload.len() {
+            short @ 0..=125 => frame.push(0x80 | short as u8),
+            medium @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(medium as u16).to_be_bytes());
+            }
+            long => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(long as u64).to_be_bytes());
+            }
+        }
+        let mask = [0xa1, 0x02, 0x7f, 0x30];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// One message as a client may send it: compressed or not, in `pieces` fragments (at
+    /// least one), a ping after the first.
+    fn frames_of(text: &str, compressed: bool, pieces: usize) -> Vec<u8> {
+        let data = if compressed { deflate(text.as_bytes()).unwrap() } else { text.into() };
+        let size = data.len().div_ceil(pieces.max(1)).max(1);
+        let chunks: Vec<&[u8]> =
+            if data.is_empty() { vec![&[]] } else { data.chunks(size).collect() };
+        let mut bytes = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (first, last) = (i == 0, i + 1 == chunks.len());
+            let opcode = if first { 0x1 } else { 0x0 };
+            bytes.extend(client_frame(last, compressed && first, opcode, chunk));
+            if first {
+                bytes.extend(client_frame(true, false, 0x9, b"p"));
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the mix of compressed and plain messages, their fragments, and how the
+        /// bytes are cut into reads, tungstenite reads every message as it was sent.
+        #[test]
+        fn messages_arrive_whole_however_they_are_cut(
+            messages in prop::collection::vec(
+                ("[ -~]{0,40}", 1usize..60, any::<bool>(), 1usize..4),
+                1..6,
+            ),
+            read_size in 1usize..40,
+        ) {
+            let texts: Vec<String> =
+                messages.iter().map(|(piece, times, _, _)| piece.repeat(*times)).collect();
+            let mut bytes = Vec::new();
+            for ((_, _, compressed, pieces), text) in messages.iter().zip(&texts) {
+                bytes.extend(frames_of(text, *compressed, *pieces));
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let read: Vec<String> = runtime.block_on(async move {
+                // A pipe that takes at most `read_size` bytes at a time cuts frames anywhere.
+                let (client, server) = tokio::io::duplex(read_size);
+                let (mut answers, mut client) = tokio::io::split(client);
+                let writer = tokio::spawn(async move {
+                    let _ = client.write_all(&bytes).await;
+                    client
+                });
+                // The pongs tungstenite sends back are read and dropped.
+                let drain = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut answers, &mut tokio::io::sink()).await;
+                });
+                let socket = Inflating::server(server, Some(1 << 20));
+                let mut socket = WebSocketStream::from_raw_socket(socket, Role::Server, None).await;
+                let mut read = Vec::new();
+                while read.len() < texts.len() {
+                    match socket.next().await {
+                        Some(Ok(WsMessage::Text(text))) => read.push(text.to_string()),
+                        Some(Ok(_)) => {}
+                        other => panic!("{other:?} after {read:?}"),
+                    }
+                }
+                writer.abort();
+                drain.abort();
+                assert_eq!(read, texts);
+                read
+            });
+            prop_assert_eq!(read.len(), messages.len());
+        }
+    }
 
     fn offer(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
