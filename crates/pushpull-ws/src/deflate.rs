@@ -537,25 +537,16 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::Control;
 
-    /// A masked client frame.
-    fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
-        match payload.len() {
-            short @ 0..=125 => frame.push(0x80 | short as u8),
-            medium @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(medium as u16).to_be_bytes());
-            }
-            long => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(long as u64).to_be_bytes());
-            }
-        }
-        let mask = [0xa1, 0x02, 0x7f, 0x30];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
+    /// A masked client frame, as tungstenite's own encoder writes it.
+    fn client_frame(fin: bool, rsv1: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), fin);
+        let header = frame.header_mut();
+        (header.rsv1, header.opcode, header.mask) = (rsv1, opcode, Some([0xa1, 0x02, 0x7f, 0x30]));
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).expect("a frame formats");
+        bytes
     }
 
     /// One message as a client may send it: compressed or not, in `pieces` fragments (at
@@ -568,10 +559,11 @@ mod tests {
         let mut bytes = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let (first, last) = (i == 0, i + 1 == chunks.len());
-            let opcode = if first { 0x1 } else { 0x0 };
+            let opcode = OpCode::Data(if first { Data::Text } else { Data::Continue });
             bytes.extend(client_frame(last, compressed && first, opcode, chunk));
             if first {
-                bytes.extend(client_frame(true, false, 0x9, b"p"));
+                let ping = OpCode::Control(Control::Ping);
+                bytes.extend(client_frame(true, false, ping, b"p"));
             }
         }
         bytes
