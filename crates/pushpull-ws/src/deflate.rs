@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, BytesMut};
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use http::HeaderMap;
 use http::header::SEC_WEBSOCKET_EXTENSIONS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -160,13 +160,17 @@ fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, Inflation> {
     loop {
         let (read, wrote) = (inflater.total_in(), inflater.total_out());
         let consumed = read as usize;
-        inflater
+        let status = inflater
             .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
             .map_err(|error| Inflation::Corrupt(error.to_string()))?;
         if out.len() > limit {
             return Err(Inflation::TooBig);
         }
-        if inflater.total_in() as usize == input.len() && out.len() < out.capacity() {
+        // A sender may end a message with a final block (RFC 7692 section 7.2.3.3): what
+        // follows it (the tail added above) is not read.
+        if status == Status::StreamEnd
+            || (inflater.total_in() as usize == input.len() && out.len() < out.capacity())
+        {
             return Ok(out);
         }
         if out.len() == out.capacity() {
@@ -662,6 +666,11 @@ mod tests {
         assert_eq!(inflate(&compressed, 10_000).unwrap(), text.as_bytes());
         assert!(matches!(inflate(&compressed, 100), Err(Inflation::TooBig)));
         assert!(matches!(inflate(&[0xff, 0xff, 0xff], 100), Err(Inflation::Corrupt(_))));
+        // Ended by a final block instead of a sync flush, as a sender may.
+        let mut finished = Vec::with_capacity(text.len());
+        let mut deflater = Compress::new(Compression::default(), false);
+        deflater.compress_vec(text.as_bytes(), &mut finished, FlushCompress::Finish).unwrap();
+        assert_eq!(inflate(&finished, 10_000).unwrap(), text.as_bytes());
     }
 
     #[test]
