@@ -18,8 +18,8 @@ use http::HeaderMap;
 use http::header::SEC_WEBSOCKET_EXTENSIONS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use crate::close;
 
@@ -245,48 +245,10 @@ struct Reader {
     /// Payload bytes of a plain frame still to pass through.
     passing: u64,
     /// A compressed message being gathered: its opcode and its payload so far, unmasked.
-    gathering: Option<(u8, Vec<u8>)>,
+    gathering: Option<(OpCode, Vec<u8>)>,
     /// The close code and reason for a message that could not be inflated.
     failure: Option<(u16, String)>,
     ended: bool,
-}
-
-/// A frame's header, parsed.
-struct Head {
-    fin: bool,
-    rsv1: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    length: u64,
-    /// The header's size in bytes.
-    size: usize,
-}
-
-impl Head {
-    /// The header at the start of `bytes`, once all of it has come.
-    fn parse(bytes: &[u8]) -> Option<Head> {
-        let (&first, &second) = (bytes.first()?, bytes.get(1)?);
-        let (mut size, length) = match second & 0x7f {
-            126 => (4, u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?))),
-            127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
-            short => (2, u64::from(short)),
-        };
-        let mask = if second & 0x80 != 0 {
-            let key: [u8; 4] = bytes.get(size..size + 4)?.try_into().ok()?;
-            size += 4;
-            Some(key)
-        } else {
-            None
-        };
-        Some(Head {
-            fin: first & 0x80 != 0,
-            rsv1: first & 0x40 != 0,
-            opcode: first & 0x0f,
-            mask,
-            length,
-            size,
-        })
-    }
 }
 
 impl Reader {
@@ -351,9 +313,19 @@ impl Reader {
             self.passing -= n as u64;
             return true;
         }
-        let Some(head) = Head::parse(&self.raw) else { return false };
-        let data = matches!(head.opcode, 1 | 2);
-        let continuation = head.opcode == 0;
+        let mut cursor = io::Cursor::new(&self.raw[..]);
+        let (head, length) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return false,
+            // A header tungstenite cannot read either: it says so itself.
+            Err(_) => {
+                self.stage = Stage::Plain;
+                return true;
+            }
+        };
+        let size = cursor.position() as usize;
+        let data = matches!(head.opcode, OpCode::Data(Data::Text | Data::Binary));
+        let continuation = head.opcode == OpCode::Data(Data::Continue);
         let compressed = (data && head.rsv1) || (continuation && self.gathering.is_some());
         if !compressed {
             if data && self.gathering.is_some() {
@@ -364,9 +336,9 @@ impl Reader {
                 return false;
             }
             // A plain frame (or one tungstenite will refuse itself): passed on as it came.
-            let header = self.raw.split_to(head.size);
+            let header = self.raw.split_to(size);
             self.out.extend_from_slice(&header);
-            self.passing = head.length;
+            self.passing = length;
             return true;
         }
         if continuation && head.rsv1 {
@@ -383,19 +355,19 @@ impl Reader {
             return false;
         }
         let gathered = self.gathering.as_ref().map_or(0, |(_, payload)| payload.len() as u64);
-        if gathered.saturating_add(head.length) > self.limit as u64 {
+        if gathered.saturating_add(length) > self.limit as u64 {
             self.fail(
                 close::TOO_BIG,
                 format!("a compressed message of more than {} bytes", self.limit),
             );
             return false;
         }
-        let length = head.length as usize;
-        if self.raw.len() < head.size + length {
-            self.raw.reserve(head.size + length - self.raw.len());
+        let length = length as usize;
+        if self.raw.len() < size + length {
+            self.raw.reserve(size + length - self.raw.len());
             return false;
         }
-        self.raw.advance(head.size);
+        self.raw.advance(size);
         let mut payload = self.raw.split_to(length);
         if let Some(key) = head.mask {
             for (i, byte) in payload.iter_mut().enumerate() {
@@ -404,7 +376,7 @@ impl Reader {
         }
         let (_, gathered) = self.gathering.get_or_insert_with(|| (head.opcode, Vec::new()));
         gathered.extend_from_slice(&payload);
-        if !head.fin {
+        if !head.is_final {
             return true;
         }
         let (opcode, gathered) = self.gathering.take().expect("gathering");
@@ -432,24 +404,12 @@ impl Reader {
 
     /// Writes one plain, final frame of `opcode` for tungstenite: masked with a zero key where
     /// it expects masked frames, which leaves the payload as it is.
-    fn emit(&mut self, opcode: u8, payload: &[u8]) {
-        let mask_bit = if self.masked { 0x80 } else { 0 };
-        self.out.reserve(payload.len() + 14);
-        self.out.put_u8(0x80 | opcode);
-        match payload.len() {
-            short @ 0..=125 => self.out.put_u8(mask_bit | short as u8),
-            medium @ 126..=0xffff => {
-                self.out.put_u8(mask_bit | 126);
-                self.out.put_u16(medium as u16);
-            }
-            long => {
-                self.out.put_u8(mask_bit | 127);
-                self.out.put_u64(long as u64);
-            }
-        }
-        if self.masked {
-            self.out.put_slice(&[0; 4]);
-        }
+    fn emit(&mut self, opcode: OpCode, payload: &[u8]) {
+        let mask = self.masked.then_some([0; 4]);
+        let header = FrameHeader { is_final: true, opcode, mask, ..FrameHeader::default() };
+        self.out.reserve(header.len(payload.len() as u64) + payload.len());
+        let mut writer = (&mut self.out).writer();
+        header.format(payload.len() as u64, &mut writer).expect("a header writes to memory");
         self.out.put_slice(payload);
     }
 }
