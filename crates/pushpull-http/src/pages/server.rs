@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use pushpull_core::{Broker, Cursor, Delivery, Error, FollowRequest, Message, Page, Topic};
@@ -60,54 +61,94 @@ pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
     ));
     let holds = shared.2.is_some();
     let route = Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
+        // The request is read here, before its future starts: what a held poll keeps while
+        // it waits is what `Asked` holds, not the request (a held poll's future is most of
+        // what it costs while it waits).
+        let (_, config, hold, _, presences) = &*shared;
+        let asked = match Asked::read(config, hold.as_ref(), presences, &req, &params) {
+            Ok(asked) => asked,
+            Err(error) => return Either::Left(std::future::ready(Err(error))),
+        };
         let shared = shared.clone();
-        async move {
+        Either::Right(async move {
             let (broker, config, hold, meter, presences) = &*shared;
-            answer(&**broker, config, hold.as_ref(), meter, presences, req, params).await
-        }
+            asked.answer(&**broker, config, hold.as_ref(), meter, presences).await
+        })
     });
     // A held poll lives until a message comes: answered without hyper's connection state.
     if holds { route.long_lived() } else { route }
 }
 
-async fn answer(
-    broker: &dyn Broker,
-    config: &PageConfig,
-    hold: Option<&Hold>,
-    plain_meter: &DeliveryMeter,
-    presences: &Presences,
-    req: HttpRequest,
-    params: Params,
-) -> HandlerResult {
-    let request = PageRequest::parse(&req, &params, config)?;
-    if let Some(order) = request.query.get("order") {
-        return newest_first(broker, config, plain_meter, &request, order).await;
+/// A page request, read: all its answer needs.
+struct Asked {
+    request: PageRequest,
+    /// How long it may be held (`wait=`), when the route holds.
+    wait: Option<Duration>,
+    shutdown: Shutdown,
+    /// The client that named itself (`client=`, and its `info=`), to be made a member of the
+    /// topic for as long as its polls keep coming, with the request's grant.
+    member: Option<(String, Option<serde_json::Value>, Option<crate::Grant>)>,
+}
+
+impl Asked {
+    fn read(
+        config: &PageConfig,
+        hold: Option<&Hold>,
+        presences: &Presences,
+        req: &HttpRequest,
+        params: &Params,
+    ) -> Result<Self, Error> {
+        let request = PageRequest::parse(req, params, config)?;
+        let ordered = request.query.contains_key("order");
+        let wait = match hold {
+            Some(hold) if !ordered => wait(&request.query, hold.max_wait)?,
+            _ => None,
+        };
+        // A newest-first page is answered at once, and makes no member.
+        let member = match ordered {
+            true => None,
+            false => presences
+                .polled(&request.query)?
+                .map(|(client, info)| (client, info, crate::Grant::of(req).cloned())),
+        };
+        Ok(Self { request, wait, shutdown: Shutdown::of(req), member })
     }
-    let wait = match hold {
-        Some(hold) => wait(&request.query, hold.max_wait)?,
-        None => None,
-    };
-    // A poll that names its client makes (or keeps) it a member while its polls keep coming.
-    let mut _poll_end = None;
-    if let Some((client, info)) = presences.polled(&request.query)? {
-        let grant = crate::Grant::of(&req);
-        let held = wait.unwrap_or_default();
-        _poll_end = presences.join_polled(&request.topic, grant, &client, info, held).await?;
-    }
-    let (mut page, meter) = match (wait, hold) {
-        (Some(wait), Some(hold)) if !wait.is_zero() => {
-            (held(broker, hold, &request, wait, Shutdown::of(&req)).await?, &hold.meter)
+
+    async fn answer(
+        &self,
+        broker: &dyn Broker,
+        config: &PageConfig,
+        hold: Option<&Hold>,
+        plain_meter: &DeliveryMeter,
+        presences: &Presences,
+    ) -> HandlerResult {
+        let request = &self.request;
+        if let Some(order) = request.query.get("order") {
+            return Box::pin(newest_first(broker, config, plain_meter, request, order)).await;
         }
-        _ => (fetch(broker, &request, request.cursor).await?, plain_meter),
-    };
-    trim_to_bytes(&mut page, config.max_page_bytes);
-    meter.page(&page);
-    let mut response = page_response(page, &request, config);
-    meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
-    if let Some(wait) = wait {
-        response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+        // A poll that names its client makes (or keeps) it a member while its polls keep coming.
+        let mut _poll_end = None;
+        if let Some((client, info, grant)) = &self.member {
+            let held = self.wait.unwrap_or_default();
+            let joining =
+                presences.join_polled(&request.topic, grant.as_ref(), client, info.clone(), held);
+            _poll_end = Box::pin(joining).await?;
+        }
+        let (mut page, meter) = match (self.wait, hold) {
+            (Some(wait), Some(hold)) if !wait.is_zero() => {
+                (held(broker, hold, request, wait, self.shutdown.clone()).await?, &hold.meter)
+            }
+            _ => (fetch(broker, request, request.cursor).await?, plain_meter),
+        };
+        trim_to_bytes(&mut page, config.max_page_bytes);
+        meter.page(&page);
+        let mut response = page_response(page, request, config);
+        meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
+        if let Some(wait) = self.wait {
+            response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+        }
+        Ok(response)
     }
-    Ok(response)
 }
 
 /// `order=desc`: a page newest first, back from `before` (default `latest`).
