@@ -632,55 +632,61 @@ struct Following {
 }
 
 impl Following {
-    async fn next(mut self) -> Option<(Result<Delivery>, Self)> {
-        if self.failed {
-            return None;
-        }
-        loop {
-            let found = match self.published.as_mut() {
-                None => {
-                    let (_, item) = self.subscriptions.next().await;
-                    return self.yielded(item);
-                }
-                Some(published) => tokio::select! {
-                    (_, item) = self.subscriptions.next() => return self.yielded(item),
-                    topic = published.recv() => match topic {
-                        Ok(Listing::Published(topic)) => vec![topic],
-                        Ok(Listing::Relist) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let directory = self.directory.clone().expect("a directory");
-                            let mut all = Vec::new();
-                            for prefix in &self.prefixes {
-                                match directory.topics(prefix).await {
-                                    Ok(topics) => all.extend(topics),
-                                    Err(error) => return self.failed(error),
-                                }
-                            }
-                            all
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            self.published = None;
-                            continue;
-                        }
-                    },
-                },
-            };
-            let mut seen = HashSet::new();
-            for topic in found {
-                let wanted =
-                    self.selectors.iter().any(|s| s.prefix().is_some() && s.matches(&topic));
-                if !wanted || self.subscriptions.contains(&topic) || !seen.insert(topic.clone()) {
-                    continue;
-                }
-                if self.subscriptions.len() >= self.max_topics {
-                    let error = too_many(self.subscriptions.len() + 1, self.max_topics);
-                    return self.failed(error);
-                }
-                // New while the connection is open: from its first message.
-                match self.broker.subscribe(&topic, Cursor::Beginning).await {
-                    Ok(subscription) => {
-                        self.subscriptions.insert(subscription);
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(self) -> impl std::future::Future<Output = Option<(Result<Delivery>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            if this.failed {
+                return None;
+            }
+            loop {
+                let found = match this.published.as_mut() {
+                    None => {
+                        let (_, item) = this.subscriptions.next().await;
+                        return this.yielded(item);
                     }
-                    Err(error) => return self.failed(error),
+                    Some(published) => tokio::select! {
+                        (_, item) = this.subscriptions.next() => return this.yielded(item),
+                        topic = published.recv() => match topic {
+                            Ok(Listing::Published(topic)) => vec![topic],
+                            Ok(Listing::Relist) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                                let directory = this.directory.clone().expect("a directory");
+                                let mut all = Vec::new();
+                                for prefix in &this.prefixes {
+                                    match directory.topics(prefix).await {
+                                        Ok(topics) => all.extend(topics),
+                                        Err(error) => return this.failed(error),
+                                    }
+                                }
+                                all
+                            }
+                            Err(broadcast::error::RecvError::Closed) => {
+                                this.published = None;
+                                continue;
+                            }
+                        },
+                    },
+                };
+                let mut seen = HashSet::new();
+                for topic in found {
+                    let wanted =
+                        this.selectors.iter().any(|s| s.prefix().is_some() && s.matches(&topic));
+                    if !wanted || this.subscriptions.contains(&topic) || !seen.insert(topic.clone())
+                    {
+                        continue;
+                    }
+                    if this.subscriptions.len() >= this.max_topics {
+                        let error = too_many(this.subscriptions.len() + 1, this.max_topics);
+                        return this.failed(error);
+                    }
+                    // New while the connection is open: from its first message.
+                    match this.broker.subscribe(&topic, Cursor::Beginning).await {
+                        Ok(subscription) => {
+                            this.subscriptions.insert(subscription);
+                        }
+                        Err(error) => return this.failed(error),
+                    }
                 }
             }
         }

@@ -694,47 +694,56 @@ struct Reader {
 }
 
 impl Reader {
-    async fn next(mut self) -> Option<(Result<Delivery>, Self)> {
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.failed {
-                return None;
-            }
-            // Mark the tail seen before reading, so a publish after the read wakes us.
-            self.tail.borrow_and_update();
-            if self.log.is_none() {
-                match self.broker.existing(&self.topic) {
-                    Some(log) => {
-                        // The log adopted the waiting room's wake-up, unless it was created
-                        // just before the room: follow the log's own from now on.
-                        if !Arc::ptr_eq(&log.tail, self.waiting.as_ref().expect("waiting")) {
-                            self.tail = log.tail.subscribe();
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(self) -> impl std::future::Future<Output = Option<(Result<Delivery>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            loop {
+                if let Some(delivery) = this.ready.pop_front() {
+                    return Some((Ok(delivery), this));
+                }
+                if this.failed {
+                    return None;
+                }
+                // Mark the tail seen before reading, so a publish after the read wakes us.
+                this.tail.borrow_and_update();
+                if this.log.is_none() {
+                    match this.broker.existing(&this.topic) {
+                        Some(log) => {
+                            // The log adopted the waiting room's wake-up, unless it was created
+                            // just before the room: follow the log's own from now on.
+                            if !Arc::ptr_eq(&log.tail, this.waiting.as_ref().expect("waiting")) {
+                                this.tail = log.tail.subscribe();
+                            }
+                            this.log = Some(log);
+                            this.waiting = None;
+                            continue;
                         }
-                        self.log = Some(log);
-                        self.waiting = None;
-                        continue;
-                    }
-                    None => {
-                        self.tail.changed().await.ok()?;
-                        continue;
+                        None => {
+                            this.tail.changed().await.ok()?;
+                            continue;
+                        }
                     }
                 }
-            }
-            let log = self.log.as_ref().expect("the log exists now");
-            match log.read(self.epoch, &self.retention, self.position, SUBSCRIBER_BATCH) {
-                Err(err) => {
-                    self.failed = true;
-                    return Some((Err(err), self));
-                }
-                Ok(page) => {
-                    self.position = page.next;
-                    if page.is_empty() {
-                        self.tail.changed().await.ok()?;
-                    } else {
-                        self.ready.extend(page.into_deliveries());
+                // The page is read and spent in this block: the wait below keeps no room for it.
+                let caught_up = {
+                    let log = this.log.as_ref().expect("the log exists now");
+                    match log.read(this.epoch, &this.retention, this.position, SUBSCRIBER_BATCH) {
+                        Err(err) => {
+                            this.failed = true;
+                            return Some((Err(err), this));
+                        }
+                        Ok(page) => {
+                            this.position = page.next;
+                            let caught_up = page.is_empty();
+                            this.ready.extend(page.into_deliveries());
+                            caught_up
+                        }
                     }
+                };
+                if caught_up {
+                    this.tail.changed().await.ok()?;
                 }
             }
         }
@@ -938,5 +947,40 @@ impl Members for MemoryBroker {
             presence.remove(topic);
         }
         self.append_presence(topic, LEAVE_EVENT, &present.member)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subscriber waits in its reader's `next` future, so that future must keep the
+    /// reader and its wake-up, nothing else: an `async fn next(mut self)` kept the reader
+    /// twice (the argument and the binding), and the page it found empty (twice) beside.
+    #[test]
+    fn a_waiting_reader_keeps_its_state_once() {
+        let broker = MemoryBroker::new();
+        let topic: Topic = "t".parse().expect("a topic");
+        let tail = Arc::new(watch::Sender::new(0));
+        let reader = Reader {
+            broker: broker.clone(),
+            retention: broker.retention_of(&topic),
+            topic,
+            log: None,
+            tail: tail.subscribe(),
+            waiting: Some(tail),
+            epoch: broker.epoch(),
+            position: Cursor::Beginning,
+            ready: VecDeque::new(),
+            failed: false,
+        };
+        let mut wake_up = reader.tail.clone();
+        let awaited = std::mem::size_of_val(&wake_up.changed());
+        let state = std::mem::size_of::<Reader>();
+        let waiting = std::mem::size_of_val(&reader.next());
+        assert!(
+            waiting <= state + awaited + 32,
+            "the reader is {state} bytes, its wake-up's future {awaited}, its future {waiting}"
+        );
     }
 }

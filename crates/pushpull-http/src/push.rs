@@ -150,44 +150,49 @@ impl From<Held> for Open {
 }
 
 impl Pushing {
-    async fn next(mut self) -> Option<(Frame<Bytes>, Self)> {
-        if let Some(chunk) = self.queue.pop_front() {
-            return Some((Frame::data(chunk), self));
-        }
-        loop {
-            tokio::select! {
-                delivery = self.feed.next() => match delivery? {
-                    Ok(delivery) => {
-                        let token =
-                            if self.format.writes_token { self.feed.token() } else { None };
-                        let chunks = (self.format.encode)(&delivery, token.as_deref());
-                        self.meter.delivered(&delivery);
-                        self.meter.bytes(chunks.iter().map(Bytes::len).sum());
-                        self.queue.extend(chunks);
-                        break;
-                    }
-                    Err(error) => {
-                        crate::metrics::broker_error("subscribe", &error);
-                        tracing::warn!(%error, "push response ended by a broker error");
-                        return None;
-                    }
-                },
-                () = self.heartbeat.as_mut() => {
-                    let due = self.last_write + self.format.heartbeat;
-                    if Instant::now() >= due {
-                        self.queue.push_back(self.format.heartbeat_chunk.clone());
-                        self.heartbeat.as_mut().reset(Instant::now() + self.format.heartbeat);
-                        break;
-                    }
-                    // Deliveries went out since it was armed: silent for less than a beat.
-                    self.heartbeat.as_mut().reset(due);
-                }
-                () = self.shutdown.wait() => return None,
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(self) -> impl std::future::Future<Output = Option<(Frame<Bytes>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            if let Some(chunk) = this.queue.pop_front() {
+                return Some((Frame::data(chunk), this));
             }
+            loop {
+                tokio::select! {
+                    delivery = this.feed.next() => match delivery? {
+                        Ok(delivery) => {
+                            let token =
+                                if this.format.writes_token { this.feed.token() } else { None };
+                            let chunks = (this.format.encode)(&delivery, token.as_deref());
+                            this.meter.delivered(&delivery);
+                            this.meter.bytes(chunks.iter().map(Bytes::len).sum());
+                            this.queue.extend(chunks);
+                            break;
+                        }
+                        Err(error) => {
+                            crate::metrics::broker_error("subscribe", &error);
+                            tracing::warn!(%error, "push response ended by a broker error");
+                            return None;
+                        }
+                    },
+                    () = this.heartbeat.as_mut() => {
+                        let due = this.last_write + this.format.heartbeat;
+                        if Instant::now() >= due {
+                            this.queue.push_back(this.format.heartbeat_chunk.clone());
+                            this.heartbeat.as_mut().reset(Instant::now() + this.format.heartbeat);
+                            break;
+                        }
+                        // Deliveries went out since it was armed: silent for less than a beat.
+                        this.heartbeat.as_mut().reset(due);
+                    }
+                    () = this.shutdown.wait() => return None,
+                }
+            }
+            this.last_write = Instant::now();
+            let chunk = this.queue.pop_front()?;
+            Some((Frame::data(chunk), this))
         }
-        self.last_write = Instant::now();
-        let chunk = self.queue.pop_front()?;
-        Some((Frame::data(chunk), self))
     }
 }
 
@@ -415,5 +420,42 @@ impl<P: PushTransport> Streams<P> {
     fn info(&self, req: &HttpRequest) -> Result<Option<serde_json::Value>, Error> {
         let query = crate::router::query_params(req);
         self.presences.info(query.get(crate::presence::INFO_PARAM).map(String::as_str))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every event stream waits in its `next` future for its whole life, so that future must
+    /// keep the stream's state once: an `async fn next(mut self)` kept it twice (the argument
+    /// and the binding).
+    #[tokio::test]
+    async fn a_waiting_stream_keeps_its_state_once() {
+        let broker = pushpull_core::MemoryBroker::new();
+        let topic: pushpull_core::Topic = "t".parse().expect("a topic");
+        let subscription = pushpull_core::Subscribe::subscribe(&broker, &topic, Cursor::Latest)
+            .await
+            .expect("a subscription");
+        let pushing = Pushing {
+            feed: subscription.into(),
+            format: PushFormat {
+                content_type: "text/plain",
+                first: Bytes::new(),
+                encode: Box::new(|_, _| Vec::new()),
+                heartbeat_chunk: Bytes::new(),
+                heartbeat: Duration::from_secs(15),
+                writes_token: false,
+            },
+            meter: DeliveryMeter::new("test"),
+            shutdown: Shutdown::never(),
+            queue: VecDeque::new(),
+            heartbeat: Box::pin(tokio::time::sleep(Duration::from_secs(15))),
+            last_write: Instant::now(),
+            _open: Gauge::new().hold().into(),
+        };
+        let state = std::mem::size_of::<Pushing>();
+        let waiting = std::mem::size_of_val(&pushing.next());
+        assert!(waiting < 2 * state, "the stream's state is {state} bytes, its future {waiting}");
     }
 }

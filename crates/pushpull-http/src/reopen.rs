@@ -120,34 +120,41 @@ impl<R: PushReader> Reader<R> {
         Ok(reader)
     }
 
-    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.finished {
-                return None;
-            }
-            let Some(body) = self.body.as_mut() else {
-                if let Err(error) = self.reopen().await {
-                    self.finished = true;
-                    return Some((Err(error), self));
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(
+        self,
+    ) -> impl std::future::Future<Output = Option<(Result<Delivery, Error>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            loop {
+                if let Some(delivery) = this.ready.pop_front() {
+                    return Some((Ok(delivery), this));
                 }
-                continue;
-            };
-            let idle = self.source.idle_timeout();
-            match tokio::time::timeout(idle, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(chunk) = frame.into_data() else { continue };
-                    self.failures = 0;
-                    if let Err(error) = self.take(&chunk) {
-                        self.finished = true;
-                        return Some((Err(error), self));
+                if this.finished {
+                    return None;
+                }
+                let Some(body) = this.body.as_mut() else {
+                    if let Err(error) = this.reopen().await {
+                        this.finished = true;
+                        return Some((Err(error), this));
                     }
-                }
-                Ok(Some(Err(_)) | None) | Err(_) => {
-                    tracing::debug!(stream = %self.track, "stream ended, broke or went silent; reopening");
-                    self.body = None;
+                    continue;
+                };
+                let idle = this.source.idle_timeout();
+                match tokio::time::timeout(idle, body.frame()).await {
+                    Ok(Some(Ok(frame))) => {
+                        let Ok(chunk) = frame.into_data() else { continue };
+                        this.failures = 0;
+                        if let Err(error) = this.take(&chunk) {
+                            this.finished = true;
+                            return Some((Err(error), this));
+                        }
+                    }
+                    Ok(Some(Err(_)) | None) | Err(_) => {
+                        tracing::debug!(stream = %this.track, "stream ended, broke or went silent; reopening");
+                        this.body = None;
+                    }
                 }
             }
         }

@@ -307,43 +307,50 @@ impl Poller {
         }
     }
 
-    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.finished {
-                return None;
-            }
-            if self.wait_before_next {
-                tokio::time::sleep(self.interval).await;
-            }
-            let hold = self.client.hold;
-            match self.poll(hold).await {
-                Ok(Answer::Page { deliveries, full, hint, held }) => {
-                    self.failures = 0;
-                    self.interval = self.client.interval(hint);
-                    self.ready.extend(deliveries);
-                    // A full page means more is likely waiting; a held request already
-                    // waited on the server: ask again at once.
-                    self.wait_before_next = !(full || (hold.is_some() && held));
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(
+        self,
+    ) -> impl std::future::Future<Output = Option<(Result<Delivery, Error>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            loop {
+                if let Some(delivery) = this.ready.pop_front() {
+                    return Some((Ok(delivery), this));
                 }
-                Ok(Answer::NotModified { hint, held }) => {
-                    self.failures = 0;
-                    self.interval = self.client.interval(hint);
-                    self.wait_before_next = !(hold.is_some() && held);
+                if this.finished {
+                    return None;
                 }
-                Err(error) if !error.is_retryable() => {
-                    self.finished = true;
-                    return Some((Err(error), self));
+                if this.wait_before_next {
+                    tokio::time::sleep(this.interval).await;
                 }
-                Err(error) => {
-                    let backoff = self.client.config.backoff.delay(self.failures);
-                    let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
-                    self.failures = self.failures.saturating_add(1);
-                    tracing::debug!(polled = %self.what, %error, ?delay, "poll failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    self.wait_before_next = false;
+                let hold = this.client.hold;
+                match this.poll(hold).await {
+                    Ok(Answer::Page { deliveries, full, hint, held }) => {
+                        this.failures = 0;
+                        this.interval = this.client.interval(hint);
+                        this.ready.extend(deliveries);
+                        // A full page means more is likely waiting; a held request already
+                        // waited on the server: ask again at once.
+                        this.wait_before_next = !(full || (hold.is_some() && held));
+                    }
+                    Ok(Answer::NotModified { hint, held }) => {
+                        this.failures = 0;
+                        this.interval = this.client.interval(hint);
+                        this.wait_before_next = !(hold.is_some() && held);
+                    }
+                    Err(error) if !error.is_retryable() => {
+                        this.finished = true;
+                        return Some((Err(error), this));
+                    }
+                    Err(error) => {
+                        let backoff = this.client.config.backoff.delay(this.failures);
+                        let delay = error.retry_after().map_or(backoff, |asked| asked.max(backoff));
+                        this.failures = this.failures.saturating_add(1);
+                        tracing::debug!(polled = %this.what, %error, ?delay, "poll failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        this.wait_before_next = false;
+                    }
                 }
             }
         }

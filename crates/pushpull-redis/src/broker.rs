@@ -554,48 +554,63 @@ impl Reader {
         Ok(page)
     }
 
-    async fn next(mut self) -> Option<(Result<Delivery, Error>, Self)> {
-        let check = self.broker.inner.config.check_interval;
-        let backoff = Backoff::new(Duration::from_millis(50), check.max(Duration::from_secs(2)));
-        // After a quiet `check`, the moment the wait began: the next read must be newer.
-        let mut since = None;
-        loop {
-            if let Some(delivery) = self.ready.pop_front() {
-                return Some((Ok(delivery), self));
-            }
-            if self.failed {
-                return None;
-            }
-            // Mark the wake-up seen before reading, so a publish after the read wakes us.
-            let seen = *self.wake.borrow_and_update();
-            match self.read(seen, since.take()).await {
-                Ok(page) => {
-                    self.failures = 0;
-                    self.position = page.next;
-                    if page.is_empty() {
-                        // A wake-up, or the periodic check that catches one that never came.
-                        let waiting = Instant::now();
-                        let wait = check.saturating_mul(1 << self.quiet.min(QUIET_DOUBLINGS));
-                        if tokio::time::timeout(wait, self.wake.changed()).await.is_err() {
-                            since = Some(waiting);
-                            self.quiet = self.quiet.saturating_add(1);
-                        } else {
-                            self.quiet = 0;
+    // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the
+    // argument, and the mutable binding it is moved into), and a waiting stream is this future.
+    fn next(
+        self,
+    ) -> impl std::future::Future<Output = Option<(Result<Delivery, Error>, Self)>> + Send {
+        let mut this = self;
+        async move {
+            let check = this.broker.inner.config.check_interval;
+            let backoff =
+                Backoff::new(Duration::from_millis(50), check.max(Duration::from_secs(2)));
+            // After a quiet `check`, the moment the wait began: the next read must be newer.
+            let mut since = None;
+            loop {
+                if let Some(delivery) = this.ready.pop_front() {
+                    return Some((Ok(delivery), this));
+                }
+                if this.failed {
+                    return None;
+                }
+                // Mark the wake-up seen before reading, so a publish after the read wakes us.
+                let seen = *this.wake.borrow_and_update();
+                // Boxed: a read of Redis in flight is large, and a subscriber waiting for a
+                // wake-up (most of its life) should not keep room for one.
+                // The page is spent in this match: the wait below keeps no room for it.
+                let caught_up = match Box::pin(this.read(seen, since.take())).await {
+                    Ok(page) => {
+                        this.failures = 0;
+                        this.position = page.next;
+                        let caught_up = page.is_empty();
+                        if !caught_up {
+                            this.quiet = 0;
                         }
-                    } else {
-                        self.quiet = 0;
-                        self.ready.extend(page.into_deliveries());
+                        this.ready.extend(page.into_deliveries());
+                        caught_up
                     }
-                }
-                Err(error) if error.is_retryable() => {
-                    // Redis is away: wait, and go on from where we stand when it is back.
-                    tracing::debug!(topic = %self.topic, %error, "redis read failed; retrying");
-                    tokio::time::sleep(backoff.delay(self.failures)).await;
-                    self.failures = self.failures.saturating_add(1);
-                }
-                Err(error) => {
-                    self.failed = true;
-                    return Some((Err(error), self));
+                    Err(error) if error.is_retryable() => {
+                        // Redis is away: wait, and go on from where we stand when it is back.
+                        tracing::debug!(topic = %this.topic, %error, "redis read failed; retrying");
+                        tokio::time::sleep(backoff.delay(this.failures)).await;
+                        this.failures = this.failures.saturating_add(1);
+                        continue;
+                    }
+                    Err(error) => {
+                        this.failed = true;
+                        return Some((Err(error), this));
+                    }
+                };
+                if caught_up {
+                    // A wake-up, or the periodic check that catches one that never came.
+                    let waiting = Instant::now();
+                    let wait = check.saturating_mul(1 << this.quiet.min(QUIET_DOUBLINGS));
+                    if tokio::time::timeout(wait, this.wake.changed()).await.is_err() {
+                        since = Some(waiting);
+                        this.quiet = this.quiet.saturating_add(1);
+                    } else {
+                        this.quiet = 0;
+                    }
                 }
             }
         }

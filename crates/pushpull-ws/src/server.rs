@@ -361,33 +361,42 @@ impl Session {
 
     /// Serves the socket once the upgrade completes; `hold` keeps its connection counted as
     /// open meanwhile.
-    async fn serve(
-        mut self,
+    ///
+    /// Not an `async fn`: one taking `mut self` keeps the session twice in its future (the
+    /// argument, and the mutable binding it is moved into), and this future is every socket's.
+    fn serve(
+        self,
         on_upgrade: hyper::upgrade::OnUpgrade,
         hold: Option<pushpull_http::ConnectionHold>,
-    ) {
-        let _connection = hold;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "the upgrade did not complete");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(self.server.config.read_buffer)
-            .max_message_size(Some(self.server.message_limit))
-            .max_frame_size(Some(self.server.message_limit))
-            // Frames gather until a batch is flushed (one write for many).
-            .write_buffer_size(WRITE_BATCH_BYTES)
-            .max_write_buffer_size(self.server.config.write_buffer + self.server.message_limit);
-        // The peer's compressed messages are inflated before tungstenite reads them, up to
-        // the size it accepts.
-        let limit = self.deflate.then_some(self.server.message_limit);
-        let raw = Inflating::server(TokioIo::new(upgraded), limit);
-        let mut socket = WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
-        let _open = self.server.open.hold();
-        self.run(&mut socket).await;
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let mut session = self;
+        async move {
+            let _connection = hold;
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "the upgrade did not complete");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .read_buffer_size(session.server.config.read_buffer)
+                .max_message_size(Some(session.server.message_limit))
+                .max_frame_size(Some(session.server.message_limit))
+                // Frames gather until a batch is flushed (one write for many).
+                .write_buffer_size(WRITE_BATCH_BYTES)
+                .max_write_buffer_size(
+                    session.server.config.write_buffer + session.server.message_limit,
+                );
+            // The peer's compressed messages are inflated before tungstenite reads them, up to
+            // the size it accepts.
+            let limit = session.deflate.then_some(session.server.message_limit);
+            let raw = Inflating::server(TokioIo::new(upgraded), limit);
+            let mut socket =
+                WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
+            let _open = session.server.open.hold();
+            session.run(&mut socket).await;
+        }
     }
 
     async fn run(&mut self, socket: &mut Socket) {
