@@ -663,36 +663,41 @@ pub async fn serve_until<S, B>(
                     };
                     loop {
                         // Each future awaited where it is made: kept in a local first, it would
-                        // take room twice in this task, which every connection carries.
-                        let next = takeover::next_request(
-                            &mut stream,
-                            read,
-                            &router,
-                            timeout,
-                            max_head,
-                            &mut shutdown,
-                        )
-                        .await;
-                        match next {
-                            First::Gone => return,
-                            First::Hyper(bytes) => {
-                                read = bytes;
-                                break;
-                            }
-                            First::Takeover(request) => {
-                                let close = takeover::wants_close(&request);
-                                let mut pipelined = Vec::new();
-                                let call = hyper::service::Service::call(&answering, request);
-                                let answer =
-                                    takeover::answer_of(&stream, call, &mut pipelined).await;
-                                let Some(Ok(response)) = answer else { return };
-                                match takeover::answer(&mut stream, response, close, pipelined)
-                                    .await
-                                {
-                                    Some(pipelined) => read = pipelined,
-                                    None => return,
+                        // take room twice in this task, which every connection carries. And
+                        // what one step leaves (the request read, the answer made) is spent in
+                        // a block of its own, so the steps after it keep no room for it: a
+                        // stream's whole life is spent in the last step.
+                        let (call, close) = {
+                            let next = takeover::next_request(
+                                &mut stream,
+                                read,
+                                &router,
+                                timeout,
+                                max_head,
+                                &mut shutdown,
+                            )
+                            .await;
+                            match next {
+                                First::Gone => return,
+                                First::Hyper(bytes) => {
+                                    read = bytes;
+                                    break;
+                                }
+                                First::Takeover(request) => {
+                                    let close = takeover::wants_close(&request);
+                                    (hyper::service::Service::call(&answering, request), close)
                                 }
                             }
+                        };
+                        let answering_it = {
+                            let mut pipelined = Vec::new();
+                            let answer = takeover::answer_of(&stream, call, &mut pipelined).await;
+                            let Some(Ok(response)) = answer else { return };
+                            takeover::answer(&mut stream, response, close, pipelined)
+                        };
+                        match answering_it.await {
+                            Some(pipelined) => read = pipelined,
+                            None => return,
                         }
                     }
                 }

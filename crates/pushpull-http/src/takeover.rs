@@ -159,12 +159,15 @@ enum Framing {
 /// is ready together goes in one write), until the body ends or the client goes away. Returns
 /// `pipelined` with what the client sent meanwhile (requests pipelined behind this one) when
 /// the connection may serve more requests, `None` when it is to close.
-pub(crate) async fn answer<B>(
+///
+/// The head is written out before the returned future starts, and the response's head dropped:
+/// the future keeps the body and the socket, all an event stream needs for its whole life.
+pub(crate) fn answer<B>(
     stream: &mut TcpStream,
     response: Response<B>,
     close: bool,
     mut pipelined: Vec<u8>,
-) -> Option<Vec<u8>>
+) -> impl Future<Output = Option<Vec<u8>>> + Send + '_
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
@@ -211,34 +214,36 @@ where
     out.put_slice(b"\r\n");
     drop(parts);
 
-    let mut ended = framing == Framing::None;
-    loop {
-        // Everything ready now goes out in one write (the head with the first chunks).
-        while !ended && out.len() < WRITE_AT {
-            match body.frame().now_or_never() {
-                None => break,
-                Some(next) => ended = take(next, framing, &mut out).ok()?,
+    async move {
+        let mut ended = framing == Framing::None;
+        loop {
+            // Everything ready now goes out in one write (the head with the first chunks).
+            while !ended && out.len() < WRITE_AT {
+                match body.frame().now_or_never() {
+                    None => break,
+                    Some(next) => ended = take(next, framing, &mut out).ok()?,
+                }
             }
-        }
-        if ended && framing == Framing::Chunked {
-            out.put_slice(b"0\r\n\r\n");
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await.ok()?;
-            out.clear();
-            if out.capacity() > 4 * 1024 {
-                out = BytesMut::new();
+            if ended && framing == Framing::Chunked {
+                out.put_slice(b"0\r\n\r\n");
             }
-        }
-        if ended {
-            return (!close).then_some(pipelined);
-        }
-        // Wait for the next chunk, and notice meanwhile a client that has gone away.
-        tokio::select! {
-            next = body.frame() => ended = take(next, framing, &mut out).ok()?,
-            gone = client_sends(stream, &mut pipelined) => if gone {
-                return None;
-            },
+            if !out.is_empty() {
+                stream.write_all(&out).await.ok()?;
+                out.clear();
+                if out.capacity() > 4 * 1024 {
+                    out = BytesMut::new();
+                }
+            }
+            if ended {
+                return (!close).then_some(pipelined);
+            }
+            // Wait for the next chunk, and notice meanwhile a client that has gone away.
+            tokio::select! {
+                next = body.frame() => ended = take(next, framing, &mut out).ok()?,
+                gone = client_sends(stream, &mut pipelined) => if gone {
+                    return None;
+                },
+            }
         }
     }
 }

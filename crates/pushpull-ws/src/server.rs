@@ -970,3 +970,23 @@ fn shorten(text: &str) -> String {
     }
     text[..end].to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket's task is its session's future, one per socket for its whole life: it must
+    /// keep the session once (an `async fn serve(mut self)` kept it twice: 2,368 bytes, past
+    /// the allocator's 2 KiB size class).
+    #[test]
+    fn a_sockets_task_keeps_its_session_once() {
+        let broker: Arc<dyn Broker> = Arc::new(pushpull_core::MemoryBroker::new());
+        let server = WsServer::new(broker, ServerConfig::default()).expect("a server");
+        let session = Session::new(server.sockets.clone(), Shutdown::never(), None, false);
+        let state = std::mem::size_of_val(&session);
+        let mut request = http::Request::new(());
+        let task = session.serve(hyper::upgrade::on(&mut request), None);
+        let kept = std::mem::size_of_val(&task);
+        assert!(kept <= 2048, "the session is {state} bytes, a socket's task {kept}");
+    }
+}
