@@ -160,8 +160,9 @@ enum Framing {
 /// `pipelined` with what the client sent meanwhile (requests pipelined behind this one) when
 /// the connection may serve more requests, `None` when it is to close.
 ///
-/// The head is written out before the returned future starts, and the response's head dropped:
-/// the future keeps the body and the socket, all an event stream needs for its whole life.
+/// The head is made (into the buffer the future writes first) before the returned future
+/// starts, and the response's parts are dropped then: the future keeps the body, the buffer
+/// and the socket, all an event stream needs for its whole life.
 pub(crate) fn answer<B>(
     stream: &mut TcpStream,
     response: Response<B>,
