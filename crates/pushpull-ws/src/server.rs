@@ -818,12 +818,7 @@ impl Session {
                     .map(|(key, delivery)| self.queued(key, delivery));
             }
         }
-        // Written at once when the socket takes it all (no timer); the peer has until
-        // `deadline` to make room otherwise.
-        match std::future::poll_fn(|cx| socket.poll_flush_unpin(cx)).now_or_never() {
-            Some(flushed) => flushed.map_err(|_| None),
-            None => Box::pin(within(deadline, socket.flush())).await,
-        }
+        at_once_or_within(deadline, |cx| socket.poll_flush_unpin(cx)).await
     }
 
     /// What one delivery sends: the message, or, when the subscription ended (the broker
@@ -902,22 +897,27 @@ fn ws_message(frame: Frame) -> WsMessage {
     }
 }
 
-/// Hands `message` to the socket's buffer: at once when it has room, the common case, with no
-/// timer made; otherwise waiting up to `deadline` for the peer to make room (boxed: a session
-/// waiting for its next delivery keeps no room for that wait).
+/// Hands `message` to the socket's buffer, waiting up to `deadline` for room.
 async fn feed(
     socket: &mut Socket,
     message: WsMessage,
     deadline: Instant,
 ) -> Result<(), Option<Ending>> {
-    match std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).now_or_never() {
-        Some(ready) => ready.map_err(|_| None)?,
-        None => {
-            let ready = std::future::poll_fn(|cx| socket.poll_ready_unpin(cx));
-            Box::pin(within(deadline, ready)).await?;
-        }
-    }
+    at_once_or_within(deadline, |cx| socket.poll_ready_unpin(cx)).await?;
     socket.start_send_unpin(message).map_err(|_| None)
+}
+
+/// A socket operation done at once when the socket has room, the common case, with no timer
+/// made; otherwise [`within`] `deadline` (boxed: a session waiting for its next delivery keeps
+/// no room for that wait).
+async fn at_once_or_within<P>(deadline: Instant, mut poll: P) -> Result<(), Option<Ending>>
+where
+    P: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Result<(), WsError>>,
+{
+    match std::future::poll_fn(&mut poll).now_or_never() {
+        Some(done) => done.map_err(|_| None),
+        None => Box::pin(within(deadline, std::future::poll_fn(poll))).await,
+    }
 }
 
 /// Runs a socket operation with `deadline` for the peer to make room; past it the peer is a
