@@ -294,7 +294,10 @@ impl RedisCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(setup_error(format!("the cluster was not ok within {within:?}")));
+                return Err(setup_error(format!(
+                    "the cluster was not ok within {within:?};{}",
+                    self.what_the_nodes_say()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -359,11 +362,43 @@ impl RedisCluster {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(setup_error(format!("no replica took over from {port} within 30 s")));
+                return Err(setup_error(format!(
+                    "no replica took over from {port} within 30 s;{}",
+                    self.what_the_nodes_say()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.wait_until_ok(Duration::from_secs(30))
+    }
+}
+
+impl RedisCluster {
+    /// Each live node's view of the cluster (`CLUSTER NODES`) and the end of its log, without
+    /// a replica's once-a-second retries to reach a dead master and other noise: what a failed wait reports, so
+    /// that its cause (an election not held, votes refused, a replica's data too old) can be
+    /// read from the failure alone. Errors print on one line: ` | ` separates lines.
+    fn what_the_nodes_say(&self) -> String {
+        const NOISE: [&str; 4] = [
+            "Connecting to MASTER",
+            "MASTER <-> REPLICA sync started",
+            "socket for SYNC",
+            "Memory overcommit",
+        ];
+        let mut said = String::new();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let view = Self::query(node.port, &["CLUSTER", "NODES"])
+                .map_err(|e| e.to_string())
+                .and_then(|v| redis::from_redis_value::<String>(v).map_err(|e| e.to_string()))
+                .unwrap_or_else(|e| format!("CLUSTER NODES: {e}"));
+            let log = std::fs::read_to_string(log_of(&self.dir, node.port)).unwrap_or_default();
+            let lines: Vec<&str> =
+                log.lines().filter(|line| !NOISE.iter().any(|n| line.contains(n))).collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join(" | ");
+            let view = view.trim_end().replace('\n', " | ");
+            said.push_str(&format!(" || node {}: {view} || its log: {tail}", node.port));
+        }
+        said
     }
 }
 
@@ -376,8 +411,14 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Starts `node`'s server (on its leash) in its directory under `dir`.
+/// Where the server on `port` of the cluster in `dir` writes its log.
+fn log_of(dir: &std::path::Path, port: u16) -> PathBuf {
+    dir.join(port.to_string()).join("redis.log")
+}
+
+/// Starts `node`'s server (on its leash) in its directory under `dir`, logging to its file.
 fn spawn(dir: &std::path::Path, node: &mut Node) -> Result<(), Error> {
+    let log = log_of(dir, node.port);
     let dir = dir.join(node.port.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
     // The shell starts the server, says its pid, and kills it when its stdin closes: when
@@ -389,8 +430,16 @@ fn spawn(dir: &std::path::Path, node: &mut Node) -> Result<(), Error> {
         .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        // A replica's first sync starts at once (the default waits 5 s for more replicas).
+        .args(["--repl-diskless-sync-delay", "0"])
+        // A replica takes over however long its master has been gone: by default it stops
+        // trying once its link has been down ten node timeouts plus the ping period (20 s
+        // here), which turns an election slowed by a busy machine into none at all.
+        .args(["--cluster-replica-validity-factor", "0"])
         .arg("--dir")
         .arg(&dir)
+        .arg("--logfile")
+        .arg(&log)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
