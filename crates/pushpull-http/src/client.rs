@@ -32,6 +32,8 @@ pub struct HttpClientConfig {
     pub ca_file: Option<PathBuf>,
     /// The bearer token sent with every request.
     pub token: BearerToken,
+    /// Page requests ask for gzip-compressed pages (`Accept-Encoding: gzip`).
+    pub accept_gzip: bool,
 }
 
 impl HttpClientConfig {
@@ -54,6 +56,7 @@ impl Default for HttpClientConfig {
             max_response_bytes: 64 * 1024 * 1024,
             ca_file: None,
             token: BearerToken::none(),
+            accept_gzip: true,
         }
     }
 }
@@ -226,30 +229,62 @@ impl HttpClient {
         }
     }
 
-    /// Reads a whole response body, up to the configured maximum, within `timeout`.
+    /// Reads a whole response body, up to the configured maximum, within `timeout`; a body the
+    /// server sent gzip-compressed (a page, which the page requests ask for) is inflated, and
+    /// held to the same maximum inflated.
     pub async fn read_body(
         &self,
         response: Response<Incoming>,
         timeout: Duration,
     ) -> Result<Bytes, Error> {
         let max = self.config.max_response_bytes;
-        match tokio::time::timeout(timeout, Limited::new(response.into_body(), max).collect()).await
-        {
-            Err(_) => Err(self.error(
-                ErrorKind::Timeout,
-                format!("the response body did not arrive within {timeout:?}"),
-            )),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(self
-                .error(
-                    ErrorKind::TooLarge,
-                    format!("the response body is over the limit of {max} bytes"),
-                )
-                .with_retryable(false)),
-            Ok(Err(err)) => {
-                Err(self.error(ErrorKind::Connect, format!("the response body was cut off: {err}")))
-            }
+        let coding = response.headers().get(header::CONTENT_ENCODING).cloned();
+        let too_large = || {
+            self.error(
+                ErrorKind::TooLarge,
+                format!("the response body is over the limit of {max} bytes"),
+            )
+            .with_retryable(false)
+        };
+        let body =
+            match tokio::time::timeout(timeout, Limited::new(response.into_body(), max).collect())
+                .await
+            {
+                Err(_) => {
+                    return Err(self.error(
+                        ErrorKind::Timeout,
+                        format!("the response body did not arrive within {timeout:?}"),
+                    ));
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                    return Err(too_large());
+                }
+                Ok(Err(err)) => {
+                    return Err(self.error(
+                        ErrorKind::Connect,
+                        format!("the response body was cut off: {err}"),
+                    ));
+                }
+            };
+        let Some(coding) = coding else { return Ok(body) };
+        let coding = coding.to_str().unwrap_or_default().trim();
+        if coding.eq_ignore_ascii_case("identity") {
+            return Ok(body);
         }
+        if !coding.eq_ignore_ascii_case(crate::gzip::GZIP) {
+            return Err(self.error(
+                ErrorKind::Protocol,
+                format!("the response is encoded {coding:?}, which this client did not ask for"),
+            ));
+        }
+        crate::gzip::inflate(&body, max).map_err(|error| match error {
+            crate::gzip::InflateError::TooLarge => too_large(),
+            crate::gzip::InflateError::Corrupt(why) => self.error(
+                ErrorKind::Protocol,
+                format!("the response body is not the gzip it says it is: {why}"),
+            ),
+        })
     }
 
     /// Turns a non-success response into the error it describes.

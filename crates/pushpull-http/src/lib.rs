@@ -5,6 +5,7 @@ mod cors;
 mod ends_at;
 mod gauge;
 mod grant;
+mod gzip;
 mod many_client;
 pub mod metrics;
 pub mod pages;

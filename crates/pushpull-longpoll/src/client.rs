@@ -29,6 +29,7 @@ impl LongpollClient {
         poll.page_limit = config.page_limit;
         poll.request_timeout = config.request_timeout;
         poll.backoff = config.backoff;
+        poll.gzip = config.gzip;
         Ok(Self { inner: pushpull_poll::PollClient::holding(poll, config.wait, NAME)? })
     }
 }

@@ -77,11 +77,12 @@ impl PollClient {
             )
             .with_transport(name));
         }
-        let http_config = HttpClientConfig::endpoint(
+        let mut http_config = HttpClientConfig::endpoint(
             config.request_timeout,
             config.ca_file.clone(),
             config.token.clone(),
         );
+        http_config.accept_gzip = config.gzip;
         let http = HttpClient::new(&config.url, name, http_config)?;
         Ok(Self { http, config, hold, name })
     }

@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Delays between retries after a failed poll.
     pub backoff: Backoff,
+    /// Ask for pages gzip-compressed (`Accept-Encoding: gzip`); the server compresses those
+    /// long enough to gain from it.
+    pub gzip: bool,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +48,7 @@ impl Default for ClientConfig {
             page_limit: 100,
             request_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
+            gzip: true,
         }
     }
 }

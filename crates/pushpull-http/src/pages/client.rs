@@ -84,6 +84,9 @@ async fn send(
     let make = || {
         let mut request =
             http.request(Method::GET, path).header(header::ACCEPT, "application/json");
+        if http.config().accept_gzip {
+            request = request.header(header::ACCEPT_ENCODING, crate::gzip::GZIP);
+        }
         if let Some(etag) = etag {
             request = request.header(header::IF_NONE_MATCH, etag);
         }

@@ -20,6 +20,11 @@ pub struct PageConfig {
     pub max_limit: usize,
     /// A page stops growing past this many payload bytes (it always holds at least one message).
     pub max_page_bytes: usize,
+    /// Send pages gzip-compressed to clients that accept it (`Accept-Encoding: gzip`).
+    pub gzip: bool,
+    /// Pages shorter than this (in bytes, uncompressed) are sent as they are: compressing a few
+    /// hundred bytes saves little and costs the same call.
+    pub gzip_min_bytes: usize,
 }
 
 impl Default for PageConfig {
@@ -29,6 +34,8 @@ impl Default for PageConfig {
             default_limit: 100,
             max_limit: 1000,
             max_page_bytes: 8 * 1024 * 1024,
+            gzip: true,
+            gzip_min_bytes: 1024,
         }
     }
 }

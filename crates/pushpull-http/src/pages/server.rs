@@ -303,11 +303,13 @@ pub struct PageRequest {
     pub if_none_match: Option<String>,
     /// Every query parameter.
     pub query: HashMap<String, String>,
+    /// Whether the client takes gzip (`Accept-Encoding`).
+    pub accepts_gzip: bool,
 }
 
 impl PageRequest {
-    /// Reads topic, cursor (`after` or `Pushpull-Cursor`, default `beginning`), limit and
-    /// `If-None-Match`.
+    /// Reads topic, cursor (`after` or `Pushpull-Cursor`, default `beginning`), limit,
+    /// `If-None-Match` and whether `Accept-Encoding` takes gzip.
     pub fn parse(req: &HttpRequest, params: &Params, config: &PageConfig) -> Result<Self, Error> {
         let topic = request::topic(params)?;
         let query = query_params(req);
@@ -318,11 +320,15 @@ impl PageRequest {
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Self { topic, cursor, limit, if_none_match, query })
+        let accepts_gzip = crate::gzip::accepts_gzip(req.headers());
+        Ok(Self { topic, cursor, limit, if_none_match, query, accepts_gzip })
     }
 }
 
 /// The answer for `page`: the JSON page or a 304, with `ETag`, `Cache-Control` and the hint.
+/// A page is gzip-compressed when the client takes it and the config allows; the `ETag` of an
+/// answer that may be compressed (a 304's too, which must name what a 200 would) is weak: the
+/// compressed bytes are another representation of the same page (RFC 9110, 8.8.1).
 pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig) -> Response<Body> {
     trim_to_bytes(&mut page, config.max_page_bytes);
     let tag = etag(&page);
@@ -333,13 +339,34 @@ pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig)
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        json(StatusCode::OK, crate::wire::encode_page(&page))
+        page_json(crate::wire::encode_page(&page), request.accepts_gzip, config)
     };
     let headers = response.headers_mut();
+    let tag = if config.gzip && request.accepts_gzip { format!("W/{tag}") } else { tag };
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("cursors are header-safe"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers
         .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
+    response
+}
+
+/// A 200 answer of the JSON page `body`: gzip-compressed when the client takes it and the page
+/// is long enough. While the config compresses, the answer says it varies by
+/// `Accept-Encoding`, so a cache in between keeps each form apart.
+fn page_json(body: Vec<u8>, accepts_gzip: bool, config: &PageConfig) -> Response<Body> {
+    let compress = config.gzip && accepts_gzip && body.len() >= config.gzip_min_bytes;
+    let mut response = if compress {
+        json(StatusCode::OK, crate::gzip::compress(&body))
+    } else {
+        json(StatusCode::OK, body)
+    };
+    let headers = response.headers_mut();
+    if config.gzip {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if compress {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(crate::gzip::GZIP));
+    }
     response
 }
 
@@ -476,8 +503,8 @@ async fn answer_many(
         "next": keys.encode(&cursors),
     });
     let bytes = serde_json::to_vec(&body).expect("a page encodes");
-    meter.bytes(bytes.len());
-    let mut response = json(StatusCode::OK, bytes);
+    let mut response = page_json(bytes, crate::gzip::accepts_gzip(req.headers()), config);
+    meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers

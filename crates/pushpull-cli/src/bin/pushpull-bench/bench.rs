@@ -297,6 +297,10 @@ pub(crate) enum Bench {
         /// (`ws, no permessage-deflate`), beside the `ws` row that offers it.
         #[arg(long)]
         ws_plain: bool,
+        /// Also measure polling and long polling with gzip off, in rows of their own
+        /// (`poll, no gzip`, `longpoll, no gzip`), beside the rows that ask for it.
+        #[arg(long)]
+        pages_plain: bool,
         /// Store the logs in Redis (a redis-server of the bench's own).
         #[arg(long)]
         redis: bool,
@@ -423,6 +427,7 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
             burst,
             payload,
             ws_plain,
+            pages_plain,
             redis,
             two_nodes,
             report,
@@ -432,6 +437,12 @@ pub(crate) async fn run(bench: Bench) -> Result<(), Error> {
                 transports.iter().map(|t| (t.clone(), t.clone())).collect();
             if ws_plain && let Some(at) = transports.iter().position(|(t, _)| t == "ws") {
                 transports.insert(at + 1, ("ws".into(), WS_PLAIN.into()));
+            }
+            for (transport, plain) in [("poll", POLL_PLAIN), ("longpoll", LONGPOLL_PLAIN)] {
+                if pages_plain && let Some(at) = transports.iter().position(|(t, _)| t == transport)
+                {
+                    transports.insert(at + 1, (transport.into(), plain.into()));
+                }
             }
             let shape = Shape { messages, interval, burst, payload };
             compare(&transports, shape, &redis, two_nodes, &report).await
@@ -871,6 +882,9 @@ struct Shape {
 
 /// The row of `bench compare --ws-plain`: WebSocket with permessage-deflate off.
 const WS_PLAIN: &str = "ws, no permessage-deflate";
+/// The rows of `bench compare --pages-plain`: pages asked for without gzip.
+const POLL_PLAIN: &str = "poll, no gzip";
+const LONGPOLL_PLAIN: &str = "longpoll, no gzip";
 
 /// A message's payload: `stamp`, padded to about `size` bytes with JSON-like text (an event
 /// much like the next, as compression meets them).
@@ -990,9 +1004,15 @@ async fn measure(
         ws.insert("permessage_deflate".into(), false.into());
         config.settings.insert("ws".into(), ws);
     }
+    let pages_plain = name == POLL_PLAIN || name == LONGPOLL_PLAIN;
+    if pages_plain {
+        let mut pages = toml::Table::new();
+        pages.insert("gzip".into(), false.into());
+        config.settings.insert(transport.into(), pages);
+    }
     let subscriber = pushpull::connect(&config).await?;
     let publisher = pushpull::connect(&ClientConfig::new("poll", publish_to.url())).await?;
-    let plain = if name == WS_PLAIN { ".plain" } else { "" };
+    let plain = if name == WS_PLAIN || pages_plain { ".plain" } else { "" };
     let topic = Topic::new(format!("bench.{transport}{plain}"))?;
     let mut subscription = subscriber.subscribe(&topic, Cursor::Latest).await?;
 
