@@ -92,6 +92,7 @@ async fn a_long_page_is_gzipped_for_a_client_that_takes_it_and_inflates_to_the_s
         get_with(addr, path, &format!("Accept-Encoding: gzip\r\nIf-None-Match: W/{strong}")).await;
     assert_eq!(revalidated.status, 304);
     assert_eq!(revalidated.header("etag"), Some(format!("W/{strong}").as_str()));
+    assert_eq!(revalidated.header("vary"), Some("accept-encoding"));
     assert!(revalidated.body.is_empty());
 
     // A client that refuses gzip, or takes no coding at all, gets the page as it is.

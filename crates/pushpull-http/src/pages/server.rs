@@ -342,6 +342,10 @@ pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig)
         page_json(crate::wire::encode_page(&page), request.accepts_gzip, config)
     };
     let headers = response.headers_mut();
+    if config.gzip {
+        // A 304 names what a 200 would vary by, too.
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     let tag = if config.gzip && request.accepts_gzip { format!("W/{tag}") } else { tag };
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("cursors are header-safe"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
