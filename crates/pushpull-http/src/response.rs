@@ -85,7 +85,7 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<Bod
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response

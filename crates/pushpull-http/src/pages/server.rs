@@ -58,25 +58,122 @@ pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
         hold,
         DeliveryMeter::new(context.page_transport),
         context.presences(),
+        SharedPages::default(),
     ));
     let holds = shared.2.is_some();
     let route = Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
         // The request is read here, before its future starts: what a held poll keeps while
         // it waits is what `Asked` holds, not the request (a held poll's future is most of
         // what it costs while it waits).
-        let (_, config, hold, _, presences) = &*shared;
+        let (_, config, hold, _, presences, _) = &*shared;
         let asked = match Asked::read(config, hold.as_ref(), presences, &req, &params) {
             Ok(asked) => asked,
             Err(error) => return Either::Left(std::future::ready(Err(error))),
         };
         let shared = shared.clone();
         Either::Right(async move {
-            let (broker, config, hold, meter, presences) = &*shared;
-            asked.answer(&**broker, config, hold.as_ref(), meter, presences).await
+            let (broker, config, hold, meter, presences, pages) = &*shared;
+            let answering = Answering { broker: &**broker, config, hold: hold.as_ref(), pages };
+            asked.answer(answering, meter, presences).await
         })
     });
     // A held poll lives until a message comes: answered without hyper's connection state.
     if holds { route.long_lived() } else { route }
+}
+
+/// What the page route answers with: the broker, the settings, long polling's hold, and the
+/// bytes of the pages last answered.
+struct Answering<'a> {
+    broker: &'a dyn Broker,
+    config: &'a PageConfig,
+    hold: Option<&'a Hold>,
+    pages: &'a SharedPages,
+}
+
+/// The body of the page last answered on each topic, JSON and (once a client took it) gzip.
+///
+/// The polls one message wakes were all at the topic's end, so they ask for the same page: the
+/// first to answer encodes it (and compresses it, if its client takes gzip), the others answer
+/// with its bytes. Messages never change, so a page without a gap is fixed by its first message
+/// and its end (a gap's body depends on where each reader stood: such pages, and empty ones,
+/// are made each time). One page per topic; the table is emptied when it holds
+/// [`SHARED_TOPICS`], so it is bounded by the topics polled lately.
+#[derive(Default)]
+struct SharedPages(std::sync::Mutex<HashMap<Topic, SharedPage>>);
+
+/// One topic's page in [`SharedPages`].
+struct SharedPage {
+    first: Cursor,
+    next: Cursor,
+    json: bytes::Bytes,
+    gzip: Option<bytes::Bytes>,
+}
+
+/// The most topics [`SharedPages`] holds a page of.
+const SHARED_TOPICS: usize = 4096;
+
+impl SharedPages {
+    /// The body of `page`, a page of `topic`, as [`encoded`] makes it: from the table when the
+    /// page last answered on the topic is this one.
+    fn body(
+        &self,
+        topic: &Topic,
+        page: &Page,
+        gzip: bool,
+        min_gzip: usize,
+    ) -> (bytes::Bytes, bool) {
+        let first = page.messages.first().map(Message::cursor);
+        let Some(first) = first.filter(|_| page.gap.is_none()) else {
+            return encoded(page, gzip, min_gzip);
+        };
+        let this = |shared: &SharedPage| shared.first == first && shared.next == page.next;
+        let kept = {
+            let pages = self.0.lock().expect("shared pages lock");
+            pages.get(topic).filter(|shared| this(shared)).map(|s| (s.json.clone(), s.gzip.clone()))
+        };
+        let made = kept.is_none();
+        let (json, kept_gzip) =
+            kept.unwrap_or_else(|| (crate::wire::encode_page(page).into(), None));
+        let compress = gzip && json.len() >= min_gzip;
+        match (made, compress, kept_gzip) {
+            (_, true, Some(gzip)) => return (gzip, true),
+            (false, false, _) => return (json, false),
+            _ => {}
+        }
+        // Encoded or compressed here, outside the lock: kept for the polls that follow.
+        let gzip = compress.then(|| bytes::Bytes::from(crate::gzip::compress(&json)));
+        {
+            let mut pages = self.0.lock().expect("shared pages lock");
+            if made && pages.len() >= SHARED_TOPICS && !pages.contains_key(topic) {
+                pages.clear();
+            }
+            match pages.get_mut(topic) {
+                Some(shared) if this(shared) => {
+                    if shared.gzip.is_none() {
+                        shared.gzip.clone_from(&gzip);
+                    }
+                }
+                _ => {
+                    let (json, gzip) = (json.clone(), gzip.clone());
+                    pages.insert(topic.clone(), SharedPage { first, next: page.next, json, gzip });
+                }
+            }
+        }
+        match gzip {
+            Some(gzip) => (gzip, true),
+            None => (json, false),
+        }
+    }
+}
+
+/// The body of `page`: its JSON, gzip-compressed (then true) when `gzip` allows it and the
+/// JSON is at least `min_gzip` bytes long.
+fn encoded(page: &Page, gzip: bool, min_gzip: usize) -> (bytes::Bytes, bool) {
+    let json = crate::wire::encode_page(page);
+    match gzip && json.len() >= min_gzip {
+        true => (crate::gzip::compress(&json).into(), true),
+        false => (json.into(), false),
+    }
 }
 
 /// A page request, read: all its answer needs.
@@ -116,12 +213,11 @@ impl Asked {
 
     async fn answer(
         &self,
-        broker: &dyn Broker,
-        config: &PageConfig,
-        hold: Option<&Hold>,
+        answering: Answering<'_>,
         plain_meter: &DeliveryMeter,
         presences: &Presences,
     ) -> HandlerResult {
+        let Answering { broker, config, hold, pages } = answering;
         let request = &self.request;
         if let Some(order) = request.query.get("order") {
             return Box::pin(newest_first(broker, config, plain_meter, request, order)).await;
@@ -142,7 +238,7 @@ impl Asked {
         };
         trim_to_bytes(&mut page, config.max_page_bytes);
         meter.page(&page);
-        let mut response = page_response(page, request, config);
+        let mut response = answer_page(page, request, config, Some(pages));
         meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
         if let Some(wait) = self.wait {
             response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
@@ -329,7 +425,17 @@ impl PageRequest {
 /// A page is gzip-compressed when the client takes it and the config allows; the `ETag` of an
 /// answer that may be compressed (a 304's too, which must name what a 200 would) is weak: the
 /// compressed bytes are another representation of the same page (RFC 9110, 8.8.1).
-pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig) -> Response<Body> {
+pub fn page_response(page: Page, request: &PageRequest, config: &PageConfig) -> Response<Body> {
+    answer_page(page, request, config, None)
+}
+
+/// [`page_response`], its body from `shared` when one is given.
+fn answer_page(
+    mut page: Page,
+    request: &PageRequest,
+    config: &PageConfig,
+    shared: Option<&SharedPages>,
+) -> Response<Body> {
     trim_to_bytes(&mut page, config.max_page_bytes);
     let tag = etag(&page);
     let not_modified =
@@ -339,7 +445,12 @@ pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig)
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        page_json(crate::wire::encode_page(&page), request.accepts_gzip, config)
+        let gzip = config.gzip && request.accepts_gzip;
+        let (body, compressed) = match shared {
+            Some(shared) => shared.body(&request.topic, &page, gzip, config.gzip_min_bytes),
+            None => encoded(&page, gzip, config.gzip_min_bytes),
+        };
+        page_body(body, compressed, config)
     };
     let headers = response.headers_mut();
     if config.gzip {
@@ -355,15 +466,20 @@ pub fn page_response(mut page: Page, request: &PageRequest, config: &PageConfig)
 }
 
 /// A 200 answer of the JSON page `body`: gzip-compressed when the client takes it and the page
-/// is long enough. While the config compresses, the answer says it varies by
-/// `Accept-Encoding`, so a cache in between keeps each form apart.
+/// is long enough.
 fn page_json(body: Vec<u8>, accepts_gzip: bool, config: &PageConfig) -> Response<Body> {
     let compress = config.gzip && accepts_gzip && body.len() >= config.gzip_min_bytes;
-    let mut response = if compress {
-        json(StatusCode::OK, crate::gzip::compress(&body))
-    } else {
-        json(StatusCode::OK, body)
-    };
+    match compress {
+        true => page_body(crate::gzip::compress(&body).into(), true, config),
+        false => page_body(body.into(), false, config),
+    }
+}
+
+/// A 200 answer of a JSON page's `body`, `compressed` with gzip or not. While the config
+/// compresses, the answer says it varies by `Accept-Encoding`, so a cache in between keeps each
+/// form apart.
+fn page_body(body: bytes::Bytes, compress: bool, config: &PageConfig) -> Response<Body> {
+    let mut response = json(StatusCode::OK, body);
     let headers = response.headers_mut();
     if config.gzip {
         headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
@@ -585,5 +701,81 @@ impl ManyPage {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushpull_core::{Epoch, Gap, GapReason, Offset, Publication};
+
+    fn page(topic: &Topic, epoch: Epoch, offsets: std::ops::RangeInclusive<u64>) -> Page {
+        let messages: Vec<Message> = offsets
+            .map(|n| {
+                let payload = format!(
+                    "{{\"n\":{n},\"kind\":\"update\",\"padding\":\"{}\"}}",
+                    "x".repeat(200)
+                );
+                Publication::new(payload).into_message(topic.clone(), epoch, Offset(n))
+            })
+            .collect();
+        let next = messages.last().expect("a message").cursor();
+        Page { gap: None, messages, next }
+    }
+
+    #[test]
+    fn the_polls_one_message_wakes_share_its_page() {
+        let shared = SharedPages::default();
+        let topic = Topic::new("orders").unwrap();
+        let epoch = Epoch::random();
+        let one = page(&topic, epoch, 1..=1);
+        let (first, compressed) = shared.body(&topic, &one, false, 1024);
+        assert!(!compressed);
+        assert_eq!(first, crate::wire::encode_page(&one), "the page's own JSON");
+        let (again, _) = shared.body(&topic, &one.clone(), false, 1024);
+        assert_eq!(again.as_ptr(), first.as_ptr(), "the same bytes, not made again");
+
+        // A client that takes gzip: compressed once, then shared too; the JSON stays.
+        let (gzip, compressed) = shared.body(&topic, &one, true, 64);
+        assert!(compressed);
+        assert_eq!(crate::gzip::inflate(&gzip, 1 << 20).unwrap(), first);
+        assert_eq!(shared.body(&topic, &one, true, 64).0.as_ptr(), gzip.as_ptr());
+        assert_eq!(shared.body(&topic, &one, false, 64).0.as_ptr(), first.as_ptr());
+
+        // The next message makes the next page; a page of both is another page again.
+        let two = page(&topic, epoch, 2..=2);
+        let (second, _) = shared.body(&topic, &two, false, 1024);
+        assert_eq!(second, crate::wire::encode_page(&two));
+        let both = page(&topic, epoch, 1..=2);
+        assert_eq!(shared.body(&topic, &both, false, 1024).0, crate::wire::encode_page(&both));
+        // Another epoch's page at the same offsets is not this one.
+        let other = page(&topic, Epoch::random(), 1..=2);
+        assert_eq!(shared.body(&topic, &other, false, 1024).0, crate::wire::encode_page(&other));
+    }
+
+    #[test]
+    fn a_page_with_a_gap_or_none_is_made_each_time_and_the_table_stays_bounded() {
+        let shared = SharedPages::default();
+        let topic = Topic::new("orders").unwrap();
+        let epoch = Epoch::random();
+        let mut gapped = page(&topic, epoch, 5..=6);
+        gapped.gap = Some(Gap {
+            topic: topic.clone(),
+            reason: GapReason::Retention,
+            missed: None,
+            cursor: Cursor::After(epoch, Offset(4)),
+        });
+        let (first, _) = shared.body(&topic, &gapped, false, 1024);
+        assert_eq!(first, crate::wire::encode_page(&gapped));
+        assert_ne!(shared.body(&topic, &gapped, false, 1024).0.as_ptr(), first.as_ptr());
+        let empty = Page { gap: None, messages: Vec::new(), next: Cursor::After(epoch, Offset(6)) };
+        assert_eq!(shared.body(&topic, &empty, false, 1024).0, crate::wire::encode_page(&empty));
+        assert!(shared.0.lock().unwrap().is_empty(), "nothing kept for either");
+
+        for n in 0..SHARED_TOPICS + 10 {
+            let topic = Topic::new(format!("t{n}")).unwrap();
+            shared.body(&topic, &page(&topic, epoch, 1..=1), false, 1024);
+            assert!(shared.0.lock().unwrap().len() <= SHARED_TOPICS);
+        }
     }
 }
