@@ -46,20 +46,34 @@ pub struct RedisCluster {
     nodes: Vec<Node>,
 }
 
-/// A free loopback port whose cluster bus port (the port plus 10000) is free too.
-fn free_port_pair() -> Result<u16, Error> {
-    for _ in 0..100 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| setup_error(format!("no free port: {e}")))?;
+/// `n` different free loopback ports whose cluster bus ports (the port plus 10000) are free too.
+/// Every port is held (bound here) until all are chosen: a port let go at once could be handed
+/// to the next `bind` again (the kernel may reuse it), before the node meant to have it has
+/// bound it, and two nodes of one cluster on one port make `redis-cli --cluster create` give one
+/// server two nodes' slots.
+fn free_port_pairs(n: usize) -> Result<Vec<u16>, Error> {
+    let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port));
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..100 * n {
+        if ports.len() == n {
+            break;
+        }
+        let listener = bind(0).map_err(|e| setup_error(format!("no free port: {e}")))?;
         let port = listener.local_addr().map_err(|e| setup_error(e.to_string()))?.port();
+        held.push(listener);
         if port > 55_535 {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return Ok(port);
+        if let Ok(bus) = bind(port + 10_000) {
+            held.push(bus);
+            ports.push(port);
         }
     }
-    Err(setup_error("no free pair of ports for a cluster node".into()))
+    if ports.len() < n {
+        return Err(setup_error(format!("no {n} free pairs of ports for a cluster's nodes")));
+    }
+    Ok(ports)
 }
 
 impl RedisCluster {
@@ -72,14 +86,28 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir)
             .map_err(|e| setup_error(format!("{}: {e}", dir.display())))?;
         let mut cluster = Self { dir, nodes: Vec::new() };
-        for _ in 0..6 {
-            let port = free_port_pair()?;
+        for port in free_port_pairs(6)? {
             let mut node = Node { port, child: None, pid: 0 };
             spawn(&cluster.dir, &mut node)?;
             cluster.nodes.push(node);
         }
         for node in &cluster.nodes {
             cluster.wait_for_pong(node.port)?;
+        }
+        // Six servers, not fewer answering for more: a port taken by something else between
+        // its choice and the server's bind is named here, not as a cluster that never forms.
+        let mut ids = std::collections::HashSet::new();
+        for node in &cluster.nodes {
+            let id = Self::query(node.port, &["CLUSTER", "MYID"])
+                .ok()
+                .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                .ok_or_else(|| setup_error(format!("port {}: not a cluster node", node.port)))?;
+            if !ids.insert(id) {
+                return Err(setup_error(format!(
+                    "port {}: another node answered there (the port was taken meanwhile)",
+                    node.port
+                )));
+            }
         }
         let addresses: Vec<String> =
             cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -454,4 +482,22 @@ fn spawn(dir: &std::path::Path, node: &mut Node) -> Result<(), Error> {
     })?;
     node.child = Some(child);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ports_of_a_clusters_nodes_are_all_different() {
+        // Enough that ports chosen one at a time and let go would repeat (a birthday draw from
+        // about 23,000 ephemeral ports: 400 draws repeat nineteen times in twenty).
+        let ports = free_port_pairs(400).unwrap();
+        let mut taken = std::collections::HashSet::new();
+        for port in &ports {
+            assert!(taken.insert(*port), "{port} twice");
+            assert!(taken.insert(port + 10_000), "{} twice", port + 10_000);
+        }
+        assert_eq!(taken.len(), 800);
+    }
 }
