@@ -169,7 +169,12 @@ impl SharedPages {
 /// The body of `page`: its JSON, gzip-compressed (then true) when `gzip` allows it and the
 /// JSON is at least `min_gzip` bytes long.
 fn encoded(page: &Page, gzip: bool, min_gzip: usize) -> (bytes::Bytes, bool) {
-    let json = crate::wire::encode_page(page);
+    plain_or_gzip(crate::wire::encode_page(page), gzip, min_gzip)
+}
+
+/// `json`, gzip-compressed (then true) when `gzip` allows it and it is at least `min_gzip`
+/// bytes long: the one place that decides.
+fn plain_or_gzip(json: Vec<u8>, gzip: bool, min_gzip: usize) -> (bytes::Bytes, bool) {
     match gzip && json.len() >= min_gzip {
         true => (crate::gzip::compress(&json).into(), true),
         false => (json.into(), false),
@@ -468,11 +473,9 @@ fn answer_page(
 /// A 200 answer of the JSON page `body`: gzip-compressed when the client takes it and the page
 /// is long enough.
 fn page_json(body: Vec<u8>, accepts_gzip: bool, config: &PageConfig) -> Response<Body> {
-    let compress = config.gzip && accepts_gzip && body.len() >= config.gzip_min_bytes;
-    match compress {
-        true => page_body(crate::gzip::compress(&body).into(), true, config),
-        false => page_body(body.into(), false, config),
-    }
+    let (body, compressed) =
+        plain_or_gzip(body, config.gzip && accepts_gzip, config.gzip_min_bytes);
+    page_body(body, compressed, config)
 }
 
 /// A 200 answer of a JSON page's `body`, `compressed` with gzip or not. While the config
