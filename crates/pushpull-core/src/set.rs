@@ -4,6 +4,7 @@ use std::task::Poll;
 
 use futures::StreamExt;
 
+use crate::cursor::Cursor;
 use crate::error::Result;
 use crate::many::MultiSubscription;
 use crate::message::Delivery;
@@ -32,7 +33,8 @@ impl Entry {
 /// subscriptions down one connection.
 #[derive(Debug)]
 pub struct SubscriptionSet<K = Topic> {
-    entries: Vec<(K, Entry)>,
+    /// Each subscription under its key, and whether it is parked.
+    entries: Vec<(K, Entry, bool)>,
     turn: usize,
 }
 
@@ -71,25 +73,25 @@ impl<K: Clone + PartialEq> SubscriptionSet<K> {
         if self.contains(&key) {
             return false;
         }
-        self.entries.push((key, entry));
+        self.entries.push((key, entry, false));
         true
     }
 
     /// Removes the subscription under `key`; false if there was none.
     pub fn remove(&mut self, key: &K) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|(k, _)| k != key);
+        self.entries.retain(|(k, _, _)| k != key);
         self.entries.len() != before
     }
 
     /// Whether `key` is in the set.
     pub fn contains(&self, key: &K) -> bool {
-        self.entries.iter().any(|(k, _)| k == key)
+        self.entries.iter().any(|(k, _, _)| k == key)
     }
 
     /// The keys, in the order the subscriptions were added.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.entries.iter().map(|(k, _)| k)
+        self.entries.iter().map(|(k, _, _)| k)
     }
 
     /// How many subscriptions the set holds.
@@ -102,14 +104,54 @@ impl<K: Clone + PartialEq> SubscriptionSet<K> {
         self.entries.is_empty()
     }
 
-    /// The next item of any subscription, with its key: a delivery, an error, or `None` when
-    /// that subscription ended (remove it). Pends forever on an empty set.
+    /// The cursor of the single-topic subscription under `key` (after its last delivery).
+    pub fn cursor(&self, key: &K) -> Option<Cursor> {
+        self.entries.iter().find(|(k, _, _)| k == key).and_then(|(_, entry, _)| match entry {
+            Entry::One(subscription) => Some(subscription.cursor()),
+            Entry::Many(_) => None,
+        })
+    }
+
+    /// Parks the subscription under `key`: [`next`](Self::next) passes it by (it stays in the
+    /// set, counted and listed) until it is [unparked](Self::unpark). For a subscription whose
+    /// deliveries something else writes meanwhile. False if there is none.
+    pub fn park(&mut self, key: &K) -> bool {
+        match self.entries.iter_mut().find(|(k, _, _)| k == key) {
+            Some((_, _, parked)) => {
+                *parked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Unparks the subscription under `key`, replacing it with `replacement` if given (read on
+    /// from where the deliveries written meanwhile left it). False if there is none.
+    pub fn unpark(&mut self, key: &K, replacement: Option<Subscription>) -> bool {
+        match self.entries.iter_mut().find(|(k, _, _)| k == key) {
+            Some((_, entry, parked)) => {
+                *parked = false;
+                if let Some(subscription) = replacement {
+                    *entry = Entry::One(subscription);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next item of any subscription not parked, with its key: a delivery, an error, or
+    /// `None` when that subscription ended (remove it). Pends forever on an empty set.
     pub async fn next(&mut self) -> (K, Option<Result<Delivery>>) {
         std::future::poll_fn(|cx| {
             let count = self.entries.len();
             for step in 0..count {
                 let index = (self.turn + step) % count;
-                if let Poll::Ready(item) = self.entries[index].1.poll_next(cx) {
+                let (_, entry, parked) = &mut self.entries[index];
+                if *parked {
+                    continue;
+                }
+                if let Poll::Ready(item) = entry.poll_next(cx) {
                     self.turn = (index + 1) % count;
                     return Poll::Ready((self.entries[index].0.clone(), item));
                 }

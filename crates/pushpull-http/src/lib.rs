@@ -3,6 +3,7 @@
 mod client;
 mod cors;
 mod ends_at;
+pub mod fanout;
 mod gauge;
 mod grant;
 mod gzip;

@@ -106,6 +106,29 @@ impl DeliveryMeter {
         }
     }
 
+    /// A fan-out wrote `deliveries` deliveries of `messages` (to as many subscribers in
+    /// all), `bytes` in all: each message's lag is sampled once per subscriber it reached, as
+    /// nearly as the counts allow.
+    pub fn fanned_out<'a>(
+        &self,
+        messages: impl ExactSizeIterator<Item = &'a Delivery>,
+        deliveries: u64,
+        bytes: u64,
+    ) {
+        self.deliveries.increment(deliveries);
+        self.bytes.increment(bytes);
+        let per_message = deliveries / (messages.len().max(1) as u64);
+        let now = SystemTime::now();
+        for delivery in messages {
+            if let Delivery::Message(message) = delivery {
+                let lag = now.duration_since(message.timestamp).unwrap_or_default();
+                for _ in 0..per_message {
+                    self.lag.record(lag);
+                }
+            }
+        }
+    }
+
     /// `bytes` more bytes were written (a page's body, say).
     pub fn bytes(&self, bytes: usize) {
         self.bytes.increment(bytes as u64);

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::Router;
+use crate::fanout::{SharedTcp, SocketOf};
 use crate::takeover::{self, First};
 use crate::tls::TlsAcceptor;
 
@@ -165,6 +166,9 @@ struct WithShutdown<S> {
     hold: Option<ConnectionHold>,
     peer: Option<PeerAddr>,
     streams: Option<StreamLimits>,
+    /// A plain connection's socket, for a transport that writes to it beside hyper (see
+    /// [`fanout`](crate::fanout)).
+    socket: Option<crate::fanout::SocketOf>,
 }
 
 /// What an HTTP/2 stream is counted against: its address's count and the server's total.
@@ -216,6 +220,9 @@ where
         }
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
+        }
+        if let Some(socket) = &self.socket {
+            request.extensions_mut().insert(socket.clone());
         }
         Counted::Served { future: self.inner.call(request), stream }
     }
@@ -563,6 +570,7 @@ pub async fn serve_until<S, B>(
         hold: None,
         peer: None,
         streams: None,
+        socket: None,
     };
     // A Router served as it is answers the requests of a plain HTTP/1.1 connection for its
     // long-lived routes itself (see `takeover`); any other service is served by hyper alone.
@@ -660,6 +668,7 @@ pub async fn serve_until<S, B>(
                         hold: service.hold.clone(),
                         peer: service.peer,
                         streams: None,
+                        socket: None,
                     };
                     loop {
                         // Each future awaited where it is made: kept in a local first, it would
@@ -702,8 +711,16 @@ pub async fn serve_until<S, B>(
                     }
                 }
                 let io: Box<dyn Io> = match &config.tls {
-                    None if read.is_empty() => Box::new(stream),
-                    None => Box::new(takeover::Rewind::new(read, stream)),
+                    None => {
+                        // Shared, so that a transport taking the connection over can write to
+                        // the socket from beside hyper's upgraded handle.
+                        let shared = SharedTcp(Arc::new(stream));
+                        service.socket = Some(SocketOf(shared.0.clone()));
+                        match read.is_empty() {
+                            true => Box::new(shared),
+                            false => Box::new(takeover::Rewind::new(read, shared)),
+                        }
+                    }
                     Some(acceptor) => {
                         // Boxed: the handshake's state (rustls's connection) is large, and
                         // a plain connection's task should not carry room for it.

@@ -52,6 +52,11 @@ pub struct ServerConfig {
     /// bytes go uncompressed: compressing a small one saves a few bytes and costs its receiver
     /// more than that.
     pub deflate_min_bytes: usize,
+    /// Writes each topic's new messages to its caught-up subscribers from one task per topic
+    /// (a fan-out), instead of waking every subscriber's own task; a socket whose buffer is
+    /// full, or whose topic has a gap, is served by its own task again. Plain (not TLS)
+    /// connections only.
+    pub fanout: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             permessage_deflate: true,
             deflate_min_bytes: 256,
+            fanout: true,
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::close;
 use crate::config::ServerConfig;
 use crate::deflate::{self, Inflating};
 use crate::wire::{self, Frame, Incoming, Reply, Request, SUBPROTOCOL};
+use pushpull_http::fanout::{Encoder, FanOut, Gate, GatedIo, Seat};
 use pushpull_http::metrics::{self, DeliveryMeter};
 use tracing::Instrument;
 
@@ -61,14 +62,23 @@ impl WsServer {
         let api = pushpull_http::api(context, None);
         let origins = Arc::new(pushpull_http::Cors::new(config.allowed_origins.iter().cloned()));
         let message_limit = config.message_limit(broker.capabilities().max_payload);
+        let meter = DeliveryMeter::new(crate::NAME);
+        let fanout = config.fanout.then(|| FanOut::new(broker.clone(), meter.clone()));
+        let min_bytes = config.deflate_min_bytes;
+        let encoders = [
+            Arc::new(|delivery: &Delivery| fanned(delivery, None)) as Encoder,
+            Arc::new(move |delivery: &Delivery| fanned(delivery, Some(min_bytes))) as Encoder,
+        ];
         let sockets = Sockets {
             broker,
+            fanout,
+            encoders,
             message_limit,
             config: Arc::new(config),
             origins,
             open: Gauge::new(),
             subscribed: Gauge::new(),
-            meter: DeliveryMeter::new(crate::NAME),
+            meter,
             max_topics: context.max_topics,
             presences: context.presences(),
         };
@@ -79,6 +89,12 @@ impl WsServer {
     /// Sockets open right now.
     pub fn open_sockets(&self) -> usize {
         self.sockets.open.get()
+    }
+
+    /// The fan-outs of its topics (`None` with `fanout` off): what they wrote, and how many
+    /// sockets they let go.
+    pub fn fanout(&self) -> Option<&FanOut> {
+        self.sockets.fanout.as_deref()
     }
 
     /// The upgrade route, to mount beside other transports'.
@@ -122,6 +138,11 @@ impl pushpull_http::TransportServer for WsServer {
 #[derive(Clone)]
 struct Sockets {
     broker: Arc<dyn Broker>,
+    /// The fan-outs of topics, unless `config.fanout` is off.
+    fanout: Option<Arc<FanOut>>,
+    /// What a fan-out writes to a socket that did not agree to compression, and to one that
+    /// did.
+    encoders: [Encoder; 2],
     config: Arc<ServerConfig>,
     /// The largest message a socket may send: `config`'s, bounded by the broker's payload
     /// limit.
@@ -167,7 +188,9 @@ impl Sockets {
         let deflate = self.config.permessage_deflate && deflate::offered(req.headers());
         // The session is the task: one future, holding the session once (a block around it
         // would keep a second copy of what it captured for the socket's whole life).
-        let session = Session::new(self.clone(), shutdown, grant, deflate);
+        // A plain connection's socket, for the fan-outs of its topics to write to.
+        let gate = self.fanout.as_ref().and_then(|_| Gate::of(&req));
+        let session = Session::new(self.clone(), shutdown, grant, deflate, gate);
         // The session logs within the upgrade request's span (transport, peer).
         tokio::spawn(session.serve(on_upgrade, hold).in_current_span());
         let mut response = Response::new(pushpull_http::empty());
@@ -246,7 +269,7 @@ fn offers(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
+type Socket = WebSocketStream<Inflating<GatedIo<TokioIo<hyper::upgrade::Upgraded>>>>;
 
 /// Why a session ends, and the close frame to send (if a frame can still be sent).
 struct Ending {
@@ -279,6 +302,11 @@ struct Session {
     refreshed: bool,
     /// Whether the socket agreed to permessage-deflate.
     deflate: bool,
+    /// The socket, as the fan-outs of topics write to it (a plain connection's, with fan-outs
+    /// on).
+    gate: Option<Arc<Gate>>,
+    /// The subscriptions a topic's fan-out writes for (parked in `subscriptions` meanwhile).
+    seats: Vec<(Key, Seat)>,
 }
 
 /// What resolves when `grant`'s rights end (never, without one).
@@ -336,6 +364,8 @@ fn label(key: &Key) -> Option<Cow<'_, str>> {
 
 enum Event {
     Frame(Option<Result<WsMessage, WsError>>),
+    /// A fan-out let a subscription go, or left bytes to write.
+    Attention,
     Delivery(Key, Option<Result<Delivery, Error>>),
     Tick,
     Shutdown,
@@ -344,7 +374,13 @@ enum Event {
 }
 
 impl Session {
-    fn new(server: Arc<Sockets>, shutdown: Shutdown, grant: Option<Grant>, deflate: bool) -> Self {
+    fn new(
+        server: Arc<Sockets>,
+        shutdown: Shutdown,
+        grant: Option<Grant>,
+        deflate: bool,
+        gate: Option<Arc<Gate>>,
+    ) -> Self {
         Self {
             server,
             shutdown,
@@ -356,6 +392,8 @@ impl Session {
             heard: Instant::now(),
             refreshed: false,
             deflate,
+            gate,
+            seats: Vec::new(),
         }
     }
 
@@ -391,7 +429,8 @@ impl Session {
             // The peer's compressed messages are inflated before tungstenite reads them, up to
             // the size it accepts.
             let limit = session.deflate.then_some(session.server.message_limit);
-            let raw = Inflating::server(TokioIo::new(upgraded), limit);
+            let gated = GatedIo::new(session.gate.clone(), TokioIo::new(upgraded));
+            let raw = Inflating::server(gated, limit);
             let mut socket =
                 WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
             let _open = session.server.open.hold();
@@ -414,6 +453,7 @@ impl Session {
                 }
                 _ = ticks.tick() => Event::Tick,
                 () = self.shutdown.wait() => Event::Shutdown,
+                () = attention(self.gate.as_deref()), if !self.seats.is_empty() => Event::Attention,
             };
             let outcome = match event {
                 Event::Frame(None) => break None,
@@ -434,8 +474,15 @@ impl Session {
                     let queued = self.queued(key, delivery);
                     // Boxed: a session waits for its next delivery far longer than it takes
                     // to hand one over, and keeps no room for the handing over meanwhile.
-                    Box::pin(self.deliver(socket, queued)).await
+                    match Box::pin(self.deliver(socket, queued)).await {
+                        Ok(true) if self.gate.is_some() => {
+                            Box::pin(self.take_seats()).await;
+                            Ok(())
+                        }
+                        other => other.map(drop),
+                    }
                 }
+                Event::Attention => Box::pin(self.attend(socket)).await,
                 Event::Tick if self.heard.elapsed() > config.idle_timeout => {
                     Err(Some(Ending::new(
                         close::IDLE_TIMEOUT,
@@ -460,6 +507,11 @@ impl Session {
                 expired = ending_of(self.grant.as_ref());
             }
         };
+        // No fan-out writes after the close frame.
+        if let Some(gate) = &self.gate {
+            gate.shut();
+        }
+        self.seats.clear();
         let frame = ending
             .map(|Ending { code, reason }| CloseFrame { code: code.into(), reason: reason.into() });
         Box::pin(finish_closing(socket, frame)).await;
@@ -784,6 +836,8 @@ impl Session {
         if !self.subscriptions.remove(key) {
             return false;
         }
+        // Its fan-out writes no more for it (before the reply saying it ended is written).
+        self.seats.retain(|(seated, _)| seated != key);
         self.counted.pop();
         self.members.remove(key);
         true
@@ -800,10 +854,17 @@ impl Session {
     /// What each delivery sends is worked out by [`Session::queued`], outside this future:
     /// every session carries room for this future while it waits, so it holds messages ready
     /// to go, not deliveries and the work of encoding them.
-    async fn deliver(&mut self, socket: &mut Socket, first: Queued) -> Result<(), Option<Ending>> {
+    ///
+    /// `Ok(true)` when every subscription had nothing more ready at the end.
+    async fn deliver(
+        &mut self,
+        socket: &mut Socket,
+        first: Queued,
+    ) -> Result<bool, Option<Ending>> {
         let deadline = Instant::now() + self.server.config.write_timeout;
         let mut next = Some(first);
         let mut batch = 0;
+        let mut caught_up = false;
         while let Some(Queued { message, then }) = next.take() {
             feed(socket, message, deadline).await?;
             if let Some(then) = then {
@@ -816,8 +877,68 @@ impl Session {
                     .next()
                     .now_or_never()
                     .map(|(key, delivery)| self.queued(key, delivery));
+                caught_up = next.is_none();
             }
         }
+        at_once_or_within(deadline, |cx| socket.poll_flush_unpin(cx)).await?;
+        Ok(caught_up)
+    }
+
+    /// Seats each single-topic subscription not seated yet in its topic's fan-out: each has
+    /// just been found with nothing ready and its deliveries written, so the fan-out can write
+    /// from the next message on.
+    async fn take_seats(&mut self) {
+        let (Some(fanout), Some(gate)) = (&self.server.fanout, &self.gate) else { return };
+        let (style, encoder) = match self.deflate {
+            false => ("ws", &self.server.encoders[0]),
+            true => ("ws-deflate", &self.server.encoders[1]),
+        };
+        let keys: Vec<Key> = self
+            .subscriptions
+            .keys()
+            .filter(|key| matches!(key, (Target::Selector(Selector::Topic(_)), None)))
+            .filter(|key| !self.seats.iter().any(|(seated, _)| seated == *key))
+            .cloned()
+            .collect();
+        for key in keys {
+            let (Target::Selector(Selector::Topic(topic)), _) = &key else { continue };
+            let Some(cursor) = self.subscriptions.cursor(&key) else { continue };
+            if let Some(seat) = fanout.join(topic, style, encoder, cursor, gate).await {
+                self.subscriptions.park(&key);
+                self.seats.push((key, seat));
+            }
+        }
+    }
+
+    /// Takes back the subscriptions a fan-out let go, from where it left each, and writes what
+    /// it left pending.
+    async fn attend(&mut self, socket: &mut Socket) -> Result<(), Option<Ending>> {
+        let mut index = 0;
+        while index < self.seats.len() {
+            let Some(resume) = self.seats[index].1.let_go() else {
+                index += 1;
+                continue;
+            };
+            let (key, _) = self.seats.swap_remove(index);
+            if self.subscriptions.cursor(&key) == Some(resume) {
+                // Nothing was written for it: its subscription reads on from where it was.
+                self.subscriptions.unpark(&key, None);
+                continue;
+            }
+            let (Target::Selector(Selector::Topic(topic)), _) = &key else { continue };
+            match self.server.broker.subscribe(topic, resume).await {
+                Ok(subscription) => {
+                    self.subscriptions.unpark(&key, Some(subscription));
+                }
+                Err(error) => {
+                    metrics::broker_error("subscribe", &error);
+                    self.subscriptions.unpark(&key, None);
+                    let queued = self.queued(key, Some(Err(error)));
+                    self.deliver(socket, queued).await?;
+                }
+            }
+        }
+        let deadline = Instant::now() + self.server.config.write_timeout;
         at_once_or_within(deadline, |cx| socket.poll_flush_unpin(cx)).await
     }
 
@@ -866,6 +987,48 @@ struct Queued {
 const MAX_BATCH: usize = 64;
 /// Frames gather in the socket's buffer up to this many bytes before it writes on its own.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
+/// Waits for `gate` to need its session's attention (forever without one).
+async fn attention(gate: Option<&Gate>) {
+    match gate {
+        Some(gate) => gate.attention().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a fan-out writes for `delivery`: the frame [`pushed`] sends to an unnamed
+/// subscription, on the wire; made once per message and shared.
+fn fanned(delivery: &Delivery, deflate: Option<usize>) -> Bytes {
+    static WIRE: EncodingKey = EncodingKey::new();
+    static DEFLATED_WIRE: EncodingKey = EncodingKey::new();
+    let encode = || wire_bytes(pushed(delivery, None, deflate));
+    match (delivery, deflate) {
+        (Delivery::Message(message), None) => message.encodings.get_or_encode(&WIRE, encode),
+        (Delivery::Message(message), Some(_)) => {
+            message.encodings.get_or_encode(&DEFLATED_WIRE, encode)
+        }
+        (Delivery::Gap(_), _) => encode(),
+    }
+}
+
+/// `message` as a server sends it: one unmasked frame.
+fn wire_bytes(message: WsMessage) -> Bytes {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let frame = match message {
+        WsMessage::Text(text) => {
+            WireFrame::message(Bytes::from(text), OpCode::Data(Data::Text), true)
+        }
+        WsMessage::Binary(bytes) => WireFrame::message(bytes, OpCode::Data(Data::Binary), true),
+        WsMessage::Frame(frame) => frame,
+        WsMessage::Ping(bytes) => WireFrame::ping(bytes),
+        WsMessage::Pong(bytes) => WireFrame::pong(bytes),
+        WsMessage::Close(close) => WireFrame::close(close),
+    };
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).expect("a Vec takes any frame");
+    Bytes::from(out)
+}
 
 /// The message pushing `delivery` to the subscription named `sub`, compressed from
 /// `deflate` bytes on where the socket agreed to permessage-deflate. The first subscription
@@ -1012,7 +1175,7 @@ mod tests {
         let broker: Arc<dyn Broker> = Arc::new(pushpull_core::MemoryBroker::new());
         let server = WsServer::new(broker, ServerConfig::default()).expect("a server");
         let sockets = Arc::new(server.sockets.clone());
-        let session = Session::new(sockets, Shutdown::never(), None, false);
+        let session = Session::new(sockets, Shutdown::never(), None, false, None);
         let state = std::mem::size_of_val(&session);
         let mut request = http::Request::new(());
         let task = session.serve(hyper::upgrade::on(&mut request), None);

@@ -663,3 +663,268 @@ async fn publish_many_answers_each_publication_in_order() {
         "nothing of the refused batch: {page}"
     );
 }
+
+// The fan-out of a topic: once two sockets of one topic have caught up, one task writes each
+// new message to both (and to every socket that catches up after them), instead of each
+// socket's own task being woken to write it.
+
+/// A socket whose client takes at most a few KiB into its receive buffer: a peer whose socket
+/// fills at once when it stops reading.
+async fn connect_small(addr: SocketAddr) -> Socket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/v1/ws");
+    tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("handshake").0
+}
+
+async fn subscribed(socket: &mut Socket, topic: &str) {
+    send(socket, json!({"op":"subscribe","id":"s","topic":topic})).await;
+    assert_eq!(reply(socket).await["op"], "subscribed");
+}
+
+/// Reads messages until offset `last`, checking each follows the one before from `first`:
+/// every message once, in order, no gap. Answers pongs to nothing; returns the pongs seen.
+async fn read_through(socket: &mut Socket, first: u64, last: u64) -> Vec<Bytes> {
+    let mut expected = first;
+    let mut pongs = Vec::new();
+    while expected <= last {
+        let message = tokio::time::timeout(LIMIT, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("offset {expected} in time"))
+            .expect("the socket is open")
+            .expect("a frame");
+        let frame: Value = match message {
+            Message::Text(text) => serde_json::from_str(&text).unwrap(),
+            Message::Pong(payload) => {
+                pongs.push(payload);
+                continue;
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(frame["op"], "message", "{frame}");
+        assert_eq!(frame["offset"].as_u64(), Some(expected), "{frame}");
+        expected += 1;
+    }
+    pongs
+}
+
+/// Publishes `count` messages of `size` bytes to `topic`, `pause` apart (a yield when zero).
+fn publishing(
+    broker: Arc<MemoryBroker>,
+    topic: &str,
+    count: usize,
+    size: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let topic = Topic::new(topic).unwrap();
+    let payload = Bytes::from("x".repeat(size));
+    tokio::spawn(async move {
+        for _ in 0..count {
+            broker.publish(&topic, Publication::new(payload.clone())).await.unwrap();
+            match pause.is_zero() {
+                true => tokio::task::yield_now().await,
+                false => tokio::time::sleep(pause).await,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order() {
+    let setup = start(ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "news").await;
+        sockets.push(socket);
+    }
+    // The first message each socket's own task writes; then they take seats.
+    let publisher = publishing(setup.broker.clone(), "news", 1, 10, Duration::ZERO);
+    publisher.await.unwrap();
+    for socket in &mut sockets {
+        read_through(socket, 1, 1).await;
+    }
+    // A ping in the middle of the stream is answered between whole frames.
+    sockets[0].send(Message::Ping(Bytes::from_static(b"still there?"))).await.unwrap();
+    let publisher = publishing(setup.broker.clone(), "news", 300, 100, Duration::ZERO);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| tokio::spawn(async move { read_through(&mut socket, 2, 301).await }))
+        .collect();
+    publisher.await.unwrap();
+    let mut pongs = Vec::new();
+    for reader in readers {
+        pongs.extend(reader.await.unwrap());
+    }
+    assert_eq!(pongs, vec![Bytes::from_static(b"still there?")]);
+    let fanout = setup.server.fanout().expect("on by default");
+    assert!(fanout.written() > 0, "the fan-out wrote none of the 1,800 deliveries");
+    assert_eq!(fanout.running(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_stops_reading_is_let_go_and_carries_on_from_where_its_fanout_left_it() {
+    let setup = start(ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "feed").await;
+        readers.push(socket);
+    }
+    let mut lazy = connect_small(addr).await;
+    subscribed(&mut lazy, "feed").await;
+    publishing(setup.broker.clone(), "feed", 1, 10, Duration::ZERO).await.unwrap();
+    for socket in readers.iter_mut().chain([&mut lazy]) {
+        read_through(socket, 1, 1).await;
+    }
+    // 400 messages of 8 KiB while the lazy one reads nothing: far more than its socket holds.
+    let publisher = publishing(setup.broker.clone(), "feed", 400, 8 * 1024, Duration::ZERO);
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                read_through(&mut socket, 2, 401).await;
+                socket
+            })
+        })
+        .collect();
+    publisher.await.unwrap();
+    let mut sockets = Vec::new();
+    for reader in readers {
+        sockets.push(reader.await.unwrap());
+    }
+    let fanout = setup.server.fanout().unwrap();
+    assert!(fanout.let_go() >= 1, "the full socket was let go");
+    // It gets every message once, in order, from where the fan-out stopped writing to it.
+    read_through(&mut lazy, 2, 401).await;
+    // And all of them carry on, the lazy one taking its seat again.
+    let written = fanout.written();
+    publishing(setup.broker.clone(), "feed", 20, 10, Duration::ZERO).await.unwrap();
+    for socket in sockets.iter_mut().chain([&mut lazy]) {
+        read_through(socket, 402, 421).await;
+    }
+    assert!(fanout.written() > written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_is_closed_while_its_topics_fanout_serves_the_others() {
+    let config = {
+        let mut built = ServerConfig::default();
+        built.write_timeout = Duration::from_millis(300);
+        built.write_buffer = 64 * 1024;
+        built
+    };
+    let setup = start(config).await;
+    let addr = setup.running.local_addr();
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "firehose").await;
+        readers.push(socket);
+    }
+    let mut stuck = connect_small(addr).await;
+    subscribed(&mut stuck, "firehose").await;
+    publishing(setup.broker.clone(), "firehose", 1, 10, Duration::ZERO).await.unwrap();
+    for socket in readers.iter_mut().chain([&mut stuck]) {
+        read_through(socket, 1, 1).await;
+    }
+    // 16 KiB messages a millisecond apart until the server gives up on the stuck socket
+    // (bounded: 5,000 at most), the others reading every one.
+    let topic = Topic::new("firehose").unwrap();
+    let payload = Bytes::from("x".repeat(16 * 1024));
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                let mut expected = 2;
+                while let Some(Ok(message)) = socket.next().await {
+                    let Message::Text(text) = message else { continue };
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(frame["offset"].as_u64(), Some(expected), "{frame}");
+                    expected += 1;
+                    if frame["data"] == "last" {
+                        break;
+                    }
+                }
+                expected - 1
+            })
+        })
+        .collect();
+    let mut published = 1;
+    tokio::time::timeout(LIMIT, async {
+        while setup.server.open_sockets() > 3 && published < 5_000 {
+            setup.broker.publish(&topic, Publication::new(payload.clone())).await.unwrap();
+            published += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("publishing went on in time");
+    assert_eq!(setup.server.open_sockets(), 3, "the stuck socket was closed");
+    assert!(setup.server.fanout().unwrap().let_go() >= 1, "its fan-out let it go first");
+    let last = setup.broker.publish(&topic, Publication::new("last")).await.unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), last.offset.0, "every message, in order");
+    }
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seated_subscription_ends_at_its_unsubscribe_reply() {
+    let setup = start(ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let (mut leaving, _) = connect(addr, &[]).await;
+    let (mut staying, _) = connect(addr, &[]).await;
+    for socket in [&mut leaving, &mut staying] {
+        subscribed(socket, "t").await;
+    }
+    publishing(setup.broker.clone(), "t", 2, 10, Duration::ZERO).await.unwrap();
+    for socket in [&mut leaving, &mut staying] {
+        read_through(socket, 1, 2).await;
+    }
+    send(&mut leaving, json!({"op":"unsubscribe","id":"u","topic":"t"})).await;
+    let unsubscribed = loop {
+        let (frame, _) = next(&mut leaving).await;
+        if frame["op"] != "message" {
+            break frame;
+        }
+    };
+    assert_eq!(unsubscribed["op"], "unsubscribed", "{unsubscribed}");
+    publishing(setup.broker.clone(), "t", 5, 10, Duration::ZERO).await.unwrap();
+    read_through(&mut staying, 3, 7).await;
+    // Nothing of the topic after the reply: the next frame is the answer to this fetch.
+    send(&mut leaving, json!({"op":"fetch","id":"f","topic":"t","after":"beginning","limit":1}))
+        .await;
+    let answer = reply(&mut leaving).await;
+    assert_eq!(
+        (answer["op"].as_str(), answer["id"].as_str()),
+        (Some("page"), Some("f")),
+        "{answer}"
+    );
+    assert!(setup.server.fanout().unwrap().written() > 0);
+}
+
+#[tokio::test]
+async fn with_fanout_off_every_socket_writes_its_own() {
+    let config = {
+        let mut built = ServerConfig::default();
+        built.fanout = false;
+        built
+    };
+    let setup = start(config).await;
+    let addr = setup.running.local_addr();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "news").await;
+        sockets.push(socket);
+    }
+    publishing(setup.broker.clone(), "news", 50, 10, Duration::ZERO).await.unwrap();
+    for socket in &mut sockets {
+        read_through(socket, 1, 50).await;
+    }
+    assert!(setup.server.fanout().is_none());
+}

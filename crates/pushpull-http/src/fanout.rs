@@ -1,0 +1,731 @@
+//! Fan-out per topic: one task per topic writes each new message to every caught-up
+//! subscriber's socket, instead of every subscriber's task being woken to write its own.
+//!
+//! At moderate rates each subscriber of a busy topic gets one message per wake-up, so without
+//! this every delivery is a task wake-up, a poll of the connection's whole state and a write.
+//! With it, a publish wakes one task per topic, which writes the message's shared encoding to
+//! each subscriber's socket at once where the socket has room; a connection's own task is
+//! woken only when its socket is full, or the topic's stream did something other than deliver
+//! (a gap, an error): it then takes its subscription back and carries on from where the
+//! fan-out left it, as it would have on its own.
+//!
+//! The pieces:
+//!
+//! - [`Gate`]: a plain TCP connection's socket, shared by the connection's task and the
+//!   fan-outs writing to it. Every byte either writes goes through the gate's lock, whole
+//!   frames at a time, and bytes the socket did not take wait in the gate, ahead of anything
+//!   written after them: the two writers' frames never interleave.
+//! - [`FanOut`]: a server's topic fan-outs. A connection whose subscription has caught up
+//!   [joins](FanOut::join) its topic's, at the subscription's cursor, and gets a [`Seat`]; the
+//!   fan-out writes to it from the next message on. A topic gets a fan-out only once two
+//!   connections want one: a topic read by one subscriber gains nothing from it.
+//! - [`Seat`]: a connection's place in a fan-out. It says when the connection was let go, and
+//!   the cursor to carry on from; dropping it leaves the fan-out.
+//!
+//! TLS connections have no gate (their bytes go through the connection's TLS state, which only
+//! its task holds), and are served by their own task, as without fan-outs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use pushpull_core::{Broker, Cursor, Delivery, Epoch, Message, Offset, Subscription, Topic};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::metrics::DeliveryMeter;
+
+/// The most messages a fan-out writes in one go (one write per subscriber for all of them).
+const BATCH: usize = 64;
+
+/// A plain TCP connection's socket, shared by its connection's reader and [`Gate`]s: what the
+/// serve loop hands hyper for a plain connection, so that a transport taking the connection
+/// over (a WebSocket upgrade) can write to the socket beside hyper's upgraded handle.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedTcp(pub(crate) Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The readiness was stale: it is cleared now, and the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_with(&self.0, cx, |tcp| tcp.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_with(&self.0, cx, |tcp| tcp.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(shut_write(&self.0))
+    }
+}
+
+/// Ends the sending half of `tcp` (a FIN), as a `TcpStream`'s own shutdown does.
+fn shut_write(tcp: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
+        // Already closed by the peer: nothing left to end.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+fn poll_write_with(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        match write(tcp) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
+    }
+}
+
+/// The request extension naming a plain HTTP/1.1 connection's socket.
+#[derive(Clone, Debug)]
+pub(crate) struct SocketOf(pub(crate) Arc<TcpStream>);
+
+/// A connection's socket, written by its own task and by the [`FanOut`]s it joined. See the
+/// [module](self).
+#[derive(Debug)]
+pub struct Gate {
+    tcp: Arc<TcpStream>,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Bytes accepted but not yet taken by the socket, whole frames from the start: written
+    /// before anything else.
+    pending: BytesMut,
+    /// No more fan-out writes (the connection is closing).
+    shut: bool,
+    /// Something the connection's task must see: a fan-out let it go, or left bytes pending.
+    attention: bool,
+    waker: Option<Waker>,
+}
+
+/// What a fan-out's offer came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    /// Every byte was written.
+    Written,
+    /// Some were written, the rest wait in the gate for the connection's task to write.
+    Partly,
+    /// Nothing was written: the socket is full, the gate has bytes waiting or is shut.
+    Refused,
+}
+
+/// Accepted past this many pending bytes, a write waits for the socket.
+const MAX_PENDING: usize = 64 * 1024;
+
+impl Gate {
+    /// The gate of the connection `request` came on, when it can have one: a plain (not TLS)
+    /// HTTP/1.1 connection, served by [`serve_until`](crate::serve_until).
+    pub fn of<B>(request: &http::Request<B>) -> Option<Arc<Self>> {
+        if request.version() != http::Version::HTTP_11 {
+            return None;
+        }
+        let SocketOf(tcp) = request.extensions().get::<SocketOf>()?;
+        Some(Arc::new(Self { tcp: tcp.clone(), state: Mutex::default() }))
+    }
+
+    /// No fan-out writes to the socket from now on: the connection is closing. Its seats
+    /// should be dropped too.
+    pub fn shut(&self) {
+        self.lock().shut = true;
+    }
+
+    /// Ready when a fan-out let the connection go or left bytes for it to write (then flush
+    /// the connection, and take back the subscriptions whose [`Seat`] was let go).
+    pub fn poll_attention(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.attention) {
+            return Poll::Ready(());
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits for [`poll_attention`](Self::poll_attention).
+    pub fn attention(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_attention(cx))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A fan-out's write of `frames`, all or what the socket takes at once.
+    fn offer(&self, frames: &[IoSlice<'_>], total: usize) -> Offered {
+        let mut state = self.lock();
+        if state.shut || !state.pending.is_empty() {
+            return Offered::Refused;
+        }
+        match self.tcp.try_write_vectored(frames) {
+            Ok(n) if n == total => Offered::Written,
+            Ok(n) => {
+                // The rest waits, whole frames behind it, for the connection's task.
+                let mut skip = n;
+                for frame in frames {
+                    if skip >= frame.len() {
+                        skip -= frame.len();
+                        continue;
+                    }
+                    state.pending.extend_from_slice(&frame[skip..]);
+                    skip = 0;
+                }
+                state.call();
+                Offered::Partly
+            }
+            // Full, or failed: the connection's task finds out which when it writes.
+            Err(_) => Offered::Refused,
+        }
+    }
+
+    /// Tells the connection's task to look at its seats.
+    fn call(&self) {
+        self.lock().call();
+    }
+
+    /// Writes what is pending; Ready(Ok) when nothing is left.
+    fn poll_drain(&self, state: &mut GateState, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !state.pending.is_empty() {
+            let written = std::task::ready!(poll_write_with(&self.tcp, cx, |tcp| {
+                tcp.try_write(&state.pending)
+            }))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            state.pending.advance(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl GateState {
+    fn call(&mut self) {
+        self.attention = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// A connection's upgraded handle, with its writes going through the connection's [`Gate`]
+/// when it has one.
+#[derive(Debug)]
+pub struct GatedIo<U> {
+    gate: Option<Arc<Gate>>,
+    io: U,
+}
+
+impl<U> GatedIo<U> {
+    /// `io` (the connection's upgraded handle, which reads the bytes already read) read as is,
+    /// written through `gate` (or as is, without one).
+    pub fn new(gate: Option<Arc<Gate>>, io: U) -> Self {
+        Self { gate, io }
+    }
+}
+
+impl<U: AsyncRead + Unpin> AsyncRead for GatedIo<U> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<U: AsyncWrite + Unpin> AsyncWrite for GatedIo<U> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &this.gate {
+            Some(gate) => gate.poll_write(cx, buf),
+            None => Pin::new(&mut this.io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &this.gate {
+            Some(gate) => {
+                let mut state = gate.lock();
+                gate.poll_drain(&mut state, cx)
+            }
+            None => Pin::new(&mut this.io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(gate) = &this.gate {
+            let mut state = gate.lock();
+            state.shut = true;
+            std::task::ready!(gate.poll_drain(&mut state, cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl Gate {
+    /// The connection's own write of `buf`: accepted whole (so a fan-out never follows part
+    /// of a frame), after what is pending, unless too much is pending already.
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut state = self.lock();
+        if !state.pending.is_empty() {
+            match self.poll_drain(&mut state, cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+                // Waiting for room (the task is registered): held behind what is pending.
+                Poll::Pending if state.pending.len() + buf.len() > MAX_PENDING => {
+                    return Poll::Pending;
+                }
+                Poll::Pending => {
+                    state.pending.extend_from_slice(buf);
+                    return Poll::Ready(Ok(buf.len()));
+                }
+            }
+        }
+        match self.tcp.try_write(buf) {
+            Ok(n) => {
+                state.pending.extend_from_slice(&buf[n..]);
+                Poll::Ready(Ok(buf.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && buf.len() <= MAX_PENDING => {
+                state.pending.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Too much to hold: wait for room.
+                match self.tcp.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// How a transport writes one message to a subscriber: its bytes on the wire, the same for
+/// every subscriber of the topic that joined with it (cache them in the message's
+/// [`encodings`](pushpull_core::Message::encodings)).
+pub type Encoder = Arc<dyn Fn(&Delivery) -> Bytes + Send + Sync>;
+
+/// A server's topic fan-outs. See the [module](self).
+pub struct FanOut {
+    broker: Arc<dyn Broker>,
+    meter: DeliveryMeter,
+    slots: Mutex<HashMap<(Topic, &'static str), Slot>>,
+    /// Deliveries written by fan-outs.
+    written: AtomicU64,
+    /// Connections let go (a full socket, a gap or an error in the topic's stream).
+    let_go: AtomicU64,
+    this: Weak<FanOut>,
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut").field("written", &self.written).finish_non_exhaustive()
+    }
+}
+
+enum Slot {
+    /// One connection wants a fan-out of the topic; the next makes it.
+    Wanted(Weak<Gate>),
+    Running(Arc<Hub>),
+}
+
+/// One topic's fan-out, in one encoding.
+struct Hub {
+    key: (Topic, &'static str),
+    encode: Encoder,
+    state: Mutex<HubState>,
+    /// Wakes its task to end (its last member left).
+    end: tokio::sync::Notify,
+}
+
+struct HubState {
+    epoch: Epoch,
+    /// The offset of the last message it handled.
+    offset: u64,
+    /// Each member, and the offset it already has (written by its own task, ahead of the
+    /// hub when it joined).
+    members: Vec<(Arc<Member>, u64)>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    gate: Arc<Gate>,
+    /// Where its connection carries on from, once let go.
+    resume: OnceLock<Cursor>,
+}
+
+/// A connection's place in a topic's fan-out; dropping it leaves. See the [module](self).
+pub struct Seat {
+    hub: Arc<Hub>,
+    member: Arc<Member>,
+    fanout: Weak<FanOut>,
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seat").field("topic", &self.hub.key.0).finish_non_exhaustive()
+    }
+}
+
+impl Seat {
+    /// The cursor to carry on from when the fan-out let the connection go (its socket was full,
+    /// or the topic's stream ended or had a gap); `None` while it is seated.
+    pub fn let_go(&self) -> Option<Cursor> {
+        self.member.resume.get().copied()
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let empty = {
+            let mut state = self.hub.lock();
+            state.members.retain(|(member, _)| !Arc::ptr_eq(member, &self.member));
+            state.members.is_empty() && !state.ended
+        };
+        if empty && let Some(fanout) = self.fanout.upgrade() {
+            fanout.end(&self.hub);
+        }
+    }
+}
+
+impl FanOut {
+    /// The fan-outs of a server over `broker`, counting deliveries with `meter`.
+    pub fn new(broker: Arc<dyn Broker>, meter: DeliveryMeter) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            broker,
+            meter,
+            slots: Mutex::default(),
+            written: AtomicU64::new(0),
+            let_go: AtomicU64::new(0),
+            this: this.clone(),
+        })
+    }
+
+    /// Deliveries written by fan-outs so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Connections let go so far: their socket was full, or their topic's stream had a gap or
+    /// an error.
+    pub fn let_go(&self) -> u64 {
+        self.let_go.load(Ordering::Relaxed)
+    }
+
+    /// Topics with a running fan-out.
+    pub fn running(&self) -> usize {
+        self.slots().values().filter(|slot| matches!(slot, Slot::Running(_))).count()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<(Topic, &'static str), Slot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seats the connection of `gate`, whose subscription to `topic` has delivered up to
+    /// `cursor` and has nothing more ready, in the topic's fan-out of encoding `style` (made by
+    /// `encode`): from the message after `cursor`, the fan-out writes to it. `None` when it
+    /// cannot be seated now (the connection keeps reading its subscription): the fan-out is
+    /// already past `cursor`, the topic has no fan-out and this is the first connection to
+    /// want one, or the cursor names no offset.
+    pub async fn join(
+        &self,
+        topic: &Topic,
+        style: &'static str,
+        encode: &Encoder,
+        cursor: Cursor,
+        gate: &Arc<Gate>,
+    ) -> Option<Seat> {
+        let Cursor::After(epoch, Offset(offset)) = cursor else { return None };
+        let key = (topic.clone(), style);
+        let start = {
+            let mut slots = self.slots();
+            let start = match slots.get(&key) {
+                Some(Slot::Running(hub)) => match self.seat(hub, epoch, offset, gate) {
+                    Some(seat) => return seat,
+                    // It ended: the next to want one makes it again.
+                    None => false,
+                },
+                Some(Slot::Wanted(first)) => {
+                    first.upgrade().is_some_and(|first| !Arc::ptr_eq(&first, gate))
+                }
+                None => false,
+            };
+            if !start {
+                if slots.len().is_power_of_two() {
+                    // Forget the wishes of connections gone, now and then.
+                    slots.retain(|_, slot| match slot {
+                        Slot::Wanted(gate) => gate.strong_count() > 0,
+                        Slot::Running(_) => true,
+                    });
+                }
+                slots.insert(key.clone(), Slot::Wanted(Arc::downgrade(gate)));
+            }
+            start
+        };
+        match start {
+            true => self.start(key, encode, epoch, offset, gate).await,
+            false => None,
+        }
+    }
+
+    /// Seats `gate` in `hub`: `None` when the hub has ended, `Some(None)` when it is past
+    /// `offset` (or in another epoch).
+    fn seat(
+        &self,
+        hub: &Arc<Hub>,
+        epoch: Epoch,
+        offset: u64,
+        gate: &Arc<Gate>,
+    ) -> Option<Option<Seat>> {
+        let mut state = hub.lock();
+        if state.ended {
+            return None;
+        }
+        if state.epoch != epoch || offset < state.offset {
+            return Some(None);
+        }
+        let member = Arc::new(Member { gate: gate.clone(), resume: OnceLock::new() });
+        state.members.push((member.clone(), offset));
+        Some(Some(Seat { hub: hub.clone(), member, fanout: self.this.clone() }))
+    }
+
+    /// Makes the fan-out of `key` (its first two members want it), seating `gate`.
+    async fn start(
+        &self,
+        key: (Topic, &'static str),
+        encode: &Encoder,
+        epoch: Epoch,
+        offset: u64,
+        gate: &Arc<Gate>,
+    ) -> Option<Seat> {
+        let cursor = Cursor::After(epoch, Offset(offset));
+        let subscription = match self.broker.subscribe(&key.0, cursor).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::debug!(%error, topic = %key.0, "no fan-out: the subscription failed");
+                return None;
+            }
+        };
+        let mut slots = self.slots();
+        if let Some(Slot::Running(hub)) = slots.get(&key) {
+            // Another connection made it meanwhile.
+            let hub = hub.clone();
+            drop(slots);
+            return self.seat(&hub, epoch, offset, gate).flatten();
+        }
+        let hub = Arc::new(Hub {
+            key: key.clone(),
+            encode: encode.clone(),
+            state: Mutex::new(HubState { epoch, offset, members: Vec::new(), ended: false }),
+            end: tokio::sync::Notify::new(),
+        });
+        let seat = self.seat(&hub, epoch, offset, gate).flatten();
+        slots.insert(key, Slot::Running(hub.clone()));
+        drop(slots);
+        tokio::spawn(run(self.this.clone(), hub, subscription));
+        seat
+    }
+
+    /// Ends `hub` if it has no members, and forgets it.
+    fn end(&self, hub: &Arc<Hub>) {
+        let mut slots = self.slots();
+        {
+            let mut state = hub.lock();
+            if !state.members.is_empty() || state.ended {
+                return;
+            }
+            state.ended = true;
+        }
+        if let Some(Slot::Running(running)) = slots.get(&hub.key)
+            && Arc::ptr_eq(running, hub)
+        {
+            slots.remove(&hub.key);
+        }
+        hub.end.notify_one();
+    }
+
+    /// Ends `hub` whatever its members: each is let go, to carry on from where it is.
+    fn end_all(&self, hub: &Arc<Hub>) {
+        let mut slots = self.slots();
+        {
+            let mut state = hub.lock();
+            state.ended = true;
+            let epoch = state.epoch;
+            self.let_go.fetch_add(state.members.len() as u64, Ordering::Relaxed);
+            for (member, offset) in state.members.drain(..) {
+                let _ = member.resume.set(Cursor::After(epoch, Offset(offset)));
+                member.gate.call();
+            }
+        }
+        if let Some(Slot::Running(running)) = slots.get(&hub.key)
+            && Arc::ptr_eq(running, hub)
+        {
+            slots.remove(&hub.key);
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `messages` (in offset order, following on from the hub's offset) to each member
+    /// that does not have them yet; a member whose socket does not take them all is let go.
+    /// Returns how many deliveries were written, and their bytes.
+    fn write(&self, messages: &[(u64, Delivery, Bytes)]) -> (u64, u64, u64) {
+        let Some((last, _, _)) = messages.last() else { return (0, 0, 0) };
+        let mut state = self.lock();
+        let epoch = state.epoch;
+        let (mut written, mut bytes, mut let_go) = (0, 0, 0);
+        let mut slices = Vec::with_capacity(messages.len());
+        state.members.retain_mut(|(member, has)| {
+            let from = messages.partition_point(|(offset, _, _)| offset <= has);
+            let ahead = &messages[from..];
+            if ahead.is_empty() {
+                return true;
+            }
+            slices.clear();
+            slices.extend(ahead.iter().map(|(_, _, frame)| IoSlice::new(frame)));
+            let total: usize = ahead.iter().map(|(_, _, frame)| frame.len()).sum();
+            let kept = match member.gate.offer(&slices, total) {
+                Offered::Written => {
+                    *has = *last;
+                    true
+                }
+                Offered::Partly => {
+                    // The rest is in its gate: it has them all, and carries on after them.
+                    let _ = member.resume.set(Cursor::After(epoch, Offset(*last)));
+                    let_go += 1;
+                    false
+                }
+                Offered::Refused => {
+                    let _ = member.resume.set(Cursor::After(epoch, Offset(*has)));
+                    member.gate.call();
+                    let_go += 1;
+                    return false;
+                }
+            };
+            written += ahead.len() as u64;
+            bytes += total as u64;
+            kept
+        });
+        state.offset = *last;
+        (written, bytes, let_go)
+    }
+}
+
+/// A fan-out's task: reads the topic and writes each batch of messages to its members, until
+/// its last member leaves or the topic's stream does something but deliver messages.
+async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription) {
+    let mut batch: Vec<(u64, Delivery, Bytes)> = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            item = subscription.next() => item,
+            () = hub.end.notified() => return,
+        };
+        let mut item = Some(first);
+        let mut other = false;
+        while let Some(next) = item.take() {
+            match next {
+                Some(Ok(delivery @ Delivery::Message(_))) => {
+                    let Delivery::Message(message) = &delivery else { unreachable!() };
+                    let offset = offset_of(message);
+                    let frame = (hub.encode)(&delivery);
+                    batch.push((offset, delivery, frame));
+                }
+                // A gap or an error is each member's own to meet, from its own subscription.
+                _ => {
+                    other = true;
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                item = subscription.next().now_or_never();
+            }
+        }
+        let Some(fanout) = fanout.upgrade() else { return };
+        let (written, bytes, let_go) = hub.write(&batch);
+        fanout.let_go.fetch_add(let_go, Ordering::Relaxed);
+        if written > 0 {
+            fanout.written.fetch_add(written, Ordering::Relaxed);
+            fanout.meter.fanned_out(batch.iter().map(|(_, delivery, _)| delivery), written, bytes);
+        }
+        batch.clear();
+        if other {
+            fanout.end_all(&hub);
+            return;
+        }
+        if hub.lock().ended {
+            return;
+        }
+    }
+}
+
+fn offset_of(message: &Message) -> u64 {
+    message.offset.0
+}
