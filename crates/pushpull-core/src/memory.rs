@@ -1,7 +1,7 @@
 //! The embedded, in-process broker.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -199,6 +199,8 @@ struct TopicLog {
     state: RwLock<LogState>,
     /// Carries the last offset; subscribers wait on it.
     tail: Arc<watch::Sender<u64>>,
+    /// How many of the tail's receivers are relays (not counted as subscribers).
+    relays: AtomicUsize,
 }
 
 struct LogState {
@@ -431,7 +433,14 @@ impl TopicLog {
             dropped_at: (next > 1).then_some(SystemTime::now()),
         };
         let tail = tail.unwrap_or_else(|| Arc::new(watch::Sender::new(next - 1)));
-        Self { topic, retention, touched: AtomicU64::new(0), state: RwLock::new(state), tail }
+        Self {
+            topic,
+            retention,
+            touched: AtomicU64::new(0),
+            state: RwLock::new(state),
+            tail,
+            relays: AtomicUsize::new(0),
+        }
     }
 
     fn append(&self, epoch: Epoch, retention: &Retention, publication: Publication) -> Receipt {
@@ -459,8 +468,9 @@ impl TopicLog {
         state.evict(retention, SystemTime::now());
         drop(state);
         self.tail.send_replace(offset.0);
-        // Every subscription to the topic holds a receiver of its tail.
-        receipt.subscribers = Some(self.tail.receiver_count() as u64);
+        // Every subscription to the topic holds a receiver of its tail; relays do not count.
+        let relays = self.relays.load(Ordering::Acquire);
+        receipt.subscribers = Some(self.tail.receiver_count().saturating_sub(relays) as u64);
         receipt
     }
 
@@ -632,6 +642,22 @@ const SUBSCRIBER_BATCH: usize = 64;
 #[async_trait]
 impl Subscribe for MemoryBroker {
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+        self.reader(topic, cursor, false)
+    }
+
+    async fn relay(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+        self.reader(topic, cursor, true)
+    }
+
+    fn directory(&self) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl MemoryBroker {
+    /// A subscription to `topic` from `cursor`; a `relay` is not counted as a subscriber
+    /// (only once the topic has a log: a relay of a topic without one is counted).
+    fn reader(&self, topic: &Topic, cursor: Cursor, relay: bool) -> Result<Subscription> {
         let epoch = self.shared.epoch;
         // A topic nobody published to gets no log (and takes no slot): the subscriber waits in
         // the waiting room for the publish that creates it.
@@ -664,7 +690,15 @@ impl Subscribe for MemoryBroker {
             Some(Delivery::Gap(gap)) => gap.resumes_from(cursor),
             _ => position,
         };
+        let relay = match (&log, relay) {
+            (Some(log), true) => {
+                log.relays.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            _ => false,
+        };
         let reader = Reader {
+            relay,
             broker: self.clone(),
             topic: topic.clone(),
             log,
@@ -678,10 +712,6 @@ impl Subscribe for MemoryBroker {
         };
         let stream = futures::stream::unfold(reader, Reader::next);
         Ok(Subscription::new(topic.clone(), resume_from, stream))
-    }
-
-    fn directory(&self) -> Option<Arc<dyn Directory>> {
-        Some(Arc::new(self.clone()))
     }
 }
 
@@ -733,10 +763,17 @@ struct Reader {
     /// Deliveries read but not yet yielded: at most [`SUBSCRIBER_BATCH`] shared handles.
     ready: VecDeque<Delivery>,
     failed: bool,
+    /// Counted in its log's relays, not as a subscriber.
+    relay: bool,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        if self.relay
+            && let Some(log) = &self.log
+        {
+            log.relays.fetch_sub(1, Ordering::AcqRel);
+        }
         // Its topic may be releasable now.
         self.broker.shared.departures.fetch_add(1, Ordering::Release);
     }
@@ -1059,6 +1096,7 @@ mod tests {
             position: Cursor::Beginning,
             ready: VecDeque::new(),
             failed: false,
+            relay: false,
         };
         let mut wake_up = reader.tail.clone();
         let awaited = std::mem::size_of_val(&wake_up.changed());
@@ -1068,5 +1106,24 @@ mod tests {
             waiting <= state + awaited + 32,
             "the reader is {state} bytes, its wake-up's future {awaited}, its future {waiting}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_relay_reads_the_topic_but_is_not_counted_as_a_subscriber() {
+        let broker = MemoryBroker::new();
+        let topic: Topic = "t".parse().expect("a topic");
+        let first = broker.publish(&topic, Publication::new("1")).await.unwrap();
+        let _subscriber = broker.subscribe(&topic, Cursor::Latest).await.unwrap();
+        let mut relay = broker.relay(&topic, first.cursor()).await.unwrap();
+        let second = broker.publish(&topic, Publication::new("2")).await.unwrap();
+        assert_eq!(second.subscribers, Some(1), "the relay is not counted");
+        let Some(Ok(Delivery::Message(message))) = futures::StreamExt::next(&mut relay).await
+        else {
+            panic!("the relay reads the topic")
+        };
+        assert_eq!(message.offset, second.offset);
+        drop(relay);
+        let third = broker.publish(&topic, Publication::new("3")).await.unwrap();
+        assert_eq!(third.subscribers, Some(1), "nor uncounted twice once it is gone");
     }
 }

@@ -466,6 +466,11 @@ impl Subscribe for RuledBroker {
         self.inner.subscribe(topic, cursor).await
     }
 
+    async fn relay(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+        self.check_read(topic, cursor)?;
+        self.inner.relay(topic, cursor).await
+    }
+
     fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
         self.inner.directory()
     }

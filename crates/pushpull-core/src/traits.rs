@@ -114,6 +114,15 @@ pub trait Subscribe: Send + Sync {
     /// Subscribes to `topic` from `cursor`.
     async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription>;
 
+    /// Subscribes on behalf of subscriptions already made: a server's fan-out of a topic,
+    /// which writes what it reads to connections that each hold a subscription of their own.
+    /// The same stream as [`subscribe`](Self::subscribe)'s, but a broker that counts the
+    /// subscribers a publish reaches ([`Receipt::subscribers`](crate::Receipt::subscribers))
+    /// does not count it. The default subscribes.
+    async fn relay(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+        self.subscribe(topic, cursor).await
+    }
+
     /// What it knows of its topics, when it can list them and tell when one is published to:
     /// what subscriptions by prefix ([`follow`](crate::follow)) need. `None` (the default)
     /// when it cannot.
@@ -264,6 +273,10 @@ macro_rules! forward {
         impl<T: Subscribe + ?Sized> Subscribe for $wrapper<T> {
             async fn subscribe(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
                 (**self).subscribe(topic, cursor).await
+            }
+
+            async fn relay(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
+                (**self).relay(topic, cursor).await
             }
 
             fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {

@@ -563,7 +563,7 @@ impl FanOut {
         gate: &Arc<Gate>,
     ) -> Option<Seat> {
         let cursor = Cursor::After(epoch, Offset(offset));
-        let subscription = match self.broker.subscribe(&key.0, cursor).await {
+        let subscription = match self.broker.relay(&key.0, cursor).await {
             Ok(subscription) => subscription,
             Err(error) => {
                 tracing::debug!(%error, topic = %key.0, "no fan-out: the subscription failed");

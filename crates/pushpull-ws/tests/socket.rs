@@ -751,17 +751,26 @@ async fn the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order
     let publisher = publishing(setup.broker.clone(), "news", 300, 100, Duration::ZERO);
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|mut socket| tokio::spawn(async move { read_through(&mut socket, 2, 301).await }))
+        .map(|mut socket| {
+            tokio::spawn(async move { (read_through(&mut socket, 2, 301).await, socket) })
+        })
         .collect();
     publisher.await.unwrap();
     let mut pongs = Vec::new();
+    let mut sockets = Vec::new();
     for reader in readers {
-        pongs.extend(reader.await.unwrap());
+        let (seen, socket) = reader.await.unwrap();
+        pongs.extend(seen);
+        sockets.push(socket);
     }
     assert_eq!(pongs, vec![Bytes::from_static(b"still there?")]);
     let fanout = setup.server.fanout().expect("on by default");
     assert!(fanout.written() > 0, "the fan-out wrote none of the 1,800 deliveries");
     assert_eq!(fanout.running(), 1);
+    // A publish reaches six subscribers, the fan-out reading for them not counted.
+    let topic = Topic::new("news").unwrap();
+    let receipt = setup.broker.publish(&topic, Publication::new("counted")).await.unwrap();
+    assert_eq!(receipt.subscribers, Some(6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
