@@ -124,9 +124,13 @@ fn poll_write_with(
     }
 }
 
-/// The request extension naming a plain HTTP/1.1 connection's socket.
+/// The request extension naming a plain HTTP/1.1 connection's socket: its gate, when the
+/// serve loop answers the connection's requests itself, or the socket hyper serves.
 #[derive(Clone, Debug)]
-pub(crate) struct SocketOf(pub(crate) Arc<TcpStream>);
+pub(crate) enum SocketOf {
+    Gate(Arc<Gate>),
+    Tcp(Arc<TcpStream>),
+}
 
 /// A connection's socket, written by its own task and by the [`FanOut`]s it joined. See the
 /// [module](self).
@@ -146,6 +150,10 @@ struct GateState {
     /// Something the connection's task must see: a fan-out let it go, or left bytes pending.
     attention: bool,
     waker: Option<Waker>,
+    /// The connection's writer has written all it had and waits for more (only where the
+    /// serve loop writes a response itself: see [`Gate::poll_idle`]).
+    idle: bool,
+    idle_waker: Option<Waker>,
 }
 
 /// What a fan-out's offer came to.
@@ -169,8 +177,65 @@ impl Gate {
         if request.version() != http::Version::HTTP_11 {
             return None;
         }
-        let SocketOf(tcp) = request.extensions().get::<SocketOf>()?;
-        Some(Arc::new(Self { tcp: tcp.clone(), state: Mutex::default() }))
+        match request.extensions().get::<SocketOf>()? {
+            SocketOf::Gate(gate) => Some(gate.clone()),
+            SocketOf::Tcp(tcp) => Some(Self::new(tcp.clone())),
+        }
+    }
+
+    pub(crate) fn new(tcp: Arc<TcpStream>) -> Arc<Self> {
+        Arc::new(Self { tcp, state: Mutex::default() })
+    }
+
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Ready when the connection's writer has written everything it had and waits for the
+    /// response's next chunk: the moment a response may take a seat in a fan-out, nothing of
+    /// its own being left to write before the fan-out's. Pending (forever) where the serve
+    /// loop does not write the response itself.
+    pub fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.idle {
+            return Poll::Ready(());
+        }
+        match &state.idle_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.idle_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits for [`poll_idle`](Self::poll_idle).
+    pub fn idle(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_idle(cx))
+    }
+
+    /// The writer says whether it waits for more (see [`poll_idle`](Self::poll_idle)).
+    pub(crate) fn set_idle(&self, idle: bool) {
+        let mut state = self.lock();
+        state.idle = idle;
+        if idle && let Some(waker) = state.idle_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Writes `buf` whole (after what is pending) and everything pending.
+    pub(crate) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        if !buf.is_empty() {
+            std::future::poll_fn(|cx| self.poll_write(cx, buf)).await?;
+        }
+        self.flush().await
+    }
+
+    /// Writes everything pending.
+    pub(crate) async fn flush(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            self.poll_drain(&mut state, cx)
+        })
+        .await
     }
 
     /// No fan-out writes to the socket from now on: the connection is closing. Its seats
@@ -474,6 +539,19 @@ impl FanOut {
     /// an error.
     pub fn let_go(&self) -> u64 {
         self.let_go.load(Ordering::Relaxed)
+    }
+
+    /// Connections seated in a fan-out right now, over all topics.
+    pub fn seated(&self) -> usize {
+        let hubs: Vec<Arc<Hub>> = self
+            .slots()
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Running(hub) => Some(hub.clone()),
+                Slot::Wanted(_) => None,
+            })
+            .collect();
+        hubs.iter().map(|hub| hub.lock().members.len()).sum()
     }
 
     /// Topics with a running fan-out.

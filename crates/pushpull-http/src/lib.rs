@@ -44,7 +44,9 @@ pub use publish::{
     BATCH_PATH, EVENT_HEADER, IDEMPOTENCY_KEY_HEADER, MAX_BATCH, PublishLimits, SHARED_API,
     TOPIC_PATH, api, batch_route, publish_batch, publish_route,
 };
-pub use push::{Encode, Feed, Open, PushFormat, PushServer, PushTransport, Start, push_response};
+pub use push::{
+    Encode, Fanned, Feed, Open, PushFormat, PushServer, PushTransport, Start, push_response,
+};
 pub use push_client::{Decoded, Opening, PushClient, PushReader, Scope, Target};
 pub use reopen::{reopening, reopening_many};
 pub use response::{

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::Method;
 use http::{HeaderValue, Response, header};
 use http_body_util::{BodyExt, StreamBody};
@@ -17,6 +17,7 @@ use pushpull_core::{
 use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
+use crate::fanout::{Encoder, FanOut, Gate, Seat};
 use crate::metrics::DeliveryMeter;
 use crate::presence::{Membership, Presences};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, Router};
@@ -53,6 +54,21 @@ pub struct PushFormat {
     /// Whether [`encode`](Self::encode) writes the resume token of a stream of many topics
     /// (SSE's `id:`): only then is the cursor set written out after each delivery.
     pub writes_token: bool,
+    /// For a stream of one topic, when its deliveries are written the same for every stream
+    /// of a style: a topic's [fan-out](crate::fanout) may write them for it. `None`: the
+    /// stream writes its own.
+    pub fanout: Option<Fanned>,
+}
+
+/// How a fan-out writes the deliveries of a [`PushFormat`]: as `encode` makes them (one chunk,
+/// the same as the format's own `encode` for a stream of one topic), for every stream of
+/// `style` alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanned {
+    /// Streams of one style share a topic's fan-out.
+    pub style: &'static str,
+    /// A delivery's chunk.
+    pub encode: fn(&Delivery) -> Bytes,
 }
 
 /// The streaming response for `subscription`, with `Cache-Control: no-cache` and
@@ -68,16 +84,29 @@ pub fn push_response(
     shutdown: Shutdown,
     open: impl Into<Open>,
 ) -> Response<Body> {
+    seated_response(subscription.into(), format, meter, shutdown, open.into(), None)
+}
+
+/// [`push_response`], whose stream takes a seat in its topic's fan-out when `seating` allows.
+fn seated_response(
+    subscription: Feed,
+    format: PushFormat,
+    meter: DeliveryMeter,
+    shutdown: Shutdown,
+    open: Open,
+    seating: Option<Box<Seating>>,
+) -> Response<Body> {
     let content_type = format.content_type;
     let state = Pushing {
+        seating,
         queue: VecDeque::from([format.first.clone()]),
         heartbeat: Box::pin(tokio::time::sleep(format.heartbeat)),
         last_write: Instant::now(),
-        feed: subscription.into(),
+        feed: subscription,
         format,
         meter,
         shutdown,
-        _open: open.into(),
+        _open: open,
     };
     let body = StreamBody::new(futures::stream::unfold(state, Pushing::next).map(Ok));
     let mut response = Response::new(BodyExt::boxed_unsync(body));
@@ -121,6 +150,9 @@ impl Feed {
 
 struct Pushing {
     feed: Feed,
+    /// Where a stream of one topic on a connection the serve loop writes may be written by
+    /// its topic's fan-out.
+    seating: Option<Box<Seating>>,
     format: PushFormat,
     meter: DeliveryMeter,
     shutdown: Shutdown,
@@ -159,24 +191,43 @@ impl Pushing {
                 return Some((Frame::data(chunk), this));
             }
             loop {
-                tokio::select! {
-                    delivery = this.feed.next() => match delivery? {
-                        Ok(delivery) => {
-                            let token =
-                                if this.format.writes_token { this.feed.token() } else { None };
-                            let chunks = (this.format.encode)(&delivery, token.as_deref());
-                            this.meter.delivered(&delivery);
-                            this.meter.bytes(chunks.iter().map(Bytes::len).sum());
-                            this.queue.extend(chunks);
+                let seated = this.seating.as_ref().is_some_and(|s| s.seat.is_some());
+                let may_sit = this.seating.as_ref().is_some_and(|s| s.seat.is_none() && s.again);
+                let event = tokio::select! {
+                    delivery = this.feed.next(), if !seated => Event::Delivery(delivery),
+                    event = seating_event(this.seating.as_deref()), if may_sit || seated => event,
+                    () = this.heartbeat.as_mut() => Event::Beat,
+                    () = this.shutdown.wait() => return None,
+                };
+                match event {
+                    Event::Delivery(delivery) => {
+                        if this.deliver(delivery?)? {
                             break;
                         }
-                        Err(error) => {
-                            crate::metrics::broker_error("subscribe", &error);
-                            tracing::warn!(%error, "push response ended by a broker error");
+                    }
+                    Event::Idle => {
+                        // Everything written and nothing ready: a seat, unless a delivery
+                        // came meanwhile.
+                        match this.feed.next().now_or_never() {
+                            Some(delivery) => {
+                                if this.deliver(delivery?)? {
+                                    break;
+                                }
+                            }
+                            // Boxed, as below: once in a while, and a waiting stream keeps
+                            // no room for it.
+                            None => Box::pin(this.sit()).await,
+                        }
+                    }
+                    Event::LetGo => {
+                        if Box::pin(this.stand()).await.is_err() {
                             return None;
                         }
-                    },
-                    () = this.heartbeat.as_mut() => {
+                        // An empty chunk: the writer writes what the fan-out left pending.
+                        this.queue.push_back(Bytes::new());
+                        break;
+                    }
+                    Event::Beat => {
                         let due = this.last_write + this.format.heartbeat;
                         if Instant::now() >= due {
                             this.queue.push_back(this.format.heartbeat_chunk.clone());
@@ -186,13 +237,98 @@ impl Pushing {
                         // Deliveries went out since it was armed: silent for less than a beat.
                         this.heartbeat.as_mut().reset(due);
                     }
-                    () = this.shutdown.wait() => return None,
                 }
             }
             this.last_write = Instant::now();
             let chunk = this.queue.pop_front()?;
             Some((Frame::data(chunk), this))
         }
+    }
+}
+
+/// What a push response's stream waited for.
+enum Event {
+    Delivery(Option<pushpull_core::Result<Delivery>>),
+    /// Its connection's writer has written everything: it may take a seat.
+    Idle,
+    /// Its fan-out let it go.
+    LetGo,
+    Beat,
+}
+
+/// A stream's place (or the chance of one) in its topic's fan-out.
+pub(crate) struct Seating {
+    fanout: Arc<FanOut>,
+    gate: Arc<Gate>,
+    broker: Arc<dyn Broker>,
+    topic: pushpull_core::Topic,
+    style: &'static str,
+    encode: Encoder,
+    seat: Option<Seat>,
+    /// Whether to try for a seat when next idle (after a delivery of its own).
+    again: bool,
+}
+
+/// What a stream's seating comes to: seated, its fan-out let it go; not seated, its writer
+/// is idle (and it may sit).
+fn seating_event(seating: Option<&Seating>) -> impl std::future::Future<Output = Event> + '_ {
+    std::future::poll_fn(move |cx| match seating {
+        Some(Seating { seat: Some(_), gate, .. }) => gate.poll_attention(cx).map(|()| Event::LetGo),
+        Some(Seating { seat: None, gate, .. }) => gate.poll_idle(cx).map(|()| Event::Idle),
+        None => std::task::Poll::Pending,
+    })
+}
+
+impl Pushing {
+    /// Queues the chunks of `delivery`; `Some(true)` when there are chunks to write, `None`
+    /// when the stream ends (a broker error).
+    fn deliver(&mut self, delivery: pushpull_core::Result<Delivery>) -> Option<bool> {
+        match delivery {
+            Ok(delivery) => {
+                let token = if self.format.writes_token { self.feed.token() } else { None };
+                let chunks = (self.format.encode)(&delivery, token.as_deref());
+                self.meter.delivered(&delivery);
+                self.meter.bytes(chunks.iter().map(Bytes::len).sum());
+                self.queue.extend(chunks);
+                if let Some(seating) = &mut self.seating {
+                    seating.again = true;
+                }
+                Some(!self.queue.is_empty())
+            }
+            Err(error) => {
+                crate::metrics::broker_error("subscribe", &error);
+                tracing::warn!(%error, "push response ended by a broker error");
+                None
+            }
+        }
+    }
+
+    /// Takes a seat in the topic's fan-out, from the subscription's cursor, if it can have one.
+    async fn sit(&mut self) {
+        let (Some(seating), Feed::One(subscription)) = (&mut self.seating, &self.feed) else {
+            return;
+        };
+        seating.again = false;
+        let cursor = subscription.cursor();
+        let Seating { fanout, topic, style, encode, gate, .. } = &**seating;
+        seating.seat = fanout.join(topic, style, encode, cursor, gate).await;
+    }
+
+    /// Takes the stream back from a fan-out that let it go: from where the fan-out left it.
+    async fn stand(&mut self) -> Result<(), Error> {
+        let (Some(seating), Feed::One(subscription)) = (&mut self.seating, &mut self.feed) else {
+            return Ok(());
+        };
+        let Some(resume) = seating.seat.as_ref().and_then(Seat::let_go) else { return Ok(()) };
+        seating.seat = None;
+        if subscription.cursor() != resume {
+            *subscription =
+                seating.broker.subscribe(&seating.topic, resume).await.inspect_err(|error| {
+                    crate::metrics::broker_error("subscribe", error);
+                    tracing::warn!(%error, "push response ended by a broker error");
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -266,6 +402,8 @@ impl<P: PushTransport> std::fmt::Debug for PushServer<P> {
 /// the routes).
 struct Streams<P: PushTransport> {
     broker: Arc<dyn Broker>,
+    /// The fan-outs of its streams' topics.
+    fanout: Arc<FanOut>,
     max_topics: usize,
     config: Arc<P::Config>,
     open: Gauge,
@@ -277,6 +415,7 @@ impl<P: PushTransport> Clone for Streams<P> {
     fn clone(&self) -> Self {
         Self {
             broker: self.broker.clone(),
+            fanout: self.fanout.clone(),
             max_topics: self.max_topics,
             config: self.config.clone(),
             open: self.open.clone(),
@@ -294,12 +433,14 @@ impl<P: PushTransport> PushServer<P> {
 
     fn within(context: &Context, config: P::Config) -> Result<Self, Error> {
         P::check(&config)?;
+        let meter = DeliveryMeter::new(P::NAME);
         let streams = Streams::<P> {
             broker: context.broker.clone(),
+            fanout: FanOut::new(context.broker.clone(), meter.clone()),
             max_topics: context.max_topics,
             config: Arc::new(config),
             open: Gauge::new(),
-            meter: DeliveryMeter::new(P::NAME),
+            meter,
             presences: context.presences(),
         };
         let router = crate::api(context, None).with(streams.routes());
@@ -309,6 +450,11 @@ impl<P: PushTransport> PushServer<P> {
     /// Push responses open right now.
     pub fn open_streams(&self) -> usize {
         self.streams.open.get()
+    }
+
+    /// The fan-outs of its streams' topics: what they wrote, and how many streams they let go.
+    pub fn fanout(&self) -> &FanOut {
+        &self.streams.fanout
     }
 
     /// The push route, to mount beside other transports'.
@@ -407,12 +553,30 @@ impl<P: PushTransport> Streams<P> {
         let grant = crate::Grant::of(&req);
         let member = self.presences.join_held(&topic, grant, info).await?;
         let format = P::format(&self.config, &req, Start::One(subscription.cursor()));
-        Ok(push_response(
-            subscription,
+        // On a connection the serve loop writes, the topic's fan-out may write for it.
+        let seating = match (format.fanout, Gate::of(&req)) {
+            (Some(Fanned { style, encode }), Some(gate)) => Some(Box::new(Seating {
+                fanout: self.fanout.clone(),
+                gate,
+                broker: self.broker.clone(),
+                topic,
+                style,
+                encode: Arc::new(move |delivery: &Delivery| {
+                    crate::takeover::chunk(&encode(delivery))
+                }),
+                seat: None,
+                // After its first delivery of its own, as a socket's subscriptions.
+                again: false,
+            })),
+            _ => None,
+        };
+        Ok(seated_response(
+            subscription.into(),
             format,
             self.meter.clone(),
             Shutdown::of(&req),
             Open { held: self.open.hold(), members: member.into_iter().collect() },
+            seating,
         ))
     }
 
@@ -438,6 +602,7 @@ mod tests {
             .await
             .expect("a subscription");
         let pushing = Pushing {
+            seating: None,
             feed: subscription.into(),
             format: PushFormat {
                 content_type: "text/plain",
@@ -446,6 +611,7 @@ mod tests {
                 heartbeat_chunk: Bytes::new(),
                 heartbeat: Duration::from_secs(15),
                 writes_token: false,
+                fanout: None,
             },
             meter: DeliveryMeter::new("test"),
             shutdown: Shutdown::never(),

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::Router;
-use crate::fanout::{SharedTcp, SocketOf};
+use crate::fanout::{Gate, SharedTcp, SocketOf};
 use crate::takeover::{self, First};
 use crate::tls::TlsAcceptor;
 
@@ -654,68 +654,74 @@ pub async fn serve_until<S, B>(
                 if config.tls.is_none() && !request_begins(&stream, timeout).await {
                     return;
                 }
-                let mut stream = stream;
                 let mut read = Vec::new();
-                if let (Some(router), None) = (takeover, &config.tls) {
-                    let max_head = config.max_header_bytes.max(MIN_HEADER_BYTES);
-                    let mut shutdown = service.signal.clone();
-                    // What hyper's service adds to a request (signal, hold, peer), for the
-                    // requests answered here.
-                    let answering = WithShutdown {
-                        inner: router.clone(),
-                        signal: service.signal.clone(),
-                        stats: service.stats.clone(),
-                        hold: service.hold.clone(),
-                        peer: service.peer,
-                        streams: None,
-                        socket: None,
-                    };
-                    loop {
-                        // Each future awaited where it is made: kept in a local first, it would
-                        // take room twice in this task, which every connection carries. And
-                        // what one step leaves (the request read, the answer made) is spent in
-                        // a block of its own, so the steps after it keep no room for it: a
-                        // stream's whole life is spent in the last step.
-                        let (call, close) = {
-                            let next = takeover::next_request(
-                                &mut stream,
-                                read,
-                                &router,
-                                timeout,
-                                max_head,
-                                &mut shutdown,
-                            )
-                            .await;
-                            match next {
-                                First::Gone => return,
-                                First::Hyper(bytes) => {
-                                    read = bytes;
-                                    break;
-                                }
-                                First::Takeover(request) => {
-                                    let close = takeover::wants_close(&request);
-                                    (hyper::service::Service::call(&answering, request), close)
-                                }
-                            }
-                        };
-                        let answering_it = {
-                            let mut pipelined = Vec::new();
-                            let answer = takeover::answer_of(&stream, call, &mut pipelined).await;
-                            let Some(Ok(response)) = answer else { return };
-                            takeover::answer(&mut stream, response, close, pipelined)
-                        };
-                        match answering_it.await {
-                            Some(pipelined) => read = pipelined,
-                            None => return,
-                        }
-                    }
-                }
                 let io: Box<dyn Io> = match &config.tls {
                     None => {
-                        // Shared, so that a transport taking the connection over can write to
-                        // the socket from beside hyper's upgraded handle.
-                        let shared = SharedTcp(Arc::new(stream));
-                        service.socket = Some(SocketOf(shared.0.clone()));
+                        // Shared: a response written here, or a transport taking the
+                        // connection over from hyper, may have a topic's fan-out write to the
+                        // socket beside it (see `fanout`).
+                        let tcp = Arc::new(stream);
+                        if let Some(router) = takeover {
+                            let gate = Gate::new(tcp.clone());
+                            let max_head = config.max_header_bytes.max(MIN_HEADER_BYTES);
+                            let mut shutdown = service.signal.clone();
+                            // What hyper's service adds to a request (signal, hold, peer), for
+                            // the requests answered here.
+                            let answering = WithShutdown {
+                                inner: router.clone(),
+                                signal: service.signal.clone(),
+                                stats: service.stats.clone(),
+                                hold: service.hold.clone(),
+                                peer: service.peer,
+                                streams: None,
+                                socket: Some(SocketOf::Gate(gate.clone())),
+                            };
+                            loop {
+                                // Each future awaited where it is made: kept in a local first,
+                                // it would take room twice in this task, which every
+                                // connection carries. And what one step leaves (the request
+                                // read, the answer made) is spent in a block of its own, so the
+                                // steps after it keep no room for it: a stream's whole life is
+                                // spent in the last step.
+                                let (call, close) = {
+                                    let next = takeover::next_request(
+                                        gate.tcp(),
+                                        read,
+                                        &router,
+                                        timeout,
+                                        max_head,
+                                        &mut shutdown,
+                                    )
+                                    .await;
+                                    match next {
+                                        First::Gone => return,
+                                        First::Hyper(bytes) => {
+                                            read = bytes;
+                                            break;
+                                        }
+                                        First::Takeover(request) => {
+                                            let close = takeover::wants_close(&request);
+                                            let call =
+                                                hyper::service::Service::call(&answering, request);
+                                            (call, close)
+                                        }
+                                    }
+                                };
+                                let answering_it = {
+                                    let mut pipelined = Vec::new();
+                                    let answer =
+                                        takeover::answer_of(gate.tcp(), call, &mut pipelined).await;
+                                    let Some(Ok(response)) = answer else { return };
+                                    takeover::answer(&gate, response, close, pipelined)
+                                };
+                                match answering_it.await {
+                                    Some(pipelined) => read = pipelined,
+                                    None => return,
+                                }
+                            }
+                        }
+                        service.socket = Some(SocketOf::Tcp(tcp.clone()));
+                        let shared = SharedTcp(tcp);
                         match read.is_empty() {
                             true => Box::new(shared),
                             false => Box::new(takeover::Rewind::new(read, shared)),

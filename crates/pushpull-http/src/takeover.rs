@@ -20,9 +20,10 @@ use futures::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::fanout::Gate;
 use crate::{Router, Shutdown};
 
 /// The most header fields a request head taken over may have; one with more goes to hyper.
@@ -46,7 +47,7 @@ pub(crate) enum First {
 /// Reads the head of the connection's next request (after the bytes `read` already, a request
 /// pipelined behind the last one) and decides who answers it.
 pub(crate) async fn next_request(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     read: Vec<u8>,
     router: &Router,
     timeout: Duration,
@@ -79,7 +80,7 @@ pub(crate) async fn next_request(
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.len());
             }
-            match tokio::io::AsyncReadExt::read_buf(stream, &mut buf).await {
+            match read_some(stream, &mut buf).await {
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             }
@@ -95,6 +96,17 @@ pub(crate) async fn next_request(
     match takes_over(&buf, router) {
         Some(request) => First::Takeover(request),
         None => First::Hyper(buf),
+    }
+}
+
+/// Reads what `stream` has into `buf`, waiting for something.
+async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
     }
 }
 
@@ -155,7 +167,7 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `response` on `stream`: its head, then each chunk of its body as it is ready (what
+/// Writes `response` through `gate`: its head, then each chunk of its body as it is ready (what
 /// is ready together goes in one write), until the body ends or the client goes away. Returns
 /// `pipelined` with what the client sent meanwhile (requests pipelined behind this one) when
 /// the connection may serve more requests, `None` when it is to close.
@@ -164,7 +176,7 @@ enum Framing {
 /// starts, and the response's parts are dropped then: the future keeps the body, the buffer
 /// and the socket, all an event stream needs for its whole life.
 pub(crate) fn answer<B>(
-    stream: &mut TcpStream,
+    gate: &Gate,
     response: Response<B>,
     close: bool,
     mut pipelined: Vec<u8>,
@@ -228,22 +240,30 @@ where
             if ended && framing == Framing::Chunked {
                 out.put_slice(b"0\r\n\r\n");
             }
-            if !out.is_empty() {
-                stream.write_all(&out).await.ok()?;
-                out.clear();
-                if out.capacity() > 4 * 1024 {
-                    out = BytesMut::new();
-                }
+            // Whole chunks, and what a fan-out left pending before them.
+            gate.write_all(&out).await.ok()?;
+            out.clear();
+            if out.capacity() > 4 * 1024 {
+                out = BytesMut::new();
             }
             if ended {
                 return (!close).then_some(pipelined);
             }
-            // Wait for the next chunk, and notice meanwhile a client that has gone away.
-            tokio::select! {
-                next = body.frame() => ended = take(next, framing, &mut out).ok()?,
-                gone = client_sends(stream, &mut pipelined) => if gone {
-                    return None;
-                },
+            // Wait for the next chunk, and notice meanwhile a client that has gone away. All
+            // written, the body may meanwhile have a fan-out write for it.
+            gate.set_idle(true);
+            let next = tokio::select! {
+                next = body.frame() => Some(next),
+                gone = client_sends(gate.tcp(), &mut pipelined) => {
+                    if gone {
+                        return None;
+                    }
+                    None
+                }
+            };
+            gate.set_idle(false);
+            if let Some(next) = next {
+                ended = take(next, framing, &mut out).ok()?;
             }
         }
     }
@@ -323,6 +343,15 @@ fn take<E: std::fmt::Display>(
         Framing::None => {}
     }
     Ok(false)
+}
+
+/// `data` as one chunk of a chunked body (a fan-out's write of a delivery).
+pub(crate) fn chunk(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 12);
+    let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{:x}\r\n", data.len()));
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+    out.freeze()
 }
 
 fn field(out: &mut BytesMut, name: &str, value: &[u8]) {

@@ -16,11 +16,16 @@ pub struct ServerConfig {
     /// The reconnection time sent in the `retry:` field.
     #[serde(with = "pushpull_core::duration_text")]
     pub retry: Duration,
+    /// Writes each topic's new events to its caught-up streams from one task per topic (a
+    /// fan-out), instead of waking every stream's own task; a stream whose socket is full, or
+    /// whose topic has a gap, writes its own again. Streams of one topic on plain HTTP/1.1
+    /// connections only.
+    pub fanout: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(15), retry: Duration::from_secs(1) }
+        Self { heartbeat: Duration::from_secs(15), retry: Duration::from_secs(1), fanout: true }
     }
 }
 

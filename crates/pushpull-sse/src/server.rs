@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use pushpull_core::{Cursor, Delivery, EncodingKey, Error, ErrorKind};
 use pushpull_http::{
-    HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
+    Fanned, HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
 };
 
 use crate::config::ServerConfig;
@@ -74,6 +74,7 @@ impl PushTransport for Sse {
                 heartbeat_chunk: Bytes::from_static(HEARTBEAT),
                 heartbeat: config.heartbeat,
                 writes_token: false,
+                fanout: None,
             };
         }
         PushFormat {
@@ -90,6 +91,11 @@ impl PushTransport for Sse {
             heartbeat_chunk: Bytes::from_static(HEARTBEAT),
             heartbeat: config.heartbeat,
             writes_token: true,
+            // A stream of one topic writes each event as it is shared: a fan-out may write it.
+            fanout: match (start, config.fanout) {
+                (Start::One(_), true) => Some(Fanned { style: "sse", encode: event_of }),
+                _ => None,
+            },
         }
     }
 }

@@ -341,3 +341,179 @@ async fn the_client_stops_on_204_final_statuses_and_wrong_content_types() {
         assert_eq!(error.transport(), Some("sse"));
     }
 }
+
+// The fan-out of a topic: once two streams of one topic have caught up, one task writes each
+// new event to both (and to every stream that catches up after them), instead of each
+// stream's own task being woken to write it.
+
+/// An event stream of `path` as browsers ask for one (the path alone on the request line, as
+/// the server answers it itself), over a fresh connection; `small`, from a client that takes
+/// at most a few KiB into its receive buffer: a reader whose socket fills at once when it
+/// stops reading.
+async fn events_of(addr: SocketAddr, path: &str, small: bool) -> Incoming {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if small {
+        socket.set_recv_buffer_size(4096).unwrap();
+    }
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(path).header("host", addr.to_string());
+    let response = sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()).await;
+    let response = response.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
+/// Publishes events `first..=last` to `topic`, each `n:` then `size` bytes of padding.
+async fn numbered(broker: &MemoryBroker, topic: &str, first: usize, last: usize, size: usize) {
+    let topic = Topic::new(topic).unwrap();
+    let padding = "x".repeat(size);
+    for n in first..=last {
+        let payload = format!("{n}:{padding}");
+        broker.publish(&topic, Publication::new(payload)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Reads events `first..=last` from `body`: every one once, in order.
+async fn read_numbered(body: &mut Incoming, parser: &mut Parser, first: usize, last: usize) {
+    for (n, event) in (first..=last).zip(events(body, parser, last + 1 - first).await) {
+        let number = event.data.split(':').next().unwrap();
+        assert_eq!(number, n.to_string(), "event {n} in its place");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_of_a_topic_are_written_by_its_fanout_every_event_in_order() {
+    let setup = default_setup().await;
+    let addr = setup.running.local_addr();
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push((events_of(addr, "/v1/topics/news/events", false).await, Parser::new()));
+    }
+    // The first event each stream's own task writes; then they take seats.
+    numbered(&setup.broker, "news", 1, 1, 10).await;
+    for (body, parser) in &mut streams {
+        read_numbered(body, parser, 1, 1).await;
+    }
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|(mut body, mut parser)| {
+            tokio::spawn(async move {
+                read_numbered(&mut body, &mut parser, 2, 301).await;
+                body
+            })
+        })
+        .collect();
+    numbered(&setup.broker, "news", 2, 301, 100).await;
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.await.unwrap());
+    }
+    let fanout = setup.server.fanout();
+    assert!(fanout.written() > 0, "the fan-out wrote none of the 1,500 deliveries");
+    assert_eq!(fanout.running(), 1);
+    let receipt = setup.broker.publish(&Topic::new("news").unwrap(), Publication::new("n")).await;
+    assert_eq!(receipt.unwrap().subscribers, Some(5), "the fan-out's reading is not counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_reading_is_let_go_and_carries_on_from_where_its_fanout_left_it() {
+    let setup = default_setup().await;
+    let addr = setup.running.local_addr();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push((events_of(addr, "/v1/topics/feed/events", false).await, Parser::new()));
+    }
+    let mut lazy = (events_of(addr, "/v1/topics/feed/events", true).await, Parser::new());
+    // Events one at a time, each read by all, until all three are seated.
+    let mut last = 0;
+    while setup.server.fanout().seated() < 3 {
+        assert!(last < 50, "seated after {last} events: {}", setup.server.fanout().seated());
+        last += 1;
+        numbered(&setup.broker, "feed", last, last, 10).await;
+        for (body, parser) in readers.iter_mut().chain([&mut lazy]) {
+            read_numbered(body, parser, last, last).await;
+        }
+    }
+    // 400 events of 8 KiB while the lazy one reads nothing: far more than its socket holds.
+    let (first, end) = (last + 1, last + 400);
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|(mut body, mut parser)| {
+            tokio::spawn(async move {
+                read_numbered(&mut body, &mut parser, first, end).await;
+                (body, parser)
+            })
+        })
+        .collect();
+    numbered(&setup.broker, "feed", first, end, 8 * 1024).await;
+    let mut streams = Vec::new();
+    for reader in readers {
+        streams.push(reader.await.unwrap());
+    }
+    let fanout = setup.server.fanout();
+    assert!(fanout.let_go() >= 1, "the full stream was let go");
+    // It gets every event once, in order, from where the fan-out stopped writing to it.
+    read_numbered(&mut lazy.0, &mut lazy.1, first, end).await;
+    // And all of them carry on, the lazy one taking its seat again.
+    let written = fanout.written();
+    numbered(&setup.broker, "feed", end + 1, end + 20, 10).await;
+    for (body, parser) in streams.iter_mut().chain([&mut lazy]) {
+        read_numbered(body, parser, end + 1, end + 20).await;
+    }
+    assert!(fanout.written() > written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seated_stream_gets_heartbeats_and_ends_cleanly_at_shutdown() {
+    let config = {
+        let mut built = ServerConfig::default();
+        built.heartbeat = Duration::from_millis(200);
+        built
+    };
+    let setup = start(MemoryBroker::new(), config).await;
+    let addr = setup.running.local_addr();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        streams.push((events_of(addr, "/v1/topics/t/events", false).await, Parser::new()));
+    }
+    let mut last = 0;
+    while setup.server.fanout().seated() < 2 {
+        assert!(last < 50, "seated after {last} events");
+        last += 1;
+        numbered(&setup.broker, "t", last, last, 10).await;
+        for (body, parser) in &mut streams {
+            read_numbered(body, parser, last, last).await;
+        }
+    }
+    // Silent, each seated stream still gets a heartbeat (a comment) within a few beats.
+    let (body, _) = &mut streams[0];
+    let heartbeat = tokio::time::timeout(LIMIT, async {
+        loop {
+            let frame = body.frame().await.expect("the stream goes on").expect("a frame");
+            if let Ok(data) = frame.into_data()
+                && data.starts_with(b":")
+            {
+                return data;
+            }
+        }
+    })
+    .await
+    .expect("a heartbeat in time");
+    assert!(heartbeat.ends_with(b"\n\n"), "{heartbeat:?}");
+    // At shutdown each stream ends with the last chunk: the body ends without an error.
+    let stopping = tokio::spawn(setup.running.shutdown());
+    for (mut body, _) in streams {
+        let ended = tokio::time::timeout(LIMIT, async {
+            while let Some(frame) = body.frame().await {
+                frame.expect("well-framed to the end");
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended at shutdown");
+    }
+    stopping.await.unwrap();
+}

@@ -13,11 +13,16 @@ pub struct ServerConfig {
     /// How often an idle stream gets a heartbeat record.
     #[serde(with = "pushpull_core::duration_text")]
     pub heartbeat: Duration,
+    /// Writes each topic's new records to its caught-up streams from one task per topic (a
+    /// fan-out), instead of waking every stream's own task; a stream whose socket is full, or
+    /// whose topic has a gap, writes its own again. Streams of one topic on plain HTTP/1.1
+    /// connections only.
+    pub fanout: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(15) }
+        Self { heartbeat: Duration::from_secs(15), fanout: true }
     }
 }
 

@@ -3,7 +3,7 @@
 use http::header;
 use pushpull_core::{Cursor, Error};
 use pushpull_http::{
-    HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
+    Fanned, HttpRequest, PushFormat, PushServer, PushTransport, Start, query_params, request,
 };
 
 use crate::config::ServerConfig;
@@ -60,6 +60,26 @@ impl PushTransport for Stream {
             heartbeat: config.heartbeat,
             // Records name their topic and cursor; the reader keeps the set.
             writes_token: false,
+            // Every stream of one framing writes a delivery alike: a fan-out may write it.
+            fanout: match (start, config.fanout, framing) {
+                (Start::One(_), true, Framing::Ndjson) => Some(Fanned {
+                    style: "stream-ndjson",
+                    encode: |delivery| joined(delivery, Framing::Ndjson),
+                }),
+                (Start::One(_), true, Framing::Binary) => Some(Fanned {
+                    style: "stream-binary",
+                    encode: |delivery| joined(delivery, Framing::Binary),
+                }),
+                _ => None,
+            },
         }
+    }
+}
+
+/// A delivery's record as one piece.
+fn joined(delivery: &pushpull_core::Delivery, framing: Framing) -> bytes::Bytes {
+    match encode(delivery, framing).as_slice() {
+        [one] => one.clone(),
+        pieces => pieces.concat().into(),
     }
 }

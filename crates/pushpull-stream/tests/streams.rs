@@ -239,3 +239,51 @@ async fn records_flow_over_http2_data_frames() {
     .expect("the record arrived in a data frame");
     assert!(text.starts_with(r#"{"type":"start""#), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curls_reading_one_topic_are_written_by_its_fanout_every_record_in_order() {
+    let (server, running, broker) = start(MemoryBroker::new(), ServerConfig::default()).await;
+    let url = format!("http://{}/v1/topics/live/stream?after=latest", running.local_addr());
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut curl = tokio::process::Command::new("curl")
+            .args(["--no-buffer", "--silent", "--show-error", &url])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl is installed (scripts/test installs it)");
+        let lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+        readers.push((curl, lines));
+    }
+    async fn record(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    ) -> serde_json::Value {
+        let line = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+    for (_, lines) in &mut readers {
+        assert_eq!(record(lines).await["type"], "start");
+    }
+    let topic = Topic::new("live").unwrap();
+    // Records one at a time, each read by all, until the three are seated in the fan-out.
+    let mut last = 0;
+    while server.fanout().seated() < 3 {
+        assert!(last < 50, "seated after {last} records: {}", server.fanout().seated());
+        last = broker.publish(&topic, Publication::new("warm")).await.unwrap().offset.0;
+        for (_, lines) in &mut readers {
+            assert_eq!(record(lines).await["offset"], last);
+        }
+    }
+    for n in 1..=200 {
+        broker.publish(&topic, Publication::new(format!("{n}"))).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    for (_, lines) in &mut readers {
+        for n in 1..=200u64 {
+            let record = record(lines).await;
+            assert_eq!(record["offset"], last + n, "{record}");
+            assert_eq!(record["data"], n.to_string());
+        }
+    }
+    assert!(server.fanout().written() >= 3 * 200, "{}", server.fanout().written());
+}

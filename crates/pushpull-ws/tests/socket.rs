@@ -709,6 +709,22 @@ async fn read_through(socket: &mut Socket, first: u64, last: u64) -> Vec<Bytes> 
     pongs
 }
 
+/// Publishes messages to `topic` one at a time, each read by all of `sockets`, until all are
+/// seated in its fan-out; returns the last offset.
+async fn seat_all(setup: &Setup, topic: &str, mut sockets: Vec<&mut Socket>) -> u64 {
+    let fanout = setup.server.fanout().expect("on");
+    let mut last = 0;
+    while fanout.seated() < sockets.len() {
+        assert!(last < 50, "{} of {} seated after {last} messages", fanout.seated(), sockets.len());
+        last += 1;
+        publishing(setup.broker.clone(), topic, 1, 10, Duration::ZERO).await.unwrap();
+        for socket in &mut sockets {
+            read_through(socket, last, last).await;
+        }
+    }
+    last
+}
+
 /// Publishes `count` messages of `size` bytes to `topic`, `pause` apart (a yield when zero).
 fn publishing(
     broker: Arc<MemoryBroker>,
@@ -785,17 +801,15 @@ async fn a_socket_that_stops_reading_is_let_go_and_carries_on_from_where_its_fan
     }
     let mut lazy = connect_small(addr).await;
     subscribed(&mut lazy, "feed").await;
-    publishing(setup.broker.clone(), "feed", 1, 10, Duration::ZERO).await.unwrap();
-    for socket in readers.iter_mut().chain([&mut lazy]) {
-        read_through(socket, 1, 1).await;
-    }
+    let last = seat_all(&setup, "feed", readers.iter_mut().chain([&mut lazy]).collect()).await;
+    let (first, end) = (last + 1, last + 400);
     // 400 messages of 8 KiB while the lazy one reads nothing: far more than its socket holds.
     let publisher = publishing(setup.broker.clone(), "feed", 400, 8 * 1024, Duration::ZERO);
     let readers: Vec<_> = readers
         .into_iter()
         .map(|mut socket| {
             tokio::spawn(async move {
-                read_through(&mut socket, 2, 401).await;
+                read_through(&mut socket, first, end).await;
                 socket
             })
         })
@@ -808,12 +822,12 @@ async fn a_socket_that_stops_reading_is_let_go_and_carries_on_from_where_its_fan
     let fanout = setup.server.fanout().unwrap();
     assert!(fanout.let_go() >= 1, "the full socket was let go");
     // It gets every message once, in order, from where the fan-out stopped writing to it.
-    read_through(&mut lazy, 2, 401).await;
+    read_through(&mut lazy, first, end).await;
     // And all of them carry on, the lazy one taking its seat again.
     let written = fanout.written();
     publishing(setup.broker.clone(), "feed", 20, 10, Duration::ZERO).await.unwrap();
     for socket in sockets.iter_mut().chain([&mut lazy]) {
-        read_through(socket, 402, 421).await;
+        read_through(socket, end + 1, end + 20).await;
     }
     assert!(fanout.written() > written);
 }
@@ -836,10 +850,7 @@ async fn a_socket_that_never_reads_is_closed_while_its_topics_fanout_serves_the_
     }
     let mut stuck = connect_small(addr).await;
     subscribed(&mut stuck, "firehose").await;
-    publishing(setup.broker.clone(), "firehose", 1, 10, Duration::ZERO).await.unwrap();
-    for socket in readers.iter_mut().chain([&mut stuck]) {
-        read_through(socket, 1, 1).await;
-    }
+    let last = seat_all(&setup, "firehose", readers.iter_mut().chain([&mut stuck]).collect()).await;
     // 16 KiB messages a millisecond apart until the server gives up on the stuck socket
     // (bounded: 5,000 at most), the others reading every one.
     let topic = Topic::new("firehose").unwrap();
@@ -848,7 +859,7 @@ async fn a_socket_that_never_reads_is_closed_while_its_topics_fanout_serves_the_
         .into_iter()
         .map(|mut socket| {
             tokio::spawn(async move {
-                let mut expected = 2;
+                let mut expected = last + 1;
                 while let Some(Ok(message)) = socket.next().await {
                     let Message::Text(text) = message else { continue };
                     let frame: Value = serde_json::from_str(&text).unwrap();
@@ -862,7 +873,7 @@ async fn a_socket_that_never_reads_is_closed_while_its_topics_fanout_serves_the_
             })
         })
         .collect();
-    let mut published = 1;
+    let mut published = 0;
     tokio::time::timeout(LIMIT, async {
         while setup.server.open_sockets() > 3 && published < 5_000 {
             setup.broker.publish(&topic, Publication::new(payload.clone())).await.unwrap();
@@ -913,7 +924,7 @@ async fn a_seated_subscription_ends_at_its_unsubscribe_reply() {
         (Some("page"), Some("f")),
         "{answer}"
     );
-    assert!(setup.server.fanout().unwrap().written() > 0);
+    assert_eq!(setup.server.fanout().unwrap().seated(), 1, "the one staying");
 }
 
 #[tokio::test]
