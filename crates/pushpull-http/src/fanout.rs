@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -43,6 +43,16 @@ use crate::metrics::DeliveryMeter;
 
 /// The most messages a fan-out writes in one go (one write per subscriber for all of them).
 const BATCH: usize = 64;
+/// How often a fan-out looks at how busy it is.
+const WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long the connections of a topic whose fan-out was busy writing more than four fifths
+/// of the time write their own before they take seats again.
+const COOL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a connection whose socket a fan-out found full writes its own before it may take a
+/// seat again: a socket that fills is one whose reader is behind, or a topic busy enough that
+/// each connection's task gathers several messages per write (which a fan-out writing each
+/// message as it comes does not): under such load the connections serve themselves.
+const REST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A plain TCP connection's socket, shared by its connection's reader and [`Gate`]s: what the
 /// serve loop hands hyper for a plain connection, so that a transport taking the connection
@@ -154,6 +164,8 @@ struct GateState {
     /// serve loop writes a response itself: see [`Gate::poll_idle`]).
     idle: bool,
     idle_waker: Option<Waker>,
+    /// Until when the connection may not take a seat (a fan-out found its socket full).
+    rest_until: Option<std::time::Instant>,
 }
 
 /// What a fan-out's offer came to.
@@ -161,13 +173,16 @@ struct GateState {
 enum Offered {
     /// Every byte was written.
     Written,
-    /// Some were written, the rest wait in the gate for the connection's task to write.
+    /// Some were written, the rest wait in the gate for the connection's task to write: the
+    /// member has them all, and is let go.
     Partly,
     /// Nothing was written: the socket is full, the gate has bytes waiting or is shut.
     Refused,
+    /// Nothing was written: the member left.
+    Left,
 }
 
-/// Accepted past this many pending bytes, a write waits for the socket.
+/// Accepted past this many pending bytes, a connection's own write waits for the socket.
 const MAX_PENDING: usize = 64 * 1024;
 
 impl Gate {
@@ -268,29 +283,62 @@ impl Gate {
     }
 
     /// A fan-out's write of `frames`, all or what the socket takes at once.
-    fn offer(&self, frames: &[IoSlice<'_>], total: usize) -> Offered {
+    fn offer(&self, frames: &[IoSlice<'_>], total: usize, left: &AtomicBool) -> Offered {
         let mut state = self.lock();
+        if left.load(Ordering::Acquire) {
+            return Offered::Left;
+        }
         if state.shut || !state.pending.is_empty() {
             return Offered::Refused;
         }
-        match self.tcp.try_write_vectored(frames) {
-            Ok(n) if n == total => Offered::Written,
-            Ok(n) => {
-                // The rest waits, whole frames behind it, for the connection's task.
-                let mut skip = n;
-                for frame in frames {
-                    if skip >= frame.len() {
-                        skip -= frame.len();
-                        continue;
-                    }
-                    state.pending.extend_from_slice(&frame[skip..]);
-                    skip = 0;
-                }
-                state.call();
-                Offered::Partly
+        let written = match self.tcp.try_write_vectored(frames) {
+            Ok(n) if n == total => return Offered::Written,
+            Ok(n) => n,
+            // Full, or failed (the connection's task finds out which when it writes).
+            Err(_) => {
+                state.rest_until = Some(std::time::Instant::now() + REST);
+                return Offered::Refused;
             }
-            // Full, or failed: the connection's task finds out which when it writes.
-            Err(_) => Offered::Refused,
+        };
+        // The rest waits, whole frames behind it, for the connection's task to write.
+        let mut skip = written;
+        for frame in frames {
+            if skip >= frame.len() {
+                skip -= frame.len();
+                continue;
+            }
+            state.pending.extend_from_slice(&frame[skip..]);
+            skip = 0;
+        }
+        state.rest_until = Some(std::time::Instant::now() + REST);
+        state.call();
+        Offered::Partly
+    }
+
+    /// Whether a fan-out found the socket full a moment ago: its connection writes its own
+    /// for a while.
+    fn resting(&self) -> bool {
+        let mut state = self.lock();
+        match state.rest_until {
+            Some(until) if std::time::Instant::now() < until => true,
+            Some(_) => {
+                state.rest_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Writes what is pending until it is all written (`Ok(true)`) or some of it was
+    /// (`Ok(false)`): a deadline on this is one on the peer's reading, not on how much a
+    /// fan-out adds meanwhile.
+    pub fn poll_progress(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut state = self.lock();
+        let before = state.pending.len();
+        match self.poll_drain(&mut state, cx) {
+            Poll::Ready(done) => Poll::Ready(done.map(|()| true)),
+            Poll::Pending if state.pending.len() < before => Poll::Ready(Ok(false)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -462,8 +510,8 @@ struct Hub {
     key: (Topic, &'static str),
     encode: Encoder,
     state: Mutex<HubState>,
-    /// Wakes its task to end (its last member left).
-    end: tokio::sync::Notify,
+    /// Wakes its task to forget members that left (and end, if none is left).
+    look: tokio::sync::Notify,
 }
 
 struct HubState {
@@ -481,13 +529,15 @@ struct Member {
     gate: Arc<Gate>,
     /// Where its connection carries on from, once let go.
     resume: OnceLock<Cursor>,
+    /// Its seat was dropped: nothing more is written for it (set under its gate's lock, which
+    /// every write holds), and its hub forgets it.
+    left: AtomicBool,
 }
 
 /// A connection's place in a topic's fan-out; dropping it leaves. See the [module](self).
 pub struct Seat {
     hub: Arc<Hub>,
     member: Arc<Member>,
-    fanout: Weak<FanOut>,
 }
 
 impl std::fmt::Debug for Seat {
@@ -506,14 +556,13 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let empty = {
-            let mut state = self.hub.lock();
-            state.members.retain(|(member, _)| !Arc::ptr_eq(member, &self.member));
-            state.members.is_empty() && !state.ended
-        };
-        if empty && let Some(fanout) = self.fanout.upgrade() {
-            fanout.end(&self.hub);
+        // Never waits for the hub (which holds its lock for a whole batch's writes): marked
+        // under the gate's lock, it is written no more, and the hub forgets it.
+        {
+            let _writes = self.member.gate.lock();
+            self.member.left.store(true, Ordering::Release);
         }
+        self.hub.look.notify_one();
     }
 }
 
@@ -551,7 +600,11 @@ impl FanOut {
                 Slot::Wanted(_) => None,
             })
             .collect();
-        hubs.iter().map(|hub| hub.lock().members.len()).sum()
+        let seated = |hub: &Arc<Hub>| {
+            let state = hub.lock();
+            state.members.iter().filter(|(member, _)| !member.left.load(Ordering::Acquire)).count()
+        };
+        hubs.iter().map(seated).sum()
     }
 
     /// Topics with a running fan-out.
@@ -578,6 +631,9 @@ impl FanOut {
         gate: &Arc<Gate>,
     ) -> Option<Seat> {
         let Cursor::After(epoch, Offset(offset)) = cursor else { return None };
+        if gate.resting() {
+            return None;
+        }
         let key = (topic.clone(), style);
         let start = {
             let mut slots = self.slots();
@@ -619,16 +675,26 @@ impl FanOut {
         offset: u64,
         gate: &Arc<Gate>,
     ) -> Option<Option<Seat>> {
-        let mut state = hub.lock();
+        // Not while it writes a batch (it holds the lock for all its members' writes): the
+        // connection tries again after its next delivery.
+        let mut state = match hub.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Some(None),
+        };
         if state.ended {
             return None;
         }
         if state.epoch != epoch || offset < state.offset {
             return Some(None);
         }
-        let member = Arc::new(Member { gate: gate.clone(), resume: OnceLock::new() });
+        let member = Arc::new(Member {
+            gate: gate.clone(),
+            resume: OnceLock::new(),
+            left: AtomicBool::new(false),
+        });
         state.members.push((member.clone(), offset));
-        Some(Some(Seat { hub: hub.clone(), member, fanout: self.this.clone() }))
+        Some(Some(Seat { hub: hub.clone(), member }))
     }
 
     /// Makes the fan-out of `key` (its first two members want it), seating `gate`.
@@ -659,7 +725,7 @@ impl FanOut {
             key: key.clone(),
             encode: encode.clone(),
             state: Mutex::new(HubState { epoch, offset, members: Vec::new(), ended: false }),
-            end: tokio::sync::Notify::new(),
+            look: tokio::sync::Notify::new(),
         });
         let seat = self.seat(&hub, epoch, offset, gate).flatten();
         slots.insert(key, Slot::Running(hub.clone()));
@@ -668,13 +734,16 @@ impl FanOut {
         seat
     }
 
-    /// Ends `hub` if it has no members, and forgets it.
-    fn end(&self, hub: &Arc<Hub>) {
+    /// Ends `hub` if it has no members, and forgets it; whether it ended.
+    fn end(&self, hub: &Arc<Hub>) -> bool {
         let mut slots = self.slots();
         {
             let mut state = hub.lock();
-            if !state.members.is_empty() || state.ended {
-                return;
+            if state.ended {
+                return true;
+            }
+            if !state.members.is_empty() {
+                return false;
             }
             state.ended = true;
         }
@@ -683,11 +752,12 @@ impl FanOut {
         {
             slots.remove(&hub.key);
         }
-        hub.end.notify_one();
+        true
     }
 
-    /// Ends `hub` whatever its members: each is let go, to carry on from where it is.
-    fn end_all(&self, hub: &Arc<Hub>) {
+    /// Ends `hub` whatever its members: each is let go, to carry on from where it is, and to
+    /// take no seat for `rest`, if given.
+    fn end_all(&self, hub: &Arc<Hub>, rest: Option<std::time::Duration>) {
         let mut slots = self.slots();
         {
             let mut state = hub.lock();
@@ -695,6 +765,9 @@ impl FanOut {
             let epoch = state.epoch;
             self.let_go.fetch_add(state.members.len() as u64, Ordering::Relaxed);
             for (member, offset) in state.members.drain(..) {
+                if let Some(rest) = rest {
+                    member.gate.lock().rest_until = Some(std::time::Instant::now() + rest);
+                }
                 let _ = member.resume.set(Cursor::After(epoch, Offset(offset)));
                 member.gate.call();
             }
@@ -730,7 +803,8 @@ impl Hub {
             slices.clear();
             slices.extend(ahead.iter().map(|(_, _, frame)| IoSlice::new(frame)));
             let total: usize = ahead.iter().map(|(_, _, frame)| frame.len()).sum();
-            let kept = match member.gate.offer(&slices, total) {
+            let kept = match member.gate.offer(&slices, total, &member.left) {
+                Offered::Left => return false,
                 Offered::Written => {
                     *has = *last;
                     true
@@ -761,10 +835,19 @@ impl Hub {
 /// its last member leaves or the topic's stream does something but deliver messages.
 async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription) {
     let mut batch: Vec<(u64, Delivery, Bytes)> = Vec::with_capacity(BATCH);
+    // How long it spent writing since `since`.
+    let (mut since, mut busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
     loop {
         let first = tokio::select! {
             item = subscription.next() => item,
-            () = hub.end.notified() => return,
+            () = hub.look.notified() => {
+                let Some(fanout) = fanout.upgrade() else { return };
+                hub.lock().members.retain(|(member, _)| !member.left.load(Ordering::Acquire));
+                if fanout.end(&hub) {
+                    return;
+                }
+                continue;
+            }
         };
         let mut item = Some(first);
         let mut other = false;
@@ -787,7 +870,9 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
             }
         }
         let Some(fanout) = fanout.upgrade() else { return };
+        let started = std::time::Instant::now();
         let (written, bytes, let_go) = hub.write(&batch);
+        busy += started.elapsed();
         fanout.let_go.fetch_add(let_go, Ordering::Relaxed);
         if written > 0 {
             fanout.written.fetch_add(written, Ordering::Relaxed);
@@ -795,11 +880,21 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
         }
         batch.clear();
         if other {
-            fanout.end_all(&hub);
+            fanout.end_all(&hub, None);
             return;
         }
-        if hub.lock().ended {
+        if fanout.end(&hub) {
             return;
+        }
+        let elapsed = since.elapsed();
+        if elapsed >= WINDOW {
+            if busy * 5 > elapsed * 4 {
+                // Writing most of the time: a topic this busy is written more cheaply by each
+                // connection's task, which gathers what is ready into one write.
+                fanout.end_all(&hub, Some(COOL));
+                return;
+            }
+            (since, busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
         }
     }
 }

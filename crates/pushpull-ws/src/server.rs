@@ -938,6 +938,24 @@ impl Session {
                 }
             }
         }
+        // What a fan-out left pending, under a deadline on the peer's reading (the fan-out may
+        // add more meanwhile).
+        if let Some(gate) = &self.gate {
+            loop {
+                let progress = std::future::poll_fn(|cx| gate.poll_progress(cx));
+                match tokio::time::timeout(self.server.config.write_timeout, progress).await {
+                    Ok(Ok(true)) => break,
+                    Ok(Ok(false)) => continue,
+                    Ok(Err(_)) => return Err(None),
+                    Err(_) => {
+                        return Err(Some(Ending::new(
+                            close::SLOW_CONSUMER,
+                            "the peer stopped reading",
+                        )));
+                    }
+                }
+            }
+        }
         let deadline = Instant::now() + self.server.config.write_timeout;
         at_once_or_within(deadline, |cx| socket.poll_flush_unpin(cx)).await
     }
