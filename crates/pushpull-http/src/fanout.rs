@@ -215,16 +215,8 @@ impl Gate {
         if state.idle {
             return Poll::Ready(());
         }
-        match &state.idle_waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.idle_waker = Some(cx.waker().clone()),
-        }
+        keep_waker(&mut state.idle_waker, cx);
         Poll::Pending
-    }
-
-    /// Waits for [`poll_idle`](Self::poll_idle).
-    pub fn idle(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| self.poll_idle(cx))
     }
 
     /// The writer says whether it waits for more (see [`poll_idle`](Self::poll_idle)).
@@ -266,10 +258,7 @@ impl Gate {
         if std::mem::take(&mut state.attention) {
             return Poll::Ready(());
         }
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
+        keep_waker(&mut state.waker, cx);
         Poll::Pending
     }
 
@@ -359,6 +348,14 @@ impl Gate {
             state.pending.advance(written);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Keeps `cx`'s waker in `slot` (unless it holds one that wakes the same task).
+fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
     }
 }
 

@@ -13,6 +13,7 @@ use pushpull_http::{RunningServer, ServeConfig};
 use pushpull_stream::{ClientConfig, FramingChoice, ServerConfig, StreamServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::ChildStdout;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -89,17 +90,23 @@ async fn the_accept_header_picks_the_framing_and_idle_streams_get_heartbeats() {
     assert!(String::from_utf8_lossy(&body).contains("invalid_cursor"));
 }
 
-#[tokio::test]
-async fn curl_reads_records_as_they_are_published() {
-    let (server, running, broker) = start(MemoryBroker::new(), ServerConfig::default()).await;
-    let url = format!("http://{}/v1/topics/live/stream?after=latest", running.local_addr());
+/// curl reading `url` as it comes, and the lines it prints.
+fn curl(url: &str) -> (tokio::process::Child, tokio::io::Lines<BufReader<ChildStdout>>) {
     let mut curl = tokio::process::Command::new("curl")
-        .args(["--no-buffer", "--silent", "--show-error", &url])
+        .args(["--no-buffer", "--silent", "--show-error", url])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("curl is installed (scripts/test installs it)");
-    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    (curl, lines)
+}
+
+#[tokio::test]
+async fn curl_reads_records_as_they_are_published() {
+    let (server, running, broker) = start(MemoryBroker::new(), ServerConfig::default()).await;
+    let url = format!("http://{}/v1/topics/live/stream?after=latest", running.local_addr());
+    let (_curl, mut lines) = curl(&url);
     let mut next = async || -> serde_json::Value {
         let line = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().unwrap();
         serde_json::from_str(&line).unwrap()
@@ -246,18 +253,9 @@ async fn curls_reading_one_topic_are_written_by_its_fanout_every_record_in_order
     let url = format!("http://{}/v1/topics/live/stream?after=latest", running.local_addr());
     let mut readers = Vec::new();
     for _ in 0..3 {
-        let mut curl = tokio::process::Command::new("curl")
-            .args(["--no-buffer", "--silent", "--show-error", &url])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("curl is installed (scripts/test installs it)");
-        let lines = BufReader::new(curl.stdout.take().unwrap()).lines();
-        readers.push((curl, lines));
+        readers.push(curl(&url));
     }
-    async fn record(
-        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    ) -> serde_json::Value {
+    async fn record(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>) -> serde_json::Value {
         let line = tokio::time::timeout(LIMIT, lines.next_line()).await.unwrap().unwrap().unwrap();
         serde_json::from_str(&line).unwrap()
     }
