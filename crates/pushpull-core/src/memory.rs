@@ -649,6 +649,11 @@ impl Subscribe for MemoryBroker {
         self.reader(topic, cursor, true)
     }
 
+    /// A reader that returned pending waits on its topic's wake-up and holds no lock.
+    fn parks(&self) -> bool {
+        true
+    }
+
     fn directory(&self) -> Option<Arc<dyn Directory>> {
         Some(Arc::new(self.clone()))
     }

@@ -471,6 +471,10 @@ impl Subscribe for RuledBroker {
         self.inner.relay(topic, cursor).await
     }
 
+    fn parks(&self) -> bool {
+        self.inner.parks()
+    }
+
     fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {
         self.inner.directory()
     }

@@ -123,6 +123,15 @@ pub trait Subscribe: Send + Sync {
         self.subscribe(topic, cursor).await
     }
 
+    /// Whether a subscription of it may be left unpolled once it has nothing ready, while a
+    /// fan-out reads the topic for it ([`SubscriptionSet::park`](crate::SubscriptionSet::park)):
+    /// true only where a stream that returned pending holds nothing another reader needs (no
+    /// lock over a read in flight). The default is false, and fan-outs then leave its
+    /// subscriptions to their connections.
+    fn parks(&self) -> bool {
+        false
+    }
+
     /// What it knows of its topics, when it can list them and tell when one is published to:
     /// what subscriptions by prefix ([`follow`](crate::follow)) need. `None` (the default)
     /// when it cannot.
@@ -277,6 +286,10 @@ macro_rules! forward {
 
             async fn relay(&self, topic: &Topic, cursor: Cursor) -> Result<Subscription> {
                 (**self).relay(topic, cursor).await
+            }
+
+            fn parks(&self) -> bool {
+                (**self).parks()
             }
 
             fn directory(&self) -> Option<Arc<dyn crate::many::Directory>> {

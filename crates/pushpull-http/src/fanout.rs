@@ -628,7 +628,9 @@ impl FanOut {
         gate: &Arc<Gate>,
     ) -> Option<Seat> {
         let Cursor::After(epoch, Offset(offset)) = cursor else { return None };
-        if gate.resting() {
+        // A broker whose readers may hold a lock over a read in flight (Redis's holds its
+        // topic's window) cannot have one left unpolled: its connections read their own.
+        if !self.broker.parks() || gate.resting() {
             return None;
         }
         let key = (topic.clone(), style);
