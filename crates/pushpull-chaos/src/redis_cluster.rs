@@ -262,7 +262,10 @@ impl RedisCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(setup_error(format!("replicas were not online within {within:?}")));
+                return Err(setup_error(format!(
+                    "replicas were not online within {within:?};{}",
+                    self.what_the_nodes_say()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use pushpull_core::{
     Backoff, Capabilities, Client, Cursor, Delivery, Directory, Epoch, Error, ErrorKind, Fetch,
     Gap, GapReason, Message, Offset, OffsetRange, Page, Publication, Publish, Receipt, Retention,
@@ -412,8 +413,10 @@ impl Subscribe for RedisBroker {
         // cursor fails here rather than in the stream. A cursor this node's window of the topic
         // covers needs no read (a held long poll at the tail subscribes once per poll): were
         // the log reset or trimmed past it meanwhile, the reader finds out at its first read.
-        let covered =
-            matches!(cursor, Cursor::After(..)) && window.lock().await.after(cursor, 0).is_some();
+        let covered = matches!(cursor, Cursor::After(..)) && {
+            let window = window.lock().expect("window lock");
+            window.after(cursor, 0).is_some()
+        };
         let start = if covered {
             Page { gap: None, messages: Vec::new(), next: cursor }
         } else {
@@ -499,7 +502,7 @@ struct Reader {
     broker: RedisBroker,
     topic: Topic,
     /// This node's window on the topic, shared with its other subscribers.
-    window: Arc<tokio::sync::Mutex<crate::cache::Window>>,
+    window: Arc<std::sync::Mutex<crate::cache::Window>>,
     position: Cursor,
     wake: watch::Receiver<u64>,
     ready: VecDeque<Delivery>,
@@ -524,27 +527,30 @@ impl Reader {
     /// `seen` is the count of the topic's wake-ups the reader has seen; with `since`, the
     /// reader wants a read of Redis started no earlier (it has waited that long without one).
     async fn read(&self, seen: u64, since: Option<Instant>) -> Result<Page, Error> {
-        let mut window = self.window.lock().await;
-        if let Some(page) = window.after(self.position, SUBSCRIBER_BATCH) {
-            if !page.messages.is_empty() || window.fresh(seen, since) {
-                return Ok(page);
-            }
-            // At the window's end: read what came since, for everyone.
-            let from =
-                Cursor::After(window.epoch.expect("a window has an epoch"), Offset(window.last));
-            let started = Instant::now();
-            let page = self.broker.read(&self.topic, from, WINDOW_READ).await?;
-            window.extend(from, &page);
-            window.read_at_end(seen, started);
-            return Ok(window.after(self.position, SUBSCRIBER_BATCH).unwrap_or(page));
+        loop {
+            let reading = {
+                let mut window = self.window.lock().expect("window lock");
+                let Some(page) = window.after(self.position, SUBSCRIBER_BATCH) else { break };
+                if !page.messages.is_empty() || window.fresh(seen, since) {
+                    return Ok(page);
+                }
+                // At the window's end: wait for the read under way, or start one, for
+                // everyone; then look again (a read started before what this reader wants
+                // is followed by another).
+                self.read_at_end(&mut window, seen)
+            };
+            reading.await.map_err(|error| {
+                Error::new(error.kind(), error.message())
+                    .with_retryable(error.is_retryable())
+                    .with_transport(NAME)
+            })?;
         }
         // Not covered: behind the window, another epoch, or no window yet. Read Redis; a
         // reader at the tail starts (or restarts) the window.
-        drop(window);
         let started = Instant::now();
         let page = self.broker.read(&self.topic, self.position, SUBSCRIBER_BATCH).await?;
         if page.messages.len() < SUBSCRIBER_BATCH {
-            let mut window = self.window.lock().await;
+            let mut window = self.window.lock().expect("window lock");
             if window.after(page.next, 1).is_none() {
                 window.extend(self.position, &page);
                 // It reached the tail: as good as a read at the window's end.
@@ -552,6 +558,40 @@ impl Reader {
             }
         }
         Ok(page)
+    }
+
+    /// The read of Redis at the end of `window` (this reader's, locked): the one under way,
+    /// or a new one, started after `seen` wake-ups. It runs as a task of its own, so a reader
+    /// that stops being polled while it waits holds up none of the others.
+    fn read_at_end(&self, window: &mut crate::cache::Window, seen: u64) -> crate::cache::Reading {
+        if let Some(reading) = &window.reading {
+            return reading.clone();
+        }
+        let from = Cursor::After(window.epoch.expect("a window has an epoch"), Offset(window.last));
+        let started = Instant::now();
+        let (broker, topic, shared) =
+            (self.broker.clone(), self.topic.clone(), Arc::clone(&self.window));
+        let task = tokio::spawn(async move {
+            let read = broker.read(&topic, from, WINDOW_READ).await;
+            let mut window = shared.lock().expect("window lock");
+            window.reading = None;
+            let page = read.map_err(Arc::new)?;
+            window.extend(from, &page);
+            window.read_at_end(seen, started);
+            Ok(())
+        });
+        let reading = async move {
+            task.await.unwrap_or_else(|failed| {
+                Err(Arc::new(Error::new(
+                    ErrorKind::Backend,
+                    format!("a read of the topic's new messages failed: {failed}"),
+                )))
+            })
+        }
+        .boxed()
+        .shared();
+        window.reading = Some(reading.clone());
+        reading
     }
 
     // Not an `async fn`: one taking `mut self` keeps the state twice in its future (the

@@ -1,15 +1,19 @@
 //! The node-local tail of each followed topic: what this node's subscribers read from.
 //!
 //! When a message is published, every subscriber of its topic on a node is woken. Rather than
-//! each reading Redis, the first to look reads the new entries once (under the topic's lock,
-//! so the others wait for it instead of asking too) into a bounded window of recent messages;
-//! the others, and everyone after, read that window. A subscriber whose cursor the window does
+//! each reading Redis, the first to look starts one read of the new entries (the others wait
+//! for it instead of asking too) into a bounded window of recent messages; the others, and
+//! everyone after, read that window. The read is a task of its own, not the subscriber's: a
+//! subscriber that its owner stops polling half-way holds up no other (the window's lock is
+//! never held across an await). A subscriber whose cursor the window does
 //! not cover (behind it, or of another epoch) reads Redis itself, where retention and epochs
 //! are decided. Messages are shared handles (`Bytes`), never copied per subscriber.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
+
+use futures::future::{BoxFuture, Shared};
 
 use pushpull_core::{Cursor, Epoch, Message, Offset, Page, Topic};
 
@@ -29,7 +33,13 @@ pub(crate) struct Window {
     /// Its last read from Redis at its end: the topic's wake-up count seen before it, and
     /// when it started.
     read: Option<(u64, Instant)>,
+    /// The read at its end under way, if one is: every subscriber that needs it waits for it.
+    pub(crate) reading: Option<Reading>,
 }
+
+/// A read of Redis at a window's end, under way in a task of its own: done once the window
+/// has what it found (or with the error it failed with).
+pub(crate) type Reading = Shared<BoxFuture<'static, Result<(), Arc<pushpull_core::Error>>>>;
 
 impl Default for Window {
     fn default() -> Self {
@@ -46,6 +56,7 @@ impl Window {
             messages: VecDeque::new(),
             last: 0,
             read: None,
+            reading: None,
         }
     }
 
@@ -60,10 +71,15 @@ impl Window {
     }
 
     /// Notes a read from Redis at the window's end, started at `at` after `seen` wake-ups.
+    ///
+    /// A read sees what every read started before it saw, and a wake-up is sent once its
+    /// message is in Redis: so the window has what a read started at the latest of its reads'
+    /// starts would find, after the most wake-ups any of them had seen.
     pub(crate) fn read_at_end(&mut self, seen: u64, at: Instant) {
-        if self.read.is_none_or(|(wakes, started)| seen >= wakes && at >= started) {
-            self.read = Some((seen, at));
-        }
+        self.read = Some(match self.read {
+            Some((wakes, started)) => (wakes.max(seen), started.max(at)),
+            None => (seen, at),
+        });
     }
 
     /// The messages after `cursor`, if the window covers it: `None` sends the reader to Redis.
@@ -109,7 +125,7 @@ impl Window {
 /// The windows of the topics this node's subscribers follow; a window goes with its last
 /// subscriber.
 pub(crate) struct Windows {
-    topics: Mutex<HashMap<Topic, Weak<tokio::sync::Mutex<Window>>>>,
+    topics: Mutex<HashMap<Topic, Weak<Mutex<Window>>>>,
     /// Each window's capacity: [`WINDOW`], or what a topic retains if that is fewer.
     capacity: usize,
 }
@@ -120,7 +136,7 @@ impl Windows {
         Self { topics: Mutex::default(), capacity: retained.min(WINDOW) }
     }
 
-    pub(crate) fn of(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<Window>> {
+    pub(crate) fn of(&self, topic: &Topic) -> Arc<Mutex<Window>> {
         let mut topics = self.topics.lock().expect("windows lock");
         if let Some(window) = topics.get(topic).and_then(Weak::upgrade) {
             return window;
@@ -129,7 +145,7 @@ impl Windows {
         if topics.len().is_power_of_two() {
             topics.retain(|_, window| window.strong_count() > 0);
         }
-        let window = Arc::new(tokio::sync::Mutex::new(Window::with_capacity(self.capacity)));
+        let window = Arc::new(Mutex::new(Window::with_capacity(self.capacity)));
         topics.insert(topic.clone(), Arc::downgrade(&window));
         window
     }
@@ -183,7 +199,7 @@ mod tests {
         let epoch = Epoch::from_u64(5);
         let windows = Windows::new(100);
         let window = windows.of(&Topic::new("t").unwrap());
-        let mut window = window.try_lock().unwrap();
+        let mut window = window.lock().unwrap();
         window.extend(Cursor::After(epoch, Offset(0)), &page(epoch, 1..=1000));
         assert_eq!(window.messages.len(), 100);
         assert_eq!(window.messages.front().unwrap().offset, Offset(901));

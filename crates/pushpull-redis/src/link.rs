@@ -4,8 +4,11 @@
 //! so the same scripts run on either; on a cluster, redis-rs's cluster client routes each to
 //! the master of its slot and follows `MOVED` and `ASK` while slots move.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 
 use pushpull_core::{Error, ErrorKind};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -25,31 +28,74 @@ pub(crate) enum Link {
 
 /// A cluster connection made on first use (and made again on the next use after it failed,
 /// or after a master that failed over came back as a replica: see [`LazyCluster::check`]).
+///
+/// The connection is made by a task of its own, which every command waiting for it awaits:
+/// a command that its owner stops polling half-way (a subscriber's read, say) holds up no
+/// other, and no lock is held across an await.
 pub(crate) struct LazyCluster {
     client: ClusterClient,
-    connection: tokio::sync::Mutex<Option<ClusterConnection>>,
+    state: Arc<Mutex<Connection>>,
 }
+
+enum Connection {
+    Unmade,
+    Making(Making),
+    Made(ClusterConnection),
+}
+
+/// A cluster connection being made: its outcome, for every command waiting for it.
+type Making = Shared<BoxFuture<'static, redis::RedisResult<ClusterConnection>>>;
 
 impl LazyCluster {
     pub(crate) fn new(client: ClusterClient) -> Self {
-        Self { client, connection: tokio::sync::Mutex::default() }
+        Self { client, state: Arc::new(Mutex::new(Connection::Unmade)) }
     }
 
     pub(crate) async fn get(&self) -> redis::RedisResult<ClusterConnection> {
-        let mut connection = self.connection.lock().await;
-        if let Some(connection) = connection.as_ref() {
-            return Ok(connection.clone());
+        let making = {
+            let mut state = self.state.lock().expect("cluster connection lock");
+            match &*state {
+                Connection::Made(connection) => return Ok(connection.clone()),
+                Connection::Making(making) => making.clone(),
+                Connection::Unmade => {
+                    let making = self.make();
+                    *state = Connection::Making(making.clone());
+                    making
+                }
+            }
+        };
+        making.await
+    }
+
+    /// Starts making the connection; once made, it is the one every command uses (until
+    /// [`check`](Self::check) drops it), and a failure leaves it to the next command to try
+    /// again.
+    fn make(&self) -> Making {
+        let client = self.client.clone();
+        let state = Arc::clone(&self.state);
+        let task = tokio::spawn(async move {
+            let made = client.get_async_connection().await;
+            *state.lock().expect("cluster connection lock") = match &made {
+                Ok(connection) => Connection::Made(connection.clone()),
+                Err(_) => Connection::Unmade,
+            };
+            made
+        });
+        async move {
+            task.await.unwrap_or_else(|failed| {
+                Err(std::io::Error::other(format!("connecting to the cluster failed: {failed}"))
+                    .into())
+            })
         }
-        let made = self.client.get_async_connection().await?;
-        *connection = Some(made.clone());
-        Ok(made)
+        .boxed()
+        .shared()
     }
 
     /// Looks at a command's outcome: `READONLY` means the client sent a write to a node that
     /// was a slot's master and is now a replica (it failed over and came back), which redis-rs
     /// does not take as a sign that its slot map is stale, as it does `MOVED`. The connection
     /// is then made again, from a fresh map, for the next command.
-    async fn check<T: ReplyOf>(&self, outcome: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    fn check<T: ReplyOf>(&self, outcome: redis::RedisResult<T>) -> redis::RedisResult<T> {
         let read_only = match &outcome {
             Err(error) => {
                 error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
@@ -57,8 +103,11 @@ impl LazyCluster {
             Ok(reply) => reply.is_read_only(),
         };
         if read_only {
-            tracing::debug!("a write reached a replica: reconnecting to the cluster");
-            self.connection.lock().await.take();
+            let mut state = self.state.lock().expect("cluster connection lock");
+            if let Connection::Made(_) = &*state {
+                tracing::debug!("a write reached a replica: reconnecting to the cluster");
+                *state = Connection::Unmade;
+            }
         }
         outcome
     }
@@ -199,7 +248,7 @@ impl ConnectionLike for Link {
             Self::Single(connection) => connection.req_packed_command(cmd),
             Self::Cluster(cluster) => Box::pin(async move {
                 let mut connection = cluster.get().await?;
-                cluster.check(connection.req_packed_command(cmd).await).await
+                cluster.check(connection.req_packed_command(cmd).await)
             }),
         }
     }
@@ -214,7 +263,7 @@ impl ConnectionLike for Link {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(cluster) => Box::pin(async move {
                 let mut connection = cluster.get().await?;
-                cluster.check(connection.req_packed_commands(pipeline, offset, count).await).await
+                cluster.check(connection.req_packed_commands(pipeline, offset, count).await)
             }),
         }
     }
