@@ -402,6 +402,13 @@ const WINDOW_READ: usize = 256;
 
 #[async_trait]
 impl Subscribe for RedisBroker {
+    /// A reader that returned pending waits on its topic's wake-up, on the read at its
+    /// window's end (a task of its own), or on its own read's answer: it holds nothing another
+    /// reader or command waits for.
+    fn parks(&self) -> bool {
+        true
+    }
+
     fn directory(&self) -> Option<Arc<dyn Directory>> {
         Some(Arc::new(self.clone()))
     }

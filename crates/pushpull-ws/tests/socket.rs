@@ -27,12 +27,12 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Setup {
     server: WsServer,
     running: RunningServer,
-    broker: Arc<MemoryBroker>,
+    broker: Arc<dyn pushpull_core::Broker>,
 }
 
-async fn start_with(broker: MemoryBroker, config: ServerConfig) -> Setup {
-    let broker = Arc::new(broker);
-    let server = WsServer::new(broker.clone() as Arc<dyn pushpull_core::Broker>, config).unwrap();
+async fn start_with(broker: impl pushpull_core::Broker + 'static, config: ServerConfig) -> Setup {
+    let broker: Arc<dyn pushpull_core::Broker> = Arc::new(broker);
+    let server = WsServer::new(broker.clone(), config).unwrap();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let running = pushpull_http::spawn(listener, server.router(), ServeConfig::default()).unwrap();
     Setup { server, running, broker }
@@ -727,7 +727,7 @@ async fn seat_all(setup: &Setup, topic: &str, mut sockets: Vec<&mut Socket>) -> 
 
 /// Publishes `count` messages of `size` bytes to `topic`, `pause` apart (a yield when zero).
 fn publishing(
-    broker: Arc<MemoryBroker>,
+    broker: Arc<dyn pushpull_core::Broker>,
     topic: &str,
     count: usize,
     size: usize,
@@ -787,6 +787,35 @@ async fn the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order
     let topic = Topic::new("news").unwrap();
     let receipt = setup.broker.publish(&topic, Publication::new("counted")).await.unwrap();
     assert_eq!(receipt.subscribers, Some(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order() {
+    let redis = tokio::task::spawn_blocking(pushpull_testkit::redis::RedisServer::start);
+    let redis = redis.await.unwrap().unwrap();
+    let broker = pushpull_redis::RedisBroker::new(pushpull_redis::RedisConfig::new(redis.url()));
+    let setup = start_with(broker.unwrap(), ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "news").await;
+        sockets.push(socket);
+    }
+    let seated = seat_all(&setup, "news", sockets.iter_mut().collect()).await;
+    let publisher = publishing(setup.broker.clone(), "news", 200, 100, Duration::ZERO);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move { read_through(&mut socket, seated + 1, seated + 200).await })
+        })
+        .collect();
+    publisher.await.unwrap();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let fanout = setup.server.fanout().expect("on by default");
+    assert!(fanout.written() > 0, "the fan-out wrote none of the 800 deliveries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
