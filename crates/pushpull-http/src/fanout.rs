@@ -628,8 +628,8 @@ impl FanOut {
         gate: &Arc<Gate>,
     ) -> Option<Seat> {
         let Cursor::After(epoch, Offset(offset)) = cursor else { return None };
-        // A broker whose readers may hold a lock over a read in flight (Redis's holds its
-        // topic's window) cannot have one left unpolled: its connections read their own.
+        // A broker whose readers may hold something another reader needs while they wait
+        // cannot have one left unpolled: its connections read their own.
         if !self.broker.parks() || gate.resting() {
             return None;
         }
@@ -834,7 +834,7 @@ impl Hub {
 /// its last member leaves or the topic's stream does something but deliver messages.
 async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription) {
     let mut batch: Vec<(u64, Delivery, Bytes)> = Vec::with_capacity(BATCH);
-    // How long it spent writing since `since`.
+    // How long it spent writing since `since`, on a CPU.
     let (mut since, mut busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
     loop {
         let first = tokio::select! {
@@ -869,9 +869,9 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
             }
         }
         let Some(fanout) = fanout.upgrade() else { return };
-        let started = std::time::Instant::now();
+        let started = thread_time();
         let (written, bytes, let_go) = hub.write(&batch);
-        busy += started.elapsed();
+        busy += thread_time().saturating_sub(started);
         fanout.let_go.fetch_add(let_go, Ordering::Relaxed);
         if written > 0 {
             fanout.written.fetch_add(written, Ordering::Relaxed);
@@ -895,6 +895,24 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
             }
             (since, busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
         }
+    }
+}
+
+/// The time the calling thread has spent running (where the system says; else the time
+/// since a fixed moment). A fan-out writes a batch in one synchronous loop on one thread, so
+/// this measures what its writes cost, not how long other processes sharing the core kept it
+/// waiting: server processes sharing a core, each writing one message to thousands of
+/// sockets, are not busy though each loop takes long.
+fn thread_time() -> std::time::Duration {
+    #[cfg(unix)]
+    {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        std::time::Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
+    }
+    #[cfg(not(unix))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed()
     }
 }
 
