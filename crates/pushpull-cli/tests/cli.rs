@@ -507,6 +507,36 @@ fn bench_peers_spreads_connections_over_server_and_generator_processes() {
     assert!(kb(&p99[4]) > 0.0 && kb(&p99[5]) > 0.0, "latencies came back: {table}");
 }
 
+/// Connections on one process each: the table says how busy the load generator was, and gives
+/// no latency ratio for a run whose generator was saturated (its latencies measure it).
+#[test]
+fn bench_peers_scale_reports_the_load_generators_share_and_flags_it_saturated() {
+    let run = Command::new(BIN)
+        .args(["bench", "peers", "--connections", "100", "--rounds", "1", "--messages", "2"])
+        .args(["--core", "0", "--only", "SSE"])
+        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    let row = |measure: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|line| line.starts_with("| SSE | 100 |") && line.contains(measure))
+            .unwrap_or_else(|| panic!("no {measure} row: {table}"));
+        line.split('|').map(|cell| cell.trim().to_owned()).collect()
+    };
+    let share = |cell: &str| cell.split(' ').next().unwrap().parse::<f64>().unwrap();
+    let generator = row("load generator CPU");
+    let (ours, theirs) = (share(&generator[4]), share(&generator[5]));
+    assert!((0.0..=100.0).contains(&ours) && (0.0..=100.0).contains(&theirs), "{table}");
+    // One round each: the medians are the runs.
+    let saturated = ours >= 90.0 || theirs >= 90.0;
+    let p99 = row("fan-out latency p99");
+    assert_eq!(p99[6].contains("load generator saturated"), saturated, "{table}");
+    assert!(row("server CPU per delivery")[6].ends_with('×'), "{table}");
+}
+
 #[test]
 fn bench_peers_grows_topics_with_one_subscriber_each() {
     let run = Command::new(BIN)
