@@ -386,13 +386,20 @@ pub(crate) fn rss_of(pid: u32) -> Result<u64, Error> {
     kib_field(&status, "VmRSS:").ok_or_else(|| error("no VmRSS line"))
 }
 
-/// Proportional set size of process `pid`, in bytes, from /proc: its resident memory with
-/// each page shared among processes counted in shares, so that a sum over processes that share
-/// memory (nginx's workers) counts each page once.
+/// Proportional set size of process `pid`'s anonymous and shared memory, in bytes, from /proc:
+/// its resident heap, stacks and shared memory with each page shared among processes counted in
+/// shares, so that a sum over processes that share memory (nginx's workers, its shared zone)
+/// counts each page once. Pages of files (the binary, its libraries) are left out: they are not
+/// what connections cost, and their shares change whenever another process maps the same file
+/// (a server of the same binary starting elsewhere on the machine made a run's growth
+/// negative). Where the kernel does not split it so, the whole proportional set size.
 pub(crate) fn pss_of(pid: u32) -> Result<u64, Error> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .map_err(|e| error(format!("reading /proc/{pid}/smaps_rollup: {e} (Linux only)")))?;
-    kib_field(&rollup, "Pss:").ok_or_else(|| error("no Pss line"))
+    match (kib_field(&rollup, "Pss_Anon:"), kib_field(&rollup, "Pss_Shmem:")) {
+        (Some(anon), Some(shmem)) => Ok(anon + shmem),
+        _ => kib_field(&rollup, "Pss:").ok_or_else(|| error("no Pss line")),
+    }
 }
 
 /// The processes whose parent is `pid`, from /proc.
