@@ -476,26 +476,38 @@ fn the_clients_variables_do_not_stop_the_server() {
     assert!(published.status.success(), "{}", text(&published.stderr));
 }
 
+/// Runs `pushpull bench peers` with `args` (split at spaces; Nchan's nginx on the path), which
+/// must succeed; its table.
+fn bench_peers(args: &str) -> String {
+    let run = Command::new(BIN)
+        .args(["bench", "peers"])
+        .args(args.split_whitespace())
+        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run pushpull bench");
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    text(&run.stdout)
+}
+
+/// The cells of the row of `table` that starts with `start` and names `measure`.
+fn table_row(table: &str, start: &str, measure: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|line| line.starts_with(start) && line.contains(measure))
+        .unwrap_or_else(|| panic!("no {measure} row starting {start}: {table}"));
+    line.split('|').map(|cell| cell.trim().to_owned()).collect()
+}
+
 /// More connections than one process may hold: several server processes of each kind on one
 /// port (pushpull on a Redis of the bench's own, Nchan as workers of one master), the
 /// subscribers opened by several load generator processes.
 #[test]
 fn bench_peers_spreads_connections_over_server_and_generator_processes() {
-    let run = Command::new(BIN)
-        .args(["bench", "peers", "--connections", "300", "--processes", "2", "--rounds", "1"])
-        .args(["--messages", "2", "--core", "0", "--only", "SSE", "--per-generator", "120"])
-        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
-        .output()
-        .expect("run pushpull bench");
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let table = text(&run.stdout);
-    let row = |measure: &str| -> Vec<String> {
-        let line = table
-            .lines()
-            .find(|line| line.starts_with("| SSE | 300 |") && line.contains(measure))
-            .unwrap_or_else(|| panic!("no {measure} row: {table}"));
-        line.split('|').map(|cell| cell.trim().to_owned()).collect()
-    };
+    let table = bench_peers(
+        "--connections 300 --processes 2 --rounds 1 --messages 2 --core 0 --only SSE \
+         --per-generator 120",
+    );
+    let row = |measure: &str| table_row(&table, "| SSE | 300 |", measure);
     // Both servers: every message to every subscriber of the three generators.
     let delivered = row("delivered / expected");
     assert!(delivered[4].starts_with("100.00 %"), "pushpull: {table}");
@@ -511,21 +523,8 @@ fn bench_peers_spreads_connections_over_server_and_generator_processes() {
 /// no latency ratio for a run whose generator was saturated (its latencies measure it).
 #[test]
 fn bench_peers_scale_reports_the_load_generators_share_and_flags_it_saturated() {
-    let run = Command::new(BIN)
-        .args(["bench", "peers", "--connections", "100", "--rounds", "1", "--messages", "2"])
-        .args(["--core", "0", "--only", "SSE"])
-        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
-        .output()
-        .expect("run pushpull bench");
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let table = text(&run.stdout);
-    let row = |measure: &str| -> Vec<String> {
-        let line = table
-            .lines()
-            .find(|line| line.starts_with("| SSE | 100 |") && line.contains(measure))
-            .unwrap_or_else(|| panic!("no {measure} row: {table}"));
-        line.split('|').map(|cell| cell.trim().to_owned()).collect()
-    };
+    let table = bench_peers("--connections 100 --rounds 1 --messages 2 --core 0 --only SSE");
+    let row = |measure: &str| table_row(&table, "| SSE | 100 |", measure);
     let share = |cell: &str| cell.split(' ').next().unwrap().parse::<f64>().unwrap();
     let generator = row("load generator CPU");
     let (ours, theirs) = (share(&generator[4]), share(&generator[5]));
@@ -539,25 +538,13 @@ fn bench_peers_scale_reports_the_load_generators_share_and_flags_it_saturated() 
 
 #[test]
 fn bench_peers_grows_topics_with_one_subscriber_each() {
-    let run = Command::new(BIN)
-        .args(["bench", "peers", "--topics", "1,40", "--processes", "2", "--rounds", "1"])
-        .args(["--rate", "200", "--seconds", "1", "--core", "0", "--only", "WebSocket"])
-        .args(["--per-generator", "15"])
-        .env("PATH", format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()))
-        .output()
-        .expect("run pushpull bench");
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let table = text(&run.stdout);
+    let table = bench_peers(
+        "--topics 1,40 --processes 2 --rounds 1 --rate 200 --seconds 1 --core 0 \
+         --only WebSocket --per-generator 15",
+    );
     for topics in ["1", "40"] {
-        let row = |measure: &str| -> Vec<String> {
-            let line = table
-                .lines()
-                .find(|line| {
-                    line.starts_with(&format!("| WebSocket | {topics} |")) && line.contains(measure)
-                })
-                .unwrap_or_else(|| panic!("no {measure} row for {topics} topics: {table}"));
-            line.split('|').map(|cell| cell.trim().to_owned()).collect()
-        };
+        let start = format!("| WebSocket | {topics} |");
+        let row = |measure: &str| table_row(&table, &start, measure);
         // Each message reached its topic's one subscriber, no other: a subscriber of the
         // wrong topic would make it more than 100 %, a lost one less.
         let delivered = row("delivered / expected");
@@ -593,11 +580,7 @@ fn bench_peers_counts_every_publish_past_a_keep_alive_connections_request_limit(
         .expect("run pushpull bench");
     assert!(run.status.success(), "{}", text(&run.stderr));
     let table = text(&run.stdout);
-    let line = table
-        .lines()
-        .find(|line| line.starts_with("| SSE | 1 |") && line.contains("delivered / expected"))
-        .unwrap_or_else(|| panic!("no delivered row: {table}"));
-    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    let cells = table_row(&table, "| SSE | 1 |", "delivered / expected");
     assert!(cells[4].starts_with("100.00 %"), "pushpull: {table}");
     assert!(cells[5].starts_with("100.00 %"), "Nchan: {table}");
     assert!(!text(&run.stderr).contains("publishes failed"), "{}", text(&run.stderr));

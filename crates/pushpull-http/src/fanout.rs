@@ -613,6 +613,14 @@ impl FanOut {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The gate of the connection `request` came on ([`Gate::of`]), when this server's
+    /// fan-outs may seat it: none on a broker whose subscriptions cannot be left unpolled
+    /// ([`Subscribe::parks`](pushpull_core::Subscribe::parks)), whose connections read their
+    /// own.
+    pub fn gate_of<B>(&self, request: &http::Request<B>) -> Option<Arc<Gate>> {
+        self.broker.parks().then(|| Gate::of(request)).flatten()
+    }
+
     /// Seats the connection of `gate`, whose subscription to `topic` has delivered up to
     /// `cursor` and has nothing more ready, in the topic's fan-out of encoding `style` (made by
     /// `encode`): from the message after `cursor`, the fan-out writes to it. `None` when it

@@ -554,9 +554,7 @@ impl<P: PushTransport> Streams<P> {
         let member = self.presences.join_held(&topic, grant, info).await?;
         let format = P::format(&self.config, &req, Start::One(subscription.cursor()));
         // On a connection the serve loop writes, the topic's fan-out may write for it.
-        // (On a broker whose subscriptions may be left unpolled meanwhile.)
-        let gate = self.broker.parks().then(|| Gate::of(&req)).flatten();
-        let seating = match (format.fanout, gate) {
+        let seating = match (format.fanout, self.fanout.gate_of(&req)) {
             (Some(Fanned { style, encode }), Some(gate)) => Some(Box::new(Seating {
                 fanout: self.fanout.clone(),
                 gate,

@@ -188,10 +188,8 @@ impl Sockets {
         let deflate = self.config.permessage_deflate && deflate::offered(req.headers());
         // The session is the task: one future, holding the session once (a block around it
         // would keep a second copy of what it captured for the socket's whole life).
-        // A plain connection's socket, for the fan-outs of its topics to write to (on a broker
-        // whose subscriptions may be left unpolled while a fan-out reads for them).
-        let gate =
-            self.fanout.as_ref().filter(|_| self.broker.parks()).and_then(|_| Gate::of(&req));
+        // A plain connection's socket, for the fan-outs of its topics to write to.
+        let gate = self.fanout.as_ref().and_then(|fanout| fanout.gate_of(&req));
         let session = Session::new(self.clone(), shutdown, grant, deflate, gate);
         // The session logs within the upgrade request's span (transport, peer).
         tokio::spawn(session.serve(on_upgrade, hold).in_current_span());
