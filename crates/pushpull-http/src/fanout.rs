@@ -68,7 +68,7 @@ impl AsyncRead for SharedTcp {
     ) -> Poll<io::Result<()>> {
         loop {
             std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
+            match try_read_drained(&self.0, buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -108,6 +108,29 @@ impl AsyncWrite for SharedTcp {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(shut_write(&self.0))
+    }
+}
+
+/// Reads what `tcp` has into `buf`, as `TcpStream::try_read` does, and when the read came
+/// short of filling `buf` (the socket's receive queue is drained) clears the socket's read
+/// readiness, as tokio's own `AsyncRead` does: otherwise the next wait for readability would
+/// return at once and the read after it would find nothing, one `recvfrom` of `EAGAIN` per
+/// request. Readiness that arrives meanwhile is not lost (tokio clears only the readiness it
+/// saw, never a close).
+pub(crate) fn try_read_drained(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let room = buf.len();
+    let mut short = None;
+    let read = tcp.try_io(tokio::io::Interest::READABLE, || match tcp.try_read(buf)? {
+        n if n > 0 && n < room => {
+            short = Some(n);
+            // Reported as would-block only to have the readiness cleared.
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        n => Ok(n),
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => read,
     }
 }
 
@@ -192,7 +215,11 @@ impl Gate {
         if request.version() != http::Version::HTTP_11 {
             return None;
         }
-        match request.extensions().get::<SocketOf>()? {
+        let extensions = request.extensions();
+        let socket = extensions
+            .get::<SocketOf>()
+            .or_else(|| extensions.get::<Arc<crate::serve::Served>>()?.socket.as_ref())?;
+        match socket {
             SocketOf::Gate(gate) => Some(gate.clone()),
             SocketOf::Tcp(tcp) => Some(Self::new(tcp.clone())),
         }
@@ -926,4 +953,58 @@ fn thread_time() -> std::time::Duration {
 
 fn offset_of(message: &Message) -> u64 {
     message.offset.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A socket whose peer sent `sent` bytes, once they can be read.
+    async fn socket_with(sent: &[u8]) -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(sent).await.unwrap();
+        server.readable().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_read_that_drains_the_socket_leaves_it_waiting_for_more() {
+        let (server, mut client) = socket_with(b"GET / HTTP/1.1\r\n\r\n").await;
+        let mut buf = [0u8; 1024];
+        assert_eq!(try_read_drained(&server, &mut buf).unwrap(), 18);
+        // Drained: the next wait for readability waits, instead of returning at once for a
+        // read that would find nothing.
+        assert!(server.readable().now_or_never().is_none(), "readiness left set");
+        // And what comes next wakes it.
+        client.write_all(b"more").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), server.readable())
+            .await
+            .expect("woken by the next bytes")
+            .unwrap();
+        assert_eq!(try_read_drained(&server, &mut buf).unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fills_the_buffer_leaves_the_rest_readable_and_a_close_stays_seen() {
+        let (server, client) = socket_with(b"0123456789").await;
+        let mut buf = [0u8; 4];
+        assert_eq!(try_read_drained(&server, &mut buf).unwrap(), 4);
+        // Not drained: ready at once for the rest.
+        assert!(server.readable().now_or_never().is_some());
+        let mut rest = [0u8; 64];
+        assert_eq!(try_read_drained(&server, &mut rest).unwrap(), 6);
+        drop(client);
+        tokio::time::timeout(std::time::Duration::from_secs(10), server.readable())
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        // The end of the stream is read as often as it is asked for.
+        assert_eq!(try_read_drained(&server, &mut rest).unwrap(), 0);
+        assert!(server.readable().now_or_never().is_some());
+        assert_eq!(try_read_drained(&server, &mut rest).unwrap(), 0);
+    }
 }

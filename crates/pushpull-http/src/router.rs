@@ -414,7 +414,7 @@ impl Router {
     {
         let mut request = request.map(|body| body.map_err(Into::into).boxed_unsync());
         if let Some(shutdown) = &self.shutdown
-            && request.extensions().get::<Shutdown>().is_none()
+            && Shutdown::in_request(&request).is_none()
         {
             request.extensions_mut().insert(shutdown.clone());
         }

@@ -114,7 +114,13 @@ impl Shutdown {
 
     /// The signal of the server that received `request`, or one that never fires.
     pub fn of<B>(request: &Request<B>) -> Shutdown {
-        request.extensions().get::<Shutdown>().cloned().unwrap_or_else(Shutdown::never)
+        Self::in_request(request).cloned().unwrap_or_else(Shutdown::never)
+    }
+
+    /// The signal in `request`'s extensions: its own, or the serving connection's.
+    pub(crate) fn in_request<B>(request: &Request<B>) -> Option<&Shutdown> {
+        let extensions = request.extensions();
+        extensions.get::<Shutdown>().or_else(|| Some(&extensions.get::<Arc<Served>>()?.signal))
     }
 
     /// A signal that never fires.
@@ -152,7 +158,11 @@ struct Held {
 impl ConnectionHold {
     /// The hold of the connection that carried `request`, if a pushpull server served it.
     pub fn of<B>(request: &Request<B>) -> Option<ConnectionHold> {
-        request.extensions().get::<ConnectionHold>().cloned()
+        let extensions = request.extensions();
+        extensions
+            .get::<ConnectionHold>()
+            .or_else(|| extensions.get::<Arc<Served>>()?.hold.as_ref())
+            .cloned()
     }
 }
 
@@ -161,14 +171,29 @@ impl ConnectionHold {
 #[derive(Clone)]
 struct WithShutdown<S> {
     inner: S,
-    signal: Shutdown,
     stats: Arc<ServerStats>,
+    streams: Option<StreamLimits>,
+    served: Arc<Served>,
+}
+
+/// What each request of a connection carries in its extensions, as one extension shared by
+/// all its requests (one allocation a request, not one per item): read by [`Shutdown::of`],
+/// [`ConnectionHold::of`], [`PeerAddr::of`] and [`Gate::of`](crate::fanout::Gate::of).
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) signal: Shutdown,
     hold: Option<ConnectionHold>,
     peer: Option<PeerAddr>,
-    streams: Option<StreamLimits>,
     /// A plain connection's socket, for a transport that writes to it beside hyper (see
     /// [`fanout`](crate::fanout)).
-    socket: Option<crate::fanout::SocketOf>,
+    pub(crate) socket: Option<crate::fanout::SocketOf>,
+}
+
+impl<S> WithShutdown<S> {
+    /// What the connection's requests carry, to change before its first request.
+    fn served(&mut self) -> &mut Served {
+        Arc::make_mut(&mut self.served)
+    }
 }
 
 /// What an HTTP/2 stream is counted against: its address's count and the server's total.
@@ -188,7 +213,11 @@ pub struct PeerAddr(pub SocketAddr);
 impl PeerAddr {
     /// The peer of `request`, if a pushpull server served it.
     pub fn of<B>(request: &Request<B>) -> Option<SocketAddr> {
-        request.extensions().get::<PeerAddr>().map(|peer| peer.0)
+        let extensions = request.extensions();
+        extensions
+            .get::<PeerAddr>()
+            .or_else(|| extensions.get::<Arc<Served>>()?.peer.as_ref())
+            .map(|peer| peer.0)
     }
 }
 
@@ -214,16 +243,7 @@ where
             },
             _ => None,
         };
-        request.extensions_mut().insert(self.signal.clone());
-        if let Some(hold) = &self.hold {
-            request.extensions_mut().insert(hold.clone());
-        }
-        if let Some(peer) = self.peer {
-            request.extensions_mut().insert(peer);
-        }
-        if let Some(socket) = &self.socket {
-            request.extensions_mut().insert(socket.clone());
-        }
+        request.extensions_mut().insert(self.served.clone());
         Counted::Served { future: self.inner.call(request), stream }
     }
 }
@@ -565,12 +585,9 @@ pub async fn serve_until<S, B>(
     let (shutting_down, signal) = watch::channel(false);
     let service = WithShutdown {
         inner: service,
-        signal: Shutdown(signal),
         stats: stats.clone(),
-        hold: None,
-        peer: None,
         streams: None,
-        socket: None,
+        served: Arc::new(Served { signal: Shutdown(signal), hold: None, peer: None, socket: None }),
     };
     // A Router served as it is answers the requests of a plain HTTP/1.1 connection for its
     // long-lived routes itself (see `takeover`); any other service is served by hyper alone.
@@ -646,8 +663,8 @@ pub async fn serve_until<S, B>(
             StreamLimits { addresses: addresses.clone(), key, per_address, total: max_connections };
         connections.spawn(tracing::Instrument::instrument(
             async move {
-                service.hold = Some(hold.clone());
-                service.peer = Some(PeerAddr(peer));
+                service.served().hold = Some(hold.clone());
+                service.served().peer = Some(PeerAddr(peer));
                 service.streams = Some(streams);
                 let _open = hold;
                 let timeout = config.header_read_timeout;
@@ -664,17 +681,17 @@ pub async fn serve_until<S, B>(
                         if let Some(router) = takeover {
                             let gate = Gate::new(tcp.clone());
                             let max_head = config.max_header_bytes.max(MIN_HEADER_BYTES);
-                            let mut shutdown = service.signal.clone();
+                            let mut shutdown = service.served.signal.clone();
                             // What hyper's service adds to a request (signal, hold, peer), for
                             // the requests answered here.
                             let answering = WithShutdown {
                                 inner: router.clone(),
-                                signal: service.signal.clone(),
                                 stats: service.stats.clone(),
-                                hold: service.hold.clone(),
-                                peer: service.peer,
                                 streams: None,
-                                socket: Some(SocketOf::Gate(gate.clone())),
+                                served: Arc::new(Served {
+                                    socket: Some(SocketOf::Gate(gate.clone())),
+                                    ..Served::clone(&service.served)
+                                }),
                             };
                             loop {
                                 // Each future awaited where it is made: kept in a local first,
@@ -720,7 +737,7 @@ pub async fn serve_until<S, B>(
                                 }
                             }
                         }
-                        service.socket = Some(SocketOf::Tcp(tcp.clone()));
+                        service.served().socket = Some(SocketOf::Tcp(tcp.clone()));
                         let shared = SharedTcp(tcp);
                         match read.is_empty() {
                             true => Box::new(shared),

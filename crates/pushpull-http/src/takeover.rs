@@ -103,7 +103,12 @@ pub(crate) async fn next_request(
 async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
         stream.readable().await?;
-        match stream.try_read_buf(buf) {
+        let start = buf.len();
+        let room = buf.capacity() - start;
+        buf.resize(start + room, 0);
+        let read = crate::fanout::try_read_drained(stream, &mut buf[start..]);
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        match read {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             done => return done,
         }
@@ -210,8 +215,7 @@ where
         field(&mut out, name.as_str(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        field(&mut out, "date", now.as_bytes());
+        date(|now| field(&mut out, "date", now));
     }
     match framing {
         Framing::Length if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
@@ -297,7 +301,7 @@ async fn client_sends(stream: &TcpStream, pipelined: &mut Vec<u8>) -> bool {
         return true;
     }
     let mut bytes = [0u8; 1024];
-    match stream.try_read(&mut bytes) {
+    match crate::fanout::try_read_drained(stream, &mut bytes) {
         Ok(0) => true,
         Ok(read) if pipelined.len() + read <= MAX_PIPELINED => {
             pipelined.extend_from_slice(&bytes[..read]);
@@ -352,6 +356,25 @@ pub(crate) fn chunk(data: &[u8]) -> Bytes {
     out.put_slice(data);
     out.put_slice(b"\r\n");
     out.freeze()
+}
+
+/// Calls `with` with the `Date` of a response written now (IMF-fixdate), made once a second
+/// per thread, as hyper does: a held poll's answer is one of thousands a second.
+fn date(with: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(made, text)| {
+        if *made != second {
+            *text = httpdate::fmt_http_date(now);
+            *made = second;
+        }
+        with(text.as_bytes());
+    });
 }
 
 fn field(out: &mut BytesMut, name: &str, value: &[u8]) {
