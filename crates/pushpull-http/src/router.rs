@@ -112,12 +112,19 @@ impl Route {
         if path.len() != self.segments.len() {
             return None;
         }
+        // Every literal first: the routes that share a shape (a topic's messages, events,
+        // stream …) are told apart without decoding (and allocating) a capture for each.
+        let literals = self.segments.iter().zip(path).all(|(segment, part)| match segment {
+            Segment::Literal(literal) => literal == part,
+            Segment::Capture(_) => true,
+        });
+        if !literals {
+            return None;
+        }
         let mut params = Vec::new();
         for (segment, part) in self.segments.iter().zip(path) {
-            match segment {
-                Segment::Literal(literal) if literal == part => {}
-                Segment::Literal(_) => return None,
-                Segment::Capture(name) => params.push((*name, percent_decode(part)?)),
+            if let Segment::Capture(name) = segment {
+                params.push((*name, percent_decode(part)?));
             }
         }
         Some(Params(params))
