@@ -88,6 +88,8 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<Bod
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
+    // Room for what a page adds (validators, caching, hints, CORS): made once, not grown.
+    *response.headers_mut() = http::HeaderMap::with_capacity(12);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

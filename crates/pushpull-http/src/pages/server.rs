@@ -6,11 +6,16 @@ use std::time::Duration;
 
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use pushpull_core::{Broker, Cursor, Delivery, Error, FollowRequest, Message, Page, Topic};
 
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
+
+/// The page headers of pushpull's own, named once (a name given as a `&str` is copied into a
+/// new `HeaderName` on every insert).
+const POLL_INTERVAL: HeaderName = HeaderName::from_static(POLL_INTERVAL_HEADER);
+const WAIT: HeaderName = HeaderName::from_static(WAIT_HEADER);
 use crate::gauge::Gauge;
 use crate::metrics::{self, DeliveryMeter};
 use crate::presence::Presences;
@@ -246,7 +251,7 @@ impl Asked {
         let mut response = answer_page(page, request, config, Some(pages));
         meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
         if let Some(wait) = self.wait {
-            response.headers_mut().insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+            response.headers_mut().insert(WAIT, HeaderValue::from(wait.as_millis() as u64));
         }
         Ok(response)
     }
@@ -465,8 +470,7 @@ fn answer_page(
     let tag = if config.gzip && request.accepts_gzip { format!("W/{tag}") } else { tag };
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("cursors are header-safe"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers
-        .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
+    headers.insert(POLL_INTERVAL, HeaderValue::from(config.poll_interval.as_millis() as u64));
     response
 }
 
@@ -630,10 +634,9 @@ async fn answer_many(
     meter.bytes(http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize);
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers
-        .insert(POLL_INTERVAL_HEADER, HeaderValue::from(config.poll_interval.as_millis() as u64));
+    headers.insert(POLL_INTERVAL, HeaderValue::from(config.poll_interval.as_millis() as u64));
     if let Some(wait) = wait {
-        headers.insert(WAIT_HEADER, HeaderValue::from(wait.as_millis() as u64));
+        headers.insert(WAIT, HeaderValue::from(wait.as_millis() as u64));
     }
     Ok(response)
 }
