@@ -11,11 +11,6 @@ use pushpull_core::{Broker, Cursor, Delivery, Error, FollowRequest, Message, Pag
 
 use super::config::PageConfig;
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
-
-/// The page headers of pushpull's own, named once (a name given as a `&str` is copied into a
-/// new `HeaderName` on every insert).
-const POLL_INTERVAL: HeaderName = HeaderName::from_static(POLL_INTERVAL_HEADER);
-const WAIT: HeaderName = HeaderName::from_static(WAIT_HEADER);
 use crate::gauge::Gauge;
 use crate::metrics::{self, DeliveryMeter};
 use crate::presence::Presences;
@@ -24,6 +19,11 @@ use crate::response::{Body, json};
 use crate::router::{HandlerResult, HttpRequest, Params, Route, query_params};
 use crate::serve::Shutdown;
 use crate::transport::Context;
+
+/// The page headers of pushpull's own, named once (a name given as a `&str` is copied into a
+/// new `HeaderName` on every insert).
+const POLL_INTERVAL: HeaderName = HeaderName::from_static(POLL_INTERVAL_HEADER);
+const WAIT: HeaderName = HeaderName::from_static(WAIT_HEADER);
 
 /// The route of a topic's messages.
 pub const MESSAGES_PATH: &str = "/v1/topics/{topic}/messages";
