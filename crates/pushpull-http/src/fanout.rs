@@ -536,6 +536,19 @@ struct Hub {
     state: Mutex<HubState>,
     /// Wakes its task to forget members that left (and end, if none is left).
     look: tokio::sync::Notify,
+    /// Joins that came while its state was locked (mostly: while it wrote a batch), taken in
+    /// as soon as it can: a connection is seated whenever it joins, not only when the hub is
+    /// idle (refused, it would serve itself for at least one more message).
+    queued: Mutex<Queued>,
+}
+
+/// A hub's [queued](Hub::queued) joins.
+#[derive(Default)]
+struct Queued {
+    /// Each, with the epoch and the offset it had delivered when it joined.
+    members: Vec<(Arc<Member>, Epoch, u64)>,
+    /// The hub has ended: no more joins are queued.
+    closed: bool,
 }
 
 struct HubState {
@@ -557,6 +570,9 @@ struct Member {
     /// every write holds), and its hub forgets it.
     left: AtomicBool,
 }
+
+/// A message of a fan-out's batch: its offset, its delivery and its frame.
+type Batched = (u64, Delivery, Bytes);
 
 /// A connection's place in a topic's fan-out; dropping it leaves. See the [module](self).
 pub struct Seat {
@@ -614,7 +630,7 @@ impl FanOut {
         self.let_go.load(Ordering::Relaxed)
     }
 
-    /// Connections seated in a fan-out right now, over all topics.
+    /// Connections seated in a fan-out right now (queued joins included), over all topics.
     pub fn seated(&self) -> usize {
         let hubs: Vec<Arc<Hub>> = self
             .slots()
@@ -624,9 +640,11 @@ impl FanOut {
                 Slot::Wanted(_) => None,
             })
             .collect();
+        let here = |member: &Arc<Member>| !member.left.load(Ordering::Acquire);
         let seated = |hub: &Arc<Hub>| {
             let state = hub.lock();
-            state.members.iter().filter(|(member, _)| !member.left.load(Ordering::Acquire)).count()
+            let queued = hub.queue_lock().members.iter().filter(|(m, _, _)| here(m)).count();
+            state.members.iter().filter(|(member, _)| here(member)).count() + queued
         };
         hubs.iter().map(seated).sum()
     }
@@ -653,7 +671,9 @@ impl FanOut {
     /// `encode`): from the message after `cursor`, the fan-out writes to it. `None` when it
     /// cannot be seated now (the connection keeps reading its subscription): the fan-out is
     /// already past `cursor`, the topic has no fan-out and this is the first connection to
-    /// want one, or the cursor names no offset.
+    /// want one, or the cursor names no offset. A join while the fan-out writes is queued and
+    /// seated; should the fan-out be past `cursor` when it takes its queue in, the seat is let
+    /// go from `cursor`.
     pub async fn join(
         &self,
         topic: &Topic,
@@ -709,12 +729,13 @@ impl FanOut {
         offset: u64,
         gate: &Arc<Gate>,
     ) -> Option<Option<Seat>> {
-        // Not while it writes a batch (it holds the lock for all its members' writes): the
-        // connection tries again after its next delivery.
+        // Never waiting while it writes a batch (it holds the lock for all its members'
+        // writes): then the join is queued.
         let mut state = match hub.state.try_lock() {
             Ok(state) => state,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Some(None),
+            // Taken in after the batch, or let go from its offset if the hub is past it.
+            Err(std::sync::TryLockError::WouldBlock) => return hub.queue(epoch, offset, gate),
         };
         if state.ended {
             return None;
@@ -722,11 +743,7 @@ impl FanOut {
         if state.epoch != epoch || offset < state.offset {
             return Some(None);
         }
-        let member = Arc::new(Member {
-            gate: gate.clone(),
-            resume: OnceLock::new(),
-            left: AtomicBool::new(false),
-        });
+        let member = Member::new(gate);
         state.members.push((member.clone(), offset));
         Some(Some(Seat { hub: hub.clone(), member }))
     }
@@ -760,6 +777,7 @@ impl FanOut {
             encode: encode.clone(),
             state: Mutex::new(HubState { epoch, offset, members: Vec::new(), ended: false }),
             look: tokio::sync::Notify::new(),
+            queued: Mutex::default(),
         });
         let seat = self.seat(&hub, epoch, offset, gate).flatten();
         slots.insert(key, Slot::Running(hub.clone()));
@@ -776,9 +794,18 @@ impl FanOut {
             if state.ended {
                 return true;
             }
+            let let_go = hub.admit(&mut state, None).2;
+            self.let_go.fetch_add(let_go, Ordering::Relaxed);
             if !state.members.is_empty() {
                 return false;
             }
+            let mut queued = hub.queue_lock();
+            if !queued.members.is_empty() {
+                // Joined since it was taken in: kept for the next look.
+                hub.look.notify_one();
+                return false;
+            }
+            queued.closed = true;
             state.ended = true;
         }
         if let Some(Slot::Running(running)) = slots.get(&hub.key)
@@ -797,13 +824,20 @@ impl FanOut {
             let mut state = hub.lock();
             state.ended = true;
             let epoch = state.epoch;
-            self.let_go.fetch_add(state.members.len() as u64, Ordering::Relaxed);
-            for (member, offset) in state.members.drain(..) {
+            let queued = {
+                let mut queued = hub.queue_lock();
+                queued.closed = true;
+                std::mem::take(&mut queued.members)
+            };
+            let members = state.members.drain(..).map(|(member, offset)| (member, epoch, offset));
+            let all: Vec<_> = members.chain(queued).collect();
+            self.let_go.fetch_add(all.len() as u64, Ordering::Relaxed);
+            // Each carries on from where it is (a queued one: where it joined).
+            for (member, epoch, offset) in all {
                 if let Some(rest) = rest {
                     member.gate.lock().rest_until = Some(std::time::Instant::now() + rest);
                 }
-                let _ = member.resume.set(Cursor::After(epoch, Offset(offset)));
-                member.gate.call();
+                member.let_go(Cursor::After(epoch, Offset(offset)));
             }
         }
         if let Some(Slot::Running(running)) = slots.get(&hub.key)
@@ -814,61 +848,158 @@ impl FanOut {
     }
 }
 
+impl Member {
+    fn new(gate: &Arc<Gate>) -> Arc<Self> {
+        Arc::new(Self { gate: gate.clone(), resume: OnceLock::new(), left: AtomicBool::new(false) })
+    }
+
+    /// Lets the member go, to carry on from `resume`: its connection's task is told.
+    fn let_go(&self, resume: Cursor) {
+        let _ = self.resume.set(resume);
+        self.gate.call();
+    }
+}
+
 impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn queue_lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seats `gate`, whose connection has delivered up to `offset` of `epoch`, while the hub's
+    /// state is locked: queued, to be taken in by [`admit`](Self::admit). `None` when the hub
+    /// has ended.
+    fn queue(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        offset: u64,
+        gate: &Arc<Gate>,
+    ) -> Option<Option<Seat>> {
+        let mut queued = self.queue_lock();
+        if queued.closed {
+            return None;
+        }
+        let member = Member::new(gate);
+        queued.members.push((member.clone(), epoch, offset));
+        Some(Some(Seat { hub: self.clone(), member }))
+    }
+
+    /// Takes in the queued joins (until none is left: more may come while it writes). With
+    /// `batch`, the messages just written to the members, after `before` (the hub's offset
+    /// before them): a joiner that had delivered up to `before` or further is written what it
+    /// lacks of them and seated. Without, a joiner up to the hub's offset is seated. A joiner
+    /// behind that, or of another epoch, lacks what the hub has written: it is let go, to
+    /// carry on from where it joined. Returns deliveries written, their bytes, and members let
+    /// go.
+    fn admit<'a>(
+        &self,
+        state: &mut HubState,
+        batch: Option<(u64, &'a [Batched])>,
+    ) -> (u64, u64, u64) {
+        let (mut written, mut bytes, mut let_go) = (0, 0, 0);
+        let before = batch.map_or(state.offset, |(before, _)| before);
+        let mut slices: Vec<IoSlice<'a>> = Vec::new();
+        loop {
+            let queued = std::mem::take(&mut self.queue_lock().members);
+            if queued.is_empty() {
+                return (written, bytes, let_go);
+            }
+            for (member, epoch, has) in queued {
+                if member.left.load(Ordering::Acquire) {
+                    continue;
+                }
+                if epoch != state.epoch || has < before {
+                    member.let_go(Cursor::After(epoch, Offset(has)));
+                    let_go += 1;
+                    continue;
+                }
+                let Some((_, messages)) = batch else {
+                    state.members.push((member, has));
+                    continue;
+                };
+                let offered = offer(&member, has, messages, state.epoch, &mut slices);
+                let (kept, count, total, gone) = offered;
+                written += count;
+                bytes += total;
+                let_go += gone;
+                if let Some(has) = kept {
+                    state.members.push((member, has));
+                }
+            }
+        }
+    }
+
     /// Writes `messages` (in offset order, following on from the hub's offset) to each member
     /// that does not have them yet; a member whose socket does not take them all is let go.
     /// Returns how many deliveries were written, and their bytes.
-    fn write(&self, messages: &[(u64, Delivery, Bytes)]) -> (u64, u64, u64) {
+    fn write(&self, messages: &[Batched]) -> (u64, u64, u64) {
         let Some((last, _, _)) = messages.last() else { return (0, 0, 0) };
         let mut state = self.lock();
+        // Those that joined since the last batch get this one with the rest.
+        let (mut written, mut bytes, mut let_go) = self.admit(&mut state, None);
         let epoch = state.epoch;
-        let (mut written, mut bytes, mut let_go) = (0, 0, 0);
         let mut slices = Vec::with_capacity(messages.len());
         state.members.retain_mut(|(member, has)| {
-            let from = messages.partition_point(|(offset, _, _)| offset <= has);
-            let ahead = &messages[from..];
-            if ahead.is_empty() {
-                return true;
-            }
-            slices.clear();
-            slices.extend(ahead.iter().map(|(_, _, frame)| IoSlice::new(frame)));
-            let total: usize = ahead.iter().map(|(_, _, frame)| frame.len()).sum();
-            let kept = match member.gate.offer(&slices, total, &member.left) {
-                Offered::Left => return false,
-                Offered::Written => {
-                    *has = *last;
+            let (kept, count, total, gone) = offer(member, *has, messages, epoch, &mut slices);
+            written += count;
+            bytes += total;
+            let_go += gone;
+            match kept {
+                Some(now) => {
+                    *has = now;
                     true
                 }
-                Offered::Partly => {
-                    // The rest is in its gate: it has them all, and carries on after them.
-                    let _ = member.resume.set(Cursor::After(epoch, Offset(*last)));
-                    let_go += 1;
-                    false
-                }
-                Offered::Refused => {
-                    let _ = member.resume.set(Cursor::After(epoch, Offset(*has)));
-                    member.gate.call();
-                    let_go += 1;
-                    return false;
-                }
-            };
-            written += ahead.len() as u64;
-            bytes += total as u64;
-            kept
+                None => false,
+            }
         });
+        // And those that joined while it wrote, what they lack of it.
+        let before = state.offset;
+        let admitted = self.admit(&mut state, Some((before, messages)));
         state.offset = *last;
-        (written, bytes, let_go)
+        (written + admitted.0, bytes + admitted.1, let_go + admitted.2)
+    }
+}
+
+/// Offers `member`, which has up to `has`, what it lacks of `messages` (in offset order):
+/// returns the offset it has now if it stays seated (`None` when it left, or its socket did not
+/// take them all and it was let go), and the deliveries written, their bytes, and whether it was
+/// let go.
+fn offer<'a>(
+    member: &Member,
+    has: u64,
+    messages: &'a [Batched],
+    epoch: Epoch,
+    slices: &mut Vec<IoSlice<'a>>,
+) -> (Option<u64>, u64, u64, u64) {
+    let from = messages.partition_point(|(offset, _, _)| *offset <= has);
+    let ahead = &messages[from..];
+    let Some((last, _, _)) = ahead.last() else { return (Some(has), 0, 0, 0) };
+    let total: usize = ahead.iter().map(|(_, _, frame)| frame.len()).sum();
+    let count = ahead.len() as u64;
+    slices.clear();
+    slices.extend(ahead.iter().map(|(_, _, frame)| IoSlice::new(frame)));
+    match member.gate.offer(slices, total, &member.left) {
+        Offered::Left => (None, 0, 0, 0),
+        Offered::Written => (Some(*last), count, total as u64, 0),
+        Offered::Partly => {
+            // The rest is in its gate: it has them all, and carries on after them.
+            let _ = member.resume.set(Cursor::After(epoch, Offset(*last)));
+            (None, count, total as u64, 1)
+        }
+        Offered::Refused => {
+            member.let_go(Cursor::After(epoch, Offset(has)));
+            (None, 0, 0, 1)
+        }
     }
 }
 
 /// A fan-out's task: reads the topic and writes each batch of messages to its members, until
 /// its last member leaves or the topic's stream does something but deliver messages.
 async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription) {
-    let mut batch: Vec<(u64, Delivery, Bytes)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Batched> = Vec::with_capacity(BATCH);
     // How long it spent writing since `since`, on a CPU.
     let (mut since, mut busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
     loop {
@@ -969,6 +1100,148 @@ mod tests {
         client.write_all(sent).await.unwrap();
         server.readable().await.unwrap();
         (server, client)
+    }
+
+    /// A connection's gate on the server's side of a loopback socket, and the client's side.
+    async fn gated() -> (Arc<Gate>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Gate::new(Arc::new(server)), client)
+    }
+
+    /// A memory broker's topic with two messages, and a fan-out of it running from the first
+    /// (two connections joined there, the second seated): the broker, the fan-out, the topic,
+    /// the cursors after each message, the seat and the client of the seated connection.
+    struct Running {
+        broker: Arc<dyn Broker>,
+        fanout: Arc<FanOut>,
+        topic: Topic,
+        cursors: [Cursor; 2],
+        _seated: (Seat, TcpStream),
+        _wanted: (Arc<Gate>, TcpStream),
+    }
+
+    async fn running() -> Running {
+        let broker: Arc<dyn Broker> = Arc::new(pushpull_core::MemoryBroker::new());
+        let topic = Topic::new("queued").unwrap();
+        let mut cursors = Vec::new();
+        for payload in ["one", "two"] {
+            let publication = pushpull_core::Publication::new(payload);
+            let receipt = broker.publish(&topic, publication).await.unwrap();
+            cursors.push(Cursor::After(receipt.epoch, receipt.offset));
+        }
+        let fanout = FanOut::new(broker.clone(), DeliveryMeter::new("test"));
+        let (first, first_client) = gated().await;
+        let (second, second_client) = gated().await;
+        assert!(fanout.join(&topic, "test", &payloads(), cursors[1], &first).await.is_none());
+        let seat = fanout.join(&topic, "test", &payloads(), cursors[1], &second).await;
+        let seat = seat.expect("the second connection to want a fan-out starts it");
+        Running {
+            broker,
+            fanout,
+            topic,
+            cursors: [cursors[0], cursors[1]],
+            _seated: (seat, second_client),
+            _wanted: (first, first_client),
+        }
+    }
+
+    /// Writes each message's payload.
+    fn payloads() -> Encoder {
+        Arc::new(|delivery: &Delivery| match delivery {
+            Delivery::Message(message) => message.payload.clone(),
+            _ => Bytes::new(),
+        })
+    }
+
+    impl Running {
+        fn hub(&self) -> Arc<Hub> {
+            match self.fanout.slots().get(&(self.topic.clone(), "test")) {
+                Some(Slot::Running(hub)) => hub.clone(),
+                _ => panic!("the fan-out is not running"),
+            }
+        }
+
+        async fn join(&self, cursor: Cursor, gate: &Arc<Gate>) -> Option<Seat> {
+            self.fanout.join(&self.topic, "test", &payloads(), cursor, gate).await
+        }
+
+        /// A join to the running hub, which never waits.
+        fn join_now(&self, cursor: Cursor, gate: &Arc<Gate>) -> Option<Seat> {
+            self.join(cursor, gate).now_or_never().expect("a join to a running fan-out waits")
+        }
+
+        async fn publish(&self, payload: &'static str) {
+            let publication = pushpull_core::Publication::new(payload);
+            self.broker.publish(&self.topic, publication).await.unwrap();
+        }
+    }
+
+    /// Reads from `client` until `expected` has come.
+    async fn reads(client: &mut TcpStream, expected: &[u8]) {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; expected.len()];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.read_exact(&mut got));
+        read.await.expect("the fan-out wrote it in time").unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_joins_while_its_fanout_writes_is_seated_not_refused() {
+        let running = running().await;
+        let (gate, mut client) = gated().await;
+        // While the hub's state is locked (as it is for a whole batch's writes), a join is
+        // queued: seated, not refused.
+        let hub = running.hub();
+        let writing = hub.lock();
+        let seat = running.join_now(running.cursors[1], &gate).expect("seated while it writes");
+        drop(writing);
+        assert_eq!(running.fanout.seated(), 2);
+        running.publish("three").await;
+        reads(&mut client, b"three").await;
+        running.publish("four").await;
+        reads(&mut client, b"four").await;
+        assert_eq!(seat.let_go(), None);
+        assert_eq!(running.fanout.seated(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_queued_join_the_fanout_has_moved_past_is_let_go_from_where_it_joined() {
+        let running = running().await;
+        let (gate, _client) = gated().await;
+        // Queued at the first message, with the hub past it: what it lacks (the second) the
+        // hub will not write, so it is let go to read it on its own.
+        let hub = running.hub();
+        let writing = hub.lock();
+        let seat = running.join_now(running.cursors[0], &gate).expect("queued");
+        drop(writing);
+        running.publish("three").await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), gate.attention())
+            .await
+            .expect("its connection is told");
+        assert_eq!(seat.let_go(), Some(running.cursors[0]));
+        assert_eq!(running.fanout.seated(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_queued_join_of_a_fanout_that_ends_is_let_go() {
+        let running = running().await;
+        let (gate, _client) = gated().await;
+        let hub = running.hub();
+        let writing = hub.lock();
+        let seat = running.join_now(running.cursors[1], &gate).expect("queued");
+        drop(writing);
+        running.fanout.end_all(&hub, None);
+        assert_eq!(seat.let_go(), Some(running.cursors[1]));
+        tokio::time::timeout(std::time::Duration::from_secs(10), gate.attention())
+            .await
+            .expect("its connection is told");
+        // And an ended hub queues no more.
+        let (late, _late_client) = gated().await;
+        let Cursor::After(epoch, Offset(offset)) = running.cursors[1] else { unreachable!() };
+        assert!(hub.queue(epoch, offset, &late).is_none());
     }
 
     #[tokio::test]
