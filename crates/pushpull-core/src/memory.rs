@@ -150,7 +150,7 @@ struct Shared {
     /// Wake-ups of topics that have subscribers but no log yet: subscribing takes no topic
     /// slot (a flood of subscriptions to made-up names cannot lock publishers out); the first
     /// publish adopts the wake-up, so those subscribers see its message.
-    waiting: Mutex<HashMap<Topic, Weak<watch::Sender<u64>>>>,
+    waiting: Mutex<HashMap<Topic, Room>>,
     /// Each topic as it gets a log (its first publish): what prefix subscriptions listen to.
     created: broadcast::Sender<Listing>,
     /// The members of each topic that has some. Held while a join or a leave is appended to
@@ -199,8 +199,16 @@ struct TopicLog {
     state: RwLock<LogState>,
     /// Carries the last offset; subscribers wait on it.
     tail: Arc<watch::Sender<u64>>,
-    /// How many of the tail's receivers are relays (not counted as subscribers).
-    relays: AtomicUsize,
+    /// How many of the tail's receivers are relays (not counted as subscribers): shared with
+    /// the relays, and with the waiting room whose wake-up the log adopted.
+    relays: Arc<AtomicUsize>,
+}
+
+/// The waiting room of a topic without a log: the wake-up its readers wait on, and how many
+/// of them are relays. The log made by the first publish adopts both.
+struct Room {
+    tail: Weak<watch::Sender<u64>>,
+    relays: Arc<AtomicUsize>,
 }
 
 struct LogState {
@@ -283,7 +291,11 @@ impl MemoryBroker {
         let logged: usize = topics.values().map(|log| log.tail.receiver_count()).sum();
         let waiting = self.shared.waiting.lock().expect("waiting lock");
         logged
-            + waiting.values().filter_map(Weak::upgrade).map(|t| t.receiver_count()).sum::<usize>()
+            + waiting
+                .values()
+                .filter_map(|room| room.tail.upgrade())
+                .map(|t| t.receiver_count())
+                .sum::<usize>()
     }
 
     fn existing(&self, topic: &Topic) -> Option<Arc<TopicLog>> {
@@ -379,10 +391,10 @@ impl MemoryBroker {
         }
         // Subscribers that came before the first publish wait on this wake-up.
         let waited = self.shared.waiting.lock().expect("waiting lock").remove(topic);
-        let tail = waited.and_then(|tail| tail.upgrade());
+        let room = waited.and_then(|room| Some((room.tail.upgrade()?, room.relays)));
         let next = self.shared.released.lock().expect("released lock").remove(topic);
         let retention = self.retention_of(topic);
-        let log = Arc::new(TopicLog::with_tail(topic.clone(), retention, tail, next.unwrap_or(1)));
+        let log = Arc::new(TopicLog::with_tail(topic.clone(), retention, room, next.unwrap_or(1)));
         log.touched.store(self.now_millis(), Ordering::Relaxed);
         topics.insert(topic.clone(), log.clone());
         if topic.is_presence() {
@@ -415,12 +427,12 @@ impl MemoryBroker {
 }
 
 impl TopicLog {
-    /// An empty log whose first message gets offset `next`, whose wake-up is `tail` (the one
-    /// its subscribers were waiting on before it existed) or a new one.
+    /// An empty log whose first message gets offset `next`, whose wake-up and count of relays
+    /// are `room`'s (those its subscribers were waiting on before it existed) or new ones.
     fn with_tail(
         topic: Topic,
         retention: Retention,
-        tail: Option<Arc<watch::Sender<u64>>>,
+        room: Option<(Arc<watch::Sender<u64>>, Arc<AtomicUsize>)>,
         next: u64,
     ) -> Self {
         let state = LogState {
@@ -432,14 +444,16 @@ impl TopicLog {
             bytes: 0,
             dropped_at: (next > 1).then_some(SystemTime::now()),
         };
-        let tail = tail.unwrap_or_else(|| Arc::new(watch::Sender::new(next - 1)));
+        let (tail, relays) = room.unwrap_or_else(|| {
+            (Arc::new(watch::Sender::new(next - 1)), Arc::new(AtomicUsize::new(0)))
+        });
         Self {
             topic,
             retention,
             touched: AtomicU64::new(0),
             state: RwLock::new(state),
             tail,
-            relays: AtomicUsize::new(0),
+            relays,
         }
     }
 
@@ -660,18 +674,20 @@ impl Subscribe for MemoryBroker {
 }
 
 impl MemoryBroker {
-    /// A subscription to `topic` from `cursor`; a `relay` is not counted as a subscriber
-    /// (only once the topic has a log: a relay of a topic without one is counted).
+    /// A subscription to `topic` from `cursor`; a `relay` is not counted as a subscriber.
     fn reader(&self, topic: &Topic, cursor: Cursor, relay: bool) -> Result<Subscription> {
         let epoch = self.shared.epoch;
         // A topic nobody published to gets no log (and takes no slot): the subscriber waits in
         // the waiting room for the publish that creates it.
-        let (log, tail) = match self.existing(topic) {
+        let (log, tail, relays) = match self.existing(topic) {
             Some(log) => {
-                let tail = log.tail.clone();
-                (Some(log), tail)
+                let (tail, relays) = (log.tail.clone(), log.relays.clone());
+                (Some(log), tail, relays)
             }
-            None => (None, self.waiting_room(topic)),
+            None => {
+                let (tail, relays) = self.waiting_room(topic);
+                (None, tail, relays)
+            }
         };
         let retention = match &log {
             Some(log) => log.retention.clone(),
@@ -695,15 +711,14 @@ impl MemoryBroker {
             Some(Delivery::Gap(gap)) => gap.resumes_from(cursor),
             _ => position,
         };
-        let relay = match (&log, relay) {
-            (Some(log), true) => {
-                log.relays.fetch_add(1, Ordering::AcqRel);
-                true
-            }
-            _ => false,
-        };
+        // Counted where its wake-up's receivers are: the log's, or the waiting room's (which
+        // the log adopts).
+        let relays = relay.then(|| {
+            relays.fetch_add(1, Ordering::AcqRel);
+            relays
+        });
         let reader = Reader {
-            relay,
+            relays,
             broker: self.clone(),
             topic: topic.clone(),
             log,
@@ -738,18 +753,22 @@ impl Directory for MemoryBroker {
 
 impl MemoryBroker {
     /// The wake-up of a topic without a log, shared by everyone waiting for it.
-    fn waiting_room(&self, topic: &Topic) -> Arc<watch::Sender<u64>> {
+    /// And the count of relays among them.
+    fn waiting_room(&self, topic: &Topic) -> (Arc<watch::Sender<u64>>, Arc<AtomicUsize>) {
         let mut waiting = self.shared.waiting.lock().expect("waiting lock");
-        if let Some(tail) = waiting.get(topic).and_then(Weak::upgrade) {
-            return tail;
+        if let Some(room) = waiting.get(topic)
+            && let Some(tail) = room.tail.upgrade()
+        {
+            return (tail, room.relays.clone());
         }
         // Forget rooms nobody waits in any more, now and then: when the map has doubled.
         if waiting.len().is_power_of_two() {
-            waiting.retain(|_, tail| tail.strong_count() > 0);
+            waiting.retain(|_, room| room.tail.strong_count() > 0);
         }
-        let tail = Arc::new(watch::Sender::new(0));
-        waiting.insert(topic.clone(), Arc::downgrade(&tail));
-        tail
+        let (tail, relays) = (Arc::new(watch::Sender::new(0)), Arc::new(AtomicUsize::new(0)));
+        let room = Room { tail: Arc::downgrade(&tail), relays: relays.clone() };
+        waiting.insert(topic.clone(), room);
+        (tail, relays)
     }
 }
 
@@ -768,16 +787,15 @@ struct Reader {
     /// Deliveries read but not yet yielded: at most [`SUBSCRIBER_BATCH`] shared handles.
     ready: VecDeque<Delivery>,
     failed: bool,
-    /// Counted in its log's relays, not as a subscriber.
-    relay: bool,
+    /// A relay's count (its log's, or its waiting room's), in which it is counted instead of
+    /// as a subscriber.
+    relays: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        if self.relay
-            && let Some(log) = &self.log
-        {
-            log.relays.fetch_sub(1, Ordering::AcqRel);
+        if let Some(relays) = &self.relays {
+            relays.fetch_sub(1, Ordering::AcqRel);
         }
         // Its topic may be releasable now.
         self.broker.shared.departures.fetch_add(1, Ordering::Release);
@@ -806,6 +824,12 @@ impl Reader {
                             // just before the room: follow the log's own from now on.
                             if !Arc::ptr_eq(&log.tail, this.waiting.as_ref().expect("waiting")) {
                                 this.tail = log.tail.subscribe();
+                                // A relay is counted with the receivers it is one of.
+                                if let Some(relays) = &mut this.relays {
+                                    relays.fetch_sub(1, Ordering::AcqRel);
+                                    log.relays.fetch_add(1, Ordering::AcqRel);
+                                    *relays = log.relays.clone();
+                                }
                             }
                             this.log = Some(log);
                             this.waiting = None;
@@ -1101,7 +1125,7 @@ mod tests {
             position: Cursor::Beginning,
             ready: VecDeque::new(),
             failed: false,
-            relay: false,
+            relays: None,
         };
         let mut wake_up = reader.tail.clone();
         let awaited = std::mem::size_of_val(&wake_up.changed());
@@ -1130,5 +1154,27 @@ mod tests {
         drop(relay);
         let third = broker.publish(&topic, Publication::new("3")).await.unwrap();
         assert_eq!(third.subscribers, Some(1), "nor uncounted twice once it is gone");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_came_before_the_first_publish_is_not_counted_either() {
+        let broker = MemoryBroker::new();
+        let topic: Topic = "fresh".parse().expect("a topic");
+        // Both wait for the publish that makes the topic's log.
+        let subscriber = broker.subscribe(&topic, Cursor::Latest).await.unwrap();
+        let mut relay = broker.relay(&topic, Cursor::Latest).await.unwrap();
+        let first = broker.publish(&topic, Publication::new("1")).await.unwrap();
+        assert_eq!(first.subscribers, Some(1), "the relay is not counted");
+        let Some(Ok(Delivery::Message(message))) = futures::StreamExt::next(&mut relay).await
+        else {
+            panic!("the relay reads the topic")
+        };
+        assert_eq!(message.offset, first.offset);
+        drop(relay);
+        let second = broker.publish(&topic, Publication::new("2")).await.unwrap();
+        assert_eq!(second.subscribers, Some(1), "nor uncounted twice once it is gone");
+        drop(subscriber);
+        let third = broker.publish(&topic, Publication::new("3")).await.unwrap();
+        assert_eq!(third.subscribers, Some(0));
     }
 }

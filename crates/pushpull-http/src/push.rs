@@ -265,7 +265,7 @@ pub(crate) struct Seating {
     style: &'static str,
     encode: Encoder,
     seat: Option<Seat>,
-    /// Whether to try for a seat when next idle (after a delivery of its own).
+    /// Whether to try for a seat when next idle (at first, and after a delivery of its own).
     again: bool,
 }
 
@@ -565,8 +565,10 @@ impl<P: PushTransport> Streams<P> {
                     crate::takeover::chunk(&encode(delivery))
                 }),
                 seat: None,
-                // After its first delivery of its own, as a socket's subscriptions.
-                again: false,
+                // As soon as its writer is first idle (the head written) with nothing ready:
+                // streams opened before a message have it written by the fan-out, instead of
+                // each by its own task.
+                again: true,
             })),
             _ => None,
         };

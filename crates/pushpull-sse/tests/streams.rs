@@ -419,6 +419,35 @@ async fn the_streams_of_a_topic_are_written_by_its_fanout_every_event_in_order()
     assert_eq!(receipt.unwrap().subscribers, Some(5), "the fan-out's reading is not counted");
 }
 
+// Streams opened before a message take seats as soon as their heads are written (all but the
+// first to want the topic's fan-out, which is not seated until a delivery of its own), so the
+// first message after they open is written by the fan-out: a crowd that connects before an
+// event does not each have its own task write it. The fan-out's reading, begun before the
+// topic had a log, is not counted as a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_before_a_message_are_seated_and_get_it_from_the_fanout() {
+    let setup = default_setup().await;
+    let addr = setup.running.local_addr();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push((events_of(addr, "/v1/topics/early/events", false).await, Parser::new()));
+    }
+    let fanout = setup.server.fanout();
+    let waited = tokio::time::timeout(LIMIT, async {
+        while fanout.seated() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("seated before a message: {}", fanout.seated()));
+    numbered(&setup.broker, "early", 1, 1, 10).await;
+    for (body, parser) in &mut streams {
+        read_numbered(body, parser, 1, 1).await;
+    }
+    assert_eq!(fanout.written(), 2, "the seated streams' first event came from the fan-out");
+    let receipt = setup.broker.publish(&Topic::new("early").unwrap(), Publication::new("n")).await;
+    assert_eq!(receipt.unwrap().subscribers, Some(3), "the fan-out's reading is not counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_stops_reading_is_let_go_and_carries_on_from_where_its_fanout_left_it() {
     let setup = default_setup().await;

@@ -444,6 +444,13 @@ impl Session {
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         // The token's rights end at its expiry, or when it is revoked; a refresh replaces it.
         let mut expired = ending_of(self.grant.as_ref());
+        // The subscriptions the socket opened with take seats at once, as do those it asks
+        // for (below): what is published after they start is written by the topic's fan-out,
+        // not by each connection's own task. (One whose cursor the fan-out has passed is
+        // refused, and tries again after its next delivery of its own.)
+        if self.gate.is_some() {
+            Box::pin(self.take_seats()).await;
+        }
         let ending = loop {
             let event = tokio::select! {
                 why = &mut expired => Event::Expired(why),
@@ -468,7 +475,14 @@ impl Session {
                     self.heard = Instant::now();
                     // Boxed, as a request's handling is: a frame from the peer is rare on a
                     // subscriber's socket, and its handling need not live in every session.
-                    Box::pin(self.on_frame(socket, message)).await
+                    match Box::pin(self.on_frame(socket, message)).await {
+                        // A subscribe answered (its reply written first).
+                        Ok(()) if self.gate.is_some() && self.unseated() => {
+                            Box::pin(self.take_seats()).await;
+                            Ok(())
+                        }
+                        other => other,
+                    }
                 }
                 Event::Delivery(key, delivery) => {
                     let queued = self.queued(key, delivery);
@@ -882,6 +896,14 @@ impl Session {
         }
         at_once_or_within(deadline, |cx| socket.poll_flush_unpin(cx)).await?;
         Ok(caught_up)
+    }
+
+    /// Whether a single-topic subscription is not seated in its topic's fan-out.
+    fn unseated(&self) -> bool {
+        self.subscriptions.keys().any(|key| {
+            matches!(key, (Target::Selector(Selector::Topic(_)), None))
+                && !self.seats.iter().any(|(seated, _)| seated == key)
+        })
     }
 
     /// Seats each single-topic subscription not seated yet in its topic's fan-out: each has

@@ -746,6 +746,36 @@ fn publishing(
     })
 }
 
+// Sockets that subscribe before a message take seats once their subscribe is answered (all
+// but the first to want the topic's fan-out), so the first message after is written by the
+// fan-out; its reading, begun before the topic had a log, is not counted as a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_subscribe_before_a_message_are_seated_and_get_it_from_the_fanout() {
+    let setup = start(ServerConfig::default()).await;
+    let addr = setup.running.local_addr();
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = connect(addr, &[]).await;
+        subscribed(&mut socket, "early").await;
+        sockets.push(socket);
+    }
+    let fanout = setup.server.fanout().expect("on by default");
+    let waited = tokio::time::timeout(LIMIT, async {
+        while fanout.seated() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("seated before a message: {}", fanout.seated()));
+    publishing(setup.broker.clone(), "early", 1, 10, Duration::ZERO).await.unwrap();
+    for socket in &mut sockets {
+        read_through(socket, 1, 1).await;
+    }
+    assert_eq!(fanout.written(), 2, "the seated sockets' first message came from the fan-out");
+    let topic = Topic::new("early").unwrap();
+    let receipt = setup.broker.publish(&topic, Publication::new("counted")).await.unwrap();
+    assert_eq!(receipt.subscribers, Some(3), "the fan-out's reading is not counted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order() {
     let setup = start(ServerConfig::default()).await;
