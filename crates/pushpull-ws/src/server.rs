@@ -927,6 +927,9 @@ impl Session {
             let Some(cursor) = self.subscriptions.cursor(&key) else { continue };
             if let Some(seat) = fanout.join(topic, style, encoder, cursor, gate).await {
                 self.subscriptions.park(&key);
+                // Room for this one only: most sockets follow one topic, and every socket
+                // takes its seats before a message now (a first push would make room for four).
+                self.seats.reserve_exact(1);
                 self.seats.push((key, seat));
             }
         }
