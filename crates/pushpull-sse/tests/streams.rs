@@ -393,7 +393,7 @@ async fn the_streams_of_a_topic_are_written_by_its_fanout_every_event_in_order()
     for _ in 0..5 {
         streams.push((events_of(addr, "/v1/topics/news/events", false).await, Parser::new()));
     }
-    // The first event each stream's own task writes; then they take seats.
+    // Seated as they open (all but the first to want a fan-out, seated after a delivery).
     numbered(&setup.broker, "news", 1, 1, 10).await;
     for (body, parser) in &mut streams {
         read_numbered(body, parser, 1, 1).await;

@@ -786,7 +786,7 @@ async fn the_sockets_of_a_topic_are_written_by_its_fanout_every_message_in_order
         subscribed(&mut socket, "news").await;
         sockets.push(socket);
     }
-    // The first message each socket's own task writes; then they take seats.
+    // Seated as they subscribe (all but the first to want a fan-out, seated after a delivery).
     let publisher = publishing(setup.broker.clone(), "news", 1, 10, Duration::ZERO);
     publisher.await.unwrap();
     for socket in &mut sockets {
