@@ -898,30 +898,30 @@ impl Session {
         Ok(caught_up)
     }
 
-    /// Whether a single-topic subscription is not seated in its topic's fan-out.
-    fn unseated(&self) -> bool {
-        self.subscriptions.keys().any(|key| {
+    /// The single-topic subscriptions not seated in their topic's fan-out.
+    fn unseated_keys(&self) -> impl Iterator<Item = &Key> {
+        self.subscriptions.keys().filter(|key| {
             matches!(key, (Target::Selector(Selector::Topic(_)), None))
-                && !self.seats.iter().any(|(seated, _)| seated == key)
+                && !self.seats.iter().any(|(seated, _)| seated == *key)
         })
     }
 
-    /// Seats each single-topic subscription not seated yet in its topic's fan-out: each has
-    /// just been found with nothing ready and its deliveries written, so the fan-out can write
-    /// from the next message on.
+    /// Whether a single-topic subscription is not seated in its topic's fan-out.
+    fn unseated(&self) -> bool {
+        self.unseated_keys().next().is_some()
+    }
+
+    /// Seats each single-topic subscription not seated yet in its topic's fan-out, from its
+    /// cursor: called with every delivery of its own written (after a delivery that found
+    /// nothing more ready, at the start, after an answered request), so the fan-out can write
+    /// from the next message on. One whose cursor the fan-out has passed is refused.
     async fn take_seats(&mut self) {
         let (Some(fanout), Some(gate)) = (&self.server.fanout, &self.gate) else { return };
         let (style, encoder) = match self.deflate {
             false => ("ws", &self.server.encoders[0]),
             true => ("ws-deflate", &self.server.encoders[1]),
         };
-        let keys: Vec<Key> = self
-            .subscriptions
-            .keys()
-            .filter(|key| matches!(key, (Target::Selector(Selector::Topic(_)), None)))
-            .filter(|key| !self.seats.iter().any(|(seated, _)| seated == *key))
-            .cloned()
-            .collect();
+        let keys: Vec<Key> = self.unseated_keys().cloned().collect();
         for key in keys {
             let (Target::Selector(Selector::Topic(topic)), _) = &key else { continue };
             let Some(cursor) = self.subscriptions.cursor(&key) else { continue };
