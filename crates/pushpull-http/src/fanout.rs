@@ -189,11 +189,17 @@ struct GateState {
     idle_waker: Option<Waker>,
     /// Until when the connection may not take a seat (a fan-out found its socket full).
     rest_until: Option<std::time::Instant>,
+    /// A held poll's topic task wrote the answer to the request being answered (see
+    /// [`Gate::take_answered`]).
+    answered: bool,
+    /// The client sent more while its request was held: the task that answers it wakes the
+    /// connection.
+    wake_on_answer: bool,
 }
 
 /// What a fan-out's offer came to.
 #[derive(Debug, PartialEq, Eq)]
-enum Offered {
+pub(crate) enum Offered {
     /// Every byte was written.
     Written,
     /// Some were written, the rest wait in the gate for the connection's task to write: the
@@ -225,8 +231,45 @@ impl Gate {
         }
     }
 
+    /// The gate of the connection `request` came on when the serve loop answers it itself
+    /// (it writes the answer, and so knows when a held poll's answer was written by its
+    /// topic's task instead): `None` for a request hyper serves.
+    pub(crate) fn answered_here<B>(request: &http::Request<B>) -> Option<Arc<Self>> {
+        match request.extensions().get::<Arc<crate::serve::Served>>()?.socket.as_ref()? {
+            SocketOf::Gate(gate) => Some(gate.clone()),
+            SocketOf::Tcp(_) => None,
+        }
+    }
+
     pub(crate) fn new(tcp: Arc<TcpStream>) -> Arc<Self> {
         Arc::new(Self { tcp, state: Mutex::default() })
+    }
+
+    /// Whether the request being answered was answered by a held poll's topic task.
+    pub(crate) fn answered(&self) -> bool {
+        self.lock().answered
+    }
+
+    /// Whether the request being answered was answered by a held poll's topic task, forgotten
+    /// now: the serve loop asks before it writes an answer, and writes none if so (only what
+    /// the task left pending).
+    pub(crate) fn take_answered(&self) -> bool {
+        let mut state = self.lock();
+        state.wake_on_answer = false;
+        std::mem::take(&mut state.answered)
+    }
+
+    /// A held poll's topic task that answers the request being answered wakes the connection
+    /// (the client sent more meanwhile, to be answered next).
+    pub(crate) fn wake_when_answered(&self) {
+        self.lock().wake_on_answer = true;
+    }
+
+    /// Marks `left` (a seat's) under the gate's lock, which every write through the gate holds:
+    /// once this returns, nothing more is written for that seat.
+    pub(crate) fn leave(&self, left: &AtomicBool) {
+        let _writes = self.lock();
+        left.store(true, Ordering::Release);
     }
 
     pub(crate) fn tcp(&self) -> &TcpStream {
@@ -298,8 +341,16 @@ impl Gate {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A fan-out's write of `frames`, all or what the socket takes at once.
-    fn offer(&self, frames: &[IoSlice<'_>], total: usize, left: &AtomicBool) -> Offered {
+    /// A fan-out's write of `frames`, all or what the socket takes at once. With `answers`, the
+    /// frames are the whole answer to the request being answered (a held poll's): once any of
+    /// it is written, the gate [says so](Self::take_answered).
+    pub(crate) fn offer(
+        &self,
+        frames: &[IoSlice<'_>],
+        total: usize,
+        left: &AtomicBool,
+        answers: bool,
+    ) -> Offered {
         let mut state = self.lock();
         if left.load(Ordering::Acquire) {
             return Offered::Left;
@@ -308,7 +359,15 @@ impl Gate {
             return Offered::Refused;
         }
         let written = match self.tcp.try_write_vectored(frames) {
-            Ok(n) if n == total => return Offered::Written,
+            Ok(n) if n == total => {
+                if answers {
+                    state.answered = true;
+                    if state.wake_on_answer {
+                        state.call();
+                    }
+                }
+                return Offered::Written;
+            }
             Ok(n) => n,
             // Full, or failed (the connection's task finds out which when it writes).
             Err(_) => {
@@ -327,13 +386,14 @@ impl Gate {
             skip = 0;
         }
         state.rest_until = Some(std::time::Instant::now() + REST);
+        state.answered = answers;
         state.call();
         Offered::Partly
     }
 
     /// Whether a fan-out found the socket full a moment ago: its connection writes its own
     /// for a while.
-    fn resting(&self) -> bool {
+    pub(crate) fn resting(&self) -> bool {
         let mut state = self.lock();
         match state.rest_until {
             Some(until) if std::time::Instant::now() < until => true,
@@ -359,7 +419,7 @@ impl Gate {
     }
 
     /// Tells the connection's task to look at its seats.
-    fn call(&self) {
+    pub(crate) fn call(&self) {
         self.lock().call();
     }
 
@@ -598,10 +658,7 @@ impl Drop for Seat {
     fn drop(&mut self) {
         // Never waits for the hub (which holds its lock for a whole batch's writes): marked
         // under the gate's lock, it is written no more, and the hub forgets it.
-        {
-            let _writes = self.member.gate.lock();
-            self.member.left.store(true, Ordering::Release);
-        }
+        self.member.gate.leave(&self.member.left);
         self.hub.look.notify_one();
     }
 }
@@ -981,7 +1038,7 @@ fn offer<'a>(
     let count = ahead.len() as u64;
     slices.clear();
     slices.extend(ahead.iter().map(|(_, _, frame)| IoSlice::new(frame)));
-    match member.gate.offer(slices, total, &member.left) {
+    match member.gate.offer(slices, total, &member.left, false) {
         Offered::Left => (None, 0, 0, 0),
         Offered::Written => (Some(*last), count, total as u64, 0),
         Offered::Partly => {

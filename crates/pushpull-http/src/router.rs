@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use pushpull_core::Error;
@@ -269,7 +269,7 @@ impl Router {
     /// is the handler's alone.
     pub fn handle(
         &self,
-        request: HttpRequest,
+        mut request: HttpRequest,
     ) -> impl Future<Output = Response<Body>> + Send + use<> {
         let span = self.request_span(&request);
         let access = self.access_log.then(|| Access {
@@ -282,6 +282,15 @@ impl Router {
             let origin = request.headers().get(header::ORIGIN).cloned();
             (self.cors.clone(), origin)
         });
+        if access.is_none() && request.method() == Method::GET {
+            // All that is done to a read's answer after its handler is the CORS headers: a
+            // held poll answered by its topic's task (see `pages`) writes them itself.
+            let mut added = HeaderMap::new();
+            if let Some((cors, origin)) = &cors {
+                cors.decorate(origin.as_ref(), &mut added);
+            }
+            request.extensions_mut().insert(Decoration(added));
+        }
         let answer = span.in_scope(|| self.answer(request));
         let answered = async move {
             let mut response = answer.await;
@@ -445,6 +454,13 @@ impl Router {
 
 /// A request's answer being made: its handler's future, with what follows it.
 type Answer = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// The fields a [`Router`] adds to the answer of the `GET` it comes with (the CORS headers,
+/// or none), in the request's extensions when that is all it does after the handler (no access
+/// log): an answer written without going back through the router (a held poll's, written by
+/// its topic's task) carries them, and is as the router would have made it.
+#[derive(Clone, Debug)]
+pub(crate) struct Decoration(pub(crate) HeaderMap);
 
 /// What the access log's line of a request needs once it is answered.
 struct Access {
@@ -641,6 +657,8 @@ mod tests {
             max_wait: Duration::from_secs(30),
             held: crate::Gauge::new(),
             meter: crate::metrics::DeliveryMeter::new("longpoll"),
+            fanout: true,
+            by_topic: Arc::default(),
         };
         let route = crate::pages::page_route(&context, Some(hold));
         let parts = ["v1", "topics", "t", "messages"];

@@ -727,7 +727,7 @@ pub async fn serve_until<S, B>(
                                 let answering_it = {
                                     let mut pipelined = Vec::new();
                                     let answer =
-                                        takeover::answer_of(gate.tcp(), call, &mut pipelined).await;
+                                        takeover::answer_of(&gate, call, &mut pipelined).await;
                                     let Some(Ok(response)) = answer else { return };
                                     takeover::answer(&gate, response, close, pipelined)
                                 };

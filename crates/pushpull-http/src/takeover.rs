@@ -190,10 +190,14 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    let close = close || says_close(response.headers());
+    // Answered already, by a held poll's topic task: nothing is written but what it left
+    // pending (its answer said `Connection: close` if the request did).
+    let answered = gate.take_answered();
+    let close = close || (!answered && says_close(response.headers()));
     let (parts, body) = response.into_parts();
     let mut body = Box::pin(body);
-    let framing = if parts.status == StatusCode::NO_CONTENT
+    let framing = if answered
+        || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
         || parts.status.is_informational()
     {
@@ -205,30 +209,14 @@ where
     } else {
         Framing::Chunked
     };
-    let mut out = BytesMut::with_capacity(512);
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(parts.status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        field(&mut out, name.as_str(), value.as_bytes());
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        date(|now| field(&mut out, "date", now));
-    }
-    match framing {
-        Framing::Length if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
-            let length = body.size_hint().exact().unwrap_or(0).to_string();
-            field(&mut out, "content-length", length.as_bytes());
+    let mut out = if answered { BytesMut::new() } else { BytesMut::with_capacity(512) };
+    if !answered {
+        head(&mut out, &parts, framing, body.size_hint().exact());
+        if close && !parts.headers.contains_key(header::CONNECTION) {
+            field(&mut out, "connection", b"close");
         }
-        Framing::Chunked => field(&mut out, "transfer-encoding", b"chunked"),
-        Framing::Length | Framing::None => {}
+        out.put_slice(b"\r\n");
     }
-    if close && !parts.headers.contains_key(header::CONNECTION) {
-        field(&mut out, "connection", b"close");
-    }
-    out.put_slice(b"\r\n");
     drop(parts);
 
     async move {
@@ -273,12 +261,71 @@ where
     }
 }
 
+/// Writes into `out` the head of a response of `parts` framed by `framing` (`length`, the
+/// body's length if known): its status line and fields, `Date` unless it has one, and its
+/// framing's field unless it has one; not the blank line that ends it.
+fn head(out: &mut BytesMut, parts: &http::response::Parts, framing: Framing, length: Option<u64>) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(parts.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        field(out, name.as_str(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        date(|now| field(out, "date", now));
+    }
+    match framing {
+        Framing::Length if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+            // Written in place: no string made per answer.
+            let length = length.unwrap_or(0);
+            let _ = std::fmt::Write::write_fmt(out, format_args!("content-length: {length}\r\n"));
+        }
+        Framing::Chunked => field(out, "transfer-encoding", b"chunked"),
+        Framing::Length | Framing::None => {}
+    }
+}
+
+/// A response whose body is whole now (a page), as the bytes [`answer`] would write for it:
+/// its head without the blank line that ends it (fields to add go after it), and its body.
+/// `None` for a response whose body is not whole now.
+pub(crate) fn fixed_head<B>(response: Response<B>) -> Option<(Bytes, Bytes)>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let length = body.size_hint().exact()?;
+    let mut data = BytesMut::new();
+    loop {
+        match body.frame().now_or_never()? {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    data.put_slice(&chunk);
+                }
+            }
+            Some(Err(_)) => return None,
+        }
+    }
+    if data.len() as u64 != length {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(256);
+    head(&mut out, &parts, Framing::Length, Some(length));
+    Some((out.freeze(), data.freeze()))
+}
+
 /// Awaits `response` (a request's answer being made: a held poll waits for a message), and
 /// notices meanwhile a client that goes away: then `None`, and the answer is dropped, with
 /// what it held. What the client sends meanwhile (a request pipelined behind this one) is
 /// added to `pipelined`.
+///
+/// Once the client has sent something, a held poll's topic task that answers the request
+/// wakes the connection (otherwise only the client's next request does): what was sent is
+/// answered next.
 pub(crate) async fn answer_of<T>(
-    stream: &TcpStream,
+    gate: &Gate,
     response: impl Future<Output = T>,
     pipelined: &mut Vec<u8>,
 ) -> Option<T> {
@@ -286,8 +333,10 @@ pub(crate) async fn answer_of<T>(
     loop {
         tokio::select! {
             answer = &mut response => return Some(answer),
-            gone = client_sends(stream, pipelined) => if gone {
-                return None;
+            gone = client_sends(gate.tcp(), pipelined) => match gone {
+                true => return None,
+                false if !pipelined.is_empty() => gate.wake_when_answered(),
+                false => {}
             },
         }
     }
@@ -377,7 +426,7 @@ fn date(with: impl FnOnce(&[u8])) {
     });
 }
 
-fn field(out: &mut BytesMut, name: &str, value: &[u8]) {
+pub(crate) fn field(out: &mut BytesMut, name: &str, value: &[u8]) {
     out.put_slice(name.as_bytes());
     out.put_slice(b": ");
     out.put_slice(value);

@@ -14,11 +14,16 @@ pub struct ServerConfig {
     /// below the 60 s idle timeout of common proxies and load balancers.
     #[serde(with = "pushpull_core::duration_text")]
     pub max_wait: Duration,
+    /// Answers the polls held at a topic's end from one task per topic (a fan-out), which
+    /// writes each new message's answer to all of them, instead of waking every poll's own
+    /// task; a poll whose socket is full, or whose topic has a gap, answers itself again. Polls
+    /// of one topic on plain HTTP/1.1 connections only.
+    pub fanout: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_wait: Duration::from_secs(30) }
+        Self { max_wait: Duration::from_secs(30), fanout: true }
     }
 }
 

@@ -23,6 +23,7 @@ pub struct LongpollServer {
     routes: Vec<Route>,
     router: Router,
     held: Gauge,
+    by_topic: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LongpollServer {
@@ -47,18 +48,30 @@ impl LongpollServer {
         config.validate()?;
         let held = Gauge::new();
         let meter = DeliveryMeter::new(crate::NAME);
-        let hold = Hold { max_wait: config.max_wait, held: held.clone(), meter };
+        let by_topic = Arc::default();
+        let hold = Hold {
+            max_wait: config.max_wait,
+            held: held.clone(),
+            meter,
+            fanout: config.fanout,
+            by_topic: Arc::clone(&by_topic),
+        };
         let routes = vec![
             pushpull_http::page_route(context, Some(hold.clone())),
             pushpull_http::many_page_route(context, Some(hold.clone())),
         ];
         let router = pushpull_http::api(context, Some(hold));
-        Ok(Self { routes, router, held })
+        Ok(Self { routes, router, held, by_topic })
     }
 
     /// Requests held right now.
     pub fn held_requests(&self) -> usize {
         self.held.get()
+    }
+
+    /// Held polls answered by their topic's task so far (see [`ServerConfig::fanout`]).
+    pub fn answered_by_topic(&self) -> u64 {
+        self.by_topic.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The holding page route (it also answers plain polls), to mount in place of the plain one.

@@ -4,6 +4,7 @@
 
 mod client;
 mod config;
+mod held;
 mod server;
 pub mod wire;
 

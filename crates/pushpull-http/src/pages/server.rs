@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use pushpull_core::{Broker, Cursor, Delivery, Error, FollowRequest, Message, Page, Topic};
 
 use super::config::PageConfig;
+use super::held::{self, HeldPolls, Seating};
 use super::wire::{POLL_INTERVAL_HEADER, WAIT_HEADER, etag, if_none_match_matches};
 use crate::gauge::Gauge;
 use crate::metrics::{self, DeliveryMeter};
@@ -41,6 +42,12 @@ pub struct Hold {
     pub held: Gauge,
     /// Counts the pages answered to requests that asked to wait.
     pub meter: DeliveryMeter,
+    /// Answers the polls held at a topic's end from one task per topic, which writes each new
+    /// message's answer to all of them, instead of waking each poll's own task (polls on plain
+    /// HTTP/1.1 connections the server answers itself). Off, every held poll answers itself.
+    pub fanout: bool,
+    /// Counts the held polls answered by their topic's task.
+    pub by_topic: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// `GET /v1/topics/{topic}/messages?after=CURSOR&limit=N`: a JSON page, with a strong `ETag`,
@@ -57,13 +64,18 @@ pub struct Hold {
 /// The broker, the settings and the meter of pages answered at once come from `context`; a
 /// request that asked to wait is counted by the hold's meter.
 pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
+    // Held polls at a topic's end are answered by the topic's task (see `held`).
+    let tasks = hold.as_ref().filter(|hold| hold.fanout).map(|hold| {
+        let (meter, answered) = (hold.meter.clone(), hold.by_topic.clone());
+        HeldPolls::new(context.broker.clone(), context.pages.clone(), meter, answered)
+    });
     let shared = Arc::new((
         context.broker.clone(),
         context.pages.clone(),
         hold,
         DeliveryMeter::new(context.page_transport),
         context.presences(),
-        SharedPages::default(),
+        (SharedPages::default(), tasks),
     ));
     let holds = shared.2.is_some();
     let route = Route::new(Method::GET, MESSAGES_PATH, move |req: HttpRequest, params: Params| {
@@ -77,8 +89,9 @@ pub fn page_route(context: &Context, hold: Option<Hold>) -> Route {
         };
         let shared = shared.clone();
         Either::Right(async move {
-            let (broker, config, hold, meter, presences, pages) = &*shared;
-            let answering = Answering { broker: &**broker, config, hold: hold.as_ref(), pages };
+            let (broker, config, hold, meter, presences, (pages, tasks)) = &*shared;
+            let hold = hold.as_ref();
+            let answering = Answering { broker: &**broker, config, hold, pages, tasks };
             asked.answer(answering, meter, presences).await
         })
     });
@@ -93,6 +106,7 @@ struct Answering<'a> {
     config: &'a PageConfig,
     hold: Option<&'a Hold>,
     pages: &'a SharedPages,
+    tasks: &'a Option<Arc<HeldPolls>>,
 }
 
 /// The body of the page last answered on each topic, JSON and (once a client took it) gzip.
@@ -104,7 +118,7 @@ struct Answering<'a> {
 /// are made each time). One page per topic; the table is emptied when it holds
 /// [`SHARED_TOPICS`], so it is bounded by the topics polled lately.
 #[derive(Default)]
-struct SharedPages(std::sync::Mutex<HashMap<Topic, SharedPage>>);
+pub(super) struct SharedPages(std::sync::Mutex<HashMap<Topic, SharedPage>>);
 
 /// One topic's page in [`SharedPages`].
 struct SharedPage {
@@ -195,6 +209,8 @@ struct Asked {
     /// The client that named itself (`client=`, and its `info=`), to be made a member of the
     /// topic for as long as its polls keep coming, with the request's grant.
     member: Option<(String, Option<serde_json::Value>, Option<crate::Grant>)>,
+    /// What it needs to be answered by its topic's task, if it waits at the topic's end.
+    seating: Option<Seating>,
 }
 
 impl Asked {
@@ -218,7 +234,14 @@ impl Asked {
                 .polled(&request.query)?
                 .map(|(client, info)| (client, info, crate::Grant::of(req).cloned())),
         };
-        Ok(Self { request, wait, shutdown: Shutdown::of(req), member })
+        // A poll that may wait, and be answered with a page (not a `304`), may take a seat.
+        let seating = match wait {
+            Some(wait) if !wait.is_zero() && request.if_none_match.is_none() => {
+                Seating::of(req, wait)
+            }
+            _ => None,
+        };
+        Ok(Self { request, wait, shutdown: Shutdown::of(req), member, seating })
     }
 
     async fn answer(
@@ -227,7 +250,7 @@ impl Asked {
         plain_meter: &DeliveryMeter,
         presences: &Presences,
     ) -> HandlerResult {
-        let Answering { broker, config, hold, pages } = answering;
+        let Answering { broker, config, hold, pages, tasks } = answering;
         let request = &self.request;
         if let Some(order) = request.query.get("order") {
             return Box::pin(newest_first(broker, config, plain_meter, request, order)).await;
@@ -242,7 +265,13 @@ impl Asked {
         }
         let (mut page, meter) = match (self.wait, hold) {
             (Some(wait), Some(hold)) if !wait.is_zero() => {
-                (held(broker, hold, request, wait, self.shutdown.clone()).await?, &hold.meter)
+                let seating = tasks.as_deref().zip(self.seating.as_ref());
+                let holding = Holding { hold, wait, shutdown: self.shutdown.clone(), seating };
+                match held(broker, config, request, holding).await? {
+                    Some(page) => (page, &hold.meter),
+                    // Its topic's task wrote the answer: the serve loop writes none.
+                    None => return Ok(Response::new(crate::response::empty())),
+                }
             }
             _ => (fetch(broker, request, request.cursor).await?, plain_meter),
         };
@@ -320,18 +349,28 @@ async fn fetch(broker: &dyn Broker, request: &PageRequest, cursor: Cursor) -> Re
         .inspect_err(|e| metrics::broker_error("fetch", e))
 }
 
+/// How a poll is held: the route's hold, the wait applied, the server's shutdown, and the
+/// topic tasks with what the poll needs to take a seat, if it may.
+struct Holding<'a> {
+    hold: &'a Hold,
+    wait: Duration,
+    shutdown: Shutdown,
+    seating: Option<(&'a HeldPolls, &'a Seating)>,
+}
+
 /// A held poll: a subscription from the request's cursor answers with the messages it has
 /// ready (those already there come at once), or waits for the first, the wait, or shutdown.
 /// The page comes from the subscription, not from a read of the broker per poll (with Redis,
 /// a subscription at the tail reads the node's window of the topic); a gap at the start is
-/// answered by a fetch, whose page says what was missed.
+/// answered by a fetch, whose page says what was missed. A poll that waits at the topic's end
+/// takes a seat with the topic's task when it can: `None` when the task answered it.
 async fn held(
     broker: &dyn Broker,
-    hold: &Hold,
+    config: &PageConfig,
     request: &PageRequest,
-    wait: Duration,
-    mut shutdown: Shutdown,
-) -> Result<Page, Error> {
+    holding: Holding<'_>,
+) -> Result<Option<Page>, Error> {
+    let Holding { hold, wait, mut shutdown, seating } = holding;
     let subscribe = |cursor| async move {
         broker
             .subscribe(&request.topic, cursor)
@@ -346,21 +385,53 @@ async fn held(
         // never asks for `latest` again.
         let page = fetch(broker, request, request.cursor).await?;
         if !page.is_empty() {
-            return Ok(page);
+            return Ok(Some(page));
         }
         next = subscribe(page.next).await?;
         start = page.next;
     }
-    let empty = || Page { gap: None, messages: Vec::new(), next: start };
+    let empty = || Some(Page { gap: None, messages: Vec::new(), next: start });
     let first = match next.next().now_or_never() {
         Some(first) => first,
         None => {
-            let _held = hold.held.hold();
-            tokio::select! {
-                first = next.next() => first,
-                () = tokio::time::sleep(wait) => return Ok(empty()),
-                () = shutdown.wait() => return Ok(empty()),
+            let mut seat = match seating {
+                Some((tasks, seating)) => {
+                    let gzip = config.gzip && request.accepts_gzip;
+                    let (topic, limit) = (&request.topic, request.limit);
+                    let asking = held::Asking { topic, cursor: start, limit, gzip };
+                    Box::pin(tasks.join(asking, seating)).await
+                }
+                None => None,
+            };
+            // Counted once seated (or not): a seat's count ends when its task answers it.
+            let mut counted = None;
+            match &seat {
+                Some(seat) => seat.count(hold.held.hold()),
+                None => counted = Some(hold.held.hold()),
             }
+            let waited = tokio::time::sleep(wait);
+            let mut waited = std::pin::pin!(waited);
+            let first = loop {
+                // Seated, the poll waits for its topic's task, and its subscription is left
+                // unpolled: a publish wakes the task, not the poll.
+                tokio::select! {
+                    biased;
+                    outcome = held::outcome(seat.as_ref()) => match outcome {
+                        held::Outcome::Answered => return Ok(None),
+                        // Answered here after all, from the subscription.
+                        held::Outcome::LetGo => {
+                            seat = None;
+                            counted = Some(hold.held.hold());
+                        }
+                    },
+                    first = next.next(), if seat.is_none() => break first,
+                    () = &mut waited => return Ok(empty()),
+                    () = shutdown.wait() => return Ok(empty()),
+                }
+            };
+            // Held until the message came.
+            drop(counted);
+            first
         }
     };
     match first {
@@ -375,9 +446,9 @@ async fn held(
                 }
             }
             let next = messages.last().map_or(start, Message::cursor);
-            Ok(Page { gap: None, messages, next })
+            Ok(Some(Page { gap: None, messages, next }))
         }
-        Some(Ok(_)) => fetch(broker, request, start).await,
+        Some(Ok(_)) => fetch(broker, request, start).await.map(Some),
         Some(Err(error)) => {
             metrics::broker_error("subscribe", &error);
             Err(error)
@@ -441,23 +512,36 @@ pub fn page_response(page: Page, request: &PageRequest, config: &PageConfig) -> 
 
 /// [`page_response`], its body from `shared` when one is given.
 fn answer_page(
-    mut page: Page,
+    page: Page,
     request: &PageRequest,
+    config: &PageConfig,
+    shared: Option<&SharedPages>,
+) -> Response<Body> {
+    let (topic, if_none_match) = (&request.topic, request.if_none_match.as_deref());
+    answer_of(page, topic, if_none_match, request.accepts_gzip, config, shared)
+}
+
+/// The answer for `page` of `topic` to a request with `if_none_match` that takes gzip or not:
+/// [`answer_page`]'s, and what a held poll's topic task answers with.
+pub(super) fn answer_of(
+    mut page: Page,
+    topic: &Topic,
+    if_none_match: Option<&str>,
+    accepts_gzip: bool,
     config: &PageConfig,
     shared: Option<&SharedPages>,
 ) -> Response<Body> {
     trim_to_bytes(&mut page, config.max_page_bytes);
     let tag = etag(&page);
-    let not_modified =
-        request.if_none_match.as_deref().is_some_and(|v| if_none_match_matches(v, &tag));
+    let not_modified = if_none_match.is_some_and(|v| if_none_match_matches(v, &tag));
     let mut response = if not_modified {
         let mut response = Response::new(crate::response::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        let gzip = config.gzip && request.accepts_gzip;
+        let gzip = config.gzip && accepts_gzip;
         let (body, compressed) = match shared {
-            Some(shared) => shared.body(&request.topic, &page, gzip, config.gzip_min_bytes),
+            Some(shared) => shared.body(topic, &page, gzip, config.gzip_min_bytes),
             None => encoded(&page, gzip, config.gzip_min_bytes),
         };
         page_body(body, compressed, config)
@@ -467,7 +551,7 @@ fn answer_page(
         // A 304 names what a 200 would vary by, too.
         headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    let tag = if config.gzip && request.accepts_gzip { format!("W/{tag}") } else { tag };
+    let tag = if config.gzip && accepts_gzip { format!("W/{tag}") } else { tag };
     headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("cursors are header-safe"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(POLL_INTERVAL, HeaderValue::from(config.poll_interval.as_millis() as u64));
@@ -498,7 +582,7 @@ fn page_body(body: bytes::Bytes, compress: bool, config: &PageConfig) -> Respons
 }
 
 /// Cuts the page after the message that takes it past `max_bytes` of payload (keeping one).
-fn trim_to_bytes(page: &mut Page, max_bytes: usize) {
+pub(super) fn trim_to_bytes(page: &mut Page, max_bytes: usize) {
     let mut total = 0usize;
     let keep = page
         .messages

@@ -1,0 +1,498 @@
+//! Held polls answered by one task per topic.
+//!
+//! A publish to a topic that a thousand long polls wait at would otherwise wake a thousand
+//! connection tasks, each to read the message from its subscription, make the same page's
+//! answer (body, validators, head) and write it. Here a poll that waits at the topic's end, on
+//! a connection whose answers the serve loop writes itself, takes a seat with the topic's task
+//! instead: the task reads each new message once, makes each answer once (per page size and
+//! encoding), writes it to every seated poll's socket, and wakes no connection. A connection's
+//! task next runs when its client sends the next request, or its poll's wait ends, and then
+//! finds its poll answered: the serve loop writes nothing for it (see `takeover::answer`).
+//!
+//! A poll whose socket does not take the answer at once, or that waits where the task is not
+//! (behind or ahead of it, or when the topic's stream has a gap or fails), is let go: its own
+//! task answers it from its subscription, as without seats. A seat is one poll's: answered,
+//! let go or dropped (the client went away, the wait passed), it is gone.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use pushpull_core::{Broker, Cursor, Delivery, Epoch, Message, Offset, Page, Subscription, Topic};
+
+use super::config::PageConfig;
+use crate::fanout::{Gate, Offered};
+use crate::gauge::Held;
+use crate::metrics::DeliveryMeter;
+use crate::router::{Decoration, HttpRequest};
+use crate::takeover;
+
+/// The most messages one answer is made of (what is ready together when the task wakes).
+const BATCH: usize = 64;
+/// How long a topic's task waits with no poll seated before it ends.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A page route's topic tasks for held polls. See the [module](self).
+pub(super) struct HeldPolls {
+    broker: Arc<dyn Broker>,
+    config: PageConfig,
+    meter: DeliveryMeter,
+    /// Counts the polls answered by topic tasks.
+    answered: Arc<AtomicU64>,
+    slots: Mutex<HashMap<Topic, Slot>>,
+    this: Weak<Self>,
+}
+
+enum Slot {
+    /// One connection's poll wanted a seat; the next connection's makes the task.
+    Wanted(Weak<Gate>),
+    Running(Arc<Waiting>),
+}
+
+/// One topic's task: the polls seated at its end.
+struct Waiting {
+    topic: Topic,
+    state: Mutex<State>,
+    /// Wakes the task to forget polls that left.
+    look: tokio::sync::Notify,
+}
+
+struct State {
+    epoch: Epoch,
+    /// The offset of the last message the task handled: its seated polls wait after it.
+    offset: u64,
+    polls: Vec<Arc<Seated>>,
+    ended: bool,
+}
+
+/// Where a seated poll stands.
+const WAITING: u8 = 0;
+/// The end of the own fields of an answer after which the connection closes.
+const CLOSES: &[u8] = b"connection: close\r\n\r\n";
+const ANSWERED: u8 = 1;
+const LET_GO: u8 = 2;
+
+/// A seated poll.
+struct Seated {
+    gate: Arc<Gate>,
+    limit: usize,
+    gzip: bool,
+    /// Its answer's own fields and the blank line that ends the head (see [`Seating`]).
+    own: Arc<[u8]>,
+    /// [`WAITING`], [`ANSWERED`] or [`LET_GO`].
+    stands: AtomicU8,
+    /// Its seat was dropped: nothing is written for it (set under its gate's lock).
+    left: AtomicBool,
+    /// Counts it among the requests held, until the task answers it or lets it go.
+    counted: Mutex<Option<Held>>,
+}
+
+impl Seated {
+    /// It is answered or let go: no longer counted as held.
+    fn done(&self, stands: u8) {
+        let mut counted = self.counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.stands.store(stands, Ordering::Release);
+        drop(counted.take());
+    }
+}
+
+/// A held poll's place with its topic's task; dropping it leaves.
+pub(super) struct Seat {
+    waiting: Arc<Waiting>,
+    seated: Arc<Seated>,
+}
+
+/// How a seat ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// The task wrote the poll's answer.
+    Answered,
+    /// The task let it go: the poll answers itself.
+    LetGo,
+}
+
+/// Waits for the task to answer the poll of `seat` or let it go; forever without a seat.
+pub(super) fn outcome(seat: Option<&Seat>) -> impl Future<Output = Outcome> + '_ {
+    std::future::poll_fn(move |cx| match seat {
+        Some(seat) => seat.poll_outcome(cx),
+        None => Poll::Pending,
+    })
+}
+
+impl Seat {
+    /// Counts the poll among the held requests with `counted` until its task answers it or
+    /// lets it go (or the seat is dropped).
+    pub(super) fn count(&self, counted: Held) {
+        let mut slot =
+            self.seated.counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.seated.stands.load(Ordering::Acquire) == WAITING {
+            *slot = Some(counted);
+        }
+    }
+
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        loop {
+            // The gate says so in the lock the answer's write held: an answer written only in
+            // part (the rest pending in the gate) wakes the connection to write the rest.
+            if self.seated.gate.answered() {
+                return Poll::Ready(Outcome::Answered);
+            }
+            if self.seated.stands.load(Ordering::Acquire) == LET_GO {
+                return Poll::Ready(Outcome::LetGo);
+            }
+            std::task::ready!(self.seated.gate.poll_attention(cx));
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.seated.gate.leave(&self.seated.left);
+        if self.seated.stands.load(Ordering::Acquire) == WAITING {
+            self.waiting.look.notify_one();
+        }
+    }
+}
+
+/// What a held poll needs to take a seat: its connection's gate, and its answer's own fields
+/// (its wait, the router's fields, `Connection: close` if the request said so) and the blank
+/// line that ends the head. `None` for a request the serve loop does not answer itself, or
+/// whose answer the router does more to than add fields.
+pub(super) struct Seating {
+    gate: Arc<Gate>,
+    own: Arc<[u8]>,
+}
+
+impl Seating {
+    pub(super) fn of(request: &HttpRequest, wait: Duration) -> Option<Self> {
+        let decoration = request.extensions().get::<Decoration>()?;
+        let gate = Gate::answered_here(request)?;
+        let mut own = BytesMut::with_capacity(64);
+        let wait = wait.as_millis() as u64;
+        let _ = std::fmt::Write::write_fmt(
+            &mut own,
+            format_args!("{}: {wait}\r\n", super::wire::WAIT_HEADER),
+        );
+        for (name, value) in &decoration.0 {
+            takeover::field(&mut own, name.as_str(), value.as_bytes());
+        }
+        match takeover::wants_close(request) {
+            true => own.put_slice(CLOSES),
+            false => own.put_slice(b"\r\n"),
+        }
+        Some(Self { gate, own: Arc::from(&own[..]) })
+    }
+}
+
+/// What a poll asks for, as a seat needs it.
+pub(super) struct Asking<'a> {
+    pub(super) topic: &'a Topic,
+    /// Where it waits: its subscription's start.
+    pub(super) cursor: Cursor,
+    pub(super) limit: usize,
+    pub(super) gzip: bool,
+}
+
+impl HeldPolls {
+    pub(super) fn new(
+        broker: Arc<dyn Broker>,
+        config: PageConfig,
+        meter: DeliveryMeter,
+        answered: Arc<AtomicU64>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            broker,
+            config,
+            meter,
+            answered,
+            slots: Mutex::default(),
+            this: this.clone(),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Slot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seats the poll `asking` with its topic's task. `None` when it cannot be seated now: the
+    /// broker's subscriptions cannot be left unpolled, the task is elsewhere in the topic, or
+    /// this is the first connection to want one.
+    pub(super) async fn join(&self, asking: Asking<'_>, seating: &Seating) -> Option<Seat> {
+        let Cursor::After(epoch, Offset(offset)) = asking.cursor else { return None };
+        if !self.broker.parks() || seating.gate.resting() {
+            return None;
+        }
+        let seated = || {
+            Arc::new(Seated {
+                gate: seating.gate.clone(),
+                limit: asking.limit,
+                gzip: asking.gzip,
+                own: seating.own.clone(),
+                stands: AtomicU8::new(WAITING),
+                left: AtomicBool::new(false),
+                counted: Mutex::new(None),
+            })
+        };
+        let start = {
+            let mut slots = self.slots();
+            let start = match slots.get(asking.topic) {
+                Some(Slot::Running(waiting)) => match waiting.seat(epoch, offset, seated) {
+                    Some(seat) => return seat,
+                    // It ended: the next to want one makes it again.
+                    None => false,
+                },
+                Some(Slot::Wanted(first)) => {
+                    first.upgrade().is_some_and(|first| !Arc::ptr_eq(&first, &seating.gate))
+                }
+                None => false,
+            };
+            if !start {
+                if slots.len().is_power_of_two() {
+                    // Forget the wishes of connections gone, now and then.
+                    slots.retain(|_, slot| match slot {
+                        Slot::Wanted(gate) => gate.strong_count() > 0,
+                        Slot::Running(_) => true,
+                    });
+                }
+                slots.insert(asking.topic.clone(), Slot::Wanted(Arc::downgrade(&seating.gate)));
+            }
+            start
+        };
+        if !start {
+            return None;
+        }
+        let subscription = match self.broker.relay(asking.topic, asking.cursor).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                let topic = asking.topic;
+                tracing::debug!(%error, %topic, "held polls answer themselves: no subscription");
+                return None;
+            }
+        };
+        let mut slots = self.slots();
+        if let Some(Slot::Running(waiting)) = slots.get(asking.topic) {
+            // Another poll made it meanwhile.
+            let waiting = waiting.clone();
+            drop(slots);
+            return waiting.seat(epoch, offset, seated).flatten();
+        }
+        let waiting = Arc::new(Waiting {
+            topic: asking.topic.clone(),
+            state: Mutex::new(State { epoch, offset, polls: Vec::new(), ended: false }),
+            look: tokio::sync::Notify::new(),
+        });
+        let seat = waiting.seat(epoch, offset, seated).flatten();
+        slots.insert(asking.topic.clone(), Slot::Running(waiting.clone()));
+        drop(slots);
+        tokio::spawn(run(self.this.clone(), waiting, subscription));
+        seat
+    }
+
+    /// Ends `waiting` if it has no poll seated, and forgets it; whether it ended.
+    fn end(&self, waiting: &Arc<Waiting>) -> bool {
+        let mut slots = self.slots();
+        {
+            let mut state = waiting.lock();
+            state.polls.retain(|seated| !seated.left.load(Ordering::Acquire));
+            if !state.polls.is_empty() {
+                return false;
+            }
+            state.ended = true;
+        }
+        forget(&mut slots, waiting);
+        true
+    }
+
+    /// Ends `waiting` whatever its polls: each is let go, to answer itself.
+    fn end_all(&self, waiting: &Arc<Waiting>) {
+        let mut slots = self.slots();
+        let polls = {
+            let mut state = waiting.lock();
+            state.ended = true;
+            std::mem::take(&mut state.polls)
+        };
+        for seated in polls {
+            seated.done(LET_GO);
+            seated.gate.call();
+        }
+        forget(&mut slots, waiting);
+    }
+
+    /// Answers the polls seated at `waiting` with `batch`, the messages after its offset (in
+    /// order): each poll gets the first of them, as many as it asked for, in one write.
+    fn answer(&self, waiting: &Waiting, batch: &[Delivery]) {
+        let Some(Delivery::Message(last)) = batch.last() else { return };
+        let polls = {
+            let mut state = waiting.lock();
+            state.offset = last.offset.0;
+            // As many will most likely wait for the next message.
+            let room = Vec::with_capacity(state.polls.len());
+            std::mem::replace(&mut state.polls, room)
+        };
+        // Each answer made once: (messages asked for, gzip) and what it is.
+        let mut made: Vec<(usize, bool, Option<Made>)> = Vec::new();
+        let (mut deliveries, mut bytes, mut most, mut answered) = (0u64, 0u64, 0usize, 0u64);
+        for seated in polls {
+            if seated.left.load(Ordering::Acquire) {
+                continue;
+            }
+            let asked = seated.limit.min(batch.len());
+            let key = |(count, gzip, _): &&(usize, bool, Option<Made>)| {
+                *count == asked && *gzip == seated.gzip
+            };
+            let answer = match made.iter().find(key) {
+                Some((_, _, answer)) => answer.as_ref(),
+                None => {
+                    let answer = self.make(&waiting.topic, &batch[..asked], seated.gzip);
+                    made.push((asked, seated.gzip, answer));
+                    made.last().and_then(|(_, _, answer)| answer.as_ref())
+                }
+            };
+            let Some(answer) = answer else {
+                // Not one a task can write (it never happens with a page): answered by its own.
+                seated.done(LET_GO);
+                seated.gate.call();
+                continue;
+            };
+            let frames =
+                [IoSlice::new(&answer.head), IoSlice::new(&seated.own), IoSlice::new(&answer.body)];
+            let total = answer.head.len() + seated.own.len() + answer.body.len();
+            match seated.gate.offer(&frames, total, &seated.left, true) {
+                Offered::Written | Offered::Partly => {
+                    seated.done(ANSWERED);
+                    if seated.own.ends_with(CLOSES) {
+                        // The connection closes after this answer: its task is woken to close
+                        // it (any other waits for its client's next request).
+                        seated.gate.call();
+                    }
+                    answered += 1;
+                    deliveries += answer.messages as u64;
+                    bytes += total as u64;
+                    most = most.max(answer.messages);
+                }
+                Offered::Refused => {
+                    seated.done(LET_GO);
+                    seated.gate.call();
+                }
+                Offered::Left => {}
+            }
+        }
+        if answered > 0 {
+            self.answered.fetch_add(answered, Ordering::Relaxed);
+            self.meter.fanned_out(batch[..most].iter(), deliveries, bytes);
+        }
+    }
+
+    /// The answer to a poll of `topic` of the page of `messages`, gzip-compressed if `gzip`
+    /// and the page is long enough: as the page route makes it.
+    fn make(&self, topic: &Topic, messages: &[Delivery], gzip: bool) -> Option<Made> {
+        let messages: Vec<Message> = messages
+            .iter()
+            .filter_map(|delivery| match delivery {
+                Delivery::Message(message) => Some(message.clone()),
+                Delivery::Gap(_) => None,
+            })
+            .collect();
+        let next = messages.last()?.cursor();
+        let mut page = Page { gap: None, messages, next };
+        super::server::trim_to_bytes(&mut page, self.config.max_page_bytes);
+        let count = page.messages.len();
+        let response = super::server::answer_of(page, topic, None, gzip, &self.config, None);
+        let (head, body) = takeover::fixed_head(response)?;
+        Some(Made { head, body, messages: count })
+    }
+}
+
+/// An answer made for the polls of a batch.
+struct Made {
+    /// Its head, but for each poll's own fields and the blank line.
+    head: Bytes,
+    body: Bytes,
+    /// The messages in it.
+    messages: usize,
+}
+
+/// Removes `waiting` from `slots` if it is the topic's running task.
+fn forget(slots: &mut HashMap<Topic, Slot>, waiting: &Arc<Waiting>) {
+    if let Some(Slot::Running(running)) = slots.get(&waiting.topic)
+        && Arc::ptr_eq(running, waiting)
+    {
+        slots.remove(&waiting.topic);
+    }
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seats the poll `seated` makes, which waits after `offset` of `epoch`: `None` when the
+    /// task has ended, `Some(None)` when it is elsewhere in the topic.
+    fn seat(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        offset: u64,
+        seated: impl FnOnce() -> Arc<Seated>,
+    ) -> Option<Option<Seat>> {
+        let mut state = self.lock();
+        if state.ended {
+            return None;
+        }
+        if state.epoch != epoch || state.offset != offset {
+            return Some(None);
+        }
+        let seated = seated();
+        state.polls.push(seated.clone());
+        Some(Some(Seat { waiting: self.clone(), seated }))
+    }
+}
+
+/// A topic's task: reads the topic and answers the polls seated at its end with each batch
+/// of messages, until no poll has been seated for [`IDLE`], the page route is gone, or the
+/// topic's stream does something but deliver messages (its polls are then let go).
+async fn run(polls: Weak<HeldPolls>, waiting: Arc<Waiting>, mut subscription: Subscription) {
+    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            item = subscription.next() => item,
+            () = waiting.look.notified() => {
+                waiting.lock().polls.retain(|seated| !seated.left.load(Ordering::Acquire));
+                continue;
+            }
+            () = tokio::time::sleep(IDLE) => {
+                match polls.upgrade() {
+                    Some(polls) if !polls.end(&waiting) => continue,
+                    _ => return,
+                }
+            }
+        };
+        let mut item = Some(first);
+        let mut other = false;
+        while let Some(next) = item.take() {
+            match next {
+                Some(Ok(delivery @ Delivery::Message(_))) => batch.push(delivery),
+                // A gap or an error is each poll's own to meet, from its own subscription.
+                _ => {
+                    other = true;
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                item = subscription.next().now_or_never();
+            }
+        }
+        let Some(held) = polls.upgrade() else { return };
+        held.answer(&waiting, &batch);
+        batch.clear();
+        if other {
+            held.end_all(&waiting);
+            return;
+        }
+    }
+}
