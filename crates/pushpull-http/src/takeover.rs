@@ -56,24 +56,26 @@ pub(crate) async fn next_request(
 ) -> First {
     let mut buf = read;
     buf.reserve(1024);
-    let complete = |buf: &[u8]| {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        // Complete, malformed, too large, too many fields: decided below.
-        !matches!(httparse::Request::new(&mut fields).parse(buf), Ok(httparse::Status::Partial))
-            || buf.len() >= max_head
-    };
     // A connection waiting for its next request closes at shutdown (one that already sent
     // some of it is answered, as hyper does).
     if buf.is_empty() && shutdown.is_shutting_down() {
         return First::Gone;
     }
     let read = tokio::time::timeout(timeout, async {
-        while buf.is_empty() || !complete(&buf) {
-            if buf.is_empty() {
+        loop {
+            // Each head parsed once per read: whole, it is answered here or handed to hyper.
+            if !buf.is_empty() {
+                match read_head(&buf, router) {
+                    Head::Partial if buf.len() < max_head => {}
+                    Head::Takeover(request) => return Some(Some(request)),
+                    // Malformed, too large, too many fields, or not one to answer here.
+                    Head::Partial | Head::Hyper => return Some(None),
+                }
+            } else {
                 tokio::select! {
-                    () = shutdown.wait() => return false,
+                    () = shutdown.wait() => return None,
                     readable = stream.readable() => if readable.is_err() {
-                        return false;
+                        return None;
                     },
                 }
             }
@@ -81,21 +83,18 @@ pub(crate) async fn next_request(
                 buf.reserve(buf.len());
             }
             match read_some(stream, &mut buf).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
         }
-        true
     })
     .await;
     // A client that closed, or sent no whole head in time (an idle keep-alive connection
     // included), is closed on, as hyper does.
-    if !matches!(read, Ok(true)) {
-        return First::Gone;
-    }
-    match takes_over(&buf, router) {
-        Some(request) => First::Takeover(request),
-        None => First::Hyper(buf),
+    match read {
+        Ok(Some(Some(request))) => First::Takeover(request),
+        Ok(Some(None)) => First::Hyper(buf),
+        Ok(None) | Err(_) => First::Gone,
     }
 }
 
@@ -115,14 +114,38 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-/// The request in `head`, if it is one to answer here: a complete HTTP/1.1 `GET` of a
-/// long-lived route, without a body, an upgrade or an expectation, and nothing after it.
-fn takes_over(head: &[u8], router: &Router) -> Option<Request<Empty<Bytes>>> {
+/// What a connection's next request head turned out to be.
+enum Head {
+    /// Not whole yet.
+    Partial,
+    /// A complete HTTP/1.1 `GET` of a long-lived route, without a body, an upgrade or an
+    /// expectation, and nothing after it: answered here.
+    Takeover(Request<Empty<Bytes>>),
+    /// Anything else (malformed included): for hyper.
+    Hyper,
+}
+
+/// Reads the request head in `head` (all the connection has sent of its next request).
+fn read_head(head: &[u8], router: &Router) -> Head {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut fields);
-    let httparse::Status::Complete(length) = parsed.parse(head).ok()? else { return None };
+    let length = match parsed.parse(head) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Hyper,
+    };
+    let taken = takes_over(&parsed, length == head.len(), router);
+    taken.map_or(Head::Hyper, Head::Takeover)
+}
+
+/// The request `parsed`, if it is one to answer here (`alone`: nothing was sent after it).
+fn takes_over(
+    parsed: &httparse::Request<'_, '_>,
+    alone: bool,
+    router: &Router,
+) -> Option<Request<Empty<Bytes>>> {
     let path = parsed.path?;
-    if length != head.len()
+    if !alone
         || parsed.method != Some("GET")
         || parsed.version != Some(1)
         || !path.starts_with('/')

@@ -274,7 +274,10 @@ async fn polls_held_at_a_topics_end_are_answered_by_its_task_and_their_connectio
         connections.push(connection);
     }
     until("20 held polls", || server.held_requests() == 20).await;
-    let second = broker.publish(&topic, Publication::new("m1")).await.unwrap().cursor();
+    let receipt = broker.publish(&topic, Publication::new("m1")).await.unwrap();
+    // Seated polls keep their subscriptions (parked): counted, as every held poll is.
+    assert_eq!(receipt.subscribers, Some(20), "the topic's task is not counted, its polls are");
+    let second = receipt.cursor();
     let mut etag = None;
     for connection in &mut connections {
         let (status, head, body) = connection.response(LIMIT).await;
