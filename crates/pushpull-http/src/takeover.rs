@@ -115,6 +115,10 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 }
 
 /// What a connection's next request head turned out to be.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "taken apart where it is made; boxed, it would cost an allocation per request"
+)]
 enum Head {
     /// Not whole yet.
     Partial,

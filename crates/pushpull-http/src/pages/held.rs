@@ -73,8 +73,6 @@ struct State {
 
 /// Where a seated poll stands.
 const WAITING: u8 = 0;
-/// The end of the own fields of an answer after which the connection closes.
-const CLOSES: &[u8] = b"connection: close\r\n\r\n";
 const ANSWERED: u8 = 1;
 const LET_GO: u8 = 2;
 
@@ -83,8 +81,12 @@ struct Seated {
     gate: Arc<Gate>,
     limit: usize,
     gzip: bool,
-    /// Its answer's own fields and the blank line that ends the head (see [`Seating`]).
-    own: Arc<[u8]>,
+    /// The wait applied, in milliseconds (its answer's `Pushpull-Wait-Ms`).
+    wait: u64,
+    /// Its answer's other fields, as they are written (see [`Seating`]).
+    fields: Option<Arc<[u8]>>,
+    /// Its connection closes after the answer.
+    close: bool,
     /// [`WAITING`], [`ANSWERED`] or [`LET_GO`].
     stands: AtomicU8,
     /// Its seat was dropped: nothing is written for it (set under its gate's lock).
@@ -94,6 +96,21 @@ struct Seated {
 }
 
 impl Seated {
+    /// Writes into `own` (emptied first) its answer's own fields (its wait, and the router's
+    /// fields and `Connection: close` if it has them) and the blank line after them.
+    fn own_fields(&self, own: &mut BytesMut) {
+        own.clear();
+        let wait = self.wait;
+        let _ = std::fmt::Write::write_fmt(
+            own,
+            format_args!("{}: {wait}\r\n", super::wire::WAIT_HEADER),
+        );
+        if let Some(fields) = &self.fields {
+            own.put_slice(fields);
+        }
+        own.put_slice(b"\r\n");
+    }
+
     /// It is answered or let go: no longer counted as held.
     fn done(&self, stands: u8) {
         let mut counted = self.counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -160,33 +177,40 @@ impl Drop for Seat {
     }
 }
 
-/// What a held poll needs to take a seat: its connection's gate, and its answer's own fields
-/// (its wait, the router's fields, `Connection: close` if the request said so) and the blank
-/// line that ends the head. `None` for a request the serve loop does not answer itself, or
-/// whose answer the router does more to than add fields.
+/// What a held poll needs to take a seat: its connection's gate, and the fields its answer
+/// has besides those of its page and its wait: the router's (CORS), and `Connection: close` if
+/// its request said so. `None` for a request the serve loop does not answer itself, or whose
+/// answer the router does more to than add fields.
 pub(super) struct Seating {
     gate: Arc<Gate>,
-    own: Arc<[u8]>,
+    /// Those fields, as they are written: none, mostly.
+    fields: Option<Arc<[u8]>>,
 }
 
+/// The field that closes a connection after its answer, as it is written.
+const CLOSE: &[u8] = b"connection: close\r\n";
+
 impl Seating {
-    pub(super) fn of(request: &HttpRequest, wait: Duration) -> Option<Self> {
+    pub(super) fn of(request: &HttpRequest) -> Option<Self> {
         let decoration = request.extensions().get::<Decoration>()?;
         let gate = Gate::answered_here(request)?;
-        let mut own = BytesMut::with_capacity(64);
-        let wait = wait.as_millis() as u64;
-        let _ = std::fmt::Write::write_fmt(
-            &mut own,
-            format_args!("{}: {wait}\r\n", super::wire::WAIT_HEADER),
-        );
-        for (name, value) in &decoration.0 {
-            takeover::field(&mut own, name.as_str(), value.as_bytes());
-        }
-        match takeover::wants_close(request) {
-            true => own.put_slice(CLOSES),
-            false => own.put_slice(b"\r\n"),
-        }
-        Some(Self { gate, own: Arc::from(&own[..]) })
+        let close = takeover::wants_close(request);
+        let fields = (!decoration.0.is_empty() || close).then(|| {
+            let mut fields = BytesMut::new();
+            for (name, value) in &decoration.0 {
+                takeover::field(&mut fields, name.as_str(), value.as_bytes());
+            }
+            if close {
+                fields.put_slice(CLOSE);
+            }
+            Arc::from(&fields[..])
+        });
+        Some(Self { gate, fields })
+    }
+
+    /// Whether the connection closes after the answer.
+    fn closes(&self) -> bool {
+        self.fields.as_deref().is_some_and(|fields| fields.ends_with(CLOSE))
     }
 }
 
@@ -197,6 +221,8 @@ pub(super) struct Asking<'a> {
     pub(super) cursor: Cursor,
     pub(super) limit: usize,
     pub(super) gzip: bool,
+    /// The wait applied.
+    pub(super) wait: Duration,
 }
 
 impl HeldPolls {
@@ -233,7 +259,9 @@ impl HeldPolls {
                 gate: seating.gate.clone(),
                 limit: asking.limit,
                 gzip: asking.gzip,
-                own: seating.own.clone(),
+                wait: asking.wait.as_millis() as u64,
+                fields: seating.fields.clone(),
+                close: seating.closes(),
                 stands: AtomicU8::new(WAITING),
                 left: AtomicBool::new(false),
                 counted: Mutex::new(None),
@@ -338,6 +366,8 @@ impl HeldPolls {
         // Each answer made once: (messages asked for, gzip) and what it is.
         let mut made: Vec<(usize, bool, Option<Made>)> = Vec::new();
         let (mut deliveries, mut bytes, mut most, mut answered) = (0u64, 0u64, 0usize, 0u64);
+        // Each poll's own fields, made in turn.
+        let mut own = BytesMut::with_capacity(256);
         for seated in polls {
             if seated.left.load(Ordering::Acquire) {
                 continue;
@@ -360,13 +390,14 @@ impl HeldPolls {
                 seated.gate.call();
                 continue;
             };
+            seated.own_fields(&mut own);
             let frames =
-                [IoSlice::new(&answer.head), IoSlice::new(&seated.own), IoSlice::new(&answer.body)];
-            let total = answer.head.len() + seated.own.len() + answer.body.len();
+                [IoSlice::new(&answer.head), IoSlice::new(&own), IoSlice::new(&answer.body)];
+            let total = answer.head.len() + own.len() + answer.body.len();
             match seated.gate.offer(&frames, total, &seated.left, true) {
                 Offered::Written | Offered::Partly => {
                     seated.done(ANSWERED);
-                    if seated.own.ends_with(CLOSES) {
+                    if seated.close {
                         // The connection closes after this answer: its task is woken to close
                         // it (any other waits for its client's next request).
                         seated.gate.call();

@@ -236,9 +236,7 @@ impl Asked {
         };
         // A poll that may wait, and be answered with a page (not a `304`), may take a seat.
         let seating = match wait {
-            Some(wait) if !wait.is_zero() && request.if_none_match.is_none() => {
-                Seating::of(req, wait)
-            }
+            Some(wait) if !wait.is_zero() && request.if_none_match.is_none() => Seating::of(req),
             _ => None,
         };
         Ok(Self { request, wait, shutdown: Shutdown::of(req), member, seating })
@@ -398,7 +396,7 @@ async fn held(
                 Some((tasks, seating)) => {
                     let gzip = config.gzip && request.accepts_gzip;
                     let (topic, limit) = (&request.topic, request.limit);
-                    let asking = held::Asking { topic, cursor: start, limit, gzip };
+                    let asking = held::Asking { topic, cursor: start, limit, gzip, wait };
                     Box::pin(tasks.join(asking, seating)).await
                 }
                 None => None,
