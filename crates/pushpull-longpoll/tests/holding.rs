@@ -225,6 +225,12 @@ impl Connection {
 
     /// The next response: status, head (lowercase) and body, framed by `Content-Length`.
     async fn response(&mut self, limit: Duration) -> (u16, String, String) {
+        let (status, head, body) = self.response_bytes(limit).await;
+        (status, head, String::from_utf8(body).unwrap())
+    }
+
+    /// The next response, its body as it came.
+    async fn response_bytes(&mut self, limit: Duration) -> (u16, String, Vec<u8>) {
         let read = tokio::time::timeout(limit, async {
             loop {
                 if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -237,7 +243,7 @@ impl Connection {
                     if self.read.len() >= end + 4 + length {
                         let body = self.read[end + 4..end + 4 + length].to_vec();
                         self.read.drain(..end + 4 + length);
-                        return (head, String::from_utf8(body).unwrap());
+                        return (head, body);
                     }
                 }
                 let mut bytes = [0u8; 4096];
@@ -455,4 +461,65 @@ async fn with_the_fanout_off_every_poll_answers_itself() {
         assert_eq!((status, one_message(&body).0), (200, "m1".to_owned()));
     }
     assert_eq!(server.answered_by_topic(), 0);
+}
+
+#[tokio::test]
+async fn each_seated_poll_gets_its_own_limit_and_encoding_from_its_topics_task() {
+    let (server, running, broker) = start(ServerConfig::default()).await;
+    let addr = running.local_addr();
+    let topic = Topic::new("news").unwrap();
+    let start = broker.publish(&topic, Publication::new("m0")).await.unwrap().cursor();
+    let path =
+        |limit: usize| format!("/v1/topics/news/messages?after={start}&wait=30&limit={limit}");
+    let gzip = "Accept-Encoding: gzip\r\n";
+    // The first connection wants the topic's task; the others are seated with it.
+    let mut first = Connection::open(addr).await;
+    first.get(&path(100), "").await;
+    let mut asks = Vec::new();
+    for (limit, extra) in [(1, ""), (100, ""), (1, gzip), (100, gzip)] {
+        let mut connection = Connection::open(addr).await;
+        connection.get(&path(limit), extra).await;
+        asks.push((connection, limit, !extra.is_empty()));
+    }
+    until("5 held polls", || server.held_requests() == 5).await;
+    // Long enough to be compressed for the clients that take gzip.
+    let payloads: Vec<String> = (1..=3).map(|n| format!("m{n}:{}", "x".repeat(2048))).collect();
+    let publications =
+        payloads.iter().map(|p| (topic.clone(), Publication::new(p.clone()))).collect();
+    broker.publish_many(publications).await.unwrap();
+    for (connection, limit, gzip) in &mut asks {
+        let (status, head, body) = connection.response_bytes(LIMIT).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        assert_eq!(head.contains("content-encoding: gzip"), *gzip, "{head}");
+        assert_eq!(head.contains("etag: w/"), *gzip, "a weak tag when compressed: {head}");
+        let json = match gzip {
+            true => {
+                let mut json = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
+                    .unwrap();
+                json
+            }
+            false => body,
+        };
+        let page: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let got: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap())
+            .collect();
+        // From the first new message on, in order, as many as asked for (all three at most:
+        // the task answers with what it read together).
+        assert!(!got.is_empty() && got.len() <= *limit, "{got:?}");
+        assert_eq!(
+            got[..],
+            payloads[..got.len()].iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
+        let last = page["messages"].as_array().unwrap().last().unwrap();
+        assert_eq!(page["next"], last["cursor"], "a page's next is its last message's cursor");
+    }
+    assert_eq!(server.answered_by_topic(), 4);
+    let (status, _, _) = first.response_bytes(LIMIT).await;
+    assert_eq!(status, 200);
 }
