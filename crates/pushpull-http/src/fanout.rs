@@ -565,11 +565,120 @@ impl Gate {
 /// [`encodings`](pushpull_core::Message::encodings)).
 pub type Encoder = Arc<dyn Fn(&Delivery) -> Bytes + Send + Sync>;
 
+/// Tasks per topic by key (a topic's fan-out, or the task of its held polls): one is made
+/// when a second connection wants it, since a topic read by one connection would gain nothing
+/// (its one wake-up would move from the connection's task to the topic's) and pay a task and
+/// a subscription.
+pub(crate) struct Tasks<K, T> {
+    slots: Mutex<HashMap<K, Slot<T>>>,
+}
+
+enum Slot<T> {
+    /// One connection wants the key's task; the next makes it.
+    Wanted(Weak<Gate>),
+    Running(Arc<T>),
+}
+
+/// What a connection wanting a key's task came to.
+pub(crate) enum Wanted<S> {
+    /// The running task took it in (or would not: its own answer).
+    Seated(S),
+    /// There is none yet, and another connection wanted one: make it.
+    Start,
+    /// There is none yet: this is the first connection to want one.
+    First,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, T> Tasks<K, T> {
+    pub(crate) fn new() -> Self {
+        Self { slots: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<T>>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connection of `gate` wants the task of `key`: if one runs, `seat` takes it in
+    /// (`None` when that task has ended: then it is as if none ran).
+    pub(crate) fn want<S>(
+        &self,
+        key: &K,
+        gate: &Arc<Gate>,
+        seat: impl FnOnce(&Arc<T>) -> Option<S>,
+    ) -> Wanted<S> {
+        let mut slots = self.lock();
+        let start = match slots.get(key) {
+            Some(Slot::Running(task)) => match seat(task) {
+                Some(seated) => return Wanted::Seated(seated),
+                // It ended: the next to want one makes it again.
+                None => false,
+            },
+            Some(Slot::Wanted(first)) => {
+                first.upgrade().is_some_and(|first| !Arc::ptr_eq(&first, gate))
+            }
+            None => false,
+        };
+        if start {
+            return Wanted::Start;
+        }
+        if slots.len().is_power_of_two() {
+            // Forget the wishes of connections gone, now and then.
+            slots.retain(|_, slot| match slot {
+                Slot::Wanted(gate) => gate.strong_count() > 0,
+                Slot::Running(_) => true,
+            });
+        }
+        slots.insert(key.clone(), Slot::Wanted(Arc::downgrade(gate)));
+        Wanted::First
+    }
+
+    /// Makes `task` the running task of `key`, unless another connection made one meanwhile:
+    /// then `Err` with that one.
+    pub(crate) fn install(&self, key: K, task: impl FnOnce() -> Arc<T>) -> Result<Arc<T>, Arc<T>> {
+        let mut slots = self.lock();
+        if let Some(Slot::Running(running)) = slots.get(&key) {
+            return Err(running.clone());
+        }
+        let task = task();
+        slots.insert(key, Slot::Running(task.clone()));
+        Ok(task)
+    }
+
+    /// Forgets `task`, if it is still the running task of `key`.
+    pub(crate) fn forget(&self, key: &K, task: &Arc<T>) {
+        let mut slots = self.lock();
+        if let Some(Slot::Running(running)) = slots.get(key)
+            && Arc::ptr_eq(running, task)
+        {
+            slots.remove(key);
+        }
+    }
+
+    /// The running tasks.
+    pub(crate) fn running(&self) -> Vec<Arc<T>> {
+        let slots = self.lock();
+        let running = slots.values().filter_map(|slot| match slot {
+            Slot::Running(task) => Some(task.clone()),
+            Slot::Wanted(_) => None,
+        });
+        running.collect()
+    }
+
+    /// The running task of `key`.
+    #[cfg(test)]
+    fn running_of(&self, key: &K) -> Option<Arc<T>> {
+        match self.lock().get(key)? {
+            Slot::Running(task) => Some(task.clone()),
+            Slot::Wanted(_) => None,
+        }
+    }
+}
+
 /// A server's topic fan-outs. See the [module](self).
 pub struct FanOut {
     broker: Arc<dyn Broker>,
     meter: DeliveryMeter,
-    slots: Mutex<HashMap<(Topic, &'static str), Slot>>,
+    hubs: Tasks<(Topic, &'static str), Hub>,
     /// Deliveries written by fan-outs.
     written: AtomicU64,
     /// Connections let go (a full socket, a gap or an error in the topic's stream).
@@ -581,12 +690,6 @@ impl std::fmt::Debug for FanOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FanOut").field("written", &self.written).finish_non_exhaustive()
     }
-}
-
-enum Slot {
-    /// One connection wants a fan-out of the topic; the next makes it.
-    Wanted(Weak<Gate>),
-    Running(Arc<Hub>),
 }
 
 /// One topic's fan-out, in one encoding.
@@ -669,7 +772,7 @@ impl FanOut {
         Arc::new_cyclic(|this| Self {
             broker,
             meter,
-            slots: Mutex::default(),
+            hubs: Tasks::new(),
             written: AtomicU64::new(0),
             let_go: AtomicU64::new(0),
             this: this.clone(),
@@ -689,14 +792,7 @@ impl FanOut {
 
     /// Connections seated in a fan-out right now (queued joins included), over all topics.
     pub fn seated(&self) -> usize {
-        let hubs: Vec<Arc<Hub>> = self
-            .slots()
-            .values()
-            .filter_map(|slot| match slot {
-                Slot::Running(hub) => Some(hub.clone()),
-                Slot::Wanted(_) => None,
-            })
-            .collect();
+        let hubs = self.hubs.running();
         let here = |member: &Arc<Member>| !member.left.load(Ordering::Acquire);
         let seated = |hub: &Arc<Hub>| {
             let state = hub.lock();
@@ -708,11 +804,7 @@ impl FanOut {
 
     /// Topics with a running fan-out.
     pub fn running(&self) -> usize {
-        self.slots().values().filter(|slot| matches!(slot, Slot::Running(_))).count()
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<(Topic, &'static str), Slot>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.hubs.running().len()
     }
 
     /// The gate of the connection `request` came on ([`Gate::of`]), when this server's
@@ -746,34 +838,10 @@ impl FanOut {
             return None;
         }
         let key = (topic.clone(), style);
-        let start = {
-            let mut slots = self.slots();
-            let start = match slots.get(&key) {
-                Some(Slot::Running(hub)) => match self.seat(hub, epoch, offset, gate) {
-                    Some(seat) => return seat,
-                    // It ended: the next to want one makes it again.
-                    None => false,
-                },
-                Some(Slot::Wanted(first)) => {
-                    first.upgrade().is_some_and(|first| !Arc::ptr_eq(&first, gate))
-                }
-                None => false,
-            };
-            if !start {
-                if slots.len().is_power_of_two() {
-                    // Forget the wishes of connections gone, now and then.
-                    slots.retain(|_, slot| match slot {
-                        Slot::Wanted(gate) => gate.strong_count() > 0,
-                        Slot::Running(_) => true,
-                    });
-                }
-                slots.insert(key.clone(), Slot::Wanted(Arc::downgrade(gate)));
-            }
-            start
-        };
-        match start {
-            true => self.start(key, encode, epoch, offset, gate).await,
-            false => None,
+        match self.hubs.want(&key, gate, |hub| self.seat(hub, epoch, offset, gate)) {
+            Wanted::Seated(seat) => seat,
+            Wanted::Start => self.start(key, encode, epoch, offset, gate).await,
+            Wanted::First => None,
         }
     }
 
@@ -822,30 +890,28 @@ impl FanOut {
                 return None;
             }
         };
-        let mut slots = self.slots();
-        if let Some(Slot::Running(hub)) = slots.get(&key) {
-            // Another connection made it meanwhile.
-            let hub = hub.clone();
-            drop(slots);
-            return self.seat(&hub, epoch, offset, gate).flatten();
-        }
-        let hub = Arc::new(Hub {
-            key: key.clone(),
-            encode: encode.clone(),
-            state: Mutex::new(HubState { epoch, offset, members: Vec::new(), ended: false }),
-            look: tokio::sync::Notify::new(),
-            queued: Mutex::default(),
+        let made = self.hubs.install(key.clone(), || {
+            Arc::new(Hub {
+                key,
+                encode: encode.clone(),
+                state: Mutex::new(HubState { epoch, offset, members: Vec::new(), ended: false }),
+                look: tokio::sync::Notify::new(),
+                queued: Mutex::default(),
+            })
         });
-        let seat = self.seat(&hub, epoch, offset, gate).flatten();
-        slots.insert(key, Slot::Running(hub.clone()));
-        drop(slots);
-        tokio::spawn(run(self.this.clone(), hub, subscription));
-        seat
+        match made {
+            Ok(hub) => {
+                let seat = self.seat(&hub, epoch, offset, gate).flatten();
+                tokio::spawn(run(self.this.clone(), hub, subscription));
+                seat
+            }
+            // Another connection made it meanwhile.
+            Err(hub) => self.seat(&hub, epoch, offset, gate).flatten(),
+        }
     }
 
     /// Ends `hub` if it has no members, and forgets it; whether it ended.
     fn end(&self, hub: &Arc<Hub>) -> bool {
-        let mut slots = self.slots();
         {
             let mut state = hub.lock();
             if state.ended {
@@ -865,18 +931,14 @@ impl FanOut {
             queued.closed = true;
             state.ended = true;
         }
-        if let Some(Slot::Running(running)) = slots.get(&hub.key)
-            && Arc::ptr_eq(running, hub)
-        {
-            slots.remove(&hub.key);
-        }
+        // A connection that wants it from now on finds it ended, and wants a new one.
+        self.hubs.forget(&hub.key, hub);
         true
     }
 
     /// Ends `hub` whatever its members: each is let go, to carry on from where it is, and to
     /// take no seat for `rest`, if given.
     fn end_all(&self, hub: &Arc<Hub>, rest: Option<std::time::Duration>) {
-        let mut slots = self.slots();
         {
             let mut state = hub.lock();
             state.ended = true;
@@ -897,11 +959,7 @@ impl FanOut {
                 member.let_go(Cursor::After(epoch, Offset(offset)));
             }
         }
-        if let Some(Slot::Running(running)) = slots.get(&hub.key)
-            && Arc::ptr_eq(running, hub)
-        {
-            slots.remove(&hub.key);
-        }
+        self.hubs.forget(&hub.key, hub);
     }
 }
 
@@ -1214,10 +1272,8 @@ mod tests {
 
     impl Running {
         fn hub(&self) -> Arc<Hub> {
-            match self.fanout.slots().get(&(self.topic.clone(), "test")) {
-                Some(Slot::Running(hub)) => hub.clone(),
-                _ => panic!("the fan-out is not running"),
-            }
+            let key = (self.topic.clone(), "test");
+            self.fanout.hubs.running_of(&key).expect("the fan-out is not running")
         }
 
         async fn join(&self, cursor: Cursor, gate: &Arc<Gate>) -> Option<Seat> {

@@ -14,7 +14,6 @@
 //! task answers it from its subscription, as without seats. A seat is one poll's: answered,
 //! let go or dropped (the client went away, the wait passed), it is gone.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -27,7 +26,7 @@ use futures::{FutureExt, StreamExt};
 use pushpull_core::{Broker, Cursor, Delivery, Epoch, Message, Offset, Page, Subscription, Topic};
 
 use super::config::PageConfig;
-use crate::fanout::{Gate, Offered};
+use crate::fanout::{Gate, Offered, Tasks, Wanted};
 use crate::gauge::Held;
 use crate::metrics::DeliveryMeter;
 use crate::router::{Decoration, HttpRequest};
@@ -45,14 +44,8 @@ pub(super) struct HeldPolls {
     meter: DeliveryMeter,
     /// Counts the polls answered by topic tasks.
     answered: Arc<AtomicU64>,
-    slots: Mutex<HashMap<Topic, Slot>>,
+    tasks: Tasks<Topic, Waiting>,
     this: Weak<Self>,
-}
-
-enum Slot {
-    /// One connection's poll wanted a seat; the next connection's makes the task.
-    Wanted(Weak<Gate>),
-    Running(Arc<Waiting>),
 }
 
 /// One topic's task: the polls seated at its end.
@@ -237,13 +230,9 @@ impl HeldPolls {
             config,
             meter,
             answered,
-            slots: Mutex::default(),
+            tasks: Tasks::new(),
             this: this.clone(),
         })
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Slot>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Seats the poll `asking` with its topic's task. `None` when it cannot be seated now: the
@@ -267,33 +256,11 @@ impl HeldPolls {
                 counted: Mutex::new(None),
             })
         };
-        let start = {
-            let mut slots = self.slots();
-            let start = match slots.get(asking.topic) {
-                Some(Slot::Running(waiting)) => match waiting.seat(epoch, offset, seated) {
-                    Some(seat) => return seat,
-                    // It ended: the next to want one makes it again.
-                    None => false,
-                },
-                Some(Slot::Wanted(first)) => {
-                    first.upgrade().is_some_and(|first| !Arc::ptr_eq(&first, &seating.gate))
-                }
-                None => false,
-            };
-            if !start {
-                if slots.len().is_power_of_two() {
-                    // Forget the wishes of connections gone, now and then.
-                    slots.retain(|_, slot| match slot {
-                        Slot::Wanted(gate) => gate.strong_count() > 0,
-                        Slot::Running(_) => true,
-                    });
-                }
-                slots.insert(asking.topic.clone(), Slot::Wanted(Arc::downgrade(&seating.gate)));
-            }
-            start
-        };
-        if !start {
-            return None;
+        match self.tasks.want(asking.topic, &seating.gate, |task| task.seat(epoch, offset, seated))
+        {
+            Wanted::Seated(seat) => return seat,
+            Wanted::First => return None,
+            Wanted::Start => {}
         }
         let subscription = match self.broker.relay(asking.topic, asking.cursor).await {
             Ok(subscription) => subscription,
@@ -303,28 +270,26 @@ impl HeldPolls {
                 return None;
             }
         };
-        let mut slots = self.slots();
-        if let Some(Slot::Running(waiting)) = slots.get(asking.topic) {
-            // Another poll made it meanwhile.
-            let waiting = waiting.clone();
-            drop(slots);
-            return waiting.seat(epoch, offset, seated).flatten();
-        }
-        let waiting = Arc::new(Waiting {
-            topic: asking.topic.clone(),
-            state: Mutex::new(State { epoch, offset, polls: Vec::new(), ended: false }),
-            look: tokio::sync::Notify::new(),
+        let made = self.tasks.install(asking.topic.clone(), || {
+            Arc::new(Waiting {
+                topic: asking.topic.clone(),
+                state: Mutex::new(State { epoch, offset, polls: Vec::new(), ended: false }),
+                look: tokio::sync::Notify::new(),
+            })
         });
-        let seat = waiting.seat(epoch, offset, seated).flatten();
-        slots.insert(asking.topic.clone(), Slot::Running(waiting.clone()));
-        drop(slots);
-        tokio::spawn(run(self.this.clone(), waiting, subscription));
-        seat
+        match made {
+            Ok(waiting) => {
+                let seat = waiting.seat(epoch, offset, seated).flatten();
+                tokio::spawn(run(self.this.clone(), waiting, subscription));
+                seat
+            }
+            // Another poll made it meanwhile.
+            Err(waiting) => waiting.seat(epoch, offset, seated).flatten(),
+        }
     }
 
     /// Ends `waiting` if it has no poll seated, and forgets it; whether it ended.
     fn end(&self, waiting: &Arc<Waiting>) -> bool {
-        let mut slots = self.slots();
         {
             let mut state = waiting.lock();
             state.polls.retain(|seated| !seated.left.load(Ordering::Acquire));
@@ -333,13 +298,12 @@ impl HeldPolls {
             }
             state.ended = true;
         }
-        forget(&mut slots, waiting);
+        self.tasks.forget(&waiting.topic, waiting);
         true
     }
 
     /// Ends `waiting` whatever its polls: each is let go, to answer itself.
     fn end_all(&self, waiting: &Arc<Waiting>) {
-        let mut slots = self.slots();
         let polls = {
             let mut state = waiting.lock();
             state.ended = true;
@@ -349,7 +313,7 @@ impl HeldPolls {
             seated.done(LET_GO);
             seated.gate.call();
         }
-        forget(&mut slots, waiting);
+        self.tasks.forget(&waiting.topic, waiting);
     }
 
     /// Answers the polls seated at `waiting` with `batch`, the messages after its offset (in
@@ -447,15 +411,6 @@ struct Made {
     body: Bytes,
     /// The messages in it.
     messages: usize,
-}
-
-/// Removes `waiting` from `slots` if it is the topic's running task.
-fn forget(slots: &mut HashMap<Topic, Slot>, waiting: &Arc<Waiting>) {
-    if let Some(Slot::Running(running)) = slots.get(&waiting.topic)
-        && Arc::ptr_eq(running, waiting)
-    {
-        slots.remove(&waiting.topic);
-    }
 }
 
 impl Waiting {
