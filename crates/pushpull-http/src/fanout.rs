@@ -1129,26 +1129,11 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
                 continue;
             }
         };
-        let mut item = Some(first);
-        let mut other = false;
-        while let Some(next) = item.take() {
-            match next {
-                Some(Ok(delivery @ Delivery::Message(_))) => {
-                    let Delivery::Message(message) = &delivery else { unreachable!() };
-                    let offset = offset_of(message);
-                    let frame = (hub.encode)(&delivery);
-                    batch.push((offset, delivery, frame));
-                }
-                // A gap or an error is each member's own to meet, from its own subscription.
-                _ => {
-                    other = true;
-                    break;
-                }
-            }
-            if batch.len() < BATCH {
-                item = subscription.next().now_or_never();
-            }
-        }
+        // A gap or an error is each member's own to meet, from its own subscription.
+        let other = gather(first, &mut subscription, BATCH, |offset, delivery| {
+            let frame = (hub.encode)(&delivery);
+            batch.push((offset, delivery, frame));
+        });
         let Some(fanout) = fanout.upgrade() else { return };
         let started = thread_time();
         let (written, bytes, let_go) = hub.write(&batch);
@@ -1177,6 +1162,29 @@ async fn run(fanout: Weak<FanOut>, hub: Arc<Hub>, mut subscription: Subscription
             (since, busy) = (std::time::Instant::now(), std::time::Duration::ZERO);
         }
     }
+}
+
+/// Gathers the messages a topic task's `subscription` has ready, `first` (what woke the task)
+/// and up to `most` in all, handing each to `take` (its offset and delivery) in order: whether it
+/// stopped at something other than a message (a gap, an error, the end), which is the task's
+/// members' own to meet.
+pub(crate) fn gather(
+    first: Option<pushpull_core::Result<Delivery>>,
+    subscription: &mut Subscription,
+    most: usize,
+    mut take: impl FnMut(u64, Delivery),
+) -> bool {
+    let mut item = Some(first);
+    let mut taken = 0;
+    while let Some(next) = item.take() {
+        let Some(Ok(Delivery::Message(message))) = next else { return true };
+        take(offset_of(&message), Delivery::Message(message));
+        taken += 1;
+        if taken < most {
+            item = subscription.next().now_or_never();
+        }
+    }
+    false
 }
 
 /// The time the calling thread has spent running (where the system says; else the time

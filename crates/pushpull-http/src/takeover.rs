@@ -319,28 +319,18 @@ fn head(out: &mut BytesMut, parts: &http::response::Parts, framing: Framing, len
 /// `None` for a response whose body is not whole now.
 pub(crate) fn fixed_head<B>(response: Response<B>) -> Option<(Bytes, Bytes)>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes>,
 {
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let length = body.size_hint().exact()?;
-    let mut data = BytesMut::new();
-    loop {
-        match body.frame().now_or_never()? {
-            None => break,
-            Some(Ok(frame)) => {
-                if let Ok(chunk) = frame.into_data() {
-                    data.put_slice(&chunk);
-                }
-            }
-            Some(Err(_)) => return None,
-        }
-    }
+    // A page's body is one frame: taken as it is, not copied.
+    let data = body.collect().now_or_never()?.ok()?.to_bytes();
     if data.len() as u64 != length {
         return None;
     }
     let mut out = BytesMut::with_capacity(256);
     head(&mut out, &parts, Framing::Length, Some(length));
-    Some((out.freeze(), data.freeze()))
+    Some((out.freeze(), data))
 }
 
 /// Awaits `response` (a request's answer being made: a held poll waits for a message), and

@@ -22,11 +22,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use pushpull_core::{Broker, Cursor, Delivery, Epoch, Message, Offset, Page, Subscription, Topic};
 
 use super::config::PageConfig;
-use crate::fanout::{Gate, Offered, Tasks, Wanted};
+use crate::fanout::{Gate, Offered, Tasks, Wanted, gather};
 use crate::gauge::Held;
 use crate::metrics::DeliveryMeter;
 use crate::router::{Decoration, HttpRequest};
@@ -458,21 +458,8 @@ async fn run(polls: Weak<HeldPolls>, waiting: Arc<Waiting>, mut subscription: Su
                 }
             }
         };
-        let mut item = Some(first);
-        let mut other = false;
-        while let Some(next) = item.take() {
-            match next {
-                Some(Ok(delivery @ Delivery::Message(_))) => batch.push(delivery),
-                // A gap or an error is each poll's own to meet, from its own subscription.
-                _ => {
-                    other = true;
-                    break;
-                }
-            }
-            if batch.len() < BATCH {
-                item = subscription.next().now_or_never();
-            }
-        }
+        // A gap or an error is each poll's own to meet, from its own subscription.
+        let other = gather(first, &mut subscription, BATCH, |_, delivery| batch.push(delivery));
         let Some(held) = polls.upgrade() else { return };
         held.answer(&waiting, &batch);
         batch.clear();
